@@ -1,0 +1,1 @@
+//! `swarm-client`: generates text, either in one process (`--local`) or through a swarm.

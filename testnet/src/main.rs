@@ -1,0 +1,4 @@
+//! `swarm-testnet` binary entry point.
+fn main() -> anyhow::Result<()> {
+    anyhow::bail!("swarm-testnet: not built yet")
+}
