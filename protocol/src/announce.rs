@@ -1,0 +1,200 @@
+//! The announcement record: what a node tells the swarm about itself. It is stored in the DHT
+//! (under [`crate::dht::peer_record_key`]) and gossiped every few seconds with fresh energy state;
+//! clients route only on announcements that are valid, of their model id, and not expired.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ModelDigest;
+use crate::blocks::BlockRange;
+use crate::codec::{CodecError, Validate, check_len, check_text};
+use crate::limits::{MAX_ADDR_LEN, MAX_ADDRS, MAX_ANNOUNCE_TTL_MS, MAX_PEER_ID_LEN};
+
+/// How a node is powered and how fast it currently works.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PowerMode {
+    /// No energy constraint (wall power).
+    Mains,
+    /// A fixed mode, e.g. 15, 30 or 60 W.
+    Fixed { watts: u16 },
+    /// Chosen by battery level; `watts` is the mode in force now.
+    Dynamic { watts: u16 },
+}
+
+/// A node's energy state, as its routing weight needs it (see `paper-model.md`).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EnergyState {
+    /// Battery level as a fraction of capacity, 0 to 1 (1 on mains).
+    pub battery_level: f32,
+    /// Mean harvested power the node expects, in watts.
+    pub harvest_w: f32,
+    pub power_mode: PowerMode,
+    /// Below the low threshold: the node refuses new sessions until it recovers.
+    pub power_saving: bool,
+    /// The largest job arrival rate (jobs per slot) the node can take without its battery
+    /// running down, from its own semi-Markov model; 1 on mains.
+    pub max_job_rate: f32,
+}
+
+impl EnergyState {
+    /// The state of a node on wall power: full, never saving, any rate.
+    pub fn mains() -> Self {
+        EnergyState {
+            battery_level: 1.0,
+            harvest_w: 0.0,
+            power_mode: PowerMode::Mains,
+            power_saving: false,
+            max_job_rate: 1.0,
+        }
+    }
+
+    fn validate(&self) -> Result<(), CodecError> {
+        let field = |field: &'static str, v: f32| {
+            if v.is_finite() && v >= 0.0 {
+                Ok(())
+            } else {
+                Err(CodecError::Field { field, reason: format!("{v} is not a finite non-negative number") })
+            }
+        };
+        field("energy.battery_level", self.battery_level)?;
+        field("energy.harvest_w", self.harvest_w)?;
+        field("energy.max_job_rate", self.max_job_rate)?;
+        if self.battery_level > 1.0 {
+            return Err(CodecError::Field {
+                field: "energy.battery_level",
+                reason: format!("{} is above 1 (a fraction of capacity)", self.battery_level),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// One node's announcement. Times are milliseconds since the Unix epoch.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Announcement {
+    /// The node's libp2p peer id, as bytes.
+    #[serde(with = "serde_bytes")]
+    pub peer_id: Vec<u8>,
+    /// Multiaddrs the node listens on (text form).
+    pub addrs: Vec<String>,
+    pub model_id: ModelDigest,
+    /// Number of blocks of the whole model, so a client can tell whether routes cover it.
+    pub n_layers: u32,
+    pub blocks: BlockRange,
+    /// Compute backend (`cpu`, `wgpu`, `cuda`).
+    pub backend: String,
+    /// Estimated decode throughput through this node's blocks, tokens per second.
+    pub throughput: f32,
+    pub max_sessions: u32,
+    pub active_sessions: u32,
+    pub energy: EnergyState,
+    pub timestamp_ms: u64,
+    /// After this instant the announcement must not be routed to. A node leaving sets it to its
+    /// timestamp, so clients drop it at once.
+    pub expires_ms: u64,
+}
+
+impl Announcement {
+    /// Whether a client may still route to this node at `now_ms`.
+    pub fn is_live(&self, now_ms: u64) -> bool {
+        now_ms < self.expires_ms
+    }
+}
+
+impl Validate for Announcement {
+    fn validate(&self) -> Result<(), CodecError> {
+        if self.peer_id.is_empty() {
+            return Err(CodecError::Field { field: "peer_id", reason: "empty".into() });
+        }
+        check_len("peer_id", self.peer_id.len(), MAX_PEER_ID_LEN)?;
+        check_len("addrs", self.addrs.len(), MAX_ADDRS)?;
+        for a in &self.addrs {
+            check_len("addrs[]", a.len(), MAX_ADDR_LEN)?;
+        }
+        self.blocks.within(self.n_layers)?;
+        check_text("backend", &self.backend, 16)?;
+        if !(self.throughput.is_finite() && self.throughput >= 0.0) {
+            return Err(CodecError::Field { field: "throughput", reason: format!("{} is not a finite non-negative number", self.throughput) });
+        }
+        self.energy.validate()?;
+        if self.expires_ms < self.timestamp_ms || self.expires_ms - self.timestamp_ms > MAX_ANNOUNCE_TTL_MS {
+            return Err(CodecError::Field {
+                field: "expires_ms",
+                reason: format!(
+                    "lifetime {} ms must be between 0 and {MAX_ANNOUNCE_TTL_MS} ms",
+                    self.expires_ms as i128 - self.timestamp_ms as i128
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::codec::{decode, encode};
+
+    pub(crate) fn sample() -> Announcement {
+        Announcement {
+            peer_id: vec![0, 36, 8, 1, 18, 32, 7, 7, 7],
+            addrs: vec!["/ip4/127.0.0.1/tcp/4001".into()],
+            model_id: [9; 32],
+            n_layers: 30,
+            blocks: BlockRange { start: 10, end: 20 },
+            backend: "cpu".into(),
+            throughput: 120.5,
+            max_sessions: 8,
+            active_sessions: 1,
+            energy: EnergyState {
+                battery_level: 0.42,
+                harvest_w: 12.5,
+                power_mode: PowerMode::Dynamic { watts: 30 },
+                power_saving: false,
+                max_job_rate: 0.31,
+            },
+            timestamp_ms: 1_000_000,
+            expires_ms: 1_030_000,
+        }
+    }
+
+    #[test]
+    fn round_trips() {
+        let a = sample();
+        let back: Announcement = decode(&encode(&a).unwrap()).unwrap();
+        assert_eq!(back, a);
+    }
+
+    #[test]
+    fn liveness_follows_expiry() {
+        let a = sample();
+        assert!(a.is_live(1_000_000));
+        assert!(a.is_live(1_029_999));
+        assert!(!a.is_live(1_030_000));
+    }
+
+    #[test]
+    fn every_invalid_field_is_refused_by_name() {
+        let cases: Vec<(&str, Box<dyn Fn(&mut Announcement)>)> = vec![
+            ("peer_id", Box::new(|a| a.peer_id.clear())),
+            ("peer_id", Box::new(|a| a.peer_id = vec![1; MAX_PEER_ID_LEN + 1])),
+            ("addrs", Box::new(|a| a.addrs = vec!["/ip4/1.2.3.4/tcp/1".into(); MAX_ADDRS + 1])),
+            ("addrs[]", Box::new(|a| a.addrs = vec!["x".repeat(MAX_ADDR_LEN + 1)])),
+            ("30 blocks", Box::new(|a| a.blocks = BlockRange { start: 25, end: 31 })),
+            ("empty", Box::new(|a| a.blocks = BlockRange { start: 5, end: 5 })),
+            ("backend", Box::new(|a| a.backend = "x".repeat(17))),
+            ("throughput", Box::new(|a| a.throughput = f32::NAN)),
+            ("battery_level", Box::new(|a| a.energy.battery_level = 1.5)),
+            ("battery_level", Box::new(|a| a.energy.battery_level = -0.1)),
+            ("harvest_w", Box::new(|a| a.energy.harvest_w = f32::INFINITY)),
+            ("max_job_rate", Box::new(|a| a.energy.max_job_rate = f32::NAN)),
+            ("expires_ms", Box::new(|a| a.expires_ms = a.timestamp_ms - 1)),
+            ("expires_ms", Box::new(|a| a.expires_ms = a.timestamp_ms + MAX_ANNOUNCE_TTL_MS + 1)),
+        ];
+        for (needle, mutate) in cases {
+            let mut a = sample();
+            mutate(&mut a);
+            let err = decode::<Announcement>(&encode(&a).unwrap()).unwrap_err();
+            assert!(err.to_string().contains(needle), "{needle}: {err}");
+        }
+    }
+}

@@ -1,0 +1,303 @@
+//! Session messages on an activation stream ([`crate::ACTIVATIONS_PROTOCOL`]).
+//!
+//! One stream carries one session between two neighbours of a route. The client opens a stream
+//! to the first hop and sends [`Request::Open`] with the whole route (source routing); each hop
+//! checks that the route names it with its own block range, opens a stream to the next hop and
+//! passes the open on; the last hop answers [`Response::Opened`], which travels back. Then every
+//! [`Request::Forward`] runs through the hops in order, and the last hop's output travels back up
+//! the same streams as [`Response::Hidden`], each hop adding its timing.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+use crate::ModelDigest;
+use crate::blocks::BlockRange;
+use crate::codec::{CodecError, Validate, check_len, check_text};
+use crate::limits::{MAX_ADDR_LEN, MAX_ADDRS, MAX_PEER_ID_LEN, MAX_ROUTE_HOPS, MAX_SESSION_TOKENS, MAX_TEXT_LEN};
+use crate::tensor::{DType, TensorFrame};
+
+/// A random session id chosen by the client; it names the session's KV caches on every hop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct SessionId(pub [u8; 16]);
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&crate::hex(&self.0))
+    }
+}
+
+/// One hop of a route: a peer and the blocks it must run.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hop {
+    #[serde(with = "serde_bytes")]
+    pub peer_id: Vec<u8>,
+    pub addrs: Vec<String>,
+    pub blocks: BlockRange,
+}
+
+/// Opens a session on hop `hop` of `route`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenSession {
+    pub session: SessionId,
+    pub model_id: ModelDigest,
+    pub route: Vec<Hop>,
+    /// Index into `route` of the peer receiving this message.
+    pub hop: u16,
+    /// Element type of hidden states between hops.
+    pub dtype: DType,
+    /// Most tokens the session will hold; the node refuses more than it can cache.
+    pub max_tokens: u32,
+}
+
+/// Hidden states for the next positions of a session.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Forward {
+    pub session: SessionId,
+    /// Sequence number of this forward within the session, echoed in the answer.
+    pub step: u32,
+    /// Position of the first token in `hidden`: must equal the tokens the hop's cache holds, so
+    /// a lost or replayed message is caught instead of corrupting the cache.
+    pub position: u32,
+    /// `[tokens, hidden_size]`.
+    pub hidden: TensorFrame,
+}
+
+/// Time one hop spent on one forward, in microseconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HopTiming {
+    pub hop: u16,
+    /// Running the hop's blocks.
+    pub compute_us: u32,
+    /// From receiving the request to sending the answer (includes all later hops).
+    pub total_us: u32,
+}
+
+/// Messages sent towards the end of the route.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    Open(OpenSession),
+    Forward(Forward),
+    Close { session: SessionId },
+}
+
+/// Why a hop refused or failed; every refusal names its reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// The message broke a rule of the protocol (shape, length, order).
+    BadRequest,
+    VersionMismatch,
+    /// The route names a model id this node does not serve.
+    WrongModel,
+    /// The route gives this node blocks other than the ones it serves.
+    WrongBlocks,
+    UnknownSession,
+    /// The node is at its session limit.
+    Busy,
+    /// The node's battery is low; it takes no new sessions until it recovers.
+    PowerSaving,
+    /// The next hop could not be reached or failed.
+    NextHop,
+    /// Running the blocks failed.
+    Compute,
+    Internal,
+}
+
+/// An error answer. `hop` is the index of the hop that produced it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireError {
+    pub kind: ErrorKind,
+    pub hop: u16,
+    pub message: String,
+}
+
+impl fmt::Display for WireError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "hop {} refused ({:?}): {}", self.hop, self.kind, self.message)
+    }
+}
+
+/// Messages sent back towards the client.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Response {
+    Opened { session: SessionId },
+    Hidden { session: SessionId, step: u32, hidden: TensorFrame, timings: Vec<HopTiming> },
+    Error(WireError),
+    Closed { session: SessionId },
+}
+
+fn validate_hop(h: &Hop) -> Result<(), CodecError> {
+    if h.peer_id.is_empty() {
+        return Err(CodecError::Field { field: "route[].peer_id", reason: "empty".into() });
+    }
+    check_len("route[].peer_id", h.peer_id.len(), MAX_PEER_ID_LEN)?;
+    check_len("route[].addrs", h.addrs.len(), MAX_ADDRS)?;
+    for a in &h.addrs {
+        check_len("route[].addrs[]", a.len(), MAX_ADDR_LEN)?;
+    }
+    h.blocks.validate()?;
+    Ok(())
+}
+
+impl Validate for OpenSession {
+    fn validate(&self) -> Result<(), CodecError> {
+        if self.route.is_empty() {
+            return Err(CodecError::Field { field: "route", reason: "empty".into() });
+        }
+        check_len("route", self.route.len(), MAX_ROUTE_HOPS)?;
+        if self.hop as usize >= self.route.len() {
+            return Err(CodecError::Field {
+                field: "hop",
+                reason: format!("index {} outside a route of {} hops", self.hop, self.route.len()),
+            });
+        }
+        for h in &self.route {
+            validate_hop(h)?;
+        }
+        for (i, w) in self.route.windows(2).enumerate() {
+            if w[0].blocks.end != w[1].blocks.start {
+                return Err(CodecError::Field {
+                    field: "route",
+                    reason: format!("hop {i} ends at block {} but hop {} starts at {}", w[0].blocks.end, i + 1, w[1].blocks.start),
+                });
+            }
+        }
+        if self.max_tokens == 0 || self.max_tokens > MAX_SESSION_TOKENS {
+            return Err(CodecError::Field {
+                field: "max_tokens",
+                reason: format!("{} is outside 1..={MAX_SESSION_TOKENS}", self.max_tokens),
+            });
+        }
+        Ok(())
+    }
+}
+
+impl Validate for Request {
+    fn validate(&self) -> Result<(), CodecError> {
+        match self {
+            Request::Open(o) => o.validate(),
+            Request::Forward(f) => {
+                f.hidden.validate()?;
+                if f.hidden.shape.len() != 2 || f.hidden.shape[0] == 0 {
+                    return Err(CodecError::Field {
+                        field: "hidden",
+                        reason: format!("shape {:?} is not [tokens > 0, hidden_size]", f.hidden.shape),
+                    });
+                }
+                Ok(())
+            }
+            Request::Close { .. } => Ok(()),
+        }
+    }
+}
+
+impl Validate for Response {
+    fn validate(&self) -> Result<(), CodecError> {
+        match self {
+            Response::Hidden { hidden, timings, .. } => {
+                hidden.validate()?;
+                check_len("timings", timings.len(), MAX_ROUTE_HOPS)
+            }
+            Response::Error(e) => check_text("message", &e.message, MAX_TEXT_LEN),
+            Response::Opened { .. } | Response::Closed { .. } => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::codec::{decode, encode};
+
+    pub(crate) fn route(n: u32) -> Vec<Hop> {
+        (0..n)
+            .map(|i| Hop {
+                peer_id: vec![i as u8 + 1; 38],
+                addrs: vec![format!("/ip4/127.0.0.1/tcp/{}", 4000 + i)],
+                blocks: BlockRange { start: i * 10, end: i * 10 + 10 },
+            })
+            .collect()
+    }
+
+    pub(crate) fn open() -> OpenSession {
+        OpenSession { session: SessionId([7; 16]), model_id: [3; 32], route: route(3), hop: 1, dtype: DType::F32, max_tokens: 2048 }
+    }
+
+    pub(crate) fn forward() -> Forward {
+        Forward {
+            session: SessionId([7; 16]),
+            step: 4,
+            position: 12,
+            hidden: TensorFrame::from_f32(&[2, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], DType::F32).unwrap(),
+        }
+    }
+
+    #[test]
+    fn every_message_round_trips() {
+        let reqs = vec![Request::Open(open()), Request::Forward(forward()), Request::Close { session: SessionId([1; 16]) }];
+        for r in reqs {
+            assert_eq!(decode::<Request>(&encode(&r).unwrap()).unwrap(), r);
+        }
+        let resps = vec![
+            Response::Opened { session: SessionId([1; 16]) },
+            Response::Hidden {
+                session: SessionId([1; 16]),
+                step: 9,
+                hidden: forward().hidden,
+                timings: vec![HopTiming { hop: 0, compute_us: 10, total_us: 30 }],
+            },
+            Response::Error(WireError { kind: ErrorKind::PowerSaving, hop: 2, message: "battery at 12 %".into() }),
+            Response::Closed { session: SessionId([1; 16]) },
+        ];
+        for r in resps {
+            assert_eq!(decode::<Response>(&encode(&r).unwrap()).unwrap(), r);
+        }
+    }
+
+    #[test]
+    fn invalid_opens_are_refused_by_name() {
+        let cases: Vec<(&str, Box<dyn Fn(&mut OpenSession)>)> = vec![
+            ("route", Box::new(|o| o.route.clear())),
+            ("route", Box::new(|o| o.route = route(MAX_ROUTE_HOPS as u32 + 1))),
+            ("hop", Box::new(|o| o.hop = 3)),
+            ("route[].peer_id", Box::new(|o| o.route[0].peer_id.clear())),
+            ("route[].peer_id", Box::new(|o| o.route[0].peer_id = vec![0; MAX_PEER_ID_LEN + 1])),
+            ("route[].addrs", Box::new(|o| o.route[1].addrs = vec![String::new(); MAX_ADDRS + 1])),
+            ("route[].addrs[]", Box::new(|o| o.route[1].addrs = vec!["a".repeat(MAX_ADDR_LEN + 1)])),
+            ("empty", Box::new(|o| o.route[2].blocks = BlockRange { start: 20, end: 20 })),
+            ("hop 0 ends at block 10 but hop 1 starts at 11", Box::new(|o| o.route[1].blocks.start = 11)),
+            ("max_tokens", Box::new(|o| o.max_tokens = 0)),
+            ("max_tokens", Box::new(|o| o.max_tokens = MAX_SESSION_TOKENS + 1)),
+        ];
+        for (needle, mutate) in cases {
+            let mut o = open();
+            mutate(&mut o);
+            let err = decode::<Request>(&encode(&Request::Open(o)).unwrap()).unwrap_err();
+            assert!(err.to_string().contains(needle), "{needle}: {err}");
+        }
+    }
+
+    #[test]
+    fn invalid_forwards_are_refused() {
+        let mut f = forward();
+        f.hidden.data[0] ^= 0xff;
+        assert!(decode::<Request>(&encode(&Request::Forward(f)).unwrap()).unwrap_err().to_string().contains("checksum"));
+        let mut f = forward();
+        f.hidden = TensorFrame::from_f32(&[6], &[0.0; 6], DType::F32).unwrap();
+        assert!(decode::<Request>(&encode(&Request::Forward(f)).unwrap()).unwrap_err().to_string().contains("hidden"));
+        let mut f = forward();
+        f.hidden = TensorFrame::from_f32(&[0, 6], &[], DType::F32).unwrap();
+        assert!(decode::<Request>(&encode(&Request::Forward(f)).unwrap()).is_err());
+    }
+
+    #[test]
+    fn long_error_text_is_refused() {
+        let r = Response::Error(WireError { kind: ErrorKind::Internal, hop: 0, message: "x".repeat(MAX_TEXT_LEN + 1) });
+        assert!(decode::<Response>(&encode(&r).unwrap()).is_err());
+    }
+
+    #[test]
+    fn session_id_displays_as_hex() {
+        assert_eq!(SessionId([0xab; 16]).to_string(), "ab".repeat(16));
+    }
+}
