@@ -10,6 +10,7 @@
 //! - [`device`], [`harvest`], [`modes`]: parameters, validated with errors naming the parameter.
 //! - [`chain`], [`stationary`], [`analysis`], [`brent`], [`maxrate`]: the analytical model.
 //! - [`policy`]: the weights a client computes from peers' gossiped [`policy::PeerEnergyState`].
+//! - [`profile`]: a peer's offline profile (eq. 5 rate, saving-risk table) and its gossiped state.
 //! - [`emulated`]: the stage-by-stage battery a live node or a simulation steps slot by slot.
 //! - [`sim`]: the paper's single-device and network simulations, one run at a time.
 
@@ -17,16 +18,23 @@ pub mod analysis;
 pub mod brent;
 pub mod chain;
 pub mod device;
+pub mod emulated;
 pub mod error;
 pub mod harvest;
 pub mod maxrate;
 pub mod modes;
+pub mod policy;
+pub mod profile;
+pub mod sim;
 pub mod stationary;
 
 pub use analysis::Analysis;
 pub use chain::Chain;
 pub use device::DeviceParams;
+pub use emulated::EmulatedBattery;
 pub use error::{EnergyError, Result};
 pub use harvest::{Harvest, HarvestSource, HarvestTrace};
 pub use maxrate::{MaxRate, max_input_rate};
 pub use modes::{ModeTable, PowerMode};
+pub use policy::{PeerEnergyState, Policy, PolicyKind};
+pub use profile::DeviceProfile;

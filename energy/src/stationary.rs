@@ -176,6 +176,7 @@ mod tests {
     use crate::device::DeviceParams;
     use crate::harvest::Harvest;
 
+    #[allow(clippy::needless_range_loop)] // textbook elimination reads clearer with indices
     /// Dense reference, the spec's recipe: A = P^T - I with its last row replaced by ones,
     /// right-hand side the last unit vector, Gaussian elimination with partial pivoting.
     fn dense_solve(c: &Chain) -> Vec<f64> {
