@@ -1,4 +1,27 @@
-//! `swarm-testnet` binary entry point.
+//! `swarm-testnet` binary entry point: one subcommand per tool (`sim` runs the paper's energy
+//! simulations; swarm launchers are added beside it as further `Command` variants).
+
+use clap::{Parser, Subcommand};
+
+mod sim;
+
+/// Local swarms, simulations and benchmarks for Sunswarm.
+#[derive(Debug, Parser)]
+#[command(name = "swarm-testnet", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// The energy model's simulations (paper Figs. 2-4) and our policy beside the paper's.
+    Sim(sim::SimCommand),
+}
+
 fn main() -> anyhow::Result<()> {
-    anyhow::bail!("swarm-testnet: not built yet")
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Sim(cmd) => sim::run(cmd),
+    }
 }
