@@ -1,7 +1,7 @@
 //! The layered network (Figs. 3-4): L layers of K devices, each job passes one device per layer;
 //! the policy picks the device of every layer from the devices' current energy states.
 
-use rand::Rng;
+use rand::{Rng, RngCore};
 
 use crate::device::DeviceParams;
 use crate::emulated::EmulatedBattery;
@@ -42,8 +42,9 @@ pub struct NetworkRun {
     pub completed: u32,
 }
 
-/// Runs one repetition under `policy`, with `profiles[i]` the offline profile of device `i`.
-pub fn run_network<R: Rng + ?Sized>(cfg: &NetworkConfig, policy: &dyn Policy, profiles: &[DeviceProfile], rng: &mut R) -> Result<NetworkRun> {
+/// Runs one repetition (the generator is dynamic so the loop is compiled, optimised, in this crate
+/// rather than in every caller) under `policy`, with `profiles[i]` the offline profile of device `i`.
+pub fn run_network(cfg: &NetworkConfig, policy: &dyn Policy, profiles: &[DeviceProfile], rng: &mut dyn RngCore) -> Result<NetworkRun> {
     probability("arrival probability p", cfg.p)?;
     let n = cfg.devices.len();
     if cfg.per_layer == 0 || n == 0 || !n.is_multiple_of(cfg.per_layer) {

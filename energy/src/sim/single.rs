@@ -1,6 +1,6 @@
 //! One device alone (Fig. 2a): Bernoulli arrivals, accepted only when the device is available.
 
-use rand::Rng;
+use rand::{Rng, RngCore};
 
 use crate::device::DeviceParams;
 use crate::emulated::EmulatedBattery;
@@ -31,8 +31,9 @@ pub struct SingleRun {
     pub ps_frac: f64,
 }
 
-/// Runs one repetition.
-pub fn run_single<R: Rng + ?Sized>(cfg: &SingleConfig, rng: &mut R) -> Result<SingleRun> {
+/// Runs one repetition (the generator is dynamic so the loop is compiled, optimised, in this crate
+/// rather than in every caller).
+pub fn run_single(cfg: &SingleConfig, rng: &mut dyn RngCore) -> Result<SingleRun> {
     probability("arrival probability p", cfg.p)?;
     let mut dev = EmulatedBattery::new(cfg.device.clone(), cfg.e0)?;
     let mut harvest = HarvestSource::new(cfg.device.harvest.clone(), rng.random::<u32>() as usize);

@@ -67,7 +67,7 @@ pub struct Fig2bRow {
 
 /// The p grid of the risk curves.
 pub fn risk_grid() -> Vec<f64> {
-    (1..=20).map(|k| k as f64 * 0.05).collect()
+    (1..=20).map(|k| (k * 5) as f64 / 100.0).collect()
 }
 
 /// Fig. 2b: analytical, no randomness.

@@ -111,7 +111,7 @@ pub fn fig2b(dir: &Path, rows: &[Fig2bRow], delta: f64) -> Result<PathBuf> {
             chart
                 .draw_series(LineSeries::new(r.risk_curve.iter().copied(), c.stroke_width(2)))
                 .map_err(err)?
-                .label(format!("{}: lam_max = {:.3}{}", r.mode, r.lam_max, if r.reached { " (energy)" } else { " (time)" }))
+                .label(format!("{}: lam_max = {:.3}{}", r.mode, r.lam_max, if r.lam_star < 1.0 / r.nbar { " (energy)" } else { " (time)" }))
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
             chart.draw_series(DashedLineSeries::new([(r.lam_max, 0.0), (r.lam_max, y_max)], 6, 4, c.stroke_width(1))).map_err(err)?;
             chart.draw_series(std::iter::once(Circle::new((r.lam_max, r.risk_at_max), 6, c.filled()))).map_err(err)?;
