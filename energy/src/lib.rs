@@ -34,7 +34,7 @@ pub use device::DeviceParams;
 pub use emulated::EmulatedBattery;
 pub use error::{EnergyError, Result};
 pub use harvest::{Harvest, HarvestSource, HarvestTrace};
-pub use maxrate::{MaxRate, max_input_rate};
+pub use maxrate::{CrossingRule, MaxRate, max_input_rate, max_input_rate_with};
 pub use modes::{ModeTable, PowerMode};
 pub use policy::{PeerEnergyState, Policy, PolicyKind};
 pub use profile::DeviceProfile;

@@ -9,7 +9,7 @@ use crate::chain::Chain;
 use crate::device::DeviceParams;
 use crate::emulated::EmulatedBattery;
 use crate::error::{EnergyError, Result};
-use crate::maxrate::{MaxRate, max_input_rate};
+use crate::maxrate::{CrossingRule, MaxRate, max_input_rate_with};
 use crate::policy::PeerEnergyState;
 
 /// Default look-ahead of the saving-risk table, in stages.
@@ -29,7 +29,13 @@ pub struct DeviceProfile {
 impl DeviceProfile {
     /// Computes the profile at risk tolerance `delta` (threshold e_L) and look-ahead `horizon`.
     pub fn compute(dev: &DeviceParams, delta: f64, horizon: u32) -> Result<Self> {
-        let max_rate = max_input_rate(dev, delta, dev.e_low)?;
+        Self::compute_with(dev, delta, horizon, CrossingRule::Endpoint)
+    }
+
+    /// As [`DeviceProfile::compute`], with an explicit lambda* search rule.
+    pub fn compute_with(dev: &DeviceParams, delta: f64, horizon: u32, rule: CrossingRule) -> Result<Self> {
+        validate_horizon(horizon)?;
+        let max_rate = max_input_rate_with(dev, delta, dev.e_low, rule)?;
         // The peer expects to run near its own maximum rate.
         let chain = Chain::build(dev, max_rate.lam_max)?;
         let saving_risk = saving_risk_table(&chain, horizon);

@@ -19,6 +19,26 @@ pub enum EnergyModel {
     Nominal,
 }
 
+/// How lambda* is searched for (eq. 5).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Crossing {
+    /// The spec's rule: R(1) < delta means never reached, else Brent on [1e-4, 1] (the default).
+    Endpoint,
+    /// Ours: Brent on the first cell of a 20-point grid where R >= delta (robust to a risk that
+    /// falls again past energy saturation).
+    First,
+}
+
+impl Crossing {
+    pub fn rule(self) -> sunswarm_energy::CrossingRule {
+        match self {
+            Crossing::Endpoint => sunswarm_energy::CrossingRule::Endpoint,
+            Crossing::First => sunswarm_energy::CrossingRule::FirstCrossing { grid: 20 },
+        }
+    }
+}
+
 /// Every knob of the paper's experiments.
 #[derive(Debug, Clone, Args, Serialize)]
 pub struct SimParams {
@@ -69,6 +89,10 @@ pub struct SimParams {
     /// Per-job energies of the power modes.
     #[arg(long, value_enum, default_value_t = EnergyModel::Measured, global = true)]
     pub energy_model: EnergyModel,
+
+    /// Search rule for the eq. 5 maximum rate.
+    #[arg(long, value_enum, default_value_t = Crossing::Endpoint, global = true)]
+    pub crossing: Crossing,
 
     /// Fig. 2a/2b: smallest harvest per slot (kJ).
     #[arg(long, default_value_t = 6, global = true)]

@@ -4,7 +4,7 @@
 use anyhow::Result;
 use serde::Serialize;
 use sunswarm_energy::sim::{SingleConfig, run_single};
-use sunswarm_energy::{Analysis, ModeTable, max_input_rate};
+use sunswarm_energy::{Analysis, ModeTable, max_input_rate_with};
 
 use super::args::SimParams;
 use super::runner::{Progress, Stat, repeat};
@@ -75,7 +75,7 @@ pub fn fig2b(p: &SimParams) -> Result<Vec<Fig2bRow>> {
     let mut rows = Vec::new();
     for (name, table) in mode_tables(p)? {
         let dev = p.fig2_device(table)?;
-        let m = max_input_rate(&dev, p.delta, dev.e_low)?;
+        let m = max_input_rate_with(&dev, p.delta, dev.e_low, p.crossing.rule())?;
         let mut risk_curve = Vec::new();
         for x in risk_grid() {
             risk_curve.push((x, Analysis::new(&dev, x)?.risk(dev.e_low)));

@@ -55,7 +55,7 @@ fn network(p: &SimParams, mu_bar: f64, arrival: f64, cache: &mut ProfileCache) -
         let profile = match cache.get(&key) {
             Some(prof) => prof.clone(),
             None => {
-                let prof = DeviceProfile::compute(&dev, p.delta, p.horizon)?;
+                let prof = DeviceProfile::compute_with(&dev, p.delta, p.horizon, p.crossing.rule())?;
                 cache.insert(key, prof.clone());
                 prof
             }

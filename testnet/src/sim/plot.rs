@@ -78,9 +78,9 @@ pub fn fig2a(dir: &Path, rows: &[Fig2aRow]) -> Result<PathBuf> {
         root.fill(&WHITE).map_err(err)?;
         let halves = root.split_evenly((1, 2));
         let jobs_max = rows.iter().map(|r| r.jobs.mean + r.jobs.sd).fold(60.0f64, f64::max) * 1.15;
-        bars(&halves[0], "Fig. 2a: jobs completed in 100 slots", "jobs", rows, |r| r.jobs.clone(), |m| paper_fig2a(m).map(|p| p.0), jobs_max)?;
+        bars(&halves[0], "Fig. 2a: jobs completed in 100 slots", "jobs", rows, |r| r.jobs, |m| paper_fig2a(m).map(|p| p.0), jobs_max)?;
         let pct = |s: Stat| Stat { mean: 100.0 * s.mean, sd: 100.0 * s.sd };
-        bars(&halves[1], "Fig. 2a: mean battery", "% of capacity", rows, |r| pct(r.avg_battery.clone()), |m| paper_fig2a(m).map(|p| p.1), 110.0)?;
+        bars(&halves[1], "Fig. 2a: mean battery", "% of capacity", rows, |r| pct(r.avg_battery), |m| paper_fig2a(m).map(|p| p.1), 110.0)?;
         root.present().map_err(err)?;
     }
     Ok(path)
@@ -126,7 +126,7 @@ pub fn fig2b(dir: &Path, rows: &[Fig2bRow], delta: f64) -> Result<PathBuf> {
 fn sweep_panel(area: &Area, title: &str, x_desc: &str, y_desc: &str, sweep: &Sweep, metric: &dyn Fn(&super::network::Series) -> Vec<Stat>, scale: f64) -> Result<()> {
     let (x0, x1) = (sweep.xs.iter().copied().fold(f64::INFINITY, f64::min), sweep.xs.iter().copied().fold(f64::NEG_INFINITY, f64::max));
     let pad = (x1 - x0).max(1e-9) * 0.05;
-    let y_max = sweep.series.iter().flat_map(|s| metric(s)).map(|st| (st.mean + st.sd) * scale).fold(0.0f64, f64::max).max(1e-6) * 1.1;
+    let y_max = sweep.series.iter().flat_map(metric).map(|st| (st.mean + st.sd) * scale).fold(0.0f64, f64::max).max(1e-6) * 1.1;
     let mut chart = ChartBuilder::on(area)
         .caption(title, ("sans-serif", 16))
         .margin(10)
