@@ -188,6 +188,19 @@ mod tests {
     }
 
     #[test]
+    fn lookahead_saves_more_power_than_adaptive_without_losing_throughput() {
+        let p = params(&["--policies", "adaptive,lookahead", "--net-runs", "150", "--mu-bars", "3,4,5", "--net-ps", "0.5,0.7,0.9", "--p1-mu-bars", "8"]);
+        let o = compute(&p, Experiment::Fig3).unwrap().sweeps.unwrap();
+        for sweep in [&o.vs_energy, &o.vs_arrival] {
+            let (a, l) = (&sweep.series[0], &sweep.series[1]);
+            assert!(report::mean_ps(l) < 0.9 * report::mean_ps(a), "lookahead {} vs adaptive {}", report::mean_ps(l), report::mean_ps(a));
+            for j in 0..sweep.xs.len() {
+                assert!(l.throughput[j].mean > a.throughput[j].mean - 0.01, "throughput at {}", sweep.xs[j]);
+            }
+        }
+    }
+
+    #[test]
     fn bad_flags_are_named() {
         assert!(params(&["--net-p", "1.5"]).validate().unwrap_err().to_string().contains("--net-p"));
         assert!(params(&["--e-low", "50"]).validate().unwrap_err().to_string().contains("e_low"));
