@@ -62,8 +62,20 @@ impl Analysis {
             *v /= total;
         }
         // With no processing mass (p = 0) eq. 4 is 0/0; the longest job is the cautious reading.
-        let nbar = if busy > 0.0 { busy_slots / busy } else { max_slots };
-        Ok(Self { pi, level_share, mean_battery: battery / total, ps_frac: saving / total, throughput: busy / total, nbar, capacity: b })
+        let nbar = if busy > 0.0 {
+            busy_slots / busy
+        } else {
+            max_slots
+        };
+        Ok(Self {
+            pi,
+            level_share,
+            mean_battery: battery / total,
+            ps_frac: saving / total,
+            throughput: busy / total,
+            nbar,
+            capacity: b,
+        })
     }
 
     /// eq. 3: share of slots with battery strictly below `e_th`.
@@ -86,8 +98,15 @@ mod tests {
 
     #[test]
     fn fixed_mode_nbar_is_its_job_length() {
-        for (mode, n) in [(paper::w15(), 3.0), (paper::w30(), 2.0), (paper::w60(), 1.0)] {
-            let d = DeviceParams::paper(Harvest::uniform(6, 14).unwrap(), ModeTable::fixed(mode).unwrap());
+        for (mode, n) in [
+            (paper::w15(), 3.0),
+            (paper::w30(), 2.0),
+            (paper::w60(), 1.0),
+        ] {
+            let d = DeviceParams::paper(
+                Harvest::uniform(6, 14).unwrap(),
+                ModeTable::fixed(mode).unwrap(),
+            );
             let a = Analysis::new(&d, 0.5).unwrap();
             assert!((a.nbar - n).abs() < 1e-12);
             assert!((a.level_share.iter().sum::<f64>() - 1.0).abs() < 1e-12);
@@ -107,9 +126,16 @@ mod tests {
     #[test]
     fn energy_balance_holds() {
         // In steady state, harvest kept = energy spent: throughput * cost can't exceed mean harvest.
-        let d = DeviceParams::paper(Harvest::uniform(6, 14).unwrap(), ModeTable::fixed(paper::w60()).unwrap());
+        let d = DeviceParams::paper(
+            Harvest::uniform(6, 14).unwrap(),
+            ModeTable::fixed(paper::w60()).unwrap(),
+        );
         let a = Analysis::new(&d, 1.0).unwrap();
         assert!(a.throughput * 23.0 <= 10.0 + 1e-9, "{}", a.throughput);
-        assert!(a.throughput * 23.0 > 9.0, "almost no harvest should be wasted at p = 1: {}", a.throughput);
+        assert!(
+            a.throughput * 23.0 > 9.0,
+            "almost no harvest should be wasted at p = 1: {}",
+            a.throughput
+        );
     }
 }

@@ -4,7 +4,13 @@ use crate::error::{EnergyError, Result};
 
 /// A root of `f` in `[a, b]` to within `tol`, given `f(a)` and `f(b)` of opposite signs (or zero).
 /// Returns the root and the number of evaluations of `f`.
-pub fn brent<F: FnMut(f64) -> Result<f64>>(mut f: F, a: f64, b: f64, tol: f64, max_iter: usize) -> Result<(f64, usize)> {
+pub fn brent<F: FnMut(f64) -> Result<f64>>(
+    mut f: F,
+    a: f64,
+    b: f64,
+    tol: f64,
+    max_iter: usize,
+) -> Result<(f64, usize)> {
     let (mut a, mut b) = (a, b);
     let mut fa = f(a)?;
     let mut fb = f(b)?;
@@ -94,12 +100,22 @@ mod tests {
         assert!((x - 0.739_085_133_215_160_6).abs() < 1e-9);
         assert!(n < 15, "{n} evaluations");
         // A step function: bisection fallback still brackets the jump.
-        let (x, _) = brent(|x| Ok(if x < 0.3 { -1.0 } else { 1.0 }), 0.0, 1.0, 1e-8, 200).unwrap();
+        let (x, _) = brent(
+            |x| Ok(if x < 0.3 { -1.0 } else { 1.0 }),
+            0.0,
+            1.0,
+            1e-8,
+            200,
+        )
+        .unwrap();
         assert!((x - 0.3).abs() < 1e-7);
     }
 
     #[test]
     fn rejects_unbracketed() {
-        assert!(matches!(brent(|x| Ok(x * x + 1.0), -1.0, 1.0, 1e-6, 50), Err(EnergyError::NotBracketed { .. })));
+        assert!(matches!(
+            brent(|x| Ok(x * x + 1.0), -1.0, 1.0, 1e-6, 50),
+            Err(EnergyError::NotBracketed { .. })
+        ));
     }
 }

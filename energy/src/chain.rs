@@ -81,14 +81,24 @@ impl Chain {
                     for (h, fh) in f.iter() {
                         let e2 = dev.after_idle(e, h);
                         add(&mut acc, &mut touched, Self::index_in(b, 1, e2, 1), p * fh);
-                        add(&mut acc, &mut touched, Self::index_in(b, 0, e2, 1), (1.0 - p) * fh);
+                        add(
+                            &mut acc,
+                            &mut touched,
+                            Self::index_in(b, 0, e2, 1),
+                            (1.0 - p) * fh,
+                        );
                     }
                 }
                 (_, 0) => {
                     // R3: power saving keeps q, rejects arrivals, wakes at e_H.
                     for (h, fh) in f.iter() {
                         let (e2, wake) = dev.after_saving(e, h);
-                        add(&mut acc, &mut touched, Self::index_in(b, q, e2, wake as u8), fh);
+                        add(
+                            &mut acc,
+                            &mut touched,
+                            Self::index_in(b, q, e2, wake as u8),
+                            fh,
+                        );
                     }
                 }
                 _ => {
@@ -96,11 +106,23 @@ impl Chain {
                     let nm = mode.slots;
                     tau[i] = nm as f64;
                     let a = 1.0 - (1.0 - p).powi(nm as i32);
-                    let fnm = conv[nm as usize].as_ref().expect("every mode's convolution is precomputed");
+                    let fnm = conv[nm as usize]
+                        .as_ref()
+                        .expect("every mode's convolution is precomputed");
                     for (h, fh) in fnm.iter() {
                         let (e2, active) = dev.after_job(e, h, mode.energy);
-                        add(&mut acc, &mut touched, Self::index_in(b, 1, e2, active as u8), a * fh);
-                        add(&mut acc, &mut touched, Self::index_in(b, 0, e2, active as u8), (1.0 - a) * fh);
+                        add(
+                            &mut acc,
+                            &mut touched,
+                            Self::index_in(b, 1, e2, active as u8),
+                            a * fh,
+                        );
+                        add(
+                            &mut acc,
+                            &mut touched,
+                            Self::index_in(b, 0, e2, active as u8),
+                            (1.0 - a) * fh,
+                        );
                     }
                 }
             }
@@ -113,7 +135,15 @@ impl Chain {
             touched.clear();
             row_ptr.push(cols.len());
         }
-        Ok(Self { capacity: b, p, row_ptr, cols, vals, tau, slots })
+        Ok(Self {
+            capacity: b,
+            p,
+            row_ptr,
+            cols,
+            vals,
+            tau,
+            slots,
+        })
     }
 
     /// Number of states, 4(B + 1).
@@ -153,13 +183,20 @@ impl Chain {
     fn state_of(b: i64, i: usize) -> State {
         let levels = b as usize + 1;
         let sub = i / levels;
-        State { q: (sub / 2) as u8, e: (i % levels) as i64, s: (sub % 2) as u8 }
+        State {
+            q: (sub / 2) as u8,
+            e: (i % levels) as i64,
+            s: (sub % 2) as u8,
+        }
     }
 
     /// Non-zero entries of row `i` as (column, probability), columns ascending.
     pub fn row(&self, i: usize) -> impl Iterator<Item = (usize, f64)> + '_ {
         let r = self.row_ptr[i]..self.row_ptr[i + 1];
-        self.cols[r.clone()].iter().map(|&c| c as usize).zip(self.vals[r].iter().copied())
+        self.cols[r.clone()]
+            .iter()
+            .map(|&c| c as usize)
+            .zip(self.vals[r].iter().copied())
     }
 
     /// Number of stored non-zeros.
@@ -202,7 +239,11 @@ mod tests {
     use crate::modes::{ModeTable, paper};
 
     fn chain(p: f64) -> Chain {
-        Chain::build(&DeviceParams::paper_dynamic(Harvest::uniform(6, 14).unwrap()), p).unwrap()
+        Chain::build(
+            &DeviceParams::paper_dynamic(Harvest::uniform(6, 14).unwrap()),
+            p,
+        )
+        .unwrap()
     }
 
     #[test]
@@ -219,20 +260,35 @@ mod tests {
     #[test]
     fn rules_by_hand() {
         let c = chain(0.3);
-        let row = |q, e, s| -> Vec<(State, f64)> { c.row(c.index(q, e, s)).map(|(j, w)| (c.state(j), w)).collect() };
+        let row = |q, e, s| -> Vec<(State, f64)> {
+            c.row(c.index(q, e, s))
+                .map(|(j, w)| (c.state(j), w))
+                .collect()
+        };
         // R2 at e = 90: harvests 6..14 cap at 100 from 10 up, so e' = 96..99 get 1/9, 100 gets 5/9.
         let r = row(0, 90, 1);
-        let w = |q, e| r.iter().find(|(st, _)| *st == State { q, e, s: 1 }).map(|x| x.1).unwrap_or(0.0);
+        let w = |q, e| {
+            r.iter()
+                .find(|(st, _)| *st == State { q, e, s: 1 })
+                .map(|x| x.1)
+                .unwrap_or(0.0)
+        };
         assert!((w(1, 96) - 0.3 / 9.0).abs() < 1e-12);
         assert!((w(0, 100) - 0.7 * 5.0 / 9.0).abs() < 1e-12);
         assert_eq!(r.len(), 10);
         // R3 from e = 30: e' = 36..44, wakes (s' = 1) from 40 on, q kept.
         let r = row(1, 30, 0);
-        assert!(r.iter().all(|(st, _)| st.q == 1 && (st.s == 1) == (st.e >= 40)));
+        assert!(
+            r.iter()
+                .all(|(st, _)| st.q == 1 && (st.s == 1) == (st.e >= 40))
+        );
         assert_eq!(r.len(), 9);
         // R4 at e = 70 (60 W, 1 slot, 23 units): e' = 53..61, all active; a = p.
         let r = row(1, 70, 1);
-        assert!(r.iter().all(|(st, _)| st.e >= 53 && st.e <= 61 && st.s == 1));
+        assert!(
+            r.iter()
+                .all(|(st, _)| st.e >= 53 && st.e <= 61 && st.s == 1)
+        );
         let acc: f64 = r.iter().filter(|(st, _)| st.q == 1).map(|x| x.1).sum();
         assert!((acc - 0.3).abs() < 1e-12);
         // R4 at e = 10 (15 W, 3 slots, 26 units): e' = clip(10 + 18..42 - 26) = 2..26.
@@ -246,7 +302,10 @@ mod tests {
 
     #[test]
     fn clip_at_zero_merges_mass() {
-        let dev = DeviceParams::paper(Harvest::uniform(0, 2).unwrap(), ModeTable::fixed(paper::w60()).unwrap());
+        let dev = DeviceParams::paper(
+            Harvest::uniform(0, 2).unwrap(),
+            ModeTable::fixed(paper::w60()).unwrap(),
+        );
         let c = Chain::build(&dev, 1.0).unwrap();
         // e = 5, cost 23: every harvest ends at 0, all with q' = 1 (p = 1).
         let r: Vec<_> = c.row(c.index(1, 5, 1)).collect();
@@ -256,7 +315,12 @@ mod tests {
     #[test]
     fn bad_arrival_rate_is_named() {
         let dev = DeviceParams::paper_dynamic(Harvest::uniform(6, 14).unwrap());
-        assert!(Chain::build(&dev, 1.5).unwrap_err().to_string().contains("arrival probability"));
+        assert!(
+            Chain::build(&dev, 1.5)
+                .unwrap_err()
+                .to_string()
+                .contains("arrival probability")
+        );
         assert!(Chain::build(&dev, f64::NAN).is_err());
     }
 }

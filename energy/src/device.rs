@@ -25,7 +25,13 @@ pub struct DeviceParams {
 impl DeviceParams {
     /// The paper's device (B = 100, e_L = 20, e_H = 40) with the given harvest and modes.
     pub fn paper(harvest: Harvest, modes: ModeTable) -> Self {
-        Self { capacity: 100, e_low: 20, e_high: 40, harvest, modes }
+        Self {
+            capacity: 100,
+            e_low: 20,
+            e_high: 40,
+            harvest,
+            modes,
+        }
     }
 
     /// The paper's device with the dynamic mode table.
@@ -36,15 +42,27 @@ impl DeviceParams {
     /// Checks every parameter, naming the first one that is wrong.
     pub fn validate(&self) -> Result<()> {
         if self.capacity < 1 {
-            return Err(EnergyError::ZeroCapacity { param: "battery capacity", value: self.capacity });
+            return Err(EnergyError::ZeroCapacity {
+                param: "battery capacity",
+                value: self.capacity,
+            });
         }
         non_negative("e_low", self.e_low)?;
         non_negative("e_high", self.e_high)?;
         if self.e_low > self.e_high {
-            return Err(EnergyError::OutOfOrder { low_param: "e_low", low: self.e_low, high_param: "e_high", high: self.e_high });
+            return Err(EnergyError::OutOfOrder {
+                low_param: "e_low",
+                low: self.e_low,
+                high_param: "e_high",
+                high: self.e_high,
+            });
         }
         if self.e_high > self.capacity {
-            return Err(EnergyError::AboveCapacity { param: "e_high", value: self.e_high, capacity: self.capacity });
+            return Err(EnergyError::AboveCapacity {
+                param: "e_high",
+                value: self.e_high,
+                capacity: self.capacity,
+            });
         }
         self.harvest.validate()?;
         self.modes.validate()
@@ -54,7 +72,11 @@ impl DeviceParams {
     pub fn validate_level(&self, param: &'static str, e: i64) -> Result<()> {
         non_negative(param, e)?;
         if e > self.capacity {
-            return Err(EnergyError::AboveCapacity { param, value: e, capacity: self.capacity });
+            return Err(EnergyError::AboveCapacity {
+                param,
+                value: e,
+                capacity: self.capacity,
+            });
         }
         Ok(())
     }
@@ -108,19 +130,46 @@ mod tests {
     fn validation_names_the_parameter() {
         let mut d = dev();
         d.capacity = 0;
-        assert!(d.validate().unwrap_err().to_string().contains("battery capacity"));
+        assert!(
+            d.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("battery capacity")
+        );
         let mut d = dev();
         d.e_low = 50;
         let e = d.validate().unwrap_err();
-        assert!(matches!(e, EnergyError::OutOfOrder { low_param: "e_low", .. }), "{e}");
+        assert!(
+            matches!(
+                e,
+                EnergyError::OutOfOrder {
+                    low_param: "e_low",
+                    ..
+                }
+            ),
+            "{e}"
+        );
         let mut d = dev();
         d.e_low = -3;
-        assert!(d.validate().unwrap_err().to_string().contains("e_low must not be negative"));
+        assert!(
+            d.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("e_low must not be negative")
+        );
         let mut d = dev();
         d.e_high = 101;
         assert!(d.validate().unwrap_err().to_string().contains("e_high"));
-        let d = DeviceParams::paper(Harvest::Uniform { min: 3, max: 1 }, ModeTable::fixed(paper::w15()).unwrap());
-        assert!(d.validate().unwrap_err().to_string().contains("harvest min"));
+        let d = DeviceParams::paper(
+            Harvest::Uniform { min: 3, max: 1 },
+            ModeTable::fixed(paper::w15()).unwrap(),
+        );
+        assert!(
+            d.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("harvest min")
+        );
         assert!(dev().validate_level("initial battery", 101).is_err());
         assert!(dev().validate().is_ok());
     }

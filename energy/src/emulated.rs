@@ -55,7 +55,13 @@ impl EmulatedBattery {
         dev.validate()?;
         dev.validate_level("initial battery", e0)?;
         let active = dev.starts_active(e0);
-        Ok(Self { dev, q: false, e: e0, active, stage: None })
+        Ok(Self {
+            dev,
+            q: false,
+            e: e0,
+            active,
+            stage: None,
+        })
     }
 
     /// The device's parameters.
@@ -102,11 +108,19 @@ impl EmulatedBattery {
             (StageKind::Saving, 1)
         } else if self.q {
             let mode = self.dev.modes.index_at(self.e);
-            (StageKind::Processing { mode }, self.dev.modes.modes()[mode].slots)
+            (
+                StageKind::Processing { mode },
+                self.dev.modes.modes()[mode].slots,
+            )
         } else {
             (StageKind::Idle, 1)
         };
-        self.stage = Some(Stage { kind, remaining: len, harvested: 0, accepted: false });
+        self.stage = Some(Stage {
+            kind,
+            remaining: len,
+            harvested: 0,
+            accepted: false,
+        });
         kind
     }
 
@@ -143,7 +157,10 @@ impl EmulatedBattery {
             return SlotEnd::default();
         }
         self.stage = None;
-        let mut out = SlotEnd { job_done: false, stage_ended: true };
+        let mut out = SlotEnd {
+            job_done: false,
+            stage_ended: true,
+        };
         match st.kind {
             StageKind::Idle => {
                 self.e = self.dev.after_idle(self.e, st.harvested);
@@ -174,7 +191,10 @@ mod tests {
     use crate::modes::{ModeTable, paper};
 
     fn dev15() -> DeviceParams {
-        DeviceParams::paper(Harvest::uniform(6, 14).unwrap(), ModeTable::fixed(paper::w15()).unwrap())
+        DeviceParams::paper(
+            Harvest::uniform(6, 14).unwrap(),
+            ModeTable::fixed(paper::w15()).unwrap(),
+        )
     }
 
     #[test]
@@ -183,13 +203,26 @@ mod tests {
         assert_eq!(b.begin_slot(), StageKind::Idle);
         assert!(b.offer_job());
         assert!(!b.offer_job(), "one pending place per stage");
-        assert_eq!(b.end_slot(10), SlotEnd { job_done: false, stage_ended: true });
+        assert_eq!(
+            b.end_slot(10),
+            SlotEnd {
+                job_done: false,
+                stage_ended: true
+            }
+        );
         assert_eq!(b.level(), 60);
         assert_eq!(b.begin_slot(), StageKind::Processing { mode: 0 });
-        assert!(b.offer_job(), "a processing device still takes one pending job");
+        assert!(
+            b.offer_job(),
+            "a processing device still takes one pending job"
+        );
         assert!(!b.end_slot(6).stage_ended);
         assert!(!b.end_slot(6).stage_ended);
-        assert_eq!(b.level(), 60, "the level changes only at the end of a stage");
+        assert_eq!(
+            b.level(),
+            60,
+            "the level changes only at the end of a stage"
+        );
         assert!(b.end_slot(6).job_done);
         assert_eq!(b.level(), 60 + 18 - 26);
         assert!(b.has_job());
@@ -221,7 +254,17 @@ mod tests {
     fn starts_saving_below_e_low_and_rejects_bad_start() {
         let b = EmulatedBattery::new(dev15(), 19).unwrap();
         assert!(b.power_saving());
-        assert!(EmulatedBattery::new(dev15(), 101).unwrap_err().to_string().contains("initial battery"));
-        assert!(EmulatedBattery::new(dev15(), -1).unwrap_err().to_string().contains("initial battery"));
+        assert!(
+            EmulatedBattery::new(dev15(), 101)
+                .unwrap_err()
+                .to_string()
+                .contains("initial battery")
+        );
+        assert!(
+            EmulatedBattery::new(dev15(), -1)
+                .unwrap_err()
+                .to_string()
+                .contains("initial battery")
+        );
     }
 }

@@ -15,10 +15,19 @@ pub enum EnergyError {
     ZeroCapacity { param: &'static str, value: i64 },
     /// An energy level above the battery capacity.
     #[error("{param} = {value} exceeds the battery capacity {capacity}")]
-    AboveCapacity { param: &'static str, value: i64, capacity: i64 },
+    AboveCapacity {
+        param: &'static str,
+        value: i64,
+        capacity: i64,
+    },
     /// Two thresholds that must be ordered are not (e.g. e_L > e_H, harvest min > max).
     #[error("thresholds out of order: {low_param} = {low} must not exceed {high_param} = {high}")]
-    OutOfOrder { low_param: &'static str, low: i64, high_param: &'static str, high: i64 },
+    OutOfOrder {
+        low_param: &'static str,
+        low: i64,
+        high_param: &'static str,
+        high: i64,
+    },
     /// A probability (arrival rate, risk threshold) outside [0, 1] or not a number.
     #[error("{param} must be a probability in [0, 1] (got {value})")]
     Probability { param: &'static str, value: f64 },
@@ -35,7 +44,9 @@ pub enum EnergyError {
     #[error("{param}: {reason}")]
     Invalid { param: &'static str, reason: String },
     /// The chain has several closed classes (e.g. no harvest at all), so its stationary law is not unique.
-    #[error("the chain has {classes} closed classes, so its stationary distribution is not unique (does the device harvest anything?)")]
+    #[error(
+        "the chain has {classes} closed classes, so its stationary distribution is not unique (does the device harvest anything?)"
+    )]
     NotErgodic { classes: usize },
     /// The root search was handed a bracket whose ends have the same sign.
     #[error("root not bracketed: f({a}) = {fa} and f({b}) = {fb} have the same sign")]

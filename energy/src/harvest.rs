@@ -19,7 +19,10 @@ pub struct Pmf {
 impl Pmf {
     /// The pmf that puts all its mass on `value`.
     pub fn point(value: i64) -> Self {
-        Self { offset: value, probs: vec![1.0] }
+        Self {
+            offset: value,
+            probs: vec![1.0],
+        }
     }
 
     /// Smallest value in the support (with possibly zero mass at the ends of traces).
@@ -44,7 +47,11 @@ impl Pmf {
     /// Probability of exactly `value`.
     pub fn prob(&self, value: i64) -> f64 {
         let i = value - self.offset;
-        if i < 0 { 0.0 } else { self.probs.get(i as usize).copied().unwrap_or(0.0) }
+        if i < 0 {
+            0.0
+        } else {
+            self.probs.get(i as usize).copied().unwrap_or(0.0)
+        }
     }
 
     /// Mean of the law.
@@ -63,7 +70,10 @@ impl Pmf {
                 probs[i + j] += a * b;
             }
         }
-        Pmf { offset: self.offset + other.offset, probs }
+        Pmf {
+            offset: self.offset + other.offset,
+            probs,
+        }
     }
 
     /// `f^(n)`: law of the total over `n` independent slots (`n = 0` is the point mass at 0).
@@ -118,7 +128,10 @@ impl Harvest {
     /// halves rounded to even, clamped so that `0 <= min <= max`.
     pub fn around_mean(mu: f64) -> Result<Self> {
         if !(mu.is_finite() && mu >= 0.0) {
-            return Err(EnergyError::Invalid { param: "mean harvest", reason: format!("must be a finite non-negative number (got {mu})") });
+            return Err(EnergyError::Invalid {
+                param: "mean harvest",
+                reason: format!("must be a finite non-negative number (got {mu})"),
+            });
         }
         let min = (0.5 * mu).round_ties_even().max(0.0) as i64;
         let max = ((1.5 * mu).round_ties_even() as i64).max(min);
@@ -132,7 +145,12 @@ impl Harvest {
                 non_negative("harvest min", *min)?;
                 non_negative("harvest max", *max)?;
                 if min > max {
-                    return Err(EnergyError::OutOfOrder { low_param: "harvest min", low: *min, high_param: "harvest max", high: *max });
+                    return Err(EnergyError::OutOfOrder {
+                        low_param: "harvest min",
+                        low: *min,
+                        high_param: "harvest max",
+                        high: *max,
+                    });
                 }
                 Ok(())
             }
@@ -145,7 +163,10 @@ impl Harvest {
         match self {
             Harvest::Uniform { min, max } => {
                 let n = (max - min + 1) as usize;
-                Pmf { offset: *min, probs: vec![1.0 / n as f64; n] }
+                Pmf {
+                    offset: *min,
+                    probs: vec![1.0 / n as f64; n],
+                }
             }
             Harvest::Trace(t) => {
                 let lo = *t.samples.iter().min().unwrap_or(&0);
@@ -217,9 +238,15 @@ mod tests {
     #[test]
     fn around_mean_rounds_halves_to_even() {
         // mu = 1: 0.5 -> 0, 1.5 -> 2.
-        assert_eq!(Harvest::around_mean(1.0).unwrap(), Harvest::Uniform { min: 0, max: 2 });
+        assert_eq!(
+            Harvest::around_mean(1.0).unwrap(),
+            Harvest::Uniform { min: 0, max: 2 }
+        );
         // mu = 5: 2.5 -> 2, 7.5 -> 8.
-        assert_eq!(Harvest::around_mean(5.0).unwrap(), Harvest::Uniform { min: 2, max: 8 });
+        assert_eq!(
+            Harvest::around_mean(5.0).unwrap(),
+            Harvest::Uniform { min: 2, max: 8 }
+        );
         assert!(Harvest::around_mean(-1.0).is_err());
     }
 
@@ -229,8 +256,16 @@ mod tests {
         assert!(e.to_string().contains("harvest min"), "{e}");
         let e = Harvest::uniform(5, 3).unwrap_err();
         assert!(matches!(e, EnergyError::OutOfOrder { .. }), "{e}");
-        assert_eq!(HarvestTrace::new(vec![]).unwrap_err(), EnergyError::EmptyTrace);
-        assert!(HarvestTrace::new(vec![1, -2]).unwrap_err().to_string().contains("trace"));
+        assert_eq!(
+            HarvestTrace::new(vec![]).unwrap_err(),
+            EnergyError::EmptyTrace
+        );
+        assert!(
+            HarvestTrace::new(vec![1, -2])
+                .unwrap_err()
+                .to_string()
+                .contains("trace")
+        );
     }
 
     #[test]

@@ -48,7 +48,12 @@ pub fn max_input_rate(dev: &DeviceParams, delta: f64, e_th: i64) -> Result<MaxRa
 }
 
 /// eq. 5 with an explicit search rule.
-pub fn max_input_rate_with(dev: &DeviceParams, delta: f64, e_th: i64, rule: CrossingRule) -> Result<MaxRate> {
+pub fn max_input_rate_with(
+    dev: &DeviceParams,
+    delta: f64,
+    e_th: i64,
+    rule: CrossingRule,
+) -> Result<MaxRate> {
     dev.validate()?;
     probability("risk threshold delta", delta)?;
     if let CrossingRule::FirstCrossing { grid } = rule {
@@ -65,14 +70,26 @@ pub fn max_input_rate_with(dev: &DeviceParams, delta: f64, e_th: i64, rule: Cros
             // Too risky even at a trickle: the smallest rate searched is all it can take.
             (P_MIN, true, at_min.nbar)
         } else {
-            let (root, evals) = brent(|p| Ok(Analysis::new(dev, p)?.risk(e_th) - delta), P_MIN, 1.0, P_TOL, 200)?;
+            let (root, evals) = brent(
+                |p| Ok(Analysis::new(dev, p)?.risk(e_th) - delta),
+                P_MIN,
+                1.0,
+                P_TOL,
+                200,
+            )?;
             solves += evals;
             let nbar = Analysis::new(dev, root)?.nbar;
             solves += 1;
             (root, true, nbar)
         }
     };
-    Ok(MaxRate { lam_star, reached, nbar, lam_max: lam_star.min(1.0 / nbar), solves })
+    Ok(MaxRate {
+        lam_star,
+        reached,
+        nbar,
+        lam_max: lam_star.min(1.0 / nbar),
+        solves,
+    })
 }
 
 fn first_crossing(dev: &DeviceParams, delta: f64, e_th: i64, grid: u32) -> Result<MaxRate> {
@@ -84,19 +101,43 @@ fn first_crossing(dev: &DeviceParams, delta: f64, e_th: i64, grid: u32) -> Resul
     let mut lo = P_MIN;
     if risk(lo)? >= 0.0 {
         let nbar = Analysis::new(dev, P_MIN)?.nbar;
-        return Ok(MaxRate { lam_star: P_MIN, reached: true, nbar, lam_max: P_MIN.min(1.0 / nbar), solves: solves + 1 });
+        return Ok(MaxRate {
+            lam_star: P_MIN,
+            reached: true,
+            nbar,
+            lam_max: P_MIN.min(1.0 / nbar),
+            solves: solves + 1,
+        });
     }
     for k in 1..=grid {
         let hi = k as f64 / grid as f64;
         if risk(hi)? >= 0.0 {
-            let (root, evals) = brent(|p| Ok(Analysis::new(dev, p)?.risk(e_th) - delta), lo, hi, P_TOL, 200)?;
+            let (root, evals) = brent(
+                |p| Ok(Analysis::new(dev, p)?.risk(e_th) - delta),
+                lo,
+                hi,
+                P_TOL,
+                200,
+            )?;
             let nbar = Analysis::new(dev, root)?.nbar;
-            return Ok(MaxRate { lam_star: root, reached: true, nbar, lam_max: root.min(1.0 / nbar), solves: solves + evals + 1 });
+            return Ok(MaxRate {
+                lam_star: root,
+                reached: true,
+                nbar,
+                lam_max: root.min(1.0 / nbar),
+                solves: solves + evals + 1,
+            });
         }
         lo = hi;
     }
     let nbar = Analysis::new(dev, 1.0)?.nbar;
-    Ok(MaxRate { lam_star: 1.0, reached: false, nbar, lam_max: 1.0f64.min(1.0 / nbar), solves: solves + 1 })
+    Ok(MaxRate {
+        lam_star: 1.0,
+        reached: false,
+        nbar,
+        lam_max: 1.0f64.min(1.0 / nbar),
+        solves: solves + 1,
+    })
 }
 
 #[cfg(test)]
@@ -121,7 +162,10 @@ mod tests {
         let r30 = max_input_rate(&dev(Some(paper::w30())), 0.02, 20).unwrap();
         assert!((r30.lam_max - 0.5).abs() < 1e-9, "{r30:?}");
         let r60 = max_input_rate(&dev(Some(paper::w60())), 0.02, 20).unwrap();
-        assert!(r60.reached && r60.lam_max < 1.0 && (r60.lam_max - 0.40).abs() < 0.03, "{r60:?}");
+        assert!(
+            r60.reached && r60.lam_max < 1.0 && (r60.lam_max - 0.40).abs() < 0.03,
+            "{r60:?}"
+        );
         let rd = max_input_rate(&dev(None), 0.02, 20).unwrap();
         assert!(rd.lam_max > r60.lam_max, "{rd:?} vs {r60:?}");
     }
@@ -136,21 +180,40 @@ mod rule_tests {
     #[test]
     fn first_crossing_finds_a_peak_the_endpoint_rule_misses() {
         // Risk peaks near 0.14 at p = 0.6 and falls to 0.136 at p = 1 (see the property tests).
-        let dev = DeviceParams { capacity: 94, e_low: 26, e_high: 50, harvest: Harvest::uniform(3, 4).unwrap(), modes: ModeTable::fixed(paper::w30()).unwrap() };
+        let dev = DeviceParams {
+            capacity: 94,
+            e_low: 26,
+            e_high: 50,
+            harvest: Harvest::uniform(3, 4).unwrap(),
+            modes: ModeTable::fixed(paper::w30()).unwrap(),
+        };
         let delta = 0.14;
         let spec = max_input_rate(&dev, delta, dev.e_low).unwrap();
         assert!(!spec.reached && spec.lam_star == 1.0);
-        let ours = max_input_rate_with(&dev, delta, dev.e_low, CrossingRule::FirstCrossing { grid: 20 }).unwrap();
-        assert!(ours.reached && ours.lam_star > 0.4 && ours.lam_star < 0.6, "{ours:?}");
+        let ours = max_input_rate_with(
+            &dev,
+            delta,
+            dev.e_low,
+            CrossingRule::FirstCrossing { grid: 20 },
+        )
+        .unwrap();
+        assert!(
+            ours.reached && ours.lam_star > 0.4 && ours.lam_star < 0.6,
+            "{ours:?}"
+        );
         let r = Analysis::new(&dev, ours.lam_star).unwrap().risk(dev.e_low);
         assert!((r - delta).abs() < 1e-4, "R(lam*) = {r}");
     }
 
     #[test]
     fn rules_agree_when_risk_is_monotone() {
-        let dev = DeviceParams::paper(Harvest::uniform(6, 14).unwrap(), ModeTable::fixed(paper::w60()).unwrap());
+        let dev = DeviceParams::paper(
+            Harvest::uniform(6, 14).unwrap(),
+            ModeTable::fixed(paper::w60()).unwrap(),
+        );
         let a = max_input_rate(&dev, 0.02, 20).unwrap();
-        let b = max_input_rate_with(&dev, 0.02, 20, CrossingRule::FirstCrossing { grid: 20 }).unwrap();
+        let b =
+            max_input_rate_with(&dev, 0.02, 20, CrossingRule::FirstCrossing { grid: 20 }).unwrap();
         assert!((a.lam_star - b.lam_star).abs() < 1e-5 && a.reached == b.reached);
     }
 }

@@ -22,14 +22,21 @@ pub struct PowerMode {
 impl PowerMode {
     /// A validated mode.
     pub fn new(name: impl Into<String>, slots: u32, energy: i64) -> Result<Self> {
-        let m = Self { name: name.into(), slots, energy };
+        let m = Self {
+            name: name.into(),
+            slots,
+            energy,
+        };
         m.validate()?;
         Ok(m)
     }
 
     fn validate(&self) -> Result<()> {
         if self.slots == 0 {
-            return Err(EnergyError::ZeroSlots { param: "mode slots per job", value: self.slots });
+            return Err(EnergyError::ZeroSlots {
+                param: "mode slots per job",
+                value: self.slots,
+            });
         }
         non_negative("mode energy per job", self.energy)
     }
@@ -58,11 +65,18 @@ impl ModeTable {
     /// Checks the table is non-empty, modes valid and bounds increasing and non-negative.
     pub fn validate(&self) -> Result<()> {
         if self.modes.is_empty() {
-            return Err(EnergyError::ModeTable { reason: "it has no modes".into() });
+            return Err(EnergyError::ModeTable {
+                reason: "it has no modes".into(),
+            });
         }
         if self.bounds.len() + 1 != self.modes.len() {
             return Err(EnergyError::ModeTable {
-                reason: format!("{} modes need {} switch levels, got {}", self.modes.len(), self.modes.len() - 1, self.bounds.len()),
+                reason: format!(
+                    "{} modes need {} switch levels, got {}",
+                    self.modes.len(),
+                    self.modes.len() - 1,
+                    self.bounds.len()
+                ),
             });
         }
         for m in &self.modes {
@@ -73,7 +87,12 @@ impl ModeTable {
         }
         for w in self.bounds.windows(2) {
             if w[0] >= w[1] {
-                return Err(EnergyError::OutOfOrder { low_param: "mode switch level", low: w[0], high_param: "next mode switch level", high: w[1] });
+                return Err(EnergyError::OutOfOrder {
+                    low_param: "mode switch level",
+                    low: w[0],
+                    high_param: "next mode switch level",
+                    high: w[1],
+                });
             }
         }
         Ok(())
@@ -116,24 +135,48 @@ pub mod paper {
 
     /// 15 W: 3 slots, 26 kJ per job.
     pub fn w15() -> PowerMode {
-        PowerMode { name: "15W".into(), slots: 3, energy: 26 }
+        PowerMode {
+            name: "15W".into(),
+            slots: 3,
+            energy: 26,
+        }
     }
     /// 30 W: 2 slots, 22 kJ per job.
     pub fn w30() -> PowerMode {
-        PowerMode { name: "30W".into(), slots: 2, energy: 22 }
+        PowerMode {
+            name: "30W".into(),
+            slots: 2,
+            energy: 22,
+        }
     }
     /// 60 W: 1 slot, 23 kJ per job.
     pub fn w60() -> PowerMode {
-        PowerMode { name: "60W".into(), slots: 1, energy: 23 }
+        PowerMode {
+            name: "60W".into(),
+            slots: 1,
+            energy: 23,
+        }
     }
 
     /// Nominal-energy variant (power x time: 4.5 / 6 / 6 kJ), the hypothesis of spec sec. 0, scaled
     /// by `scale` units per kJ so that it stays integral (scale 2 gives 9 / 12 / 12 half-kJ).
     pub fn nominal(scale: i64) -> [PowerMode; 3] {
         [
-            PowerMode { name: "15W".into(), slots: 3, energy: 9 * scale / 2 },
-            PowerMode { name: "30W".into(), slots: 2, energy: 6 * scale },
-            PowerMode { name: "60W".into(), slots: 1, energy: 6 * scale },
+            PowerMode {
+                name: "15W".into(),
+                slots: 3,
+                energy: 9 * scale / 2,
+            },
+            PowerMode {
+                name: "30W".into(),
+                slots: 2,
+                energy: 6 * scale,
+            },
+            PowerMode {
+                name: "60W".into(),
+                slots: 1,
+                energy: 6 * scale,
+            },
         ]
     }
 
@@ -146,7 +189,10 @@ pub mod paper {
     pub fn dynamic_with(modes: [PowerMode; 3], capacity: i64) -> ModeTable {
         let lo = (0.4 * capacity as f64).round() as i64;
         let hi = (0.6 * capacity as f64).round() as i64;
-        ModeTable { modes: modes.to_vec(), bounds: vec![lo, hi] }
+        ModeTable {
+            modes: modes.to_vec(),
+            bounds: vec![lo, hi],
+        }
     }
 }
 
@@ -172,11 +218,32 @@ mod tests {
 
     #[test]
     fn invalid_tables_name_the_problem() {
-        assert!(ModeTable::new(vec![], vec![]).unwrap_err().to_string().contains("no modes"));
-        assert!(ModeTable::new(vec![paper::w15(), paper::w30()], vec![]).unwrap_err().to_string().contains("switch levels"));
-        let e = ModeTable::new(vec![paper::w15(), paper::w30(), paper::w60()], vec![60, 40]).unwrap_err();
+        assert!(
+            ModeTable::new(vec![], vec![])
+                .unwrap_err()
+                .to_string()
+                .contains("no modes")
+        );
+        assert!(
+            ModeTable::new(vec![paper::w15(), paper::w30()], vec![])
+                .unwrap_err()
+                .to_string()
+                .contains("switch levels")
+        );
+        let e = ModeTable::new(vec![paper::w15(), paper::w30(), paper::w60()], vec![60, 40])
+            .unwrap_err();
         assert!(matches!(e, EnergyError::OutOfOrder { .. }), "{e}");
-        assert!(PowerMode::new("x", 0, 1).unwrap_err().to_string().contains("slots"));
-        assert!(PowerMode::new("x", 1, -1).unwrap_err().to_string().contains("energy per job"));
+        assert!(
+            PowerMode::new("x", 0, 1)
+                .unwrap_err()
+                .to_string()
+                .contains("slots")
+        );
+        assert!(
+            PowerMode::new("x", 1, -1)
+                .unwrap_err()
+                .to_string()
+                .contains("energy per job")
+        );
     }
 }

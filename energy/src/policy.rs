@@ -69,7 +69,13 @@ fn normalise(out: &mut [f64]) -> bool {
 /// Long-term raw weights: lambda_max over eligible peers (negative or NaN rates count as 0).
 fn long_term_raw(peers: &[PeerEnergyState], out: &mut Vec<f64>) {
     out.clear();
-    out.extend(peers.iter().map(|p| if p.eligible() && p.lambda_max > 0.0 { p.lambda_max } else { 0.0 }));
+    out.extend(peers.iter().map(|p| {
+        if p.eligible() && p.lambda_max > 0.0 {
+            p.lambda_max
+        } else {
+            0.0
+        }
+    }));
 }
 
 /// Equal weights over available peers [paper].
@@ -178,9 +184,18 @@ pub enum PolicyKind {
 
 impl PolicyKind {
     /// The paper's three policies, in the order of its figures.
-    pub const PAPER: [PolicyKind; 3] = [PolicyKind::Uniform, PolicyKind::LongTerm, PolicyKind::Adaptive];
+    pub const PAPER: [PolicyKind; 3] = [
+        PolicyKind::Uniform,
+        PolicyKind::LongTerm,
+        PolicyKind::Adaptive,
+    ];
     /// The paper's three and ours.
-    pub const ALL: [PolicyKind; 4] = [PolicyKind::Uniform, PolicyKind::LongTerm, PolicyKind::Adaptive, PolicyKind::Lookahead];
+    pub const ALL: [PolicyKind; 4] = [
+        PolicyKind::Uniform,
+        PolicyKind::LongTerm,
+        PolicyKind::Adaptive,
+        PolicyKind::Lookahead,
+    ];
 
     /// The policy object.
     pub fn policy(self) -> Box<dyn Policy> {
@@ -225,7 +240,16 @@ mod tests {
     use super::*;
 
     fn peer(lambda: f64, critical: bool, available: bool) -> PeerEnergyState {
-        PeerEnergyState { battery: 50, capacity: 100, power_saving: false, available, lambda_max: lambda, mode: 1, critical, saving_risk: 0.0 }
+        PeerEnergyState {
+            battery: 50,
+            capacity: 100,
+            power_saving: false,
+            available,
+            lambda_max: lambda,
+            mode: 1,
+            critical,
+            saving_risk: 0.0,
+        }
     }
 
     fn close(a: &[f64], b: &[f64]) -> bool {
@@ -234,7 +258,11 @@ mod tests {
 
     #[test]
     fn uniform_and_long_term() {
-        let peers = [peer(0.1, false, true), peer(0.3, false, true), peer(0.5, false, false)];
+        let peers = [
+            peer(0.1, false, true),
+            peer(0.3, false, true),
+            peer(0.5, false, false),
+        ];
         assert!(close(&Uniform.weights(&peers), &[0.5, 0.5, 0.0]));
         assert!(close(&LongTerm.weights(&peers), &[0.25, 0.75, 0.0]));
         let mut saving = peers;
@@ -245,16 +273,28 @@ mod tests {
     #[test]
     fn adaptive_cuts_critical_peers_by_their_share() {
         // One of three critical: its weight times 2/3.
-        let peers = [peer(0.3, true, true), peer(0.3, false, true), peer(0.3, false, true)];
+        let peers = [
+            peer(0.3, true, true),
+            peer(0.3, false, true),
+            peer(0.3, false, true),
+        ];
         let w = Adaptive.weights(&peers);
         let raw = [0.3 * 2.0 / 3.0, 0.3, 0.3];
         let t: f64 = raw.iter().sum();
         assert!(close(&w, &raw.map(|x| x / t)));
         // All three critical: every weight becomes 0, so long-term is used.
-        let all = [peer(0.1, true, true), peer(0.3, true, true), peer(0.4, true, true)];
+        let all = [
+            peer(0.1, true, true),
+            peer(0.3, true, true),
+            peer(0.4, true, true),
+        ];
         assert!(close(&Adaptive.weights(&all), &LongTerm.weights(&all)));
         // Two critical and one unavailable: beta = 2 of n_l = 3.
-        let mixed = [peer(0.2, true, true), peer(0.2, true, true), peer(0.2, false, false)];
+        let mixed = [
+            peer(0.2, true, true),
+            peer(0.2, true, true),
+            peer(0.2, false, false),
+        ];
         assert!(close(&Adaptive.weights(&mixed), &[0.5, 0.5, 0.0]));
     }
 
@@ -293,10 +333,16 @@ mod tests {
 
     #[test]
     fn state_round_trips_through_serde() {
-        let p = PeerEnergyState { saving_risk: 0.125, ..peer(0.25, true, true) };
+        let p = PeerEnergyState {
+            saving_risk: 0.125,
+            ..peer(0.25, true, true)
+        };
         let json = serde_json::to_string(&p).unwrap();
         assert!(json.contains("\"lambda_max\":0.25"), "{json}");
         assert_eq!(serde_json::from_str::<PeerEnergyState>(&json).unwrap(), p);
-        assert_eq!(serde_json::to_string(&PolicyKind::LongTerm).unwrap(), "\"longterm\"");
+        assert_eq!(
+            serde_json::to_string(&PolicyKind::LongTerm).unwrap(),
+            "\"longterm\""
+        );
     }
 }

@@ -33,13 +33,22 @@ impl DeviceProfile {
     }
 
     /// As [`DeviceProfile::compute`], with an explicit lambda* search rule.
-    pub fn compute_with(dev: &DeviceParams, delta: f64, horizon: u32, rule: CrossingRule) -> Result<Self> {
+    pub fn compute_with(
+        dev: &DeviceParams,
+        delta: f64,
+        horizon: u32,
+        rule: CrossingRule,
+    ) -> Result<Self> {
         validate_horizon(horizon)?;
         let max_rate = max_input_rate_with(dev, delta, dev.e_low, rule)?;
         // The peer expects to run near its own maximum rate.
         let chain = Chain::build(dev, max_rate.lam_max)?;
         let saving_risk = saving_risk_table(&chain, horizon);
-        Ok(Self { max_rate, saving_risk, horizon })
+        Ok(Self {
+            max_rate,
+            saving_risk,
+            horizon,
+        })
     }
 
     /// The record a peer announces, from its emulated battery's current state.
@@ -53,7 +62,11 @@ impl DeviceProfile {
             lambda_max: self.max_rate.lam_max,
             mode: battery.mode_index().min(u8::MAX as usize) as u8,
             critical: battery.critical(),
-            saving_risk: self.saving_risk.get(e.max(0) as usize).copied().unwrap_or(0.0),
+            saving_risk: self
+                .saving_risk
+                .get(e.max(0) as usize)
+                .copied()
+                .unwrap_or(0.0),
         }
     }
 }
@@ -64,17 +77,33 @@ impl DeviceProfile {
 pub fn saving_risk_table(chain: &Chain, horizon: u32) -> Vec<f64> {
     let n = chain.len();
     let absorbed: Vec<bool> = (0..n).map(|i| chain.state(i).s == 0).collect();
-    let mut v: Vec<f64> = absorbed.iter().map(|&a| if a { 1.0 } else { 0.0 }).collect();
+    let mut v: Vec<f64> = absorbed
+        .iter()
+        .map(|&a| if a { 1.0 } else { 0.0 })
+        .collect();
     for _ in 0..horizon {
-        v = (0..n).map(|i| if absorbed[i] { 1.0 } else { chain.row(i).map(|(j, p)| p * v[j]).sum::<f64>().min(1.0) }).collect();
+        v = (0..n)
+            .map(|i| {
+                if absorbed[i] {
+                    1.0
+                } else {
+                    chain.row(i).map(|(j, p)| p * v[j]).sum::<f64>().min(1.0)
+                }
+            })
+            .collect();
     }
-    (0..=chain.capacity()).map(|e| v[chain.index(1, e, 1)]).collect()
+    (0..=chain.capacity())
+        .map(|e| v[chain.index(1, e, 1)])
+        .collect()
 }
 
 /// Rejects a horizon of zero stages, which would make every risk 0.
 pub fn validate_horizon(horizon: u32) -> Result<()> {
     if horizon == 0 {
-        return Err(EnergyError::Invalid { param: "look-ahead horizon", reason: "must be at least one stage".into() });
+        return Err(EnergyError::Invalid {
+            param: "look-ahead horizon",
+            reason: "must be at least one stage".into(),
+        });
     }
     Ok(())
 }
@@ -111,6 +140,11 @@ mod tests {
         assert!(s.critical && s.available && !s.power_saving);
         assert_eq!(s.saving_risk, prof.saving_risk[25]);
         assert!(s.saving_risk > 0.0);
-        assert!(validate_horizon(0).unwrap_err().to_string().contains("horizon"));
+        assert!(
+            validate_horizon(0)
+                .unwrap_err()
+                .to_string()
+                .contains("horizon")
+        );
     }
 }

@@ -85,7 +85,9 @@ fn closed_class(chain: &Chain) -> Result<Vec<usize>> {
     }
     let closed: Vec<usize> = (0..ncomp).filter(|&c| !leaks[c]).collect();
     if closed.len() != 1 {
-        return Err(EnergyError::NotErgodic { classes: closed.len() });
+        return Err(EnergyError::NotErgodic {
+            classes: closed.len(),
+        });
     }
     Ok((0..n).filter(|&i| comp[i] == closed[0]).collect())
 }
@@ -190,7 +192,9 @@ mod tests {
         }
         a[n - 1] = vec![1.0; n + 1];
         for col in 0..n {
-            let piv = (col..n).max_by(|&x, &y| a[x][col].abs().total_cmp(&a[y][col].abs())).unwrap();
+            let piv = (col..n)
+                .max_by(|&x, &y| a[x][col].abs().total_cmp(&a[y][col].abs()))
+                .unwrap();
             a.swap(col, piv);
             for r in 0..n {
                 if r != col {
@@ -209,7 +213,11 @@ mod tests {
     #[test]
     fn matches_dense_solve_and_zeroes_transients() {
         for p in [0.05, 0.5, 1.0] {
-            let c = Chain::build(&DeviceParams::paper_dynamic(Harvest::uniform(2, 8).unwrap()), p).unwrap();
+            let c = Chain::build(
+                &DeviceParams::paper_dynamic(Harvest::uniform(2, 8).unwrap()),
+                p,
+            )
+            .unwrap();
             let pi = stationary(&c).unwrap();
             let reference = dense_solve(&c);
             let err: f64 = pi.iter().zip(&reference).map(|(a, b)| (a - b).abs()).sum();
@@ -224,7 +232,11 @@ mod tests {
 
     #[test]
     fn no_harvest_is_not_ergodic() {
-        let c = Chain::build(&DeviceParams::paper_dynamic(Harvest::uniform(0, 0).unwrap()), 0.5).unwrap();
+        let c = Chain::build(
+            &DeviceParams::paper_dynamic(Harvest::uniform(0, 0).unwrap()),
+            0.5,
+        )
+        .unwrap();
         assert!(matches!(stationary(&c), Err(EnergyError::NotErgodic { classes }) if classes > 1));
     }
 

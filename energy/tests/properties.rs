@@ -5,24 +5,48 @@
 use proptest::prelude::*;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use sunswarm_energy::sim::{SingleConfig, run_single};
 use sunswarm_energy::modes::paper;
-use sunswarm_energy::{Analysis, EnergyError, Chain, DeviceParams, Harvest, ModeTable, PowerMode, max_input_rate};
+use sunswarm_energy::sim::{SingleConfig, run_single};
+use sunswarm_energy::{
+    Analysis, Chain, DeviceParams, EnergyError, Harvest, ModeTable, PowerMode, max_input_rate,
+};
 
 /// A random but valid device: capacity 20..120, thresholds in order, harvest that can refill,
 /// (at least two harvest values, so the chain has one closed class) and either one fixed mode or a three-mode dynamic table.
 fn device() -> impl Strategy<Value = DeviceParams> {
-    (20i64..120, 0.0f64..0.4, 0.0f64..0.4, 1i64..10, 1i64..8, any::<bool>(), prop::collection::vec((1u32..4, 1i64..40), 3))
+    (
+        20i64..120,
+        0.0f64..0.4,
+        0.0f64..0.4,
+        1i64..10,
+        1i64..8,
+        any::<bool>(),
+        prop::collection::vec((1u32..4, 1i64..40), 3),
+    )
         .prop_map(|(cap, lo, gap, hmin, hspan, dynamic, modes)| {
             let e_low = (lo * cap as f64) as i64;
             let e_high = (e_low + (gap * cap as f64) as i64).min(cap);
-            let modes: Vec<PowerMode> = modes.iter().enumerate().map(|(i, &(n, c))| PowerMode::new(format!("m{i}"), n, c).unwrap()).collect();
+            let modes: Vec<PowerMode> = modes
+                .iter()
+                .enumerate()
+                .map(|(i, &(n, c))| PowerMode::new(format!("m{i}"), n, c).unwrap())
+                .collect();
             let table = if dynamic {
-                ModeTable::new(modes, vec![(0.4 * cap as f64) as i64, (0.6 * cap as f64) as i64]).unwrap()
+                ModeTable::new(
+                    modes,
+                    vec![(0.4 * cap as f64) as i64, (0.6 * cap as f64) as i64],
+                )
+                .unwrap()
             } else {
                 ModeTable::fixed(modes[0].clone()).unwrap()
             };
-            DeviceParams { capacity: cap, e_low, e_high, harvest: Harvest::uniform(hmin, hmin + hspan).unwrap(), modes: table }
+            DeviceParams {
+                capacity: cap,
+                e_low,
+                e_high,
+                harvest: Harvest::uniform(hmin, hmin + hspan).unwrap(),
+                modes: table,
+            }
         })
 }
 
@@ -53,7 +77,11 @@ fn paper_mode_device() -> impl Strategy<Value = DeviceParams> {
 }
 
 fn config(cases: u32) -> ProptestConfig {
-    ProptestConfig { cases, failure_persistence: None, ..ProptestConfig::default() }
+    ProptestConfig {
+        cases,
+        failure_persistence: None,
+        ..ProptestConfig::default()
+    }
 }
 
 proptest! {
@@ -134,10 +162,19 @@ proptest! {
 fn paper_device_simulation_matches_eq2_tightly() {
     let dev = DeviceParams::paper_dynamic(Harvest::uniform(6, 14).unwrap());
     let a = Analysis::new(&dev, 0.8).unwrap();
-    let cfg = SingleConfig { device: dev, p: 0.8, slots: 1_000_000, e0: 50 };
+    let cfg = SingleConfig {
+        device: dev,
+        p: 0.8,
+        slots: 1_000_000,
+        e0: 50,
+    };
     let run = run_single(&cfg, &mut ChaCha8Rng::seed_from_u64(42)).unwrap();
     let sim = run.avg_battery * 100.0;
-    assert!((sim - a.mean_battery).abs() < 0.3, "simulated {sim:.3} vs eq. 2 {:.3}", a.mean_battery);
+    assert!(
+        (sim - a.mean_battery).abs() < 0.3,
+        "simulated {sim:.3} vs eq. 2 {:.3}",
+        a.mean_battery
+    );
 }
 
 /// A finding, not a wish: with a harvest far below the job cost, the risk peaks near p = 0.6 and
@@ -147,9 +184,20 @@ fn paper_device_simulation_matches_eq2_tightly() {
 /// means never reached" (spec sec. 5) assumes monotonicity.
 #[test]
 fn risk_can_fall_beyond_saturation() {
-    let dev = DeviceParams { capacity: 94, e_low: 26, e_high: 50, harvest: Harvest::uniform(3, 4).unwrap(), modes: ModeTable::fixed(paper::w30()).unwrap() };
+    let dev = DeviceParams {
+        capacity: 94,
+        e_low: 26,
+        e_high: 50,
+        harvest: Harvest::uniform(3, 4).unwrap(),
+        modes: ModeTable::fixed(paper::w30()).unwrap(),
+    };
     let r = |p| Analysis::new(&dev, p).unwrap().risk(dev.e_low);
-    assert!(r(0.6) > r(1.0) + 0.005, "R(0.6) = {}, R(1) = {}", r(0.6), r(1.0));
+    assert!(
+        r(0.6) > r(1.0) + 0.005,
+        "R(0.6) = {}, R(1) = {}",
+        r(0.6),
+        r(1.0)
+    );
     let thr = |p| Analysis::new(&dev, p).unwrap().throughput;
     assert!((thr(0.6) - thr(1.0)).abs() < 1e-4);
 }

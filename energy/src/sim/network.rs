@@ -44,18 +44,37 @@ pub struct NetworkRun {
 
 /// Runs one repetition (the generator is dynamic so the loop is compiled, optimised, in this crate
 /// rather than in every caller) under `policy`, with `profiles[i]` the offline profile of device `i`.
-pub fn run_network(cfg: &NetworkConfig, policy: &dyn Policy, profiles: &[DeviceProfile], rng: &mut dyn RngCore) -> Result<NetworkRun> {
+pub fn run_network(
+    cfg: &NetworkConfig,
+    policy: &dyn Policy,
+    profiles: &[DeviceProfile],
+    rng: &mut dyn RngCore,
+) -> Result<NetworkRun> {
     probability("arrival probability p", cfg.p)?;
     let n = cfg.devices.len();
     if cfg.per_layer == 0 || n == 0 || !n.is_multiple_of(cfg.per_layer) {
-        return Err(EnergyError::Invalid { param: "network shape", reason: format!("{n} devices do not fill layers of {}", cfg.per_layer) });
+        return Err(EnergyError::Invalid {
+            param: "network shape",
+            reason: format!("{n} devices do not fill layers of {}", cfg.per_layer),
+        });
     }
     if profiles.len() != n {
-        return Err(EnergyError::Invalid { param: "device profiles", reason: format!("{} profiles for {n} devices", profiles.len()) });
+        return Err(EnergyError::Invalid {
+            param: "device profiles",
+            reason: format!("{} profiles for {n} devices", profiles.len()),
+        });
     }
     let layers = n / cfg.per_layer;
-    let mut devs = cfg.devices.iter().map(|d| EmulatedBattery::new(d.clone(), cfg.e0)).collect::<Result<Vec<_>>>()?;
-    let mut sources: Vec<HarvestSource> = cfg.devices.iter().map(|d| HarvestSource::new(d.harvest.clone(), rng.random::<u32>() as usize)).collect();
+    let mut devs = cfg
+        .devices
+        .iter()
+        .map(|d| EmulatedBattery::new(d.clone(), cfg.e0))
+        .collect::<Result<Vec<_>>>()?;
+    let mut sources: Vec<HarvestSource> = cfg
+        .devices
+        .iter()
+        .map(|d| HarvestSource::new(d.harvest.clone(), rng.random::<u32>() as usize))
+        .collect();
     // waiting[l]: jobs to assign to layer l in the current slot.
     let mut waiting = vec![0u32; layers];
     let mut finished = vec![0u32; layers];
@@ -106,6 +125,16 @@ pub fn run_network(cfg: &NetworkConfig, policy: &dyn Policy, profiles: &[DeviceP
         }
     }
     let ps_frac = saving as f64 / (cfg.slots.max(1) * n) as f64;
-    let throughput = if entered == 0 { 1.0 } else { completed as f64 / entered as f64 };
-    Ok(NetworkRun { ps_frac, throughput, dropped, entered, completed })
+    let throughput = if entered == 0 {
+        1.0
+    } else {
+        completed as f64 / entered as f64
+    };
+    Ok(NetworkRun {
+        ps_frac,
+        throughput,
+        dropped,
+        entered,
+        completed,
+    })
 }

@@ -49,5 +49,9 @@ pub fn run_single(cfg: &SingleConfig, rng: &mut dyn RngCore) -> Result<SingleRun
         jobs += dev.end_slot(harvest.next_slot(rng)).job_done as u32;
     }
     let n = cfg.slots.max(1) as f64;
-    Ok(SingleRun { jobs, avg_battery: battery as f64 / n / cfg.device.capacity as f64, ps_frac: saving as f64 / n })
+    Ok(SingleRun {
+        jobs,
+        avg_battery: battery as f64 / n / cfg.device.capacity as f64,
+        ps_frac: saving as f64 / n,
+    })
 }

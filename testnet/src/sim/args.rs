@@ -144,13 +144,20 @@ pub struct SimParams {
 }
 
 fn parse_policy(s: &str) -> Result<PolicyKind, String> {
-    PolicyKind::ALL.into_iter().find(|k| k.name() == s).ok_or_else(|| format!("unknown policy `{s}` (uniform, longterm, adaptive, lookahead)"))
+    PolicyKind::ALL
+        .into_iter()
+        .find(|k| k.name() == s)
+        .ok_or_else(|| format!("unknown policy `{s}` (uniform, longterm, adaptive, lookahead)"))
 }
 
 impl SimParams {
     /// Rejects inconsistent settings before any work starts, naming the flag.
     pub fn validate(&self) -> Result<()> {
-        for (name, v) in [("--fig2a-p", self.fig2a_p), ("--net-p", self.net_p), ("--delta", self.delta)] {
+        for (name, v) in [
+            ("--fig2a-p", self.fig2a_p),
+            ("--net-p", self.net_p),
+            ("--delta", self.delta),
+        ] {
             if !(0.0..=1.0).contains(&v) {
                 bail!("{name} must be a probability in [0, 1] (got {v})");
             }
@@ -158,8 +165,16 @@ impl SimParams {
         if let Some(p) = self.net_ps.iter().find(|p| !(0.0..=1.0).contains(*p)) {
             bail!("--net-ps must hold probabilities in [0, 1] (got {p})");
         }
-        if let Some(m) = self.mu_bars.iter().chain(&self.p1_mu_bars).chain([&self.mu_bar]).find(|m| !(m.is_finite() && **m >= 0.0)) {
-            bail!("mean harvests (--mu-bars, --mu-bar, --p1-mu-bars) must be non-negative (got {m})");
+        if let Some(m) = self
+            .mu_bars
+            .iter()
+            .chain(&self.p1_mu_bars)
+            .chain([&self.mu_bar])
+            .find(|m| !(m.is_finite() && **m >= 0.0))
+        {
+            bail!(
+                "mean harvests (--mu-bars, --mu-bar, --p1-mu-bars) must be non-negative (got {m})"
+            );
         }
         if self.weights.is_empty() || self.weights.iter().any(|w| !(w.is_finite() && *w >= 0.0)) {
             bail!("--weights must be non-negative numbers, one per device of a layer");
@@ -208,7 +223,11 @@ impl SimParams {
     /// The three power modes of the chosen energy model.
     pub fn modes(&self) -> [sunswarm_energy::PowerMode; 3] {
         match self.energy_model {
-            EnergyModel::Measured => [modes::paper::w15(), modes::paper::w30(), modes::paper::w60()],
+            EnergyModel::Measured => [
+                modes::paper::w15(),
+                modes::paper::w30(),
+                modes::paper::w60(),
+            ],
             EnergyModel::Nominal => modes::paper::nominal(self.scale()),
         }
     }
@@ -224,7 +243,13 @@ impl SimParams {
             Harvest::Uniform { min, max } => Harvest::uniform(self.scaled(min), self.scaled(max))?,
             other => other,
         };
-        let d = DeviceParams { capacity: self.scaled(self.capacity), e_low: self.scaled(self.e_low), e_high: self.scaled(self.e_high), harvest, modes };
+        let d = DeviceParams {
+            capacity: self.scaled(self.capacity),
+            e_low: self.scaled(self.e_low),
+            e_high: self.scaled(self.e_high),
+            harvest,
+            modes,
+        };
         d.validate()?;
         Ok(d)
     }

@@ -36,8 +36,15 @@ pub fn fig2a_runs(p: &SimParams) -> usize {
 pub fn fig2a(p: &SimParams, progress: &Progress) -> Result<Vec<Fig2aRow>> {
     let mut rows = Vec::new();
     for (i, (name, table)) in mode_tables(p)?.into_iter().enumerate() {
-        let cfg = SingleConfig { device: p.fig2_device(table)?, p: p.fig2a_p, slots: p.fig2a_slots, e0: p.scaled(p.e0) };
-        let runs = repeat(p.seed, 0x2A00 + i as u64, p.fig2a_reps(), progress, |rng| run_single(&cfg, rng));
+        let cfg = SingleConfig {
+            device: p.fig2_device(table)?,
+            p: p.fig2a_p,
+            slots: p.fig2a_slots,
+            e0: p.scaled(p.e0),
+        };
+        let runs = repeat(p.seed, 0x2A00 + i as u64, p.fig2a_reps(), progress, |rng| {
+            run_single(&cfg, rng)
+        });
         let runs = runs.into_iter().collect::<Result<Vec<_>, _>>()?;
         rows.push(Fig2aRow {
             mode: name,

@@ -20,7 +20,10 @@ pub fn paper_fig2a(mode: &str) -> Option<(f64, f64)> {
 
 pub fn print_fig2a(rows: &[Fig2aRow]) {
     println!("Fig. 2a: one device, mean over runs (paper in brackets)");
-    println!("{:<8} {:>16} {:>22} {:>10}", "mode", "jobs", "avg battery %", "ps %");
+    println!(
+        "{:<8} {:>16} {:>22} {:>10}",
+        "mode", "jobs", "avg battery %", "ps %"
+    );
     for r in rows {
         let (pj, pb) = paper_fig2a(&r.mode).unwrap_or((f64::NAN, f64::NAN));
         println!(
@@ -40,7 +43,10 @@ pub fn print_fig2a(rows: &[Fig2aRow]) {
 
 pub fn print_fig2b(rows: &[Fig2bRow], delta: f64) {
     println!("Fig. 2b: maximum input rate at risk delta = {delta}");
-    println!("{:<8} {:>8} {:>10} {:>8} {:>10} {:>10} {:>10}", "mode", "reached", "lambda*", "Nbar", "lam_max", "1/Nbar", "R(lam_max)");
+    println!(
+        "{:<8} {:>8} {:>10} {:>8} {:>10} {:>10} {:>10}",
+        "mode", "reached", "lambda*", "Nbar", "lam_max", "1/Nbar", "R(lam_max)"
+    );
     for r in rows {
         println!(
             "{:<8} {:>8} {:>10.4} {:>8.4} {:>10.4} {:>10.4} {:>10.4}",
@@ -56,7 +62,13 @@ pub fn print_fig2b(rows: &[Fig2bRow], delta: f64) {
     println!();
 }
 
-fn print_metric(title: &str, x_name: &str, sweep: &Sweep, metric: impl Fn(&Series, usize) -> (f64, f64), scale: f64) {
+fn print_metric(
+    title: &str,
+    x_name: &str,
+    sweep: &Sweep,
+    metric: impl Fn(&Series, usize) -> (f64, f64),
+    scale: f64,
+) {
     println!("{title}");
     print!("{x_name:>8}");
     for s in &sweep.series {
@@ -75,24 +87,55 @@ fn print_metric(title: &str, x_name: &str, sweep: &Sweep, metric: impl Fn(&Serie
 }
 
 pub fn print_sweeps(s: &Sweeps, ps: bool, thr: bool) {
-    let sweeps = [("mu_bar", &s.vs_energy, format!("p = {}", s.net_p)), ("p", &s.vs_arrival, format!("mu_bar = {}", s.mu_bar))];
+    let sweeps = [
+        ("mu_bar", &s.vs_energy, format!("p = {}", s.net_p)),
+        ("p", &s.vs_arrival, format!("mu_bar = {}", s.mu_bar)),
+    ];
     for (x, sweep, fixed) in &sweeps {
         if ps {
-            print_metric(&format!("Fig. 3: power-saving fraction % vs {x} ({fixed})"), x, sweep, |s, j| (s.ps_frac[j].mean, s.ps_frac[j].sd), 100.0);
+            print_metric(
+                &format!("Fig. 3: power-saving fraction % vs {x} ({fixed})"),
+                x,
+                sweep,
+                |s, j| (s.ps_frac[j].mean, s.ps_frac[j].sd),
+                100.0,
+            );
         }
         if thr {
-            print_metric(&format!("Fig. 4: throughput vs {x} ({fixed})"), x, sweep, |s, j| (s.throughput[j].mean, s.throughput[j].sd), 1.0);
-            print_metric(&format!("Fig. 4: dropped jobs vs {x} ({fixed})"), x, sweep, |s, j| (s.dropped[j].mean, s.dropped[j].sd), 1.0);
+            print_metric(
+                &format!("Fig. 4: throughput vs {x} ({fixed})"),
+                x,
+                sweep,
+                |s, j| (s.throughput[j].mean, s.throughput[j].sd),
+                1.0,
+            );
+            print_metric(
+                &format!("Fig. 4: dropped jobs vs {x} ({fixed})"),
+                x,
+                sweep,
+                |s, j| (s.dropped[j].mean, s.dropped[j].sd),
+                1.0,
+            );
         }
     }
     if ps {
         for (mu, row) in &s.ps_at_p1 {
-            let cells: Vec<String> = row.iter().map(|(k, st)| format!("{} {:.2}%", k.name(), 100.0 * st.mean)).collect();
+            let cells: Vec<String> = row
+                .iter()
+                .map(|(k, st)| format!("{} {:.2}%", k.name(), 100.0 * st.mean))
+                .collect();
             println!("power saving at p = 1, mu_bar = {mu}: {}", cells.join(", "));
         }
         for (name, sweep) in [("energy", &s.vs_energy), ("arrival", &s.vs_arrival)] {
-            let cells: Vec<String> = sweep.series.iter().map(|se| format!("{} {:.2}%", se.policy.name(), 100.0 * mean_ps(se))).collect();
-            println!("mean power saving over the {name} sweep: {}", cells.join(", "));
+            let cells: Vec<String> = sweep
+                .series
+                .iter()
+                .map(|se| format!("{} {:.2}%", se.policy.name(), 100.0 * mean_ps(se)))
+                .collect();
+            println!(
+                "mean power saving over the {name} sweep: {}",
+                cells.join(", ")
+            );
         }
         println!();
     }
@@ -133,23 +176,38 @@ fn policies_json(s: &Sweeps, keep: impl Fn(PolicyKind) -> bool) -> Value {
     }
     let mut p1 = Map::new();
     for (mu, row) in &s.ps_at_p1 {
-        let cells: Map<String, Value> = row.iter().filter(|(k, _)| keep(*k)).map(|(k, st)| (k.name().to_string(), json!(st.mean))).collect();
+        let cells: Map<String, Value> = row
+            .iter()
+            .filter(|(k, _)| keep(*k))
+            .map(|(k, st)| (k.name().to_string(), json!(st.mean)))
+            .collect();
         p1.insert(key(*mu), Value::Object(cells));
     }
     json!({ "vs_energy": ve, "vs_arrival": va, "ps_at_p1": p1 })
 }
 
 /// The spec sec. 9 document for whatever was computed.
-pub fn document(p: &SimParams, fig2a: Option<&Vec<Fig2aRow>>, fig2b: Option<&Vec<Fig2bRow>>, sweeps: Option<&Sweeps>) -> Value {
+pub fn document(
+    p: &SimParams,
+    fig2a: Option<&Vec<Fig2aRow>>,
+    fig2b: Option<&Vec<Fig2bRow>>,
+    sweeps: Option<&Sweeps>,
+) -> Value {
     let mut doc = Map::new();
     doc.insert("schema".into(), json!("edge-llm-eh/1"));
     let mut params = serde_json::to_value(p).unwrap_or(Value::Null);
     if let Value::Object(m) = &mut params {
         m.insert("fig2a_runs".into(), json!(p.fig2a_reps()));
         m.insert("net_runs".into(), json!(p.net_reps()));
-        m.insert("policies".into(), json!(p.policies.iter().map(|k| k.name()).collect::<Vec<_>>()));
+        m.insert(
+            "policies".into(),
+            json!(p.policies.iter().map(|k| k.name()).collect::<Vec<_>>()),
+        );
         m.insert("generator".into(), json!("sunswarm swarm-testnet sim"));
-        m.insert("rng".into(), json!("ChaCha8, per-run seed = SplitMix64(seed, stream, run)"));
+        m.insert(
+            "rng".into(),
+            json!("ChaCha8, per-run seed = SplitMix64(seed, stream, run)"),
+        );
     }
     doc.insert("params".into(), params);
     if let Some(rows) = fig2a {
@@ -181,7 +239,10 @@ pub fn document(p: &SimParams, fig2a: Option<&Vec<Fig2aRow>>, fig2b: Option<&Vec
         let paper = |k: PolicyKind| PolicyKind::PAPER.contains(&k);
         doc.insert("policies".into(), policies_json(s, paper));
         if s.vs_energy.series.iter().any(|se| !paper(se.policy)) {
-            doc.insert("extensions".into(), json!({ "policies": policies_json(s, |k| !paper(k)) }));
+            doc.insert(
+                "extensions".into(),
+                json!({ "policies": policies_json(s, |k| !paper(k)) }),
+            );
         }
     }
     Value::Object(doc)

@@ -14,9 +14,19 @@ pub struct Progress(ProgressBar);
 
 impl Progress {
     pub fn new(total: u64, quiet: bool) -> Self {
-        let target = if quiet { ProgressDrawTarget::hidden() } else { ProgressDrawTarget::stderr() };
+        let target = if quiet {
+            ProgressDrawTarget::hidden()
+        } else {
+            ProgressDrawTarget::stderr()
+        };
         let bar = ProgressBar::with_draw_target(Some(total), target);
-        bar.set_style(ProgressStyle::with_template("{elapsed_precise} [{bar:40}] {pos}/{len} runs ({eta} left)").unwrap_or_else(|_| ProgressStyle::default_bar()).progress_chars("=> "));
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{elapsed_precise} [{bar:40}] {pos}/{len} runs ({eta} left)",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
         Self(bar)
     }
 
@@ -54,11 +64,21 @@ impl Stat {
         let xs: Vec<f64> = xs.into_iter().collect();
         let n = xs.len() as f64;
         if xs.is_empty() {
-            return Self { mean: f64::NAN, sd: f64::NAN };
+            return Self {
+                mean: f64::NAN,
+                sd: f64::NAN,
+            };
         }
         let mean = xs.iter().sum::<f64>() / n;
-        let var = if xs.len() > 1 { xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0) } else { 0.0 };
-        Self { mean, sd: var.sqrt() }
+        let var = if xs.len() > 1 {
+            xs.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / (n - 1.0)
+        } else {
+            0.0
+        };
+        Self {
+            mean,
+            sd: var.sqrt(),
+        }
     }
 }
 
@@ -79,8 +99,16 @@ mod tests {
     fn repeat_is_independent_of_thread_count() {
         let p = Progress::new(0, true);
         let draw = |rng: &mut ChaCha8Rng| rng.random::<u64>();
-        let one = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap().install(|| repeat(9, 3, 200, &p, draw));
-        let two = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap().install(|| repeat(9, 3, 200, &p, draw));
+        let one = rayon::ThreadPoolBuilder::new()
+            .num_threads(1)
+            .build()
+            .unwrap()
+            .install(|| repeat(9, 3, 200, &p, draw));
+        let two = rayon::ThreadPoolBuilder::new()
+            .num_threads(2)
+            .build()
+            .unwrap()
+            .install(|| repeat(9, 3, 200, &p, draw));
         assert_eq!(one, two);
         assert_ne!(one[0], one[1]);
     }
