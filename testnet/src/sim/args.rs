@@ -3,10 +3,10 @@
 
 use std::path::PathBuf;
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use clap::{Args, ValueEnum};
 use serde::Serialize;
-use sunswarm_energy::{DeviceParams, Harvest, ModeTable, PolicyKind, modes};
+use sunswarm_energy::{DeviceParams, Harvest, HarvestTrace, ModeTable, PolicyKind, modes};
 
 /// Which per-job energies the power modes charge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
@@ -100,6 +100,11 @@ pub struct SimParams {
     /// Fig. 2a/2b: largest harvest per slot (kJ).
     #[arg(long, default_value_t = 14, global = true)]
     pub harvest_max: i64,
+    /// Fig. 2a/2b: a harvest trace instead of the uniform law: a text file of per-slot harvests in
+    /// kJ (integers separated by spaces, commas or newlines; `#` starts a comment). The chain uses
+    /// its empirical law; the simulation replays it in order from a random offset per run.
+    #[arg(long, global = true)]
+    pub harvest_trace: Option<PathBuf>,
     /// Fig. 2a: arrival probability per slot.
     #[arg(long, default_value_t = 0.8, global = true)]
     pub fig2a_p: f64,
@@ -241,7 +246,7 @@ impl SimParams {
     pub fn device(&self, modes: ModeTable, harvest: Harvest) -> Result<DeviceParams> {
         let harvest = match harvest {
             Harvest::Uniform { min, max } => Harvest::uniform(self.scaled(min), self.scaled(max))?,
-            other => other,
+            Harvest::Trace(t) => Harvest::Trace(HarvestTrace::new(t.samples().iter().map(|&v| self.scaled(v)).collect())?),
         };
         let d = DeviceParams {
             capacity: self.scaled(self.capacity),
@@ -256,6 +261,40 @@ impl SimParams {
 
     /// The Fig. 2 device with `modes`.
     pub fn fig2_device(&self, modes: ModeTable) -> Result<DeviceParams> {
-        self.device(modes, Harvest::uniform(self.harvest_min, self.harvest_max)?)
+        let harvest = match &self.harvest_trace {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).with_context(|| format!("reading --harvest-trace {}", path.display()))?;
+                Harvest::Trace(parse_trace(&text).with_context(|| format!("in --harvest-trace {}", path.display()))?)
+            }
+            None => Harvest::uniform(self.harvest_min, self.harvest_max)?,
+        };
+        self.device(modes, harvest)
+    }
+}
+
+/// Parses a harvest trace: integers (kJ per slot) separated by whitespace or commas, `#` comments.
+pub fn parse_trace(text: &str) -> Result<HarvestTrace> {
+    let mut samples = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("");
+        for tok in line.split(|c: char| c.is_whitespace() || c == ',').filter(|t| !t.is_empty()) {
+            let v: i64 = tok.parse().map_err(|_| anyhow::anyhow!("line {}: `{tok}` is not a whole number of kJ", n + 1))?;
+            samples.push(v);
+        }
+    }
+    Ok(HarvestTrace::new(samples)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trace_files_parse_and_reject_garbage() {
+        let t = parse_trace("# solar, kJ per slot\n0 0 3, 9\n12 # noon\n").unwrap();
+        assert_eq!(t.samples(), &[0, 0, 3, 9, 12]);
+        assert!(parse_trace("1 2 x").unwrap_err().to_string().contains("`x`"));
+        assert!(parse_trace("1 -2").unwrap_err().to_string().contains("negative"));
+        assert!(parse_trace("# nothing\n").unwrap_err().to_string().contains("empty"));
     }
 }
