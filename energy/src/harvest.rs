@@ -110,7 +110,7 @@ impl HarvestTrace {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Harvest {
-    /// Discrete uniform on `{min..=max}` units per slot [paper].
+    /// Discrete uniform on `{min..=max}` units per slot (paper).
     Uniform { min: i64, max: i64 },
     /// Empirical law of a trace for the chain; replayed in order by [`HarvestSource`].
     Trace(HarvestTrace),

@@ -2,7 +2,7 @@
 //!
 //! A table is a list of modes in ascending battery order with the levels where each next mode
 //! starts. A fixed mode is a table with one mode; the paper's dynamic table switches 15 W -> 30 W
-//! at 0.4 B and 30 W -> 60 W at 0.6 B, each boundary belonging to the upper mode [inferred].
+//! at 0.4 B and 30 W -> 60 W at 0.6 B, each boundary belonging to the upper mode (inferred).
 
 use serde::{Deserialize, Serialize};
 

@@ -78,7 +78,7 @@ fn long_term_raw(peers: &[PeerEnergyState], out: &mut Vec<f64>) {
     }));
 }
 
-/// Equal weights over available peers [paper].
+/// Equal weights over available peers (paper).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Uniform;
 
@@ -111,7 +111,7 @@ impl Policy for LongTerm {
 }
 
 /// Long-term weights, each critical-mode peer's cut by the share beta / n_l of the layer that is
-/// critical [paper idea, spec form].
+/// critical (paper idea, spec form).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Adaptive;
 
