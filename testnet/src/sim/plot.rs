@@ -262,7 +262,8 @@ fn sweep_panel(
         .map(|st| (st.mean + st.sd) * scale)
         .fold(0.0f64, f64::max)
         .max(1e-6)
-        * 1.1;
+        // Headroom so the legend box never covers data.
+        * 1.45;
     let mut chart = ChartBuilder::on(area)
         .caption(title, ("sans-serif", 16))
         .margin(10)
