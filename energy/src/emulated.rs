@@ -4,6 +4,30 @@
 //! A stage starts at the beginning of a slot from the current (q, e, s), collects each slot's
 //! harvest, and applies its rule only when it ends, exactly as the embedded chain does, so long
 //! runs converge to the analytical averages.
+//!
+//! A node drives it once per (possibly accelerated) slot:
+//!
+//! ```
+//! use sunswarm_energy::{DeviceParams, EmulatedBattery, Harvest};
+//! use sunswarm_energy::emulated::StageKind;
+//!
+//! let dev = DeviceParams::paper_dynamic(Harvest::uniform(6, 14)?);
+//! let mut battery = EmulatedBattery::new(dev, 50)?;
+//! let mut finished = 0;
+//! for slot in 0..10 {
+//!     battery.begin_slot();
+//!     // A request arriving during the slot is taken only if the battery allows it (R6).
+//!     if slot % 2 == 0 && battery.available() {
+//!         battery.offer_job();
+//!     }
+//!     if let Some(StageKind::Processing { mode }) = battery.stage() {
+//!         let _slots_per_job = battery.params().modes.modes()[mode].slots; // pace the real job
+//!     }
+//!     finished += battery.end_slot(10).job_done as u32; // this slot's harvest, in units
+//! }
+//! assert!(finished > 0);
+//! # Ok::<(), sunswarm_energy::EnergyError>(())
+//! ```
 
 use serde::{Deserialize, Serialize};
 
@@ -59,6 +83,21 @@ impl EmulatedBattery {
             dev,
             q: false,
             e: e0,
+            active,
+            stage: None,
+        })
+    }
+
+    /// Starts between stages in state (q, e, s) of the chain, e.g. to resume a saved node or to
+    /// check one stage against the chain's row. Active below e_L is allowed (it is a state of the
+    /// chain, merely unreachable).
+    pub fn at(dev: DeviceParams, has_job: bool, e: i64, active: bool) -> Result<Self> {
+        dev.validate()?;
+        dev.validate_level("battery level", e)?;
+        Ok(Self {
+            dev,
+            q: has_job,
+            e,
             active,
             stage: None,
         })

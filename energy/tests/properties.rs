@@ -3,12 +3,14 @@
 //! long simulations converging to eq. 2.
 
 use proptest::prelude::*;
+use rand::Rng;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use sunswarm_energy::modes::paper;
 use sunswarm_energy::sim::{SingleConfig, run_single};
 use sunswarm_energy::{
-    Analysis, Chain, DeviceParams, EnergyError, Harvest, ModeTable, PowerMode, max_input_rate,
+    Analysis, Chain, DeviceParams, EmulatedBattery, EnergyError, Harvest, HarvestSource, ModeTable,
+    PowerMode, max_input_rate,
 };
 
 /// A random but valid device: capacity 20..120, thresholds in order, harvest that can refill,
@@ -155,6 +157,47 @@ proptest! {
         prop_assert!((sim - a.mean_battery).abs() < 0.02 * dev.capacity as f64 + 0.5,
             "simulated {sim:.3} vs eq. 2 {:.3} (B = {})", a.mean_battery, dev.capacity);
         prop_assert!((run.ps_frac - a.ps_frac).abs() < 0.03, "ps {} vs {}", run.ps_frac, a.ps_frac);
+    }
+}
+
+proptest! {
+    #![proptest_config(config(24))]
+
+    /// The emulator applies the chain's rules: one stage from (q, e, s), repeated, lands on next
+    /// states with the frequencies of P's row (total variation distance, 20 000 samples).
+    #[test]
+    fn one_emulated_stage_follows_the_chain_row(dev in device(), p in 0.0f64..=1.0, q in any::<bool>(), s in any::<bool>(), level in 0.0f64..=1.0, seed in any::<u64>()) {
+        let e = (level * dev.capacity as f64).round() as i64;
+        let chain = Chain::build(&dev, p).unwrap();
+        let mut counts = std::collections::HashMap::<usize, u32>::new();
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut source = HarvestSource::new(dev.harvest.clone(), 0);
+        let n = 20_000;
+        for _ in 0..n {
+            let mut b = EmulatedBattery::at(dev.clone(), q, e, s).unwrap();
+            b.begin_slot();
+            loop {
+                // Arrivals per slot, offered while the stage can take one (R2/R4); refused in R3.
+                if rng.random::<f64>() < p {
+                    b.offer_job();
+                }
+                if b.end_slot(source.next_slot(&mut rng)).stage_ended {
+                    break;
+                }
+            }
+            let next = chain.index(b.has_job() as u8, b.level(), (!b.power_saving()) as u8);
+            *counts.entry(next).or_default() += 1;
+        }
+        let row: std::collections::HashMap<usize, f64> = chain.row(chain.index(q as u8, e, s as u8)).collect();
+        let mut tv = 0.0;
+        for (j, w) in &row {
+            tv += (w - counts.get(j).copied().unwrap_or(0) as f64 / n as f64).abs();
+        }
+        for (j, c) in &counts {
+            prop_assert!(row.contains_key(j), "emulator reached {:?}, which P's row cannot", chain.state(*j));
+            let _ = c;
+        }
+        prop_assert!(tv / 2.0 < 0.03, "total variation {:.4} from row {:?}", tv / 2.0, chain.state(chain.index(q as u8, e, s as u8)));
     }
 }
 
