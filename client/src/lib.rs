@@ -1,1 +1,8 @@
-//! `swarm-client`: generates text, either in one process (`--local`) or through a swarm.
+//! `swarm-client`: generates text, either in one process (`--local`) or through a swarm of peers
+//! that each host a range of blocks. The client holds the token embedding, the final norm and the
+//! LM head; [`generate::generate`] runs the same loop over either kind of [`generate::Pipeline`].
+
+pub mod cli;
+pub mod generate;
+pub mod local;
+pub mod sampling;

@@ -1,0 +1,67 @@
+//! Command-line arguments shared by `swarm-client generate` in local and swarm mode.
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "swarm-client", version, about = "Generate text with a Sunswarm swarm, or locally")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Generate text from a prompt, streaming it to the terminal.
+    Generate(GenerateArgs),
+    /// Download a model into the local cache (aliases only) and print where it is.
+    Fetch {
+        /// Model alias, path, hf:OWNER/REPO or random:SHAPE.
+        #[arg(long, default_value = "smollm2-135m")]
+        model: String,
+    },
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct GenerateArgs {
+    /// Model: an alias (smollm2-135m), a .gguf file, a Hugging Face folder, hf:OWNER/REPO, or
+    /// random:SHAPE[:seed=N] (tiny, smollm2-135m, llama-3.2-1b, llama-3-8b).
+    #[arg(long, default_value = "smollm2-135m")]
+    pub model: String,
+    /// The prompt. Control tokens such as <|im_start|> are recognized.
+    #[arg(long)]
+    pub prompt: String,
+    /// Wrap the prompt as one user message in the model's chat template.
+    #[arg(long)]
+    pub chat: bool,
+    #[arg(long, default_value_t = 128)]
+    pub max_new_tokens: usize,
+    /// 0 is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    pub temperature: f32,
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Keep generating after an end-of-sequence token.
+    #[arg(long)]
+    pub ignore_eos: bool,
+    /// Compute backend: cpu, wgpu or cuda.
+    #[arg(long, default_value = "cpu")]
+    pub backend: String,
+    /// Print one JSON object (prompt_tokens, tokens, text, timings) as the last line.
+    #[arg(long)]
+    pub json: bool,
+    /// Run every block in this process instead of through a swarm.
+    #[arg(long)]
+    pub local: bool,
+    /// In --local mode, run the model as these block ranges (e.g. 0-9,10-19,20-29) chained in one
+    /// process, each with its own KV cache; the output must not change.
+    #[arg(long)]
+    pub local_split: Option<String>,
+    /// Multiaddr of a swarm peer to join through (swarm mode); may be repeated.
+    #[arg(long)]
+    pub bootstrap: Vec<String>,
+    /// Routing policy in swarm mode: uniform, long-term or adaptive.
+    #[arg(long, default_value = "uniform")]
+    pub policy: String,
+}

@@ -1,0 +1,170 @@
+//! The generation loop: embed, run the hidden states through the blocks (locally or through the
+//! swarm, behind [`Pipeline`]), apply the LM head, sample, repeat. The loop is the same for both,
+//! which is what makes "the swarm generates exactly what one process generates" checkable.
+
+use std::future::Future;
+use std::time::Instant;
+
+use serde::Serialize;
+use sunswarm_models::{BlockRange, Head, HiddenStates, KvCache, ModelError, TextTokenizer};
+
+use crate::sampling::Sampler;
+
+/// Why a pipeline step failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PipelineError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error("peer {peer} failed: {reason}")]
+    Peer { peer: String, reason: String },
+    #[error("no route: {0}")]
+    NoRoute(String),
+    #[error("network: {0}")]
+    Network(String),
+}
+
+/// Carries hidden states through every block of the model, keeping per-session state (KV caches)
+/// wherever the blocks live. Each call passes the tokens that follow the previous call's.
+pub trait Pipeline {
+    fn forward(&mut self, input: HiddenStates) -> impl Future<Output = Result<HiddenStates, PipelineError>> + Send;
+}
+
+/// All blocks in this process: a chain of block ranges, each with its own KV cache.
+pub struct LocalPipeline {
+    stages: Vec<(BlockRange, KvCache)>,
+}
+
+impl LocalPipeline {
+    pub fn new(ranges: Vec<BlockRange>) -> Self {
+        Self { stages: ranges.into_iter().map(|r| { let c = r.new_cache(); (r, c) }).collect() }
+    }
+
+    /// Runs the stages synchronously (the model is CPU/GPU-bound; there is nothing to await).
+    pub fn forward_sync(&mut self, input: HiddenStates) -> Result<HiddenStates, ModelError> {
+        let mut x = input;
+        for (range, cache) in &mut self.stages {
+            x = range.forward(cache, &x)?;
+        }
+        Ok(x)
+    }
+}
+
+impl Pipeline for LocalPipeline {
+    fn forward(&mut self, input: HiddenStates) -> impl Future<Output = Result<HiddenStates, PipelineError>> + Send {
+        let out = self.forward_sync(input).map_err(PipelineError::from);
+        std::future::ready(out)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerateOptions {
+    pub max_new_tokens: usize,
+    /// 0 means greedy.
+    pub temperature: f32,
+    pub top_p: f32,
+    pub seed: u64,
+    pub ignore_eos: bool,
+}
+
+impl Default for GenerateOptions {
+    fn default() -> Self {
+        Self { max_new_tokens: 128, temperature: 0.0, top_p: 1.0, seed: 0, ignore_eos: false }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GenerateError {
+    #[error("the prompt is empty")]
+    EmptyPrompt,
+    #[error("invalid option {name}: {why}")]
+    InvalidOption { name: &'static str, why: String },
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+}
+
+/// What one generation produced, with its timings.
+#[derive(Debug, Clone, Serialize)]
+pub struct GenerationResult {
+    pub prompt_tokens: Vec<u32>,
+    pub tokens: Vec<u32>,
+    pub text: String,
+    pub ttft_ms: f64,
+    pub decode_tokens_per_s: f64,
+    pub prefill_ms: f64,
+    pub decode_ms: f64,
+}
+
+impl GenerateOptions {
+    pub fn validate(&self) -> Result<(), GenerateError> {
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            return Err(GenerateError::InvalidOption { name: "temperature", why: format!("{} is not >= 0", self.temperature) });
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(GenerateError::InvalidOption { name: "top-p", why: format!("{} is not in (0, 1]", self.top_p) });
+        }
+        Ok(())
+    }
+}
+
+/// Generates from `prompt_ids`, calling `on_text` with each piece of text as soon as it forms
+/// whole characters.
+pub async fn generate<P: Pipeline>(
+    head: &Head,
+    tokenizer: &TextTokenizer,
+    pipeline: &mut P,
+    prompt_ids: &[u32],
+    opts: &GenerateOptions,
+    mut on_text: impl FnMut(&str),
+) -> Result<GenerationResult, GenerateError> {
+    opts.validate()?;
+    if prompt_ids.is_empty() {
+        return Err(GenerateError::EmptyPrompt);
+    }
+    let start = Instant::now();
+    let mut sampler = Sampler::new(opts.temperature, opts.top_p, opts.seed);
+    let mut decoder = tokenizer.stream_decoder();
+    let mut tokens = Vec::with_capacity(opts.max_new_tokens);
+    let mut text = String::new();
+    let mut input = head.embed(prompt_ids)?;
+    let mut first_token_at = None;
+    let mut prefill_ms = 0.0;
+    while tokens.len() < opts.max_new_tokens {
+        let hidden = pipeline.forward(std::mem::replace(&mut input, HiddenStates { n_tokens: 0, dim: 0, data: Vec::new() })).await?;
+        let logits = head.logits_last(&hidden)?;
+        let id = sampler.sample(&logits);
+        if first_token_at.is_none() {
+            prefill_ms = start.elapsed().as_secs_f64() * 1e3;
+            first_token_at = Some(Instant::now());
+        }
+        tokens.push(id);
+        if let Some(piece) = decoder.push(id).map_err(ModelError::from)? {
+            on_text(&piece);
+            text.push_str(&piece);
+        }
+        if !opts.ignore_eos && tokenizer.eos_ids().contains(&id) {
+            break;
+        }
+        if tokens.len() < opts.max_new_tokens {
+            input = head.embed(&[id])?;
+        }
+    }
+    if let Some(piece) = decoder.finish().map_err(ModelError::from)? {
+        on_text(&piece);
+        text.push_str(&piece);
+    }
+    let decode_s = first_token_at.map(|t| t.elapsed().as_secs_f64()).unwrap_or(0.0);
+    let decode_tokens_per_s = if tokens.len() > 1 && decode_s > 0.0 { (tokens.len() - 1) as f64 / decode_s } else { 0.0 };
+    Ok(GenerationResult {
+        prompt_tokens: prompt_ids.to_vec(),
+        tokens,
+        text,
+        ttft_ms: prefill_ms,
+        decode_tokens_per_s,
+        prefill_ms,
+        decode_ms: decode_s * 1e3,
+    })
+}

