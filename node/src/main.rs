@@ -1,4 +1,126 @@
-//! `swarm-node` binary entry point.
+//! `swarm-node` binary: parses flags, loads the blocks, joins the swarm, serves until Ctrl-C or
+//! SIGTERM, then leaves cleanly. Prints `PEER_ID=<id>`, one `LISTEN=<multiaddr>` per address and
+//! `READY` on stdout (machine-readable for `swarm-testnet`); logs go to stderr.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use libp2p::Multiaddr;
+use sunswarm_models::{BackendKind, Model, ModelSource};
+use sunswarm_node::compute::{BlockRunner, ModelRunner};
+use sunswarm_node::energy::{self, EnergySpec};
+use sunswarm_node::net::NetConfig;
+use sunswarm_node::node::{self, NodeConfig};
+use sunswarm_protocol::BlockSpec;
+
+/// Serve a range of a model's transformer blocks to a Sunswarm swarm.
+#[derive(Parser, Debug)]
+#[command(name = "swarm-node", version)]
+struct Args {
+    /// Model: an alias (smollm2-135m), a .gguf file, a Hugging Face folder, or random:SHAPE.
+    #[arg(long, default_value = "smollm2-135m")]
+    model: String,
+    /// Blocks to serve: `0-9` (inclusive), `0:10` (half-open) or `all`.
+    #[arg(long, default_value = "all")]
+    blocks: BlockSpec,
+    /// Address to listen on (repeatable).
+    #[arg(long, default_value = "/ip4/127.0.0.1/tcp/0")]
+    listen: Vec<Multiaddr>,
+    /// A peer of the swarm to join through (repeatable); none starts a new swarm.
+    #[arg(long)]
+    bootstrap: Vec<Multiaddr>,
+    /// Compute backend: cpu, wgpu or cuda.
+    #[arg(long, default_value = "cpu")]
+    backend: BackendKind,
+    /// Energy source: mains, battery or emulated:PARAMS.
+    #[arg(long, default_value = "mains")]
+    energy: EnergySpec,
+    /// Most concurrent sessions.
+    #[arg(long, default_value_t = 16)]
+    max_sessions: u32,
+    /// Most tokens one session may hold.
+    #[arg(long, default_value_t = 4096)]
+    max_tokens: u32,
+    /// Announcement lifetime in seconds; refreshed at a third of it. A dead node leaves routes
+    /// within this time.
+    #[arg(long, default_value_t = 30.0)]
+    announce_ttl: f64,
+    /// Seconds between energy-state gossip messages.
+    #[arg(long, default_value_t = 2.0)]
+    gossip_interval: f64,
+}
+
+fn secs(name: &str, v: f64) -> anyhow::Result<Duration> {
+    anyhow::ensure!(v.is_finite() && v > 0.0 && v < 86_400.0, "--{name} must be between 0 and 86400 seconds, got {v}");
+    Ok(Duration::from_secs_f64(v))
+}
+
 fn main() -> anyhow::Result<()> {
-    anyhow::bail!("swarm-node: networking is not built yet")
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,libp2p=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let announce_ttl = secs("announce-ttl", args.announce_ttl)?;
+    let gossip_interval = secs("gossip-interval", args.gossip_interval)?;
+    let energy: Arc<dyn energy::EnergySource> = Arc::from(energy::source(&args.energy)?);
+    let src = ModelSource::parse(&args.model)?;
+    let model = tokio::task::spawn_blocking(move || Model::open(&src)).await??;
+    let n_layers = u32::try_from(model.config().n_layers).context("model has too many blocks")?;
+    let blocks = args.blocks.resolve(n_layers)?;
+    let device = sunswarm_models::device(args.backend)?;
+    tracing::info!(blocks = %blocks, model = %model.model_id(), "loading blocks");
+    let range = blocks.as_range();
+    let (model, loaded) = tokio::task::spawn_blocking(move || {
+        let b = model.load_blocks(range, &device);
+        (model, b)
+    })
+    .await?;
+    let runner = Arc::new(ModelRunner::new(loaded?));
+    let throughput = {
+        let r = runner.clone();
+        tokio::task::spawn_blocking(move || node::estimate_throughput(r.as_ref())).await?
+    };
+    let cfg = NodeConfig {
+        net: NetConfig { listen: args.listen, bootstrap: args.bootstrap, dht_server: true, record_ttl: announce_ttl, ..NetConfig::default() },
+        model_id: model.model_id().0,
+        n_layers,
+        blocks,
+        backend: args.backend.to_string(),
+        max_sessions: args.max_sessions.max(1),
+        max_tokens: args.max_tokens.clamp(1, sunswarm_protocol::limits::MAX_SESSION_TOKENS),
+        announce_ttl,
+        gossip_interval,
+        next_hop_timeout: Duration::from_secs(30),
+        throughput,
+    };
+    let runner: Arc<dyn BlockRunner> = runner;
+    let running = node::start(cfg, runner, energy).await?;
+    println!("PEER_ID={}", running.peer_id());
+    for a in running.listen_addrs() {
+        println!("LISTEN={a}");
+    }
+    println!("READY blocks={blocks} model={}", model.model_id());
+    wait_for_signal().await?;
+    tracing::info!("stopping: leaving the swarm");
+    running.leave().await;
+    Ok(())
+}
+
+async fn wait_for_signal() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {}
+    }
+    Ok(())
 }

@@ -33,6 +33,12 @@ pub struct EnergyState {
     /// The largest job arrival rate (jobs per slot) the node can take without its battery
     /// running down, from its own semi-Markov model; 1 on mains.
     pub max_job_rate: f32,
+    /// Index of the current power mode in the node's mode table (0 = lowest power).
+    pub mode_index: u8,
+    /// The battery puts a dynamic mode table in its critical (lowest) mode.
+    pub critical: bool,
+    /// Chance the node falls into power saving soon if it takes a job now (0 when unknown).
+    pub saving_risk: f32,
 }
 
 impl EnergyState {
@@ -44,6 +50,9 @@ impl EnergyState {
             power_mode: PowerMode::Mains,
             power_saving: false,
             max_job_rate: 1.0,
+            mode_index: 0,
+            critical: false,
+            saving_risk: 0.0,
         }
     }
 
@@ -58,6 +67,10 @@ impl EnergyState {
         field("energy.battery_level", self.battery_level)?;
         field("energy.harvest_w", self.harvest_w)?;
         field("energy.max_job_rate", self.max_job_rate)?;
+        field("energy.saving_risk", self.saving_risk)?;
+        if self.saving_risk > 1.0 {
+            return Err(CodecError::Field { field: "energy.saving_risk", reason: format!("{} is above 1 (a probability)", self.saving_risk) });
+        }
         if self.battery_level > 1.0 {
             return Err(CodecError::Field {
                 field: "energy.battery_level",
@@ -151,6 +164,9 @@ pub(crate) mod tests {
                 power_mode: PowerMode::Dynamic { watts: 30 },
                 power_saving: false,
                 max_job_rate: 0.31,
+                mode_index: 1,
+                critical: false,
+                saving_risk: 0.05,
             },
             timestamp_ms: 1_000_000,
             expires_ms: 1_030_000,
@@ -174,7 +190,8 @@ pub(crate) mod tests {
 
     #[test]
     fn every_invalid_field_is_refused_by_name() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut Announcement)>)> = vec![
+        type Case = (&'static str, Box<dyn Fn(&mut Announcement)>);
+        let cases: Vec<Case> = vec![
             ("peer_id", Box::new(|a| a.peer_id.clear())),
             ("peer_id", Box::new(|a| a.peer_id = vec![1; MAX_PEER_ID_LEN + 1])),
             ("addrs", Box::new(|a| a.addrs = vec!["/ip4/1.2.3.4/tcp/1".into(); MAX_ADDRS + 1])),
@@ -187,6 +204,7 @@ pub(crate) mod tests {
             ("battery_level", Box::new(|a| a.energy.battery_level = -0.1)),
             ("harvest_w", Box::new(|a| a.energy.harvest_w = f32::INFINITY)),
             ("max_job_rate", Box::new(|a| a.energy.max_job_rate = f32::NAN)),
+            ("saving_risk", Box::new(|a| a.energy.saving_risk = 1.5)),
             ("expires_ms", Box::new(|a| a.expires_ms = a.timestamp_ms - 1)),
             ("expires_ms", Box::new(|a| a.expires_ms = a.timestamp_ms + MAX_ANNOUNCE_TTL_MS + 1)),
         ];

@@ -256,7 +256,8 @@ pub(crate) mod tests {
 
     #[test]
     fn invalid_opens_are_refused_by_name() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut OpenSession)>)> = vec![
+        type Case = (&'static str, Box<dyn Fn(&mut OpenSession)>);
+        let cases: Vec<Case> = vec![
             ("route", Box::new(|o| o.route.clear())),
             ("route", Box::new(|o| o.route = route(MAX_ROUTE_HOPS as u32 + 1))),
             ("hop", Box::new(|o| o.hop = 3)),

@@ -1,0 +1,234 @@
+//! A running node: the host, the session server, and the announcer that keeps the node's
+//! announcement in the DHT (refreshed well before it expires) and on gossip (every few seconds,
+//! with fresh energy state). [`RunningNode::leave`] withdraws everything so clients stop routing
+//! here at once instead of waiting for expiry.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use libp2p::{Multiaddr, PeerId};
+use sunswarm_protocol::{Announcement, BlockRange, ModelDigest, codec, dht};
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+use crate::compute::BlockRunner;
+use crate::energy::EnergySource;
+use crate::net::{self, NetConfig, NetError, Network};
+use crate::session::{self, SessionCtx};
+
+/// Everything a node needs besides its blocks and energy source.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    pub net: NetConfig,
+    pub model_id: ModelDigest,
+    pub n_layers: u32,
+    pub blocks: BlockRange,
+    pub backend: String,
+    pub max_sessions: u32,
+    pub max_tokens: u32,
+    /// Lifetime of an announcement; the node refreshes at a third of it.
+    pub announce_ttl: Duration,
+    /// How often the node gossips its announcement with fresh energy state.
+    pub gossip_interval: Duration,
+    pub next_hop_timeout: Duration,
+    /// Decode throughput estimate through this node's blocks, tokens per second.
+    pub throughput: f32,
+}
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum NodeError {
+    #[error(transparent)]
+    Net(#[from] NetError),
+    #[error("accepting activation streams: {0}")]
+    Accept(String),
+    #[error("encoding the announcement: {0}")]
+    Codec(#[from] codec::CodecError),
+}
+
+/// A node that serves and announces until [`RunningNode::leave`].
+pub struct RunningNode {
+    net: Network,
+    cfg: NodeConfig,
+    energy: Arc<dyn EnergySource>,
+    slots: Arc<Semaphore>,
+    listen: Vec<Multiaddr>,
+    tasks: Vec<JoinHandle<()>>,
+    event_loop: JoinHandle<()>,
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Starts the host, the session server and the announcer.
+pub async fn start(cfg: NodeConfig, runner: Arc<dyn BlockRunner>, energy: Arc<dyn EnergySource>) -> Result<RunningNode, NodeError> {
+    let need_peers = !cfg.net.bootstrap.is_empty();
+    let (net, event_loop) = net::new(cfg.net.clone())?;
+    let event_loop = tokio::spawn(event_loop.run());
+    let incoming = net.control().accept(session::protocol()).map_err(|e| NodeError::Accept(e.to_string()))?;
+    let slots = Arc::new(Semaphore::new(cfg.max_sessions as usize));
+    let ctx = Arc::new(SessionCtx {
+        local_peer: net.local_peer_id(),
+        model_id: cfg.model_id,
+        blocks: cfg.blocks,
+        runner,
+        energy: energy.clone(),
+        slots: slots.clone(),
+        net: net.clone(),
+        max_tokens: cfg.max_tokens,
+        next_hop_timeout: cfg.next_hop_timeout,
+    });
+    let mut tasks = vec![tokio::spawn(session::accept_loop(ctx, incoming))];
+    net.wait_ready(false, Duration::from_secs(10)).await?;
+    if need_peers {
+        net.wait_ready(true, Duration::from_secs(30)).await?;
+    }
+    let listen = net.listen_addrs().await?;
+    net.subscribe(dht::energy_topic(&cfg.model_id)).await?;
+    let mut node = RunningNode { net, cfg, energy, slots, listen, tasks: Vec::new(), event_loop };
+    node.publish(true).await?;
+    tasks.push(tokio::spawn(announcer(node.handle())));
+    node.tasks = tasks;
+    info!(peer = %node.peer_id(), blocks = %node.cfg.blocks, "announced");
+    Ok(node)
+}
+
+/// What the announcer task needs (cheap clones of the node's parts).
+struct AnnounceHandle {
+    net: Network,
+    cfg: NodeConfig,
+    energy: Arc<dyn EnergySource>,
+    slots: Arc<Semaphore>,
+    listen: Vec<Multiaddr>,
+}
+
+impl RunningNode {
+    fn handle(&self) -> AnnounceHandle {
+        AnnounceHandle {
+            net: self.net.clone(),
+            cfg: self.cfg.clone(),
+            energy: self.energy.clone(),
+            slots: self.slots.clone(),
+            listen: self.listen.clone(),
+        }
+    }
+
+    pub fn peer_id(&self) -> PeerId {
+        self.net.local_peer_id()
+    }
+
+    pub fn network(&self) -> &Network {
+        &self.net
+    }
+
+    /// Listen addresses, each with `/p2p/<peer id>` so they can be dialled as given.
+    pub fn listen_addrs(&self) -> Vec<Multiaddr> {
+        let p = self.peer_id();
+        self.listen.iter().map(|a| a.clone().with_p2p(p).unwrap_or_else(|a| a)).collect()
+    }
+
+    async fn publish(&self, dht_too: bool) -> Result<(), NodeError> {
+        self.handle().publish(dht_too, false).await
+    }
+
+    /// Withdraws the announcement (gossip says "gone now", DHT keys and record removed), lets
+    /// the messages go out, and stops everything.
+    pub async fn leave(self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        if let Err(e) = self.handle().publish(true, true).await {
+            warn!("withdrawing the announcement: {e}");
+        }
+        let _ = self.net.shutdown(Duration::from_millis(300)).await;
+        let _ = self.event_loop.await;
+        info!("left the swarm");
+    }
+}
+
+impl AnnounceHandle {
+    fn announcement(&self, leaving: bool) -> Announcement {
+        let now = now_ms();
+        let ttl = self.cfg.announce_ttl.as_millis() as u64;
+        let free = self.slots.available_permits() as u32;
+        Announcement {
+            peer_id: self.net.local_peer_id().to_bytes(),
+            addrs: self.listen.iter().map(|a| a.to_string()).collect(),
+            model_id: self.cfg.model_id,
+            n_layers: self.cfg.n_layers,
+            blocks: self.cfg.blocks,
+            backend: self.cfg.backend.clone(),
+            throughput: self.cfg.throughput,
+            max_sessions: self.cfg.max_sessions,
+            active_sessions: self.cfg.max_sessions.saturating_sub(free),
+            energy: self.energy.state(),
+            timestamp_ms: now,
+            expires_ms: if leaving { now } else { now + ttl },
+        }
+    }
+
+    async fn publish(&self, dht_too: bool, leaving: bool) -> Result<(), NodeError> {
+        let ann = self.announcement(leaving);
+        let bytes = codec::encode(&ann)?;
+        let model = &self.cfg.model_id;
+        let record_key = dht::peer_record_key(model, &ann.peer_id);
+        if dht_too {
+            if leaving {
+                self.net.remove_record(record_key).await?;
+                for b in self.cfg.blocks.start..self.cfg.blocks.end {
+                    self.net.stop_providing(dht::block_key(model, b)).await?;
+                }
+                // A record stored on other peers cannot be deleted; overwrite it with one that
+                // has already expired.
+                self.net.put_record(record_key, bytes.clone(), Duration::from_secs(1)).await?;
+            } else {
+                self.net.put_record(record_key, bytes.clone(), self.cfg.announce_ttl).await?;
+                for b in self.cfg.blocks.start..self.cfg.blocks.end {
+                    self.net.start_providing(dht::block_key(model, b)).await?;
+                }
+            }
+        }
+        self.net.publish(dht::energy_topic(model), bytes).await?;
+        Ok(())
+    }
+}
+
+/// Gossips every `gossip_interval`, refreshes the DHT every third of the TTL.
+async fn announcer(h: AnnounceHandle) {
+    let refresh = h.cfg.announce_ttl / 3;
+    let mut last_dht = Instant::now();
+    let mut tick = tokio::time::interval(h.cfg.gossip_interval.min(refresh));
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let dht_too = last_dht.elapsed() >= refresh;
+        if dht_too {
+            last_dht = Instant::now();
+        }
+        if let Err(e) = h.publish(dht_too, false).await {
+            warn!("announcing: {e}");
+            return;
+        }
+    }
+}
+
+/// Measures decode throughput through the blocks: a few one-token forwards on a scratch session.
+pub fn estimate_throughput(runner: &dyn BlockRunner) -> f32 {
+    let dim = runner.hidden_size();
+    let mut s = runner.new_session();
+    let x: Vec<f32> = (0..dim).map(|i| ((i % 7) as f32 - 3.0) * 0.01).collect();
+    if s.forward(1, x.clone()).is_err() {
+        return 0.0;
+    }
+    let n = 4;
+    let t = Instant::now();
+    for _ in 0..n {
+        if s.forward(1, x.clone()).is_err() {
+            return 0.0;
+        }
+    }
+    n as f32 / t.elapsed().as_secs_f32().max(1e-6)
+}
