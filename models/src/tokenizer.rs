@@ -231,6 +231,17 @@ impl TextTokenizer {
         Ok(template.render(messages, add_generation_prompt)?)
     }
 
+    /// The tokenizer as `tokenizer.json` text (the model, pre-tokenizer, decoder and special
+    /// tokens; BOS handling and the chat template live in tokenizer_config.json).
+    pub fn to_tokenizer_json(&self) -> Result<String, TokenizerError> {
+        self.inner
+            .to_string(false)
+            .map_err(|source| TokenizerError::Tokenizers {
+                what: "serializing tokenizer.json".into(),
+                source,
+            })
+    }
+
     /// An incremental detokenizer for streaming generated tokens.
     pub fn stream_decoder(&self) -> StreamDecoder<'_> {
         StreamDecoder::new(self)
