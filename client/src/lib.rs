@@ -6,3 +6,4 @@ pub mod cli;
 pub mod generate;
 pub mod local;
 pub mod sampling;
+pub mod swarm;

@@ -14,7 +14,7 @@ fn main() -> Result<()> {
     runtime.block_on(async {
         match cli.command {
             Command::Generate(args) if args.local => sunswarm_client::local::run(&args).await,
-            Command::Generate(_) => anyhow::bail!("swarm mode is not built yet: pass --local"),
+            Command::Generate(args) => sunswarm_client::swarm::generate_via_swarm(&args).await,
             Command::Fetch { model } => {
                 let source = sunswarm_models::ModelSource::parse(&model)?;
                 let m = sunswarm_models::Model::open(&source)?;

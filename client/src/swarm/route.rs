@@ -53,6 +53,23 @@ fn coverable(anns: &[Announcement], n_layers: u32) -> Vec<bool> {
     ok
 }
 
+/// The furthest block a route starting at `from` can reach: where the gap that blocks it is.
+fn furthest_reachable(anns: &[Announcement], from: u32, n_layers: u32) -> u32 {
+    let mut reach = vec![false; n_layers as usize + 1];
+    reach[from as usize] = true;
+    let mut furthest = from;
+    for b in from..n_layers {
+        if !reach[b as usize] {
+            continue;
+        }
+        furthest = b;
+        for a in anns.iter().filter(|a| a.blocks.start == b && a.blocks.end <= n_layers) {
+            reach[a.blocks.end as usize] = true;
+        }
+    }
+    furthest
+}
+
 /// Weights the policy gives each of `candidates` (indices into `anns`).
 pub fn weights(policy: &dyn Policy, anns: &[Announcement], candidates: &[usize]) -> Vec<f64> {
     let states: Vec<PeerEnergyState> = candidates.iter().map(|&i| energy_view(&anns[i])).collect();
@@ -70,7 +87,7 @@ pub fn plan(anns: &[Announcement], n_layers: u32, policy: &dyn Policy, rng: &mut
             .filter(|&i| anns[i].blocks.start == b && anns[i].blocks.end <= n_layers && ok[anns[i].blocks.end as usize])
             .collect();
         if candidates.is_empty() {
-            return Err(RouteError::NoCoverage { block: b, n_layers, seen: anns.len() });
+            return Err(RouteError::NoCoverage { block: furthest_reachable(anns, b, n_layers), n_layers, seen: anns.len() });
         }
         let w = weights(policy, anns, &candidates);
         let pick = sample(&w, rng).ok_or(RouteError::NoneAvailable { block: b })?;

@@ -1,0 +1,234 @@
+//! The swarm side of `swarm-client`: join the swarm through a bootstrap peer, discover the peers
+//! of the model ([`discovery`]), choose one peer per block range with the policy's weights
+//! ([`route`]), open a session with the whole route and run the generation loop through it
+//! ([`session`]). Only the embedding, final norm and LM head are loaded here.
+
+pub mod discovery;
+pub mod route;
+pub mod session;
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use libp2p::{Multiaddr, PeerId};
+use serde::Serialize;
+use sunswarm_energy::policy::{Policy, PolicyKind};
+use sunswarm_models::{BackendKind, Model, ModelSource, device};
+use sunswarm_node::net::{self, NetConfig, Network};
+use sunswarm_node::node::now_ms;
+use sunswarm_protocol::{Announcement, DType, Hop, ModelDigest, dht};
+use tokio::task::JoinHandle;
+
+use crate::cli::GenerateArgs;
+use crate::generate::{GenerationResult, generate};
+use crate::local::{options, prompt_ids};
+pub use session::{ForwardTiming, SessionError, SwarmSession};
+
+/// Parses `--policy` (uniform, long-term, adaptive, lookahead).
+pub fn parse_policy(s: &str) -> Result<PolicyKind> {
+    Ok(match s {
+        "uniform" => PolicyKind::Uniform,
+        "long-term" | "longterm" => PolicyKind::LongTerm,
+        "adaptive" => PolicyKind::Adaptive,
+        "lookahead" => PolicyKind::Lookahead,
+        other => anyhow::bail!("unknown --policy {other:?}: expected uniform, long-term, adaptive or lookahead"),
+    })
+}
+
+/// A client's connection to the swarm (a DHT client; it never serves).
+pub struct SwarmClient {
+    net: Network,
+    event_loop: JoinHandle<()>,
+}
+
+impl SwarmClient {
+    /// Dials the bootstrap peers and waits until the DHT knows one of them.
+    pub async fn connect(bootstrap: Vec<Multiaddr>, deadline: Duration) -> Result<Self> {
+        anyhow::ensure!(!bootstrap.is_empty(), "swarm mode needs --bootstrap MULTIADDR (or pass --local)");
+        let cfg = NetConfig { listen: Vec::new(), bootstrap, dht_server: false, ..NetConfig::default() };
+        let (net, ev) = net::new(cfg)?;
+        let event_loop = tokio::spawn(ev.run());
+        net.wait_ready(true, deadline).await.context("joining the swarm")?;
+        Ok(SwarmClient { net, event_loop })
+    }
+
+    pub fn network(&self) -> &Network {
+        &self.net
+    }
+
+    /// Subscribes to a model's energy gossip so later discoveries see fresh state.
+    pub async fn follow(&self, model_id: &ModelDigest) -> Result<()> {
+        Ok(self.net.subscribe(dht::energy_topic(model_id)).await?)
+    }
+
+    /// The live announcements of this model (this model id and block count, not expired).
+    pub async fn discover(&self, model_id: &ModelDigest, n_layers: u32) -> Result<Vec<Announcement>> {
+        let all = discovery::discover(&self.net, model_id, n_layers).await?;
+        Ok(route::usable(&all, model_id, n_layers, now_ms()))
+    }
+
+    /// Discovers and chooses a route.
+    pub async fn choose_route(&self, model_id: &ModelDigest, n_layers: u32, policy: &dyn Policy, avoid: &[Vec<u8>]) -> Result<Vec<Hop>> {
+        let mut anns = self.discover(model_id, n_layers).await?;
+        anns.retain(|a| !avoid.contains(&a.peer_id));
+        let idx = route::plan(&anns, n_layers, policy, &mut rand::rng())?;
+        Ok(idx.into_iter().map(|i| Hop { peer_id: anns[i].peer_id.clone(), addrs: anns[i].addrs.clone(), blocks: anns[i].blocks }).collect())
+    }
+
+    /// Polls discovery until the live ranges cover the model (or the deadline passes).
+    pub async fn wait_for_coverage(&self, model_id: &ModelDigest, n_layers: u32, want_peers: usize, deadline: Duration) -> Result<Vec<Announcement>> {
+        let until = Instant::now() + deadline;
+        loop {
+            let anns = self.discover(model_id, n_layers).await?;
+            let covered = route::plan(&anns, n_layers, &sunswarm_energy::policy::Uniform, &mut rand::rng()).is_ok();
+            if covered && anns.len() >= want_peers {
+                return Ok(anns);
+            }
+            anyhow::ensure!(
+                Instant::now() < until,
+                "after {deadline:?}, {} live peers cover the model: {}",
+                anns.len(),
+                if covered { "yes" } else { "no" }
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Stops the client's host.
+    pub async fn stop(self) {
+        let _ = self.net.shutdown(Duration::from_millis(0)).await;
+        let _ = self.event_loop.await;
+    }
+}
+
+/// One hop in the JSON output.
+#[derive(Debug, Serialize)]
+pub struct RouteEntry {
+    pub peer: String,
+    /// Half-open block range.
+    pub blocks: [u32; 2],
+}
+
+/// Swarm timings in the JSON output.
+#[derive(Debug, Serialize)]
+pub struct SwarmTimings {
+    pub connect_ms: f64,
+    pub discover_ms: f64,
+    pub open_ms: f64,
+    /// Median client round trip of one decode step (one token through every hop and back).
+    pub decode_rtt_us_median: f64,
+    /// Median over decode steps of (round trip - compute of every hop) / hops.
+    pub overhead_per_hop_us_median: f64,
+    /// Median compute per decode step on each hop, in route order.
+    pub hop_compute_us_median: Vec<f64>,
+}
+
+#[derive(Debug, Serialize)]
+struct SwarmOutput<'a> {
+    #[serde(flatten)]
+    result: &'a GenerationResult,
+    route: Vec<RouteEntry>,
+    swarm: SwarmTimings,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+/// Summarises a session's per-forward timings (decode steps only: one token each).
+pub fn summarise(timings: &[ForwardTiming], hops: usize) -> (f64, f64, Vec<f64>) {
+    let decode: Vec<&ForwardTiming> = timings.iter().filter(|t| t.n_tokens == 1 && t.hops.len() == hops).collect();
+    let rtt = median(decode.iter().map(|t| t.rtt_us as f64).collect());
+    let over = median(decode.iter().map(|t| t.overhead_per_hop_us()).collect());
+    let per_hop = (0..hops).map(|h| median(decode.iter().map(|t| f64::from(t.hops[h].compute_us)).collect())).collect();
+    (rtt, over, per_hop)
+}
+
+/// `swarm-client generate` without `--local`.
+pub async fn generate_via_swarm(args: &GenerateArgs) -> Result<()> {
+    let policy = parse_policy(&args.policy)?.policy();
+    let bootstrap = args
+        .bootstrap
+        .iter()
+        .map(|s| s.parse::<Multiaddr>().with_context(|| format!("--bootstrap {s:?} is not a multiaddr")))
+        .collect::<Result<Vec<_>>>()?;
+    let backend: BackendKind = args.backend.parse()?;
+    let dev = device(backend)?;
+    let source = ModelSource::parse(&args.model)?;
+    let model = Model::open(&source).with_context(|| format!("opening model {}", args.model))?;
+    let n_layers = u32::try_from(model.config().n_layers)?;
+    let model_id = model.model_id().0;
+    let tokenizer = model.tokenizer()?;
+    let ids = prompt_ids(&tokenizer, &args.prompt, args.chat)?;
+    let head = model.load_head(&dev)?;
+
+    let t = Instant::now();
+    let client = SwarmClient::connect(bootstrap, Duration::from_secs(30)).await?;
+    client.follow(&model_id).await?;
+    let connect_ms = t.elapsed().as_secs_f64() * 1e3;
+
+    let max_tokens = u32::try_from(ids.len() + args.max_new_tokens)?;
+    let mut avoid: Vec<Vec<u8>> = Vec::new();
+    let (mut session, discover_ms, open_ms) = loop {
+        let t = Instant::now();
+        let route = client.choose_route(&model_id, n_layers, policy.as_ref(), &avoid).await?;
+        let discover_ms = t.elapsed().as_secs_f64() * 1e3;
+        let t = Instant::now();
+        match SwarmSession::open(client.network(), model_id, route.clone(), DType::F32, max_tokens).await {
+            Ok(s) => break (s, discover_ms, t.elapsed().as_secs_f64() * 1e3),
+            // A refusing or unreachable peer is avoided and the route chosen again, a few times.
+            Err(e) if avoid.len() < 3 => {
+                let culprit = match &e {
+                    SessionError::Refused(w) => route.get(w.hop as usize),
+                    _ => route.first(),
+                };
+                tracing::warn!("opening the session failed ({e}); choosing another route");
+                avoid.push(culprit.map(|h| h.peer_id.clone()).unwrap_or_default());
+            }
+            Err(e) => return Err(e).context("opening the session"),
+        }
+    };
+    let opts = options(args);
+    let mut stdout = std::io::stdout();
+    let result = generate(&head, &tokenizer, &mut session, &ids, &opts, |piece| {
+        let _ = stdout.write_all(piece.as_bytes());
+        let _ = stdout.flush();
+    })
+    .await?;
+    println!();
+    let route: Vec<RouteEntry> = session
+        .route()
+        .iter()
+        .map(|h| RouteEntry {
+            peer: PeerId::from_bytes(&h.peer_id).map(|p| p.to_string()).unwrap_or_default(),
+            blocks: [h.blocks.start, h.blocks.end],
+        })
+        .collect();
+    let (rtt, over, per_hop) = summarise(&session.timings, route.len());
+    session.close().await;
+    client.stop().await;
+    if args.json {
+        let out = SwarmOutput {
+            result: &result,
+            route,
+            swarm: SwarmTimings {
+                connect_ms,
+                discover_ms,
+                open_ms,
+                decode_rtt_us_median: rtt,
+                overhead_per_hop_us_median: over,
+                hop_compute_us_median: per_hop,
+            },
+        };
+        println!("{}", serde_json::to_string(&out)?);
+    } else {
+        let hops: Vec<String> = route.iter().map(|r| format!("{}..{} @ {}", r.blocks[0], r.blocks[1], r.peer)).collect();
+        eprintln!("route: {}", hops.join(" -> "));
+    }
+    Ok(())
+}
