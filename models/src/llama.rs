@@ -177,7 +177,7 @@ impl BlockRange {
         let group = nh / nkv;
 
         let h = rms_norm(x.clone(), &w.attn_norm, cfg.rms_norm_eps);
-        let qkv = h.matmul(w.wqkv.clone().transpose().unsqueeze());
+        let qkv = linear(h, &w.wqkv);
         let q = qkv.clone().narrow(2, 0, nh * hd);
         let k = qkv.clone().narrow(2, nh * hd, nkv * hd);
         let v = qkv.narrow(2, (nh + nkv) * hd, nkv * hd);
@@ -205,15 +205,15 @@ impl BlockRange {
         debug_assert_eq!(attn.dims(), [1, nkv, group * n, hd]);
         let _ = total;
         let attn = attn.reshape([1, nh, n, hd]).swap_dims(1, 2).reshape([1, n, nh * hd]);
-        let x = x.add(attn.matmul(w.wo.clone().transpose().unsqueeze()));
+        let x = x.add(linear(attn, &w.wo));
 
         let h = rms_norm(x.clone(), &w.ffn_norm, cfg.rms_norm_eps);
-        let gu = h.matmul(w.w_gate_up.clone().transpose().unsqueeze());
+        let gu = linear(h, &w.w_gate_up);
         let ffn = cfg.intermediate_size;
         let gate = gu.clone().narrow(2, 0, ffn);
         let up = gu.narrow(2, ffn, ffn);
         let act = silu(gate).mul(up);
-        let out = act.matmul(w.w_down.clone().transpose().unsqueeze());
+        let out = linear(act, &w.w_down);
         debug_assert_eq!(out.dims(), [1, n, d]);
         x.add(out)
     }
@@ -235,6 +235,15 @@ fn causal_mask(start: usize, n: usize, group: usize, device: &Device) -> Option<
         }
     }
     Some(Tensor::from_data(TensorData::new(data, [1, 1, group * n, total]), device))
+}
+
+/// `x @ w^T` for a `[1, n, in]` input and an `[out, in]` weight. The product runs in 2-D so that
+/// flex reads the transposed weight through strides; a batched 3-D product copied the whole
+/// weight on every call (measured: most of the decode time).
+fn linear(x: Tensor<3>, w: &Tensor<2>) -> Tensor<3> {
+    let [b, n, k] = x.dims();
+    let out = w.dims()[0];
+    x.reshape([b * n, k]).matmul(w.clone().transpose()).reshape([b, n, out])
 }
 
 fn rms_norm(x: Tensor<3>, weight: &Tensor<1>, eps: f64) -> Tensor<3> {

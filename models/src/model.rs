@@ -161,6 +161,13 @@ impl Model {
         Ok(Tensor::from_data(TensorData::new(t.data, [len]), device))
     }
 
+    /// One tensor by its GGUF name, as f32 in Hugging Face layout, with its shape (for tools and
+    /// tests that convert or compare weights).
+    pub fn load_tensor_f32(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>), ModelError> {
+        let t = self.weights.load(name)?;
+        Ok((t.data, t.shape))
+    }
+
     /// Loads blocks `range` (half-open) and nothing else.
     pub fn load_blocks(&self, range: Range<usize>, device: &Device) -> Result<BlockRange, ModelError> {
         let c = &*self.cfg;
@@ -276,7 +283,7 @@ fn byte_chars() -> Vec<char> {
 
 /// Tokenizer metadata of random models: ChatML control tokens, the 256 bytes, no merges, then
 /// filler tokens up to the vocabulary size.
-pub(crate) fn byte_level_tokenizer_metadata(vocab_size: usize) -> Vec<(String, GgufValue)> {
+pub fn byte_level_tokenizer_metadata(vocab_size: usize) -> Vec<(String, GgufValue)> {
     const CONTROL: [&str; 3] = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"];
     let mut tokens: Vec<String> = CONTROL.iter().map(|s| s.to_string()).collect();
     let mut types = vec![3i32; CONTROL.len()];
