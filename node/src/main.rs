@@ -85,7 +85,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         (model, b)
     })
     .await?;
-    let runner = Arc::new(ModelRunner::new(loaded?));
+    let loaded = loaded?;
+    // The node must never hold blocks outside its announced range.
+    anyhow::ensure!(loaded.range() == blocks.as_range(), "loaded blocks {:?}, asked for {blocks}", loaded.range());
+    let runner = Arc::new(ModelRunner::new(loaded));
     let throughput = {
         let r = runner.clone();
         tokio::task::spawn_blocking(move || node::estimate_throughput(r.as_ref())).await?
@@ -109,7 +112,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     for a in running.listen_addrs() {
         println!("LISTEN={a}");
     }
-    println!("READY blocks={blocks} model={}", model.model_id());
+    println!("READY blocks={blocks} n_layers={n_layers} model={}", model.model_id());
     wait_for_signal().await?;
     tracing::info!("stopping: leaving the swarm");
     running.leave().await;

@@ -17,11 +17,17 @@ struct Cli {
 enum Command {
     /// The energy model's simulations (paper Figs. 2-4) and our policy beside the paper's.
     Sim(sim::SimCommand),
+    /// Start a local swarm of swarm-node processes on 127.0.0.1 until Ctrl-C.
+    Up(sunswarm_testnet::net::cli::UpArgs),
+    /// The main job end to end: fetch the model, start 3 nodes, answer a chat prompt through them.
+    Demo(sunswarm_testnet::net::cli::DemoArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Sim(cmd) => sim::run(cmd),
+        Command::Up(args) => sunswarm_testnet::net::cli::up(args),
+        Command::Demo(args) => sunswarm_testnet::net::cli::demo(args),
     }
 }

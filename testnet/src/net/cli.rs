@@ -1,0 +1,136 @@
+//! `swarm-testnet up` (a local swarm that runs until SIGINT/SIGTERM) and `swarm-testnet demo`
+//! (the main job end to end: model, 3 nodes, a chat answer through them, printed with the route).
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{Context, Result};
+
+use super::launch::{Split, Testnet, TestnetOptions};
+use super::process::find_binary;
+
+/// `swarm-testnet up`.
+#[derive(Debug, clap::Args)]
+pub struct UpArgs {
+    /// Number of nodes (with `--split even`).
+    #[arg(long, default_value_t = 3)]
+    pub nodes: usize,
+    /// Model every node serves.
+    #[arg(long, default_value = "smollm2-135m")]
+    pub model: String,
+    /// `even`, or one inclusive range per node: 0-9,10-19,10-19,20-29 (replicas allowed).
+    #[arg(long, default_value = "even")]
+    pub split: Split,
+    /// Compute backend of every node: cpu, wgpu or cuda.
+    #[arg(long, default_value = "cpu")]
+    pub backend: String,
+    /// Announcement lifetime of every node, in seconds.
+    #[arg(long, default_value_t = 30.0)]
+    pub announce_ttl: f64,
+    /// Folder for node logs (default: a fresh temporary folder).
+    #[arg(long)]
+    pub log_dir: Option<PathBuf>,
+}
+
+/// `swarm-testnet demo`.
+#[derive(Debug, clap::Args)]
+pub struct DemoArgs {
+    #[arg(long, default_value = "smollm2-135m")]
+    pub model: String,
+    #[arg(long, default_value_t = 3)]
+    pub nodes: usize,
+    #[arg(long, default_value = "What is the capital of France? Answer in one sentence.")]
+    pub prompt: String,
+    #[arg(long, default_value_t = 48)]
+    pub max_new_tokens: usize,
+    #[arg(long, default_value = "cpu")]
+    pub backend: String,
+}
+
+fn init_logs() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn options(nodes: usize, model: &str, split: Split, backend: &str, ttl: f64, log_dir: Option<PathBuf>) -> Result<TestnetOptions> {
+    if let Split::List(l) = &split {
+        anyhow::ensure!(nodes == 3 || nodes == l.len(), "--nodes {nodes} disagrees with --split ({} ranges)", l.len());
+    }
+    anyhow::ensure!(nodes >= 1, "--nodes must be at least 1");
+    Ok(TestnetOptions { nodes, model: model.into(), split, backend: backend.into(), announce_ttl: ttl, log_dir, node_args: Vec::new() })
+}
+
+/// Runs `up`: start, print the bootstrap address and the nodes, wait for a signal, stop all.
+pub fn up(args: UpArgs) -> Result<()> {
+    init_logs();
+    let opts = options(args.nodes, &args.model, args.split, &args.backend, args.announce_ttl, args.log_dir)?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async {
+        let net = Testnet::start(&opts).await?;
+        println!("SWARM_BOOTSTRAP={}", net.bootstrap);
+        for l in net.node_lines() {
+            println!("{l}");
+        }
+        eprintln!("logs in {}; Ctrl-C stops every node", net.log_dir.display());
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r?,
+            _ = term.recv() => {}
+        }
+        eprintln!("stopping {} nodes", net.nodes.len());
+        drop(net);
+        Ok(())
+    })
+}
+
+/// Runs `demo`: a chat answer through a fresh 3-node swarm, with the route.
+pub fn demo(args: DemoArgs) -> Result<()> {
+    init_logs();
+    let client = find_binary("swarm-client")?;
+    let opts = options(args.nodes, &args.model, Split::Even, &args.backend, 30.0, None)?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async {
+        eprintln!("starting {} nodes serving {} (the model is fetched first if needed)...", opts.nodes, opts.model);
+        let net = Testnet::start(&opts).await?;
+        for l in net.node_lines() {
+            eprintln!("{l}");
+        }
+        eprintln!("asking: {}", args.prompt);
+        let out = Command::new(&client)
+            .args(["generate", "--model", &args.model, "--chat", "--prompt", &args.prompt, "--json"])
+            .args(["--max-new-tokens", &args.max_new_tokens.to_string(), "--backend", &args.backend])
+            .args(["--bootstrap", &net.bootstrap])
+            .output()
+            .context("running swarm-client")?;
+        anyhow::ensure!(
+            out.status.success(),
+            "swarm-client failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let json: serde_json::Value = stdout
+            .lines()
+            .rev()
+            .find_map(|l| serde_json::from_str(l).ok())
+            .context("swarm-client printed no JSON")?;
+        println!("{}", json["text"].as_str().unwrap_or_default().trim());
+        println!();
+        if let Some(route) = json["route"].as_array() {
+            for (i, hop) in route.iter().enumerate() {
+                let b = &hop["blocks"];
+                println!("hop {i}: blocks {}..{} on {}", b[0], b[1], hop["peer"].as_str().unwrap_or("?"));
+            }
+        }
+        println!(
+            "time to first token {:.0} ms, decode {:.1} tokens/s, overhead per hop {:.0} us",
+            json["ttft_ms"].as_f64().unwrap_or(0.0),
+            json["decode_tokens_per_s"].as_f64().unwrap_or(0.0),
+            json["swarm"]["overhead_per_hop_us_median"].as_f64().unwrap_or(0.0)
+        );
+        drop(net);
+        Ok(())
+    })
+}

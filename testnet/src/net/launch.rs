@@ -1,0 +1,209 @@
+//! Starting a swarm of `swarm-node` processes: the first node is the bootstrap peer, the others
+//! join through it; the testnet is up once a client sees every node's announcement and the live
+//! ranges cover the model.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::str::FromStr;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use sunswarm_client::swarm::SwarmClient;
+use sunswarm_models::{Model, ModelSource};
+use sunswarm_protocol::BlockRange;
+use sunswarm_protocol::blocks::parse_split_list;
+
+use super::process::{Managed, find_binary};
+
+/// How blocks are split over nodes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Split {
+    /// `--nodes` contiguous ranges of (nearly) equal size.
+    Even,
+    /// One inclusive range per node (`0-9,10-19,10-19,20-29` gives replicas).
+    List(Vec<BlockRange>),
+}
+
+impl FromStr for Split {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        if s == "even" {
+            return Ok(Split::Even);
+        }
+        Ok(Split::List(parse_split_list(s).with_context(|| format!("--split {s:?}: expected `even` or A-B,C-D,..."))?))
+    }
+}
+
+/// What to start.
+#[derive(Clone, Debug)]
+pub struct TestnetOptions {
+    pub nodes: usize,
+    pub model: String,
+    pub split: Split,
+    pub backend: String,
+    /// Announcement lifetime passed to every node (seconds).
+    pub announce_ttl: f64,
+    /// Where node logs go; a fresh temporary folder when `None`.
+    pub log_dir: Option<PathBuf>,
+    /// Extra flags for every node.
+    pub node_args: Vec<String>,
+}
+
+impl Default for TestnetOptions {
+    fn default() -> Self {
+        TestnetOptions {
+            nodes: 3,
+            model: "smollm2-135m".into(),
+            split: Split::Even,
+            backend: "cpu".into(),
+            announce_ttl: 30.0,
+            log_dir: None,
+            node_args: Vec::new(),
+        }
+    }
+}
+
+/// One started node.
+#[derive(Clone, Debug)]
+pub struct NodeInfo {
+    pub index: usize,
+    pub pid: u32,
+    pub peer: String,
+    pub blocks: BlockRange,
+    /// First listen address, with `/p2p/<peer>`.
+    pub listen: String,
+}
+
+/// A running local swarm; dropping it stops every node.
+pub struct Testnet {
+    pub nodes: Vec<NodeInfo>,
+    procs: Vec<Option<Managed>>,
+    pub bootstrap: String,
+    pub model_id: [u8; 32],
+    pub n_layers: u32,
+    pub log_dir: PathBuf,
+}
+
+fn fresh_log_dir() -> Result<PathBuf> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let d = std::env::temp_dir().join(format!("sunswarm-testnet-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+    std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
+    Ok(d)
+}
+
+impl Testnet {
+    /// Starts the nodes and waits until the swarm covers the model (bounded).
+    pub async fn start(opts: &TestnetOptions) -> Result<Testnet> {
+        let node_bin = find_binary("swarm-node")?;
+        let src = ModelSource::parse(&opts.model)?;
+        let model = tokio::task::spawn_blocking(move || Model::open(&src)).await??;
+        let n_layers = u32::try_from(model.config().n_layers)?;
+        let model_id = model.model_id().0;
+        let ranges = match &opts.split {
+            Split::Even => BlockRange::split_even(n_layers, u32::try_from(opts.nodes)?)?,
+            Split::List(r) => r.clone(),
+        };
+        for r in &ranges {
+            r.within(n_layers)?;
+        }
+        let log_dir = match &opts.log_dir {
+            Some(d) => {
+                std::fs::create_dir_all(d)?;
+                d.clone()
+            }
+            None => fresh_log_dir()?,
+        };
+        let mut net = Testnet { nodes: Vec::new(), procs: Vec::new(), bootstrap: String::new(), model_id, n_layers, log_dir };
+        let command = |blocks: &BlockRange, bootstrap: Option<&str>| {
+            let mut c = Command::new(&node_bin);
+            c.args(["--model", &opts.model, "--blocks", &format!("{}:{}", blocks.start, blocks.end)])
+                .args(["--backend", &opts.backend, "--listen", "/ip4/127.0.0.1/tcp/0"])
+                .args(["--announce-ttl", &opts.announce_ttl.to_string()])
+                .args(&opts.node_args);
+            if let Some(b) = bootstrap {
+                c.args(["--bootstrap", b]);
+            }
+            c
+        };
+        // Loading a big model in a debug build takes a while: be generous, the wait is bounded.
+        let load = Duration::from_secs(300);
+        for (i, blocks) in ranges.iter().enumerate() {
+            let boot = (i > 0).then(|| net.bootstrap.clone());
+            let log = net.log_dir.join(format!("node-{i}.log"));
+            let p = Managed::spawn(&format!("node {i}"), command(blocks, boot.as_deref()), &log)?;
+            net.nodes.push(NodeInfo { index: i, pid: p.pid(), peer: String::new(), blocks: *blocks, listen: String::new() });
+            net.procs.push(Some(p));
+            if i == 0 {
+                net.read_node(0, load)?; // the others need its address
+            }
+        }
+        for i in 1..ranges.len() {
+            net.read_node(i, load)?;
+        }
+        let client = SwarmClient::connect(vec![net.bootstrap.parse()?], Duration::from_secs(30)).await?;
+        let covered = client.wait_for_coverage(&model_id, n_layers, ranges.len(), Duration::from_secs(60)).await;
+        client.stop().await;
+        covered.context("waiting until every range is announced")?;
+        Ok(net)
+    }
+
+    fn read_node(&mut self, i: usize, deadline: Duration) -> Result<()> {
+        let p = self.procs[i].as_mut().context("node already stopped")?;
+        let peer = p.wait_line("PEER_ID=", deadline)?;
+        let listen = p.wait_line("LISTEN=", deadline)?;
+        p.wait_line("READY", deadline)?;
+        if i == 0 {
+            self.bootstrap = listen.clone();
+        }
+        self.nodes[i].peer = peer;
+        self.nodes[i].listen = listen;
+        Ok(())
+    }
+
+    /// Stops node `i`: SIGTERM (clean leave) or SIGKILL (crash), and reaps it.
+    pub fn stop_node(&mut self, i: usize, kill: bool) {
+        if let Some(mut p) = self.procs.get_mut(i).and_then(Option::take) {
+            if kill {
+                p.signal(libc::SIGKILL);
+            }
+            p.stop(Duration::from_secs(3));
+        }
+    }
+
+    /// `node I pid=P peer=ID blocks=A-B` (inclusive) per node.
+    pub fn node_lines(&self) -> Vec<String> {
+        self.nodes.iter().map(|n| format!("node {} pid={} peer={} blocks={}", n.index, n.pid, n.peer, n.blocks)).collect()
+    }
+
+    /// Stops every node (also done on drop).
+    pub fn stop(&mut self) {
+        for p in self.procs.iter_mut().filter_map(Option::take) {
+            drop(p);
+        }
+    }
+}
+
+impl Drop for Testnet {
+    fn drop(&mut self) {
+        // Signal all first so the nodes leave in parallel, then reap each.
+        for p in self.procs.iter().flatten() {
+            p.signal(libc::SIGTERM);
+        }
+        self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_parses() {
+        assert_eq!("even".parse::<Split>().unwrap(), Split::Even);
+        let Split::List(l) = "0-9,10-19,10-19,20-29".parse::<Split>().unwrap() else { panic!() };
+        assert_eq!(l.len(), 4);
+        assert_eq!(l[3], BlockRange { start: 20, end: 30 });
+        assert!("0-9,x".parse::<Split>().unwrap_err().to_string().contains("--split"));
+    }
+}

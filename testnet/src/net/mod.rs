@@ -1,0 +1,11 @@
+//! Real multi-process swarms on 127.0.0.1: find the `swarm-node`/`swarm-client` binaries, start
+//! nodes with a block split, wait until the swarm announces every range, and stop every process
+//! it started when dropped (pass or fail). `swarm-testnet up` and `demo` and the integration
+//! tests all go through [`Testnet`].
+
+pub mod cli;
+pub mod launch;
+pub mod process;
+
+pub use launch::{NodeInfo, Split, Testnet, TestnetOptions};
+pub use process::{Managed, find_binary};
