@@ -55,11 +55,11 @@ impl HiddenStates {
 /// matrix product.
 pub(crate) struct BlockWeights {
     pub attn_norm: Tensor<1>,
-    pub wqkv: Tensor<2>,
-    pub wo: Tensor<2>,
+    pub wqkv: Linear,
+    pub wo: Linear,
     pub ffn_norm: Tensor<1>,
-    pub w_gate_up: Tensor<2>,
-    pub w_down: Tensor<2>,
+    pub w_gate_up: Linear,
+    pub w_down: Linear,
 }
 
 /// One session's keys and values for the blocks of one range.
@@ -237,13 +237,59 @@ fn causal_mask(start: usize, n: usize, group: usize, device: &Device) -> Option<
     Some(Tensor::from_data(TensorData::new(data, [1, 1, group * n, total]), device))
 }
 
-/// `x @ w^T` for a `[1, n, in]` input and an `[out, in]` weight. The product runs in 2-D so that
-/// flex reads the transposed weight through strides; a batched 3-D product copied the whole
-/// weight on every call (measured: most of the decode time).
-fn linear(x: Tensor<3>, w: &Tensor<2>) -> Tensor<3> {
-    let [b, n, k] = x.dims();
-    let out = w.dims()[0];
-    x.reshape([b * n, k]).matmul(w.clone().transpose()).reshape([b, n, out])
+/// A linear layer's `[out, in]` weight, stored as row blocks. On the CPU a one-token product is
+/// a matrix-vector product that flex runs on one thread, and decoding is bound by reading the
+/// weights; splitting the rows over the cores lets each core stream its share.
+pub(crate) struct Linear {
+    parts: Vec<Tensor<2>>,
+    rows_per_part: usize,
+    out: usize,
+}
+
+impl Linear {
+    pub(crate) fn new(data: Vec<f32>, out: usize, inp: usize, device: &Device) -> Self {
+        debug_assert_eq!(data.len(), out * inp);
+        let n_parts = if *device == Device::flex() { rayon::current_num_threads().clamp(1, 8) } else { 1 };
+        let rows_per_part = out.div_ceil(n_parts);
+        let parts = data
+            .chunks(rows_per_part * inp)
+            .map(|rows| Tensor::from_data(TensorData::new(rows.to_vec(), [rows.len() / inp, inp]), device))
+            .collect();
+        Self { parts, rows_per_part, out }
+    }
+
+    /// `x @ w^T` for `[n, in]`. The products run in 2-D so that flex reads the transposed weight
+    /// through strides; a batched 3-D product copied the whole weight on every call (measured:
+    /// most of the decode time).
+    fn forward2(&self, x: Tensor<2>) -> Tensor<2> {
+        if self.parts.len() == 1 {
+            return x.matmul(self.parts[0].clone().transpose());
+        }
+        use rayon::prelude::*;
+        let outs: Vec<Tensor<2>> = self.parts.par_iter().map(|p| x.clone().matmul(p.clone().transpose())).collect();
+        Tensor::cat(outs, 1)
+    }
+
+    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let [b, n, k] = x.dims();
+        self.forward2(x.reshape([b * n, k])).reshape([b, n, self.out])
+    }
+
+    /// Rows `ids` of the weight, e.g. embeddings from a tied LM head.
+    fn rows(&self, ids: &[u32]) -> Tensor<2> {
+        let rows = ids
+            .iter()
+            .map(|&id| {
+                let (p, r) = (id as usize / self.rows_per_part, id as usize % self.rows_per_part);
+                self.parts[p].clone().narrow(0, r, 1)
+            })
+            .collect();
+        Tensor::cat(rows, 0)
+    }
+}
+
+fn linear(x: Tensor<3>, w: &Linear) -> Tensor<3> {
+    w.forward(x)
 }
 
 fn rms_norm(x: Tensor<3>, weight: &Tensor<1>, eps: f64) -> Tensor<3> {
@@ -254,14 +300,15 @@ fn rms_norm(x: Tensor<3>, weight: &Tensor<1>, eps: f64) -> Tensor<3> {
 /// The client's part of the model: token embedding, final norm and LM head.
 pub struct Head {
     cfg: Arc<LlamaConfig>,
-    embedding: Tensor<2>,
+    /// None when the embeddings are tied to the LM head (rows are then read from it).
+    embedding: Option<Tensor<2>>,
     norm: Tensor<1>,
-    lm_head: Tensor<2>,
+    lm_head: Linear,
     device: Device,
 }
 
 impl Head {
-    pub(crate) fn new(cfg: Arc<LlamaConfig>, embedding: Tensor<2>, norm: Tensor<1>, lm_head: Tensor<2>, device: Device) -> Self {
+    pub(crate) fn new(cfg: Arc<LlamaConfig>, embedding: Option<Tensor<2>>, norm: Tensor<1>, lm_head: Linear, device: Device) -> Self {
         Self { cfg, embedding, norm, lm_head, device }
     }
 
@@ -279,9 +326,14 @@ impl Head {
                 self.cfg.vocab_size
             )));
         }
-        let idx: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
-        let idx = Tensor::<1, Int>::from_data(TensorData::new(idx, [ids.len()]), &self.device);
-        Ok(self.embedding.clone().select(0, idx).unsqueeze())
+        Ok(match &self.embedding {
+            Some(table) => {
+                let idx: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
+                let idx = Tensor::<1, Int>::from_data(TensorData::new(idx, [ids.len()]), &self.device);
+                table.clone().select(0, idx).unsqueeze()
+            }
+            None => self.lm_head.rows(ids).unsqueeze(),
+        })
     }
 
     /// Embeds token ids into the hidden states that enter block 0.
@@ -293,7 +345,7 @@ impl Head {
         let [_, n, d] = hidden.dims();
         let last = hidden.narrow(1, n - 1, 1);
         let normed = rms_norm(last, &self.norm, self.cfg.rms_norm_eps);
-        normed.reshape([1, d]).matmul(self.lm_head.clone().transpose()).reshape([self.cfg.vocab_size])
+        self.lm_head.forward2(normed.reshape([1, d])).reshape([self.cfg.vocab_size])
     }
 
     /// Logits of the last token of `hidden` (the output of the last block).

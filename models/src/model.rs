@@ -11,7 +11,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 
 use crate::config::LlamaConfig;
 use crate::gguf::{GgufFile, GgufValue};
-use crate::llama::{BlockRange, BlockWeights, Head};
+use crate::llama::{BlockRange, BlockWeights, Head, Linear};
 use crate::source::{self, ModelSource};
 use crate::tokenizer::TextTokenizer;
 use crate::weights::{F32Tensor, GgufWeights, RandomWeights, SafetensorsWeights, WeightSource};
@@ -186,11 +186,11 @@ impl Model {
             gate_up.extend(self.tensor(&name("ffn_up"), &[c.intermediate_size, d])?.data);
             blocks.push(BlockWeights {
                 attn_norm: self.tensor1(&name("attn_norm"), d, device)?,
-                wqkv: Tensor::from_data(TensorData::new(qkv, [c.q_dim() + 2 * c.kv_dim(), d]), device),
-                wo: self.tensor2(&name("attn_output"), d, c.q_dim(), device)?,
+                wqkv: Linear::new(qkv, c.q_dim() + 2 * c.kv_dim(), d, device),
+                wo: Linear::new(self.tensor(&name("attn_output"), &[d, c.q_dim()])?.data, d, c.q_dim(), device),
                 ffn_norm: self.tensor1(&name("ffn_norm"), d, device)?,
-                w_gate_up: Tensor::from_data(TensorData::new(gate_up, [2 * c.intermediate_size, d]), device),
-                w_down: self.tensor2(&name("ffn_down"), d, c.intermediate_size, device)?,
+                w_gate_up: Linear::new(gate_up, 2 * c.intermediate_size, d, device),
+                w_down: Linear::new(self.tensor(&name("ffn_down"), &[d, c.intermediate_size])?.data, d, c.intermediate_size, device),
             });
         }
         Ok(BlockRange::new(self.cfg.clone(), range, blocks, device.clone()))
@@ -199,12 +199,16 @@ impl Model {
     /// Loads the client's part: token embedding, final norm and LM head (tied or not).
     pub fn load_head(&self, device: &Device) -> Result<Head, ModelError> {
         let c = &*self.cfg;
-        let embedding = self.tensor2("token_embd.weight", c.vocab_size, c.hidden_size, device)?;
         let norm = self.tensor1("output_norm.weight", c.hidden_size, device)?;
-        let lm_head = if self.weights.has("output.weight") {
-            self.tensor2("output.weight", c.vocab_size, c.hidden_size, device)?
+        let (embedding, lm_head) = if self.weights.has("output.weight") {
+            let head = self.tensor("output.weight", &[c.vocab_size, c.hidden_size])?.data;
+            (
+                Some(self.tensor2("token_embd.weight", c.vocab_size, c.hidden_size, device)?),
+                Linear::new(head, c.vocab_size, c.hidden_size, device),
+            )
         } else {
-            embedding.clone()
+            let table = self.tensor("token_embd.weight", &[c.vocab_size, c.hidden_size])?.data;
+            (None, Linear::new(table, c.vocab_size, c.hidden_size, device))
         };
         Ok(Head::new(self.cfg.clone(), embedding, norm, lm_head, device.clone()))
     }
