@@ -50,7 +50,11 @@ pub struct ChatTemplateError(pub String);
 impl ChatTemplate {
     /// Renders `messages`; with `add_generation_prompt` the template appends the opening of the
     /// assistant's turn.
-    pub fn render(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String, ChatTemplateError> {
+    pub fn render(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String, ChatTemplateError> {
         let mut env = Environment::new();
         // transformers compiles chat templates with these two options; without them
         // whitespace around block tags differs for most real templates
@@ -58,9 +62,12 @@ impl ChatTemplate {
         env.set_lstrip_blocks(true);
         // templates call Python string methods (.strip(), .startswith(), ...)
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |msg: String| -> Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
-        });
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
+            },
+        );
         let describe = |e: minijinja::Error| {
             let mut text = e.to_string();
             let mut source = std::error::Error::source(&e);
@@ -103,7 +110,12 @@ mod tests {
             chatml().render(&msgs, true).unwrap(),
             "<|im_start|>system\nbe brief<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
         );
-        assert!(!chatml().render(&msgs, false).unwrap().ends_with("assistant\n"));
+        assert!(
+            !chatml()
+                .render(&msgs, false)
+                .unwrap()
+                .ends_with("assistant\n")
+        );
     }
 
     #[test]
@@ -113,7 +125,10 @@ mod tests {
             bos_token: "<s>".into(),
             eos_token: "</s>".into(),
         };
-        assert_eq!(t.render(&[ChatMessage::user(" yo ")], false).unwrap(), "<s>YO!</s>");
+        assert_eq!(
+            t.render(&[ChatMessage::user(" yo ")], false).unwrap(),
+            "<s>YO!</s>"
+        );
     }
 
     #[test]

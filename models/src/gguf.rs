@@ -122,13 +122,13 @@ impl GgufTensorInfo {
 
     /// Bytes of data this tensor takes in the file.
     pub fn n_bytes(&self) -> Result<u64, GgufError> {
-        let (block, _) = self
-            .ggml_type
-            .block_geometry()
-            .ok_or_else(|| GgufError::UnsupportedTensorType {
-                name: self.name.clone(),
-                ty: self.ggml_type,
-            })?;
+        let (block, _) =
+            self.ggml_type
+                .block_geometry()
+                .ok_or_else(|| GgufError::UnsupportedTensorType {
+                    name: self.name.clone(),
+                    ty: self.ggml_type,
+                })?;
         self.ggml_type
             .bytes_for(self.n_elements())
             .ok_or_else(|| GgufError::Corrupt {
@@ -435,7 +435,8 @@ fn parse_header(buf: &[u8]) -> Result<Header, GgufError> {
             ggml_type,
             offset,
         };
-        validate_tensor_info(&info, alignment).map_err(|reason| r.corrupt_at(&what, info_offset, reason))?;
+        validate_tensor_info(&info, alignment)
+            .map_err(|reason| r.corrupt_at(&what, info_offset, reason))?;
         if names.insert(info.name.clone(), ()).is_some() {
             return Err(GgufError::DuplicateTensor { name: info.name });
         }
@@ -595,7 +596,11 @@ impl<'a> Reader<'a> {
                 0 => GgufValue::Bool(false),
                 1 => GgufValue::Bool(true),
                 b => {
-                    return Err(self.corrupt_at(what, start, format!("bool byte is {b}, not 0 or 1")));
+                    return Err(self.corrupt_at(
+                        what,
+                        start,
+                        format!("bool byte is {b}, not 0 or 1"),
+                    ));
                 }
             },
             tag::STRING => GgufValue::String(self.string(what)?),
@@ -609,7 +614,11 @@ impl<'a> Reader<'a> {
                 }
                 let elem_tag = self.u32(what)?;
                 let min_size = min_encoded_size(elem_tag).ok_or_else(|| {
-                    self.corrupt_at(what, start, format!("unknown array element type {elem_tag}"))
+                    self.corrupt_at(
+                        what,
+                        start,
+                        format!("unknown array element type {elem_tag}"),
+                    )
                 })?;
                 let count = self.u64(what)?;
                 self.check_count(count, min_size, what)?;
@@ -620,7 +629,11 @@ impl<'a> Reader<'a> {
                 GgufValue::Array(items)
             }
             other => {
-                return Err(self.corrupt_at(what, start.saturating_sub(4), format!("unknown value type {other}")));
+                return Err(self.corrupt_at(
+                    what,
+                    start.saturating_sub(4),
+                    format!("unknown value type {other}"),
+                ));
             }
         })
     }
@@ -632,12 +645,18 @@ mod tests {
 
     fn tiny_file() -> Vec<u8> {
         let metadata = vec![
-            ("general.architecture".to_string(), GgufValue::String("llama".into())),
+            (
+                "general.architecture".to_string(),
+                GgufValue::String("llama".into()),
+            ),
             ("llama.block_count".to_string(), GgufValue::U32(2)),
             ("x.eps".to_string(), GgufValue::F32(1e-5)),
             (
                 "x.list".to_string(),
-                GgufValue::Array(vec![GgufValue::String("a".into()), GgufValue::String("bc".into())]),
+                GgufValue::Array(vec![
+                    GgufValue::String("a".into()),
+                    GgufValue::String("bc".into()),
+                ]),
             ),
         ];
         let w: Vec<f32> = (0..6).map(|i| i as f32).collect();
@@ -659,7 +678,12 @@ mod tests {
         assert_eq!(g.get_array("x.list").map(|a| a.len()), Some(2));
         assert_eq!(
             g.metadata_keys().collect::<Vec<_>>(),
-            ["general.architecture", "llama.block_count", "x.eps", "x.list"]
+            [
+                "general.architecture",
+                "llama.block_count",
+                "x.eps",
+                "x.list"
+            ]
         );
         let w = g.tensor("w").unwrap();
         assert_eq!(w.shape(), vec![2, 3]);
@@ -669,14 +693,20 @@ mod tests {
         assert_eq!(shape, vec![2, 3]);
         assert_eq!(values, vec![0.0, 1.0, 2.0, 3.0, 4.0, 5.0]);
         assert_eq!(g.dequantize("v").unwrap().0, vec![1.0, 2.0, 3.0, 4.0]);
-        assert_eq!(g.tensors().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["w", "v"]);
+        assert_eq!(
+            g.tensors().map(|t| t.name.as_str()).collect::<Vec<_>>(),
+            ["w", "v"]
+        );
     }
 
     #[test]
     fn missing_tensor_is_named() {
         let g = GgufFile::from_bytes(tiny_file()).unwrap();
         let err = g.dequantize("nope").unwrap_err();
-        assert!(matches!(err, GgufError::MissingTensor(ref n) if n == "nope"), "{err}");
+        assert!(
+            matches!(err, GgufError::MissingTensor(ref n) if n == "nope"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -688,7 +718,9 @@ mod tests {
             assert!(
                 matches!(
                     err,
-                    GgufError::Truncated { .. } | GgufError::TensorOutOfBounds { .. } | GgufError::Corrupt { .. }
+                    GgufError::Truncated { .. }
+                        | GgufError::TensorOutOfBounds { .. }
+                        | GgufError::Corrupt { .. }
                 ),
                 "cut at {cut}: {err}"
             );
@@ -699,7 +731,10 @@ mod tests {
     fn wrong_magic_and_versions() {
         let mut bytes = tiny_file();
         bytes[0] = b'X';
-        assert!(matches!(GgufFile::from_bytes(bytes).unwrap_err(), GgufError::NotGguf { .. }));
+        assert!(matches!(
+            GgufFile::from_bytes(bytes).unwrap_err(),
+            GgufError::NotGguf { .. }
+        ));
 
         let mut bytes = tiny_file();
         bytes[4..8].copy_from_slice(&3u32.to_be_bytes());

@@ -25,7 +25,9 @@ pub enum TokenizerError {
     MissingMetadata(String),
     #[error("GGUF tokenizer metadata {key:?} is invalid: {why}")]
     BadMetadata { key: String, why: String },
-    #[error("unsupported tokenizer model {0:?}: GGUF tokenizers of type \"gpt2\" (byte-level BPE) are supported; for others use a Hugging Face folder with tokenizer.json")]
+    #[error(
+        "unsupported tokenizer model {0:?}: GGUF tokenizers of type \"gpt2\" (byte-level BPE) are supported; for others use a Hugging Face folder with tokenizer.json"
+    )]
     UnsupportedModel(String),
     #[error("unsupported pre-tokenizer {name:?} (tokenizer.ggml.pre); supported: {supported}")]
     UnsupportedPreTokenizer { name: String, supported: String },
@@ -132,13 +134,13 @@ impl TextTokenizer {
     /// Tokenizes `text`. Special tokens written in the text (`<|im_start|>`) become their ids;
     /// BOS is prepended only when the model asks for it ([`Self::add_bos`]).
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {
-        let encoding = self
-            .inner
-            .encode(text, false)
-            .map_err(|source| TokenizerError::Tokenizers {
-                what: "encoding failed".into(),
-                source,
-            })?;
+        let encoding =
+            self.inner
+                .encode(text, false)
+                .map_err(|source| TokenizerError::Tokenizers {
+                    what: "encoding failed".into(),
+                    source,
+                })?;
         let mut ids = Vec::with_capacity(encoding.len() + 1);
         if self.add_bos {
             ids.extend(self.bos_id);
@@ -220,9 +222,19 @@ impl TextTokenizer {
     }
 
     /// Renders a conversation with the model's own chat template.
-    pub fn render_chat(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String, TokenizerError> {
-        let source = self.chat_template.as_ref().ok_or(TokenizerError::NoChatTemplate)?;
-        let special = |id: Option<u32>| id.and_then(|id| self.inner.id_to_token(id)).unwrap_or_default();
+    pub fn render_chat(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String, TokenizerError> {
+        let source = self
+            .chat_template
+            .as_ref()
+            .ok_or(TokenizerError::NoChatTemplate)?;
+        let special = |id: Option<u32>| {
+            id.and_then(|id| self.inner.id_to_token(id))
+                .unwrap_or_default()
+        };
         let template = ChatTemplate {
             source: source.clone(),
             bos_token: special(self.bos_id),

@@ -7,11 +7,17 @@ use sunswarm_models::gguf::{GgmlType, GgufError, GgufFile, GgufTensorData, GgufV
 
 fn valid_image() -> Vec<u8> {
     let metadata = vec![
-        ("general.architecture".to_string(), GgufValue::String("llama".into())),
+        (
+            "general.architecture".to_string(),
+            GgufValue::String("llama".into()),
+        ),
         ("n".to_string(), GgufValue::U32(7)),
         (
             "nested".to_string(),
-            GgufValue::Array(vec![GgufValue::Array(vec![GgufValue::I8(-1), GgufValue::I8(2)])]),
+            GgufValue::Array(vec![GgufValue::Array(vec![
+                GgufValue::I8(-1),
+                GgufValue::I8(2),
+            ])]),
         ),
         ("flag".to_string(), GgufValue::Bool(true)),
     ];
@@ -77,7 +83,10 @@ fn the_valid_image_reads_back() {
     assert_eq!(g.tensors().count(), 4);
     assert_eq!(
         g.metadata("nested"),
-        Some(&GgufValue::Array(vec![GgufValue::Array(vec![GgufValue::I8(-1), GgufValue::I8(2)])]))
+        Some(&GgufValue::Array(vec![GgufValue::Array(vec![
+            GgufValue::I8(-1),
+            GgufValue::I8(2)
+        ])]))
     );
     assert_eq!(g.get_bool("flag"), Some(true));
     let (c, shape) = g.dequantize("c").unwrap();
@@ -94,13 +103,19 @@ fn every_truncation_of_the_valid_image_is_an_error() {
         if cut >= last_data_end {
             continue;
         }
-        assert!(GgufFile::from_bytes(bytes[..cut].to_vec()).is_err(), "cut at {cut} parsed");
+        assert!(
+            GgufFile::from_bytes(bytes[..cut].to_vec()).is_err(),
+            "cut at {cut} parsed"
+        );
     }
 }
 
 /// Offset of the first tensor info: after the header and the metadata.
 fn find(bytes: &[u8], needle: &[u8]) -> usize {
-    bytes.windows(needle.len()).position(|w| w == needle).unwrap()
+    bytes
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .unwrap()
 }
 
 #[test]
@@ -125,7 +140,10 @@ fn known_but_unsupported_type_names_tensor_and_type() {
     let t = GgufTensorData::raw("w", vec![256], GgmlType::IQ2_XXS, vec![0; 66]).unwrap();
     let g = GgufFile::from_bytes(gguf_bytes(&[], &[t]).unwrap()).unwrap();
     let err = g.dequantize("w").unwrap_err();
-    assert_eq!(err.to_string(), "tensor \"w\" has type IQ2_XXS, which is not supported here");
+    assert_eq!(
+        err.to_string(),
+        "tensor \"w\" has type IQ2_XXS, which is not supported here"
+    );
 }
 
 #[test]
@@ -143,7 +161,10 @@ fn corrupt_fields_are_named() {
     let at = find(&bytes, b"flag") + 4 + 4;
     bytes[at] = 9;
     let err = GgufFile::from_bytes(bytes).unwrap_err();
-    assert!(err.to_string().contains("flag") && err.to_string().contains("bool"), "{err}");
+    assert!(
+        err.to_string().contains("flag") && err.to_string().contains("bool"),
+        "{err}"
+    );
 
     // an unknown value type
     let mut bytes = valid_image();
@@ -164,11 +185,17 @@ fn corrupt_fields_are_named() {
 fn duplicates_and_bad_alignment_are_refused() {
     let t = || GgufTensorData::f32("x", vec![1], &[1.0]).unwrap();
     let err = GgufFile::from_bytes(gguf_bytes(&[], &[t(), t()]).unwrap()).unwrap_err();
-    assert!(matches!(err, GgufError::DuplicateTensor { ref name } if name == "x"), "{err}");
+    assert!(
+        matches!(err, GgufError::DuplicateTensor { ref name } if name == "x"),
+        "{err}"
+    );
 
     let kv = || ("k".to_string(), GgufValue::U8(1));
     let err = GgufFile::from_bytes(gguf_bytes(&[kv(), kv()], &[]).unwrap()).unwrap_err();
-    assert!(matches!(err, GgufError::DuplicateKey { ref key } if key == "k"), "{err}");
+    assert!(
+        matches!(err, GgufError::DuplicateKey { ref key } if key == "k"),
+        "{err}"
+    );
 
     let align = |v| vec![("general.alignment".to_string(), GgufValue::U32(v))];
     assert!(gguf_bytes(&align(24), &[]).is_err());

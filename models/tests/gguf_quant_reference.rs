@@ -34,7 +34,11 @@ fn every_fixture_type_matches_python_bit_for_bit() {
         let got = dequantize(ty, &bytes, expected.len()).unwrap();
         for (i, (g, e)) in got.iter().zip(&expected).enumerate() {
             // the same f32 operations in the same order: identical bits
-            assert_eq!(g.to_bits(), e.to_bits(), "{name} element {i}: got {g}, python {e}");
+            assert_eq!(
+                g.to_bits(),
+                e.to_bits(),
+                "{name} element {i}: got {g}, python {e}"
+            );
         }
         checked.push(name.as_str());
     }
@@ -42,8 +46,8 @@ fn every_fixture_type_matches_python_bit_for_bit() {
     assert_eq!(
         checked,
         [
-            "BF16", "F16", "IQ4_NL", "IQ4_XS", "Q2_K", "Q3_K", "Q4_0", "Q4_1", "Q4_K", "Q5_0", "Q5_1", "Q5_K",
-            "Q6_K", "Q8_0"
+            "BF16", "F16", "IQ4_NL", "IQ4_XS", "Q2_K", "Q3_K", "Q4_0", "Q4_1", "Q4_K", "Q5_0",
+            "Q5_1", "Q5_K", "Q6_K", "Q8_0"
         ]
     );
 }

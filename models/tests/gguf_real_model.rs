@@ -28,7 +28,10 @@ fn header_matches_the_model_facts() {
     assert_eq!(g.get_f64("llama.rope.freq_base"), Some(100000.0));
     let eps = g.get_f64("llama.attention.layer_norm_rms_epsilon").unwrap();
     assert!((eps - 1e-5).abs() < 1e-12, "{eps}");
-    assert_eq!(g.get_array("tokenizer.ggml.tokens").map(<[_]>::len), Some(49152));
+    assert_eq!(
+        g.get_array("tokenizer.ggml.tokens").map(<[_]>::len),
+        Some(49152)
+    );
     assert_eq!(g.metadata_keys().count(), 33);
 
     let mut by_type: HashMap<GgmlType, usize> = HashMap::new();
@@ -40,7 +43,10 @@ fn header_matches_the_model_facts() {
     assert_eq!(by_type[&GgmlType::Q8_0], 1);
     assert!(g.tensor("output.weight").is_none(), "tied embeddings");
     let q = g.tensor("blk.0.attn_q.weight").unwrap();
-    assert_eq!((q.dims.as_slice(), q.shape()), (&[576u64, 576][..], vec![576, 576]));
+    assert_eq!(
+        (q.dims.as_slice(), q.shape()),
+        (&[576u64, 576][..], vec![576, 576])
+    );
     let k = g.tensor("blk.0.attn_k.weight").unwrap();
     assert_eq!(k.shape(), vec![192, 576]);
     assert_eq!(k.n_bytes().unwrap(), 192 * 576 / 32 * 20);
@@ -63,7 +69,10 @@ fn every_tensor_dequantizes_exactly_like_python_gguf() {
             .map(|v| v.as_u64().unwrap() as usize)
             .collect();
         assert_eq!(shape, expected_shape, "{name}");
-        assert_eq!(g.tensor(name).unwrap().ggml_type.to_string(), d["type"].as_str().unwrap());
+        assert_eq!(
+            g.tensor(name).unwrap().ggml_type.to_string(),
+            d["type"].as_str().unwrap()
+        );
         for s in d["samples"].as_array().unwrap() {
             let (i, v) = (s[0].as_u64().unwrap() as usize, s[1].as_f64().unwrap());
             // JSON holds the exact f32 value; serde_json's f64 parse may be off in the last bit
@@ -76,7 +85,11 @@ fn every_tensor_dequantizes_exactly_like_python_gguf() {
             "{name}: sum {sum} vs {expected_sum}"
         );
         let expected_fp: u64 = d["fingerprint"].as_str().unwrap().parse().unwrap();
-        assert_eq!(fingerprint(&values), expected_fp, "{name}: bits differ from python gguf");
+        assert_eq!(
+            fingerprint(&values),
+            expected_fp,
+            "{name}: bits differ from python gguf"
+        );
     }
 }
 
@@ -103,7 +116,9 @@ fn truncated_copies_fail_with_a_named_error() {
         let err = GgufFile::from_bytes(bytes[..cut].to_vec()).unwrap_err();
         let text = err.to_string();
         match err {
-            GgufError::Truncated { offset, .. } => assert!(offset <= cut as u64, "cut {cut}: {text}"),
+            GgufError::Truncated { offset, .. } => {
+                assert!(offset <= cut as u64, "cut {cut}: {text}")
+            }
             GgufError::TensorOutOfBounds { ref name, .. } => {
                 assert!(g.tensor(name).is_some(), "cut {cut}: {text}")
             }

@@ -5,7 +5,12 @@ use sunswarm_models::gguf::{GgufFile, GgufValue, gguf_bytes};
 use sunswarm_models::tokenizer::{TextTokenizer, TokenizerError};
 
 fn strings(items: &[&str]) -> GgufValue {
-    GgufValue::Array(items.iter().map(|s| GgufValue::String(s.to_string())).collect())
+    GgufValue::Array(
+        items
+            .iter()
+            .map(|s| GgufValue::String(s.to_string()))
+            .collect(),
+    )
 }
 
 /// A byte-level vocabulary: every byte's symbol, two merges, and two control tokens.
@@ -13,23 +18,48 @@ fn metadata(pre: Option<&str>) -> Vec<(String, GgufValue)> {
     let mut tokens: Vec<String> = vec!["<s>".into(), "</s>".into()];
     // GPT-2's byte-to-symbol table maps printable ASCII to itself and space to 'Ġ'
     tokens.extend((b'!'..=b'~').map(|b| (b as char).to_string()));
-    tokens.extend(["Ġ".to_string(), "ab".to_string(), "Ġab".to_string(), "12".to_string()]);
+    tokens.extend([
+        "Ġ".to_string(),
+        "ab".to_string(),
+        "Ġab".to_string(),
+        "12".to_string(),
+    ]);
     let mut types = vec![GgufValue::I32(3), GgufValue::I32(3)];
     types.extend(std::iter::repeat_n(GgufValue::I32(1), tokens.len() - 2));
     let mut m = vec![
-        ("tokenizer.ggml.model".to_string(), GgufValue::String("gpt2".into())),
+        (
+            "tokenizer.ggml.model".to_string(),
+            GgufValue::String("gpt2".into()),
+        ),
         (
             "tokenizer.ggml.tokens".to_string(),
-            GgufValue::Array(tokens.iter().map(|t| GgufValue::String(t.clone())).collect()),
+            GgufValue::Array(
+                tokens
+                    .iter()
+                    .map(|t| GgufValue::String(t.clone()))
+                    .collect(),
+            ),
         ),
-        ("tokenizer.ggml.token_type".to_string(), GgufValue::Array(types)),
-        ("tokenizer.ggml.merges".to_string(), strings(&["a b", "Ġ ab", "1 2"])),
+        (
+            "tokenizer.ggml.token_type".to_string(),
+            GgufValue::Array(types),
+        ),
+        (
+            "tokenizer.ggml.merges".to_string(),
+            strings(&["a b", "Ġ ab", "1 2"]),
+        ),
         ("tokenizer.ggml.bos_token_id".to_string(), GgufValue::U32(0)),
         ("tokenizer.ggml.eos_token_id".to_string(), GgufValue::U32(1)),
-        ("tokenizer.ggml.add_bos_token".to_string(), GgufValue::Bool(true)),
+        (
+            "tokenizer.ggml.add_bos_token".to_string(),
+            GgufValue::Bool(true),
+        ),
     ];
     if let Some(pre) = pre {
-        m.push(("tokenizer.ggml.pre".to_string(), GgufValue::String(pre.into())));
+        m.push((
+            "tokenizer.ggml.pre".to_string(),
+            GgufValue::String(pre.into()),
+        ));
     }
     m
 }
@@ -59,14 +89,20 @@ fn default_pre_tokenizer_honours_add_bos_and_merges() {
 fn smollm_splits_digits_and_never_adds_bos() {
     let tok = build(&metadata(Some("smollm"))).unwrap();
     assert!(!tok.add_bos());
-    assert_eq!(tok.encode("12").unwrap(), vec![id(&tok, "1"), id(&tok, "2")]);
+    assert_eq!(
+        tok.encode("12").unwrap(),
+        vec![id(&tok, "1"), id(&tok, "2")]
+    );
 }
 
 #[test]
 fn llama_bpe_is_supported() {
     let tok = build(&metadata(Some("llama-bpe"))).unwrap();
     assert!(tok.add_bos());
-    assert_eq!(tok.encode("ab ab").unwrap(), vec![0, id(&tok, "ab"), id(&tok, "Ġab")]);
+    assert_eq!(
+        tok.encode("ab ab").unwrap(),
+        vec![0, id(&tok, "ab"), id(&tok, "Ġab")]
+    );
     // Llama 3 splits digits in runs of up to three
     assert_eq!(tok.encode("12").unwrap(), vec![0, id(&tok, "12")]);
 }
@@ -86,21 +122,37 @@ fn unsupported_models_and_pre_tokenizers_are_named() {
         matches!(&err, TokenizerError::UnsupportedPreTokenizer { name, .. } if name == "qwen9"),
         "{err}"
     );
-    assert!(err.to_string().contains("smollm"), "lists the supported ones: {err}");
+    assert!(
+        err.to_string().contains("smollm"),
+        "lists the supported ones: {err}"
+    );
 
     m[0].1 = GgufValue::String("llama".into());
     let err = build(&m).unwrap_err();
-    assert!(matches!(&err, TokenizerError::UnsupportedModel(name) if name == "llama"), "{err}");
+    assert!(
+        matches!(&err, TokenizerError::UnsupportedModel(name) if name == "llama"),
+        "{err}"
+    );
 }
 
 #[test]
 fn broken_metadata_is_named() {
     let without = |key: &str| -> Vec<(String, GgufValue)> {
-        metadata(None).into_iter().filter(|(k, _)| k != key).collect()
+        metadata(None)
+            .into_iter()
+            .filter(|(k, _)| k != key)
+            .collect()
     };
-    for key in ["tokenizer.ggml.model", "tokenizer.ggml.tokens", "tokenizer.ggml.merges"] {
+    for key in [
+        "tokenizer.ggml.model",
+        "tokenizer.ggml.tokens",
+        "tokenizer.ggml.merges",
+    ] {
         let err = build(&without(key)).unwrap_err();
-        assert!(matches!(&err, TokenizerError::MissingMetadata(k) if k == key), "{err}");
+        assert!(
+            matches!(&err, TokenizerError::MissingMetadata(k) if k == key),
+            "{err}"
+        );
     }
 
     let mut m = metadata(None);
@@ -111,7 +163,10 @@ fn broken_metadata_is_named() {
     let mut m = metadata(None);
     m[5].1 = GgufValue::U32(10_000);
     let err = build(&m).unwrap_err();
-    assert!(err.to_string().contains("tokenizer.ggml.eos_token_id"), "{err}");
+    assert!(
+        err.to_string().contains("tokenizer.ggml.eos_token_id"),
+        "{err}"
+    );
 
     let mut m = metadata(None);
     m[1].1 = strings(&["a", "a"]);

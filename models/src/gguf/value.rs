@@ -109,7 +109,10 @@ impl GgufValue {
             GgufValue::F32(v) => Some(v.into()),
             GgufValue::F64(v) => Some(v),
             // integers above 2^53 lose precision here; metadata floats never need them
-            _ => self.as_i64().map(|v| v as f64).or_else(|| self.as_u64().map(|v| v as f64)),
+            _ => self
+                .as_i64()
+                .map(|v| v as f64)
+                .or_else(|| self.as_u64().map(|v| v as f64)),
         }
     }
 

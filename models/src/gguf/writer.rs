@@ -64,7 +64,8 @@ impl GgufTensorData {
     }
 
     fn check(&self) -> Result<(), GgufError> {
-        let bad = |reason: String| GgufError::InvalidInput(format!("tensor {:?}: {reason}", self.name));
+        let bad =
+            |reason: String| GgufError::InvalidInput(format!("tensor {:?}: {reason}", self.name));
         if self.dims.len() > MAX_DIMS {
             return Err(bad(format!("{} dims, at most {MAX_DIMS}", self.dims.len())));
         }
@@ -84,7 +85,10 @@ impl GgufTensorData {
                 self.ggml_type
             )));
         }
-        let expected = self.ggml_type.bytes_for(n).ok_or_else(|| bad("size overflows".into()))?;
+        let expected = self
+            .ggml_type
+            .bytes_for(n)
+            .ok_or_else(|| bad("size overflows".into()))?;
         if expected != self.data.len() as u64 {
             return Err(bad(format!(
                 "{} bytes given, {} {} elements take {expected}",
@@ -99,13 +103,18 @@ impl GgufTensorData {
 
 /// Serializes a GGUF v3 image. `general.alignment` in `metadata` (an integer power of two) sets
 /// the data alignment; otherwise it is 32.
-pub fn gguf_bytes(metadata: &[(String, GgufValue)], tensors: &[GgufTensorData]) -> Result<Vec<u8>, GgufError> {
+pub fn gguf_bytes(
+    metadata: &[(String, GgufValue)],
+    tensors: &[GgufTensorData],
+) -> Result<Vec<u8>, GgufError> {
     let alignment = match metadata.iter().find(|(k, _)| k == "general.alignment") {
         None => DEFAULT_ALIGNMENT,
         Some((_, v)) => v
             .as_u64()
             .filter(|a| *a > 0 && a.is_power_of_two())
-            .ok_or_else(|| GgufError::InvalidInput(format!("general.alignment {v:?} is not a power of two")))?,
+            .ok_or_else(|| {
+                GgufError::InvalidInput(format!("general.alignment {v:?} is not a power of two"))
+            })?,
     };
     let mut out = Vec::new();
     out.extend_from_slice(&super::GGUF_MAGIC);
@@ -115,7 +124,8 @@ pub fn gguf_bytes(metadata: &[(String, GgufValue)], tensors: &[GgufTensorData]) 
     for (key, value) in metadata {
         write_string(&mut out, key);
         out.extend_from_slice(&value.type_tag().to_le_bytes());
-        write_value(&mut out, value).map_err(|e| GgufError::InvalidInput(format!("metadata {key:?}: {e}")))?;
+        write_value(&mut out, value)
+            .map_err(|e| GgufError::InvalidInput(format!("metadata {key:?}: {e}")))?;
     }
     let mut offset = 0u64;
     for t in tensors {
@@ -138,7 +148,11 @@ pub fn gguf_bytes(metadata: &[(String, GgufValue)], tensors: &[GgufTensorData]) 
 }
 
 /// Writes a GGUF v3 file (see [`gguf_bytes`]).
-pub fn write_gguf(path: &Path, metadata: &[(String, GgufValue)], tensors: &[GgufTensorData]) -> Result<(), GgufError> {
+pub fn write_gguf(
+    path: &Path,
+    metadata: &[(String, GgufValue)],
+    tensors: &[GgufTensorData],
+) -> Result<(), GgufError> {
     let bytes = gguf_bytes(metadata, tensors)?;
     std::fs::write(path, bytes).map_err(|source| GgufError::Io {
         path: path.to_path_buf(),

@@ -33,7 +33,8 @@ struct PreRecipe {
 }
 
 fn recipe(pre: &str) -> Result<PreRecipe, TokenizerError> {
-    let byte_level = |use_regex| PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, use_regex));
+    let byte_level =
+        |use_regex| PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, use_regex));
     Ok(match pre {
         // SmolLM (StarCoder-style): digits one by one, then GPT-2 byte-level splitting.
         // Its GGUFs carry add_bos_token=true with BOS = <|im_start|>, but the Hugging Face
@@ -138,10 +139,9 @@ pub(super) fn build(gguf: &GgufFile) -> Result<TextTokenizer, TokenizerError> {
         .collect::<Result<Vec<_>, _>>()?;
     let token_types: Vec<i64> = match gguf.get_array("tokenizer.ggml.token_type") {
         None => vec![1; tokens.len()],
-        Some(types) if types.len() == tokens.len() => types
-            .iter()
-            .map(|v| v.as_i64().unwrap_or(1))
-            .collect(),
+        Some(types) if types.len() == tokens.len() => {
+            types.iter().map(|v| v.as_i64().unwrap_or(1)).collect()
+        }
         Some(types) => {
             return Err(TokenizerError::BadMetadata {
                 key: "tokenizer.ggml.token_type".into(),
@@ -200,9 +200,10 @@ pub(super) fn build(gguf: &GgufFile) -> Result<TextTokenizer, TokenizerError> {
         eos_ids.extend(token_id(gguf, key, tokens.len())?);
     }
     // llama.cpp's default for BPE vocabularies without the key is to add no BOS
-    let add_bos = recipe
-        .add_bos
-        .unwrap_or_else(|| gguf.get_bool("tokenizer.ggml.add_bos_token").unwrap_or(false));
+    let add_bos = recipe.add_bos.unwrap_or_else(|| {
+        gguf.get_bool("tokenizer.ggml.add_bos_token")
+            .unwrap_or(false)
+    });
     let chat_template = match gguf.metadata("tokenizer.chat_template") {
         None => None,
         Some(GgufValue::String(s)) => Some(s.clone()),
@@ -213,6 +214,18 @@ pub(super) fn build(gguf: &GgufFile) -> Result<TextTokenizer, TokenizerError> {
             });
         }
     };
-    tracing::debug!(pre, n_tokens = tokens.len(), add_bos, ?bos_id, "tokenizer built from GGUF metadata");
-    Ok(TextTokenizer::assemble(inner, add_bos, bos_id, eos_ids, chat_template))
+    tracing::debug!(
+        pre,
+        n_tokens = tokens.len(),
+        add_bos,
+        ?bos_id,
+        "tokenizer built from GGUF metadata"
+    );
+    Ok(TextTokenizer::assemble(
+        inner,
+        add_bos,
+        bos_id,
+        eos_ids,
+        chat_template,
+    ))
 }

@@ -10,12 +10,14 @@ use super::{TextTokenizer, TokenizerError};
 
 fn read_json(path: &Path) -> Result<Option<Value>, TokenizerError> {
     match std::fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| TokenizerError::BadConfig {
-                path: path.to_path_buf(),
-                why: format!("not valid JSON: {e}"),
-            }),
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes)
+                .map(Some)
+                .map_err(|e| TokenizerError::BadConfig {
+                    path: path.to_path_buf(),
+                    why: format!("not valid JSON: {e}"),
+                })
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(source) => Err(TokenizerError::Io {
             path: path.to_path_buf(),
@@ -58,20 +60,26 @@ pub(super) fn build(dir: &Path) -> Result<TextTokenizer, TokenizerError> {
             source: std::io::Error::new(std::io::ErrorKind::NotFound, "tokenizer.json not found"),
         });
     }
-    let inner = Tokenizer::from_file(&tokenizer_path).map_err(|source| TokenizerError::Tokenizers {
-        what: format!("loading {}", tokenizer_path.display()),
-        source,
-    })?;
+    let inner =
+        Tokenizer::from_file(&tokenizer_path).map_err(|source| TokenizerError::Tokenizers {
+            what: format!("loading {}", tokenizer_path.display()),
+            source,
+        })?;
 
     let config_path = dir.join("tokenizer_config.json");
     let config = read_json(&config_path)?.unwrap_or(Value::Null);
     let lookup = |key: &str| -> Result<Option<u32>, TokenizerError> {
         match token_content(config.get(key)) {
             None => Ok(None),
-            Some(text) => inner.token_to_id(text).map(Some).ok_or_else(|| TokenizerError::BadConfig {
-                path: config_path.clone(),
-                why: format!("{key} {text:?} is not in the vocabulary"),
-            }),
+            Some(text) => {
+                inner
+                    .token_to_id(text)
+                    .map(Some)
+                    .ok_or_else(|| TokenizerError::BadConfig {
+                        path: config_path.clone(),
+                        why: format!("{key} {text:?} is not in the vocabulary"),
+                    })
+            }
         }
     };
     let bos_id = lookup("bos_token")?;
@@ -82,7 +90,9 @@ pub(super) fn build(dir: &Path) -> Result<TextTokenizer, TokenizerError> {
     if let Some(generation) = read_json(&generation_path)? {
         match generation.get("eos_token_id") {
             Some(Value::Number(n)) => eos_ids.extend(n.as_u64().map(|n| n as u32)),
-            Some(Value::Array(ids)) => eos_ids.extend(ids.iter().filter_map(Value::as_u64).map(|n| n as u32)),
+            Some(Value::Array(ids)) => {
+                eos_ids.extend(ids.iter().filter_map(Value::as_u64).map(|n| n as u32))
+            }
             _ => {}
         }
     }
@@ -111,7 +121,9 @@ pub(super) fn build(dir: &Path) -> Result<TextTokenizer, TokenizerError> {
             });
         }
     };
-    Ok(TextTokenizer::assemble(inner, add_bos, bos_id, eos_ids, template))
+    Ok(TextTokenizer::assemble(
+        inner, add_bos, bos_id, eos_ids, template,
+    ))
 }
 
 fn post_processor_adds_bos(inner: &Tokenizer, bos_id: Option<u32>) -> bool {
