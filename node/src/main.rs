@@ -10,7 +10,7 @@ use clap::Parser;
 use libp2p::Multiaddr;
 use sunswarm_models::{BackendKind, Model, ModelSource};
 use sunswarm_node::compute::{BlockRunner, ModelRunner};
-use sunswarm_node::energy::{self, EnergySpec};
+use sunswarm_node::energy;
 use sunswarm_node::net::NetConfig;
 use sunswarm_node::node::{self, NodeConfig};
 use sunswarm_protocol::BlockSpec;
@@ -34,9 +34,8 @@ struct Args {
     /// Compute backend: cpu, wgpu or cuda.
     #[arg(long, default_value = "cpu")]
     backend: BackendKind,
-    /// Energy source: mains, battery or emulated:PARAMS.
-    #[arg(long, default_value = "mains")]
-    energy: EnergySpec,
+    #[command(flatten)]
+    energy: energy::EnergyArgs,
     /// Most concurrent sessions.
     #[arg(long, default_value_t = 16)]
     max_sessions: u32,
@@ -72,7 +71,7 @@ fn main() -> anyhow::Result<()> {
 async fn run(args: Args) -> anyhow::Result<()> {
     let announce_ttl = secs("announce-ttl", args.announce_ttl)?;
     let gossip_interval = secs("gossip-interval", args.gossip_interval)?;
-    let energy: Arc<dyn energy::EnergySource> = Arc::from(energy::source(&args.energy)?);
+    let energy: Arc<dyn energy::EnergySource> = Arc::from(args.energy.build()?);
     let src = ModelSource::parse(&args.model)?;
     let model = tokio::task::spawn_blocking(move || Model::open(&src)).await??;
     let n_layers = u32::try_from(model.config().n_layers).context("model has too many blocks")?;

@@ -19,7 +19,7 @@ use tokio::sync::Semaphore;
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::compute::{BlockRunner, SessionCache};
-use crate::energy::EnergySource;
+use crate::energy::{EnergySource, JobTicket, Refusal};
 use crate::net::Network;
 
 /// Everything a session needs from its node.
@@ -93,7 +93,7 @@ pub async fn serve(ctx: Arc<SessionCtx>, from: PeerId, mut up: Stream) {
     let span = info_span!("session", id = %open.session, hop = open.hop);
     async move {
         let hop = open.hop;
-        let permit = match admit(&ctx, &open) {
+        let (permit, job) = match admit(&ctx, &open) {
             Ok(p) => p,
             Err(refused) => {
                 debug!(%refused, "refused");
@@ -117,7 +117,7 @@ pub async fn serve(ctx: Arc<SessionCtx>, from: PeerId, mut up: Stream) {
         }
         debug!(%from, "opened");
         let cache = ctx.runner.new_session();
-        run_session(&ctx, &open, up, down, cache, buf).await;
+        run_session(&ctx, &open, up, down, cache, buf, job).await;
         drop(permit);
         debug!("closed");
     }
@@ -126,7 +126,7 @@ pub async fn serve(ctx: Arc<SessionCtx>, from: PeerId, mut up: Stream) {
 }
 
 /// Checks an open against this node: model, blocks, identity, limits, energy, capacity.
-fn admit(ctx: &SessionCtx, open: &OpenSession) -> Result<tokio::sync::OwnedSemaphorePermit, WireError> {
+fn admit(ctx: &SessionCtx, open: &OpenSession) -> Result<(tokio::sync::OwnedSemaphorePermit, JobTicket), WireError> {
     let hop = open.hop;
     let me = &open.route[hop as usize];
     if open.model_id != ctx.model_id {
@@ -156,10 +156,14 @@ fn admit(ctx: &SessionCtx, open: &OpenSession) -> Result<tokio::sync::OwnedSemap
     if let Err(reason) = ctx.energy.admit() {
         return Err(refusal(ErrorKind::PowerSaving, hop, reason));
     }
-    ctx.slots
-        .clone()
-        .try_acquire_owned()
-        .map_err(|_| refusal(ErrorKind::Busy, hop, "this node is at its session limit"))
+    let permit =
+        ctx.slots.clone().try_acquire_owned().map_err(|_| refusal(ErrorKind::Busy, hop, "this node is at its session limit"))?;
+    // Last, so that a job the energy model takes is never one the node then turns away.
+    let job = ctx.energy.begin_job(open.max_tokens).map_err(|r| match r {
+        Refusal::PowerSaving(m) => refusal(ErrorKind::PowerSaving, hop, m),
+        Refusal::Busy(m) => refusal(ErrorKind::Busy, hop, m),
+    })?;
+    Ok((permit, job))
 }
 
 /// Opens the session on the next hop of the route and waits for its answer.
@@ -215,6 +219,7 @@ async fn run_session(
     mut down: Option<Stream>,
     mut cache: Box<dyn SessionCache>,
     mut buf: Vec<u8>,
+    mut job: JobTicket,
 ) {
     let hop = open.hop;
     let dim = ctx.runner.hidden_size();
@@ -231,7 +236,13 @@ async fn run_session(
         let reply = match req {
             Request::Forward(f) => {
                 match forward(ctx, open, &f, dim, cache.as_mut(), down.as_mut(), &mut down_buf).await {
-                    Ok(r) => r,
+                    Ok(r) => {
+                        // An emulated power mode answers no sooner than its share of the time
+                        // per job (scaled by the clock); the deadline is absolute, so the hops
+                        // of a route pace side by side rather than one after another.
+                        job.pace(cache.len() as u32).await;
+                        r
+                    }
                     Err(refused) => {
                         let _ = write_message(&mut up, &Response::Error(refused)).await;
                         return;
