@@ -55,6 +55,7 @@ pub struct EmulatedCore {
     /// The job being processed.
     running: Option<watch::Sender<JobPhase>>,
     stats: EnergyStats,
+    saving: watch::Sender<bool>,
 }
 
 impl EmulatedCore {
@@ -64,6 +65,7 @@ impl EmulatedCore {
         let dev = params.device(mode)?;
         let profile = DeviceProfile::compute(&dev, params.delta, DEFAULT_HORIZON)?;
         let battery = EmulatedBattery::new(dev, params.initial)?;
+        let saving = watch::Sender::new(battery.power_saving());
         let mut core = EmulatedCore {
             battery,
             profile,
@@ -73,6 +75,7 @@ impl EmulatedCore {
             waiting: VecDeque::new(),
             running: None,
             stats: EnergyStats::default(),
+            saving,
         };
         core.begin(now);
         Ok(core)
@@ -91,6 +94,11 @@ impl EmulatedCore {
     /// Counters so far.
     pub fn stats(&self) -> EnergyStats {
         self.stats
+    }
+
+    /// Follows the power-saving flag.
+    pub fn saving_changes(&self) -> watch::Receiver<bool> {
+        self.saving.subscribe()
     }
 
     fn begin(&mut self, now: Instant) {
@@ -135,6 +143,7 @@ impl EmulatedCore {
         }
         if was_saving != self.battery.power_saving() {
             info!(saving = self.battery.power_saving(), level = self.battery.level(), "power saving changes");
+            self.saving.send_replace(self.battery.power_saving());
         }
         self.begin(now);
     }
@@ -274,6 +283,10 @@ impl EnergySource for EmulatedSource {
     fn begin_job(&self, max_tokens: u32) -> Result<JobTicket, Refusal> {
         self.lock().try_admit(max_tokens)
     }
+
+    fn saving_changes(&self) -> Option<watch::Receiver<bool>> {
+        Some(self.lock().saving_changes())
+    }
 }
 
 #[cfg(test)]
@@ -324,12 +337,14 @@ mod tests {
     #[test]
     fn hysteresis_refuses_with_the_power_saving_reason_until_e_high() {
         let mut c = core("initial=30,low=20,high=40", PowerModeArg::W60);
+        let flag = c.saving_changes();
         let now = Instant::now();
         let _t = c.try_admit(4).unwrap();
         c.tick(0, now);
         c.tick(0, now); // 60 W job: 30 - 23 = 7 < 20
         assert_eq!(c.battery().level(), 7);
         assert!(c.state().power_saving);
+        assert!(flag.has_changed().unwrap() && *flag.borrow(), "the change is signalled at once");
         let refusal = c.try_admit(4).unwrap_err();
         assert!(matches!(refusal, Refusal::PowerSaving(_)));
         assert!(refusal.to_string().contains("power saving: battery at 7 of 100 kJ"), "{refusal}");
@@ -338,6 +353,7 @@ mod tests {
         assert!(c.try_admit(4).is_err());
         c.tick(1, now); // 40 = e_H: wakes
         assert!(!c.state().power_saving);
+        assert!(!*flag.borrow());
         assert!(c.try_admit(4).is_ok());
         assert_eq!(c.stats().refused_saving, 2);
         assert_eq!(c.stats().saving_slots, 2);

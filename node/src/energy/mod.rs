@@ -95,6 +95,11 @@ pub trait EnergySource: Send + Sync + 'static {
     }
     /// Called after each job (one forward) with the compute time it took.
     fn on_job(&self, _compute: std::time::Duration) {}
+    /// Follows the power-saving flag, for sources where it changes on their own clock, so the
+    /// node can announce a change at once instead of at its next gossip tick.
+    fn saving_changes(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
+        None
+    }
 }
 
 /// Wall power: no constraints.
