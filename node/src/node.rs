@@ -202,8 +202,13 @@ async fn announcer(h: AnnounceHandle) {
     let mut last_dht = Instant::now();
     let mut tick = tokio::time::interval(h.cfg.gossip_interval.min(refresh));
     tick.tick().await;
+    let mut saving = h.energy.saving_changes();
     loop {
-        tick.tick().await;
+        // A power-saving change is announced at once, so clients stop (or resume) routing here.
+        tokio::select! {
+            _ = tick.tick() => {}
+            Some(Ok(())) = async { match saving.as_mut() { Some(rx) => Some(rx.changed().await), None => None } } => {}
+        }
         let dht_too = last_dht.elapsed() >= refresh;
         if dht_too {
             last_dht = Instant::now();
