@@ -479,14 +479,14 @@ fn validate_tensor_info(info: &GgufTensorInfo, alignment: u64) -> Result<(), Str
     }
     if let Some(block) = info.ggml_type.block_size() {
         let ne0 = info.dims.first().copied().unwrap_or(1);
-        if ne0 % block as u64 != 0 {
+        if !ne0.is_multiple_of(block as u64) {
             return Err(format!(
                 "row length {ne0} is not a multiple of the {} block size {block}",
                 info.ggml_type
             ));
         }
     }
-    if info.offset % alignment != 0 {
+    if !info.offset.is_multiple_of(alignment) {
         return Err(format!(
             "data offset {} is not a multiple of the alignment {alignment}",
             info.offset

@@ -74,7 +74,7 @@ fn check_lengths(
     actual: usize,
     n_elements: usize,
 ) -> Result<(), QuantError> {
-    if n_elements % block_size != 0 {
+    if !n_elements.is_multiple_of(block_size) {
         return Err(QuantError::NotWholeBlocks {
             ty,
             n_elements,
@@ -413,7 +413,7 @@ pub fn quantize(ty: GgmlType, values: &[f32]) -> Result<Vec<u8>, QuantError> {
         GgmlType::Q4_1 => quantize_q4_1_block,
         _ => return Err(QuantError::UnsupportedType(ty)),
     };
-    if values.len() % block_size != 0 {
+    if !values.len().is_multiple_of(block_size) {
         return Err(QuantError::NotWholeBlocks {
             ty,
             n_elements: values.len(),

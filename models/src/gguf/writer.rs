@@ -78,7 +78,13 @@ impl GgufTensorData {
             .ggml_type
             .block_geometry()
             .ok_or_else(|| bad(format!("type {} has no known size", self.ggml_type)))?;
-        if self.dims.first().copied().unwrap_or(1) % block as u64 != 0 {
+        if !self
+            .dims
+            .first()
+            .copied()
+            .unwrap_or(1)
+            .is_multiple_of(block as u64)
+        {
             return Err(bad(format!(
                 "row length {} is not a multiple of the {} block size {block}",
                 self.dims.first().copied().unwrap_or(1),
