@@ -67,6 +67,7 @@ const END_OF_GENERATION_TOKENS: &[&str] = &[
 ];
 
 /// A model's tokenizer, its special tokens and its chat template.
+#[derive(Clone)]
 pub struct TextTokenizer {
     inner: tokenizers::Tokenizer,
     vocab_size: usize,

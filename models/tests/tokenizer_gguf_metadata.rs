@@ -184,3 +184,14 @@ fn no_chat_template_is_a_clear_error() {
     assert!(matches!(err, TokenizerError::NoChatTemplate));
     assert!(err.to_string().contains("no chat template"));
 }
+
+#[test]
+fn tokenizer_and_gguf_can_be_shared_across_threads() {
+    fn shareable<T: Send + Sync + 'static>() {}
+    shareable::<TextTokenizer>();
+    shareable::<GgufFile>();
+    let tok = build(&metadata(Some("smollm"))).unwrap();
+    let copy = tok.clone();
+    let handle = std::thread::spawn(move || copy.encode("ab 12").unwrap());
+    assert_eq!(handle.join().unwrap(), tok.encode("ab 12").unwrap());
+}
