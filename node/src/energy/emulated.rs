@@ -173,9 +173,10 @@ impl EmulatedCore {
         ))
     }
 
-    /// Whether new sessions are refused for power saving.
-    pub fn admit(&self) -> Result<(), String> {
+    /// Whether new sessions are refused for power saving (a refusal is counted).
+    pub fn admit(&mut self) -> Result<(), String> {
         if self.battery.power_saving() {
+            self.stats.refused_saving += 1;
             Err(self.saving_refusal().to_string())
         } else {
             Ok(())
@@ -355,7 +356,7 @@ mod tests {
         assert!(!c.state().power_saving);
         assert!(!*flag.borrow());
         assert!(c.try_admit(4).is_ok());
-        assert_eq!(c.stats().refused_saving, 2);
+        assert_eq!(c.stats().refused_saving, 3, "every refusal is counted, by admit or by try_admit");
         assert_eq!(c.stats().saving_slots, 2);
     }
 
