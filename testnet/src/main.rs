@@ -3,6 +3,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod experiment;
 mod sim;
 
 /// Local swarms, simulations and benchmarks for Sunswarm.
@@ -21,6 +22,9 @@ enum Command {
     Up(sunswarm_testnet::net::cli::UpArgs),
     /// The main job end to end: fetch the model, start 3 nodes, answer a chat prompt through them.
     Demo(sunswarm_testnet::net::cli::DemoArgs),
+    /// Live experiments on real swarms (the energy policies on emulated batteries).
+    #[command(subcommand)]
+    Experiment(experiment::ExperimentCommand),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -29,5 +33,6 @@ fn main() -> anyhow::Result<()> {
         Command::Sim(cmd) => sim::run(cmd),
         Command::Up(args) => sunswarm_testnet::net::cli::up(args),
         Command::Demo(args) => sunswarm_testnet::net::cli::demo(args),
+        Command::Experiment(cmd) => experiment::run(cmd),
     }
 }

@@ -1,0 +1,183 @@
+//! The live run: one group of `swarm-node` processes per harvest group, launched with the testnet
+//! launcher (each group covers every layer, so every group's launch waits for a covered swarm;
+//! groups after the first join the first through `--bootstrap`), then a Bernoulli stream of real
+//! generations through the real swarm client, one per arrival, routed by the policy on the
+//! gossiped energy state. Every slot samples each node's gossiped power-saving flag.
+
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use sunswarm_client::generate::{GenerateOptions, generate};
+use sunswarm_client::swarm::{SessionError, SwarmClient, SwarmSession};
+use sunswarm_energy::policy::PolicyKind;
+use sunswarm_models::{BackendKind, Model, ModelSource};
+use sunswarm_protocol::{Announcement, BlockRange, DType, PowerMode};
+use tokio::time::Instant;
+use tracing::{info, warn};
+
+use super::design::{Design, LiveCounts, job_kilojoules};
+use sunswarm_testnet::net::{Split, Testnet, TestnetOptions};
+
+/// What became of one job.
+enum JobEnd {
+    Completed { tokens: u64, kilojoules: f64 },
+    /// No route (every candidate of a layer in power saving or busy), or refused three times.
+    Dropped,
+    /// Opened but failed on the way (a node died, a timeout).
+    Failed,
+}
+
+/// Gossip interval for the nodes: well under a slot, so routes see fresh state.
+fn gossip_secs(d: &Design) -> f64 {
+    (d.slot_wall().as_secs_f64() / 4.0).clamp(0.05, 2.0)
+}
+
+async fn start_swarm(d: &Design, model: &str, log_dir: &Path, n_layers: u32) -> Result<Vec<Testnet>> {
+    let ranges = BlockRange::split_even(n_layers, u32::try_from(d.layers())?)?;
+    let mut groups: Vec<Testnet> = Vec::new();
+    for k in 0..d.groups {
+        let mut node_args = d.node_args(k)?;
+        node_args.extend(["--gossip-interval".to_string(), gossip_secs(d).to_string()]);
+        if let Some(first) = groups.first() {
+            node_args.extend(["--bootstrap".to_string(), first.bootstrap.clone()]);
+        }
+        let opts = TestnetOptions {
+            nodes: ranges.len(),
+            model: model.to_string(),
+            split: Split::List(ranges.clone()),
+            backend: "cpu".into(),
+            announce_ttl: 30.0,
+            log_dir: Some(log_dir.join(format!("group-{k}"))),
+            node_args,
+        };
+        let net = Testnet::start(&opts).await.with_context(|| format!("starting harvest group {k}"))?;
+        info!(group = k, nodes = net.nodes.len(), "group up");
+        groups.push(net);
+    }
+    Ok(groups)
+}
+
+fn watts(a: &Announcement) -> Option<u16> {
+    match a.energy.power_mode {
+        PowerMode::Dynamic { watts } | PowerMode::Fixed { watts } => Some(watts),
+        PowerMode::Mains => None,
+    }
+}
+
+struct Shared {
+    client: SwarmClient,
+    model: Model,
+    head: sunswarm_models::Head,
+    tokenizer: sunswarm_models::TextTokenizer,
+    policy: Box<dyn sunswarm_energy::policy::Policy>,
+    tokens: usize,
+}
+
+async fn one_job(s: Rc<Shared>, seed: u64) -> JobEnd {
+    let model_id = s.model.model_id().0;
+    let n_layers = s.model.config().n_layers as u32;
+    let prompt = [1u32, 2, 3];
+    let max_tokens = (prompt.len() + s.tokens) as u32;
+    let mut avoid: Vec<Vec<u8>> = Vec::new();
+    let mut session = loop {
+        let Ok(route) = s.client.choose_route(&model_id, n_layers, s.policy.as_ref(), &avoid).await else {
+            return JobEnd::Dropped;
+        };
+        let gossip = s.client.network().gossip_view().await.unwrap_or_default();
+        let kj: f64 = route
+            .iter()
+            .map(|h| gossip.iter().find(|a| a.peer_id == h.peer_id).and_then(watts).and_then(job_kilojoules).unwrap_or(0.0))
+            .sum();
+        match SwarmSession::open(s.client.network(), model_id, route.clone(), DType::F32, max_tokens).await {
+            Ok(session) => break (session, kj),
+            Err(e) if avoid.len() < 3 => {
+                let culprit = match &e {
+                    SessionError::Refused(w) => route.get(w.hop as usize),
+                    _ => route.first(),
+                };
+                avoid.push(culprit.map(|h| h.peer_id.clone()).unwrap_or_default());
+            }
+            Err(_) => return JobEnd::Dropped,
+        }
+    };
+    let opts = GenerateOptions { max_new_tokens: s.tokens, ignore_eos: true, seed, ..GenerateOptions::default() };
+    let out = generate(&s.head, &s.tokenizer, &mut session.0, &prompt, &opts, |_| {}).await;
+    session.0.close().await;
+    match out {
+        Ok(r) => JobEnd::Completed { tokens: r.tokens.len() as u64, kilojoules: session.1 },
+        Err(e) => {
+            warn!("a job failed mid-generation: {e}");
+            JobEnd::Failed
+        }
+    }
+}
+
+/// Runs the live swarm under `policy` and counts what happened.
+pub async fn run(d: &Design, policy: PolicyKind, model: &str, log_dir: &Path) -> Result<LiveCounts> {
+    let src = ModelSource::parse(model)?;
+    let m = Model::open(&src)?;
+    let n_layers = u32::try_from(m.config().n_layers)?;
+    anyhow::ensure!(
+        n_layers as usize >= d.layers(),
+        "model {model} has {n_layers} blocks, too few for {} layers",
+        d.layers()
+    );
+    let dir: PathBuf = log_dir.join(policy.name());
+    let swarm = start_swarm(d, model, &dir, n_layers).await?;
+    let client = SwarmClient::connect(vec![swarm[0].bootstrap.parse()?], Duration::from_secs(30)).await?;
+    let model_id = m.model_id().0;
+    client.follow(&model_id).await?;
+    client.wait_for_coverage(&model_id, n_layers, d.nodes, Duration::from_secs(60)).await?;
+    let dev = sunswarm_models::device(BackendKind::Cpu)?;
+    let head = m.load_head(&dev)?;
+    let tokenizer = m.tokenizer()?;
+    let shared = Rc::new(Shared { client, model: m, head, tokenizer, policy: policy.policy(), tokens: d.tokens_per_job });
+
+    let mut counts = LiveCounts::default();
+    let mut rng = ChaCha8Rng::seed_from_u64(d.seed);
+    let local = tokio::task::LocalSet::new();
+    let mut jobs = Vec::new();
+    local
+        .run_until(async {
+            let mut every = tokio::time::interval(d.slot_wall());
+            for t in 0..d.slots + d.drain {
+                every.tick().await;
+                if t >= d.slots {
+                    continue;
+                }
+                let now = sunswarm_node::node::now_ms();
+                let anns = shared.client.network().gossip_view().await.unwrap_or_default();
+                let live: Vec<&Announcement> = anns.iter().filter(|a| a.model_id == model_id && a.is_live(now)).collect();
+                counts.node_slots += live.len() as u64;
+                counts.saving_node_slots += live.iter().filter(|a| a.energy.power_saving).count() as u64;
+                if rng.random::<f64>() < d.job_prob {
+                    counts.offered += 1;
+                    jobs.push(tokio::task::spawn_local(one_job(shared.clone(), rng.random())));
+                }
+            }
+            // Jobs still running after the drain get a bounded wait, then count as not completed.
+            let until = Instant::now() + d.slot_wall() * 30 + Duration::from_secs(10);
+            for j in jobs {
+                match tokio::time::timeout_at(until, j).await {
+                    Ok(Ok(JobEnd::Completed { tokens, kilojoules })) => {
+                        counts.completed += 1;
+                        counts.tokens += tokens;
+                        counts.kilojoules += kilojoules;
+                    }
+                    Ok(Ok(JobEnd::Dropped)) => counts.dropped += 1,
+                    Ok(Ok(JobEnd::Failed)) | Ok(Err(_)) | Err(_) => {}
+                }
+            }
+        })
+        .await;
+    drop(local);
+    if let Ok(s) = Rc::try_unwrap(shared) {
+        s.client.stop().await;
+    }
+    drop(swarm);
+    Ok(counts)
+}
