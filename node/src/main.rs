@@ -42,7 +42,7 @@ struct Args {
     /// Most tokens one session may hold.
     #[arg(long, default_value_t = 4096)]
     max_tokens: u32,
-    /// Announcement lifetime in seconds; refreshed at a third of it. A dead node leaves routes
+    /// Announcement lifetime in seconds; refreshed at a quarter of it. A dead node leaves routes
     /// within this time.
     #[arg(long, default_value_t = 30.0)]
     announce_ttl: f64,

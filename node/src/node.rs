@@ -27,7 +27,7 @@ pub struct NodeConfig {
     pub backend: String,
     pub max_sessions: u32,
     pub max_tokens: u32,
-    /// Lifetime of an announcement; the node refreshes at a third of it.
+    /// Lifetime of an announcement; the node refreshes it in the DHT at a quarter of it.
     pub announce_ttl: Duration,
     /// How often the node gossips its announcement with fresh energy state.
     pub gossip_interval: Duration,
@@ -196,11 +196,14 @@ impl AnnounceHandle {
     }
 }
 
-/// Gossips every `gossip_interval`, refreshes the DHT every third of the TTL.
+/// Gossips every `gossip_interval`, refreshes the DHT every quarter of the TTL. A quarter, not a
+/// third: a DHT lookup may return a copy one or two refreshes old (measured on a loaded machine),
+/// and that copy must still be live.
 async fn announcer(h: AnnounceHandle) {
-    let refresh = h.cfg.announce_ttl / 3;
+    let refresh = h.cfg.announce_ttl / 4;
+    let period = h.cfg.gossip_interval.min(refresh);
     let mut last_dht = Instant::now();
-    let mut tick = tokio::time::interval(h.cfg.gossip_interval.min(refresh));
+    let mut tick = tokio::time::interval(period);
     tick.tick().await;
     let mut saving = h.energy.saving_changes();
     loop {
@@ -209,7 +212,8 @@ async fn announcer(h: AnnounceHandle) {
             _ = tick.tick() => {}
             Some(Ok(())) = async { match saving.as_mut() { Some(rx) => Some(rx.changed().await), None => None } } => {}
         }
-        let dht_too = last_dht.elapsed() >= refresh;
+        // Half a period of tolerance, so timer jitter does not skip every other refresh.
+        let dht_too = last_dht.elapsed() + period / 2 >= refresh;
         if dht_too {
             last_dht = Instant::now();
         }

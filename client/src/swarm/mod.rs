@@ -36,10 +36,15 @@ pub fn parse_policy(s: &str) -> Result<PolicyKind> {
     })
 }
 
+/// How long route choice keeps looking while the discovered peers leave a range uncovered.
+pub const ROUTE_DEADLINE: Duration = Duration::from_secs(10);
+
 /// A client's connection to the swarm (a DHT client; it never serves).
 pub struct SwarmClient {
     net: Network,
     event_loop: JoinHandle<()>,
+    /// Models whose energy gossip this client already follows.
+    followed: std::sync::Mutex<std::collections::HashSet<ModelDigest>>,
 }
 
 impl SwarmClient {
@@ -50,30 +55,50 @@ impl SwarmClient {
         let (net, ev) = net::new(cfg)?;
         let event_loop = tokio::spawn(ev.run());
         net.wait_ready(true, deadline).await.context("joining the swarm")?;
-        Ok(SwarmClient { net, event_loop })
+        Ok(SwarmClient { net, event_loop, followed: Default::default() })
     }
 
     pub fn network(&self) -> &Network {
         &self.net
     }
 
-    /// Subscribes to a model's energy gossip so later discoveries see fresh state.
+    /// Subscribes to a model's energy gossip so later discoveries see fresh state (the DHT
+    /// may return a copy of an announcement a few refreshes old; gossip carries the latest).
     pub async fn follow(&self, model_id: &ModelDigest) -> Result<()> {
-        Ok(self.net.subscribe(dht::energy_topic(model_id)).await?)
+        let new = self.followed.lock().map(|mut f| f.insert(*model_id)).unwrap_or(true);
+        if new {
+            self.net.subscribe(dht::energy_topic(model_id)).await?;
+        }
+        Ok(())
     }
 
     /// The live announcements of this model (this model id and block count, not expired).
     pub async fn discover(&self, model_id: &ModelDigest, n_layers: u32) -> Result<Vec<Announcement>> {
+        self.follow(model_id).await?;
         let all = discovery::discover(&self.net, model_id, n_layers).await?;
         Ok(route::usable(&all, model_id, n_layers, now_ms()))
     }
 
-    /// Discovers and chooses a route.
+    /// Discovers and chooses a route. The DHT is eventually consistent (a lookup on a loaded
+    /// machine can miss a peer or return an old copy of its announcement), so a lookup that
+    /// leaves a range uncovered is repeated for up to [`ROUTE_DEADLINE`] before giving up.
     pub async fn choose_route(&self, model_id: &ModelDigest, n_layers: u32, policy: &dyn Policy, avoid: &[Vec<u8>]) -> Result<Vec<Hop>> {
-        let mut anns = self.discover(model_id, n_layers).await?;
-        anns.retain(|a| !avoid.contains(&a.peer_id));
-        let idx = route::plan(&anns, n_layers, policy, &mut rand::rng())?;
-        Ok(idx.into_iter().map(|i| Hop { peer_id: anns[i].peer_id.clone(), addrs: anns[i].addrs.clone(), blocks: anns[i].blocks }).collect())
+        let until = Instant::now() + ROUTE_DEADLINE;
+        loop {
+            let mut anns = self.discover(model_id, n_layers).await?;
+            anns.retain(|a| !avoid.contains(&a.peer_id));
+            match route::plan(&anns, n_layers, policy, &mut rand::rng()) {
+                Ok(idx) => {
+                    return Ok(idx
+                        .into_iter()
+                        .map(|i| Hop { peer_id: anns[i].peer_id.clone(), addrs: anns[i].addrs.clone(), blocks: anns[i].blocks })
+                        .collect());
+                }
+                Err(e) if Instant::now() >= until => return Err(e.into()),
+                Err(e) => tracing::debug!("no route yet ({e}); looking again"),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// Polls discovery until the live ranges cover the model (or the deadline passes).
