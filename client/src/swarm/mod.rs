@@ -75,8 +75,11 @@ impl SwarmClient {
     /// The live announcements of this model (this model id and block count, not expired).
     pub async fn discover(&self, model_id: &ModelDigest, n_layers: u32) -> Result<Vec<Announcement>> {
         self.follow(model_id).await?;
+        // Liveness is judged at the start of the lookup: a lookup on a loaded machine can take
+        // seconds, and an announcement that was live when asked for is still a fair route.
+        let asked_at = now_ms();
         let all = discovery::discover(&self.net, model_id, n_layers).await?;
-        Ok(route::usable(&all, model_id, n_layers, now_ms()))
+        Ok(route::usable(&all, model_id, n_layers, asked_at))
     }
 
     /// Discovers and chooses a route. The DHT is eventually consistent (a lookup on a loaded
