@@ -12,12 +12,12 @@ use anyhow::{Context, Result};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use sunswarm_client::generate::{GenerateOptions, generate};
-use sunswarm_client::swarm::{SessionError, SwarmClient, SwarmSession};
+use sunswarm_client::swarm::{SessionError, SwarmClient, SwarmSession, route};
 use sunswarm_energy::policy::PolicyKind;
 use sunswarm_models::{BackendKind, Model, ModelSource};
-use sunswarm_protocol::{Announcement, BlockRange, DType, PowerMode};
+use sunswarm_protocol::{Announcement, BlockRange, DType, Hop, PowerMode};
 use tokio::time::Instant;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::design::{Design, LiveCounts, job_kilojoules};
 use sunswarm_testnet::net::{Split, Testnet, TestnetOptions};
@@ -84,29 +84,42 @@ async fn one_job(s: Rc<Shared>, seed: u64) -> JobEnd {
     let max_tokens = (prompt.len() + s.tokens) as u32;
     let mut avoid: Vec<Vec<u8>> = Vec::new();
     let mut session = loop {
-        let Ok(route) = s.client.choose_route(&model_id, n_layers, s.policy.as_ref(), &avoid).await else {
-            return JobEnd::Dropped;
-        };
+        // Routes come from the gossiped state alone (what the policies are about), not from a
+        // DHT walk per job, which on a loaded machine takes seconds.
         let gossip = s.client.network().gossip_view().await.unwrap_or_default();
-        let kj: f64 = route
-            .iter()
-            .map(|h| gossip.iter().find(|a| a.peer_id == h.peer_id).and_then(watts).and_then(job_kilojoules).unwrap_or(0.0))
-            .sum();
+        let mut anns = route::usable(&gossip, &model_id, n_layers, sunswarm_node::node::now_ms());
+        anns.retain(|a| !avoid.contains(&a.peer_id));
+        let idx = match route::plan(&anns, n_layers, s.policy.as_ref(), &mut rand::rng()) {
+            Ok(r) => r,
+            Err(e) => {
+                debug!("job dropped: {e}");
+                return JobEnd::Dropped;
+            }
+        };
+        let route: Vec<Hop> =
+            idx.iter().map(|&i| Hop { peer_id: anns[i].peer_id.clone(), addrs: anns[i].addrs.clone(), blocks: anns[i].blocks }).collect();
+        let kj: f64 = idx.iter().map(|&i| watts(&anns[i]).and_then(job_kilojoules).unwrap_or(0.0)).sum();
         match SwarmSession::open(s.client.network(), model_id, route.clone(), DType::F32, max_tokens).await {
             Ok(session) => break (session, kj),
             Err(e) if avoid.len() < 3 => {
+                debug!("open refused ({e}); choosing again");
                 let culprit = match &e {
                     SessionError::Refused(w) => route.get(w.hop as usize),
                     _ => route.first(),
                 };
                 avoid.push(culprit.map(|h| h.peer_id.clone()).unwrap_or_default());
             }
-            Err(_) => return JobEnd::Dropped,
+            Err(e) => {
+                debug!("job dropped after {} refusals: {e}", avoid.len());
+                return JobEnd::Dropped;
+            }
         }
     };
+    debug!("job opened");
     let opts = GenerateOptions { max_new_tokens: s.tokens, ignore_eos: true, seed, ..GenerateOptions::default() };
     let out = generate(&s.head, &s.tokenizer, &mut session.0, &prompt, &opts, |_| {}).await;
     session.0.close().await;
+    debug!(ok = out.is_ok(), "job ends");
     match out {
         Ok(r) => JobEnd::Completed { tokens: r.tokens.len() as u64, kilojoules: session.1 },
         Err(e) => {
@@ -128,7 +141,9 @@ pub async fn run(d: &Design, policy: PolicyKind, model: &str, log_dir: &Path) ->
     );
     let dir: PathBuf = log_dir.join(policy.name());
     let swarm = start_swarm(d, model, &dir, n_layers).await?;
-    let client = SwarmClient::connect(vec![swarm[0].bootstrap.parse()?], Duration::from_secs(30)).await?;
+    // Dial every node up front: on a loaded machine a first dial at session open can time out.
+    let addrs = swarm.iter().flat_map(|g| g.nodes.iter().map(|n| n.listen.parse())).collect::<Result<Vec<_>, _>>()?;
+    let client = SwarmClient::connect(addrs, Duration::from_secs(30)).await?;
     let model_id = m.model_id().0;
     client.follow(&model_id).await?;
     client.wait_for_coverage(&model_id, n_layers, d.nodes, Duration::from_secs(60)).await?;
@@ -137,6 +152,18 @@ pub async fn run(d: &Design, policy: PolicyKind, model: &str, log_dir: &Path) ->
     let tokenizer = m.tokenizer()?;
     let shared = Rc::new(Shared { client, model: m, head, tokenizer, policy: policy.policy(), tokens: d.tokens_per_job });
 
+    // Probe: one job before the stream starts, so a swarm that cannot serve fails loudly rather
+    // than reporting every job as dropped.
+    let t0 = Instant::now();
+    let probe = one_job(shared.clone(), 0).await;
+    anyhow::ensure!(
+        matches!(probe, JobEnd::Completed { .. }),
+        "the probe job through the fresh swarm (bootstrap {}) did not complete in {:?}; node logs in {}",
+        swarm[0].bootstrap,
+        t0.elapsed(),
+        dir.display()
+    );
+    info!(ms = t0.elapsed().as_millis() as u64, "probe job completed");
     let mut counts = LiveCounts::default();
     let mut rng = ChaCha8Rng::seed_from_u64(d.seed);
     let local = tokio::task::LocalSet::new();
@@ -153,7 +180,9 @@ pub async fn run(d: &Design, policy: PolicyKind, model: &str, log_dir: &Path) ->
                 let anns = shared.client.network().gossip_view().await.unwrap_or_default();
                 let live: Vec<&Announcement> = anns.iter().filter(|a| a.model_id == model_id && a.is_live(now)).collect();
                 counts.node_slots += live.len() as u64;
-                counts.saving_node_slots += live.iter().filter(|a| a.energy.power_saving).count() as u64;
+                let saving = live.iter().filter(|a| a.energy.power_saving).count();
+                counts.saving_node_slots += saving as u64;
+                debug!(slot = t, gossiped = anns.len(), live = live.len(), saving, offered = counts.offered, "slot");
                 if rng.random::<f64>() < d.job_prob {
                     counts.offered += 1;
                     jobs.push(tokio::task::spawn_local(one_job(shared.clone(), rng.random())));

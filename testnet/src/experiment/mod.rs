@@ -80,6 +80,10 @@ fn key(p: PolicyKind) -> &'static str {
 
 pub fn run(cmd: ExperimentCommand) -> Result<()> {
     let ExperimentCommand::Energy(a) = cmd;
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,libp2p=warn".into()))
+        .with_writer(std::io::stderr)
+        .try_init();
     let d = Design {
         nodes: a.nodes,
         groups: a.groups,
