@@ -116,7 +116,9 @@ pub fn demo(args: DemoArgs) -> Result<()> {
             .rev()
             .find_map(|l| serde_json::from_str(l).ok())
             .context("swarm-client printed no JSON")?;
-        println!("{}", json["text"].as_str().unwrap_or_default().trim());
+        // The end-of-turn token is part of the generated text; the answer is what precedes it.
+        let text = json["text"].as_str().unwrap_or_default();
+        println!("{}", text.split("<|im_end|>").next().unwrap_or_default().trim());
         println!();
         if let Some(route) = json["route"].as_array() {
             for (i, hop) in route.iter().enumerate() {
