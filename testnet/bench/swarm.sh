@@ -1,0 +1,36 @@
+#!/bin/bash
+# Swarm benchmark: 3 release swarm-node processes (0-9, 10-19, 20-29) on 127.0.0.1 vs --local,
+# SmolLM2-135M, reference prompt 0, 128 greedy tokens, alternating runs.
+set -e
+R=${R:-/var/tmp/sunswarm-target/release}
+REPS=${REPS:-3}
+PROMPT=$(python3 -c "import json;print(json.load(open('/work/shared/reference/smollm2-greedy.json'))['prompts'][0]['rendered_text'],end='')")
+D=$(mktemp -d)
+trap 'kill $(cat $D/pids) 2>/dev/null; wait 2>/dev/null' EXIT
+$R/swarm-node --model smollm2-135m --blocks 0-9 > $D/n0.out 2> $D/n0.log & echo $! >> $D/pids
+until grep -q READY $D/n0.out; do sleep 0.2; done
+BOOT=$(grep LISTEN= $D/n0.out | head -1 | cut -d= -f2)
+$R/swarm-node --model smollm2-135m --blocks 10-19 --bootstrap $BOOT > $D/n1.out 2> $D/n1.log & echo $! >> $D/pids
+$R/swarm-node --model smollm2-135m --blocks 20-29 --bootstrap $BOOT > $D/n2.out 2> $D/n2.log & echo $! >> $D/pids
+until grep -q READY $D/n1.out && grep -q READY $D/n2.out; do sleep 0.2; done
+sleep 2  # first refresh/gossip round, so discovery sees all three at once
+for i in $(seq $REPS); do
+  $R/swarm-client generate --model smollm2-135m --prompt "$PROMPT" --max-new-tokens 128 --ignore-eos --local --json | tail -1 > $D/local-$i.json
+  $R/swarm-client generate --model smollm2-135m --prompt "$PROMPT" --max-new-tokens 128 --ignore-eos --bootstrap $BOOT --json | tail -1 > $D/swarm-$i.json
+done
+python3 - $D $REPS <<'PY'
+import json,sys,statistics as st
+d,n=sys.argv[1],int(sys.argv[2])
+L=[json.load(open(f"{d}/local-{i}.json")) for i in range(1,n+1)]
+S=[json.load(open(f"{d}/swarm-{i}.json")) for i in range(1,n+1)]
+same=all(s["tokens"]==l["tokens"] for s,l in zip(S,L))
+med=lambda xs: st.median(xs)
+print(f"same tokens: {same}")
+print(f"local decode tok/s {[round(x['decode_tokens_per_s'],1) for x in L]} median {med([x['decode_tokens_per_s'] for x in L]):.1f}")
+print(f"swarm decode tok/s {[round(x['decode_tokens_per_s'],1) for x in S]} median {med([x['decode_tokens_per_s'] for x in S]):.1f}")
+print(f"local ttft ms {[round(x['ttft_ms'],1) for x in L]} median {med([x['ttft_ms'] for x in L]):.1f}")
+print(f"swarm ttft ms {[round(x['ttft_ms'],1) for x in S]} median {med([x['ttft_ms'] for x in S]):.1f}")
+print(f"swarm overhead/hop us {[x['swarm']['overhead_per_hop_us_median'] for x in S]}")
+print(f"swarm decode rtt us {[x['swarm']['decode_rtt_us_median'] for x in S]} hop compute us {[x['swarm']['hop_compute_us_median'] for x in S]}")
+print(f"route {[ (h['blocks']) for h in S[0]['route']]}")
+PY
