@@ -2,9 +2,11 @@
 # Swarm benchmark: 3 release swarm-node processes (0-9, 10-19, 20-29) on 127.0.0.1 vs --local,
 # SmolLM2-135M, reference prompt 0, 128 greedy tokens, alternating runs.
 set -e
-R=${R:-/var/tmp/sunswarm-target/release}
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+R=${R:-${CARGO_TARGET_DIR:-$ROOT/target}/release}
+REF=${REF:-$ROOT/../shared/reference/smollm2-greedy.json}
 REPS=${REPS:-3}
-PROMPT=$(python3 -c "import json;print(json.load(open('/work/shared/reference/smollm2-greedy.json'))['prompts'][0]['rendered_text'],end='')")
+PROMPT=$(python3 -c "import json;print(json.load(open('$REF'))['prompts'][0]['rendered_text'],end='')")
 D=$(mktemp -d)
 trap 'kill $(cat $D/pids) 2>/dev/null; wait 2>/dev/null' EXIT
 $R/swarm-node --model smollm2-135m --blocks 0-9 > $D/n0.out 2> $D/n0.log & echo $! >> $D/pids
@@ -13,7 +15,6 @@ BOOT=$(grep LISTEN= $D/n0.out | head -1 | cut -d= -f2)
 $R/swarm-node --model smollm2-135m --blocks 10-19 --bootstrap $BOOT > $D/n1.out 2> $D/n1.log & echo $! >> $D/pids
 $R/swarm-node --model smollm2-135m --blocks 20-29 --bootstrap $BOOT > $D/n2.out 2> $D/n2.log & echo $! >> $D/pids
 until grep -q READY $D/n1.out && grep -q READY $D/n2.out; do sleep 0.2; done
-sleep 2  # first refresh/gossip round, so discovery sees all three at once
 for i in $(seq $REPS); do
   $R/swarm-client generate --model smollm2-135m --prompt "$PROMPT" --max-new-tokens 128 --ignore-eos --local --json | tail -1 > $D/local-$i.json
   $R/swarm-client generate --model smollm2-135m --prompt "$PROMPT" --max-new-tokens 128 --ignore-eos --bootstrap $BOOT --json | tail -1 > $D/swarm-$i.json
