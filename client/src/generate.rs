@@ -141,12 +141,13 @@ pub async fn generate<P: Pipeline>(
             first_token_at = Some(Instant::now());
         }
         tokens.push(id);
+        // The end-of-sequence token ends the answer; its text (e.g. <|im_end|>) is not part of it.
+        if !opts.ignore_eos && tokenizer.eos_ids().contains(&id) {
+            break;
+        }
         if let Some(piece) = decoder.push(id).map_err(ModelError::from)? {
             on_text(&piece);
             text.push_str(&piece);
-        }
-        if !opts.ignore_eos && tokenizer.eos_ids().contains(&id) {
-            break;
         }
         if tokens.len() < opts.max_new_tokens {
             input = head.embed(&[id])?;
