@@ -27,7 +27,10 @@ pub enum PipelineError {
 /// Carries hidden states through every block of the model, keeping per-session state (KV caches)
 /// wherever the blocks live. Each call passes the tokens that follow the previous call's.
 pub trait Pipeline {
-    fn forward(&mut self, input: HiddenStates) -> impl Future<Output = Result<HiddenStates, PipelineError>> + Send;
+    fn forward(
+        &mut self,
+        input: HiddenStates,
+    ) -> impl Future<Output = Result<HiddenStates, PipelineError>> + Send;
 }
 
 /// All blocks in this process: a chain of block ranges, each with its own KV cache.
@@ -37,7 +40,15 @@ pub struct LocalPipeline {
 
 impl LocalPipeline {
     pub fn new(ranges: Vec<BlockRange>) -> Self {
-        Self { stages: ranges.into_iter().map(|r| { let c = r.new_cache(); (r, c) }).collect() }
+        Self {
+            stages: ranges
+                .into_iter()
+                .map(|r| {
+                    let c = r.new_cache();
+                    (r, c)
+                })
+                .collect(),
+        }
     }
 
     /// Runs the stages synchronously (the model is CPU/GPU-bound; there is nothing to await).
@@ -51,7 +62,10 @@ impl LocalPipeline {
 }
 
 impl Pipeline for LocalPipeline {
-    fn forward(&mut self, input: HiddenStates) -> impl Future<Output = Result<HiddenStates, PipelineError>> + Send {
+    fn forward(
+        &mut self,
+        input: HiddenStates,
+    ) -> impl Future<Output = Result<HiddenStates, PipelineError>> + Send {
         let out = self.forward_sync(input).map_err(PipelineError::from);
         std::future::ready(out)
     }
@@ -69,7 +83,13 @@ pub struct GenerateOptions {
 
 impl Default for GenerateOptions {
     fn default() -> Self {
-        Self { max_new_tokens: 128, temperature: 0.0, top_p: 1.0, seed: 0, ignore_eos: false }
+        Self {
+            max_new_tokens: 128,
+            temperature: 0.0,
+            top_p: 1.0,
+            seed: 0,
+            ignore_eos: false,
+        }
     }
 }
 
@@ -101,10 +121,16 @@ pub struct GenerationResult {
 impl GenerateOptions {
     pub fn validate(&self) -> Result<(), GenerateError> {
         if !(self.temperature.is_finite() && self.temperature >= 0.0) {
-            return Err(GenerateError::InvalidOption { name: "temperature", why: format!("{} is not >= 0", self.temperature) });
+            return Err(GenerateError::InvalidOption {
+                name: "temperature",
+                why: format!("{} is not >= 0", self.temperature),
+            });
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
-            return Err(GenerateError::InvalidOption { name: "top-p", why: format!("{} is not in (0, 1]", self.top_p) });
+            return Err(GenerateError::InvalidOption {
+                name: "top-p",
+                why: format!("{} is not in (0, 1]", self.top_p),
+            });
         }
         Ok(())
     }
@@ -133,7 +159,16 @@ pub async fn generate<P: Pipeline>(
     let mut first_token_at = None;
     let mut prefill_ms = 0.0;
     while tokens.len() < opts.max_new_tokens {
-        let hidden = pipeline.forward(std::mem::replace(&mut input, HiddenStates { n_tokens: 0, dim: 0, data: Vec::new() })).await?;
+        let hidden = pipeline
+            .forward(std::mem::replace(
+                &mut input,
+                HiddenStates {
+                    n_tokens: 0,
+                    dim: 0,
+                    data: Vec::new(),
+                },
+            ))
+            .await?;
         let logits = head.logits_last(&hidden)?;
         let id = sampler.sample(&logits);
         if first_token_at.is_none() {
@@ -157,8 +192,14 @@ pub async fn generate<P: Pipeline>(
         on_text(&piece);
         text.push_str(&piece);
     }
-    let decode_s = first_token_at.map(|t| t.elapsed().as_secs_f64()).unwrap_or(0.0);
-    let decode_tokens_per_s = if tokens.len() > 1 && decode_s > 0.0 { (tokens.len() - 1) as f64 / decode_s } else { 0.0 };
+    let decode_s = first_token_at
+        .map(|t| t.elapsed().as_secs_f64())
+        .unwrap_or(0.0);
+    let decode_tokens_per_s = if tokens.len() > 1 && decode_s > 0.0 {
+        (tokens.len() - 1) as f64 / decode_s
+    } else {
+        0.0
+    };
     Ok(GenerationResult {
         prompt_tokens: prompt_ids.to_vec(),
         tokens,
@@ -168,4 +209,23 @@ pub async fn generate<P: Pipeline>(
         prefill_ms,
         decode_ms: decode_s * 1e3,
     })
+}
+
+/// [`generate`] with the text streamed to stdout as it forms, ending with a newline.
+pub async fn generate_to_stdout<P: Pipeline>(
+    head: &Head,
+    tokenizer: &TextTokenizer,
+    pipeline: &mut P,
+    prompt_ids: &[u32],
+    opts: &GenerateOptions,
+) -> Result<GenerationResult, GenerateError> {
+    use std::io::Write;
+    let mut stdout = std::io::stdout();
+    let result = generate(head, tokenizer, pipeline, prompt_ids, opts, |piece| {
+        let _ = stdout.write_all(piece.as_bytes());
+        let _ = stdout.flush();
+    })
+    .await?;
+    println!();
+    Ok(result)
 }

@@ -1,12 +1,10 @@
 //! `swarm-client generate --local`: every block in this process.
 
-use std::io::Write;
-
 use anyhow::{Context, Result};
-use sunswarm_models::{device, BackendKind, ChatMessage, Model, ModelSource, TextTokenizer};
+use sunswarm_models::{BackendKind, ChatMessage, Model, ModelSource, TextTokenizer, device};
 
 use crate::cli::GenerateArgs;
-use crate::generate::{generate, GenerateOptions, LocalPipeline};
+use crate::generate::{GenerateOptions, LocalPipeline, generate_to_stdout};
 
 /// Parses `0-9,10-19,...` (inclusive ranges) into half-open ranges that must tile `0..n_layers`.
 pub fn parse_split(spec: &str, n_layers: usize) -> Result<Vec<std::ops::Range<usize>>> {
@@ -16,13 +14,25 @@ pub fn parse_split(spec: &str, n_layers: usize) -> Result<Vec<std::ops::Range<us
         let (a, b) = part
             .split_once('-')
             .with_context(|| format!("split part {part:?} is not of the form A-B"))?;
-        let a: usize = a.trim().parse().with_context(|| format!("split part {part:?}: bad start"))?;
-        let b: usize = b.trim().parse().with_context(|| format!("split part {part:?}: bad end"))?;
-        anyhow::ensure!(a == next && b >= a, "split {spec:?} must cover blocks in order without gaps (expected a range starting at {next})");
+        let a: usize = a
+            .trim()
+            .parse()
+            .with_context(|| format!("split part {part:?}: bad start"))?;
+        let b: usize = b
+            .trim()
+            .parse()
+            .with_context(|| format!("split part {part:?}: bad end"))?;
+        anyhow::ensure!(
+            a == next && b >= a,
+            "split {spec:?} must cover blocks in order without gaps (expected a range starting at {next})"
+        );
         ranges.push(a..b + 1);
         next = b + 1;
     }
-    anyhow::ensure!(next == n_layers, "split {spec:?} covers {next} blocks, the model has {n_layers}");
+    anyhow::ensure!(
+        next == n_layers,
+        "split {spec:?} covers {next} blocks, the model has {n_layers}"
+    );
     Ok(ranges)
 }
 
@@ -30,7 +40,13 @@ pub fn parse_split(spec: &str, n_layers: usize) -> Result<Vec<std::ops::Range<us
 pub fn prompt_ids(tokenizer: &TextTokenizer, prompt: &str, chat: bool) -> Result<Vec<u32>> {
     anyhow::ensure!(!prompt.is_empty(), "the prompt is empty");
     let text = if chat {
-        tokenizer.render_chat(&[ChatMessage { role: "user".into(), content: prompt.into() }], true)?
+        tokenizer.render_chat(
+            &[ChatMessage {
+                role: "user".into(),
+                content: prompt.into(),
+            }],
+            true,
+        )?
     } else {
         prompt.to_string()
     };
@@ -62,16 +78,13 @@ pub async fn run(args: &GenerateArgs) -> Result<()> {
     let tokenizer = model.tokenizer()?;
     let ids = prompt_ids(&tokenizer, &args.prompt, args.chat)?;
     let head = model.load_head(&dev)?;
-    let stages = ranges.iter().map(|r| model.load_blocks(r.clone(), &dev)).collect::<Result<Vec<_>, _>>()?;
+    let stages = ranges
+        .iter()
+        .map(|r| model.load_blocks(r.clone(), &dev))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut pipeline = LocalPipeline::new(stages);
     let opts = options(args);
-    let mut stdout = std::io::stdout();
-    let result = generate(&head, &tokenizer, &mut pipeline, &ids, &opts, |piece| {
-        let _ = stdout.write_all(piece.as_bytes());
-        let _ = stdout.flush();
-    })
-    .await?;
-    println!();
+    let result = generate_to_stdout(&head, &tokenizer, &mut pipeline, &ids, &opts).await?;
     if args.json {
         println!("{}", serde_json::to_string(&result)?);
     }
@@ -84,7 +97,10 @@ mod tests {
 
     #[test]
     fn split_must_tile_the_model() {
-        assert_eq!(parse_split("0-9,10-19,20-29", 30).unwrap(), vec![0..10, 10..20, 20..30]);
+        assert_eq!(
+            parse_split("0-9,10-19,20-29", 30).unwrap(),
+            vec![0..10, 10..20, 20..30]
+        );
         assert!(parse_split("0-9,11-29", 30).is_err());
         assert!(parse_split("0-9,10-19", 30).is_err());
         assert!(parse_split("0-9,x-29", 30).is_err());

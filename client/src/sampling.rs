@@ -1,6 +1,8 @@
 //! Token sampling: greedy argmax, or temperature with nucleus (top-p) truncation drawn from a
 //! seeded generator, so that a seed reproduces a generation exactly.
 
+use sunswarm_models::rng::SplitMix64;
+
 pub struct Sampler {
     temperature: f32,
     top_p: f32,
@@ -9,7 +11,11 @@ pub struct Sampler {
 
 impl Sampler {
     pub fn new(temperature: f32, top_p: f32, seed: u64) -> Self {
-        Self { temperature, top_p, rng: SplitMix64(seed) }
+        Self {
+            temperature,
+            top_p,
+            rng: SplitMix64(seed),
+        }
     }
 
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
@@ -60,22 +66,6 @@ pub fn argmax(logits: &[f32]) -> u32 {
     best as u32
 }
 
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -103,8 +93,14 @@ mod tests {
         let ones = (0..n).filter(|_| s.sample(&logits) == 1).count() as f64 / n as f64;
         // Binomial sd = sqrt(.75*.25/n) ~ 0.003; 5 sd leaves a false-alarm rate below 1e-6.
         assert!((ones - 0.75).abs() < 0.016, "{ones}");
-        let a: Vec<u32> = { let mut s = Sampler::new(1.0, 1.0, 9); (0..50).map(|_| s.sample(&logits)).collect() };
-        let b: Vec<u32> = { let mut s = Sampler::new(1.0, 1.0, 9); (0..50).map(|_| s.sample(&logits)).collect() };
+        let a: Vec<u32> = {
+            let mut s = Sampler::new(1.0, 1.0, 9);
+            (0..50).map(|_| s.sample(&logits)).collect()
+        };
+        let b: Vec<u32> = {
+            let mut s = Sampler::new(1.0, 1.0, 9);
+            (0..50).map(|_| s.sample(&logits)).collect()
+        };
         assert_eq!(a, b);
     }
 }

@@ -16,6 +16,7 @@ pub mod gguf;
 pub mod llama;
 pub mod model;
 pub mod quant;
+pub mod rng;
 pub mod rope;
 pub mod source;
 pub mod tokenizer;
@@ -23,7 +24,7 @@ pub(crate) mod weights;
 
 use std::path::{Path, PathBuf};
 
-pub use backend::{device, BackendKind};
+pub use backend::{BackendKind, device};
 pub use burn::tensor::Device;
 pub use config::LlamaConfig;
 pub use llama::{BlockRange, Head, HiddenStates, KvCache};
@@ -52,13 +53,21 @@ pub enum ModelError {
     #[error("tensor {0} is missing from the model's weights")]
     MissingTensor(String),
     #[error("tensor {tensor} has shape {got:?}, expected {expected:?}")]
-    WrongShape { tensor: String, got: Vec<usize>, expected: Vec<usize> },
+    WrongShape {
+        tensor: String,
+        got: Vec<usize>,
+        expected: Vec<usize>,
+    },
     #[error("tensor {tensor} has unsupported type {dtype}")]
     UnsupportedDtype { tensor: String, dtype: String },
     #[error("bad weights: {0}")]
     BadWeights(String),
     #[error("block range {start}..{end} is not within the model's {n_layers} blocks")]
-    BlockRange { start: usize, end: usize, n_layers: usize },
+    BlockRange {
+        start: usize,
+        end: usize,
+        n_layers: usize,
+    },
     #[error("unknown model {0:?}: give an alias ({aliases}), a .gguf file, a Hugging Face folder, hf:OWNER/REPO, or random:SHAPE ({shapes})", aliases = source::ALIAS_NAMES.join(", "), shapes = config::LlamaConfig::RANDOM_SHAPES.join(", "))]
     UnknownModel(String),
     #[error("download of {what} failed: {why}")]
@@ -78,7 +87,10 @@ impl ModelError {
         if source.kind() == std::io::ErrorKind::NotFound {
             ModelError::MissingFile(path.to_path_buf())
         } else {
-            ModelError::Io { path: path.to_path_buf(), source }
+            ModelError::Io {
+                path: path.to_path_buf(),
+                source,
+            }
         }
     }
 }

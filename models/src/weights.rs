@@ -11,9 +11,10 @@ use std::path::{Path, PathBuf};
 use memmap2::Mmap;
 use safetensors::SafeTensors;
 
+use crate::ModelError;
 use crate::config::LlamaConfig;
 use crate::gguf::GgufFile;
-use crate::ModelError;
+use crate::rng::SplitMix64;
 
 /// A tensor as f32 values, row-major, with its shape.
 pub(crate) struct F32Tensor {
@@ -56,13 +57,21 @@ impl WeightSource for GgufWeights {
 
 /// Undoes the row permutation that GGUF converters apply to Q and K: within each head, GGUF row
 /// `2i + j` holds Hugging Face row `j * half + i`.
-pub(crate) fn unpermute_rows(data: &[f32], shape: &[usize], n_heads: usize) -> Result<Vec<f32>, ModelError> {
+pub(crate) fn unpermute_rows(
+    data: &[f32],
+    shape: &[usize],
+    n_heads: usize,
+) -> Result<Vec<f32>, ModelError> {
     let [rows, cols] = shape else {
-        return Err(ModelError::BadWeights(format!("Q/K projection has shape {shape:?}, expected 2 dimensions")));
+        return Err(ModelError::BadWeights(format!(
+            "Q/K projection has shape {shape:?}, expected 2 dimensions"
+        )));
     };
     let (rows, cols) = (*rows, *cols);
     if n_heads == 0 || rows % n_heads != 0 || (rows / n_heads) % 2 != 0 {
-        return Err(ModelError::BadWeights(format!("Q/K projection of {rows} rows cannot split into {n_heads} heads")));
+        return Err(ModelError::BadWeights(format!(
+            "Q/K projection of {rows} rows cannot split into {n_heads} heads"
+        )));
     }
     let head_dim = rows / n_heads;
     let half = head_dim / 2;
@@ -72,7 +81,8 @@ pub(crate) fn unpermute_rows(data: &[f32], shape: &[usize], n_heads: usize) -> R
             for j in 0..2 {
                 let src = h * head_dim + 2 * i + j;
                 let dst = h * head_dim + j * half + i;
-                out[dst * cols..(dst + 1) * cols].copy_from_slice(&data[src * cols..(src + 1) * cols]);
+                out[dst * cols..(dst + 1) * cols]
+                    .copy_from_slice(&data[src * cols..(src + 1) * cols]);
             }
         }
     }
@@ -121,13 +131,20 @@ impl SafetensorsWeights {
         let files: Vec<PathBuf> = if single.exists() {
             vec![single]
         } else if index_path.exists() {
-            let text = std::fs::read_to_string(&index_path).map_err(|e| ModelError::io(&index_path, e))?;
+            let text =
+                std::fs::read_to_string(&index_path).map_err(|e| ModelError::io(&index_path, e))?;
             let v: serde_json::Value = serde_json::from_str(&text)
                 .map_err(|e| ModelError::BadWeights(format!("{}: {e}", index_path.display())))?;
-            let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| {
-                ModelError::BadWeights(format!("{}: no weight_map", index_path.display()))
-            })?;
-            let mut names: Vec<String> = map.values().filter_map(|f| f.as_str().map(String::from)).collect();
+            let map = v
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| {
+                    ModelError::BadWeights(format!("{}: no weight_map", index_path.display()))
+                })?;
+            let mut names: Vec<String> = map
+                .values()
+                .filter_map(|f| f.as_str().map(String::from))
+                .collect();
             names.sort();
             names.dedup();
             names.into_iter().map(|n| dir.join(n)).collect()
@@ -155,19 +172,42 @@ impl SafetensorsWeights {
 impl WeightSource for SafetensorsWeights {
     fn load(&self, name: &str) -> Result<F32Tensor, ModelError> {
         let hf = hf_name(name).ok_or_else(|| ModelError::MissingTensor(name.to_string()))?;
-        let &shard = self.index.get(&hf).ok_or_else(|| ModelError::MissingTensor(hf.clone()))?;
+        let &shard = self
+            .index
+            .get(&hf)
+            .ok_or_else(|| ModelError::MissingTensor(hf.clone()))?;
         let (path, mmap) = &self.shards[shard];
-        let st = SafeTensors::deserialize(mmap).map_err(|e| ModelError::BadWeights(format!("{}: {e}", path.display())))?;
-        let view = st.tensor(&hf).map_err(|e| ModelError::BadWeights(format!("{hf}: {e}")))?;
+        let st = SafeTensors::deserialize(mmap)
+            .map_err(|e| ModelError::BadWeights(format!("{}: {e}", path.display())))?;
+        let view = st
+            .tensor(&hf)
+            .map_err(|e| ModelError::BadWeights(format!("{hf}: {e}")))?;
         let bytes = view.data();
         use safetensors::Dtype;
         let data: Vec<f32> = match view.dtype() {
-            Dtype::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
-            Dtype::F16 => bytes.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-            Dtype::BF16 => bytes.chunks_exact(2).map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32()).collect(),
-            other => return Err(ModelError::UnsupportedDtype { tensor: hf, dtype: format!("{other:?}") }),
+            Dtype::F32 => bytes
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
+            Dtype::F16 => bytes
+                .chunks_exact(2)
+                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            Dtype::BF16 => bytes
+                .chunks_exact(2)
+                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+                .collect(),
+            other => {
+                return Err(ModelError::UnsupportedDtype {
+                    tensor: hf,
+                    dtype: format!("{other:?}"),
+                });
+            }
         };
-        Ok(F32Tensor { data, shape: view.shape().to_vec() })
+        Ok(F32Tensor {
+            data,
+            shape: view.shape().to_vec(),
+        })
     }
 
     fn has(&self, name: &str) -> bool {
@@ -211,12 +251,16 @@ impl RandomWeights {
 
 impl WeightSource for RandomWeights {
     fn load(&self, name: &str) -> Result<F32Tensor, ModelError> {
-        let shape = self.shape_of(name).ok_or_else(|| ModelError::MissingTensor(name.to_string()))?;
+        let shape = self
+            .shape_of(name)
+            .ok_or_else(|| ModelError::MissingTensor(name.to_string()))?;
         let n: usize = shape.iter().product();
         let mut key = blake3::Hasher::new();
         key.update(&self.seed.to_le_bytes());
         key.update(name.as_bytes());
-        let mut rng = SplitMix64(u64::from_le_bytes(key.finalize().as_bytes()[..8].try_into().expect("8 bytes")));
+        let mut rng = SplitMix64(u64::from_le_bytes(
+            key.finalize().as_bytes()[..8].try_into().expect("8 bytes"),
+        ));
         let data: Vec<f32> = if shape.len() == 1 {
             // Norm gains near 1, as in trained models.
             (0..n).map(|_| 1.0 + 0.1 * rng.uniform_pm1()).collect()
@@ -224,7 +268,11 @@ impl WeightSource for RandomWeights {
             // Uniform with variance 1/fan_in keeps activations at unit scale through the blocks;
             // embeddings get unit variance so that the first norm sees typical inputs.
             let fan_in = shape[1] as f32;
-            let scale = if name == "token_embd.weight" { 3f32.sqrt() } else { (3.0 / fan_in).sqrt() };
+            let scale = if name == "token_embd.weight" {
+                3f32.sqrt()
+            } else {
+                (3.0 / fan_in).sqrt()
+            };
             (0..n).map(|_| scale * rng.uniform_pm1()).collect()
         };
         Ok(F32Tensor { data, shape })
@@ -232,23 +280,6 @@ impl WeightSource for RandomWeights {
 
     fn has(&self, name: &str) -> bool {
         self.shape_of(name).is_some()
-    }
-}
-
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [-1, 1).
-    fn uniform_pm1(&mut self) -> f32 {
-        ((self.next() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
     }
 }
 
@@ -268,7 +299,8 @@ mod tests {
                 for i in 0..hd / 2 {
                     let src = h * hd + j * (hd / 2) + i;
                     let dst = h * hd + 2 * i + j;
-                    gguf[dst * cols..(dst + 1) * cols].copy_from_slice(&hf[src * cols..(src + 1) * cols]);
+                    gguf[dst * cols..(dst + 1) * cols]
+                        .copy_from_slice(&hf[src * cols..(src + 1) * cols]);
                 }
             }
         }
@@ -280,21 +312,39 @@ mod tests {
 
     #[test]
     fn hf_names_cover_every_block_tensor() {
-        assert_eq!(hf_name("blk.12.ffn_down.weight").unwrap(), "model.layers.12.mlp.down_proj.weight");
-        assert_eq!(hf_name("token_embd.weight").unwrap(), "model.embed_tokens.weight");
+        assert_eq!(
+            hf_name("blk.12.ffn_down.weight").unwrap(),
+            "model.layers.12.mlp.down_proj.weight"
+        );
+        assert_eq!(
+            hf_name("token_embd.weight").unwrap(),
+            "model.embed_tokens.weight"
+        );
         assert!(hf_name("blk.1.unknown.weight").is_none());
     }
 
     #[test]
     fn random_weights_depend_on_seed_and_name_only() {
         let cfg = LlamaConfig::random_shape("tiny").unwrap();
-        let a = RandomWeights { cfg: cfg.clone(), seed: 1 };
-        let b = RandomWeights { cfg: cfg.clone(), seed: 1 };
+        let a = RandomWeights {
+            cfg: cfg.clone(),
+            seed: 1,
+        };
+        let b = RandomWeights {
+            cfg: cfg.clone(),
+            seed: 1,
+        };
         let c = RandomWeights { cfg, seed: 2 };
         let name = "blk.2.attn_q.weight";
         assert_eq!(a.load(name).unwrap().data, b.load(name).unwrap().data);
         assert_ne!(a.load(name).unwrap().data, c.load(name).unwrap().data);
-        assert_ne!(a.load(name).unwrap().data, a.load("blk.3.attn_q.weight").unwrap().data);
-        assert!(matches!(a.load("blk.99.attn_q.weight"), Err(ModelError::MissingTensor(_))));
+        assert_ne!(
+            a.load(name).unwrap().data,
+            a.load("blk.3.attn_q.weight").unwrap().data
+        );
+        assert!(matches!(
+            a.load("blk.99.attn_q.weight"),
+            Err(ModelError::MissingTensor(_))
+        ));
     }
 }

@@ -7,7 +7,6 @@ pub mod discovery;
 pub mod route;
 pub mod session;
 
-use std::io::Write;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
@@ -21,7 +20,7 @@ use sunswarm_protocol::{Announcement, DType, Hop, ModelDigest, dht};
 use tokio::task::JoinHandle;
 
 use crate::cli::GenerateArgs;
-use crate::generate::{GenerationResult, generate};
+use crate::generate::{GenerationResult, generate_to_stdout};
 use crate::local::{options, prompt_ids};
 pub use session::{ForwardTiming, SessionError, SwarmSession};
 
@@ -32,7 +31,9 @@ pub fn parse_policy(s: &str) -> Result<PolicyKind> {
         "long-term" | "longterm" => PolicyKind::LongTerm,
         "adaptive" => PolicyKind::Adaptive,
         "lookahead" => PolicyKind::Lookahead,
-        other => anyhow::bail!("unknown --policy {other:?}: expected uniform, long-term, adaptive or lookahead"),
+        other => anyhow::bail!(
+            "unknown --policy {other:?}: expected uniform, long-term, adaptive or lookahead"
+        ),
     })
 }
 
@@ -50,12 +51,26 @@ pub struct SwarmClient {
 impl SwarmClient {
     /// Dials the bootstrap peers and waits until the DHT knows one of them.
     pub async fn connect(bootstrap: Vec<Multiaddr>, deadline: Duration) -> Result<Self> {
-        anyhow::ensure!(!bootstrap.is_empty(), "swarm mode needs --bootstrap MULTIADDR (or pass --local)");
-        let cfg = NetConfig { listen: Vec::new(), bootstrap, dht_server: false, ..NetConfig::default() };
+        anyhow::ensure!(
+            !bootstrap.is_empty(),
+            "swarm mode needs --bootstrap MULTIADDR (or pass --local)"
+        );
+        let cfg = NetConfig {
+            listen: Vec::new(),
+            bootstrap,
+            dht_server: false,
+            ..NetConfig::default()
+        };
         let (net, ev) = net::new(cfg)?;
         let event_loop = tokio::spawn(ev.run());
-        net.wait_ready(true, deadline).await.context("joining the swarm")?;
-        Ok(SwarmClient { net, event_loop, followed: Default::default() })
+        net.wait_ready(true, deadline)
+            .await
+            .context("joining the swarm")?;
+        Ok(SwarmClient {
+            net,
+            event_loop,
+            followed: Default::default(),
+        })
     }
 
     pub fn network(&self) -> &Network {
@@ -65,7 +80,11 @@ impl SwarmClient {
     /// Subscribes to a model's energy gossip so later discoveries see fresh state (the DHT
     /// may return a copy of an announcement a few refreshes old; gossip carries the latest).
     pub async fn follow(&self, model_id: &ModelDigest) -> Result<()> {
-        let new = self.followed.lock().map(|mut f| f.insert(*model_id)).unwrap_or(true);
+        let new = self
+            .followed
+            .lock()
+            .map(|mut f| f.insert(*model_id))
+            .unwrap_or(true);
         if new {
             self.net.subscribe(dht::energy_topic(model_id)).await?;
         }
@@ -73,7 +92,11 @@ impl SwarmClient {
     }
 
     /// The live announcements of this model (this model id and block count, not expired).
-    pub async fn discover(&self, model_id: &ModelDigest, n_layers: u32) -> Result<Vec<Announcement>> {
+    pub async fn discover(
+        &self,
+        model_id: &ModelDigest,
+        n_layers: u32,
+    ) -> Result<Vec<Announcement>> {
         self.follow(model_id).await?;
         // Liveness is judged at the start of the lookup: a lookup on a loaded machine can take
         // seconds, and an announcement that was live when asked for is still a fair route.
@@ -85,7 +108,13 @@ impl SwarmClient {
     /// Discovers and chooses a route. The DHT is eventually consistent (a lookup on a loaded
     /// machine can miss a peer or return an old copy of its announcement), so a lookup that
     /// leaves a range uncovered is repeated for up to [`ROUTE_DEADLINE`] before giving up.
-    pub async fn choose_route(&self, model_id: &ModelDigest, n_layers: u32, policy: &dyn Policy, avoid: &[Vec<u8>]) -> Result<Vec<Hop>> {
+    pub async fn choose_route(
+        &self,
+        model_id: &ModelDigest,
+        n_layers: u32,
+        policy: &dyn Policy,
+        avoid: &[Vec<u8>],
+    ) -> Result<Vec<Hop>> {
         let until = Instant::now() + ROUTE_DEADLINE;
         loop {
             let mut anns = self.discover(model_id, n_layers).await?;
@@ -94,7 +123,11 @@ impl SwarmClient {
                 Ok(idx) => {
                     return Ok(idx
                         .into_iter()
-                        .map(|i| Hop { peer_id: anns[i].peer_id.clone(), addrs: anns[i].addrs.clone(), blocks: anns[i].blocks })
+                        .map(|i| Hop {
+                            peer_id: anns[i].peer_id.clone(),
+                            addrs: anns[i].addrs.clone(),
+                            blocks: anns[i].blocks,
+                        })
                         .collect());
                 }
                 Err(e) if Instant::now() >= until => return Err(e.into()),
@@ -105,11 +138,23 @@ impl SwarmClient {
     }
 
     /// Polls discovery until the live ranges cover the model (or the deadline passes).
-    pub async fn wait_for_coverage(&self, model_id: &ModelDigest, n_layers: u32, want_peers: usize, deadline: Duration) -> Result<Vec<Announcement>> {
+    pub async fn wait_for_coverage(
+        &self,
+        model_id: &ModelDigest,
+        n_layers: u32,
+        want_peers: usize,
+        deadline: Duration,
+    ) -> Result<Vec<Announcement>> {
         let until = Instant::now() + deadline;
         loop {
             let anns = self.discover(model_id, n_layers).await?;
-            let covered = route::plan(&anns, n_layers, &sunswarm_energy::policy::Uniform, &mut rand::rng()).is_ok();
+            let covered = route::plan(
+                &anns,
+                n_layers,
+                &sunswarm_energy::policy::Uniform,
+                &mut rand::rng(),
+            )
+            .is_ok();
             if covered && anns.len() >= want_peers {
                 return Ok(anns);
             }
@@ -170,10 +215,22 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// Summarises a session's per-forward timings (decode steps only: one token each).
 pub fn summarise(timings: &[ForwardTiming], hops: usize) -> (f64, f64, Vec<f64>) {
-    let decode: Vec<&ForwardTiming> = timings.iter().filter(|t| t.n_tokens == 1 && t.hops.len() == hops).collect();
+    let decode: Vec<&ForwardTiming> = timings
+        .iter()
+        .filter(|t| t.n_tokens == 1 && t.hops.len() == hops)
+        .collect();
     let rtt = median(decode.iter().map(|t| t.rtt_us as f64).collect());
     let over = median(decode.iter().map(|t| t.overhead_per_hop_us()).collect());
-    let per_hop = (0..hops).map(|h| median(decode.iter().map(|t| f64::from(t.hops[h].compute_us)).collect())).collect();
+    let per_hop = (0..hops)
+        .map(|h| {
+            median(
+                decode
+                    .iter()
+                    .map(|t| f64::from(t.hops[h].compute_us))
+                    .collect(),
+            )
+        })
+        .collect();
     (rtt, over, per_hop)
 }
 
@@ -183,7 +240,10 @@ pub async fn generate_via_swarm(args: &GenerateArgs) -> Result<()> {
     let bootstrap = args
         .bootstrap
         .iter()
-        .map(|s| s.parse::<Multiaddr>().with_context(|| format!("--bootstrap {s:?} is not a multiaddr")))
+        .map(|s| {
+            s.parse::<Multiaddr>()
+                .with_context(|| format!("--bootstrap {s:?} is not a multiaddr"))
+        })
         .collect::<Result<Vec<_>>>()?;
     let backend: BackendKind = args.backend.parse()?;
     let dev = device(backend)?;
@@ -204,10 +264,20 @@ pub async fn generate_via_swarm(args: &GenerateArgs) -> Result<()> {
     let mut avoid: Vec<Vec<u8>> = Vec::new();
     let (mut session, discover_ms, open_ms) = loop {
         let t = Instant::now();
-        let route = client.choose_route(&model_id, n_layers, policy.as_ref(), &avoid).await?;
+        let route = client
+            .choose_route(&model_id, n_layers, policy.as_ref(), &avoid)
+            .await?;
         let discover_ms = t.elapsed().as_secs_f64() * 1e3;
         let t = Instant::now();
-        match SwarmSession::open(client.network(), model_id, route.clone(), DType::F32, max_tokens).await {
+        match SwarmSession::open(
+            client.network(),
+            model_id,
+            route.clone(),
+            DType::F32,
+            max_tokens,
+        )
+        .await
+        {
             Ok(s) => break (s, discover_ms, t.elapsed().as_secs_f64() * 1e3),
             // A refusing or unreachable peer is avoided and the route chosen again, a few times.
             Err(e) if avoid.len() < 3 => {
@@ -222,18 +292,14 @@ pub async fn generate_via_swarm(args: &GenerateArgs) -> Result<()> {
         }
     };
     let opts = options(args);
-    let mut stdout = std::io::stdout();
-    let result = generate(&head, &tokenizer, &mut session, &ids, &opts, |piece| {
-        let _ = stdout.write_all(piece.as_bytes());
-        let _ = stdout.flush();
-    })
-    .await?;
-    println!();
+    let result = generate_to_stdout(&head, &tokenizer, &mut session, &ids, &opts).await?;
     let route: Vec<RouteEntry> = session
         .route()
         .iter()
         .map(|h| RouteEntry {
-            peer: PeerId::from_bytes(&h.peer_id).map(|p| p.to_string()).unwrap_or_default(),
+            peer: PeerId::from_bytes(&h.peer_id)
+                .map(|p| p.to_string())
+                .unwrap_or_default(),
             blocks: [h.blocks.start, h.blocks.end],
         })
         .collect();
@@ -255,7 +321,10 @@ pub async fn generate_via_swarm(args: &GenerateArgs) -> Result<()> {
         };
         println!("{}", serde_json::to_string(&out)?);
     } else {
-        let hops: Vec<String> = route.iter().map(|r| format!("{}..{} @ {}", r.blocks[0], r.blocks[1], r.peer)).collect();
+        let hops: Vec<String> = route
+            .iter()
+            .map(|r| format!("{}..{} @ {}", r.blocks[0], r.blocks[1], r.peer))
+            .collect();
         eprintln!("route: {}", hops.join(" -> "));
     }
     Ok(())
