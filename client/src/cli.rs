@@ -3,7 +3,11 @@
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "swarm-client", version, about = "Generate text with a Sunswarm swarm, or locally")]
+#[command(
+    name = "swarm-client",
+    version,
+    about = "Generate text with a Sunswarm swarm, or locally"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

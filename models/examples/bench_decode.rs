@@ -5,7 +5,7 @@
 
 use std::time::Instant;
 
-use sunswarm_models::{device, BackendKind, Model, ModelSource};
+use sunswarm_models::{BackendKind, Model, ModelSource, device};
 
 const PROMPT_TOKENS: usize = 128;
 const DECODE_TOKENS: usize = 128;
@@ -21,7 +21,9 @@ fn main() -> anyhow::Result<()> {
     let blocks = model.load_blocks(0..model.config().n_layers, &dev)?;
     let vocab = model.config().vocab_size as u32;
     // A fixed, text-free prompt: ids spread over the vocabulary.
-    let prompt: Vec<u32> = (0..PROMPT_TOKENS as u32).map(|i| (i * 7919 + 13) % vocab).collect();
+    let prompt: Vec<u32> = (0..PROMPT_TOKENS as u32)
+        .map(|i| (i * 7919 + 13) % vocab)
+        .collect();
     let mut prefill = Vec::new();
     let mut decode = Vec::new();
     for _ in 0..reps {
@@ -32,7 +34,11 @@ fn main() -> anyhow::Result<()> {
         prefill.push(PROMPT_TOKENS as f64 / t0.elapsed().as_secs_f64());
         let t1 = Instant::now();
         for _ in 0..DECODE_TOKENS {
-            let id = logits.iter().enumerate().fold(0, |b, (i, &v)| if v > logits[b] { i } else { b }) as u32;
+            let id = logits
+                .iter()
+                .enumerate()
+                .fold(0, |b, (i, &v)| if v > logits[b] { i } else { b })
+                as u32;
             let h = blocks.forward(&mut cache, &head.embed(&[id])?)?;
             logits = head.logits_last(&h)?;
         }

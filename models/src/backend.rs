@@ -8,7 +8,9 @@ use burn::tensor::Device;
 
 use crate::ModelError;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendKind {
     #[default]
@@ -62,24 +64,40 @@ fn wgpu_device() -> Result<Device, ModelError> {
     });
     match probe {
         Ok((dev, sum)) if sum == 3.0 => Ok(dev),
-        Ok((_, sum)) => Err(ModelError::BackendUnavailable { backend: "wgpu".into(), why: format!("self-test gave {sum}, expected 3") }),
-        Err(_) => Err(ModelError::BackendUnavailable { backend: "wgpu".into(), why: "no usable GPU adapter (install a Vulkan driver, e.g. mesa-vulkan-drivers)".into() }),
+        Ok((_, sum)) => Err(ModelError::BackendUnavailable {
+            backend: "wgpu".into(),
+            why: format!("self-test gave {sum}, expected 3"),
+        }),
+        Err(_) => Err(ModelError::BackendUnavailable {
+            backend: "wgpu".into(),
+            why: "no usable GPU adapter (install a Vulkan driver, e.g. mesa-vulkan-drivers)".into(),
+        }),
     }
 }
 
 #[cfg(not(feature = "wgpu"))]
 fn wgpu_device() -> Result<Device, ModelError> {
-    Err(ModelError::BackendUnavailable { backend: "wgpu".into(), why: "this build has no wgpu support (rebuild with --features wgpu)".into() })
+    Err(ModelError::BackendUnavailable {
+        backend: "wgpu".into(),
+        why: "this build has no wgpu support (rebuild with --features wgpu)".into(),
+    })
 }
 
 #[cfg(feature = "cuda")]
 fn cuda_device() -> Result<Device, ModelError> {
     // Picking a CUDA device without a driver panics inside burn: probe for the library first.
-    let has_driver = ["/usr/lib/x86_64-linux-gnu/libcuda.so.1", "/usr/lib64/libcuda.so.1", "/usr/local/nvidia/lib64/libcuda.so.1"]
-        .iter()
-        .any(|p| std::path::Path::new(p).exists());
+    let has_driver = [
+        "/usr/lib/x86_64-linux-gnu/libcuda.so.1",
+        "/usr/lib64/libcuda.so.1",
+        "/usr/local/nvidia/lib64/libcuda.so.1",
+    ]
+    .iter()
+    .any(|p| std::path::Path::new(p).exists());
     if !has_driver {
-        return Err(ModelError::BackendUnavailable { backend: "cuda".into(), why: "libcuda.so.1 not found (no NVIDIA driver)".into() });
+        return Err(ModelError::BackendUnavailable {
+            backend: "cuda".into(),
+            why: "libcuda.so.1 not found (no NVIDIA driver)".into(),
+        });
     }
     Ok(Device::cuda(0))
 }

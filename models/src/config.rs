@@ -58,20 +58,32 @@ impl LlamaConfig {
         if self.n_heads % self.n_kv_heads != 0 {
             return bad(
                 "n_kv_heads",
-                format!("{} query heads are not a multiple of {} KV heads", self.n_heads, self.n_kv_heads),
+                format!(
+                    "{} query heads are not a multiple of {} KV heads",
+                    self.n_heads, self.n_kv_heads
+                ),
             );
         }
         if self.head_dim % 2 != 0 || self.rope_dim % 2 != 0 || self.rope_dim > self.head_dim {
             return bad(
                 "rope_dim",
-                format!("rope_dim {} must be even and at most head_dim {} (even)", self.rope_dim, self.head_dim),
+                format!(
+                    "rope_dim {} must be even and at most head_dim {} (even)",
+                    self.rope_dim, self.head_dim
+                ),
             );
         }
         if !(self.rope_theta.is_finite() && self.rope_theta > 0.0) {
-            return bad("rope_theta", format!("{} is not a positive number", self.rope_theta));
+            return bad(
+                "rope_theta",
+                format!("{} is not a positive number", self.rope_theta),
+            );
         }
         if !(self.rms_norm_eps.is_finite() && self.rms_norm_eps > 0.0) {
-            return bad("rms_norm_eps", format!("{} is not a positive number", self.rms_norm_eps));
+            return bad(
+                "rms_norm_eps",
+                format!("{} is not a positive number", self.rms_norm_eps),
+            );
         }
         Ok(())
     }
@@ -87,7 +99,10 @@ impl LlamaConfig {
     /// Parameters of one transformer block (norms included).
     pub fn block_params(&self) -> usize {
         let d = self.hidden_size;
-        d * (self.q_dim() + 2 * self.kv_dim()) + self.q_dim() * d + 3 * d * self.intermediate_size + 2 * d
+        d * (self.q_dim() + 2 * self.kv_dim())
+            + self.q_dim() * d
+            + 3 * d * self.intermediate_size
+            + 2 * d
     }
 
     /// Named shapes for `random:SHAPE` models.
@@ -128,7 +143,8 @@ impl LlamaConfig {
         }
     }
 
-    pub const RANDOM_SHAPES: &'static [&'static str] = &["tiny", "smollm2-135m", "llama-3.2-1b", "llama-3-8b"];
+    pub const RANDOM_SHAPES: &'static [&'static str] =
+        &["tiny", "smollm2-135m", "llama-3.2-1b", "llama-3-8b"];
 
     /// Reads a Hugging Face `config.json` (LlamaForCausalLM and compatible).
     pub fn from_hf_json(text: &str) -> Result<LlamaConfig, ModelError> {
@@ -151,10 +167,16 @@ impl LlamaConfig {
             field: "config.json",
             why: e.to_string(),
         })?;
-        let head_dim = hf.head_dim.unwrap_or(hf.hidden_size / hf.num_attention_heads.max(1));
+        let head_dim = hf
+            .head_dim
+            .unwrap_or(hf.hidden_size / hf.num_attention_heads.max(1));
         let rope_scaling = match hf.rope_scaling {
             Some(v) if !v.is_null() => {
-                let kind = v.get("rope_type").or_else(|| v.get("type")).and_then(|t| t.as_str()).unwrap_or("");
+                let kind = v
+                    .get("rope_type")
+                    .or_else(|| v.get("type"))
+                    .and_then(|t| t.as_str())
+                    .unwrap_or("");
                 if kind != "llama3" {
                     return Err(ModelError::InvalidConfig {
                         field: "rope_scaling",
@@ -166,7 +188,9 @@ impl LlamaConfig {
                     factor: num("factor").unwrap_or(8.0),
                     low_freq_factor: num("low_freq_factor").unwrap_or(1.0),
                     high_freq_factor: num("high_freq_factor").unwrap_or(4.0),
-                    original_max_position_embeddings: num("original_max_position_embeddings").unwrap_or(8192.0) as usize,
+                    original_max_position_embeddings: num("original_max_position_embeddings")
+                        .unwrap_or(8192.0)
+                        as usize,
                 })
             }
             _ => None,

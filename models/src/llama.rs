@@ -12,9 +12,9 @@ use std::sync::Arc;
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
+use crate::ModelError;
 use crate::config::LlamaConfig;
 use crate::rope::RopeTables;
-use crate::ModelError;
 
 /// Hidden states of a run of consecutive tokens, row-major `[n_tokens, dim]`: the currency passed
 /// between block ranges, over the wire as well as in one process.
@@ -37,17 +37,30 @@ impl HiddenStates {
                 data.len()
             )));
         }
-        Ok(Self { n_tokens, dim, data })
+        Ok(Self {
+            n_tokens,
+            dim,
+            data,
+        })
     }
 
     fn to_tensor(&self, device: &Device) -> Tensor<3> {
-        Tensor::from_data(TensorData::new(self.data.clone(), [1, self.n_tokens, self.dim]), device)
+        Tensor::from_data(
+            TensorData::new(self.data.clone(), [1, self.n_tokens, self.dim]),
+            device,
+        )
     }
 
     fn from_tensor(t: Tensor<3>) -> Result<Self, ModelError> {
         let [_, n_tokens, dim] = t.dims();
-        let data = t.try_into_vec_as::<f32>().map_err(|e| ModelError::Backend(format!("{e:?}")))?;
-        Ok(Self { n_tokens, dim, data })
+        let data = t
+            .try_into_vec_as::<f32>()
+            .map_err(|e| ModelError::Backend(format!("{e:?}")))?;
+        Ok(Self {
+            n_tokens,
+            dim,
+            data,
+        })
     }
 }
 
@@ -100,9 +113,20 @@ pub struct BlockRange {
 }
 
 impl BlockRange {
-    pub(crate) fn new(cfg: Arc<LlamaConfig>, range: Range<usize>, blocks: Vec<BlockWeights>, device: Device) -> Self {
+    pub(crate) fn new(
+        cfg: Arc<LlamaConfig>,
+        range: Range<usize>,
+        blocks: Vec<BlockWeights>,
+        device: Device,
+    ) -> Self {
         let rope = RopeTables::new(&cfg);
-        Self { cfg, range, blocks, rope, device }
+        Self {
+            cfg,
+            range,
+            blocks,
+            rope,
+            device,
+        }
     }
 
     pub fn range(&self) -> Range<usize> {
@@ -118,16 +142,30 @@ impl BlockRange {
     }
 
     pub fn new_cache(&self) -> KvCache {
-        KvCache { layers: (0..self.blocks.len()).map(|_| None).collect(), len: 0 }
+        KvCache {
+            layers: (0..self.blocks.len()).map(|_| None).collect(),
+            len: 0,
+        }
     }
 
     /// Runs the blocks over new tokens whose positions continue from `cache.len()`.
-    pub fn forward(&self, cache: &mut KvCache, input: &HiddenStates) -> Result<HiddenStates, ModelError> {
-        let x = self.forward_tensor(cache, self.check_input(cache, input)?.to_tensor(&self.device))?;
+    pub fn forward(
+        &self,
+        cache: &mut KvCache,
+        input: &HiddenStates,
+    ) -> Result<HiddenStates, ModelError> {
+        let x = self.forward_tensor(
+            cache,
+            self.check_input(cache, input)?.to_tensor(&self.device),
+        )?;
         HiddenStates::from_tensor(x)
     }
 
-    fn check_input<'a>(&self, cache: &KvCache, input: &'a HiddenStates) -> Result<&'a HiddenStates, ModelError> {
+    fn check_input<'a>(
+        &self,
+        cache: &KvCache,
+        input: &'a HiddenStates,
+    ) -> Result<&'a HiddenStates, ModelError> {
         if input.dim != self.cfg.hidden_size {
             return Err(ModelError::BadInput(format!(
                 "hidden states have dim {}, the model's hidden size is {}",
@@ -135,25 +173,43 @@ impl BlockRange {
             )));
         }
         if input.n_tokens == 0 || input.data.len() != input.n_tokens * input.dim {
-            return Err(ModelError::BadInput("hidden states are empty or of the wrong length".into()));
+            return Err(ModelError::BadInput(
+                "hidden states are empty or of the wrong length".into(),
+            ));
         }
         if cache.layers.len() != self.blocks.len() {
-            return Err(ModelError::BadInput("KV cache belongs to another block range".into()));
+            return Err(ModelError::BadInput(
+                "KV cache belongs to another block range".into(),
+            ));
         }
         if cache.len + input.n_tokens > self.cfg.max_seq_len {
-            return Err(ModelError::ContextFull { max: self.cfg.max_seq_len, needed: cache.len + input.n_tokens });
+            return Err(ModelError::ContextFull {
+                max: self.cfg.max_seq_len,
+                needed: cache.len + input.n_tokens,
+            });
         }
         if let Some(bad) = input.data.iter().find(|v| !v.is_finite()) {
-            return Err(ModelError::BadInput(format!("hidden states contain a non-finite value ({bad})")));
+            return Err(ModelError::BadInput(format!(
+                "hidden states contain a non-finite value ({bad})"
+            )));
         }
         Ok(input)
     }
 
-    pub(crate) fn forward_tensor(&self, cache: &mut KvCache, mut x: Tensor<3>) -> Result<Tensor<3>, ModelError> {
+    pub(crate) fn forward_tensor(
+        &self,
+        cache: &mut KvCache,
+        mut x: Tensor<3>,
+    ) -> Result<Tensor<3>, ModelError> {
         let [_, n, _] = x.dims();
         let start = cache.len;
         let (cos, sin) = self.rope.tables(start, n, &self.device);
-        let mask = causal_mask(start, n, self.cfg.n_heads / self.cfg.n_kv_heads, &self.device);
+        let mask = causal_mask(
+            start,
+            n,
+            self.cfg.n_heads / self.cfg.n_kv_heads,
+            &self.device,
+        );
         for (i, block) in self.blocks.iter().enumerate() {
             let _span = tracing::trace_span!("block", index = self.range.start + i).entered();
             x = self.block_forward(block, &mut cache.layers[i], x, &cos, &sin, mask.as_ref());
@@ -196,7 +252,9 @@ impl BlockRange {
         // Grouped-query attention without repeating K/V: the query heads that share a KV head are
         // stacked along the row axis, so one matmul per KV head serves the whole group.
         let q = q.reshape([1, nkv, group * n, hd]);
-        let mut scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(1.0 / (hd as f64).sqrt());
+        let mut scores = q
+            .matmul(k.swap_dims(2, 3))
+            .mul_scalar(1.0 / (hd as f64).sqrt());
         if let Some(mask) = mask {
             scores = scores.add(mask.clone());
         }
@@ -204,7 +262,10 @@ impl BlockRange {
         let attn = probs.matmul(v); // [1, nkv, group*n, hd]
         debug_assert_eq!(attn.dims(), [1, nkv, group * n, hd]);
         let _ = total;
-        let attn = attn.reshape([1, nh, n, hd]).swap_dims(1, 2).reshape([1, n, nh * hd]);
+        let attn = attn
+            .reshape([1, nh, n, hd])
+            .swap_dims(1, 2)
+            .reshape([1, n, nh * hd]);
         let x = x.add(linear(attn, &w.wo));
 
         let h = rms_norm(x.clone(), &w.ffn_norm, cfg.rms_norm_eps);
@@ -230,11 +291,18 @@ fn causal_mask(start: usize, n: usize, group: usize, device: &Device) -> Option<
     for _ in 0..group {
         for i in 0..n {
             for j in 0..total {
-                data.push(if j > start + i { f32::NEG_INFINITY } else { 0.0 });
+                data.push(if j > start + i {
+                    f32::NEG_INFINITY
+                } else {
+                    0.0
+                });
             }
         }
     }
-    Some(Tensor::from_data(TensorData::new(data, [1, 1, group * n, total]), device))
+    Some(Tensor::from_data(
+        TensorData::new(data, [1, 1, group * n, total]),
+        device,
+    ))
 }
 
 /// A linear layer's `[out, in]` weight, stored as row blocks. On the CPU a one-token product is
@@ -249,13 +317,26 @@ pub(crate) struct Linear {
 impl Linear {
     pub(crate) fn new(data: Vec<f32>, out: usize, inp: usize, device: &Device) -> Self {
         debug_assert_eq!(data.len(), out * inp);
-        let n_parts = if *device == Device::flex() { rayon::current_num_threads().clamp(1, 8) } else { 1 };
+        let n_parts = if *device == Device::flex() {
+            rayon::current_num_threads().clamp(1, 8)
+        } else {
+            1
+        };
         let rows_per_part = out.div_ceil(n_parts);
         let parts = data
             .chunks(rows_per_part * inp)
-            .map(|rows| Tensor::from_data(TensorData::new(rows.to_vec(), [rows.len() / inp, inp]), device))
+            .map(|rows| {
+                Tensor::from_data(
+                    TensorData::new(rows.to_vec(), [rows.len() / inp, inp]),
+                    device,
+                )
+            })
             .collect();
-        Self { parts, rows_per_part, out }
+        Self {
+            parts,
+            rows_per_part,
+            out,
+        }
     }
 
     /// `x @ w^T` for `[n, in]`. The products run in 2-D so that flex reads the transposed weight
@@ -266,13 +347,18 @@ impl Linear {
             return x.matmul(self.parts[0].clone().transpose());
         }
         use rayon::prelude::*;
-        let outs: Vec<Tensor<2>> = self.parts.par_iter().map(|p| x.clone().matmul(p.clone().transpose())).collect();
+        let outs: Vec<Tensor<2>> = self
+            .parts
+            .par_iter()
+            .map(|p| x.clone().matmul(p.clone().transpose()))
+            .collect();
         Tensor::cat(outs, 1)
     }
 
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let [b, n, k] = x.dims();
-        self.forward2(x.reshape([b * n, k])).reshape([b, n, self.out])
+        self.forward2(x.reshape([b * n, k]))
+            .reshape([b, n, self.out])
     }
 
     /// Rows `ids` of the weight, e.g. embeddings from a tied LM head.
@@ -280,7 +366,10 @@ impl Linear {
         let rows = ids
             .iter()
             .map(|&id| {
-                let (p, r) = (id as usize / self.rows_per_part, id as usize % self.rows_per_part);
+                let (p, r) = (
+                    id as usize / self.rows_per_part,
+                    id as usize % self.rows_per_part,
+                );
                 self.parts[p].clone().narrow(0, r, 1)
             })
             .collect();
@@ -293,7 +382,13 @@ fn linear(x: Tensor<3>, w: &Linear) -> Tensor<3> {
 }
 
 fn rms_norm(x: Tensor<3>, weight: &Tensor<1>, eps: f64) -> Tensor<3> {
-    let inv = x.clone().square().mean_dim(2).add_scalar(eps).sqrt().recip();
+    let inv = x
+        .clone()
+        .square()
+        .mean_dim(2)
+        .add_scalar(eps)
+        .sqrt()
+        .recip();
     x.mul(inv).mul(weight.clone().unsqueeze())
 }
 
@@ -308,8 +403,20 @@ pub struct Head {
 }
 
 impl Head {
-    pub(crate) fn new(cfg: Arc<LlamaConfig>, embedding: Option<Tensor<2>>, norm: Tensor<1>, lm_head: Linear, device: Device) -> Self {
-        Self { cfg, embedding, norm, lm_head, device }
+    pub(crate) fn new(
+        cfg: Arc<LlamaConfig>,
+        embedding: Option<Tensor<2>>,
+        norm: Tensor<1>,
+        lm_head: Linear,
+        device: Device,
+    ) -> Self {
+        Self {
+            cfg,
+            embedding,
+            norm,
+            lm_head,
+            device,
+        }
     }
 
     pub fn config(&self) -> &LlamaConfig {
@@ -329,7 +436,8 @@ impl Head {
         Ok(match &self.embedding {
             Some(table) => {
                 let idx: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
-                let idx = Tensor::<1, Int>::from_data(TensorData::new(idx, [ids.len()]), &self.device);
+                let idx =
+                    Tensor::<1, Int>::from_data(TensorData::new(idx, [ids.len()]), &self.device);
                 table.clone().select(0, idx).unsqueeze()
             }
             None => self.lm_head.rows(ids).unsqueeze(),
@@ -345,18 +453,24 @@ impl Head {
         let [_, n, d] = hidden.dims();
         let last = hidden.narrow(1, n - 1, 1);
         let normed = rms_norm(last, &self.norm, self.cfg.rms_norm_eps);
-        self.lm_head.forward2(normed.reshape([1, d])).reshape([self.cfg.vocab_size])
+        self.lm_head
+            .forward2(normed.reshape([1, d]))
+            .reshape([self.cfg.vocab_size])
     }
 
     /// Logits of the last token of `hidden` (the output of the last block).
     pub fn logits_last(&self, hidden: &HiddenStates) -> Result<Vec<f32>, ModelError> {
-        if hidden.dim != self.cfg.hidden_size || hidden.n_tokens == 0 || hidden.data.len() != hidden.n_tokens * hidden.dim {
+        if hidden.dim != self.cfg.hidden_size
+            || hidden.n_tokens == 0
+            || hidden.data.len() != hidden.n_tokens * hidden.dim
+        {
             return Err(ModelError::BadInput(format!(
                 "final hidden states have shape [{}, {}], expected [n >= 1, {}]",
                 hidden.n_tokens, hidden.dim, self.cfg.hidden_size
             )));
         }
         let t = self.logits_last_tensor(hidden.to_tensor(&self.device));
-        t.try_into_vec_as::<f32>().map_err(|e| ModelError::Backend(format!("{e:?}")))
+        t.try_into_vec_as::<f32>()
+            .map_err(|e| ModelError::Backend(format!("{e:?}")))
     }
 }

@@ -9,16 +9,18 @@ use std::sync::Arc;
 
 use burn::tensor::{Device, Tensor, TensorData};
 
+use crate::ModelError;
 use crate::config::LlamaConfig;
 use crate::gguf::{GgufFile, GgufValue};
 use crate::llama::{BlockRange, BlockWeights, Head, Linear};
 use crate::source::{self, ModelSource};
 use crate::tokenizer::TextTokenizer;
 use crate::weights::{F32Tensor, GgufWeights, RandomWeights, SafetensorsWeights, WeightSource};
-use crate::ModelError;
 
 /// blake3 of a model's config and weights: peers whose ids differ never share a route.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct ModelId(pub [u8; 32]);
 
 impl fmt::Display for ModelId {
@@ -79,14 +81,24 @@ impl Model {
                 Self::open_hf_dir(src.clone(), &dir)
             }
             ModelSource::Random { shape, seed } => {
-                let cfg = LlamaConfig::random_shape(shape).ok_or_else(|| ModelError::UnknownModel(format!("random:{shape}")))?;
+                let cfg = LlamaConfig::random_shape(shape)
+                    .ok_or_else(|| ModelError::UnknownModel(format!("random:{shape}")))?;
                 let mut h = blake3::Hasher::new();
                 h.update(b"sunswarm-random-model/1");
                 h.update(&serde_json::to_vec(&cfg).expect("config serializes"));
                 h.update(&seed.to_le_bytes());
                 let id = ModelId(*h.finalize().as_bytes());
-                let weights = Arc::new(RandomWeights { cfg: cfg.clone(), seed: *seed });
-                Ok(Model { source: src.clone(), files: Files::Random, cfg: Arc::new(cfg), weights, id })
+                let weights = Arc::new(RandomWeights {
+                    cfg: cfg.clone(),
+                    seed: *seed,
+                });
+                Ok(Model {
+                    source: src.clone(),
+                    files: Files::Random,
+                    cfg: Arc::new(cfg),
+                    weights,
+                    id,
+                })
             }
         }
     }
@@ -101,13 +113,24 @@ impl Model {
         }
         cfg.validate()?;
         let id = hash_files(&cfg, &[path.to_path_buf()])?;
-        let weights = Arc::new(GgufWeights { file, n_heads: cfg.n_heads, n_kv_heads: cfg.n_kv_heads });
-        Ok(Model { source: src, files: Files::Gguf(path.to_path_buf()), cfg: Arc::new(cfg), weights, id })
+        let weights = Arc::new(GgufWeights {
+            file,
+            n_heads: cfg.n_heads,
+            n_kv_heads: cfg.n_kv_heads,
+        });
+        Ok(Model {
+            source: src,
+            files: Files::Gguf(path.to_path_buf()),
+            cfg: Arc::new(cfg),
+            weights,
+            id,
+        })
     }
 
     fn open_hf_dir(src: ModelSource, dir: &Path) -> Result<Model, ModelError> {
         let config_path = dir.join("config.json");
-        let text = std::fs::read_to_string(&config_path).map_err(|e| ModelError::io(&config_path, e))?;
+        let text =
+            std::fs::read_to_string(&config_path).map_err(|e| ModelError::io(&config_path, e))?;
         let cfg = LlamaConfig::from_hf_json(&text)?;
         let weights = SafetensorsWeights::open(dir)?;
         let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -117,7 +140,13 @@ impl Model {
             .collect();
         files.sort();
         let id = hash_files(&cfg, &files)?;
-        Ok(Model { source: src, files: Files::HfDir(dir.to_path_buf()), cfg: Arc::new(cfg), weights: Arc::new(weights), id })
+        Ok(Model {
+            source: src,
+            files: Files::HfDir(dir.to_path_buf()),
+            cfg: Arc::new(cfg),
+            weights: Arc::new(weights),
+            id,
+        })
     }
 
     pub fn source(&self) -> &ModelSource {
@@ -137,7 +166,10 @@ impl Model {
             Files::Gguf(path) => TextTokenizer::from_gguf(&GgufFile::open(path)?)?,
             Files::HfDir(dir) => TextTokenizer::from_hf_dir(dir)?,
             Files::Random => {
-                let bytes = crate::gguf::gguf_bytes(&byte_level_tokenizer_metadata(self.cfg.vocab_size), &[])?;
+                let bytes = crate::gguf::gguf_bytes(
+                    &byte_level_tokenizer_metadata(self.cfg.vocab_size),
+                    &[],
+                )?;
                 TextTokenizer::from_gguf(&GgufFile::from_bytes(bytes)?)?
             }
         })
@@ -146,14 +178,27 @@ impl Model {
     fn tensor(&self, name: &str, expected: &[usize]) -> Result<F32Tensor, ModelError> {
         let t = self.weights.load(name)?;
         if t.shape != expected {
-            return Err(ModelError::WrongShape { tensor: name.to_string(), got: t.shape, expected: expected.to_vec() });
+            return Err(ModelError::WrongShape {
+                tensor: name.to_string(),
+                got: t.shape,
+                expected: expected.to_vec(),
+            });
         }
         Ok(t)
     }
 
-    fn tensor2(&self, name: &str, rows: usize, cols: usize, device: &Device) -> Result<Tensor<2>, ModelError> {
+    fn tensor2(
+        &self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+        device: &Device,
+    ) -> Result<Tensor<2>, ModelError> {
         let t = self.tensor(name, &[rows, cols])?;
-        Ok(Tensor::from_data(TensorData::new(t.data, [rows, cols]), device))
+        Ok(Tensor::from_data(
+            TensorData::new(t.data, [rows, cols]),
+            device,
+        ))
     }
 
     fn tensor1(&self, name: &str, len: usize, device: &Device) -> Result<Tensor<1>, ModelError> {
@@ -169,10 +214,18 @@ impl Model {
     }
 
     /// Loads blocks `range` (half-open) and nothing else.
-    pub fn load_blocks(&self, range: Range<usize>, device: &Device) -> Result<BlockRange, ModelError> {
+    pub fn load_blocks(
+        &self,
+        range: Range<usize>,
+        device: &Device,
+    ) -> Result<BlockRange, ModelError> {
         let c = &*self.cfg;
         if range.start >= range.end || range.end > c.n_layers {
-            return Err(ModelError::BlockRange { start: range.start, end: range.end, n_layers: c.n_layers });
+            return Err(ModelError::BlockRange {
+                start: range.start,
+                end: range.end,
+                n_layers: c.n_layers,
+            });
         }
         let d = c.hidden_size;
         let mut blocks = Vec::with_capacity(range.len());
@@ -182,18 +235,39 @@ impl Model {
             let mut qkv = self.tensor(&name("attn_q"), &[c.q_dim(), d])?.data;
             qkv.extend(self.tensor(&name("attn_k"), &[c.kv_dim(), d])?.data);
             qkv.extend(self.tensor(&name("attn_v"), &[c.kv_dim(), d])?.data);
-            let mut gate_up = self.tensor(&name("ffn_gate"), &[c.intermediate_size, d])?.data;
-            gate_up.extend(self.tensor(&name("ffn_up"), &[c.intermediate_size, d])?.data);
+            let mut gate_up = self
+                .tensor(&name("ffn_gate"), &[c.intermediate_size, d])?
+                .data;
+            gate_up.extend(
+                self.tensor(&name("ffn_up"), &[c.intermediate_size, d])?
+                    .data,
+            );
             blocks.push(BlockWeights {
                 attn_norm: self.tensor1(&name("attn_norm"), d, device)?,
                 wqkv: Linear::new(qkv, c.q_dim() + 2 * c.kv_dim(), d, device),
-                wo: Linear::new(self.tensor(&name("attn_output"), &[d, c.q_dim()])?.data, d, c.q_dim(), device),
+                wo: Linear::new(
+                    self.tensor(&name("attn_output"), &[d, c.q_dim()])?.data,
+                    d,
+                    c.q_dim(),
+                    device,
+                ),
                 ffn_norm: self.tensor1(&name("ffn_norm"), d, device)?,
                 w_gate_up: Linear::new(gate_up, 2 * c.intermediate_size, d, device),
-                w_down: Linear::new(self.tensor(&name("ffn_down"), &[d, c.intermediate_size])?.data, d, c.intermediate_size, device),
+                w_down: Linear::new(
+                    self.tensor(&name("ffn_down"), &[d, c.intermediate_size])?
+                        .data,
+                    d,
+                    c.intermediate_size,
+                    device,
+                ),
             });
         }
-        Ok(BlockRange::new(self.cfg.clone(), range, blocks, device.clone()))
+        Ok(BlockRange::new(
+            self.cfg.clone(),
+            range,
+            blocks,
+            device.clone(),
+        ))
     }
 
     /// Loads the client's part: token embedding, final norm and LM head (tied or not).
@@ -201,16 +275,29 @@ impl Model {
         let c = &*self.cfg;
         let norm = self.tensor1("output_norm.weight", c.hidden_size, device)?;
         let (embedding, lm_head) = if self.weights.has("output.weight") {
-            let head = self.tensor("output.weight", &[c.vocab_size, c.hidden_size])?.data;
+            let head = self
+                .tensor("output.weight", &[c.vocab_size, c.hidden_size])?
+                .data;
             (
                 Some(self.tensor2("token_embd.weight", c.vocab_size, c.hidden_size, device)?),
                 Linear::new(head, c.vocab_size, c.hidden_size, device),
             )
         } else {
-            let table = self.tensor("token_embd.weight", &[c.vocab_size, c.hidden_size])?.data;
-            (None, Linear::new(table, c.vocab_size, c.hidden_size, device))
+            let table = self
+                .tensor("token_embd.weight", &[c.vocab_size, c.hidden_size])?
+                .data;
+            (
+                None,
+                Linear::new(table, c.vocab_size, c.hidden_size, device),
+            )
         };
-        Ok(Head::new(self.cfg.clone(), embedding, norm, lm_head, device.clone()))
+        Ok(Head::new(
+            self.cfg.clone(),
+            embedding,
+            norm,
+            lm_head,
+            device.clone(),
+        ))
     }
 }
 
@@ -222,13 +309,17 @@ fn hash_files(cfg: &LlamaConfig, files: &[PathBuf]) -> Result<ModelId, ModelErro
     h.update(&serde_json::to_vec(cfg).expect("config serializes"));
     for path in files {
         let mut f = std::fs::File::open(path).map_err(|e| ModelError::io(path, e))?;
-        h.update_reader(&mut f).map_err(|e| ModelError::io(path, e))?;
+        h.update_reader(&mut f)
+            .map_err(|e| ModelError::io(path, e))?;
     }
     Ok(ModelId(*h.finalize().as_bytes()))
 }
 
 fn config_from_gguf(f: &GgufFile) -> Result<LlamaConfig, ModelError> {
-    let arch = f.get_str("general.architecture").unwrap_or("llama").to_string();
+    let arch = f
+        .get_str("general.architecture")
+        .unwrap_or("llama")
+        .to_string();
     if arch != "llama" {
         return Err(ModelError::InvalidConfig {
             field: "general.architecture",
@@ -238,11 +329,17 @@ fn config_from_gguf(f: &GgufFile) -> Result<LlamaConfig, ModelError> {
     let need = |key: &'static str| {
         f.get_u64(&format!("llama.{key}"))
             .map(|v| v as usize)
-            .ok_or(ModelError::InvalidConfig { field: key, why: "missing from the GGUF metadata".into() })
+            .ok_or(ModelError::InvalidConfig {
+                field: key,
+                why: "missing from the GGUF metadata".into(),
+            })
     };
     let hidden_size = need("embedding_length")?;
     let n_heads = need("attention.head_count")?;
-    let head_dim = f.get_u64("llama.attention.key_length").map(|v| v as usize).unwrap_or(hidden_size / n_heads.max(1));
+    let head_dim = f
+        .get_u64("llama.attention.key_length")
+        .map(|v| v as usize)
+        .unwrap_or(hidden_size / n_heads.max(1));
     let vocab_size = match f.get_u64("llama.vocab_size") {
         Some(v) => v as usize,
         None => match f.tensor("token_embd.weight") {
@@ -256,21 +353,35 @@ fn config_from_gguf(f: &GgufFile) -> Result<LlamaConfig, ModelError> {
         intermediate_size: need("feed_forward_length")?,
         n_layers: need("block_count")?,
         n_heads,
-        n_kv_heads: f.get_u64("llama.attention.head_count_kv").map(|v| v as usize).unwrap_or(n_heads),
+        n_kv_heads: f
+            .get_u64("llama.attention.head_count_kv")
+            .map(|v| v as usize)
+            .unwrap_or(n_heads),
         head_dim,
         rope_theta: f.get_f64("llama.rope.freq_base").unwrap_or(10000.0),
-        rope_dim: f.get_u64("llama.rope.dimension_count").map(|v| v as usize).unwrap_or(head_dim),
+        rope_dim: f
+            .get_u64("llama.rope.dimension_count")
+            .map(|v| v as usize)
+            .unwrap_or(head_dim),
         rope_scaling: None,
         rope_freq_factors: None,
-        rms_norm_eps: f.get_f64("llama.attention.layer_norm_rms_epsilon").unwrap_or(1e-5),
-        max_seq_len: f.get_u64("llama.context_length").map(|v| v as usize).unwrap_or(4096),
+        rms_norm_eps: f
+            .get_f64("llama.attention.layer_norm_rms_epsilon")
+            .unwrap_or(1e-5),
+        max_seq_len: f
+            .get_u64("llama.context_length")
+            .map(|v| v as usize)
+            .unwrap_or(4096),
         tie_word_embeddings: f.tensor("output.weight").is_none(),
     })
 }
 
 /// GPT-2 style byte-to-character table: each byte becomes one printable character.
 fn byte_chars() -> Vec<char> {
-    let mut printable: Vec<u32> = ('!' as u32..='~' as u32).chain('¡' as u32..='¬' as u32).chain('®' as u32..='ÿ' as u32).collect();
+    let mut printable: Vec<u32> = ('!' as u32..='~' as u32)
+        .chain('¡' as u32..='¬' as u32)
+        .chain('®' as u32..='ÿ' as u32)
+        .collect();
     let mut chars = vec!['\0'; 256];
     let mut extra = 0;
     for b in 0..256u32 {
@@ -307,12 +418,21 @@ pub fn byte_level_tokenizer_metadata(vocab_size: usize) -> Vec<(String, GgufValu
         ("general.architecture".into(), s("llama")),
         ("tokenizer.ggml.model".into(), s("gpt2")),
         ("tokenizer.ggml.pre".into(), s("smollm")),
-        ("tokenizer.ggml.tokens".into(), GgufValue::Array(tokens.into_iter().map(GgufValue::String).collect())),
-        ("tokenizer.ggml.token_type".into(), GgufValue::Array(types.into_iter().map(GgufValue::I32).collect())),
+        (
+            "tokenizer.ggml.tokens".into(),
+            GgufValue::Array(tokens.into_iter().map(GgufValue::String).collect()),
+        ),
+        (
+            "tokenizer.ggml.token_type".into(),
+            GgufValue::Array(types.into_iter().map(GgufValue::I32).collect()),
+        ),
         ("tokenizer.ggml.merges".into(), GgufValue::Array(vec![])),
         ("tokenizer.ggml.bos_token_id".into(), GgufValue::U32(1)),
         ("tokenizer.ggml.eos_token_id".into(), GgufValue::U32(2)),
-        ("tokenizer.ggml.add_bos_token".into(), GgufValue::Bool(false)),
+        (
+            "tokenizer.ggml.add_bos_token".into(),
+            GgufValue::Bool(false),
+        ),
         ("tokenizer.chat_template".into(), s(template)),
     ]
 }

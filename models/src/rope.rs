@@ -16,8 +16,9 @@ pub(crate) struct RopeTables {
 impl RopeTables {
     pub(crate) fn new(cfg: &LlamaConfig) -> Self {
         let half = cfg.rope_dim / 2;
-        let mut inv_freq: Vec<f64> =
-            (0..half).map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f64 / cfg.rope_dim as f64)).collect();
+        let mut inv_freq: Vec<f64> = (0..half)
+            .map(|i| 1.0 / cfg.rope_theta.powf(2.0 * i as f64 / cfg.rope_dim as f64))
+            .collect();
         if let Some(factors) = cfg.rope_freq_factors.as_ref().filter(|f| f.len() == half) {
             for (f, d) in inv_freq.iter_mut().zip(factors) {
                 *f /= *d as f64;
@@ -33,12 +34,17 @@ impl RopeTables {
                 } else if wavelen > low_wavelen {
                     *f / s.factor
                 } else {
-                    let smooth = (orig / wavelen - s.low_freq_factor) / (s.high_freq_factor - s.low_freq_factor);
+                    let smooth = (orig / wavelen - s.low_freq_factor)
+                        / (s.high_freq_factor - s.low_freq_factor);
                     (1.0 - smooth) * *f / s.factor + smooth * *f
                 };
             }
         }
-        Self { inv_freq, rope_dim: cfg.rope_dim, head_dim: cfg.head_dim }
+        Self {
+            inv_freq,
+            rope_dim: cfg.rope_dim,
+            head_dim: cfg.head_dim,
+        }
     }
 
     /// cos and sin for positions `start..start+n`, shaped `[1, 1, n, head_dim]` (ones and zeros on

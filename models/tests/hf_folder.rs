@@ -4,12 +4,15 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use safetensors::tensor::TensorView;
 use safetensors::Dtype;
-use sunswarm_models::{device, BackendKind, Model, ModelSource};
+use safetensors::tensor::TensorView;
+use sunswarm_models::{BackendKind, Model, ModelSource, device};
 
 fn hf_name(gguf: &str) -> String {
-    let fixed = [("token_embd.weight", "model.embed_tokens.weight"), ("output_norm.weight", "model.norm.weight")];
+    let fixed = [
+        ("token_embd.weight", "model.embed_tokens.weight"),
+        ("output_norm.weight", "model.norm.weight"),
+    ];
     if let Some((_, hf)) = fixed.iter().find(|(g, _)| *g == gguf) {
         return hf.to_string();
     }
@@ -40,9 +43,22 @@ fn export(src: &Model, dir: &Path, bf16: bool) {
         "rms_norm_eps": c.rms_norm_eps, "max_position_embeddings": c.max_seq_len, "tie_word_embeddings": true
     });
     std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
-    let mut names = vec!["token_embd.weight".to_string(), "output_norm.weight".to_string()];
+    let mut names = vec![
+        "token_embd.weight".to_string(),
+        "output_norm.weight".to_string(),
+    ];
     for i in 0..c.n_layers {
-        for p in ["attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down"] {
+        for p in [
+            "attn_norm",
+            "attn_q",
+            "attn_k",
+            "attn_v",
+            "attn_output",
+            "ffn_norm",
+            "ffn_gate",
+            "ffn_up",
+            "ffn_down",
+        ] {
             names.push(format!("blk.{i}.{p}.weight"));
         }
     }
@@ -51,7 +67,9 @@ fn export(src: &Model, dir: &Path, bf16: bool) {
         .map(|n| {
             let (data, shape) = src.load_tensor_f32(n).unwrap();
             let bytes = if bf16 {
-                data.iter().flat_map(|v| half::bf16::from_f32(*v).to_le_bytes()).collect()
+                data.iter()
+                    .flat_map(|v| half::bf16::from_f32(*v).to_le_bytes())
+                    .collect()
             } else {
                 data.iter().flat_map(|v| v.to_le_bytes()).collect()
             };
@@ -60,9 +78,15 @@ fn export(src: &Model, dir: &Path, bf16: bool) {
         .collect();
     let dtype = if bf16 { Dtype::BF16 } else { Dtype::F32 };
     let write = |file: &str, part: &[(String, Vec<usize>, Vec<u8>)]| {
-        let views: Vec<(String, TensorView)> =
-            part.iter().map(|(n, s, b)| (n.clone(), TensorView::new(dtype, s.clone(), b).unwrap())).collect();
-        std::fs::write(dir.join(file), safetensors::tensor::serialize(views, None).unwrap()).unwrap();
+        let views: Vec<(String, TensorView)> = part
+            .iter()
+            .map(|(n, s, b)| (n.clone(), TensorView::new(dtype, s.clone(), b).unwrap()))
+            .collect();
+        std::fs::write(
+            dir.join(file),
+            safetensors::tensor::serialize(views, None).unwrap(),
+        )
+        .unwrap();
     };
     if bf16 {
         let (a, b) = tensors.split_at(tensors.len() / 2);
@@ -87,7 +111,11 @@ fn logits(m: &Model) -> Vec<f32> {
     let head = m.load_head(&dev).unwrap();
     let b = m.load_blocks(0..m.config().n_layers, &dev).unwrap();
     let mut c = b.new_cache();
-    head.logits_last(&b.forward(&mut c, &head.embed(&[9, 8, 7, 6]).unwrap()).unwrap()).unwrap()
+    head.logits_last(
+        &b.forward(&mut c, &head.embed(&[9, 8, 7, 6]).unwrap())
+            .unwrap(),
+    )
+    .unwrap()
 }
 
 #[test]
@@ -104,13 +132,23 @@ fn safetensors_folders_load_like_the_source() {
     let m = Model::open(&ModelSource::parse(bf_dir.to_str().unwrap()).unwrap()).unwrap();
     let (a, b) = (logits(&src), logits(&m));
     let scale = a.iter().fold(0f32, |s, v| s.max(v.abs()));
-    let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
-    assert!(worst > 0.0 && worst < 0.05 * scale, "bf16 rounding moved logits by {worst} (scale {scale})");
+    let worst = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    assert!(
+        worst > 0.0 && worst < 0.05 * scale,
+        "bf16 rounding moved logits by {worst} (scale {scale})"
+    );
     // Different weights, different identity.
     assert_ne!(m.model_id(), src.model_id());
 
     std::fs::remove_file(bf_dir.join("model-00002-of-00002.safetensors")).unwrap();
-    let err = Model::open(&ModelSource::parse(bf_dir.to_str().unwrap()).unwrap()).err().unwrap().to_string();
+    let err = Model::open(&ModelSource::parse(bf_dir.to_str().unwrap()).unwrap())
+        .err()
+        .unwrap()
+        .to_string();
     assert!(err.contains("model-00002-of-00002.safetensors"), "{err}");
     let _ = std::fs::remove_dir_all(&base);
 }

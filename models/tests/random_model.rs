@@ -1,7 +1,7 @@
 //! Behaviour that does not need real weights, on deterministic random models: block ranges
 //! against the whole model, KV-cache reuse against recomputation, determinism, and input checks.
 
-use sunswarm_models::{device, BackendKind, HiddenStates, Model, ModelError, ModelSource};
+use sunswarm_models::{BackendKind, HiddenStates, Model, ModelError, ModelSource, device};
 
 fn tiny(seed: u64) -> Model {
     Model::open(&ModelSource::parse(&format!("random:tiny:seed={seed}")).unwrap()).unwrap()
@@ -14,7 +14,10 @@ fn block_ranges_chain_to_the_whole_model_at_prefill_and_decode() {
     let n = model.config().n_layers;
     let head = model.load_head(&dev).unwrap();
     let whole = model.load_blocks(0..n, &dev).unwrap();
-    let parts: Vec<_> = [0..2, 2..3, 3..n].into_iter().map(|r| model.load_blocks(r, &dev).unwrap()).collect();
+    let parts: Vec<_> = [0..2, 2..3, 3..n]
+        .into_iter()
+        .map(|r| model.load_blocks(r, &dev).unwrap())
+        .collect();
     let mut wc = whole.new_cache();
     let mut pcs: Vec<_> = parts.iter().map(|p| p.new_cache()).collect();
     let steps: Vec<Vec<u32>> = vec![vec![5, 17, 99, 4, 250], vec![7], vec![8], vec![100, 101]];
@@ -28,7 +31,11 @@ fn block_ranges_chain_to_the_whole_model_at_prefill_and_decode() {
         let la = head.logits_last(&a).unwrap();
         let lb = head.logits_last(&b).unwrap();
         let scale = la.iter().fold(0f32, |m, v| m.max(v.abs()));
-        let worst = la.iter().zip(&lb).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        let worst = la
+            .iter()
+            .zip(&lb)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
         assert!(worst <= 1e-4 * scale, "max diff {worst}, scale {scale}");
     }
     assert_eq!(wc.len(), 9);
@@ -46,18 +53,30 @@ fn cached_decoding_equals_recomputing_the_whole_sequence() {
     let mut cache = blocks.new_cache();
     let mut last = None;
     for &id in &seq {
-        last = Some(blocks.forward(&mut cache, &head.embed(&[id]).unwrap()).unwrap());
+        last = Some(
+            blocks
+                .forward(&mut cache, &head.embed(&[id]).unwrap())
+                .unwrap(),
+        );
     }
     // ...versus the whole sequence at once with a fresh cache.
     let mut fresh = blocks.new_cache();
-    let all = blocks.forward(&mut fresh, &head.embed(&seq).unwrap()).unwrap();
+    let all = blocks
+        .forward(&mut fresh, &head.embed(&seq).unwrap())
+        .unwrap();
     let a = head.logits_last(&last.unwrap()).unwrap();
     let b = head.logits_last(&all).unwrap();
-    let worst = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+    let worst = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
     assert!(worst < 1e-3, "{worst}");
     // Clearing the cache and replaying reproduces the same states exactly.
     cache.clear();
-    let replay = blocks.forward(&mut cache, &head.embed(&seq).unwrap()).unwrap();
+    let replay = blocks
+        .forward(&mut cache, &head.embed(&seq).unwrap())
+        .unwrap();
     assert_eq!(replay, all);
 }
 
@@ -69,7 +88,11 @@ fn random_models_are_deterministic_per_seed() {
         let head = m.load_head(&dev).unwrap();
         let b = m.load_blocks(0..m.config().n_layers, &dev).unwrap();
         let mut c = b.new_cache();
-        (m.model_id(), head.logits_last(&b.forward(&mut c, &head.embed(&[1, 2, 3]).unwrap()).unwrap()).unwrap())
+        (
+            m.model_id(),
+            head.logits_last(&b.forward(&mut c, &head.embed(&[1, 2, 3]).unwrap()).unwrap())
+                .unwrap(),
+        )
     };
     let (id1, l1) = run(5);
     let (id2, l2) = run(5);
@@ -90,17 +113,58 @@ fn bad_inputs_are_named_errors() {
     assert!(err.to_string().contains("6 blocks"), "{err}");
     assert!(model.load_blocks(3..3, &dev).is_err());
     let head = model.load_head(&dev).unwrap();
-    assert!(head.embed(&[]).unwrap_err().to_string().contains("no tokens"));
-    assert!(head.embed(&[100_000]).unwrap_err().to_string().contains("outside the vocabulary"));
+    assert!(
+        head.embed(&[])
+            .unwrap_err()
+            .to_string()
+            .contains("no tokens")
+    );
+    assert!(
+        head.embed(&[100_000])
+            .unwrap_err()
+            .to_string()
+            .contains("outside the vocabulary")
+    );
     let blocks = model.load_blocks(0..2, &dev).unwrap();
     let mut cache = blocks.new_cache();
     let d = model.config().hidden_size;
-    let wrong_dim = HiddenStates { n_tokens: 1, dim: d + 1, data: vec![0.0; d + 1] };
-    assert!(blocks.forward(&mut cache, &wrong_dim).unwrap_err().to_string().contains("dim"));
-    let nan = HiddenStates { n_tokens: 1, dim: d, data: vec![f32::NAN; d] };
-    assert!(blocks.forward(&mut cache, &nan).unwrap_err().to_string().contains("non-finite"));
-    let short = HiddenStates { n_tokens: 2, dim: d, data: vec![0.0; d] };
+    let wrong_dim = HiddenStates {
+        n_tokens: 1,
+        dim: d + 1,
+        data: vec![0.0; d + 1],
+    };
+    assert!(
+        blocks
+            .forward(&mut cache, &wrong_dim)
+            .unwrap_err()
+            .to_string()
+            .contains("dim")
+    );
+    let nan = HiddenStates {
+        n_tokens: 1,
+        dim: d,
+        data: vec![f32::NAN; d],
+    };
+    assert!(
+        blocks
+            .forward(&mut cache, &nan)
+            .unwrap_err()
+            .to_string()
+            .contains("non-finite")
+    );
+    let short = HiddenStates {
+        n_tokens: 2,
+        dim: d,
+        data: vec![0.0; d],
+    };
     assert!(blocks.forward(&mut cache, &short).is_err());
-    assert_eq!(cache.len(), 0, "a rejected input must not advance the cache");
-    assert!(matches!(ModelSource::parse("no-such-model"), Err(ModelError::UnknownModel(_))));
+    assert_eq!(
+        cache.len(),
+        0,
+        "a rejected input must not advance the cache"
+    );
+    assert!(matches!(
+        ModelSource::parse("no-such-model"),
+        Err(ModelError::UnknownModel(_))
+    ));
 }

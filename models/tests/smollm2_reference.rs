@@ -5,16 +5,22 @@
 
 use std::path::PathBuf;
 
-use sunswarm_models::{device, BackendKind, BlockRange, Head, Model, ModelSource};
+use sunswarm_models::{BackendKind, BlockRange, Head, Model, ModelSource, device};
 
 fn reference() -> serde_json::Value {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../shared/reference/smollm2-greedy.json");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/reference/smollm2-greedy.json");
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     serde_json::from_str(&text).expect("reference JSON")
 }
 
 fn ids(v: &serde_json::Value) -> Vec<u32> {
-    v.as_array().expect("array").iter().map(|x| x.as_u64().expect("id") as u32).collect()
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|x| x.as_u64().expect("id") as u32)
+        .collect()
 }
 
 fn argmax(v: &[f32]) -> u32 {
@@ -28,7 +34,12 @@ fn argmax(v: &[f32]) -> u32 {
 }
 
 /// Greedy decoding through a chain of ranges; returns the new ids and the logits of every step.
-fn greedy(head: &Head, ranges: &[BlockRange], prompt: &[u32], n: usize) -> (Vec<u32>, Vec<Vec<f32>>) {
+fn greedy(
+    head: &Head,
+    ranges: &[BlockRange],
+    prompt: &[u32],
+    n: usize,
+) -> (Vec<u32>, Vec<Vec<f32>>) {
     let mut caches: Vec<_> = ranges.iter().map(|r| r.new_cache()).collect();
     let mut input = head.embed(prompt).unwrap();
     let mut out = Vec::new();
@@ -49,7 +60,8 @@ fn greedy(head: &Head, ranges: &[BlockRange], prompt: &[u32], n: usize) -> (Vec<
 
 #[test]
 fn greedy_generation_matches_the_reference_for_every_prompt() {
-    let model = Model::open(&ModelSource::parse("smollm2-135m").unwrap()).expect("open smollm2-135m");
+    let model =
+        Model::open(&ModelSource::parse("smollm2-135m").unwrap()).expect("open smollm2-135m");
     let dev = device(BackendKind::Cpu).unwrap();
     let tokenizer = model.tokenizer().unwrap();
     let head = model.load_head(&dev).unwrap();
@@ -60,26 +72,43 @@ fn greedy_generation_matches_the_reference_for_every_prompt() {
     for p in prompts {
         let name = p["name"].as_str().unwrap();
         let prompt_ids = ids(&p["prompt_ids"]);
-        assert_eq!(tokenizer.encode(p["rendered_text"].as_str().unwrap()).unwrap(), prompt_ids, "{name}: prompt ids");
+        assert_eq!(
+            tokenizer
+                .encode(p["rendered_text"].as_str().unwrap())
+                .unwrap(),
+            prompt_ids,
+            "{name}: prompt ids"
+        );
         let expected = ids(&p["greedy_ids"]);
         let (got, logits) = greedy(&head, &whole, &prompt_ids, expected.len());
         assert_eq!(got, expected, "{name}: greedy ids");
         // The chosen logit matches the reference's to float tolerance at every step.
-        for (step, (l, s)) in logits.iter().zip(p["steps"].as_array().unwrap()).enumerate() {
+        for (step, (l, s)) in logits
+            .iter()
+            .zip(p["steps"].as_array().unwrap())
+            .enumerate()
+        {
             let want = s["logit"].as_f64().unwrap() as f32;
             let have = l[expected[step] as usize];
-            assert!((have - want).abs() < 2e-3 * want.abs().max(1.0), "{name} step {step}: logit {have} vs {want}");
+            assert!(
+                (have - want).abs() < 2e-3 * want.abs().max(1.0),
+                "{name} step {step}: logit {have} vs {want}"
+            );
         }
     }
 }
 
 #[test]
 fn three_block_ranges_give_the_whole_models_logits() {
-    let model = Model::open(&ModelSource::parse("smollm2-135m").unwrap()).expect("open smollm2-135m");
+    let model =
+        Model::open(&ModelSource::parse("smollm2-135m").unwrap()).expect("open smollm2-135m");
     let dev = device(BackendKind::Cpu).unwrap();
     let head = model.load_head(&dev).unwrap();
     let whole = vec![model.load_blocks(0..30, &dev).unwrap()];
-    let split: Vec<_> = [0..10, 10..20, 20..30].into_iter().map(|r| model.load_blocks(r, &dev).unwrap()).collect();
+    let split: Vec<_> = [0..10, 10..20, 20..30]
+        .into_iter()
+        .map(|r| model.load_blocks(r, &dev).unwrap())
+        .collect();
     let reference = reference();
     let prompt = ids(&reference["prompts"][0]["prompt_ids"]);
     let (ids_whole, logits_whole) = greedy(&head, &whole, &prompt, 8);
@@ -87,7 +116,14 @@ fn three_block_ranges_give_the_whole_models_logits() {
     assert_eq!(ids_whole, ids_split);
     for (step, (a, b)) in logits_whole.iter().zip(&logits_split).enumerate() {
         let scale = a.iter().fold(0f32, |m, x| m.max(x.abs()));
-        let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
-        assert!(worst <= 1e-4 * scale, "step {step}: max |diff| {worst} vs scale {scale}");
+        let worst = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            worst <= 1e-4 * scale,
+            "step {step}: max |diff| {worst} vs scale {scale}"
+        );
     }
 }

@@ -2,7 +2,7 @@
 //! random model. Skips, saying why, where no GPU adapter exists (CI installs lavapipe so it runs).
 #![cfg(feature = "wgpu")]
 
-use sunswarm_models::{device, BackendKind, Model, ModelSource};
+use sunswarm_models::{BackendKind, Model, ModelSource, device};
 
 fn logits_and_greedy(kind: BackendKind, model: &Model) -> Option<(Vec<f32>, Vec<u32>)> {
     let dev = match device(kind) {
@@ -21,7 +21,10 @@ fn logits_and_greedy(kind: BackendKind, model: &Model) -> Option<(Vec<f32>, Vec<
     for _ in 0..6 {
         let h = blocks.forward(&mut cache, &x).unwrap();
         let logits = head.logits_last(&h).unwrap();
-        let id = logits.iter().enumerate().fold(0, |b, (i, &v)| if v > logits[b] { i } else { b }) as u32;
+        let id = logits
+            .iter()
+            .enumerate()
+            .fold(0, |b, (i, &v)| if v > logits[b] { i } else { b }) as u32;
         first.get_or_insert(logits);
         ids.push(id);
         x = head.embed(&[id]).unwrap();
@@ -32,10 +35,16 @@ fn logits_and_greedy(kind: BackendKind, model: &Model) -> Option<(Vec<f32>, Vec<
 #[test]
 fn wgpu_matches_cpu_on_a_random_model() {
     let model = Model::open(&ModelSource::parse("random:tiny:seed=2").unwrap()).unwrap();
-    let Some((gpu_logits, gpu_ids)) = logits_and_greedy(BackendKind::Wgpu, &model) else { return };
+    let Some((gpu_logits, gpu_ids)) = logits_and_greedy(BackendKind::Wgpu, &model) else {
+        return;
+    };
     let (cpu_logits, cpu_ids) = logits_and_greedy(BackendKind::Cpu, &model).unwrap();
     let scale = cpu_logits.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let worst = cpu_logits.iter().zip(&gpu_logits).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    let worst = cpu_logits
+        .iter()
+        .zip(&gpu_logits)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
     assert!(worst <= 1e-4 * scale.max(1.0), "max |cpu - wgpu| = {worst}");
     assert_eq!(cpu_ids, gpu_ids);
 }

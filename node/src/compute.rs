@@ -12,7 +12,11 @@ use sunswarm_models::{BlockRange, HiddenStates, KvCache};
 #[non_exhaustive]
 pub enum ComputeError {
     #[error("input has {got} values, expected {n_tokens} x {dim}")]
-    Shape { n_tokens: usize, dim: usize, got: usize },
+    Shape {
+        n_tokens: usize,
+        dim: usize,
+        got: usize,
+    },
     #[error(transparent)]
     Model(#[from] sunswarm_models::ModelError),
 }
@@ -43,7 +47,9 @@ pub struct ModelRunner {
 
 impl ModelRunner {
     pub fn new(blocks: BlockRange) -> Self {
-        ModelRunner { blocks: Arc::new(blocks) }
+        ModelRunner {
+            blocks: Arc::new(blocks),
+        }
     }
 }
 
@@ -58,7 +64,10 @@ impl BlockRunner for ModelRunner {
     }
 
     fn new_session(&self) -> Box<dyn SessionCache> {
-        Box::new(ModelSession { cache: self.blocks.new_cache(), blocks: self.blocks.clone() })
+        Box::new(ModelSession {
+            cache: self.blocks.new_cache(),
+            blocks: self.blocks.clone(),
+        })
     }
 }
 
@@ -93,7 +102,11 @@ impl BlockRunner for ShiftRunner {
     }
 
     fn new_session(&self) -> Box<dyn SessionCache> {
-        Box::new(ShiftSession { dim: self.dim, shift: self.shift, len: 0 })
+        Box::new(ShiftSession {
+            dim: self.dim,
+            shift: self.shift,
+            len: 0,
+        })
     }
 }
 
@@ -104,7 +117,11 @@ impl SessionCache for ShiftSession {
 
     fn forward(&mut self, n_tokens: usize, mut data: Vec<f32>) -> Result<Vec<f32>, ComputeError> {
         if data.len() != n_tokens * self.dim {
-            return Err(ComputeError::Shape { n_tokens, dim: self.dim, got: data.len() });
+            return Err(ComputeError::Shape {
+                n_tokens,
+                dim: self.dim,
+                got: data.len(),
+            });
         }
         for (i, row) in data.chunks_mut(self.dim).enumerate() {
             let pos = (self.len + i) as f32;
@@ -123,9 +140,15 @@ mod tests {
     fn shift_runner_follows_positions() {
         let r = ShiftRunner { dim: 2, shift: 1.0 };
         let mut s = r.new_session();
-        assert_eq!(s.forward(2, vec![0.0; 4]).unwrap(), vec![1.0, 1.0, 1.5, 1.5]);
+        assert_eq!(
+            s.forward(2, vec![0.0; 4]).unwrap(),
+            vec![1.0, 1.0, 1.5, 1.5]
+        );
         assert_eq!(s.len(), 2);
         assert_eq!(s.forward(1, vec![0.0; 2]).unwrap(), vec![2.0, 2.0]);
-        assert!(matches!(s.forward(1, vec![0.0; 3]), Err(ComputeError::Shape { .. })));
+        assert!(matches!(
+            s.forward(1, vec![0.0; 3]),
+            Err(ComputeError::Shape { .. })
+        ));
     }
 }

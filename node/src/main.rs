@@ -52,19 +52,25 @@ struct Args {
 }
 
 fn secs(name: &str, v: f64) -> anyhow::Result<Duration> {
-    anyhow::ensure!(v.is_finite() && v > 0.0 && v < 86_400.0, "--{name} must be between 0 and 86400 seconds, got {v}");
+    anyhow::ensure!(
+        v.is_finite() && v > 0.0 && v < 86_400.0,
+        "--{name} must be between 0 and 86400 seconds, got {v}"
+    );
     Ok(Duration::from_secs_f64(v))
 }
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,libp2p=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,libp2p=warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(run(args))
 }
 
@@ -86,20 +92,32 @@ async fn run(args: Args) -> anyhow::Result<()> {
     .await?;
     let loaded = loaded?;
     // The node must never hold blocks outside its announced range.
-    anyhow::ensure!(loaded.range() == blocks.as_range(), "loaded blocks {:?}, asked for {blocks}", loaded.range());
+    anyhow::ensure!(
+        loaded.range() == blocks.as_range(),
+        "loaded blocks {:?}, asked for {blocks}",
+        loaded.range()
+    );
     let runner = Arc::new(ModelRunner::new(loaded));
     let throughput = {
         let r = runner.clone();
         tokio::task::spawn_blocking(move || node::estimate_throughput(r.as_ref())).await?
     };
     let cfg = NodeConfig {
-        net: NetConfig { listen: args.listen, bootstrap: args.bootstrap, dht_server: true, record_ttl: announce_ttl, ..NetConfig::default() },
+        net: NetConfig {
+            listen: args.listen,
+            bootstrap: args.bootstrap,
+            dht_server: true,
+            record_ttl: announce_ttl,
+            ..NetConfig::default()
+        },
         model_id: model.model_id().0,
         n_layers,
         blocks,
         backend: args.backend.to_string(),
         max_sessions: args.max_sessions.max(1),
-        max_tokens: args.max_tokens.clamp(1, sunswarm_protocol::limits::MAX_SESSION_TOKENS),
+        max_tokens: args
+            .max_tokens
+            .clamp(1, sunswarm_protocol::limits::MAX_SESSION_TOKENS),
         announce_ttl,
         gossip_interval,
         next_hop_timeout: Duration::from_secs(30),
@@ -111,7 +129,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     for a in running.listen_addrs() {
         println!("LISTEN={a}");
     }
-    println!("READY blocks={blocks} n_layers={n_layers} model={}", model.model_id());
+    println!(
+        "READY blocks={blocks} n_layers={n_layers} model={}",
+        model.model_id()
+    );
     wait_for_signal().await?;
     tracing::info!("stopping: leaving the swarm");
     running.leave().await;

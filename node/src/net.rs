@@ -9,9 +9,13 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use futures::StreamExt;
-use libp2p::kad::{self, GetProvidersOk, GetRecordOk, QueryId, QueryResult, Quorum, Record, RecordKey};
+use libp2p::kad::{
+    self, GetProvidersOk, GetRecordOk, QueryId, QueryResult, Quorum, Record, RecordKey,
+};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, StreamProtocol, Swarm, gossipsub, identify, identity, noise, tcp, yamux};
+use libp2p::{
+    Multiaddr, PeerId, StreamProtocol, Swarm, gossipsub, identify, identity, noise, tcp, yamux,
+};
 use sunswarm_protocol::{Announcement, codec};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
@@ -75,17 +79,44 @@ struct Behaviour {
 enum Command {
     ListenAddrs(oneshot::Sender<Vec<Multiaddr>>),
     RoutingPeers(oneshot::Sender<usize>),
-    AddAddresses { peer: PeerId, addrs: Vec<Multiaddr> },
-    PutRecord { key: [u8; 32], value: Vec<u8>, ttl: Duration },
-    RemoveRecord { key: [u8; 32] },
-    StartProviding { key: [u8; 32] },
-    StopProviding { key: [u8; 32] },
-    GetProviders { key: [u8; 32], reply: oneshot::Sender<HashSet<PeerId>> },
-    GetRecords { key: [u8; 32], reply: oneshot::Sender<Vec<Vec<u8>>> },
-    Subscribe { topic: String },
-    Publish { topic: String, data: Vec<u8> },
+    AddAddresses {
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+    },
+    PutRecord {
+        key: [u8; 32],
+        value: Vec<u8>,
+        ttl: Duration,
+    },
+    RemoveRecord {
+        key: [u8; 32],
+    },
+    StartProviding {
+        key: [u8; 32],
+    },
+    StopProviding {
+        key: [u8; 32],
+    },
+    GetProviders {
+        key: [u8; 32],
+        reply: oneshot::Sender<HashSet<PeerId>>,
+    },
+    GetRecords {
+        key: [u8; 32],
+        reply: oneshot::Sender<Vec<Vec<u8>>>,
+    },
+    Subscribe {
+        topic: String,
+    },
+    Publish {
+        topic: String,
+        data: Vec<u8>,
+    },
     GossipView(oneshot::Sender<Vec<Announcement>>),
-    Shutdown { grace: Duration, reply: oneshot::Sender<()> },
+    Shutdown {
+        grace: Duration,
+        reply: oneshot::Sender<()>,
+    },
 }
 
 type ProvidersQuery = (HashSet<PeerId>, oneshot::Sender<HashSet<PeerId>>);
@@ -112,12 +143,19 @@ pub struct EventLoop {
 
 /// Builds the host, starts listening and dials the bootstrap peers.
 pub fn new(cfg: NetConfig) -> Result<(Network, EventLoop), NetError> {
-    let keypair = cfg.keypair.clone().unwrap_or_else(identity::Keypair::generate_ed25519);
+    let keypair = cfg
+        .keypair
+        .clone()
+        .unwrap_or_else(identity::Keypair::generate_ed25519);
     let local_peer = keypair.public().to_peer_id();
     let transport_err = |e: &dyn std::fmt::Display| NetError::Transport(e.to_string());
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
         .with_tokio()
-        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
         .map_err(|e| transport_err(&e))?
         .with_behaviour(|key| {
             let peer = key.public().to_peer_id();
@@ -130,16 +168,32 @@ pub fn new(cfg: NetConfig) -> Result<(Network, EventLoop), NetError> {
             kcfg.set_publication_interval(None);
             kcfg.set_replication_interval(None);
             kcfg.set_provider_publication_interval(None);
-            let mut kad = kad::Behaviour::with_config(peer, kad::store::MemoryStore::new(peer), kcfg);
-            kad.set_mode(Some(if cfg.dht_server { kad::Mode::Server } else { kad::Mode::Client }));
+            let mut kad =
+                kad::Behaviour::with_config(peer, kad::store::MemoryStore::new(peer), kcfg);
+            kad.set_mode(Some(if cfg.dht_server {
+                kad::Mode::Server
+            } else {
+                kad::Mode::Client
+            }));
             let gcfg = gossipsub::ConfigBuilder::default()
                 .heartbeat_interval(Duration::from_millis(500))
                 .validation_mode(gossipsub::ValidationMode::Strict)
                 .max_transmit_size(64 * 1024)
                 .build()?;
-            let gossipsub = gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), gcfg)?;
-            let identify = identify::Behaviour::new(identify::Config::new(IDENTIFY_PROTOCOL.to_string(), key.public()));
-            Ok(Behaviour { kad, gossipsub, identify, stream: libp2p_stream::Behaviour::new() })
+            let gossipsub = gossipsub::Behaviour::new(
+                gossipsub::MessageAuthenticity::Signed(key.clone()),
+                gcfg,
+            )?;
+            let identify = identify::Behaviour::new(identify::Config::new(
+                IDENTIFY_PROTOCOL.to_string(),
+                key.public(),
+            ));
+            Ok(Behaviour {
+                kad,
+                gossipsub,
+                identify,
+                stream: libp2p_stream::Behaviour::new(),
+            })
         })
         .map_err(|e| transport_err(&e))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
@@ -147,10 +201,16 @@ pub fn new(cfg: NetConfig) -> Result<(Network, EventLoop), NetError> {
     for addr in &cfg.listen {
         swarm
             .listen_on(addr.clone())
-            .map_err(|e| NetError::Listen { addr: addr.clone(), reason: e.to_string() })?;
+            .map_err(|e| NetError::Listen {
+                addr: addr.clone(),
+                reason: e.to_string(),
+            })?;
     }
     for addr in &cfg.bootstrap {
-        swarm.dial(addr.clone()).map_err(|e| NetError::Dial { addr: addr.clone(), reason: e.to_string() })?;
+        swarm.dial(addr.clone()).map_err(|e| NetError::Dial {
+            addr: addr.clone(),
+            reason: e.to_string(),
+        })?;
     }
     let control = swarm.behaviour().stream.new_control();
     let (tx, rx) = mpsc::channel(256);
@@ -162,7 +222,14 @@ pub fn new(cfg: NetConfig) -> Result<(Network, EventLoop), NetError> {
         gossip: HashMap::new(),
         bootstrapped: false,
     };
-    Ok((Network { tx, local_peer, control }, event_loop))
+    Ok((
+        Network {
+            tx,
+            local_peer,
+            control,
+        },
+        event_loop,
+    ))
 }
 
 impl Network {
@@ -179,7 +246,10 @@ impl Network {
         self.tx.send(cmd).await.map_err(|_| NetError::Stopped)
     }
 
-    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, NetError> {
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, NetError> {
         let (reply, rx) = oneshot::channel();
         self.send(make(reply)).await?;
         rx.await.map_err(|_| NetError::Stopped)
@@ -196,7 +266,11 @@ impl Network {
     }
 
     /// Polls until the listeners are up and, with bootstrap peers, the DHT knows a peer.
-    pub async fn wait_ready(&self, need_peers: bool, deadline: Duration) -> Result<Vec<Multiaddr>, NetError> {
+    pub async fn wait_ready(
+        &self,
+        need_peers: bool,
+        deadline: Duration,
+    ) -> Result<Vec<Multiaddr>, NetError> {
         let until = tokio::time::Instant::now() + deadline;
         loop {
             let addrs = self.listen_addrs().await?;
@@ -219,7 +293,12 @@ impl Network {
         self.send(Command::AddAddresses { peer, addrs }).await
     }
 
-    pub async fn put_record(&self, key: [u8; 32], value: Vec<u8>, ttl: Duration) -> Result<(), NetError> {
+    pub async fn put_record(
+        &self,
+        key: [u8; 32],
+        value: Vec<u8>,
+        ttl: Duration,
+    ) -> Result<(), NetError> {
         self.send(Command::PutRecord { key, value, ttl }).await
     }
 
@@ -349,7 +428,11 @@ impl EventLoop {
     fn on_event(&mut self, ev: SwarmEvent<BehaviourEvent>) {
         match ev {
             SwarmEvent::NewListenAddr { address, .. } => debug!(%address, "listening"),
-            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received { peer_id, info, .. })) => {
+            SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
+                peer_id,
+                info,
+                ..
+            })) => {
                 let kad = &mut self.swarm.behaviour_mut().kad;
                 // Only peers that speak our DHT protocol belong in the routing table; clients
                 // (Kademlia client mode) do not announce it.
@@ -363,10 +446,18 @@ impl EventLoop {
                     }
                 }
             }
-            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed { id, result, step, .. })) => {
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::OutboundQueryProgressed {
+                id,
+                result,
+                step,
+                ..
+            })) => {
                 self.on_query(id, result, step.last);
             }
-            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message { message, .. })) => {
+            SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                message,
+                ..
+            })) => {
                 self.on_gossip(message);
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
@@ -435,7 +526,10 @@ impl EventLoop {
             debug!(%source, "ignoring gossip announcing another peer");
             return;
         }
-        let newer = self.gossip.get(&source).is_none_or(|old| old.timestamp_ms <= ann.timestamp_ms);
+        let newer = self
+            .gossip
+            .get(&source)
+            .is_none_or(|old| old.timestamp_ms <= ann.timestamp_ms);
         if newer {
             self.gossip.insert(source, ann);
         }

@@ -60,15 +60,25 @@ pub struct RunningNode {
 }
 
 pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// Starts the host, the session server and the announcer.
-pub async fn start(cfg: NodeConfig, runner: Arc<dyn BlockRunner>, energy: Arc<dyn EnergySource>) -> Result<RunningNode, NodeError> {
+pub async fn start(
+    cfg: NodeConfig,
+    runner: Arc<dyn BlockRunner>,
+    energy: Arc<dyn EnergySource>,
+) -> Result<RunningNode, NodeError> {
     let need_peers = !cfg.net.bootstrap.is_empty();
     let (net, event_loop) = net::new(cfg.net.clone())?;
     let event_loop = tokio::spawn(event_loop.run());
-    let incoming = net.control().accept(session::protocol()).map_err(|e| NodeError::Accept(e.to_string()))?;
+    let incoming = net
+        .control()
+        .accept(session::protocol())
+        .map_err(|e| NodeError::Accept(e.to_string()))?;
     let slots = Arc::new(Semaphore::new(cfg.max_sessions as usize));
     let ctx = Arc::new(SessionCtx {
         local_peer: net.local_peer_id(),
@@ -88,7 +98,15 @@ pub async fn start(cfg: NodeConfig, runner: Arc<dyn BlockRunner>, energy: Arc<dy
     }
     let listen = net.listen_addrs().await?;
     net.subscribe(dht::energy_topic(&cfg.model_id)).await?;
-    let mut node = RunningNode { net, cfg, energy, slots, listen, tasks: Vec::new(), event_loop };
+    let mut node = RunningNode {
+        net,
+        cfg,
+        energy,
+        slots,
+        listen,
+        tasks: Vec::new(),
+        event_loop,
+    };
     node.publish(true).await?;
     tasks.push(tokio::spawn(announcer(node.handle())));
     node.tasks = tasks;
@@ -127,7 +145,10 @@ impl RunningNode {
     /// Listen addresses, each with `/p2p/<peer id>` so they can be dialled as given.
     pub fn listen_addrs(&self) -> Vec<Multiaddr> {
         let p = self.peer_id();
-        self.listen.iter().map(|a| a.clone().with_p2p(p).unwrap_or_else(|a| a)).collect()
+        self.listen
+            .iter()
+            .map(|a| a.clone().with_p2p(p).unwrap_or_else(|a| a))
+            .collect()
     }
 
     async fn publish(&self, dht_too: bool) -> Result<(), NodeError> {
@@ -183,9 +204,13 @@ impl AnnounceHandle {
                 }
                 // A record stored on other peers cannot be deleted; overwrite it with one that
                 // has already expired.
-                self.net.put_record(record_key, bytes.clone(), Duration::from_secs(1)).await?;
+                self.net
+                    .put_record(record_key, bytes.clone(), Duration::from_secs(1))
+                    .await?;
             } else {
-                self.net.put_record(record_key, bytes.clone(), self.cfg.announce_ttl).await?;
+                self.net
+                    .put_record(record_key, bytes.clone(), self.cfg.announce_ttl)
+                    .await?;
                 for b in self.cfg.blocks.start..self.cfg.blocks.end {
                     self.net.start_providing(dht::block_key(model, b)).await?;
                 }

@@ -12,8 +12,8 @@ use libp2p::{Multiaddr, PeerId, StreamProtocol};
 use sunswarm_protocol::codec::CodecError;
 use sunswarm_protocol::io::{FrameError, read_message, write_message};
 use sunswarm_protocol::{
-    ACTIVATIONS_PROTOCOL, BlockRange, ErrorKind, Forward, HopTiming, ModelDigest, OpenSession, Request, Response,
-    TensorFrame, WireError,
+    ACTIVATIONS_PROTOCOL, BlockRange, ErrorKind, Forward, HopTiming, ModelDigest, OpenSession,
+    Request, Response, TensorFrame, WireError,
 };
 use tokio::sync::Semaphore;
 use tracing::{Instrument, debug, info_span, warn};
@@ -78,7 +78,15 @@ pub async fn serve(ctx: Arc<SessionCtx>, from: PeerId, mut up: Stream) {
     let open = match read_message::<_, Request>(&mut up, &mut buf).await {
         Ok(Request::Open(o)) => o,
         Ok(_) => {
-            let _ = write_message(&mut up, &Response::Error(refusal(ErrorKind::BadRequest, 0, "the first message must open a session"))).await;
+            let _ = write_message(
+                &mut up,
+                &Response::Error(refusal(
+                    ErrorKind::BadRequest,
+                    0,
+                    "the first message must open a session",
+                )),
+            )
+            .await;
             return;
         }
         Err(FrameError::Codec(e)) => {
@@ -112,7 +120,15 @@ pub async fn serve(ctx: Arc<SessionCtx>, from: PeerId, mut up: Stream) {
         } else {
             None
         };
-        if write_message(&mut up, &Response::Opened { session: open.session }).await.is_err() {
+        if write_message(
+            &mut up,
+            &Response::Opened {
+                session: open.session,
+            },
+        )
+        .await
+        .is_err()
+        {
             return;
         }
         debug!(%from, "opened");
@@ -126,38 +142,58 @@ pub async fn serve(ctx: Arc<SessionCtx>, from: PeerId, mut up: Stream) {
 }
 
 /// Checks an open against this node: model, blocks, identity, limits, energy, capacity.
-fn admit(ctx: &SessionCtx, open: &OpenSession) -> Result<(tokio::sync::OwnedSemaphorePermit, JobTicket), WireError> {
+fn admit(
+    ctx: &SessionCtx,
+    open: &OpenSession,
+) -> Result<(tokio::sync::OwnedSemaphorePermit, JobTicket), WireError> {
     let hop = open.hop;
     let me = &open.route[hop as usize];
     if open.model_id != ctx.model_id {
         return Err(refusal(
             ErrorKind::WrongModel,
             hop,
-            format!("this node serves model {}, not {}", sunswarm_protocol::hex(&ctx.model_id), sunswarm_protocol::hex(&open.model_id)),
+            format!(
+                "this node serves model {}, not {}",
+                sunswarm_protocol::hex(&ctx.model_id),
+                sunswarm_protocol::hex(&open.model_id)
+            ),
         ));
     }
     if me.peer_id != ctx.local_peer.to_bytes() {
-        return Err(refusal(ErrorKind::BadRequest, hop, "the route names another peer at this hop"));
+        return Err(refusal(
+            ErrorKind::BadRequest,
+            hop,
+            "the route names another peer at this hop",
+        ));
     }
     if me.blocks != ctx.blocks {
         return Err(refusal(
             ErrorKind::WrongBlocks,
             hop,
-            format!("this node serves blocks {}, the route asks for {}", ctx.blocks, me.blocks),
+            format!(
+                "this node serves blocks {}, the route asks for {}",
+                ctx.blocks, me.blocks
+            ),
         ));
     }
     if open.max_tokens > ctx.max_tokens {
         return Err(refusal(
             ErrorKind::BadRequest,
             hop,
-            format!("session asks for {} tokens, this node holds at most {}", open.max_tokens, ctx.max_tokens),
+            format!(
+                "session asks for {} tokens, this node holds at most {}",
+                open.max_tokens, ctx.max_tokens
+            ),
         ));
     }
     if let Err(reason) = ctx.energy.admit() {
         return Err(refusal(ErrorKind::PowerSaving, hop, reason));
     }
-    let permit =
-        ctx.slots.clone().try_acquire_owned().map_err(|_| refusal(ErrorKind::Busy, hop, "this node is at its session limit"))?;
+    let permit = ctx
+        .slots
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| refusal(ErrorKind::Busy, hop, "this node is at its session limit"))?;
     // Last, so that a job the energy model takes is never one the node then turns away.
     let job = ctx.energy.begin_job(open.max_tokens).map_err(|r| match r {
         Refusal::PowerSaving(m) => refusal(ErrorKind::PowerSaving, hop, m),
@@ -171,9 +207,13 @@ async fn open_next(ctx: &SessionCtx, open: &OpenSession) -> Result<Stream, WireE
     let hop = open.hop;
     let next = &open.route[hop as usize + 1];
     let fail = |m: String| refusal(ErrorKind::NextHop, hop, m);
-    let peer = PeerId::from_bytes(&next.peer_id).map_err(|e| fail(format!("next hop's peer id is invalid: {e}")))?;
+    let peer = PeerId::from_bytes(&next.peer_id)
+        .map_err(|e| fail(format!("next hop's peer id is invalid: {e}")))?;
     let addrs: Vec<Multiaddr> = next.addrs.iter().filter_map(|a| a.parse().ok()).collect();
-    ctx.net.add_addresses(peer, addrs).await.map_err(|e| fail(e.to_string()))?;
+    ctx.net
+        .add_addresses(peer, addrs)
+        .await
+        .map_err(|e| fail(e.to_string()))?;
     let fut = async {
         let mut down = ctx
             .net
@@ -183,19 +223,27 @@ async fn open_next(ctx: &SessionCtx, open: &OpenSession) -> Result<Stream, WireE
             .map_err(|e| fail(format!("cannot reach next hop {peer}: {e}")))?;
         let mut msg = open.clone();
         msg.hop = hop + 1;
-        write_message(&mut down, &Request::Open(msg)).await.map_err(|e| fail(format!("next hop {peer}: {e}")))?;
+        write_message(&mut down, &Request::Open(msg))
+            .await
+            .map_err(|e| fail(format!("next hop {peer}: {e}")))?;
         let mut buf = Vec::new();
         match read_message::<_, Response>(&mut down, &mut buf).await {
             Ok(Response::Opened { session }) if session == open.session => Ok(down),
             // A later hop's refusal travels back unchanged: the client learns which hop and why.
             Ok(Response::Error(e)) => Err(e),
-            Ok(other) => Err(fail(format!("next hop {peer} answered the open with {}", kind_of(&other)))),
+            Ok(other) => Err(fail(format!(
+                "next hop {peer} answered the open with {}",
+                kind_of(&other)
+            ))),
             Err(e) => Err(fail(format!("next hop {peer}: {e}"))),
         }
     };
     match tokio::time::timeout(ctx.next_hop_timeout, fut).await {
         Ok(r) => r,
-        Err(_) => Err(fail(format!("next hop {peer} did not open within {:?}", ctx.next_hop_timeout))),
+        Err(_) => Err(fail(format!(
+            "next hop {peer} did not open within {:?}",
+            ctx.next_hop_timeout
+        ))),
     }
 }
 
@@ -235,7 +283,17 @@ async fn run_session(
         };
         let reply = match req {
             Request::Forward(f) => {
-                match forward(ctx, open, &f, dim, cache.as_mut(), down.as_mut(), &mut down_buf).await {
+                match forward(
+                    ctx,
+                    open,
+                    &f,
+                    dim,
+                    cache.as_mut(),
+                    down.as_mut(),
+                    &mut down_buf,
+                )
+                .await
+                {
                     Ok(r) => {
                         // An emulated power mode answers no sooner than its share of the time
                         // per job (scaled by the clock); the deadline is absolute, so the hops
@@ -252,13 +310,25 @@ async fn run_session(
             Request::Close { session } if session == open.session => {
                 if let Some(d) = down.as_mut() {
                     let _ = write_message(d, &Request::Close { session }).await;
-                    let _ = tokio::time::timeout(ctx.next_hop_timeout, read_message::<_, Response>(d, &mut down_buf)).await;
+                    let _ = tokio::time::timeout(
+                        ctx.next_hop_timeout,
+                        read_message::<_, Response>(d, &mut down_buf),
+                    )
+                    .await;
                 }
                 let _ = write_message(&mut up, &Response::Closed { session }).await;
                 return;
             }
-            Request::Close { .. } => Response::Error(refusal(ErrorKind::UnknownSession, hop, "close names another session")),
-            Request::Open(_) => Response::Error(refusal(ErrorKind::BadRequest, hop, "this stream's session is already open")),
+            Request::Close { .. } => Response::Error(refusal(
+                ErrorKind::UnknownSession,
+                hop,
+                "close names another session",
+            )),
+            Request::Open(_) => Response::Error(refusal(
+                ErrorKind::BadRequest,
+                hop,
+                "this stream's session is already open",
+            )),
         };
         let failed = matches!(reply, Response::Error(_));
         if write_message(&mut up, &reply).await.is_err() || failed {
@@ -280,25 +350,40 @@ async fn forward(
     let t0 = Instant::now();
     let hop = open.hop;
     if f.session != open.session {
-        return Err(refusal(ErrorKind::UnknownSession, hop, format!("session {} is not open on this stream", f.session)));
+        return Err(refusal(
+            ErrorKind::UnknownSession,
+            hop,
+            format!("session {} is not open on this stream", f.session),
+        ));
     }
     if f.position as usize != cache.len() {
         return Err(refusal(
             ErrorKind::BadRequest,
             hop,
-            format!("forward starts at position {} but the cache holds {}", f.position, cache.len()),
+            format!(
+                "forward starts at position {} but the cache holds {}",
+                f.position,
+                cache.len()
+            ),
         ));
     }
-    let (n, data) = f.hidden.to_hidden(dim).map_err(|e| refusal(ErrorKind::BadRequest, hop, e.to_string()))?;
+    let (n, data) = f
+        .hidden
+        .to_hidden(dim)
+        .map_err(|e| refusal(ErrorKind::BadRequest, hop, e.to_string()))?;
     if f.position as u64 + n as u64 > open.max_tokens as u64 {
         return Err(refusal(
             ErrorKind::BadRequest,
             hop,
-            format!("{} tokens past position {} exceed the session's {}", n, f.position, open.max_tokens),
+            format!(
+                "{} tokens past position {} exceed the session's {}",
+                n, f.position, open.max_tokens
+            ),
         ));
     }
     let tc = Instant::now();
-    let out = blocking(|| cache.forward(n, data)).map_err(|e| refusal(ErrorKind::Compute, hop, e.to_string()))?;
+    let out = blocking(|| cache.forward(n, data))
+        .map_err(|e| refusal(ErrorKind::Compute, hop, e.to_string()))?;
     let compute = tc.elapsed();
     ctx.energy.on_job(compute);
     let frame = TensorFrame::from_f32(&[n as u32, dim as u32], &out, open.dtype)
@@ -306,18 +391,41 @@ async fn forward(
     let (hidden, mut timings) = match down {
         None => (frame, Vec::with_capacity(1)),
         Some(d) => {
-            let next = Forward { session: f.session, step: f.step, position: f.position, hidden: frame };
+            let next = Forward {
+                session: f.session,
+                step: f.step,
+                position: f.position,
+                hidden: frame,
+            };
             let nh = |m: String| refusal(ErrorKind::NextHop, hop, m);
-            write_message(d, &Request::Forward(next)).await.map_err(|e| nh(format!("sending to the next hop: {e}")))?;
-            let answer = tokio::time::timeout(ctx.next_hop_timeout, read_message::<_, Response>(d, down_buf))
+            write_message(d, &Request::Forward(next))
                 .await
-                .map_err(|_| nh(format!("the next hop did not answer within {:?}", ctx.next_hop_timeout)))?;
+                .map_err(|e| nh(format!("sending to the next hop: {e}")))?;
+            let answer = tokio::time::timeout(
+                ctx.next_hop_timeout,
+                read_message::<_, Response>(d, down_buf),
+            )
+            .await
+            .map_err(|_| {
+                nh(format!(
+                    "the next hop did not answer within {:?}",
+                    ctx.next_hop_timeout
+                ))
+            })?;
             match answer {
-                Ok(Response::Hidden { session, step, hidden, timings }) if session == f.session && step == f.step => {
-                    (hidden, timings)
-                }
+                Ok(Response::Hidden {
+                    session,
+                    step,
+                    hidden,
+                    timings,
+                }) if session == f.session && step == f.step => (hidden, timings),
                 Ok(Response::Error(e)) => return Err(e),
-                Ok(other) => return Err(nh(format!("unexpected answer from the next hop: {}", kind_of(&other)))),
+                Ok(other) => {
+                    return Err(nh(format!(
+                        "unexpected answer from the next hop: {}",
+                        kind_of(&other)
+                    )));
+                }
                 Err(e) => {
                     warn!("next hop failed: {e}");
                     return Err(nh(format!("the next hop failed: {e}")));
@@ -325,8 +433,20 @@ async fn forward(
             }
         }
     };
-    timings.insert(0, HopTiming { hop, compute_us: micros(compute), total_us: micros(t0.elapsed()) });
-    Ok(Response::Hidden { session: f.session, step: f.step, hidden, timings })
+    timings.insert(
+        0,
+        HopTiming {
+            hop,
+            compute_us: micros(compute),
+            total_us: micros(t0.elapsed()),
+        },
+    );
+    Ok(Response::Hidden {
+        session: f.session,
+        step: f.step,
+        hidden,
+        timings,
+    })
 }
 
 fn kind_of(r: &Response) -> &'static str {

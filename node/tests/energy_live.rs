@@ -15,8 +15,8 @@ use sunswarm_node::net::{self, NetConfig, Network};
 use sunswarm_node::node::{self, NodeConfig, RunningNode};
 use sunswarm_protocol::io::{read_message, write_message};
 use sunswarm_protocol::{
-    ACTIVATIONS_PROTOCOL, Announcement, BlockRange, DType, ErrorKind, Forward, Hop, OpenSession, PowerMode, Request, Response,
-    SessionId, TensorFrame, dht,
+    ACTIVATIONS_PROTOCOL, Announcement, BlockRange, DType, ErrorKind, Forward, Hop, OpenSession,
+    PowerMode, Request, Response, SessionId, TensorFrame, dht,
 };
 use tokio::time::Instant;
 
@@ -43,36 +43,71 @@ async fn start_node(energy: Arc<dyn EnergySource>) -> RunningNode {
         next_hop_timeout: Duration::from_secs(10),
         throughput: 1.0,
     };
-    node::start(cfg, Arc::new(ShiftRunner { dim: DIM, shift: 1.0 }), energy).await.expect("node starts")
+    node::start(
+        cfg,
+        Arc::new(ShiftRunner {
+            dim: DIM,
+            shift: 1.0,
+        }),
+        energy,
+    )
+    .await
+    .expect("node starts")
 }
 
 /// A client-side host that follows the model's energy gossip.
 async fn observer(node: &RunningNode) -> (Network, tokio::task::JoinHandle<()>) {
-    let cfg = NetConfig { listen: Vec::new(), bootstrap: node.listen_addrs(), dht_server: false, ..NetConfig::default() };
+    let cfg = NetConfig {
+        listen: Vec::new(),
+        bootstrap: node.listen_addrs(),
+        dht_server: false,
+        ..NetConfig::default()
+    };
     let (net, ev) = net::new(cfg).unwrap();
     let ev = tokio::spawn(ev.run());
-    net.wait_ready(true, DEADLINE).await.expect("observer joins");
+    net.wait_ready(true, DEADLINE)
+        .await
+        .expect("observer joins");
     net.subscribe(dht::energy_topic(&MODEL)).await.unwrap();
     (net, ev)
 }
 
 async fn latest(net: &Network, node: &RunningNode) -> Option<Announcement> {
     let me = node.peer_id().to_bytes();
-    net.gossip_view().await.unwrap().into_iter().find(|a| a.peer_id == me)
+    net.gossip_view()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|a| a.peer_id == me)
 }
 
 fn hop(node: &RunningNode) -> Hop {
     Hop {
         peer_id: node.peer_id().to_bytes(),
-        addrs: node.listen_addrs().iter().map(Multiaddr::to_string).collect(),
+        addrs: node
+            .listen_addrs()
+            .iter()
+            .map(Multiaddr::to_string)
+            .collect(),
         blocks: BlockRange::new(0, 2).unwrap(),
     }
 }
 
 /// Opens a one-hop session; returns the stream, or the node's refusal.
-async fn open(net: &Network, node: &RunningNode, id: u8, max_tokens: u32) -> Result<libp2p::Stream, sunswarm_protocol::WireError> {
-    net.add_addresses(node.peer_id(), node.listen_addrs()).await.unwrap();
-    let mut s = net.control().open_stream(node.peer_id(), StreamProtocol::new(ACTIVATIONS_PROTOCOL)).await.expect("stream opens");
+async fn open(
+    net: &Network,
+    node: &RunningNode,
+    id: u8,
+    max_tokens: u32,
+) -> Result<libp2p::Stream, sunswarm_protocol::WireError> {
+    net.add_addresses(node.peer_id(), node.listen_addrs())
+        .await
+        .unwrap();
+    let mut s = net
+        .control()
+        .open_stream(node.peer_id(), StreamProtocol::new(ACTIVATIONS_PROTOCOL))
+        .await
+        .expect("stream opens");
     let open = OpenSession {
         session: SessionId([id; 16]),
         model_id: MODEL,
@@ -92,14 +127,32 @@ async fn open(net: &Network, node: &RunningNode, id: u8, max_tokens: u32) -> Res
 
 /// Runs `n` tokens through an open session in one forward and closes it.
 async fn run_job(s: &mut libp2p::Stream, id: u8, n: usize) {
-    let hidden = TensorFrame::from_f32(&[n as u32, DIM as u32], &vec![0.0; n * DIM], DType::F32).unwrap();
-    write_message(s, &Request::Forward(Forward { session: SessionId([id; 16]), step: 0, position: 0, hidden })).await.unwrap();
+    let hidden =
+        TensorFrame::from_f32(&[n as u32, DIM as u32], &vec![0.0; n * DIM], DType::F32).unwrap();
+    write_message(
+        s,
+        &Request::Forward(Forward {
+            session: SessionId([id; 16]),
+            step: 0,
+            position: 0,
+            hidden,
+        }),
+    )
+    .await
+    .unwrap();
     let mut buf = Vec::new();
     match read_message::<_, Response>(s, &mut buf).await.unwrap() {
         Response::Hidden { .. } => {}
         other => panic!("unexpected answer to a forward: {other:?}"),
     }
-    write_message(s, &Request::Close { session: SessionId([id; 16]) }).await.unwrap();
+    write_message(
+        s,
+        &Request::Close {
+            session: SessionId([id; 16]),
+        },
+    )
+    .await
+    .unwrap();
     let _ = read_message::<_, Response>(s, &mut buf).await;
 }
 
@@ -108,17 +161,27 @@ async fn dynamic_mode_switches_at_the_thresholds_in_the_gossiped_state() {
     // One kJ per 100 s slot, 1000x faster (0.1 s per slot): an idle node climbs from 20 kJ through
     // both of the dynamic table's thresholds (40 and 60 kJ of 100); the 2 s below 40 leave the
     // gossip mesh time to form.
-    let source = emulated("initial=20,harvest=uniform(1,1),seed=1", PowerModeArg::Dynamic, 1000.0);
+    let source = emulated(
+        "initial=20,harvest=uniform(1,1),seed=1",
+        PowerModeArg::Dynamic,
+        1000.0,
+    );
     let expected_rate = source.state().max_job_rate;
     let node = start_node(source.clone()).await;
     let (net, ev) = observer(&node).await;
     let mut seen: Vec<(f32, PowerMode, u8, bool)> = Vec::new();
     let until = Instant::now() + DEADLINE;
     while !seen.iter().any(|s| s.1 == PowerMode::Dynamic { watts: 60 }) {
-        assert!(Instant::now() < until, "the gossiped mode never reached 60 W; seen {seen:?}");
+        assert!(
+            Instant::now() < until,
+            "the gossiped mode never reached 60 W; seen {seen:?}"
+        );
         if let Some(a) = latest(&net, &node).await {
             let e = a.energy;
-            assert_eq!(e.max_job_rate, expected_rate, "the node gossips the rate its own model gives");
+            assert_eq!(
+                e.max_job_rate, expected_rate,
+                "the node gossips the rate its own model gives"
+            );
             if seen.last().map(|s| s.0) != Some(e.battery_level) {
                 seen.push((e.battery_level, e.power_mode, e.mode_index, e.critical));
             }
@@ -129,15 +192,34 @@ async fn dynamic_mode_switches_at_the_thresholds_in_the_gossiped_state() {
     // 40 %, 60 W from 60 %), and the climb went through all three.
     for &(level, mode, index, critical) in &seen {
         let kj = (level * 100.0).round() as i64;
-        let want = if kj < 40 { 15 } else if kj < 60 { 30 } else { 60 };
-        assert_eq!(mode, PowerMode::Dynamic { watts: want }, "at {kj} kJ; seen {seen:?}");
-        assert_eq!(index as usize, [15, 30, 60].iter().position(|w| *w == want).unwrap());
+        let want = if kj < 40 {
+            15
+        } else if kj < 60 {
+            30
+        } else {
+            60
+        };
+        assert_eq!(
+            mode,
+            PowerMode::Dynamic { watts: want },
+            "at {kj} kJ; seen {seen:?}"
+        );
+        assert_eq!(
+            index as usize,
+            [15, 30, 60].iter().position(|w| *w == want).unwrap()
+        );
         assert_eq!(critical, want == 15);
     }
     for watts in [15, 30] {
-        assert!(seen.iter().any(|s| s.1 == PowerMode::Dynamic { watts }), "{watts} W never gossiped; seen {seen:?}");
+        assert!(
+            seen.iter().any(|s| s.1 == PowerMode::Dynamic { watts }),
+            "{watts} W never gossiped; seen {seen:?}"
+        );
     }
-    assert!((0.0..0.4).contains(&seen[0].0), "started below 40 %: {seen:?}");
+    assert!(
+        (0.0..0.4).contains(&seen[0].0),
+        "started below 40 %: {seen:?}"
+    );
     let _ = net.shutdown(Duration::ZERO).await;
     let _ = ev.await;
     node.leave().await;
@@ -147,11 +229,17 @@ async fn dynamic_mode_switches_at_the_thresholds_in_the_gossiped_state() {
 async fn power_saving_refuses_sessions_with_the_reason_then_serves_again() {
     // 60 W (23 kJ per job) from 25 kJ with low = 20: one job sends the node into power saving;
     // it harvests 1 kJ per 20 ms slot and wakes at high = 80, about 60 slots later.
-    let source = emulated("initial=25,low=20,high=80,harvest=uniform(1,1),slot=100,seed=2", PowerModeArg::W60, 5000.0);
+    let source = emulated(
+        "initial=25,low=20,high=80,harvest=uniform(1,1),slot=100,seed=2",
+        PowerModeArg::W60,
+        5000.0,
+    );
     let node = start_node(source.clone()).await;
     let (net, ev) = observer(&node).await;
 
-    let mut s = open(&net, &node, 1, 4).await.expect("an active node takes the session");
+    let mut s = open(&net, &node, 1, 4)
+        .await
+        .expect("an active node takes the session");
     run_job(&mut s, 1, 4).await;
     drop(s);
     let until = Instant::now() + DEADLINE;
@@ -161,13 +249,22 @@ async fn power_saving_refuses_sessions_with_the_reason_then_serves_again() {
     }
     // Harvest refills 1 kJ per slot, so the node stays in saving for about 60 slots (1.2 s): refusals are
     // certain for an open right after the job.
-    let Err(refusal) = open(&net, &node, 2, 4).await else { panic!("a node just drained below low must be in power saving") };
+    let Err(refusal) = open(&net, &node, 2, 4).await else {
+        panic!("a node just drained below low must be in power saving")
+    };
     assert_eq!(refusal.kind, ErrorKind::PowerSaving, "{refusal:?}");
-    assert!(refusal.message.contains("power saving") && refusal.message.contains("80 kJ"), "{}", refusal.message);
+    assert!(
+        refusal.message.contains("power saving") && refusal.message.contains("80 kJ"),
+        "{}",
+        refusal.message
+    );
     // The gossiped state shows it too.
     loop {
         assert!(Instant::now() < until, "power saving never gossiped");
-        if latest(&net, &node).await.is_some_and(|a| a.energy.power_saving) {
+        if latest(&net, &node)
+            .await
+            .is_some_and(|a| a.energy.power_saving)
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;

@@ -14,7 +14,8 @@ use sunswarm_node::net::{self, NetConfig, Network};
 use sunswarm_node::node::{self, NodeConfig, RunningNode};
 use sunswarm_protocol::io::{read_message, write_message};
 use sunswarm_protocol::{
-    ACTIVATIONS_PROTOCOL, BlockRange, DType, ErrorKind, Forward, Hop, OpenSession, Request, Response, SessionId, TensorFrame,
+    ACTIVATIONS_PROTOCOL, BlockRange, DType, ErrorKind, Forward, Hop, OpenSession, Request,
+    Response, SessionId, TensorFrame,
 };
 
 const MODEL: [u8; 32] = [3; 32];
@@ -23,7 +24,10 @@ const SHIFTS: [f32; 3] = [1.0, 10.0, 100.0];
 
 async fn start(i: usize, bootstrap: Vec<Multiaddr>) -> RunningNode {
     let cfg = NodeConfig {
-        net: NetConfig { bootstrap, ..NetConfig::default() },
+        net: NetConfig {
+            bootstrap,
+            ..NetConfig::default()
+        },
         model_id: MODEL,
         n_layers: 6,
         blocks: BlockRange::new(2 * i as u32, 2 * i as u32 + 2).unwrap(),
@@ -35,7 +39,16 @@ async fn start(i: usize, bootstrap: Vec<Multiaddr>) -> RunningNode {
         next_hop_timeout: Duration::from_secs(10),
         throughput: 1.0,
     };
-    node::start(cfg, Arc::new(ShiftRunner { dim: DIM, shift: SHIFTS[i] }), Arc::new(Mains)).await.expect("node starts")
+    node::start(
+        cfg,
+        Arc::new(ShiftRunner {
+            dim: DIM,
+            shift: SHIFTS[i],
+        }),
+        Arc::new(Mains),
+    )
+    .await
+    .expect("node starts")
 }
 
 fn hop(n: &RunningNode, i: u32) -> Hop {
@@ -47,7 +60,12 @@ fn hop(n: &RunningNode, i: u32) -> Hop {
 }
 
 async fn client(first: &RunningNode) -> Network {
-    let cfg = NetConfig { listen: Vec::new(), bootstrap: first.listen_addrs(), dht_server: false, ..NetConfig::default() };
+    let cfg = NetConfig {
+        listen: Vec::new(),
+        bootstrap: first.listen_addrs(),
+        dht_server: false,
+        ..NetConfig::default()
+    };
     let (net, ev) = net::new(cfg).unwrap();
     tokio::spawn(ev.run());
     net.wait_ready(true, Duration::from_secs(30)).await.unwrap();
@@ -55,8 +73,13 @@ async fn client(first: &RunningNode) -> Network {
 }
 
 async fn stream_to(net: &Network, n: &RunningNode) -> libp2p::Stream {
-    net.add_addresses(n.peer_id(), n.listen_addrs()).await.unwrap();
-    net.control().open_stream(n.peer_id(), StreamProtocol::new(ACTIVATIONS_PROTOCOL)).await.unwrap()
+    net.add_addresses(n.peer_id(), n.listen_addrs())
+        .await
+        .unwrap();
+    net.control()
+        .open_stream(n.peer_id(), StreamProtocol::new(ACTIVATIONS_PROTOCOL))
+        .await
+        .unwrap()
 }
 
 async fn ask(s: &mut libp2p::Stream, req: &Request) -> Response {
@@ -66,11 +89,23 @@ async fn ask(s: &mut libp2p::Stream, req: &Request) -> Response {
 
 fn forward(session: SessionId, step: u32, position: u32, rows: &[f32]) -> Request {
     let n = (rows.len() / DIM) as u32;
-    Request::Forward(Forward { session, step, position, hidden: TensorFrame::from_f32(&[n, DIM as u32], rows, DType::F32).unwrap() })
+    Request::Forward(Forward {
+        session,
+        step,
+        position,
+        hidden: TensorFrame::from_f32(&[n, DIM as u32], rows, DType::F32).unwrap(),
+    })
 }
 
 fn open(session: SessionId, route: Vec<Hop>, model_id: [u8; 32]) -> Request {
-    Request::Open(OpenSession { session, model_id, route, hop: 0, dtype: DType::F32, max_tokens: 32 })
+    Request::Open(OpenSession {
+        session,
+        model_id,
+        route,
+        hop: 0,
+        dtype: DType::F32,
+        max_tokens: 32,
+    })
 }
 
 fn refusal(r: Response) -> (ErrorKind, u16, String) {
@@ -91,23 +126,41 @@ async fn three_hops_run_in_order_and_refusals_name_their_reason() {
     // Honest session: prefill 2 tokens, then 2 decode steps.
     let sid = SessionId([1; 16]);
     let mut s = stream_to(&net, &a).await;
-    assert_eq!(ask(&mut s, &open(sid, route.clone(), MODEL)).await, Response::Opened { session: sid });
+    assert_eq!(
+        ask(&mut s, &open(sid, route.clone(), MODEL)).await,
+        Response::Opened { session: sid }
+    );
     let total: f32 = SHIFTS.iter().sum();
     let mut pos = 0u32;
     for (step, n_tokens) in [2usize, 1, 1].into_iter().enumerate() {
         let input: Vec<f32> = (0..n_tokens * DIM).map(|i| i as f32).collect();
         match ask(&mut s, &forward(sid, step as u32, pos, &input)).await {
-            Response::Hidden { session, step: st, hidden, timings } => {
+            Response::Hidden {
+                session,
+                step: st,
+                hidden,
+                timings,
+            } => {
                 assert_eq!((session, st), (sid, step as u32));
                 let (n, out) = hidden.to_hidden(DIM).unwrap();
                 assert_eq!(n, n_tokens);
                 for (i, v) in out.iter().enumerate() {
                     let p = pos as f32 + (i / DIM) as f32;
                     // Each of 3 hops adds its shift + 0.5 * position.
-                    assert_eq!(*v, input[i] + total + 3.0 * 0.5 * p, "step {step} element {i}");
+                    assert_eq!(
+                        *v,
+                        input[i] + total + 3.0 * 0.5 * p,
+                        "step {step} element {i}"
+                    );
                 }
-                assert_eq!(timings.iter().map(|t| t.hop).collect::<Vec<_>>(), vec![0, 1, 2]);
-                assert!(timings.windows(2).all(|w| w[0].total_us >= w[1].total_us), "{timings:?}");
+                assert_eq!(
+                    timings.iter().map(|t| t.hop).collect::<Vec<_>>(),
+                    vec![0, 1, 2]
+                );
+                assert!(
+                    timings.windows(2).all(|w| w[0].total_us >= w[1].total_us),
+                    "{timings:?}"
+                );
             }
             other => panic!("step {step}: {other:?}"),
         }
@@ -116,11 +169,15 @@ async fn three_hops_run_in_order_and_refusals_name_their_reason() {
     // A replayed (lost) position is refused by the first hop instead of corrupting its cache.
     let (kind, hop_i, msg) = refusal(ask(&mut s, &forward(sid, 3, 1, &[0.0; DIM])).await);
     assert_eq!((kind, hop_i), (ErrorKind::BadRequest, 0));
-    assert!(msg.contains("position 1") && msg.contains("holds 4"), "{msg}");
+    assert!(
+        msg.contains("position 1") && msg.contains("holds 4"),
+        "{msg}"
+    );
 
     // Wrong model id.
     let mut s = stream_to(&net, &a).await;
-    let (kind, _, msg) = refusal(ask(&mut s, &open(SessionId([2; 16]), route.clone(), [9; 32])).await);
+    let (kind, _, msg) =
+        refusal(ask(&mut s, &open(SessionId([2; 16]), route.clone(), [9; 32])).await);
     assert_eq!(kind, ErrorKind::WrongModel, "{msg}");
 
     // The third hop is asked for blocks it does not serve: its refusal travels back with its index.
@@ -151,9 +208,18 @@ async fn three_hops_run_in_order_and_refusals_name_their_reason() {
     // The node is still up: a fresh honest session works.
     let sid = SessionId([5; 16]);
     let mut s = stream_to(&net, &a).await;
-    assert_eq!(ask(&mut s, &open(sid, route.clone(), MODEL)).await, Response::Opened { session: sid });
-    assert!(matches!(ask(&mut s, &forward(sid, 0, 0, &[0.0; DIM])).await, Response::Hidden { .. }));
-    assert_eq!(ask(&mut s, &Request::Close { session: sid }).await, Response::Closed { session: sid });
+    assert_eq!(
+        ask(&mut s, &open(sid, route.clone(), MODEL)).await,
+        Response::Opened { session: sid }
+    );
+    assert!(matches!(
+        ask(&mut s, &forward(sid, 0, 0, &[0.0; DIM])).await,
+        Response::Hidden { .. }
+    ));
+    assert_eq!(
+        ask(&mut s, &Request::Close { session: sid }).await,
+        Response::Closed { session: sid }
+    );
 
     for n in [c, b, a] {
         n.leave().await;

@@ -61,7 +61,10 @@ impl EnergyState {
             if v.is_finite() && v >= 0.0 {
                 Ok(())
             } else {
-                Err(CodecError::Field { field, reason: format!("{v} is not a finite non-negative number") })
+                Err(CodecError::Field {
+                    field,
+                    reason: format!("{v} is not a finite non-negative number"),
+                })
             }
         };
         field("energy.battery_level", self.battery_level)?;
@@ -69,7 +72,10 @@ impl EnergyState {
         field("energy.max_job_rate", self.max_job_rate)?;
         field("energy.saving_risk", self.saving_risk)?;
         if self.saving_risk > 1.0 {
-            return Err(CodecError::Field { field: "energy.saving_risk", reason: format!("{} is above 1 (a probability)", self.saving_risk) });
+            return Err(CodecError::Field {
+                field: "energy.saving_risk",
+                reason: format!("{} is above 1 (a probability)", self.saving_risk),
+            });
         }
         if self.battery_level > 1.0 {
             return Err(CodecError::Field {
@@ -116,7 +122,10 @@ impl Announcement {
 impl Validate for Announcement {
     fn validate(&self) -> Result<(), CodecError> {
         if self.peer_id.is_empty() {
-            return Err(CodecError::Field { field: "peer_id", reason: "empty".into() });
+            return Err(CodecError::Field {
+                field: "peer_id",
+                reason: "empty".into(),
+            });
         }
         check_len("peer_id", self.peer_id.len(), MAX_PEER_ID_LEN)?;
         check_len("addrs", self.addrs.len(), MAX_ADDRS)?;
@@ -126,10 +135,15 @@ impl Validate for Announcement {
         self.blocks.within(self.n_layers)?;
         check_text("backend", &self.backend, 16)?;
         if !(self.throughput.is_finite() && self.throughput >= 0.0) {
-            return Err(CodecError::Field { field: "throughput", reason: format!("{} is not a finite non-negative number", self.throughput) });
+            return Err(CodecError::Field {
+                field: "throughput",
+                reason: format!("{} is not a finite non-negative number", self.throughput),
+            });
         }
         self.energy.validate()?;
-        if self.expires_ms < self.timestamp_ms || self.expires_ms - self.timestamp_ms > MAX_ANNOUNCE_TTL_MS {
+        if self.expires_ms < self.timestamp_ms
+            || self.expires_ms - self.timestamp_ms > MAX_ANNOUNCE_TTL_MS
+        {
             return Err(CodecError::Field {
                 field: "expires_ms",
                 reason: format!(
@@ -193,20 +207,47 @@ pub(crate) mod tests {
         type Case = (&'static str, Box<dyn Fn(&mut Announcement)>);
         let cases: Vec<Case> = vec![
             ("peer_id", Box::new(|a| a.peer_id.clear())),
-            ("peer_id", Box::new(|a| a.peer_id = vec![1; MAX_PEER_ID_LEN + 1])),
-            ("addrs", Box::new(|a| a.addrs = vec!["/ip4/1.2.3.4/tcp/1".into(); MAX_ADDRS + 1])),
-            ("addrs[]", Box::new(|a| a.addrs = vec!["x".repeat(MAX_ADDR_LEN + 1)])),
-            ("30 blocks", Box::new(|a| a.blocks = BlockRange { start: 25, end: 31 })),
-            ("empty", Box::new(|a| a.blocks = BlockRange { start: 5, end: 5 })),
+            (
+                "peer_id",
+                Box::new(|a| a.peer_id = vec![1; MAX_PEER_ID_LEN + 1]),
+            ),
+            (
+                "addrs",
+                Box::new(|a| a.addrs = vec!["/ip4/1.2.3.4/tcp/1".into(); MAX_ADDRS + 1]),
+            ),
+            (
+                "addrs[]",
+                Box::new(|a| a.addrs = vec!["x".repeat(MAX_ADDR_LEN + 1)]),
+            ),
+            (
+                "30 blocks",
+                Box::new(|a| a.blocks = BlockRange { start: 25, end: 31 }),
+            ),
+            (
+                "empty",
+                Box::new(|a| a.blocks = BlockRange { start: 5, end: 5 }),
+            ),
             ("backend", Box::new(|a| a.backend = "x".repeat(17))),
             ("throughput", Box::new(|a| a.throughput = f32::NAN)),
             ("battery_level", Box::new(|a| a.energy.battery_level = 1.5)),
             ("battery_level", Box::new(|a| a.energy.battery_level = -0.1)),
-            ("harvest_w", Box::new(|a| a.energy.harvest_w = f32::INFINITY)),
-            ("max_job_rate", Box::new(|a| a.energy.max_job_rate = f32::NAN)),
+            (
+                "harvest_w",
+                Box::new(|a| a.energy.harvest_w = f32::INFINITY),
+            ),
+            (
+                "max_job_rate",
+                Box::new(|a| a.energy.max_job_rate = f32::NAN),
+            ),
             ("saving_risk", Box::new(|a| a.energy.saving_risk = 1.5)),
-            ("expires_ms", Box::new(|a| a.expires_ms = a.timestamp_ms - 1)),
-            ("expires_ms", Box::new(|a| a.expires_ms = a.timestamp_ms + MAX_ANNOUNCE_TTL_MS + 1)),
+            (
+                "expires_ms",
+                Box::new(|a| a.expires_ms = a.timestamp_ms - 1),
+            ),
+            (
+                "expires_ms",
+                Box::new(|a| a.expires_ms = a.timestamp_ms + MAX_ANNOUNCE_TTL_MS + 1),
+            ),
         ];
         for (needle, mutate) in cases {
             let mut a = sample();

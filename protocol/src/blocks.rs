@@ -42,10 +42,17 @@ impl BlockRange {
     /// Checks the invariants a range decoded from the wire must hold.
     pub fn validate(&self) -> Result<(), BlocksError> {
         if self.start >= self.end {
-            return Err(BlocksError::Empty { start: self.start, end: self.end });
+            return Err(BlocksError::Empty {
+                start: self.start,
+                end: self.end,
+            });
         }
         if self.end > MAX_BLOCKS {
-            return Err(BlocksError::TooLarge { start: self.start, end: self.end, max: MAX_BLOCKS });
+            return Err(BlocksError::TooLarge {
+                start: self.start,
+                end: self.end,
+                max: MAX_BLOCKS,
+            });
         }
         Ok(())
     }
@@ -54,7 +61,11 @@ impl BlockRange {
     pub fn within(&self, n_layers: u32) -> Result<(), BlocksError> {
         self.validate()?;
         if self.end > n_layers {
-            return Err(BlocksError::OutsideModel { start: self.start, end: self.end, n_layers });
+            return Err(BlocksError::OutsideModel {
+                start: self.start,
+                end: self.end,
+                n_layers,
+            });
         }
         Ok(())
     }
@@ -153,7 +164,9 @@ pub fn parse_split_list(s: &str) -> Result<Vec<BlockRange>, BlocksError> {
     s.split(',')
         .map(|part| match part.parse::<BlockSpec>()? {
             BlockSpec::Range(r) => Ok(r),
-            BlockSpec::All => Err(BlocksError::Syntax(format!("`all` is not allowed inside a list: {s:?}"))),
+            BlockSpec::All => Err(BlocksError::Syntax(format!(
+                "`all` is not allowed inside a list: {s:?}"
+            ))),
         })
         .collect()
 }
@@ -180,12 +193,28 @@ mod tests {
     #[test]
     fn all_resolves_to_the_whole_model() {
         assert_eq!("all".parse::<BlockSpec>().unwrap(), BlockSpec::All);
-        assert_eq!("ALL".parse::<BlockSpec>().unwrap().resolve(30).unwrap(), BlockRange { start: 0, end: 30 });
+        assert_eq!(
+            "ALL".parse::<BlockSpec>().unwrap().resolve(30).unwrap(),
+            BlockRange { start: 0, end: 30 }
+        );
     }
 
     #[test]
     fn bad_syntax_is_refused_with_the_input_named() {
-        for bad in ["", "x", "1-", "-1", "1:", "3-1", "4:4", "5:2", "1-2-3", "a-b", "0-4294967295", "1..3"] {
+        for bad in [
+            "",
+            "x",
+            "1-",
+            "-1",
+            "1:",
+            "3-1",
+            "4:4",
+            "5:2",
+            "1-2-3",
+            "a-b",
+            "0-4294967295",
+            "1..3",
+        ] {
             let err = bad.parse::<BlockSpec>().unwrap_err();
             assert!(!err.to_string().is_empty(), "{bad}");
         }
@@ -198,7 +227,11 @@ mod tests {
         let spec: BlockSpec = "20-30".parse().unwrap();
         assert_eq!(
             spec.resolve(30).unwrap_err(),
-            BlocksError::OutsideModel { start: 20, end: 31, n_layers: 30 }
+            BlocksError::OutsideModel {
+                start: 20,
+                end: 31,
+                n_layers: 30
+            }
         );
         assert_eq!(spec.resolve(31).unwrap(), BlockRange { start: 20, end: 31 });
     }
@@ -206,7 +239,10 @@ mod tests {
     #[test]
     fn limit_on_block_count() {
         assert!(BlockRange::new(0, MAX_BLOCKS).is_ok());
-        assert!(matches!(BlockRange::new(0, MAX_BLOCKS + 1), Err(BlocksError::TooLarge { .. })));
+        assert!(matches!(
+            BlockRange::new(0, MAX_BLOCKS + 1),
+            Err(BlocksError::TooLarge { .. })
+        ));
     }
 
     #[test]
@@ -233,7 +269,11 @@ mod tests {
         }
         assert_eq!(
             BlockRange::split_even(30, 3).unwrap(),
-            vec![BlockRange { start: 0, end: 10 }, BlockRange { start: 10, end: 20 }, BlockRange { start: 20, end: 30 }]
+            vec![
+                BlockRange { start: 0, end: 10 },
+                BlockRange { start: 10, end: 20 },
+                BlockRange { start: 20, end: 30 }
+            ]
         );
     }
 

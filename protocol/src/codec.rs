@@ -44,7 +44,10 @@ pub trait Validate {
 
 pub(crate) fn check_len(field: &'static str, len: usize, max: usize) -> Result<(), CodecError> {
     if len > max {
-        return Err(CodecError::Field { field, reason: format!("{len} entries/bytes exceed the limit of {max}") });
+        return Err(CodecError::Field {
+            field,
+            reason: format!("{len} entries/bytes exceed the limit of {max}"),
+        });
     }
     Ok(())
 }
@@ -58,7 +61,10 @@ pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, CodecError> {
     let mut out = PROTOCOL_VERSION.to_le_bytes().to_vec();
     out = postcard::to_extend(msg, out)?;
     if out.len() > MAX_MESSAGE_BYTES {
-        return Err(CodecError::TooLarge { len: out.len(), max: MAX_MESSAGE_BYTES });
+        return Err(CodecError::TooLarge {
+            len: out.len(),
+            max: MAX_MESSAGE_BYTES,
+        });
     }
     Ok(out)
 }
@@ -74,11 +80,17 @@ pub fn version_of(bytes: &[u8]) -> Result<u16, CodecError> {
 /// Decodes and validates a message.
 pub fn decode<T: DeserializeOwned + Validate>(bytes: &[u8]) -> Result<T, CodecError> {
     if bytes.len() > MAX_MESSAGE_BYTES {
-        return Err(CodecError::TooLarge { len: bytes.len(), max: MAX_MESSAGE_BYTES });
+        return Err(CodecError::TooLarge {
+            len: bytes.len(),
+            max: MAX_MESSAGE_BYTES,
+        });
     }
     let got = version_of(bytes)?;
     if got != PROTOCOL_VERSION {
-        return Err(CodecError::VersionMismatch { got, expected: PROTOCOL_VERSION });
+        return Err(CodecError::VersionMismatch {
+            got,
+            expected: PROTOCOL_VERSION,
+        });
     }
     let (value, rest): (T, &[u8]) = postcard::take_from_bytes(&bytes[2..])?;
     if !rest.is_empty() {
@@ -97,11 +109,26 @@ mod tests {
 
     #[test]
     fn version_is_checked_first() {
-        let mut bytes = encode(&Request::Close { session: crate::SessionId([0; 16]) }).unwrap();
+        let mut bytes = encode(&Request::Close {
+            session: crate::SessionId([0; 16]),
+        })
+        .unwrap();
         bytes[0] = 2;
-        assert!(matches!(decode::<Request>(&bytes), Err(CodecError::VersionMismatch { got: 2, expected: 1 })));
-        assert!(matches!(decode::<Request>(&[1]), Err(CodecError::Truncated { len: 1 })));
-        assert!(matches!(decode::<Request>(&[]), Err(CodecError::Truncated { len: 0 })));
+        assert!(matches!(
+            decode::<Request>(&bytes),
+            Err(CodecError::VersionMismatch {
+                got: 2,
+                expected: 1
+            })
+        ));
+        assert!(matches!(
+            decode::<Request>(&[1]),
+            Err(CodecError::Truncated { len: 1 })
+        ));
+        assert!(matches!(
+            decode::<Request>(&[]),
+            Err(CodecError::Truncated { len: 0 })
+        ));
     }
 
     #[test]
@@ -109,7 +136,10 @@ mod tests {
         let bytes = encode(&Request::Forward(crate::message::tests::forward())).unwrap();
         let mut longer = bytes.clone();
         longer.push(0);
-        assert!(matches!(decode::<Request>(&longer), Err(CodecError::Trailing(1))));
+        assert!(matches!(
+            decode::<Request>(&longer),
+            Err(CodecError::Trailing(1))
+        ));
         for cut in 2..bytes.len() {
             assert!(decode::<Request>(&bytes[..cut]).is_err(), "cut at {cut}");
         }
@@ -118,7 +148,10 @@ mod tests {
     #[test]
     fn oversized_input_is_refused_before_parsing() {
         let big = vec![0u8; MAX_MESSAGE_BYTES + 1];
-        assert!(matches!(decode::<Request>(&big), Err(CodecError::TooLarge { .. })));
+        assert!(matches!(
+            decode::<Request>(&big),
+            Err(CodecError::TooLarge { .. })
+        ));
     }
 
     #[test]

@@ -24,7 +24,10 @@ pub enum FrameError {
 }
 
 /// Writes one message as a frame and flushes it.
-pub async fn write_message<W: AsyncWrite + Unpin, T: Serialize>(w: &mut W, msg: &T) -> Result<(), FrameError> {
+pub async fn write_message<W: AsyncWrite + Unpin, T: Serialize>(
+    w: &mut W,
+    msg: &T,
+) -> Result<(), FrameError> {
     let body = encode(msg)?;
     let mut frame = Vec::with_capacity(4 + body.len());
     frame.extend_from_slice(&(body.len() as u32).to_le_bytes());
@@ -36,7 +39,10 @@ pub async fn write_message<W: AsyncWrite + Unpin, T: Serialize>(w: &mut W, msg: 
 
 /// Reads one frame's bytes into `buf` (reused between calls). A clean end of stream before the
 /// length is [`FrameError::Closed`].
-pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, buf: &mut Vec<u8>) -> Result<(), FrameError> {
+pub async fn read_frame<R: AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+) -> Result<(), FrameError> {
     let mut len = [0u8; 4];
     match r.read_exact(&mut len).await {
         Ok(()) => {}
@@ -45,7 +51,10 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, buf: &mut Vec<u8>) -> R
     }
     let len = u32::from_le_bytes(len) as usize;
     if len > MAX_MESSAGE_BYTES {
-        return Err(FrameError::TooLarge { len, max: MAX_MESSAGE_BYTES });
+        return Err(FrameError::TooLarge {
+            len,
+            max: MAX_MESSAGE_BYTES,
+        });
     }
     buf.clear();
     buf.resize(len, 0);
@@ -54,7 +63,10 @@ pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, buf: &mut Vec<u8>) -> R
 }
 
 /// Reads and decodes one message.
-pub async fn read_message<R: AsyncRead + Unpin, T: DeserializeOwned + Validate>(r: &mut R, buf: &mut Vec<u8>) -> Result<T, FrameError> {
+pub async fn read_message<R: AsyncRead + Unpin, T: DeserializeOwned + Validate>(
+    r: &mut R,
+    buf: &mut Vec<u8>,
+) -> Result<T, FrameError> {
     read_frame(r, buf).await?;
     Ok(decode(buf)?)
 }
@@ -70,15 +82,26 @@ mod tests {
     fn frames_round_trip_and_end_cleanly() {
         block_on(async {
             let mut out = Cursor::new(Vec::new());
-            let a = Request::Close { session: SessionId([1; 16]) };
+            let a = Request::Close {
+                session: SessionId([1; 16]),
+            };
             let b = Request::Forward(crate::message::tests::forward());
             write_message(&mut out, &a).await.unwrap();
             write_message(&mut out, &b).await.unwrap();
             let mut r = Cursor::new(out.into_inner());
             let mut buf = Vec::new();
-            assert_eq!(read_message::<_, Request>(&mut r, &mut buf).await.unwrap(), a);
-            assert_eq!(read_message::<_, Request>(&mut r, &mut buf).await.unwrap(), b);
-            assert!(matches!(read_message::<_, Request>(&mut r, &mut buf).await, Err(FrameError::Closed)));
+            assert_eq!(
+                read_message::<_, Request>(&mut r, &mut buf).await.unwrap(),
+                a
+            );
+            assert_eq!(
+                read_message::<_, Request>(&mut r, &mut buf).await.unwrap(),
+                b
+            );
+            assert!(matches!(
+                read_message::<_, Request>(&mut r, &mut buf).await,
+                Err(FrameError::Closed)
+            ));
         });
     }
 
@@ -87,7 +110,10 @@ mod tests {
         block_on(async {
             let mut r = Cursor::new(u32::MAX.to_le_bytes().to_vec());
             let mut buf = Vec::new();
-            assert!(matches!(read_frame(&mut r, &mut buf).await, Err(FrameError::TooLarge { .. })));
+            assert!(matches!(
+                read_frame(&mut r, &mut buf).await,
+                Err(FrameError::TooLarge { .. })
+            ));
             assert!(buf.capacity() < 1024);
         });
     }
@@ -99,7 +125,10 @@ mod tests {
             bytes.extend_from_slice(&[1, 0, 2]);
             let mut r = Cursor::new(bytes);
             let mut buf = Vec::new();
-            assert!(matches!(read_frame(&mut r, &mut buf).await, Err(FrameError::Io(_))));
+            assert!(matches!(
+                read_frame(&mut r, &mut buf).await,
+                Err(FrameError::Io(_))
+            ));
         });
     }
 }

@@ -24,7 +24,9 @@ pub mod tensor;
 pub use announce::{Announcement, EnergyState, PowerMode};
 pub use blocks::{BlockRange, BlockSpec, BlocksError};
 pub use codec::{CodecError, decode, encode};
-pub use message::{ErrorKind, Forward, Hop, HopTiming, OpenSession, Request, Response, SessionId, WireError};
+pub use message::{
+    ErrorKind, Forward, Hop, HopTiming, OpenSession, Request, Response, SessionId, WireError,
+};
 pub use tensor::{DType, TensorError, TensorFrame};
 
 /// Version of every message and record on the wire. A peer that receives another version answers

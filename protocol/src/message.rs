@@ -13,7 +13,9 @@ use std::fmt;
 use crate::ModelDigest;
 use crate::blocks::BlockRange;
 use crate::codec::{CodecError, Validate, check_len, check_text};
-use crate::limits::{MAX_ADDR_LEN, MAX_ADDRS, MAX_PEER_ID_LEN, MAX_ROUTE_HOPS, MAX_SESSION_TOKENS, MAX_TEXT_LEN};
+use crate::limits::{
+    MAX_ADDR_LEN, MAX_ADDRS, MAX_PEER_ID_LEN, MAX_ROUTE_HOPS, MAX_SESSION_TOKENS, MAX_TEXT_LEN,
+};
 use crate::tensor::{DType, TensorFrame};
 
 /// A random session id chosen by the client; it names the session's KV caches on every hop.
@@ -113,22 +115,38 @@ pub struct WireError {
 
 impl fmt::Display for WireError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "hop {} refused ({:?}): {}", self.hop, self.kind, self.message)
+        write!(
+            f,
+            "hop {} refused ({:?}): {}",
+            self.hop, self.kind, self.message
+        )
     }
 }
 
 /// Messages sent back towards the client.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
-    Opened { session: SessionId },
-    Hidden { session: SessionId, step: u32, hidden: TensorFrame, timings: Vec<HopTiming> },
+    Opened {
+        session: SessionId,
+    },
+    Hidden {
+        session: SessionId,
+        step: u32,
+        hidden: TensorFrame,
+        timings: Vec<HopTiming>,
+    },
     Error(WireError),
-    Closed { session: SessionId },
+    Closed {
+        session: SessionId,
+    },
 }
 
 fn validate_hop(h: &Hop) -> Result<(), CodecError> {
     if h.peer_id.is_empty() {
-        return Err(CodecError::Field { field: "route[].peer_id", reason: "empty".into() });
+        return Err(CodecError::Field {
+            field: "route[].peer_id",
+            reason: "empty".into(),
+        });
     }
     check_len("route[].peer_id", h.peer_id.len(), MAX_PEER_ID_LEN)?;
     check_len("route[].addrs", h.addrs.len(), MAX_ADDRS)?;
@@ -142,13 +160,20 @@ fn validate_hop(h: &Hop) -> Result<(), CodecError> {
 impl Validate for OpenSession {
     fn validate(&self) -> Result<(), CodecError> {
         if self.route.is_empty() {
-            return Err(CodecError::Field { field: "route", reason: "empty".into() });
+            return Err(CodecError::Field {
+                field: "route",
+                reason: "empty".into(),
+            });
         }
         check_len("route", self.route.len(), MAX_ROUTE_HOPS)?;
         if self.hop as usize >= self.route.len() {
             return Err(CodecError::Field {
                 field: "hop",
-                reason: format!("index {} outside a route of {} hops", self.hop, self.route.len()),
+                reason: format!(
+                    "index {} outside a route of {} hops",
+                    self.hop,
+                    self.route.len()
+                ),
             });
         }
         for h in &self.route {
@@ -158,7 +183,12 @@ impl Validate for OpenSession {
             if w[0].blocks.end != w[1].blocks.start {
                 return Err(CodecError::Field {
                     field: "route",
-                    reason: format!("hop {i} ends at block {} but hop {} starts at {}", w[0].blocks.end, i + 1, w[1].blocks.start),
+                    reason: format!(
+                        "hop {i} ends at block {} but hop {} starts at {}",
+                        w[0].blocks.end,
+                        i + 1,
+                        w[1].blocks.start
+                    ),
                 });
             }
         }
@@ -181,7 +211,10 @@ impl Validate for Request {
                 if f.hidden.shape.len() != 2 || f.hidden.shape[0] == 0 {
                     return Err(CodecError::Field {
                         field: "hidden",
-                        reason: format!("shape {:?} is not [tokens > 0, hidden_size]", f.hidden.shape),
+                        reason: format!(
+                            "shape {:?} is not [tokens > 0, hidden_size]",
+                            f.hidden.shape
+                        ),
                     });
                 }
                 Ok(())
@@ -194,7 +227,9 @@ impl Validate for Request {
 impl Validate for Response {
     fn validate(&self) -> Result<(), CodecError> {
         match self {
-            Response::Hidden { hidden, timings, .. } => {
+            Response::Hidden {
+                hidden, timings, ..
+            } => {
                 hidden.validate()?;
                 check_len("timings", timings.len(), MAX_ROUTE_HOPS)
             }
@@ -214,13 +249,23 @@ pub(crate) mod tests {
             .map(|i| Hop {
                 peer_id: vec![i as u8 + 1; 38],
                 addrs: vec![format!("/ip4/127.0.0.1/tcp/{}", 4000 + i)],
-                blocks: BlockRange { start: i * 10, end: i * 10 + 10 },
+                blocks: BlockRange {
+                    start: i * 10,
+                    end: i * 10 + 10,
+                },
             })
             .collect()
     }
 
     pub(crate) fn open() -> OpenSession {
-        OpenSession { session: SessionId([7; 16]), model_id: [3; 32], route: route(3), hop: 1, dtype: DType::F32, max_tokens: 2048 }
+        OpenSession {
+            session: SessionId([7; 16]),
+            model_id: [3; 32],
+            route: route(3),
+            hop: 1,
+            dtype: DType::F32,
+            max_tokens: 2048,
+        }
     }
 
     pub(crate) fn forward() -> Forward {
@@ -228,26 +273,45 @@ pub(crate) mod tests {
             session: SessionId([7; 16]),
             step: 4,
             position: 12,
-            hidden: TensorFrame::from_f32(&[2, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], DType::F32).unwrap(),
+            hidden: TensorFrame::from_f32(&[2, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], DType::F32)
+                .unwrap(),
         }
     }
 
     #[test]
     fn every_message_round_trips() {
-        let reqs = vec![Request::Open(open()), Request::Forward(forward()), Request::Close { session: SessionId([1; 16]) }];
+        let reqs = vec![
+            Request::Open(open()),
+            Request::Forward(forward()),
+            Request::Close {
+                session: SessionId([1; 16]),
+            },
+        ];
         for r in reqs {
             assert_eq!(decode::<Request>(&encode(&r).unwrap()).unwrap(), r);
         }
         let resps = vec![
-            Response::Opened { session: SessionId([1; 16]) },
+            Response::Opened {
+                session: SessionId([1; 16]),
+            },
             Response::Hidden {
                 session: SessionId([1; 16]),
                 step: 9,
                 hidden: forward().hidden,
-                timings: vec![HopTiming { hop: 0, compute_us: 10, total_us: 30 }],
+                timings: vec![HopTiming {
+                    hop: 0,
+                    compute_us: 10,
+                    total_us: 30,
+                }],
             },
-            Response::Error(WireError { kind: ErrorKind::PowerSaving, hop: 2, message: "battery at 12 %".into() }),
-            Response::Closed { session: SessionId([1; 16]) },
+            Response::Error(WireError {
+                kind: ErrorKind::PowerSaving,
+                hop: 2,
+                message: "battery at 12 %".into(),
+            }),
+            Response::Closed {
+                session: SessionId([1; 16]),
+            },
         ];
         for r in resps {
             assert_eq!(decode::<Response>(&encode(&r).unwrap()).unwrap(), r);
@@ -259,16 +323,37 @@ pub(crate) mod tests {
         type Case = (&'static str, Box<dyn Fn(&mut OpenSession)>);
         let cases: Vec<Case> = vec![
             ("route", Box::new(|o| o.route.clear())),
-            ("route", Box::new(|o| o.route = route(MAX_ROUTE_HOPS as u32 + 1))),
+            (
+                "route",
+                Box::new(|o| o.route = route(MAX_ROUTE_HOPS as u32 + 1)),
+            ),
             ("hop", Box::new(|o| o.hop = 3)),
             ("route[].peer_id", Box::new(|o| o.route[0].peer_id.clear())),
-            ("route[].peer_id", Box::new(|o| o.route[0].peer_id = vec![0; MAX_PEER_ID_LEN + 1])),
-            ("route[].addrs", Box::new(|o| o.route[1].addrs = vec![String::new(); MAX_ADDRS + 1])),
-            ("route[].addrs[]", Box::new(|o| o.route[1].addrs = vec!["a".repeat(MAX_ADDR_LEN + 1)])),
-            ("empty", Box::new(|o| o.route[2].blocks = BlockRange { start: 20, end: 20 })),
-            ("hop 0 ends at block 10 but hop 1 starts at 11", Box::new(|o| o.route[1].blocks.start = 11)),
+            (
+                "route[].peer_id",
+                Box::new(|o| o.route[0].peer_id = vec![0; MAX_PEER_ID_LEN + 1]),
+            ),
+            (
+                "route[].addrs",
+                Box::new(|o| o.route[1].addrs = vec![String::new(); MAX_ADDRS + 1]),
+            ),
+            (
+                "route[].addrs[]",
+                Box::new(|o| o.route[1].addrs = vec!["a".repeat(MAX_ADDR_LEN + 1)]),
+            ),
+            (
+                "empty",
+                Box::new(|o| o.route[2].blocks = BlockRange { start: 20, end: 20 }),
+            ),
+            (
+                "hop 0 ends at block 10 but hop 1 starts at 11",
+                Box::new(|o| o.route[1].blocks.start = 11),
+            ),
             ("max_tokens", Box::new(|o| o.max_tokens = 0)),
-            ("max_tokens", Box::new(|o| o.max_tokens = MAX_SESSION_TOKENS + 1)),
+            (
+                "max_tokens",
+                Box::new(|o| o.max_tokens = MAX_SESSION_TOKENS + 1),
+            ),
         ];
         for (needle, mutate) in cases {
             let mut o = open();
@@ -282,10 +367,20 @@ pub(crate) mod tests {
     fn invalid_forwards_are_refused() {
         let mut f = forward();
         f.hidden.data[0] ^= 0xff;
-        assert!(decode::<Request>(&encode(&Request::Forward(f)).unwrap()).unwrap_err().to_string().contains("checksum"));
+        assert!(
+            decode::<Request>(&encode(&Request::Forward(f)).unwrap())
+                .unwrap_err()
+                .to_string()
+                .contains("checksum")
+        );
         let mut f = forward();
         f.hidden = TensorFrame::from_f32(&[6], &[0.0; 6], DType::F32).unwrap();
-        assert!(decode::<Request>(&encode(&Request::Forward(f)).unwrap()).unwrap_err().to_string().contains("hidden"));
+        assert!(
+            decode::<Request>(&encode(&Request::Forward(f)).unwrap())
+                .unwrap_err()
+                .to_string()
+                .contains("hidden")
+        );
         let mut f = forward();
         f.hidden = TensorFrame::from_f32(&[0, 6], &[], DType::F32).unwrap();
         assert!(decode::<Request>(&encode(&Request::Forward(f)).unwrap()).is_err());
@@ -293,7 +388,11 @@ pub(crate) mod tests {
 
     #[test]
     fn long_error_text_is_refused() {
-        let r = Response::Error(WireError { kind: ErrorKind::Internal, hop: 0, message: "x".repeat(MAX_TEXT_LEN + 1) });
+        let r = Response::Error(WireError {
+            kind: ErrorKind::Internal,
+            hop: 0,
+            message: "x".repeat(MAX_TEXT_LEN + 1),
+        });
         assert!(decode::<Response>(&encode(&r).unwrap()).is_err());
     }
 

@@ -43,12 +43,23 @@ pub enum TensorError {
     TooManyDims { got: usize, max: usize },
     #[error("tensor shape {shape:?} has more than {max} elements")]
     TooManyElements { shape: Vec<u32>, max: usize },
-    #[error("tensor shape {shape:?} with dtype {dtype:?} needs {expected} bytes but the frame carries {got}")]
-    LengthMismatch { shape: Vec<u32>, dtype: DType, expected: usize, got: usize },
+    #[error(
+        "tensor shape {shape:?} with dtype {dtype:?} needs {expected} bytes but the frame carries {got}"
+    )]
+    LengthMismatch {
+        shape: Vec<u32>,
+        dtype: DType,
+        expected: usize,
+        got: usize,
+    },
     #[error("tensor checksum does not match its contents (corrupted in transit?)")]
     Checksum,
     #[error("tensor has {got} elements but the shape {shape:?} needs {expected}")]
-    DataShape { shape: Vec<u32>, expected: usize, got: usize },
+    DataShape {
+        shape: Vec<u32>,
+        expected: usize,
+        got: usize,
+    },
     #[error("expected a tensor of shape [tokens, {dim}], got {shape:?}")]
     WrongShape { shape: Vec<u32>, dim: usize },
     #[error("tensor contains a non-finite value (NaN or infinity) at element {index}")]
@@ -70,9 +81,15 @@ pub struct TensorFrame {
 /// Number of elements of `shape`, refusing shapes past the limits (checked multiply).
 fn element_count(shape: &[u32]) -> Result<usize, TensorError> {
     if shape.len() > MAX_TENSOR_DIMS {
-        return Err(TensorError::TooManyDims { got: shape.len(), max: MAX_TENSOR_DIMS });
+        return Err(TensorError::TooManyDims {
+            got: shape.len(),
+            max: MAX_TENSOR_DIMS,
+        });
     }
-    let too_many = || TensorError::TooManyElements { shape: shape.to_vec(), max: MAX_TENSOR_ELEMENTS };
+    let too_many = || TensorError::TooManyElements {
+        shape: shape.to_vec(),
+        max: MAX_TENSOR_ELEMENTS,
+    };
     let mut n: usize = 1;
     for &d in shape {
         n = n.checked_mul(d as usize).ok_or_else(too_many)?;
@@ -100,17 +117,28 @@ impl TensorFrame {
     pub fn from_f32(shape: &[u32], values: &[f32], dtype: DType) -> Result<Self, TensorError> {
         let n = element_count(shape)?;
         if n != values.len() {
-            return Err(TensorError::DataShape { shape: shape.to_vec(), expected: n, got: values.len() });
+            return Err(TensorError::DataShape {
+                shape: shape.to_vec(),
+                expected: n,
+                got: values.len(),
+            });
         }
         let mut data = Vec::with_capacity(n * dtype.size());
         match dtype {
-            DType::F32 => values.iter().for_each(|v| data.extend_from_slice(&v.to_le_bytes())),
+            DType::F32 => values
+                .iter()
+                .for_each(|v| data.extend_from_slice(&v.to_le_bytes())),
             DType::F16 => values
                 .iter()
                 .for_each(|v| data.extend_from_slice(&half::f16::from_f32(*v).to_le_bytes())),
         }
         let checksum = checksum(shape, dtype, &data);
-        Ok(TensorFrame { shape: shape.to_vec(), dtype, data, checksum })
+        Ok(TensorFrame {
+            shape: shape.to_vec(),
+            dtype,
+            data,
+            checksum,
+        })
     }
 
     /// Checks rank, element count, byte length and checksum: everything a decoded frame must hold
@@ -139,10 +167,14 @@ impl TensorFrame {
         let mut out = Vec::with_capacity(n);
         match self.dtype {
             DType::F32 => out.extend(
-                self.data.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
+                self.data
+                    .chunks_exact(4)
+                    .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])),
             ),
             DType::F16 => out.extend(
-                self.data.chunks_exact(2).map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()),
+                self.data
+                    .chunks_exact(2)
+                    .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32()),
             ),
         }
         if let Some(index) = out.iter().position(|v| !v.is_finite()) {
@@ -155,7 +187,10 @@ impl TensorFrame {
     pub fn to_hidden(&self, dim: usize) -> Result<(usize, Vec<f32>), TensorError> {
         match self.shape.as_slice() {
             [t, d] if *d as usize == dim && *t > 0 => Ok((*t as usize, self.to_f32()?)),
-            _ => Err(TensorError::WrongShape { shape: self.shape.clone(), dim }),
+            _ => Err(TensorError::WrongShape {
+                shape: self.shape.clone(),
+                dim,
+            }),
         }
     }
 }
@@ -209,18 +244,45 @@ mod tests {
     fn truncated_data_is_a_length_mismatch() {
         let mut f = TensorFrame::from_f32(&[2, 2], &[1.0, 2.0, 3.0, 4.0], DType::F32).unwrap();
         f.data.pop();
-        assert!(matches!(f.validate(), Err(TensorError::LengthMismatch { expected: 16, got: 15, .. })));
+        assert!(matches!(
+            f.validate(),
+            Err(TensorError::LengthMismatch {
+                expected: 16,
+                got: 15,
+                ..
+            })
+        ));
     }
 
     #[test]
     fn shapes_past_the_limits_are_refused_without_allocating() {
-        let f = TensorFrame { shape: vec![u32::MAX, u32::MAX, u32::MAX], dtype: DType::F32, data: vec![], checksum: [0; 32] };
-        assert!(matches!(f.validate(), Err(TensorError::TooManyElements { .. })));
-        let f = TensorFrame { shape: vec![1; 5], dtype: DType::F32, data: vec![], checksum: [0; 32] };
-        assert!(matches!(f.validate(), Err(TensorError::TooManyDims { got: 5, .. })));
+        let f = TensorFrame {
+            shape: vec![u32::MAX, u32::MAX, u32::MAX],
+            dtype: DType::F32,
+            data: vec![],
+            checksum: [0; 32],
+        };
+        assert!(matches!(
+            f.validate(),
+            Err(TensorError::TooManyElements { .. })
+        ));
+        let f = TensorFrame {
+            shape: vec![1; 5],
+            dtype: DType::F32,
+            data: vec![],
+            checksum: [0; 32],
+        };
+        assert!(matches!(
+            f.validate(),
+            Err(TensorError::TooManyDims { got: 5, .. })
+        ));
         assert!(matches!(
             TensorFrame::from_f32(&[2, 2], &[1.0], DType::F32),
-            Err(TensorError::DataShape { expected: 4, got: 1, .. })
+            Err(TensorError::DataShape {
+                expected: 4,
+                got: 1,
+                ..
+            })
         ));
     }
 
@@ -235,18 +297,30 @@ mod tests {
     #[test]
     fn hidden_shape_is_checked() {
         let f = TensorFrame::from_f32(&[2, 3], &[0.0; 6], DType::F32).unwrap();
-        assert!(matches!(f.to_hidden(4), Err(TensorError::WrongShape { .. })));
+        assert!(matches!(
+            f.to_hidden(4),
+            Err(TensorError::WrongShape { .. })
+        ));
         let f = TensorFrame::from_f32(&[6], &[0.0; 6], DType::F32).unwrap();
-        assert!(matches!(f.to_hidden(6), Err(TensorError::WrongShape { .. })));
+        assert!(matches!(
+            f.to_hidden(6),
+            Err(TensorError::WrongShape { .. })
+        ));
         let f = TensorFrame::from_f32(&[0, 6], &[], DType::F32).unwrap();
-        assert!(matches!(f.to_hidden(6), Err(TensorError::WrongShape { .. })));
+        assert!(matches!(
+            f.to_hidden(6),
+            Err(TensorError::WrongShape { .. })
+        ));
     }
 
     #[test]
     fn dtype_parses() {
         assert_eq!("f32".parse::<DType>().unwrap(), DType::F32);
         assert_eq!("f16".parse::<DType>().unwrap(), DType::F16);
-        assert!(matches!("bf16".parse::<DType>(), Err(TensorError::UnknownDType(_))));
+        assert!(matches!(
+            "bf16".parse::<DType>(),
+            Err(TensorError::UnknownDType(_))
+        ));
     }
 
     proptest! {

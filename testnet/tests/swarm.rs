@@ -18,19 +18,37 @@ fn build_binaries() {
         if std::env::var_os("SUNSWARM_NO_BUILD").is_some() {
             return;
         }
-        let release = std::env::current_exe().unwrap().components().any(|c| c.as_os_str() == "release");
+        let release = std::env::current_exe()
+            .unwrap()
+            .components()
+            .any(|c| c.as_os_str() == "release");
         let mut c = Command::new(env!("CARGO"));
-        c.args(["build", "-p", "sunswarm-node", "-p", "sunswarm-client", "--bins"]);
+        c.args([
+            "build",
+            "-p",
+            "sunswarm-node",
+            "-p",
+            "sunswarm-client",
+            "--bins",
+        ]);
         if release {
             c.arg("--release");
         }
-        let st = c.status().expect("running cargo build for the swarm binaries");
+        let st = c
+            .status()
+            .expect("running cargo build for the swarm binaries");
         assert!(st.success(), "building swarm-node and swarm-client failed");
     });
 }
 
 fn opts(model: &str, split: Split, nodes: usize, ttl: f64) -> TestnetOptions {
-    TestnetOptions { nodes, model: model.into(), split, announce_ttl: ttl, ..TestnetOptions::default() }
+    TestnetOptions {
+        nodes,
+        model: model.into(),
+        split,
+        announce_ttl: ttl,
+        ..TestnetOptions::default()
+    }
 }
 
 /// Runs `swarm-client generate ... --json` and returns its JSON.
@@ -41,13 +59,26 @@ fn client_json(args: &[&str]) -> serde_json::Value {
         .arg("--json")
         .output()
         .expect("running swarm-client");
-    assert!(out.status.success(), "swarm-client {args:?} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "swarm-client {args:?} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    stdout.lines().rev().find_map(|l| serde_json::from_str(l).ok()).expect("swarm-client printed no JSON")
+    stdout
+        .lines()
+        .rev()
+        .find_map(|l| serde_json::from_str(l).ok())
+        .expect("swarm-client printed no JSON")
 }
 
 fn tokens(v: &serde_json::Value) -> Vec<u64> {
-    v["tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap()).collect()
+    v["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_u64().unwrap())
+        .collect()
 }
 
 /// The route as (peer, start, end).
@@ -56,7 +87,13 @@ fn route(v: &serde_json::Value) -> Vec<(String, u64, u64)> {
         .as_array()
         .unwrap()
         .iter()
-        .map(|h| (h["peer"].as_str().unwrap().to_string(), h["blocks"][0].as_u64().unwrap(), h["blocks"][1].as_u64().unwrap()))
+        .map(|h| {
+            (
+                h["peer"].as_str().unwrap().to_string(),
+                h["blocks"][0].as_u64().unwrap(),
+                h["blocks"][1].as_u64().unwrap(),
+            )
+        })
         .collect()
 }
 
@@ -64,8 +101,14 @@ fn assert_route_in_order(r: &[(String, u64, u64)], net: &Testnet) {
     assert_eq!(r.len(), net.nodes.len(), "one hop per range: {r:?}");
     let mut next = 0;
     for (i, (peer, start, end)) in r.iter().enumerate() {
-        assert_eq!(*start, next, "hop {i} starts where the previous ended: {r:?}");
-        assert_eq!(peer, &net.nodes[i].peer, "hop {i} is the node serving that range");
+        assert_eq!(
+            *start, next,
+            "hop {i} starts where the previous ended: {r:?}"
+        );
+        assert_eq!(
+            peer, &net.nodes[i].peer,
+            "hop {i} is the node serving that range"
+        );
         next = *end;
     }
     assert_eq!(next, u64::from(net.n_layers));
@@ -74,9 +117,19 @@ fn assert_route_in_order(r: &[(String, u64, u64)], net: &Testnet) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_generate_the_same_tokens_as_local_tiny() {
     build_binaries();
-    let net = Testnet::start(&opts("random:tiny", Split::Even, 3, 30.0)).await.unwrap();
+    let net = Testnet::start(&opts("random:tiny", Split::Even, 3, 30.0))
+        .await
+        .unwrap();
     for prompt in ["hello swarm", "The quick brown fox jumps over"] {
-        let common = ["--model", "random:tiny", "--prompt", prompt, "--max-new-tokens", "24", "--ignore-eos"];
+        let common = [
+            "--model",
+            "random:tiny",
+            "--prompt",
+            prompt,
+            "--max-new-tokens",
+            "24",
+            "--ignore-eos",
+        ];
         let local = client_json(&[&common[..], &["--local"]].concat());
         let swarm = client_json(&[&common[..], &["--bootstrap", &net.bootstrap]].concat());
         assert_eq!(tokens(&swarm), tokens(&local), "prompt {prompt:?}");
@@ -88,21 +141,58 @@ async fn three_nodes_generate_the_same_tokens_as_local_tiny() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_reproduce_the_smollm2_reference() {
     build_binaries();
-    let reference: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/reference/smollm2-greedy.json")).or_else(|_| std::fs::read_to_string("/work/shared/reference/smollm2-greedy.json")).expect("reference file")).unwrap();
-    let net = Testnet::start(&opts("smollm2-135m", Split::Even, 3, 30.0)).await.unwrap();
+    let reference: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../shared/reference/smollm2-greedy.json"
+        ))
+        .or_else(|_| std::fs::read_to_string("/work/shared/reference/smollm2-greedy.json"))
+        .expect("reference file"),
+    )
+    .unwrap();
+    let net = Testnet::start(&opts("smollm2-135m", Split::Even, 3, 30.0))
+        .await
+        .unwrap();
     let prompts = reference["prompts"].as_array().unwrap();
     // Two prompts keep the debug-build test short; the benchmark runs them all.
     for p in prompts.iter().take(2) {
         let text = p["rendered_text"].as_str().unwrap();
-        let want: Vec<u64> = p["greedy_ids"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap()).collect();
+        let want: Vec<u64> = p["greedy_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_u64().unwrap())
+            .collect();
         let n = want.len().to_string();
-        let common = ["--model", "smollm2-135m", "--prompt", text, "--max-new-tokens", &n, "--ignore-eos"];
+        let common = [
+            "--model",
+            "smollm2-135m",
+            "--prompt",
+            text,
+            "--max-new-tokens",
+            &n,
+            "--ignore-eos",
+        ];
         let swarm = client_json(&[&common[..], &["--bootstrap", &net.bootstrap]].concat());
-        let prompt_ids: Vec<u64> = p["prompt_ids"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap()).collect();
-        let got_prompt: Vec<u64> = swarm["prompt_tokens"].as_array().unwrap().iter().map(|t| t.as_u64().unwrap()).collect();
+        let prompt_ids: Vec<u64> = p["prompt_ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_u64().unwrap())
+            .collect();
+        let got_prompt: Vec<u64> = swarm["prompt_tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t.as_u64().unwrap())
+            .collect();
         assert_eq!(got_prompt, prompt_ids, "{}", p["name"]);
-        assert_eq!(tokens(&swarm), want, "{}: greedy tokens through the swarm", p["name"]);
+        assert_eq!(
+            tokens(&swarm),
+            want,
+            "{}: greedy tokens through the swarm",
+            p["name"]
+        );
         let local = client_json(&[&common[..], &["--local"]].concat());
         assert_eq!(tokens(&swarm), tokens(&local), "{}", p["name"]);
         assert_route_in_order(&route(&swarm), &net);
@@ -125,10 +215,21 @@ async fn replicas_share_routes_and_stopped_nodes_disappear_within_one_expiry() {
     // several seconds measured under parallel builds) does not expire live nodes.
     let ttl = 12.0;
     let split: Split = "0-1,2-3,2-3,2-3,4-5".parse().unwrap();
-    let mut net = Testnet::start(&opts("random:tiny", split, 5, ttl)).await.unwrap();
-    let client = SwarmClient::connect(vec![net.bootstrap.parse().unwrap()], Duration::from_secs(20)).await.unwrap();
+    let mut net = Testnet::start(&opts("random:tiny", split, 5, ttl))
+        .await
+        .unwrap();
+    let client = SwarmClient::connect(
+        vec![net.bootstrap.parse().unwrap()],
+        Duration::from_secs(20),
+    )
+    .await
+    .unwrap();
     let (model, n) = (net.model_id, net.n_layers);
-    let peers: Vec<Vec<u8>> = net.nodes.iter().map(|x| x.peer.parse::<libp2p::PeerId>().unwrap().to_bytes()).collect();
+    let peers: Vec<Vec<u8>> = net
+        .nodes
+        .iter()
+        .map(|x| x.peer.parse::<libp2p::PeerId>().unwrap().to_bytes())
+        .collect();
     let peer_bytes = |i: usize| peers[i].clone();
 
     // Live check: 60 routes over 3 replicas, uniform: each is chosen 20 times on average; fewer
@@ -139,19 +240,35 @@ async fn replicas_share_routes_and_stopped_nodes_disappear_within_one_expiry() {
             Ok(r) => r,
             Err(e) => {
                 let now = sunswarm_node::node::now_ms();
-                let all = sunswarm_client::swarm::discovery::discover(client.network(), &model, n).await.unwrap();
-                let seen: Vec<String> = all.iter().map(|a| format!("{} ts-{} exp+{}", a.blocks, now as i64 - a.timestamp_ms as i64, a.expires_ms as i64 - now as i64)).collect();
+                let all = sunswarm_client::swarm::discovery::discover(client.network(), &model, n)
+                    .await
+                    .unwrap();
+                let seen: Vec<String> = all
+                    .iter()
+                    .map(|a| {
+                        format!(
+                            "{} ts-{} exp+{}",
+                            a.blocks,
+                            now as i64 - a.timestamp_ms as i64,
+                            a.expires_ms as i64 - now as i64
+                        )
+                    })
+                    .collect();
                 panic!("route {i}: {e}; discovered now: {seen:?}");
             }
         };
         assert_eq!(r.len(), 3);
         let mid = &r[1].peer_id;
-        let k = (1..=3).position(|i| &peer_bytes(i) == mid).expect("middle hop is a replica");
+        let k = (1..=3)
+            .position(|i| &peer_bytes(i) == mid)
+            .expect("middle hop is a replica");
         count[k] += 1;
     }
     assert!(count.iter().all(|&c| c >= 6), "replica shares {count:?}");
 
-    let seen = |anns: &[sunswarm_protocol::Announcement], i: usize| anns.iter().any(|a| a.peer_id == peer_bytes(i));
+    let seen = |anns: &[sunswarm_protocol::Announcement], i: usize| {
+        anns.iter().any(|a| a.peer_id == peer_bytes(i))
+    };
     // Crash: SIGKILL, so only expiry can remove it.
     net.stop_node(1, true);
     let t = Instant::now();
@@ -163,7 +280,11 @@ async fn replicas_share_routes_and_stopped_nodes_disappear_within_one_expiry() {
         if !seen(&anns, 1) {
             break;
         }
-        assert!(t.elapsed() < limit, "killed node still routable after {:?}", t.elapsed());
+        assert!(
+            t.elapsed() < limit,
+            "killed node still routable after {:?}",
+            t.elapsed()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let crash_gone = t.elapsed();
@@ -175,14 +296,24 @@ async fn replicas_share_routes_and_stopped_nodes_disappear_within_one_expiry() {
         if !seen(&anns, 2) {
             break;
         }
-        assert!(t.elapsed() < limit, "node that left still routable after {:?}", t.elapsed());
+        assert!(
+            t.elapsed() < limit,
+            "node that left still routable after {:?}",
+            t.elapsed()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let leave_gone = t.elapsed();
-    eprintln!("killed node gone after {crash_gone:?}, clean leave after {leave_gone:?} (ttl {ttl} s)");
+    eprintln!(
+        "killed node gone after {crash_gone:?}, clean leave after {leave_gone:?} (ttl {ttl} s)"
+    );
     for _ in 0..20 {
         let r = client.choose_route(&model, n, &Uniform, &[]).await.unwrap();
-        assert_eq!(r[1].peer_id, peer_bytes(3), "only the surviving replica serves 2-3");
+        assert_eq!(
+            r[1].peer_id,
+            peer_bytes(3),
+            "only the surviving replica serves 2-3"
+        );
     }
     client.stop().await;
 }
@@ -192,38 +323,81 @@ async fn replicas_share_routes_and_stopped_nodes_disappear_within_one_expiry() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clients_never_route_to_peers_of_another_model() {
     build_binaries();
-    let net = Testnet::start(&opts("random:tiny", Split::Even, 3, 30.0)).await.unwrap();
+    let net = Testnet::start(&opts("random:tiny", Split::Even, 3, 30.0))
+        .await
+        .unwrap();
     let dir = net.log_dir.clone();
     let mut others = Vec::new();
     for (i, blocks) in ["0:2", "2:4", "4:6"].iter().enumerate() {
         let mut c = Command::new(find_binary("swarm-node").unwrap());
-        c.args(["--model", "random:tiny:seed=7", "--blocks", blocks, "--bootstrap", &net.bootstrap]);
-        let mut p = Managed::spawn(&format!("other {i}"), c, &dir.join(format!("other-{i}.log"))).unwrap();
+        c.args([
+            "--model",
+            "random:tiny:seed=7",
+            "--blocks",
+            blocks,
+            "--bootstrap",
+            &net.bootstrap,
+        ]);
+        let mut p = Managed::spawn(
+            &format!("other {i}"),
+            c,
+            &dir.join(format!("other-{i}.log")),
+        )
+        .unwrap();
         let peer = p.wait_line("PEER_ID=", Duration::from_secs(60)).unwrap();
         p.wait_line("READY", Duration::from_secs(60)).unwrap();
         others.push((p, peer.parse::<libp2p::PeerId>().unwrap().to_bytes()));
     }
-    let client = SwarmClient::connect(vec![net.bootstrap.parse().unwrap()], Duration::from_secs(20)).await.unwrap();
+    let client = SwarmClient::connect(
+        vec![net.bootstrap.parse().unwrap()],
+        Duration::from_secs(20),
+    )
+    .await
+    .unwrap();
     client.follow(&net.model_id).await.unwrap();
-    let ours: HashSet<Vec<u8>> = net.nodes.iter().map(|n| n.peer.parse::<libp2p::PeerId>().unwrap().to_bytes()).collect();
+    let ours: HashSet<Vec<u8>> = net
+        .nodes
+        .iter()
+        .map(|n| n.peer.parse::<libp2p::PeerId>().unwrap().to_bytes())
+        .collect();
     // The other model's nodes are announced too (their model id's keys): wait until they are.
     let other_anns = loop {
         let src = sunswarm_models::ModelSource::parse("random:tiny:seed=7").unwrap();
         let other_id = sunswarm_models::Model::open(&src).unwrap().model_id().0;
         assert_ne!(other_id, net.model_id);
-        if let Ok(a) = client.wait_for_coverage(&other_id, net.n_layers, 3, Duration::from_secs(30)).await {
+        if let Ok(a) = client
+            .wait_for_coverage(&other_id, net.n_layers, 3, Duration::from_secs(30))
+            .await
+        {
             break a;
         }
     };
     assert!(other_anns.iter().all(|a| !ours.contains(&a.peer_id)));
     for _ in 0..30 {
         let anns = client.discover(&net.model_id, net.n_layers).await.unwrap();
-        assert!(anns.iter().all(|a| a.model_id == net.model_id && ours.contains(&a.peer_id)));
-        let r = client.choose_route(&net.model_id, net.n_layers, &Uniform, &[]).await.unwrap();
-        assert!(r.iter().all(|h| ours.contains(&h.peer_id)), "route left the model's peers");
+        assert!(
+            anns.iter()
+                .all(|a| a.model_id == net.model_id && ours.contains(&a.peer_id))
+        );
+        let r = client
+            .choose_route(&net.model_id, net.n_layers, &Uniform, &[])
+            .await
+            .unwrap();
+        assert!(
+            r.iter().all(|h| ours.contains(&h.peer_id)),
+            "route left the model's peers"
+        );
     }
     // And a real generation still matches local.
-    let common = ["--model", "random:tiny", "--prompt", "mixed swarm", "--max-new-tokens", "8", "--ignore-eos"];
+    let common = [
+        "--model",
+        "random:tiny",
+        "--prompt",
+        "mixed swarm",
+        "--max-new-tokens",
+        "8",
+        "--ignore-eos",
+    ];
     let swarm = client_json(&[&common[..], &["--bootstrap", &net.bootstrap]].concat());
     let local = client_json(&[&common[..], &["--local"]].concat());
     assert_eq!(tokens(&swarm), tokens(&local));

@@ -12,7 +12,11 @@ use sunswarm_protocol::{Announcement, ModelDigest, codec, dht};
 use tracing::debug;
 
 /// Every announcement found for `model_id`, newest per peer.
-pub async fn discover(net: &Network, model_id: &ModelDigest, n_layers: u32) -> Result<Vec<Announcement>, NetError> {
+pub async fn discover(
+    net: &Network,
+    model_id: &ModelDigest,
+    n_layers: u32,
+) -> Result<Vec<Announcement>, NetError> {
     let mut found: HashMap<Vec<u8>, Announcement> = HashMap::new();
     let mut asked: HashSet<PeerId> = HashSet::new();
     let mut explored: HashSet<u32> = HashSet::new();
@@ -23,7 +27,11 @@ pub async fn discover(net: &Network, model_id: &ModelDigest, n_layers: u32) -> R
         }
         let providers = net.get_providers(dht::block_key(model_id, b)).await?;
         let new: Vec<PeerId> = providers.into_iter().filter(|p| asked.insert(*p)).collect();
-        let records = join_all(new.iter().map(|p| net.get_records(dht::peer_record_key(model_id, &p.to_bytes())))).await;
+        let records = join_all(
+            new.iter()
+                .map(|p| net.get_records(dht::peer_record_key(model_id, &p.to_bytes()))),
+        )
+        .await;
         for (peer, recs) in new.iter().zip(records) {
             if let Some(a) = newest(peer, model_id, &recs?) {
                 found.insert(a.peer_id.clone(), a);
@@ -31,13 +39,20 @@ pub async fn discover(net: &Network, model_id: &ModelDigest, n_layers: u32) -> R
         }
         debug!(block = b, peers = found.len(), "explored");
         // Wherever a known range ends, a route may stand next.
-        frontier.extend(found.values().filter(|a| a.blocks.start <= b).map(|a| a.blocks.end));
+        frontier.extend(
+            found
+                .values()
+                .filter(|a| a.blocks.start <= b)
+                .map(|a| a.blocks.end),
+        );
     }
     for g in net.gossip_view().await? {
         if &g.model_id != model_id {
             continue;
         }
-        let newer = found.get(&g.peer_id).is_none_or(|old| old.timestamp_ms < g.timestamp_ms);
+        let newer = found
+            .get(&g.peer_id)
+            .is_none_or(|old| old.timestamp_ms < g.timestamp_ms);
         if newer {
             found.insert(g.peer_id.clone(), g);
         }
@@ -82,7 +97,13 @@ mod tests {
     fn newest_record_of_the_right_peer_and_model_wins() {
         let p = PeerId::random();
         let other = PeerId::random();
-        let recs = vec![ann(&p, 1, 5), ann(&p, 1, 9), ann(&p, 2, 20), ann(&other, 1, 30), b"junk".to_vec()];
+        let recs = vec![
+            ann(&p, 1, 5),
+            ann(&p, 1, 9),
+            ann(&p, 2, 20),
+            ann(&other, 1, 30),
+            b"junk".to_vec(),
+        ];
         assert_eq!(newest(&p, &[1; 32], &recs).unwrap().timestamp_ms, 9);
         assert!(newest(&p, &[3; 32], &recs).is_none());
     }

@@ -12,9 +12,17 @@ use sunswarm_protocol::{Announcement, ModelDigest};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum RouteError {
-    #[error("no live peer of this model serves a range starting at block {block} (of {n_layers}); peers seen: {seen}")]
-    NoCoverage { block: u32, n_layers: u32, seen: usize },
-    #[error("every peer serving a range starting at block {block} refuses work now (power saving or busy)")]
+    #[error(
+        "no live peer of this model serves a range starting at block {block} (of {n_layers}); peers seen: {seen}"
+    )]
+    NoCoverage {
+        block: u32,
+        n_layers: u32,
+        seen: usize,
+    },
+    #[error(
+        "every peer serving a range starting at block {block} refuses work now (power saving or busy)"
+    )]
     NoneAvailable { block: u32 },
 }
 
@@ -35,7 +43,12 @@ pub fn energy_view(a: &Announcement) -> PeerEnergyState {
 }
 
 /// Keeps the announcements a client may route to: this model id and block count, not expired.
-pub fn usable(anns: &[Announcement], model_id: &ModelDigest, n_layers: u32, now_ms: u64) -> Vec<Announcement> {
+pub fn usable(
+    anns: &[Announcement],
+    model_id: &ModelDigest,
+    n_layers: u32,
+    now_ms: u64,
+) -> Vec<Announcement> {
     anns.iter()
         .filter(|a| &a.model_id == model_id && a.n_layers == n_layers && a.is_live(now_ms))
         .cloned()
@@ -48,7 +61,11 @@ fn coverable(anns: &[Announcement], n_layers: u32) -> Vec<bool> {
     let mut ok = vec![false; n + 1];
     ok[n] = true;
     for b in (0..n).rev() {
-        ok[b] = anns.iter().any(|a| a.blocks.start as usize == b && (a.blocks.end as usize) <= n && ok[a.blocks.end as usize]);
+        ok[b] = anns.iter().any(|a| {
+            a.blocks.start as usize == b
+                && (a.blocks.end as usize) <= n
+                && ok[a.blocks.end as usize]
+        });
     }
     ok
 }
@@ -63,7 +80,10 @@ fn furthest_reachable(anns: &[Announcement], from: u32, n_layers: u32) -> u32 {
             continue;
         }
         furthest = b;
-        for a in anns.iter().filter(|a| a.blocks.start == b && a.blocks.end <= n_layers) {
+        for a in anns
+            .iter()
+            .filter(|a| a.blocks.start == b && a.blocks.end <= n_layers)
+        {
             reach[a.blocks.end as usize] = true;
         }
     }
@@ -78,16 +98,29 @@ pub fn weights(policy: &dyn Policy, anns: &[Announcement], candidates: &[usize])
 
 /// Chooses a route: indices into `anns`, one per hop, covering `0..n_layers` in order.
 /// `anns` must already be filtered with [`usable`].
-pub fn plan(anns: &[Announcement], n_layers: u32, policy: &dyn Policy, rng: &mut impl Rng) -> Result<Vec<usize>, RouteError> {
+pub fn plan(
+    anns: &[Announcement],
+    n_layers: u32,
+    policy: &dyn Policy,
+    rng: &mut impl Rng,
+) -> Result<Vec<usize>, RouteError> {
     let ok = coverable(anns, n_layers);
     let mut route = Vec::new();
     let mut b = 0u32;
     while b < n_layers {
         let candidates: Vec<usize> = (0..anns.len())
-            .filter(|&i| anns[i].blocks.start == b && anns[i].blocks.end <= n_layers && ok[anns[i].blocks.end as usize])
+            .filter(|&i| {
+                anns[i].blocks.start == b
+                    && anns[i].blocks.end <= n_layers
+                    && ok[anns[i].blocks.end as usize]
+            })
             .collect();
         if candidates.is_empty() {
-            return Err(RouteError::NoCoverage { block: furthest_reachable(anns, b, n_layers), n_layers, seen: anns.len() });
+            return Err(RouteError::NoCoverage {
+                block: furthest_reachable(anns, b, n_layers),
+                n_layers,
+                seen: anns.len(),
+            });
         }
         let w = weights(policy, anns, &candidates);
         let pick = sample(&w, rng).ok_or(RouteError::NoneAvailable { block: b })?;
@@ -138,7 +171,10 @@ mod tests {
             throughput: 1.0,
             max_sessions: 4,
             active_sessions: 0,
-            energy: EnergyState { max_job_rate: rate, ..EnergyState::mains() },
+            energy: EnergyState {
+                max_job_rate: rate,
+                ..EnergyState::mains()
+            },
             timestamp_ms: 0,
             expires_ms: 1000,
         }
@@ -159,8 +195,18 @@ mod tests {
     #[test]
     fn missing_range_names_the_block() {
         let anns = vec![ann(1, 0, 10, 1.0), ann(3, 20, 30, 1.0)];
-        assert_eq!(plan(&anns, 30, &Uniform, &mut rng()).unwrap_err(), RouteError::NoCoverage { block: 10, n_layers: 30, seen: 2 });
-        assert!(matches!(plan(&[], 30, &Uniform, &mut rng()), Err(RouteError::NoCoverage { block: 0, .. })));
+        assert_eq!(
+            plan(&anns, 30, &Uniform, &mut rng()).unwrap_err(),
+            RouteError::NoCoverage {
+                block: 10,
+                n_layers: 30,
+                seen: 2
+            }
+        );
+        assert!(matches!(
+            plan(&[], 30, &Uniform, &mut rng()),
+            Err(RouteError::NoCoverage { block: 0, .. })
+        ));
     }
 
     #[test]
@@ -182,9 +228,15 @@ mod tests {
         let free = ann(3, 0, 30, 1.0);
         let anns = vec![saving.clone(), full.clone(), free];
         for seed in 0..50 {
-            assert_eq!(plan(&anns, 30, &Uniform, &mut ChaCha8Rng::seed_from_u64(seed)).unwrap(), vec![2]);
+            assert_eq!(
+                plan(&anns, 30, &Uniform, &mut ChaCha8Rng::seed_from_u64(seed)).unwrap(),
+                vec![2]
+            );
         }
-        assert_eq!(plan(&[saving, full], 30, &Uniform, &mut rng()).unwrap_err(), RouteError::NoneAvailable { block: 0 });
+        assert_eq!(
+            plan(&[saving, full], 30, &Uniform, &mut rng()).unwrap_err(),
+            RouteError::NoneAvailable { block: 0 }
+        );
     }
 
     #[test]
@@ -214,10 +266,14 @@ mod tests {
     /// Pearson chi-square statistic of observed counts against expected probabilities.
     fn chi_square(counts: &[u64], probs: &[f64]) -> f64 {
         let n: u64 = counts.iter().sum();
-        counts.iter().zip(probs).map(|(&c, &p)| {
-            let e = p * n as f64;
-            (c as f64 - e).powi(2) / e
-        }).sum()
+        counts
+            .iter()
+            .zip(probs)
+            .map(|(&c, &p)| {
+                let e = p * n as f64;
+                (c as f64 - e).powi(2) / e
+            })
+            .sum()
     }
 
     /// With 2 replicas per range and many sessions, the chosen peers follow the policy's weights.
@@ -254,7 +310,12 @@ mod tests {
                     [0.5, 0.5]
                 };
                 let stat = chi_square(&counts[2 * k..2 * k + 2], &probs);
-                assert!(stat < CRITICAL_1DF_1E4, "{} range {k}: chi2 {stat:.2} counts {:?} expected {probs:?}", policy.name(), &counts[2 * k..2 * k + 2]);
+                assert!(
+                    stat < CRITICAL_1DF_1E4,
+                    "{} range {k}: chi2 {stat:.2} counts {:?} expected {probs:?}",
+                    policy.name(),
+                    &counts[2 * k..2 * k + 2]
+                );
             }
         }
     }

@@ -11,7 +11,10 @@ use sunswarm_models::HiddenStates;
 use sunswarm_node::net::Network;
 use sunswarm_node::session::protocol;
 use sunswarm_protocol::io::{read_message, write_message};
-use sunswarm_protocol::{DType, Forward, Hop, HopTiming, ModelDigest, OpenSession, Request, Response, SessionId, TensorFrame, WireError};
+use sunswarm_protocol::{
+    DType, Forward, Hop, HopTiming, ModelDigest, OpenSession, Request, Response, SessionId,
+    TensorFrame, WireError,
+};
 
 use crate::generate::{Pipeline, PipelineError};
 
@@ -65,24 +68,76 @@ pub struct SwarmSession {
 
 impl SwarmSession {
     /// Opens a session on `route` (hop 0 first).
-    pub async fn open(net: &Network, model_id: ModelDigest, route: Vec<Hop>, dtype: DType, max_tokens: u32) -> Result<Self, SessionError> {
-        let first_hop = route.first().ok_or_else(|| SessionError::Protocol("empty route".into()))?;
-        let first = PeerId::from_bytes(&first_hop.peer_id).map_err(|e| SessionError::Protocol(format!("bad peer id in route: {e}")))?;
-        let addrs: Vec<Multiaddr> = first_hop.addrs.iter().filter_map(|a| a.parse().ok()).collect();
-        let unreachable = |reason: String| SessionError::Unreachable { peer: first, reason };
-        net.add_addresses(first, addrs).await.map_err(|e| unreachable(e.to_string()))?;
-        let mut stream = net.control().open_stream(first, protocol()).await.map_err(|e| unreachable(e.to_string()))?;
+    pub async fn open(
+        net: &Network,
+        model_id: ModelDigest,
+        route: Vec<Hop>,
+        dtype: DType,
+        max_tokens: u32,
+    ) -> Result<Self, SessionError> {
+        let first_hop = route
+            .first()
+            .ok_or_else(|| SessionError::Protocol("empty route".into()))?;
+        let first = PeerId::from_bytes(&first_hop.peer_id)
+            .map_err(|e| SessionError::Protocol(format!("bad peer id in route: {e}")))?;
+        let addrs: Vec<Multiaddr> = first_hop
+            .addrs
+            .iter()
+            .filter_map(|a| a.parse().ok())
+            .collect();
+        let unreachable = |reason: String| SessionError::Unreachable {
+            peer: first,
+            reason,
+        };
+        net.add_addresses(first, addrs)
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
+        let mut stream = net
+            .control()
+            .open_stream(first, protocol())
+            .await
+            .map_err(|e| unreachable(e.to_string()))?;
         let session = SessionId(rand::random());
-        let open = OpenSession { session, model_id, route: route.clone(), hop: 0, dtype, max_tokens };
-        let stream_err = |e: &dyn std::fmt::Display| SessionError::Stream { peer: first, reason: e.to_string() };
-        write_message(&mut stream, &Request::Open(open)).await.map_err(|e| stream_err(&e))?;
+        let open = OpenSession {
+            session,
+            model_id,
+            route: route.clone(),
+            hop: 0,
+            dtype,
+            max_tokens,
+        };
+        let stream_err = |e: &dyn std::fmt::Display| SessionError::Stream {
+            peer: first,
+            reason: e.to_string(),
+        };
+        write_message(&mut stream, &Request::Open(open))
+            .await
+            .map_err(|e| stream_err(&e))?;
         let mut buf = Vec::new();
-        match read_message::<_, Response>(&mut stream, &mut buf).await.map_err(|e| stream_err(&e))? {
+        match read_message::<_, Response>(&mut stream, &mut buf)
+            .await
+            .map_err(|e| stream_err(&e))?
+        {
             Response::Opened { session: s } if s == session => {}
             Response::Error(e) => return Err(SessionError::Refused(e)),
-            other => return Err(SessionError::Protocol(format!("unexpected answer to open: {other:?}"))),
+            other => {
+                return Err(SessionError::Protocol(format!(
+                    "unexpected answer to open: {other:?}"
+                )));
+            }
         }
-        Ok(SwarmSession { route, first, session, dtype, stream, buf, step: 0, position: 0, history: Vec::new(), timings: Vec::new() })
+        Ok(SwarmSession {
+            route,
+            first,
+            session,
+            dtype,
+            stream,
+            buf,
+            step: 0,
+            position: 0,
+            history: Vec::new(),
+            timings: Vec::new(),
+        })
     }
 
     pub fn route(&self) -> &[Hop] {
@@ -94,26 +149,64 @@ impl SwarmSession {
     }
 
     /// Sends hidden states through the route and returns the last hop's output.
-    pub async fn forward_hidden(&mut self, input: HiddenStates) -> Result<HiddenStates, SessionError> {
+    pub async fn forward_hidden(
+        &mut self,
+        input: HiddenStates,
+    ) -> Result<HiddenStates, SessionError> {
         let t0 = Instant::now();
         let dim = input.dim;
-        let frame = TensorFrame::from_f32(&[input.n_tokens as u32, dim as u32], &input.data, self.dtype)
-            .map_err(|e| SessionError::Protocol(e.to_string()))?;
-        let f = Forward { session: self.session, step: self.step, position: self.position, hidden: frame };
-        let peer = self.first;
-        let stream_err = |e: &dyn std::fmt::Display| SessionError::Stream { peer, reason: e.to_string() };
-        write_message(&mut self.stream, &Request::Forward(f)).await.map_err(|e| stream_err(&e))?;
-        let answer = read_message::<_, Response>(&mut self.stream, &mut self.buf).await.map_err(|e| stream_err(&e))?;
-        let (hidden, hops) = match answer {
-            Response::Hidden { session, step, hidden, timings } if session == self.session && step == self.step => (hidden, timings),
-            Response::Error(e) => return Err(SessionError::Refused(e)),
-            other => return Err(SessionError::Protocol(format!("unexpected answer to forward {}: {other:?}", self.step))),
+        let frame = TensorFrame::from_f32(
+            &[input.n_tokens as u32, dim as u32],
+            &input.data,
+            self.dtype,
+        )
+        .map_err(|e| SessionError::Protocol(e.to_string()))?;
+        let f = Forward {
+            session: self.session,
+            step: self.step,
+            position: self.position,
+            hidden: frame,
         };
-        let (n, data) = hidden.to_hidden(dim).map_err(|e| SessionError::Protocol(e.to_string()))?;
+        let peer = self.first;
+        let stream_err = |e: &dyn std::fmt::Display| SessionError::Stream {
+            peer,
+            reason: e.to_string(),
+        };
+        write_message(&mut self.stream, &Request::Forward(f))
+            .await
+            .map_err(|e| stream_err(&e))?;
+        let answer = read_message::<_, Response>(&mut self.stream, &mut self.buf)
+            .await
+            .map_err(|e| stream_err(&e))?;
+        let (hidden, hops) = match answer {
+            Response::Hidden {
+                session,
+                step,
+                hidden,
+                timings,
+            } if session == self.session && step == self.step => (hidden, timings),
+            Response::Error(e) => return Err(SessionError::Refused(e)),
+            other => {
+                return Err(SessionError::Protocol(format!(
+                    "unexpected answer to forward {}: {other:?}",
+                    self.step
+                )));
+            }
+        };
+        let (n, data) = hidden
+            .to_hidden(dim)
+            .map_err(|e| SessionError::Protocol(e.to_string()))?;
         if n != input.n_tokens {
-            return Err(SessionError::Protocol(format!("sent {} tokens, got {n} back", input.n_tokens)));
+            return Err(SessionError::Protocol(format!(
+                "sent {} tokens, got {n} back",
+                input.n_tokens
+            )));
         }
-        self.timings.push(ForwardTiming { n_tokens: n, rtt_us: t0.elapsed().as_micros() as u64, hops });
+        self.timings.push(ForwardTiming {
+            n_tokens: n,
+            rtt_us: t0.elapsed().as_micros() as u64,
+            hops,
+        });
         self.step += 1;
         self.position += n as u32;
         self.history.push(input);
@@ -122,7 +215,15 @@ impl SwarmSession {
 
     /// Closes the session on every hop (best effort: a dropped stream closes it too).
     pub async fn close(mut self) {
-        if write_message(&mut self.stream, &Request::Close { session: self.session }).await.is_ok() {
+        if write_message(
+            &mut self.stream,
+            &Request::Close {
+                session: self.session,
+            },
+        )
+        .await
+        .is_ok()
+        {
             let _ = read_message::<_, Response>(&mut self.stream, &mut self.buf).await;
         }
     }
@@ -140,7 +241,10 @@ impl Pipeline for SwarmSession {
                     .unwrap_or_else(|| format!("hop {}", w.hop)),
                 _ => self.first.to_string(),
             };
-            PipelineError::Peer { peer, reason: e.to_string() }
+            PipelineError::Peer {
+                peer,
+                reason: e.to_string(),
+            }
         })
     }
 }

@@ -61,7 +61,12 @@ pub struct EmulatedCore {
 impl EmulatedCore {
     /// Builds the battery at its initial level, works out the node's max job rate (eq. 5) from its
     /// own chain, and starts the first slot at `now`.
-    pub fn new(params: &EmulatedParams, mode: PowerModeArg, slot_wall: Duration, now: Instant) -> Result<Self, SpecError> {
+    pub fn new(
+        params: &EmulatedParams,
+        mode: PowerModeArg,
+        slot_wall: Duration,
+        now: Instant,
+    ) -> Result<Self, SpecError> {
         let dev = params.device(mode)?;
         let profile = DeviceProfile::compute(&dev, params.delta, DEFAULT_HORIZON)?;
         let battery = EmulatedBattery::new(dev, params.initial)?;
@@ -116,7 +121,12 @@ impl EmulatedCore {
                 let _ = tx.send(JobPhase::Running { start: now, wall });
                 self.running = Some(tx);
             }
-            debug!(mode, slots, level = self.battery.level(), "job stage starts");
+            debug!(
+                mode,
+                slots,
+                level = self.battery.level(),
+                "job stage starts"
+            );
         }
     }
 
@@ -142,7 +152,11 @@ impl EmulatedCore {
             }
         }
         if was_saving != self.battery.power_saving() {
-            info!(saving = self.battery.power_saving(), level = self.battery.level(), "power saving changes");
+            info!(
+                saving = self.battery.power_saving(),
+                level = self.battery.level(),
+                "power saving changes"
+            );
             self.saving.send_replace(self.battery.power_saving());
         }
         self.begin(now);
@@ -156,7 +170,9 @@ impl EmulatedCore {
         }
         if !self.battery.offer_job() {
             self.stats.refused_busy += 1;
-            return Err(Refusal::Busy("this node is processing a job and already holds the next one".into()));
+            return Err(Refusal::Busy(
+                "this node is processing a job and already holds the next one".into(),
+            ));
         }
         let (tx, rx) = watch::channel(JobPhase::Waiting);
         self.waiting.push_back(tx);
@@ -209,9 +225,14 @@ pub struct EmulatedSource {
 
 impl EmulatedSource {
     /// Builds the core and starts its ticking task; needs a tokio runtime.
-    pub fn start(params: &EmulatedParams, mode: PowerModeArg, clock_scale: f64) -> Result<Self, super::EnergyError> {
+    pub fn start(
+        params: &EmulatedParams,
+        mode: PowerModeArg,
+        clock_scale: f64,
+    ) -> Result<Self, super::EnergyError> {
         let slot_wall = slot_wall(params.slot_secs, clock_scale)?;
-        let handle = tokio::runtime::Handle::try_current().map_err(|_| super::EnergyError::NoRuntime)?;
+        let handle =
+            tokio::runtime::Handle::try_current().map_err(|_| super::EnergyError::NoRuntime)?;
         let core = EmulatedCore::new(params, mode, slot_wall, Instant::now())?;
         info!(
             max_job_rate = core.max_job_rate(),
@@ -225,8 +246,14 @@ impl EmulatedSource {
             Some(s) => StdRng::seed_from_u64(s),
             None => StdRng::from_os_rng(),
         };
-        let harvest = sunswarm_energy::Harvest::uniform(params.harvest.0, params.harvest.1).map_err(SpecError::from)?;
-        let ticker = handle.spawn(tick_loop(Arc::downgrade(&core), HarvestSource::new(harvest, 0), rng, slot_wall));
+        let harvest = sunswarm_energy::Harvest::uniform(params.harvest.0, params.harvest.1)
+            .map_err(SpecError::from)?;
+        let ticker = handle.spawn(tick_loop(
+            Arc::downgrade(&core),
+            HarvestSource::new(harvest, 0),
+            rng,
+            slot_wall,
+        ));
         Ok(EmulatedSource { core, ticker })
     }
 
@@ -251,7 +278,9 @@ impl Drop for EmulatedSource {
 /// Wall time of one slot: `slot_secs / clock_scale`, at least a millisecond so the ticker can keep up.
 pub fn slot_wall(slot_secs: f64, clock_scale: f64) -> Result<Duration, super::EnergyError> {
     if !(clock_scale.is_finite() && clock_scale > 0.0) {
-        return Err(super::EnergyError::ClockScale(format!("{clock_scale} is not a positive number")));
+        return Err(super::EnergyError::ClockScale(format!(
+            "{clock_scale} is not a positive number"
+        )));
     }
     let wall = slot_secs / clock_scale;
     if wall < 1e-3 {
@@ -262,7 +291,12 @@ pub fn slot_wall(slot_secs: f64, clock_scale: f64) -> Result<Duration, super::En
     Ok(Duration::from_secs_f64(wall))
 }
 
-async fn tick_loop(core: Weak<Mutex<EmulatedCore>>, mut harvest: HarvestSource, mut rng: StdRng, slot_wall: Duration) {
+async fn tick_loop(
+    core: Weak<Mutex<EmulatedCore>>,
+    mut harvest: HarvestSource,
+    mut rng: StdRng,
+    slot_wall: Duration,
+) {
     let mut every = tokio::time::interval_at(Instant::now() + slot_wall, slot_wall);
     loop {
         let now = every.tick().await;
@@ -296,7 +330,13 @@ mod tests {
     use sunswarm_protocol::PowerMode;
 
     fn core(spec: &str, mode: PowerModeArg) -> EmulatedCore {
-        EmulatedCore::new(&spec.parse().unwrap(), mode, Duration::from_secs(1), Instant::now()).unwrap()
+        EmulatedCore::new(
+            &spec.parse().unwrap(),
+            mode,
+            Duration::from_secs(1),
+            Instant::now(),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -312,7 +352,11 @@ mod tests {
         assert!((rdyn - 0.4284).abs() < 0.01, "{rdyn}");
         // A poorer harvest lowers the rate the node announces.
         let poor = core("harvest=uniform(2,6)", PowerModeArg::Dynamic);
-        assert!(poor.max_job_rate() < rdyn - 0.05, "{} vs {rdyn}", poor.max_job_rate());
+        assert!(
+            poor.max_job_rate() < rdyn - 0.05,
+            "{} vs {rdyn}",
+            poor.max_job_rate()
+        );
         assert!((poor.state().max_job_rate - poor.max_job_rate() as f32).abs() < 1e-6);
     }
 
@@ -322,10 +366,15 @@ mod tests {
         let now = Instant::now();
         let mut first = c.try_admit(8).unwrap();
         let _second = c.try_admit(8).unwrap_err();
-        assert!(matches!(c.try_admit(8), Err(Refusal::Busy(_))), "one pending place per stage");
+        assert!(
+            matches!(c.try_admit(8), Err(Refusal::Busy(_))),
+            "one pending place per stage"
+        );
         c.tick(0, now); // the idle slot ends; the job's 2-slot stage starts
         assert!(matches!(first.deadline(8), Ok(Some(_))));
-        let _next = c.try_admit(8).expect("a processing node holds one pending job");
+        let _next = c
+            .try_admit(8)
+            .expect("a processing node holds one pending job");
         c.tick(0, now);
         c.tick(0, now);
         assert_eq!(c.battery().level(), 50 - 22);
@@ -345,10 +394,18 @@ mod tests {
         c.tick(0, now); // 60 W job: 30 - 23 = 7 < 20
         assert_eq!(c.battery().level(), 7);
         assert!(c.state().power_saving);
-        assert!(flag.has_changed().unwrap() && *flag.borrow(), "the change is signalled at once");
+        assert!(
+            flag.has_changed().unwrap() && *flag.borrow(),
+            "the change is signalled at once"
+        );
         let refusal = c.try_admit(4).unwrap_err();
         assert!(matches!(refusal, Refusal::PowerSaving(_)));
-        assert!(refusal.to_string().contains("power saving: battery at 7 of 100 kJ"), "{refusal}");
+        assert!(
+            refusal
+                .to_string()
+                .contains("power saving: battery at 7 of 100 kJ"),
+            "{refusal}"
+        );
         assert!(c.admit().is_err());
         c.tick(32, now); // 39: still below e_H
         assert!(c.try_admit(4).is_err());
@@ -356,7 +413,11 @@ mod tests {
         assert!(!c.state().power_saving);
         assert!(!*flag.borrow());
         assert!(c.try_admit(4).is_ok());
-        assert_eq!(c.stats().refused_saving, 3, "every refusal is counted, by admit or by try_admit");
+        assert_eq!(
+            c.stats().refused_saving,
+            3,
+            "every refusal is counted, by admit or by try_admit"
+        );
         assert_eq!(c.stats().saving_slots, 2);
     }
 
@@ -374,7 +435,13 @@ mod tests {
         let w = |watts| PowerMode::Dynamic { watts };
         assert_eq!(
             seen,
-            vec![(38, w(15), 0, true), (39, w(15), 0, true), (40, w(30), 1, false), (59, w(30), 1, false), (60, w(60), 2, false)]
+            vec![
+                (38, w(15), 0, true),
+                (39, w(15), 0, true),
+                (40, w(30), 1, false),
+                (59, w(30), 1, false),
+                (60, w(60), 2, false)
+            ]
         );
         // A job started at 60 runs at 60 W: one slot, 23 kJ.
         let _t = c.try_admit(1).unwrap();
@@ -388,8 +455,18 @@ mod tests {
     #[test]
     fn clock_scale_is_checked() {
         assert_eq!(slot_wall(100.0, 100.0).unwrap(), Duration::from_secs(1));
-        assert!(slot_wall(100.0, 0.0).unwrap_err().to_string().contains("clock-scale"));
+        assert!(
+            slot_wall(100.0, 0.0)
+                .unwrap_err()
+                .to_string()
+                .contains("clock-scale")
+        );
         assert!(slot_wall(100.0, f64::NAN).is_err());
-        assert!(slot_wall(1.0, 1e6).unwrap_err().to_string().contains("1 ms"));
+        assert!(
+            slot_wall(1.0, 1e6)
+                .unwrap_err()
+                .to_string()
+                .contains("1 ms")
+        );
     }
 }

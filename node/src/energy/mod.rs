@@ -42,7 +42,9 @@ pub enum EnergyError {
     Battery(#[from] sysfs::BatteryError),
     #[error("--clock-scale: {0}")]
     ClockScale(String),
-    #[error("--{flag} applies to --energy emulated:... (and --power-mode also to battery), not to --energy mains")]
+    #[error(
+        "--{flag} applies to --energy emulated:... (and --power-mode also to battery), not to --energy mains"
+    )]
     NotForMains { flag: &'static str },
     #[error("the emulated battery needs a tokio runtime to tick its slots")]
     NoRuntime,
@@ -82,7 +84,10 @@ pub trait EnergySource: Send + Sync + 'static {
     fn admit(&self) -> Result<(), String> {
         let s = self.state();
         if s.power_saving {
-            Err(format!("power saving: battery at {:.0} %", s.battery_level * 100.0))
+            Err(format!(
+                "power saving: battery at {:.0} %",
+                s.battery_level * 100.0
+            ))
         } else {
             Ok(())
         }
@@ -139,14 +144,23 @@ impl EnergyArgs {
                     return Err(EnergyError::NotForMains { flag: "power-mode" });
                 }
                 if self.clock_scale.is_some() {
-                    return Err(EnergyError::NotForMains { flag: "clock-scale" });
+                    return Err(EnergyError::NotForMains {
+                        flag: "clock-scale",
+                    });
                 }
                 Ok(Box::new(Mains))
             }
-            EnergySpec::Battery => Ok(Box::new(sysfs::SysBattery::open(std::path::Path::new(sysfs::POWER_SUPPLY), mode)?)),
+            EnergySpec::Battery => Ok(Box::new(sysfs::SysBattery::open(
+                std::path::Path::new(sysfs::POWER_SUPPLY),
+                mode,
+            )?)),
             EnergySpec::Emulated(p) => {
                 let params: EmulatedParams = p.parse()?;
-                Ok(Box::new(emulated::EmulatedSource::start(&params, mode, self.clock_scale.unwrap_or(1.0))?))
+                Ok(Box::new(emulated::EmulatedSource::start(
+                    &params,
+                    mode,
+                    self.clock_scale.unwrap_or(1.0),
+                )?))
             }
         }
     }
@@ -155,7 +169,12 @@ impl EnergyArgs {
 /// Builds the energy source for a `--energy` value, with the default power mode (dynamic) and
 /// real-time clock.
 pub fn source(spec: &EnergySpec) -> Result<Box<dyn EnergySource>, EnergyError> {
-    EnergyArgs { energy: spec.clone(), power_mode: None, clock_scale: None }.build()
+    EnergyArgs {
+        energy: spec.clone(),
+        power_mode: None,
+        clock_scale: None,
+    }
+    .build()
 }
 
 #[cfg(test)]
@@ -165,25 +184,62 @@ mod tests {
     #[test]
     fn parses_and_refuses_clearly() {
         assert_eq!("mains".parse::<EnergySpec>().unwrap(), EnergySpec::Mains);
-        assert_eq!("emulated:capacity=5".parse::<EnergySpec>().unwrap(), EnergySpec::Emulated("capacity=5".into()));
-        assert_eq!("emulated".parse::<EnergySpec>().unwrap(), EnergySpec::Emulated(String::new()));
-        assert!("solar".parse::<EnergySpec>().unwrap_err().to_string().contains("solar"));
+        assert_eq!(
+            "emulated:capacity=5".parse::<EnergySpec>().unwrap(),
+            EnergySpec::Emulated("capacity=5".into())
+        );
+        assert_eq!(
+            "emulated".parse::<EnergySpec>().unwrap(),
+            EnergySpec::Emulated(String::new())
+        );
+        assert!(
+            "solar"
+                .parse::<EnergySpec>()
+                .unwrap_err()
+                .to_string()
+                .contains("solar")
+        );
         assert!(source(&EnergySpec::Mains).unwrap().admit().is_ok());
-        let mains_mode = EnergyArgs { energy: EnergySpec::Mains, power_mode: Some(PowerModeArg::W15), clock_scale: None };
-        assert!(mains_mode.build().err().unwrap().to_string().contains("--power-mode"));
-        let bad = EnergyArgs { energy: EnergySpec::Emulated("harvest=7".into()), power_mode: None, clock_scale: None };
+        let mains_mode = EnergyArgs {
+            energy: EnergySpec::Mains,
+            power_mode: Some(PowerModeArg::W15),
+            clock_scale: None,
+        };
+        assert!(
+            mains_mode
+                .build()
+                .err()
+                .unwrap()
+                .to_string()
+                .contains("--power-mode")
+        );
+        let bad = EnergyArgs {
+            energy: EnergySpec::Emulated("harvest=7".into()),
+            power_mode: None,
+            clock_scale: None,
+        };
         assert!(bad.build().err().unwrap().to_string().contains("harvest"));
     }
 
     #[test]
     fn emulated_needs_a_runtime_and_then_starts() {
-        let args = EnergyArgs { energy: EnergySpec::Emulated("seed=3".into()), power_mode: None, clock_scale: Some(100.0) };
+        let args = EnergyArgs {
+            energy: EnergySpec::Emulated("seed=3".into()),
+            power_mode: None,
+            clock_scale: Some(100.0),
+        };
         assert!(matches!(args.build(), Err(EnergyError::NoRuntime)));
-        let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
         let src = rt.block_on(async { args.build() }).unwrap();
         let s = src.state();
         assert_eq!(s.battery_level, 0.5);
-        assert_eq!(s.power_mode, sunswarm_protocol::PowerMode::Dynamic { watts: 30 });
+        assert_eq!(
+            s.power_mode,
+            sunswarm_protocol::PowerMode::Dynamic { watts: 30 }
+        );
         assert!((s.max_job_rate - 0.4284).abs() < 0.01);
         assert!(src.begin_job(16).unwrap().is_paced());
     }
@@ -191,7 +247,11 @@ mod tests {
     struct Saving;
     impl EnergySource for Saving {
         fn state(&self) -> EnergyState {
-            EnergyState { power_saving: true, battery_level: 0.1, ..EnergyState::mains() }
+            EnergyState {
+                power_saving: true,
+                battery_level: 0.1,
+                ..EnergyState::mains()
+            }
         }
     }
 

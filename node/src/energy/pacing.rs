@@ -38,12 +38,18 @@ pub struct JobTicket {
 impl JobTicket {
     /// A ticket that never holds a session back.
     pub fn unpaced() -> Self {
-        JobTicket { phase: None, total_tokens: 0 }
+        JobTicket {
+            phase: None,
+            total_tokens: 0,
+        }
     }
 
     /// A ticket following `phase`, for a session of at most `total_tokens` tokens.
     pub fn paced(phase: watch::Receiver<JobPhase>, total_tokens: u32) -> Self {
-        JobTicket { phase: Some(phase), total_tokens }
+        JobTicket {
+            phase: Some(phase),
+            total_tokens,
+        }
     }
 
     /// Whether this ticket ever waits.
@@ -54,10 +60,14 @@ impl JobTicket {
     /// The instant before which a session that has computed `done` tokens must not answer, or
     /// `None` when it need not wait; `Err(())` while the job is still waiting for its stage.
     pub(crate) fn deadline(&self, done: u32) -> Result<Option<Instant>, ()> {
-        let Some(rx) = &self.phase else { return Ok(None) };
+        let Some(rx) = &self.phase else {
+            return Ok(None);
+        };
         match *rx.borrow() {
             JobPhase::Waiting => Err(()),
-            JobPhase::Running { start, wall } => Ok(Some(start + pace_offset(wall, done, self.total_tokens))),
+            JobPhase::Running { start, wall } => {
+                Ok(Some(start + pace_offset(wall, done, self.total_tokens)))
+            }
             JobPhase::Done => Ok(None),
         }
     }
@@ -95,7 +105,11 @@ mod tests {
         assert_eq!(pace_offset(w, 5, 10), Duration::from_millis(1500));
         assert_eq!(pace_offset(w, 10, 10), w);
         assert_eq!(pace_offset(w, 99, 10), w, "never past the job's end");
-        assert_eq!(pace_offset(w, 0, 0), w, "a session of unknown length takes the whole job");
+        assert_eq!(
+            pace_offset(w, 0, 0),
+            w,
+            "a session of unknown length takes the whole job"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -107,11 +121,19 @@ mod tests {
         let stage_start = t0 + Duration::from_secs(5);
         let feeder = tokio::spawn(async move {
             tokio::time::sleep_until(stage_start).await;
-            tx.send(JobPhase::Running { start: stage_start, wall: Duration::from_secs(8) }).unwrap();
+            tx.send(JobPhase::Running {
+                start: stage_start,
+                wall: Duration::from_secs(8),
+            })
+            .unwrap();
             tx
         });
         t.pace(1).await;
-        assert_eq!(Instant::now() - t0, Duration::from_secs(7), "5 s waiting, then 1/4 of 8 s");
+        assert_eq!(
+            Instant::now() - t0,
+            Duration::from_secs(7),
+            "5 s waiting, then 1/4 of 8 s"
+        );
         t.pace(4).await;
         assert_eq!(Instant::now() - t0, Duration::from_secs(13));
         let tx = feeder.await.unwrap();

@@ -24,7 +24,11 @@ pub enum SpecError {
     #[error("emulated energy: {key} is given twice")]
     Repeated { key: String },
     #[error("emulated energy: {key}={value:?} is not {expected}")]
-    BadValue { key: &'static str, value: String, expected: &'static str },
+    BadValue {
+        key: &'static str,
+        value: String,
+        expected: &'static str,
+    },
     #[error("emulated energy: unbalanced parentheses in {0:?}")]
     Parentheses(String),
     #[error("emulated energy: {0}")]
@@ -33,7 +37,9 @@ pub enum SpecError {
     PowerMode(String),
 }
 
-const KEYS: [&str; 8] = ["capacity", "harvest", "slot", "initial", "low", "high", "delta", "seed"];
+const KEYS: [&str; 8] = [
+    "capacity", "harvest", "slot", "initial", "low", "high", "delta", "seed",
+];
 
 /// The parameters of an emulated battery and harvester.
 #[derive(Debug, Clone, PartialEq)]
@@ -59,7 +65,16 @@ pub struct EmulatedParams {
 impl Default for EmulatedParams {
     /// The paper's device (spec sec. 1 and Fig. 2a).
     fn default() -> Self {
-        EmulatedParams { capacity: 100, harvest: (6, 14), slot_secs: 100.0, initial: 50, low: 20, high: 40, delta: 0.02, seed: None }
+        EmulatedParams {
+            capacity: 100,
+            harvest: (6, 14),
+            slot_secs: 100.0,
+            initial: 50,
+            low: 20,
+            high: 40,
+            delta: 0.02,
+            seed: None,
+        }
     }
 }
 
@@ -108,16 +123,32 @@ fn split_items(s: &str) -> Result<Vec<&str>, SpecError> {
         return Err(SpecError::Parentheses(s.to_string()));
     }
     items.push(&s[start..]);
-    Ok(items.into_iter().map(str::trim).filter(|i| !i.is_empty()).collect())
+    Ok(items
+        .into_iter()
+        .map(str::trim)
+        .filter(|i| !i.is_empty())
+        .collect())
 }
 
 fn int(key: &'static str, v: &str) -> Result<i64, SpecError> {
-    v.trim().parse().map_err(|_| SpecError::BadValue { key, value: v.to_string(), expected: "a whole number of kJ" })
+    v.trim().parse().map_err(|_| SpecError::BadValue {
+        key,
+        value: v.to_string(),
+        expected: "a whole number of kJ",
+    })
 }
 
 fn uniform(v: &str) -> Result<(i64, i64), SpecError> {
-    let bad = || SpecError::BadValue { key: "harvest", value: v.to_string(), expected: "uniform(MIN,MAX) in whole kJ per slot" };
-    let inner = v.trim().strip_prefix("uniform(").and_then(|r| r.strip_suffix(')')).ok_or_else(bad)?;
+    let bad = || SpecError::BadValue {
+        key: "harvest",
+        value: v.to_string(),
+        expected: "uniform(MIN,MAX) in whole kJ per slot",
+    };
+    let inner = v
+        .trim()
+        .strip_prefix("uniform(")
+        .and_then(|r| r.strip_suffix(')'))
+        .ok_or_else(bad)?;
     let (a, b) = inner.split_once(',').ok_or_else(bad)?;
     let a: i64 = a.trim().parse().map_err(|_| bad())?;
     let b: i64 = b.trim().parse().map_err(|_| bad())?;
@@ -132,13 +163,19 @@ impl FromStr for EmulatedParams {
         let mut p = EmulatedParams::default();
         let mut seen: Vec<&str> = Vec::new();
         for item in split_items(s)? {
-            let (key, value) = item.split_once('=').ok_or_else(|| SpecError::NotKeyValue { item: item.to_string() })?;
+            let (key, value) = item.split_once('=').ok_or_else(|| SpecError::NotKeyValue {
+                item: item.to_string(),
+            })?;
             let key = key.trim();
             let Some(&known) = KEYS.iter().find(|k| **k == key) else {
-                return Err(SpecError::UnknownKey { key: key.to_string() });
+                return Err(SpecError::UnknownKey {
+                    key: key.to_string(),
+                });
             };
             if seen.contains(&known) {
-                return Err(SpecError::Repeated { key: key.to_string() });
+                return Err(SpecError::Repeated {
+                    key: key.to_string(),
+                });
             }
             seen.push(known);
             match known {
@@ -160,9 +197,16 @@ impl FromStr for EmulatedParams {
                 "low" => p.low = int("low", value)?,
                 "high" => p.high = int("high", value)?,
                 "delta" => {
-                    p.delta = value.trim().parse::<f64>().ok().filter(|v| *v > 0.0 && *v < 1.0).ok_or_else(|| {
-                        SpecError::BadValue { key: "delta", value: value.to_string(), expected: "a probability in (0, 1)" }
-                    })?
+                    p.delta = value
+                        .trim()
+                        .parse::<f64>()
+                        .ok()
+                        .filter(|v| *v > 0.0 && *v < 1.0)
+                        .ok_or_else(|| SpecError::BadValue {
+                            key: "delta",
+                            value: value.to_string(),
+                            expected: "a probability in (0, 1)",
+                        })?
                 }
                 "seed" => {
                     p.seed = Some(value.trim().parse().map_err(|_| SpecError::BadValue {
@@ -210,7 +254,9 @@ impl PowerModeArg {
             PowerModeArg::W15 => PowerMode::Fixed { watts: 15 },
             PowerModeArg::W30 => PowerMode::Fixed { watts: 30 },
             PowerModeArg::W60 => PowerMode::Fixed { watts: 60 },
-            PowerModeArg::Dynamic => PowerMode::Dynamic { watts: DYNAMIC_WATTS[index.min(2)] },
+            PowerModeArg::Dynamic => PowerMode::Dynamic {
+                watts: DYNAMIC_WATTS[index.min(2)],
+            },
         }
     }
 }
@@ -237,8 +283,14 @@ mod tests {
         let p: EmulatedParams = "".parse().unwrap();
         assert_eq!(p, EmulatedParams::default());
         let dev = p.device(PowerModeArg::Dynamic).unwrap();
-        assert_eq!(dev, DeviceParams::paper_dynamic(Harvest::uniform(6, 14).unwrap()));
-        assert!((p.harvest_watts() - 100.0).abs() < 1e-9, "10 kJ per 100 s is 100 W");
+        assert_eq!(
+            dev,
+            DeviceParams::paper_dynamic(Harvest::uniform(6, 14).unwrap())
+        );
+        assert!(
+            (p.harvest_watts() - 100.0).abs() < 1e-9,
+            "10 kJ per 100 s is 100 W"
+        );
     }
 
     #[test]
@@ -247,7 +299,16 @@ mod tests {
             "capacity=200, harvest=uniform( 2 ,5),slot=0.5,initial=150,low=30,high=90,delta=0.05,seed=9".parse().unwrap();
         assert_eq!(
             p,
-            EmulatedParams { capacity: 200, harvest: (2, 5), slot_secs: 0.5, initial: 150, low: 30, high: 90, delta: 0.05, seed: Some(9) }
+            EmulatedParams {
+                capacity: 200,
+                harvest: (2, 5),
+                slot_secs: 0.5,
+                initial: 150,
+                low: 30,
+                high: 90,
+                delta: 0.05,
+                seed: Some(9)
+            }
         );
         assert!(p.device(PowerModeArg::W30).is_ok());
     }
@@ -279,19 +340,40 @@ mod tests {
         assert!(err("low=50,high=40").contains("e_low"));
         assert!(err("high=120").contains("e_high"));
         assert!(err("capacity=0").contains("capacity"));
-        assert!(err("harvest=uniform(5,2)").contains("harvest"), "{}", err("harvest=uniform(5,2)"));
+        assert!(
+            err("harvest=uniform(5,2)").contains("harvest"),
+            "{}",
+            err("harvest=uniform(5,2)")
+        );
     }
 
     #[test]
     fn power_modes() {
-        for (s, m) in [("15w", PowerModeArg::W15), ("30W", PowerModeArg::W30), ("60", PowerModeArg::W60), ("Dynamic", PowerModeArg::Dynamic)] {
+        for (s, m) in [
+            ("15w", PowerModeArg::W15),
+            ("30W", PowerModeArg::W30),
+            ("60", PowerModeArg::W60),
+            ("Dynamic", PowerModeArg::Dynamic),
+        ] {
             assert_eq!(s.parse::<PowerModeArg>().unwrap(), m);
         }
-        assert!("45w".parse::<PowerModeArg>().unwrap_err().to_string().contains("\"45w\""));
+        assert!(
+            "45w"
+                .parse::<PowerModeArg>()
+                .unwrap_err()
+                .to_string()
+                .contains("\"45w\"")
+        );
         let t = PowerModeArg::Dynamic.table(100).unwrap();
         assert_eq!(t.bounds(), &[40, 60]);
-        assert_eq!(PowerModeArg::Dynamic.announced(1), sunswarm_protocol::PowerMode::Dynamic { watts: 30 });
-        assert_eq!(PowerModeArg::W60.announced(0), sunswarm_protocol::PowerMode::Fixed { watts: 60 });
+        assert_eq!(
+            PowerModeArg::Dynamic.announced(1),
+            sunswarm_protocol::PowerMode::Dynamic { watts: 30 }
+        );
+        assert_eq!(
+            PowerModeArg::W60.announced(0),
+            sunswarm_protocol::PowerMode::Fixed { watts: 60 }
+        );
         assert_eq!(PowerModeArg::W15.table(100).unwrap().modes()[0].slots, 3);
     }
 }

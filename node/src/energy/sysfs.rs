@@ -20,10 +20,15 @@ pub const POWER_SUPPLY: &str = "/sys/class/power_supply";
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum BatteryError {
-    #[error("--energy battery: no battery under {0} (no supply with type Battery and a capacity); use --energy mains or emulated:...")]
+    #[error(
+        "--energy battery: no battery under {0} (no supply with type Battery and a capacity); use --energy mains or emulated:..."
+    )]
     NotFound(PathBuf),
     #[error("--energy battery: cannot read {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("--energy battery: {path} holds {value:?}, not a percentage")]
     BadCapacity { path: PathBuf, value: String },
 }
@@ -42,17 +47,22 @@ pub struct Reading {
 fn read_trimmed(path: &Path) -> Result<String, BatteryError> {
     std::fs::read_to_string(path)
         .map(|s| s.trim().to_string())
-        .map_err(|source| BatteryError::Read { path: path.to_path_buf(), source })
+        .map_err(|source| BatteryError::Read {
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 /// The first battery under `root` (sorted by name, so the choice is stable).
 pub fn find(root: &Path) -> Result<PathBuf, BatteryError> {
-    let entries = std::fs::read_dir(root).map_err(|_| BatteryError::NotFound(root.to_path_buf()))?;
+    let entries =
+        std::fs::read_dir(root).map_err(|_| BatteryError::NotFound(root.to_path_buf()))?;
     let mut dirs: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
     dirs.sort();
     dirs.into_iter()
         .find(|d| {
-            std::fs::read_to_string(d.join("type")).is_ok_and(|t| t.trim() == "Battery") && d.join("capacity").exists()
+            std::fs::read_to_string(d.join("type")).is_ok_and(|t| t.trim() == "Battery")
+                && d.join("capacity").exists()
         })
         .ok_or_else(|| BatteryError::NotFound(root.to_path_buf()))
 }
@@ -61,14 +71,24 @@ pub fn find(root: &Path) -> Result<PathBuf, BatteryError> {
 pub fn read(dir: &Path) -> Result<Reading, BatteryError> {
     let cap_path = dir.join("capacity");
     let raw = read_trimmed(&cap_path)?;
-    let percent = raw
-        .parse::<u8>()
-        .ok()
-        .filter(|p| *p <= 100)
-        .ok_or(BatteryError::BadCapacity { path: cap_path, value: raw })?;
+    let percent =
+        raw.parse::<u8>()
+            .ok()
+            .filter(|p| *p <= 100)
+            .ok_or(BatteryError::BadCapacity {
+                path: cap_path,
+                value: raw,
+            })?;
     let status = read_trimmed(&dir.join("status")).unwrap_or_else(|_| "Unknown".into());
-    let power_w = read_trimmed(&dir.join("power_now")).ok().and_then(|s| s.parse::<f64>().ok()).map(|uw| (uw / 1e6) as f32);
-    Ok(Reading { percent, status, power_w })
+    let power_w = read_trimmed(&dir.join("power_now"))
+        .ok()
+        .and_then(|s| s.parse::<f64>().ok())
+        .map(|uw| (uw / 1e6) as f32);
+    Ok(Reading {
+        percent,
+        status,
+        power_w,
+    })
 }
 
 /// The hysteresis of power saving: enter below `low`, leave at `high` or above.
@@ -93,7 +113,13 @@ impl SysBattery {
         let first = read(&dir)?;
         let (low, high) = (20, 40);
         let saving = next_saving(false, i64::from(first.percent), low, high);
-        Ok(SysBattery { dir, mode, low, high, last: Mutex::new((first, saving)) })
+        Ok(SysBattery {
+            dir,
+            mode,
+            low,
+            high,
+            last: Mutex::new((first, saving)),
+        })
     }
 
     /// Reads the battery again and updates the power-saving flag; keeps the last reading if the
@@ -119,7 +145,11 @@ impl EnergySource for SysBattery {
         let charging = matches!(r.status.as_str(), "Charging" | "Full");
         EnergyState {
             battery_level: f32::from(r.percent) / 100.0,
-            harvest_w: if charging { r.power_w.unwrap_or(0.0).max(0.0) } else { 0.0 },
+            harvest_w: if charging {
+                r.power_w.unwrap_or(0.0).max(0.0)
+            } else {
+                0.0
+            },
             power_mode: self.mode.announced(index),
             power_saving: saving,
             max_job_rate: 1.0,
@@ -168,9 +198,17 @@ mod tests {
     #[test]
     fn no_battery_is_a_clear_error() {
         let root = fake_root("none");
-        let err = SysBattery::open(&root.0, PowerModeArg::Dynamic).err().unwrap().to_string();
-        assert!(err.contains("no battery under") && err.contains("--energy mains"), "{err}");
-        let err = find(Path::new("/nonexistent/power_supply")).unwrap_err().to_string();
+        let err = SysBattery::open(&root.0, PowerModeArg::Dynamic)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            err.contains("no battery under") && err.contains("--energy mains"),
+            "{err}"
+        );
+        let err = find(Path::new("/nonexistent/power_supply"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("/nonexistent/power_supply"), "{err}");
     }
 
@@ -180,10 +218,23 @@ mod tests {
         battery(&root.0, "BAT0", "55\n", "Discharging\n");
         std::fs::write(root.0.join("BAT0/power_now"), "7500000\n").unwrap();
         let b = SysBattery::open(&root.0, PowerModeArg::Dynamic).unwrap();
-        assert_eq!(read(&root.0.join("BAT0")).unwrap(), Reading { percent: 55, status: "Discharging".into(), power_w: Some(7.5) });
+        assert_eq!(
+            read(&root.0.join("BAT0")).unwrap(),
+            Reading {
+                percent: 55,
+                status: "Discharging".into(),
+                power_w: Some(7.5)
+            }
+        );
         let s = b.state();
-        assert_eq!((s.battery_level, s.power_saving, s.mode_index), (0.55, false, 1));
-        assert_eq!(s.power_mode, sunswarm_protocol::PowerMode::Dynamic { watts: 30 });
+        assert_eq!(
+            (s.battery_level, s.power_saving, s.mode_index),
+            (0.55, false, 1)
+        );
+        assert_eq!(
+            s.power_mode,
+            sunswarm_protocol::PowerMode::Dynamic { watts: 30 }
+        );
         assert_eq!(s.harvest_w, 0.0, "discharging harvests nothing");
         std::fs::write(root.0.join("BAT0/capacity"), "19").unwrap();
         assert!(b.state().power_saving);
@@ -196,8 +247,15 @@ mod tests {
         assert!(!s.power_saving);
         assert_eq!(s.harvest_w, 7.5);
         std::fs::write(root.0.join("BAT0/capacity"), "lots").unwrap();
-        assert_eq!(b.state().battery_level, 0.4, "an unreadable value keeps the last reading");
+        assert_eq!(
+            b.state().battery_level,
+            0.4,
+            "an unreadable value keeps the last reading"
+        );
         let err = read(&root.0.join("BAT0")).unwrap_err().to_string();
-        assert!(err.contains("\"lots\"") && err.contains("capacity"), "{err}");
+        assert!(
+            err.contains("\"lots\"") && err.contains("capacity"),
+            "{err}"
+        );
     }
 }

@@ -42,7 +42,11 @@ impl Design {
             self.nodes,
             self.groups
         );
-        anyhow::ensure!((0.0..=1.0).contains(&self.job_prob), "--job-prob {} is not a probability", self.job_prob);
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&self.job_prob),
+            "--job-prob {} is not a probability",
+            self.job_prob
+        );
         anyhow::ensure!(
             self.energy_mean.is_finite() && self.energy_mean > 0.0,
             "--energy-mean {} must be a positive number of kJ per slot",
@@ -61,12 +65,19 @@ impl Design {
     /// The harvest weight of group k: 0.5, 1, 1.5 for three groups (the paper's), evenly spread
     /// over [0.5, 1.5] otherwise.
     pub fn weight(&self, k: usize) -> f64 {
-        if self.groups == 1 { 1.0 } else { 0.5 + k as f64 / (self.groups - 1) as f64 }
+        if self.groups == 1 {
+            1.0
+        } else {
+            0.5 + k as f64 / (self.groups - 1) as f64
+        }
     }
 
     /// Device of group k: the paper's dynamic device harvesting around mu_bar * w_k.
     pub fn device(&self, k: usize) -> anyhow::Result<DeviceParams> {
-        let dev = DeviceParams::paper(Harvest::around_mean(self.energy_mean * self.weight(k))?, modes::paper::dynamic(100));
+        let dev = DeviceParams::paper(
+            Harvest::around_mean(self.energy_mean * self.weight(k))?,
+            modes::paper::dynamic(100),
+        );
         dev.validate()?;
         Ok(dev)
     }
@@ -79,7 +90,10 @@ impl Design {
         };
         Ok(vec![
             "--energy".into(),
-            format!("emulated:harvest=uniform({min},{max}),initial={},slot={}", self.initial, self.slot_secs),
+            format!(
+                "emulated:harvest=uniform({min},{max}),initial={},slot={}",
+                self.initial, self.slot_secs
+            ),
             "--power-mode".into(),
             "dynamic".into(),
             "--clock-scale".into(),
@@ -130,7 +144,8 @@ impl LiveCounts {
             throughput: ratio(self.completed, self.offered, 1.0),
             completed: self.completed as f64,
             dropped: self.dropped as f64,
-            joules_per_token: (self.tokens > 0).then(|| self.kilojoules * 1000.0 / self.tokens as f64),
+            joules_per_token: (self.tokens > 0)
+                .then(|| self.kilojoules * 1000.0 / self.tokens as f64),
         }
     }
 }
@@ -141,11 +156,15 @@ fn ratio(a: u64, b: u64, empty: f64) -> f64 {
 
 /// kJ a job costs in a dynamic-table mode announced at `watts` (the paper's measured energies).
 pub fn job_kilojoules(watts: u16) -> Option<f64> {
-    [modes::paper::w15(), modes::paper::w30(), modes::paper::w60()]
-        .into_iter()
-        .zip([15u16, 30, 60])
-        .find(|(_, w)| *w == watts)
-        .map(|(m, _)| m.energy as f64)
+    [
+        modes::paper::w15(),
+        modes::paper::w30(),
+        modes::paper::w60(),
+    ]
+    .into_iter()
+    .zip([15u16, 30, 60])
+    .find(|(_, w)| *w == watts)
+    .map(|(m, _)| m.energy as f64)
 }
 
 #[cfg(test)]
@@ -176,10 +195,23 @@ pub(crate) mod tests {
         assert_eq!([d.weight(0), d.weight(1), d.weight(2)], [0.5, 1.0, 1.5]);
         // mu = 2.5, 5, 7.5 -> U{1..4}, U{2..8}, U{4..11} (halves to even, as the simulator).
         let bounds: Vec<_> = (0..3).map(|k| d.device(k).unwrap().harvest).collect();
-        assert_eq!(bounds, vec![Harvest::Uniform { min: 1, max: 4 }, Harvest::Uniform { min: 2, max: 8 }, Harvest::Uniform { min: 4, max: 11 }]);
+        assert_eq!(
+            bounds,
+            vec![
+                Harvest::Uniform { min: 1, max: 4 },
+                Harvest::Uniform { min: 2, max: 8 },
+                Harvest::Uniform { min: 4, max: 11 }
+            ]
+        );
         let args = d.node_args(2).unwrap();
-        assert_eq!(args[1], "emulated:harvest=uniform(4,11),initial=50,slot=100");
-        assert_eq!(&args[2..6], ["--power-mode", "dynamic", "--clock-scale", "100"]);
+        assert_eq!(
+            args[1],
+            "emulated:harvest=uniform(4,11),initial=50,slot=100"
+        );
+        assert_eq!(
+            &args[2..6],
+            ["--power-mode", "dynamic", "--clock-scale", "100"]
+        );
         assert_eq!(d.slot_wall(), std::time::Duration::from_secs(1));
     }
 
@@ -193,14 +225,30 @@ pub(crate) mod tests {
         assert!(d.validate().unwrap_err().to_string().contains("--job-prob"));
         let mut d = design();
         d.energy_mean = 0.0;
-        assert!(d.validate().unwrap_err().to_string().contains("--energy-mean"));
+        assert!(
+            d.validate()
+                .unwrap_err()
+                .to_string()
+                .contains("--energy-mean")
+        );
     }
 
     #[test]
     fn outcomes() {
-        let c = LiveCounts { offered: 10, completed: 7, dropped: 2, node_slots: 90, saving_node_slots: 9, tokens: 28, kilojoules: 69.0 * 7.0 };
+        let c = LiveCounts {
+            offered: 10,
+            completed: 7,
+            dropped: 2,
+            node_slots: 90,
+            saving_node_slots: 9,
+            tokens: 28,
+            kilojoules: 69.0 * 7.0,
+        };
         let o = c.outcome();
-        assert_eq!((o.ps_frac, o.throughput, o.completed, o.dropped), (0.1, 0.7, 7.0, 2.0));
+        assert_eq!(
+            (o.ps_frac, o.throughput, o.completed, o.dropped),
+            (0.1, 0.7, 7.0, 2.0)
+        );
         assert!((o.joules_per_token.unwrap() - 69_000.0 * 7.0 / 28.0).abs() < 1e-9);
         assert_eq!(LiveCounts::default().outcome().throughput, 1.0);
         assert_eq!(LiveCounts::default().outcome().joules_per_token, None);

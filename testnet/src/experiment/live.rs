@@ -24,7 +24,10 @@ use sunswarm_testnet::net::{Split, Testnet, TestnetOptions};
 
 /// What became of one job.
 enum JobEnd {
-    Completed { tokens: u64, kilojoules: f64 },
+    Completed {
+        tokens: u64,
+        kilojoules: f64,
+    },
     /// No route (every candidate of a layer in power saving or busy), or refused three times.
     Dropped,
     /// Opened but failed on the way (a node died, a timeout).
@@ -38,7 +41,12 @@ fn gossip_secs(d: &Design) -> f64 {
     d.slot_wall().as_secs_f64().clamp(0.2, 2.0)
 }
 
-async fn start_swarm(d: &Design, model: &str, log_dir: &Path, n_layers: u32) -> Result<Vec<Testnet>> {
+async fn start_swarm(
+    d: &Design,
+    model: &str,
+    log_dir: &Path,
+    n_layers: u32,
+) -> Result<Vec<Testnet>> {
     let ranges = BlockRange::split_even(n_layers, u32::try_from(d.layers())?)?;
     let mut groups: Vec<Testnet> = Vec::new();
     for k in 0..d.groups {
@@ -56,7 +64,9 @@ async fn start_swarm(d: &Design, model: &str, log_dir: &Path, n_layers: u32) -> 
             log_dir: Some(log_dir.join(format!("group-{k}"))),
             node_args,
         };
-        let net = Testnet::start(&opts).await.with_context(|| format!("starting harvest group {k}"))?;
+        let net = Testnet::start(&opts)
+            .await
+            .with_context(|| format!("starting harvest group {k}"))?;
         info!(group = k, nodes = net.nodes.len(), "group up");
         groups.push(net);
     }
@@ -98,10 +108,27 @@ async fn one_job(s: Rc<Shared>, seed: u64) -> JobEnd {
                 return JobEnd::Dropped;
             }
         };
-        let route: Vec<Hop> =
-            idx.iter().map(|&i| Hop { peer_id: anns[i].peer_id.clone(), addrs: anns[i].addrs.clone(), blocks: anns[i].blocks }).collect();
-        let kj: f64 = idx.iter().map(|&i| watts(&anns[i]).and_then(job_kilojoules).unwrap_or(0.0)).sum();
-        match SwarmSession::open(s.client.network(), model_id, route.clone(), DType::F32, max_tokens).await {
+        let route: Vec<Hop> = idx
+            .iter()
+            .map(|&i| Hop {
+                peer_id: anns[i].peer_id.clone(),
+                addrs: anns[i].addrs.clone(),
+                blocks: anns[i].blocks,
+            })
+            .collect();
+        let kj: f64 = idx
+            .iter()
+            .map(|&i| watts(&anns[i]).and_then(job_kilojoules).unwrap_or(0.0))
+            .sum();
+        match SwarmSession::open(
+            s.client.network(),
+            model_id,
+            route.clone(),
+            DType::F32,
+            max_tokens,
+        )
+        .await
+        {
             Ok(session) => break (session, kj),
             Err(e) if avoid.len() < 3 => {
                 debug!("open refused ({e}); choosing again");
@@ -118,12 +145,28 @@ async fn one_job(s: Rc<Shared>, seed: u64) -> JobEnd {
         }
     };
     debug!("job opened");
-    let opts = GenerateOptions { max_new_tokens: s.tokens, ignore_eos: true, seed, ..GenerateOptions::default() };
-    let out = generate(&s.head, &s.tokenizer, &mut session.0, &prompt, &opts, |_| {}).await;
+    let opts = GenerateOptions {
+        max_new_tokens: s.tokens,
+        ignore_eos: true,
+        seed,
+        ..GenerateOptions::default()
+    };
+    let out = generate(
+        &s.head,
+        &s.tokenizer,
+        &mut session.0,
+        &prompt,
+        &opts,
+        |_| {},
+    )
+    .await;
     session.0.close().await;
     debug!(ok = out.is_ok(), "job ends");
     match out {
-        Ok(r) => JobEnd::Completed { tokens: r.tokens.len() as u64, kilojoules: session.1 },
+        Ok(r) => JobEnd::Completed {
+            tokens: r.tokens.len() as u64,
+            kilojoules: session.1,
+        },
         Err(e) => {
             warn!("a job failed mid-generation: {e}");
             JobEnd::Failed
@@ -132,7 +175,12 @@ async fn one_job(s: Rc<Shared>, seed: u64) -> JobEnd {
 }
 
 /// Runs the live swarm under `policy` and counts what happened.
-pub async fn run(d: &Design, policy: PolicyKind, model: &str, log_dir: &Path) -> Result<LiveCounts> {
+pub async fn run(
+    d: &Design,
+    policy: PolicyKind,
+    model: &str,
+    log_dir: &Path,
+) -> Result<LiveCounts> {
     let src = ModelSource::parse(model)?;
     let m = Model::open(&src)?;
     let n_layers = u32::try_from(m.config().n_layers)?;
@@ -144,15 +192,27 @@ pub async fn run(d: &Design, policy: PolicyKind, model: &str, log_dir: &Path) ->
     let dir: PathBuf = log_dir.join(policy.name());
     let swarm = start_swarm(d, model, &dir, n_layers).await?;
     // Dial every node up front: on a loaded machine a first dial at session open can time out.
-    let addrs = swarm.iter().flat_map(|g| g.nodes.iter().map(|n| n.listen.parse())).collect::<Result<Vec<_>, _>>()?;
+    let addrs = swarm
+        .iter()
+        .flat_map(|g| g.nodes.iter().map(|n| n.listen.parse()))
+        .collect::<Result<Vec<_>, _>>()?;
     let client = SwarmClient::connect(addrs, Duration::from_secs(30)).await?;
     let model_id = m.model_id().0;
     client.follow(&model_id).await?;
-    client.wait_for_coverage(&model_id, n_layers, d.nodes, Duration::from_secs(60)).await?;
+    client
+        .wait_for_coverage(&model_id, n_layers, d.nodes, Duration::from_secs(60))
+        .await?;
     let dev = sunswarm_models::device(BackendKind::Cpu)?;
     let head = m.load_head(&dev)?;
     let tokenizer = m.tokenizer()?;
-    let shared = Rc::new(Shared { client, model: m, head, tokenizer, policy: policy.policy(), tokens: d.tokens_per_job });
+    let shared = Rc::new(Shared {
+        client,
+        model: m,
+        head,
+        tokenizer,
+        policy: policy.policy(),
+        tokens: d.tokens_per_job,
+    });
 
     // Probe: one job before the stream starts, so a swarm that cannot serve fails loudly rather
     // than reporting every job as dropped.
@@ -160,7 +220,9 @@ pub async fn run(d: &Design, policy: PolicyKind, model: &str, log_dir: &Path) ->
     let probe = loop {
         // Dropped means no gossiped route yet: the gossip mesh may still be forming.
         match one_job(shared.clone(), 0).await {
-            JobEnd::Dropped if t0.elapsed() < Duration::from_secs(30) => tokio::time::sleep(Duration::from_millis(200)).await,
+            JobEnd::Dropped if t0.elapsed() < Duration::from_secs(30) => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
             end => break end,
         }
     };
@@ -185,15 +247,33 @@ pub async fn run(d: &Design, policy: PolicyKind, model: &str, log_dir: &Path) ->
                     continue;
                 }
                 let now = sunswarm_node::node::now_ms();
-                let anns = shared.client.network().gossip_view().await.unwrap_or_default();
-                let live: Vec<&Announcement> = anns.iter().filter(|a| a.model_id == model_id && a.is_live(now)).collect();
+                let anns = shared
+                    .client
+                    .network()
+                    .gossip_view()
+                    .await
+                    .unwrap_or_default();
+                let live: Vec<&Announcement> = anns
+                    .iter()
+                    .filter(|a| a.model_id == model_id && a.is_live(now))
+                    .collect();
                 counts.node_slots += live.len() as u64;
                 let saving = live.iter().filter(|a| a.energy.power_saving).count();
                 counts.saving_node_slots += saving as u64;
-                debug!(slot = t, gossiped = anns.len(), live = live.len(), saving, offered = counts.offered, "slot");
+                debug!(
+                    slot = t,
+                    gossiped = anns.len(),
+                    live = live.len(),
+                    saving,
+                    offered = counts.offered,
+                    "slot"
+                );
                 if rng.random::<f64>() < d.job_prob {
                     counts.offered += 1;
-                    jobs.push(tokio::task::spawn_local(one_job(shared.clone(), rng.random())));
+                    jobs.push(tokio::task::spawn_local(one_job(
+                        shared.clone(),
+                        rng.random(),
+                    )));
                 }
             }
             // Jobs still running after the drain get a bounded wait, then count as not completed.

@@ -81,7 +81,10 @@ fn key(p: PolicyKind) -> &'static str {
 pub fn run(cmd: ExperimentCommand) -> Result<()> {
     let ExperimentCommand::Energy(a) = cmd;
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,libp2p=warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,libp2p=warn".into()),
+        )
         .with_writer(std::io::stderr)
         .try_init();
     let d = Design {
@@ -103,11 +106,18 @@ pub fn run(cmd: ExperimentCommand) -> Result<()> {
         Some(d) => d.clone(),
         None => std::env::temp_dir().join(format!("sunswarm-experiment-{}", std::process::id())),
     };
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let (mut live, mut sim) = (Map::new(), Map::new());
-    println!("{:<10} {:>8} {:>8} {:>6} {:>6} {:>9}   | simulated: {:>8} {:>8} {:>6} {:>6}", "policy", "ps_frac", "thr", "done", "drop", "J/token", "ps_frac", "thr", "done", "drop");
+    println!(
+        "{:<10} {:>8} {:>8} {:>6} {:>6} {:>9}   | simulated: {:>8} {:>8} {:>6} {:>6}",
+        "policy", "ps_frac", "thr", "done", "drop", "J/token", "ps_frac", "thr", "done", "drop"
+    );
     for p in pols {
-        let counts = rt.block_on(live::run(&d, p, &a.model, &log_dir)).with_context(|| format!("live run, policy {}", key(p)))?;
+        let counts = rt
+            .block_on(live::run(&d, p, &a.model, &log_dir))
+            .with_context(|| format!("live run, policy {}", key(p)))?;
         let l = counts.outcome();
         let s = simulated::simulate(&d, p, a.sim_runs)?;
         println!(
@@ -131,7 +141,8 @@ pub fn run(cmd: ExperimentCommand) -> Result<()> {
     }
     let doc = json!({ "live": Value::Object(live), "simulated": Value::Object(sim), "params": serde_json::to_value(&d)? });
     if let Some(path) = &a.json {
-        std::fs::write(path, serde_json::to_string_pretty(&doc)? + "\n").with_context(|| format!("writing {}", path.display()))?;
+        std::fs::write(path, serde_json::to_string_pretty(&doc)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
         println!("wrote {}", path.display());
     }
     Ok(())

@@ -39,7 +39,10 @@ pub struct DemoArgs {
     pub model: String,
     #[arg(long, default_value_t = 3)]
     pub nodes: usize,
-    #[arg(long, default_value = "What is the capital of France? Answer in one sentence.")]
+    #[arg(
+        long,
+        default_value = "What is the capital of France? Answer in one sentence."
+    )]
     pub prompt: String,
     #[arg(long, default_value_t = 48)]
     pub max_new_tokens: usize,
@@ -49,24 +52,54 @@ pub struct DemoArgs {
 
 fn init_logs() {
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
         .with_writer(std::io::stderr)
         .try_init();
 }
 
-fn options(nodes: usize, model: &str, split: Split, backend: &str, ttl: f64, log_dir: Option<PathBuf>) -> Result<TestnetOptions> {
+fn options(
+    nodes: usize,
+    model: &str,
+    split: Split,
+    backend: &str,
+    ttl: f64,
+    log_dir: Option<PathBuf>,
+) -> Result<TestnetOptions> {
     if let Split::List(l) = &split {
-        anyhow::ensure!(nodes == 3 || nodes == l.len(), "--nodes {nodes} disagrees with --split ({} ranges)", l.len());
+        anyhow::ensure!(
+            nodes == 3 || nodes == l.len(),
+            "--nodes {nodes} disagrees with --split ({} ranges)",
+            l.len()
+        );
     }
     anyhow::ensure!(nodes >= 1, "--nodes must be at least 1");
-    Ok(TestnetOptions { nodes, model: model.into(), split, backend: backend.into(), announce_ttl: ttl, log_dir, node_args: Vec::new() })
+    Ok(TestnetOptions {
+        nodes,
+        model: model.into(),
+        split,
+        backend: backend.into(),
+        announce_ttl: ttl,
+        log_dir,
+        node_args: Vec::new(),
+    })
 }
 
 /// Runs `up`: start, print the bootstrap address and the nodes, wait for a signal, stop all.
 pub fn up(args: UpArgs) -> Result<()> {
     init_logs();
-    let opts = options(args.nodes, &args.model, args.split, &args.backend, args.announce_ttl, args.log_dir)?;
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let opts = options(
+        args.nodes,
+        &args.model,
+        args.split,
+        &args.backend,
+        args.announce_ttl,
+        args.log_dir,
+    )?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
         let net = Testnet::start(&opts).await?;
         println!("SWARM_BOOTSTRAP={}", net.bootstrap);
@@ -89,18 +122,43 @@ pub fn up(args: UpArgs) -> Result<()> {
 pub fn demo(args: DemoArgs) -> Result<()> {
     init_logs();
     let client = find_binary("swarm-client")?;
-    let opts = options(args.nodes, &args.model, Split::Even, &args.backend, 30.0, None)?;
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let opts = options(
+        args.nodes,
+        &args.model,
+        Split::Even,
+        &args.backend,
+        30.0,
+        None,
+    )?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     rt.block_on(async {
-        eprintln!("starting {} nodes serving {} (the model is fetched first if needed)...", opts.nodes, opts.model);
+        eprintln!(
+            "starting {} nodes serving {} (the model is fetched first if needed)...",
+            opts.nodes, opts.model
+        );
         let net = Testnet::start(&opts).await?;
         for l in net.node_lines() {
             eprintln!("{l}");
         }
         eprintln!("asking: {}", args.prompt);
         let out = Command::new(&client)
-            .args(["generate", "--model", &args.model, "--chat", "--prompt", &args.prompt, "--json"])
-            .args(["--max-new-tokens", &args.max_new_tokens.to_string(), "--backend", &args.backend])
+            .args([
+                "generate",
+                "--model",
+                &args.model,
+                "--chat",
+                "--prompt",
+                &args.prompt,
+                "--json",
+            ])
+            .args([
+                "--max-new-tokens",
+                &args.max_new_tokens.to_string(),
+                "--backend",
+                &args.backend,
+            ])
             .args(["--bootstrap", &net.bootstrap])
             .output()
             .context("running swarm-client")?;
@@ -118,19 +176,29 @@ pub fn demo(args: DemoArgs) -> Result<()> {
             .context("swarm-client printed no JSON")?;
         // The end-of-turn token is part of the generated text; the answer is what precedes it.
         let text = json["text"].as_str().unwrap_or_default();
-        println!("{}", text.split("<|im_end|>").next().unwrap_or_default().trim());
+        println!(
+            "{}",
+            text.split("<|im_end|>").next().unwrap_or_default().trim()
+        );
         println!();
         if let Some(route) = json["route"].as_array() {
             for (i, hop) in route.iter().enumerate() {
                 let b = &hop["blocks"];
-                println!("hop {i}: blocks {}..{} on {}", b[0], b[1], hop["peer"].as_str().unwrap_or("?"));
+                println!(
+                    "hop {i}: blocks {}..{} on {}",
+                    b[0],
+                    b[1],
+                    hop["peer"].as_str().unwrap_or("?")
+                );
             }
         }
         println!(
             "time to first token {:.0} ms, decode {:.1} tokens/s, overhead per hop {:.0} us",
             json["ttft_ms"].as_f64().unwrap_or(0.0),
             json["decode_tokens_per_s"].as_f64().unwrap_or(0.0),
-            json["swarm"]["overhead_per_hop_us_median"].as_f64().unwrap_or(0.0)
+            json["swarm"]["overhead_per_hop_us_median"]
+                .as_f64()
+                .unwrap_or(0.0)
         );
         drop(net);
         Ok(())

@@ -30,7 +30,9 @@ impl FromStr for Split {
         if s == "even" {
             return Ok(Split::Even);
         }
-        Ok(Split::List(parse_split_list(s).with_context(|| format!("--split {s:?}: expected `even` or A-B,C-D,..."))?))
+        Ok(Split::List(parse_split_list(s).with_context(|| {
+            format!("--split {s:?}: expected `even` or A-B,C-D,...")
+        })?))
     }
 }
 
@@ -87,7 +89,11 @@ pub struct Testnet {
 fn fresh_log_dir() -> Result<PathBuf> {
     use std::sync::atomic::{AtomicUsize, Ordering};
     static N: AtomicUsize = AtomicUsize::new(0);
-    let d = std::env::temp_dir().join(format!("sunswarm-testnet-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+    let d = std::env::temp_dir().join(format!(
+        "sunswarm-testnet-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
     std::fs::create_dir_all(&d).with_context(|| format!("creating {}", d.display()))?;
     Ok(d)
 }
@@ -114,13 +120,30 @@ impl Testnet {
             }
             None => fresh_log_dir()?,
         };
-        let mut net = Testnet { nodes: Vec::new(), procs: Vec::new(), bootstrap: String::new(), model_id, n_layers, log_dir };
+        let mut net = Testnet {
+            nodes: Vec::new(),
+            procs: Vec::new(),
+            bootstrap: String::new(),
+            model_id,
+            n_layers,
+            log_dir,
+        };
         let command = |blocks: &BlockRange, bootstrap: Option<&str>| {
             let mut c = Command::new(&node_bin);
-            c.args(["--model", &opts.model, "--blocks", &format!("{}:{}", blocks.start, blocks.end)])
-                .args(["--backend", &opts.backend, "--listen", "/ip4/127.0.0.1/tcp/0"])
-                .args(["--announce-ttl", &opts.announce_ttl.to_string()])
-                .args(&opts.node_args);
+            c.args([
+                "--model",
+                &opts.model,
+                "--blocks",
+                &format!("{}:{}", blocks.start, blocks.end),
+            ])
+            .args([
+                "--backend",
+                &opts.backend,
+                "--listen",
+                "/ip4/127.0.0.1/tcp/0",
+            ])
+            .args(["--announce-ttl", &opts.announce_ttl.to_string()])
+            .args(&opts.node_args);
             if let Some(b) = bootstrap {
                 c.args(["--bootstrap", b]);
             }
@@ -132,7 +155,13 @@ impl Testnet {
             let boot = (i > 0).then(|| net.bootstrap.clone());
             let log = net.log_dir.join(format!("node-{i}.log"));
             let p = Managed::spawn(&format!("node {i}"), command(blocks, boot.as_deref()), &log)?;
-            net.nodes.push(NodeInfo { index: i, pid: p.pid(), peer: String::new(), blocks: *blocks, listen: String::new() });
+            net.nodes.push(NodeInfo {
+                index: i,
+                pid: p.pid(),
+                peer: String::new(),
+                blocks: *blocks,
+                listen: String::new(),
+            });
             net.procs.push(Some(p));
             if i == 0 {
                 net.read_node(0, load)?; // the others need its address
@@ -141,8 +170,11 @@ impl Testnet {
         for i in 1..ranges.len() {
             net.read_node(i, load)?;
         }
-        let client = SwarmClient::connect(vec![net.bootstrap.parse()?], Duration::from_secs(30)).await?;
-        let covered = client.wait_for_coverage(&model_id, n_layers, ranges.len(), Duration::from_secs(60)).await;
+        let client =
+            SwarmClient::connect(vec![net.bootstrap.parse()?], Duration::from_secs(30)).await?;
+        let covered = client
+            .wait_for_coverage(&model_id, n_layers, ranges.len(), Duration::from_secs(60))
+            .await;
         client.stop().await;
         covered.context("waiting until every range is announced")?;
         Ok(net)
@@ -173,7 +205,15 @@ impl Testnet {
 
     /// `node I pid=P peer=ID blocks=A-B` (inclusive) per node.
     pub fn node_lines(&self) -> Vec<String> {
-        self.nodes.iter().map(|n| format!("node {} pid={} peer={} blocks={}", n.index, n.pid, n.peer, n.blocks)).collect()
+        self.nodes
+            .iter()
+            .map(|n| {
+                format!(
+                    "node {} pid={} peer={} blocks={}",
+                    n.index, n.pid, n.peer, n.blocks
+                )
+            })
+            .collect()
     }
 
     /// Stops every node (also done on drop).
@@ -201,9 +241,17 @@ mod tests {
     #[test]
     fn split_parses() {
         assert_eq!("even".parse::<Split>().unwrap(), Split::Even);
-        let Split::List(l) = "0-9,10-19,10-19,20-29".parse::<Split>().unwrap() else { panic!() };
+        let Split::List(l) = "0-9,10-19,10-19,20-29".parse::<Split>().unwrap() else {
+            panic!()
+        };
         assert_eq!(l.len(), 4);
         assert_eq!(l[3], BlockRange { start: 20, end: 30 });
-        assert!("0-9,x".parse::<Split>().unwrap_err().to_string().contains("--split"));
+        assert!(
+            "0-9,x"
+                .parse::<Split>()
+                .unwrap_err()
+                .to_string()
+                .contains("--split")
+        );
     }
 }

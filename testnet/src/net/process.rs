@@ -40,7 +40,8 @@ pub struct Managed {
 impl Managed {
     /// Starts `cmd` with stdout piped and stderr into `log`.
     pub fn spawn(name: &str, mut cmd: Command, log: &Path) -> Result<Self> {
-        let err = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let err =
+            std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -57,7 +58,12 @@ impl Managed {
                 }
             }
         });
-        Ok(Managed { child, lines, log: log.to_path_buf(), name: name.to_string() })
+        Ok(Managed {
+            child,
+            lines,
+            log: log.to_path_buf(),
+            name: name.to_string(),
+        })
     }
 
     pub fn pid(&self) -> u32 {

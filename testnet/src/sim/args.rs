@@ -246,7 +246,9 @@ impl SimParams {
     pub fn device(&self, modes: ModeTable, harvest: Harvest) -> Result<DeviceParams> {
         let harvest = match harvest {
             Harvest::Uniform { min, max } => Harvest::uniform(self.scaled(min), self.scaled(max))?,
-            Harvest::Trace(t) => Harvest::Trace(HarvestTrace::new(t.samples().iter().map(|&v| self.scaled(v)).collect())?),
+            Harvest::Trace(t) => Harvest::Trace(HarvestTrace::new(
+                t.samples().iter().map(|&v| self.scaled(v)).collect(),
+            )?),
         };
         let d = DeviceParams {
             capacity: self.scaled(self.capacity),
@@ -263,8 +265,12 @@ impl SimParams {
     pub fn fig2_device(&self, modes: ModeTable) -> Result<DeviceParams> {
         let harvest = match &self.harvest_trace {
             Some(path) => {
-                let text = std::fs::read_to_string(path).with_context(|| format!("reading --harvest-trace {}", path.display()))?;
-                Harvest::Trace(parse_trace(&text).with_context(|| format!("in --harvest-trace {}", path.display()))?)
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading --harvest-trace {}", path.display()))?;
+                Harvest::Trace(
+                    parse_trace(&text)
+                        .with_context(|| format!("in --harvest-trace {}", path.display()))?,
+                )
             }
             None => Harvest::uniform(self.harvest_min, self.harvest_max)?,
         };
@@ -277,8 +283,13 @@ pub fn parse_trace(text: &str) -> Result<HarvestTrace> {
     let mut samples = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let line = line.split('#').next().unwrap_or("");
-        for tok in line.split(|c: char| c.is_whitespace() || c == ',').filter(|t| !t.is_empty()) {
-            let v: i64 = tok.parse().map_err(|_| anyhow::anyhow!("line {}: `{tok}` is not a whole number of kJ", n + 1))?;
+        for tok in line
+            .split(|c: char| c.is_whitespace() || c == ',')
+            .filter(|t| !t.is_empty())
+        {
+            let v: i64 = tok.parse().map_err(|_| {
+                anyhow::anyhow!("line {}: `{tok}` is not a whole number of kJ", n + 1)
+            })?;
             samples.push(v);
         }
     }
@@ -293,8 +304,23 @@ mod tests {
     fn trace_files_parse_and_reject_garbage() {
         let t = parse_trace("# solar, kJ per slot\n0 0 3, 9\n12 # noon\n").unwrap();
         assert_eq!(t.samples(), &[0, 0, 3, 9, 12]);
-        assert!(parse_trace("1 2 x").unwrap_err().to_string().contains("`x`"));
-        assert!(parse_trace("1 -2").unwrap_err().to_string().contains("negative"));
-        assert!(parse_trace("# nothing\n").unwrap_err().to_string().contains("empty"));
+        assert!(
+            parse_trace("1 2 x")
+                .unwrap_err()
+                .to_string()
+                .contains("`x`")
+        );
+        assert!(
+            parse_trace("1 -2")
+                .unwrap_err()
+                .to_string()
+                .contains("negative")
+        );
+        assert!(
+            parse_trace("# nothing\n")
+                .unwrap_err()
+                .to_string()
+                .contains("empty")
+        );
     }
 }
