@@ -3,99 +3,17 @@
 //! The binaries are built first (a no-op when fresh) so the tests never run stale ones; set
 //! SUNSWARM_NO_BUILD=1 to skip that.
 
+mod common;
+
 use std::collections::HashSet;
 use std::process::Command;
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
+
+use common::{build_binaries, client_json, opts, route, tokens};
 
 use sunswarm_client::swarm::SwarmClient;
 use sunswarm_energy::policy::Uniform;
-use sunswarm_testnet::net::{Managed, Split, Testnet, TestnetOptions, find_binary};
-
-fn build_binaries() {
-    static BUILT: OnceLock<()> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        if std::env::var_os("SUNSWARM_NO_BUILD").is_some() {
-            return;
-        }
-        let release = std::env::current_exe()
-            .unwrap()
-            .components()
-            .any(|c| c.as_os_str() == "release");
-        let mut c = Command::new(env!("CARGO"));
-        c.args([
-            "build",
-            "-p",
-            "sunswarm-node",
-            "-p",
-            "sunswarm-client",
-            "--bins",
-        ]);
-        if release {
-            c.arg("--release");
-        }
-        let st = c
-            .status()
-            .expect("running cargo build for the swarm binaries");
-        assert!(st.success(), "building swarm-node and swarm-client failed");
-    });
-}
-
-fn opts(model: &str, split: Split, nodes: usize, ttl: f64) -> TestnetOptions {
-    TestnetOptions {
-        nodes,
-        model: model.into(),
-        split,
-        announce_ttl: ttl,
-        ..TestnetOptions::default()
-    }
-}
-
-/// Runs `swarm-client generate ... --json` and returns its JSON.
-fn client_json(args: &[&str]) -> serde_json::Value {
-    let out = Command::new(find_binary("swarm-client").unwrap())
-        .arg("generate")
-        .args(args)
-        .arg("--json")
-        .output()
-        .expect("running swarm-client");
-    assert!(
-        out.status.success(),
-        "swarm-client {args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    stdout
-        .lines()
-        .rev()
-        .find_map(|l| serde_json::from_str(l).ok())
-        .expect("swarm-client printed no JSON")
-}
-
-fn tokens(v: &serde_json::Value) -> Vec<u64> {
-    v["tokens"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|t| t.as_u64().unwrap())
-        .collect()
-}
-
-/// The route as (peer, start, end).
-fn route(v: &serde_json::Value) -> Vec<(String, u64, u64)> {
-    v["route"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| {
-            (
-                h["peer"].as_str().unwrap().to_string(),
-                h["blocks"][0].as_u64().unwrap(),
-                h["blocks"][1].as_u64().unwrap(),
-            )
-        })
-        .collect()
-}
+use sunswarm_testnet::net::{Managed, Split, Testnet, find_binary};
 
 fn assert_route_in_order(r: &[(String, u64, u64)], net: &Testnet) {
     assert_eq!(r.len(), net.nodes.len(), "one hop per range: {r:?}");

@@ -4,6 +4,7 @@
 //! ([`session`]). Only the embedding, final norm and LM head are loaded here.
 
 pub mod discovery;
+pub mod failover;
 pub mod route;
 pub mod session;
 
@@ -22,6 +23,7 @@ use tokio::task::JoinHandle;
 use crate::cli::GenerateArgs;
 use crate::generate::{GenerationResult, generate_to_stdout};
 use crate::local::{options, prompt_ids};
+pub use failover::{FailoverEvent, ResilientSession};
 pub use session::{ForwardTiming, SessionError, SwarmSession};
 
 /// Parses `--policy` (uniform, long-term, adaptive, lookahead).
@@ -46,6 +48,9 @@ pub struct SwarmClient {
     event_loop: JoinHandle<()>,
     /// Models whose energy gossip this client already follows.
     followed: std::sync::Mutex<std::collections::HashSet<ModelDigest>>,
+    /// The last discovery's announcements: a failover first plans from these (liveness checked
+    /// again) instead of walking the DHT while the generation waits.
+    last_seen: std::sync::Mutex<Vec<Announcement>>,
 }
 
 impl SwarmClient {
@@ -70,6 +75,7 @@ impl SwarmClient {
             net,
             event_loop,
             followed: Default::default(),
+            last_seen: Default::default(),
         })
     }
 
@@ -102,7 +108,52 @@ impl SwarmClient {
         // seconds, and an announcement that was live when asked for is still a fair route.
         let asked_at = now_ms();
         let all = discovery::discover(&self.net, model_id, n_layers).await?;
-        Ok(route::usable(&all, model_id, n_layers, asked_at))
+        let live = route::usable(&all, model_id, n_layers, asked_at);
+        if let Ok(mut seen) = self.last_seen.lock() {
+            seen.clone_from(&live);
+        }
+        Ok(live)
+    }
+
+    /// A route that keeps the surviving hops of `route` and replaces hop `failed` (see
+    /// [`route::repair_candidates`]); when the survivors cannot be kept, any route that avoids
+    /// `avoid`. Plans from the last discovery first, and walks the DHT again only when that
+    /// gives no route.
+    pub async fn choose_replacement(
+        &self,
+        model_id: &ModelDigest,
+        n_layers: u32,
+        policy: &dyn Policy,
+        route: &[Hop],
+        failed: usize,
+        avoid: &[Vec<u8>],
+    ) -> Result<Vec<Hop>> {
+        let cached = self
+            .last_seen
+            .lock()
+            .map(|s| route::usable(&s, model_id, n_layers, now_ms()))
+            .unwrap_or_default();
+        let attempt = |anns: &[Announcement]| {
+            let repair = route::repair_candidates(anns, route, failed, avoid);
+            plan_hops(&repair, n_layers, policy).or_else(|_| {
+                let mut any = anns.to_vec();
+                any.retain(|a| !avoid.contains(&a.peer_id));
+                plan_hops(&any, n_layers, policy)
+            })
+        };
+        if let Ok(hops) = attempt(&cached) {
+            return Ok(hops);
+        }
+        let until = Instant::now() + ROUTE_DEADLINE;
+        loop {
+            let anns = self.discover(model_id, n_layers).await?;
+            match attempt(&anns) {
+                Ok(hops) => return Ok(hops),
+                Err(e) if Instant::now() >= until => return Err(e.into()),
+                Err(e) => tracing::debug!("no replacement yet ({e}); looking again"),
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// Discovers and chooses a route. The DHT is eventually consistent (a lookup on a loaded
@@ -119,17 +170,8 @@ impl SwarmClient {
         loop {
             let mut anns = self.discover(model_id, n_layers).await?;
             anns.retain(|a| !avoid.contains(&a.peer_id));
-            match route::plan(&anns, n_layers, policy, &mut rand::rng()) {
-                Ok(idx) => {
-                    return Ok(idx
-                        .into_iter()
-                        .map(|i| Hop {
-                            peer_id: anns[i].peer_id.clone(),
-                            addrs: anns[i].addrs.clone(),
-                            blocks: anns[i].blocks,
-                        })
-                        .collect());
-                }
+            match plan_hops(&anns, n_layers, policy) {
+                Ok(hops) => return Ok(hops),
                 Err(e) if Instant::now() >= until => return Err(e.into()),
                 Err(e) => tracing::debug!("no route yet ({e}); looking again"),
             }
@@ -175,6 +217,23 @@ impl SwarmClient {
     }
 }
 
+/// [`route::plan`] as the hops of a route.
+fn plan_hops(
+    anns: &[Announcement],
+    n_layers: u32,
+    policy: &dyn Policy,
+) -> Result<Vec<Hop>, route::RouteError> {
+    let idx = route::plan(anns, n_layers, policy, &mut rand::rng())?;
+    Ok(idx
+        .into_iter()
+        .map(|i| Hop {
+            peer_id: anns[i].peer_id.clone(),
+            addrs: anns[i].addrs.clone(),
+            blocks: anns[i].blocks,
+        })
+        .collect())
+}
+
 /// One hop in the JSON output.
 #[derive(Debug, Serialize)]
 pub struct RouteEntry {
@@ -187,7 +246,7 @@ pub struct RouteEntry {
 #[derive(Debug, Serialize)]
 pub struct SwarmTimings {
     pub connect_ms: f64,
-    pub discover_ms: f64,
+    /// Discovery, route choice and opening the session on every hop.
     pub open_ms: f64,
     /// Median client round trip of one decode step (one token through every hop and back).
     pub decode_rtt_us_median: f64,
@@ -202,6 +261,9 @@ struct SwarmOutput<'a> {
     #[serde(flatten)]
     result: &'a GenerationResult,
     route: Vec<RouteEntry>,
+    /// Route repairs during the generation (a peer died, timed out or refused).
+    failovers: usize,
+    failover_events: Vec<FailoverEvent>,
     swarm: SwarmTimings,
 }
 
@@ -217,7 +279,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 pub fn summarise(timings: &[ForwardTiming], hops: usize) -> (f64, f64, Vec<f64>) {
     let decode: Vec<&ForwardTiming> = timings
         .iter()
-        .filter(|t| t.n_tokens == 1 && t.hops.len() == hops)
+        .filter(|t| t.n_tokens == 1 && t.hops.len() == hops && !t.replay)
         .collect();
     let rtt = median(decode.iter().map(|t| t.rtt_us as f64).collect());
     let over = median(decode.iter().map(|t| t.overhead_per_hop_us()).collect());
@@ -261,36 +323,18 @@ pub async fn generate_via_swarm(args: &GenerateArgs) -> Result<()> {
     let connect_ms = t.elapsed().as_secs_f64() * 1e3;
 
     let max_tokens = u32::try_from(ids.len() + args.max_new_tokens)?;
-    let mut avoid: Vec<Vec<u8>> = Vec::new();
-    let (mut session, discover_ms, open_ms) = loop {
-        let t = Instant::now();
-        let route = client
-            .choose_route(&model_id, n_layers, policy.as_ref(), &avoid)
-            .await?;
-        let discover_ms = t.elapsed().as_secs_f64() * 1e3;
-        let t = Instant::now();
-        match SwarmSession::open(
-            client.network(),
-            model_id,
-            route.clone(),
-            DType::F32,
-            max_tokens,
-        )
-        .await
-        {
-            Ok(s) => break (s, discover_ms, t.elapsed().as_secs_f64() * 1e3),
-            // A refusing or unreachable peer is avoided and the route chosen again, a few times.
-            Err(e) if avoid.len() < 3 => {
-                let culprit = match &e {
-                    SessionError::Refused(w) => route.get(w.hop as usize),
-                    _ => route.first(),
-                };
-                tracing::warn!("opening the session failed ({e}); choosing another route");
-                avoid.push(culprit.map(|h| h.peer_id.clone()).unwrap_or_default());
-            }
-            Err(e) => return Err(e).context("opening the session"),
-        }
-    };
+    let t = Instant::now();
+    let mut session = ResilientSession::open(
+        &client,
+        model_id,
+        n_layers,
+        policy.as_ref(),
+        DType::F32,
+        max_tokens,
+    )
+    .await?;
+    let open_ms = t.elapsed().as_secs_f64() * 1e3;
+    eprintln!("route: {}", failover::describe_route(session.route()));
     let opts = options(args);
     let result = generate_to_stdout(&head, &tokenizer, &mut session, &ids, &opts).await?;
     let route: Vec<RouteEntry> = session
@@ -303,16 +347,18 @@ pub async fn generate_via_swarm(args: &GenerateArgs) -> Result<()> {
             blocks: [h.blocks.start, h.blocks.end],
         })
         .collect();
-    let (rtt, over, per_hop) = summarise(&session.timings, route.len());
+    let (rtt, over, per_hop) = summarise(&session.timings(), route.len());
+    let failovers = std::mem::take(&mut session.failovers);
     session.close().await;
     client.stop().await;
     if args.json {
         let out = SwarmOutput {
             result: &result,
             route,
+            failovers: failovers.len(),
+            failover_events: failovers,
             swarm: SwarmTimings {
                 connect_ms,
-                discover_ms,
                 open_ms,
                 decode_rtt_us_median: rtt,
                 overhead_per_hop_us_median: over,
@@ -320,12 +366,6 @@ pub async fn generate_via_swarm(args: &GenerateArgs) -> Result<()> {
             },
         };
         println!("{}", serde_json::to_string(&out)?);
-    } else {
-        let hops: Vec<String> = route
-            .iter()
-            .map(|r| format!("{}..{} @ {}", r.blocks[0], r.blocks[1], r.peer))
-            .collect();
-        eprintln!("route: {}", hops.join(" -> "));
     }
     Ok(())
 }

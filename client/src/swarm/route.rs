@@ -6,7 +6,7 @@
 
 use rand::Rng;
 use sunswarm_energy::policy::{PeerEnergyState, Policy};
-use sunswarm_protocol::{Announcement, ModelDigest};
+use sunswarm_protocol::{Announcement, Hop, ModelDigest};
 
 /// Why no route exists.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -150,6 +150,33 @@ pub fn sample(weights: &[f64], rng: &mut impl Rng) -> Option<usize> {
         x -= w;
     }
     last // rounding left x just past the end: the last positive weight
+}
+
+/// The candidates for repairing `route` after its hop `failed` failed: the surviving hops stay
+/// as they are (other replicas of their exact ranges are dropped, so the plan keeps them), peers
+/// in `avoid` are dropped, and everything else may stand in for the failed hop's blocks (the
+/// same range, or several smaller ones that cover it).
+pub fn repair_candidates(
+    anns: &[Announcement],
+    route: &[Hop],
+    failed: usize,
+    avoid: &[Vec<u8>],
+) -> Vec<Announcement> {
+    let survivors: Vec<&Hop> = route
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| i != failed)
+        .map(|(_, h)| h)
+        .collect();
+    anns.iter()
+        .filter(|a| !avoid.contains(&a.peer_id))
+        .filter(|a| {
+            survivors
+                .iter()
+                .all(|h| h.blocks != a.blocks || h.peer_id == a.peer_id)
+        })
+        .cloned()
+        .collect()
 }
 
 #[cfg(test)]
@@ -329,5 +356,53 @@ mod tests {
             counts[usize::from(r.random::<f64>() >= 0.53)] += 1;
         }
         assert!(chi_square(&counts, &[0.5, 0.5]) > 15.137);
+    }
+
+    fn hop(a: &Announcement) -> Hop {
+        Hop {
+            peer_id: a.peer_id.clone(),
+            addrs: vec![],
+            blocks: a.blocks,
+        }
+    }
+
+    #[test]
+    fn repair_keeps_survivors_and_replaces_only_the_failed_hop() {
+        let anns = vec![
+            ann(1, 0, 10, 1.0),
+            ann(2, 10, 20, 1.0),
+            ann(3, 10, 20, 1.0),
+            ann(4, 20, 30, 1.0),
+            ann(5, 0, 10, 1.0),
+            ann(6, 20, 30, 1.0),
+        ];
+        let route = vec![hop(&anns[0]), hop(&anns[1]), hop(&anns[3])];
+        let failed = vec![anns[1].peer_id.clone()];
+        let c = repair_candidates(&anns, &route, 1, &failed);
+        let ids: Vec<u8> = c.iter().map(|a| a.peer_id[0]).collect();
+        assert_eq!(ids, vec![1, 3, 4], "survivors 1 and 4 kept, 3 replaces 2");
+        for seed in 0..20 {
+            let r = plan(&c, 30, &Uniform, &mut ChaCha8Rng::seed_from_u64(seed)).unwrap();
+            let ids: Vec<u8> = r.iter().map(|&i| c[i].peer_id[0]).collect();
+            assert_eq!(ids, vec![1, 3, 4]);
+        }
+        // With no other replica, no repair exists.
+        let c = repair_candidates(&anns[..2], &route[..2], 1, &failed);
+        assert!(plan(&c, 20, &Uniform, &mut rng()).is_err());
+    }
+
+    #[test]
+    fn repair_may_cover_the_failed_range_with_smaller_ranges() {
+        let anns = vec![
+            ann(1, 0, 10, 1.0),
+            ann(2, 10, 30, 1.0),
+            ann(3, 10, 20, 1.0),
+            ann(4, 20, 30, 1.0),
+        ];
+        let route = vec![hop(&anns[0]), hop(&anns[1])];
+        let c = repair_candidates(&anns, &route, 1, &[anns[1].peer_id.clone()]);
+        let r = plan(&c, 30, &Uniform, &mut rng()).unwrap();
+        let ids: Vec<u8> = r.iter().map(|&i| c[i].peer_id[0]).collect();
+        assert_eq!(ids, vec![1, 3, 4]);
     }
 }

@@ -12,8 +12,8 @@ use sunswarm_node::net::Network;
 use sunswarm_node::session::protocol;
 use sunswarm_protocol::io::{read_message, write_message};
 use sunswarm_protocol::{
-    DType, Forward, Hop, HopTiming, ModelDigest, OpenSession, Request, Response, SessionId,
-    TensorFrame, WireError,
+    DType, ErrorKind, Forward, Hop, HopTiming, ModelDigest, OpenSession, Request, Response,
+    SessionId, TensorFrame, WireError,
 };
 
 use crate::generate::{Pipeline, PipelineError};
@@ -32,6 +32,17 @@ pub enum SessionError {
     Protocol(String),
 }
 
+/// Which hop of `route` an error points at: the hop that refused, the hop after one that lost
+/// its next hop, or the first hop when the client's own stream failed.
+pub fn failed_hop(route: &[Hop], e: &SessionError) -> usize {
+    let last = route.len().saturating_sub(1);
+    match e {
+        SessionError::Refused(w) if w.kind == ErrorKind::NextHop => (w.hop as usize + 1).min(last),
+        SessionError::Refused(w) => (w.hop as usize).min(last),
+        _ => 0,
+    }
+}
+
 /// Timing of one forward through the whole route.
 #[derive(Debug, Clone, Serialize)]
 pub struct ForwardTiming {
@@ -40,6 +51,9 @@ pub struct ForwardTiming {
     pub rtt_us: u64,
     #[serde(skip)]
     pub hops: Vec<HopTiming>,
+    /// A forward replayed to rebuild state after a failover (not a new token).
+    #[serde(skip)]
+    pub replay: bool,
 }
 
 impl ForwardTiming {
@@ -148,10 +162,28 @@ impl SwarmSession {
         self.session
     }
 
+    /// Sends the inputs of an earlier session, in the same chunks, so that every hop's KV cache
+    /// holds exactly what the lost session's did (the same chunking gives bit-identical state;
+    /// one merged prefill would not).
+    pub async fn replay(&mut self, history: &[HiddenStates]) -> Result<(), SessionError> {
+        for input in history {
+            self.send(input, true).await?;
+        }
+        Ok(())
+    }
+
     /// Sends hidden states through the route and returns the last hop's output.
     pub async fn forward_hidden(
         &mut self,
-        input: HiddenStates,
+        input: &HiddenStates,
+    ) -> Result<HiddenStates, SessionError> {
+        self.send(input, false).await
+    }
+
+    async fn send(
+        &mut self,
+        input: &HiddenStates,
+        replay: bool,
     ) -> Result<HiddenStates, SessionError> {
         let t0 = Instant::now();
         let dim = input.dim;
@@ -206,10 +238,11 @@ impl SwarmSession {
             n_tokens: n,
             rtt_us: t0.elapsed().as_micros() as u64,
             hops,
+            replay,
         });
         self.step += 1;
         self.position += n as u32;
-        self.history.push(input);
+        self.history.push(input.clone());
         HiddenStates::new(n, dim, data).map_err(|e| SessionError::Protocol(e.to_string()))
     }
 
@@ -231,7 +264,7 @@ impl SwarmSession {
 
 impl Pipeline for SwarmSession {
     async fn forward(&mut self, input: HiddenStates) -> Result<HiddenStates, PipelineError> {
-        self.forward_hidden(input).await.map_err(|e| {
+        self.forward_hidden(&input).await.map_err(|e| {
             let peer = match &e {
                 SessionError::Refused(w) => self
                     .route

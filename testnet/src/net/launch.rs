@@ -84,6 +84,8 @@ pub struct Testnet {
     pub model_id: [u8; 32],
     pub n_layers: u32,
     pub log_dir: PathBuf,
+    opts: TestnetOptions,
+    node_bin: PathBuf,
 }
 
 fn fresh_log_dir() -> Result<PathBuf> {
@@ -127,34 +129,19 @@ impl Testnet {
             model_id,
             n_layers,
             log_dir,
-        };
-        let command = |blocks: &BlockRange, bootstrap: Option<&str>| {
-            let mut c = Command::new(&node_bin);
-            c.args([
-                "--model",
-                &opts.model,
-                "--blocks",
-                &format!("{}:{}", blocks.start, blocks.end),
-            ])
-            .args([
-                "--backend",
-                &opts.backend,
-                "--listen",
-                "/ip4/127.0.0.1/tcp/0",
-            ])
-            .args(["--announce-ttl", &opts.announce_ttl.to_string()])
-            .args(&opts.node_args);
-            if let Some(b) = bootstrap {
-                c.args(["--bootstrap", b]);
-            }
-            c
+            opts: opts.clone(),
+            node_bin,
         };
         // Loading a big model in a debug build takes a while: be generous, the wait is bounded.
         let load = Duration::from_secs(300);
         for (i, blocks) in ranges.iter().enumerate() {
             let boot = (i > 0).then(|| net.bootstrap.clone());
             let log = net.log_dir.join(format!("node-{i}.log"));
-            let p = Managed::spawn(&format!("node {i}"), command(blocks, boot.as_deref()), &log)?;
+            let p = Managed::spawn(
+                &format!("node {i}"),
+                net.node_command(blocks, boot.as_deref()),
+                &log,
+            )?;
             net.nodes.push(NodeInfo {
                 index: i,
                 pid: p.pid(),
@@ -178,6 +165,49 @@ impl Testnet {
         client.stop().await;
         covered.context("waiting until every range is announced")?;
         Ok(net)
+    }
+
+    fn node_command(&self, blocks: &BlockRange, bootstrap: Option<&str>) -> Command {
+        let opts = &self.opts;
+        let mut c = Command::new(&self.node_bin);
+        c.args([
+            "--model",
+            &opts.model,
+            "--blocks",
+            &format!("{}:{}", blocks.start, blocks.end),
+        ])
+        .args([
+            "--backend",
+            &opts.backend,
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+        ])
+        .args(["--announce-ttl", &opts.announce_ttl.to_string()])
+        .args(&opts.node_args);
+        if let Some(b) = bootstrap {
+            c.args(["--bootstrap", b]);
+        }
+        c
+    }
+
+    /// Starts one more node serving `blocks` (bootstrapping from node 0's address) and waits
+    /// until it is ready; returns its index. Its announcement reaches clients shortly after.
+    pub fn add_node(&mut self, blocks: BlockRange) -> Result<usize> {
+        blocks.within(self.n_layers)?;
+        let i = self.nodes.len();
+        let log = self.log_dir.join(format!("node-{i}.log"));
+        let cmd = self.node_command(&blocks, Some(&self.bootstrap));
+        let p = Managed::spawn(&format!("node {i}"), cmd, &log)?;
+        self.nodes.push(NodeInfo {
+            index: i,
+            pid: p.pid(),
+            peer: String::new(),
+            blocks,
+            listen: String::new(),
+        });
+        self.procs.push(Some(p));
+        self.read_node(i, Duration::from_secs(300))?;
+        Ok(i)
     }
 
     fn read_node(&mut self, i: usize, deadline: Duration) -> Result<()> {

@@ -1,0 +1,297 @@
+//! Failover: a session that outlives the peers on its route. When a forward fails (a peer died,
+//! timed out, or refused), the hop to blame is put on a backoff list, a replacement for its
+//! blocks is chosen with the policy (the surviving hops are kept), a new session is opened on the
+//! repaired route, and the client replays every input it sent so far, in the same chunks, before
+//! retrying the failed forward. Replaying the same chunks rebuilds bit-identical KV caches, so
+//! the generated text is the same as an uninterrupted run's.
+//!
+//! Why the client replays rather than the upstream peer resending what it forwarded: with
+//! source routing, a broken link ends the session on every hop (each hop's stream to its
+//! neighbour is part of the session), so every hop of the new route needs the prefix anyway;
+//! the client already holds it, and the replay costs one pass of the prefix through the route.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use libp2p::PeerId;
+use serde::Serialize;
+use sunswarm_energy::policy::Policy;
+use sunswarm_models::HiddenStates;
+use sunswarm_protocol::{DType, Hop, ModelDigest};
+
+use super::SwarmClient;
+use super::session::{ForwardTiming, SwarmSession, failed_hop};
+use crate::generate::{Pipeline, PipelineError};
+
+/// Most route repairs within one generation before it gives up.
+pub const MAX_FAILOVERS: usize = 8;
+/// How long a failed peer is avoided.
+pub const BACKOFF: Duration = Duration::from_secs(60);
+
+/// Peers that failed recently, each avoided until its backoff ends.
+#[derive(Debug, Default)]
+pub struct Backoff {
+    until: HashMap<Vec<u8>, Instant>,
+}
+
+impl Backoff {
+    pub fn fail(&mut self, peer: &[u8], now: Instant) {
+        self.until.insert(peer.to_vec(), now + BACKOFF);
+    }
+
+    /// The peers still avoided at `now`.
+    pub fn avoided(&self, now: Instant) -> Vec<Vec<u8>> {
+        self.until
+            .iter()
+            .filter(|&(_, t)| *t > now)
+            .map(|(p, _)| p.clone())
+            .collect()
+    }
+}
+
+/// One repaired failure, for the JSON output.
+#[derive(Debug, Clone, Serialize)]
+pub struct FailoverEvent {
+    /// Hop of the route that failed, and its peer.
+    pub hop: usize,
+    pub peer: String,
+    pub reason: String,
+    /// Tokens replayed into the new route.
+    pub replayed_tokens: usize,
+    /// From the failed forward's error to the retried forward's answer.
+    pub recovery_ms: f64,
+    /// Parts of the recovery: choosing the new route, opening it, replaying the prefix.
+    pub choose_ms: f64,
+    pub open_ms: f64,
+    pub replay_ms: f64,
+}
+
+/// Where a repair spent its time, in milliseconds.
+#[derive(Debug, Default, Clone, Copy)]
+struct RepairTimes {
+    choose_ms: f64,
+    open_ms: f64,
+    replay_ms: f64,
+}
+
+fn ms_since(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1e3
+}
+
+fn peer_name(h: Option<&Hop>) -> String {
+    h.and_then(|h| PeerId::from_bytes(&h.peer_id).ok())
+        .map(|p| p.to_string())
+        .unwrap_or_else(|| "?".into())
+}
+
+/// A swarm session with failover, as a [`Pipeline`].
+pub struct ResilientSession<'a> {
+    client: &'a SwarmClient,
+    model_id: ModelDigest,
+    n_layers: u32,
+    policy: &'a dyn Policy,
+    dtype: DType,
+    max_tokens: u32,
+    session: SwarmSession,
+    backoff: Backoff,
+    /// Failures repaired so far.
+    pub failovers: Vec<FailoverEvent>,
+    /// Timings of the sessions that were replaced.
+    past_timings: Vec<ForwardTiming>,
+}
+
+impl<'a> ResilientSession<'a> {
+    /// Chooses a route and opens a session on it; a peer that refuses or cannot be reached is
+    /// backed off and the route chosen again, up to [`MAX_FAILOVERS`] times.
+    pub async fn open(
+        client: &'a SwarmClient,
+        model_id: ModelDigest,
+        n_layers: u32,
+        policy: &'a dyn Policy,
+        dtype: DType,
+        max_tokens: u32,
+    ) -> Result<Self> {
+        let mut backoff = Backoff::default();
+        let mut attempts = 0;
+        let session = loop {
+            let avoid = backoff.avoided(Instant::now());
+            let route = client
+                .choose_route(&model_id, n_layers, policy, &avoid)
+                .await?;
+            match SwarmSession::open(client.network(), model_id, route.clone(), dtype, max_tokens)
+                .await
+            {
+                Ok(s) => break s,
+                Err(e) if attempts < MAX_FAILOVERS => {
+                    attempts += 1;
+                    let culprit = failed_hop(&route, &e);
+                    tracing::warn!(
+                        "opening the session failed at {} ({e}); choosing another route",
+                        peer_name(route.get(culprit))
+                    );
+                    if let Some(h) = route.get(culprit) {
+                        backoff.fail(&h.peer_id, Instant::now());
+                    }
+                }
+                Err(e) => return Err(e).context("opening the session"),
+            }
+        };
+        Ok(ResilientSession {
+            client,
+            model_id,
+            n_layers,
+            policy,
+            dtype,
+            max_tokens,
+            session,
+            backoff,
+            failovers: Vec::new(),
+            past_timings: Vec::new(),
+        })
+    }
+
+    /// The route in use now.
+    pub fn route(&self) -> &[Hop] {
+        self.session.route()
+    }
+
+    /// Every forward's timing, of the replaced sessions too, in order.
+    pub fn timings(&self) -> Vec<ForwardTiming> {
+        let mut all = self.past_timings.clone();
+        all.extend(self.session.timings.iter().cloned());
+        all
+    }
+
+    /// Sends `input` through the route, repairing the route as often as needed.
+    pub async fn forward_hidden(&mut self, input: &HiddenStates) -> Result<HiddenStates> {
+        let mut failed_at: Option<(Instant, usize, String, String)> = None;
+        let mut replayed = 0;
+        let mut times = RepairTimes::default();
+        loop {
+            let err = match self.session.forward_hidden(input).await {
+                Ok(out) => {
+                    if let Some((t0, hop, peer, reason)) = failed_at {
+                        let ev = FailoverEvent {
+                            hop,
+                            peer,
+                            reason,
+                            replayed_tokens: replayed,
+                            recovery_ms: ms_since(t0),
+                            choose_ms: times.choose_ms,
+                            open_ms: times.open_ms,
+                            replay_ms: times.replay_ms,
+                        };
+                        tracing::warn!(
+                            "recovered in {:.0} ms (replayed {} tokens)",
+                            ev.recovery_ms,
+                            ev.replayed_tokens
+                        );
+                        self.failovers.push(ev);
+                    }
+                    return Ok(out);
+                }
+                Err(e) => e,
+            };
+            if self.failovers.len() >= MAX_FAILOVERS {
+                return Err(err).context(format!("after {MAX_FAILOVERS} failovers"));
+            }
+            let hop = failed_hop(self.route(), &err);
+            let peer = peer_name(self.route().get(hop));
+            tracing::warn!("hop {hop} ({peer}) failed: {err}; repairing the route");
+            if failed_at.is_none() {
+                failed_at = Some((Instant::now(), hop, peer, err.to_string()));
+            }
+            replayed = self.repair(hop, &mut times).await?;
+        }
+    }
+
+    /// Replaces hop `failed` and rebuilds the new route's state; returns the tokens replayed.
+    async fn repair(&mut self, failed: usize, times: &mut RepairTimes) -> Result<usize> {
+        let mut failed = failed;
+        let mut broken = self.session.route().to_vec();
+        for _ in 0..MAX_FAILOVERS {
+            if let Some(h) = broken.get(failed) {
+                self.backoff.fail(&h.peer_id, Instant::now());
+            }
+            let avoid = self.backoff.avoided(Instant::now());
+            let t = Instant::now();
+            let route = self
+                .client
+                .choose_replacement(
+                    &self.model_id,
+                    self.n_layers,
+                    self.policy,
+                    &broken,
+                    failed,
+                    &avoid,
+                )
+                .await
+                .context("no replacement for the failed peer")?;
+            times.choose_ms += ms_since(t);
+            let t = Instant::now();
+            let opened = SwarmSession::open(
+                self.client.network(),
+                self.model_id,
+                route.clone(),
+                self.dtype,
+                self.max_tokens,
+            )
+            .await;
+            times.open_ms += ms_since(t);
+            let t = Instant::now();
+            let outcome = match opened {
+                Ok(mut next) => match next.replay(&self.session.history).await {
+                    Ok(()) => Ok(next),
+                    Err(e) => Err(e),
+                },
+                Err(e) => Err(e),
+            };
+            times.replay_ms += ms_since(t);
+            match outcome {
+                Ok(next) => {
+                    let tokens = self.session.history.iter().map(|h| h.n_tokens).sum();
+                    let old = std::mem::replace(&mut self.session, next);
+                    self.past_timings.extend(old.timings);
+                    tracing::warn!("new route: {}", describe_route(self.route()));
+                    return Ok(tokens);
+                }
+                Err(e) => {
+                    failed = failed_hop(&route, &e);
+                    tracing::warn!("the repaired route failed at hop {failed}: {e}");
+                    broken = route;
+                }
+            }
+        }
+        anyhow::bail!("could not repair the route in {MAX_FAILOVERS} attempts")
+    }
+
+    /// Closes the session on every hop.
+    pub async fn close(self) {
+        self.session.close().await;
+    }
+}
+
+/// `0..10 @ peer -> 10..20 @ peer -> ...`
+pub fn describe_route(route: &[Hop]) -> String {
+    route
+        .iter()
+        .map(|h| {
+            format!(
+                "{}..{} @ {}",
+                h.blocks.start,
+                h.blocks.end,
+                peer_name(Some(h))
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" -> ")
+}
+
+impl Pipeline for ResilientSession<'_> {
+    async fn forward(&mut self, input: HiddenStates) -> Result<HiddenStates, PipelineError> {
+        self.forward_hidden(&input)
+            .await
+            .map_err(|e| PipelineError::Network(format!("{e:#}")))
+    }
+}
