@@ -24,6 +24,9 @@ pub enum ComputeError {
 /// Runs a node's blocks.
 pub trait BlockRunner: Send + Sync + 'static {
     fn hidden_size(&self) -> usize;
+    /// Bytes of KV cache one session position takes on this node (every block, K and V), so
+    /// the node can cap its cache memory.
+    fn kv_bytes_per_token(&self) -> usize;
     /// A fresh, empty cache for one session.
     fn new_session(&self) -> Box<dyn SessionCache>;
 }
@@ -63,6 +66,12 @@ impl BlockRunner for ModelRunner {
         self.blocks.config().hidden_size
     }
 
+    fn kv_bytes_per_token(&self) -> usize {
+        let c = self.blocks.config();
+        let blocks = self.blocks.range().len();
+        blocks * 2 * c.n_kv_heads * c.head_dim * std::mem::size_of::<f32>()
+    }
+
     fn new_session(&self) -> Box<dyn SessionCache> {
         Box::new(ModelSession {
             cache: self.blocks.new_cache(),
@@ -99,6 +108,10 @@ struct ShiftSession {
 impl BlockRunner for ShiftRunner {
     fn hidden_size(&self) -> usize {
         self.dim
+    }
+
+    fn kv_bytes_per_token(&self) -> usize {
+        self.dim * std::mem::size_of::<f32>()
     }
 
     fn new_session(&self) -> Box<dyn SessionCache> {

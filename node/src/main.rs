@@ -42,6 +42,13 @@ struct Args {
     /// Most tokens one session may hold.
     #[arg(long, default_value_t = 4096)]
     max_tokens: u32,
+    /// Seconds a session may send nothing before the node closes it and frees its cache.
+    #[arg(long, default_value_t = 300.0)]
+    session_idle_timeout: f64,
+    /// KV-cache memory all sessions together may reserve, in MiB; a session reserves its
+    /// `max_tokens` worth when it opens and is refused when that does not fit.
+    #[arg(long, default_value_t = 4096)]
+    max_kv_mib: u32,
     /// Announcement lifetime in seconds; refreshed at a quarter of it. A dead node leaves routes
     /// within this time.
     #[arg(long, default_value_t = 30.0)]
@@ -121,6 +128,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         announce_ttl,
         gossip_interval,
         next_hop_timeout: Duration::from_secs(30),
+        idle_timeout: secs("session-idle-timeout", args.session_idle_timeout)?,
+        max_kv_mib: args.max_kv_mib,
         throughput,
     };
     let runner: Arc<dyn BlockRunner> = runner;

@@ -32,6 +32,10 @@ pub struct NodeConfig {
     /// How often the node gossips its announcement with fresh energy state.
     pub gossip_interval: Duration,
     pub next_hop_timeout: Duration,
+    /// A session that sends nothing for this long is closed and its cache freed.
+    pub idle_timeout: Duration,
+    /// KV-cache memory all sessions together may take, in MiB.
+    pub max_kv_mib: u32,
     /// Decode throughput estimate through this node's blocks, tokens per second.
     pub throughput: f32,
 }
@@ -90,6 +94,8 @@ pub async fn start(
         net: net.clone(),
         max_tokens: cfg.max_tokens,
         next_hop_timeout: cfg.next_hop_timeout,
+        idle_timeout: cfg.idle_timeout,
+        kv_budget_kib: Arc::new(Semaphore::new(cfg.max_kv_mib as usize * 1024)),
     });
     let mut tasks = vec![tokio::spawn(session::accept_loop(ctx, incoming))];
     net.wait_ready(false, Duration::from_secs(10)).await?;

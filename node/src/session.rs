@@ -12,10 +12,10 @@ use libp2p::{Multiaddr, PeerId, StreamProtocol};
 use sunswarm_protocol::codec::CodecError;
 use sunswarm_protocol::io::{FrameError, read_message, write_message};
 use sunswarm_protocol::{
-    ACTIVATIONS_PROTOCOL, BlockRange, ErrorKind, Forward, HopTiming, ModelDigest, OpenSession,
-    Request, Response, TensorFrame, WireError,
+    ACTIVATIONS_PROTOCOL, Announcement, BlockRange, ErrorKind, Forward, Hop, HopTiming,
+    ModelDigest, OpenSession, Request, Response, TensorFrame, WireError,
 };
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::compute::{BlockRunner, SessionCache};
@@ -36,6 +36,11 @@ pub struct SessionCtx {
     pub max_tokens: u32,
     /// How long to wait for the next hop to open or answer.
     pub next_hop_timeout: Duration,
+    /// How long a session may send nothing before the node closes it and frees its cache.
+    pub idle_timeout: Duration,
+    /// KV-cache memory the node may promise to sessions, in KiB permits: an open reserves its
+    /// `max_tokens` worth up front, so admitted sessions can never exceed it.
+    pub kv_budget_kib: Arc<Semaphore>,
 }
 
 pub fn protocol() -> StreamProtocol {
@@ -72,10 +77,43 @@ fn codec_refusal(e: &CodecError, hop: u16) -> WireError {
     refusal(kind, hop, e.to_string())
 }
 
+/// The answer to a frame that could not be read, if the peer can still hear one: a bad message,
+/// an oversized length or a frame cut short are answered; a closed or broken stream is not.
+fn frame_refusal(e: &FrameError, hop: u16) -> Option<WireError> {
+    match e {
+        FrameError::Codec(c) => Some(codec_refusal(c, hop)),
+        FrameError::TooLarge { .. } => Some(refusal(ErrorKind::BadRequest, hop, e.to_string())),
+        FrameError::Io(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => Some(refusal(
+            ErrorKind::BadRequest,
+            hop,
+            "truncated frame: the stream ended inside it",
+        )),
+        _ => None,
+    }
+}
+
+/// Reads the next request, giving up after `idle` with a [`ErrorKind::Timeout`] refusal.
+async fn next_request(
+    up: &mut Stream,
+    buf: &mut Vec<u8>,
+    idle: Duration,
+    hop: u16,
+) -> Result<Request, Option<WireError>> {
+    match tokio::time::timeout(idle, read_message::<_, Request>(up, buf)).await {
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(e)) => Err(frame_refusal(&e, hop)),
+        Err(_) => Err(Some(refusal(
+            ErrorKind::Timeout,
+            hop,
+            format!("no message for {idle:?}: the session is closed"),
+        ))),
+    }
+}
+
 /// Serves one session stream from `from`.
 pub async fn serve(ctx: Arc<SessionCtx>, from: PeerId, mut up: Stream) {
     let mut buf = Vec::new();
-    let open = match read_message::<_, Request>(&mut up, &mut buf).await {
+    let open = match next_request(&mut up, &mut buf, ctx.idle_timeout, 0).await {
         Ok(Request::Open(o)) => o,
         Ok(_) => {
             let _ = write_message(
@@ -89,19 +127,20 @@ pub async fn serve(ctx: Arc<SessionCtx>, from: PeerId, mut up: Stream) {
             .await;
             return;
         }
-        Err(FrameError::Codec(e)) => {
-            let _ = write_message(&mut up, &Response::Error(codec_refusal(&e, 0))).await;
+        Err(Some(refused)) => {
+            debug!(%from, %refused, "refused before opening");
+            let _ = write_message(&mut up, &Response::Error(refused)).await;
             return;
         }
-        Err(e) => {
-            debug!(%from, "session stream ended before opening: {e}");
+        Err(None) => {
+            debug!(%from, "session stream ended before opening");
             return;
         }
     };
     let span = info_span!("session", id = %open.session, hop = open.hop);
     async move {
         let hop = open.hop;
-        let (permit, job) = match admit(&ctx, &open) {
+        let (permit, kv, job) = match admit(&ctx, &open) {
             Ok(p) => p,
             Err(refused) => {
                 debug!(%refused, "refused");
@@ -134,7 +173,7 @@ pub async fn serve(ctx: Arc<SessionCtx>, from: PeerId, mut up: Stream) {
         debug!(%from, "opened");
         let cache = ctx.runner.new_session();
         run_session(&ctx, &open, up, down, cache, buf, job).await;
-        drop(permit);
+        drop((permit, kv));
         debug!("closed");
     }
     .instrument(span)
@@ -145,7 +184,7 @@ pub async fn serve(ctx: Arc<SessionCtx>, from: PeerId, mut up: Stream) {
 fn admit(
     ctx: &SessionCtx,
     open: &OpenSession,
-) -> Result<(tokio::sync::OwnedSemaphorePermit, JobTicket), WireError> {
+) -> Result<(OwnedSemaphorePermit, OwnedSemaphorePermit, JobTicket), WireError> {
     let hop = open.hop;
     let me = &open.route[hop as usize];
     if open.model_id != ctx.model_id {
@@ -194,12 +233,27 @@ fn admit(
         .clone()
         .try_acquire_owned()
         .map_err(|_| refusal(ErrorKind::Busy, hop, "this node is at its session limit"))?;
+    let kib = (open.max_tokens as u64 * ctx.runner.kv_bytes_per_token() as u64).div_ceil(1024);
+    let kv = u32::try_from(kib)
+        .ok()
+        .and_then(|k| ctx.kv_budget_kib.clone().try_acquire_many_owned(k).ok())
+        .ok_or_else(|| {
+            refusal(
+                ErrorKind::Busy,
+                hop,
+                format!(
+                    "a KV cache of {} tokens needs {kib} KiB; {} KiB of this node's budget are free",
+                    open.max_tokens,
+                    ctx.kv_budget_kib.available_permits()
+                ),
+            )
+        })?;
     // Last, so that a job the energy model takes is never one the node then turns away.
     let job = ctx.energy.begin_job(open.max_tokens).map_err(|r| match r {
         Refusal::PowerSaving(m) => refusal(ErrorKind::PowerSaving, hop, m),
         Refusal::Busy(m) => refusal(ErrorKind::Busy, hop, m),
     })?;
-    Ok((permit, job))
+    Ok((permit, kv, job))
 }
 
 /// Opens the session on the next hop of the route and waits for its answer.
@@ -209,7 +263,14 @@ async fn open_next(ctx: &SessionCtx, open: &OpenSession) -> Result<Stream, WireE
     let fail = |m: String| refusal(ErrorKind::NextHop, hop, m);
     let peer = PeerId::from_bytes(&next.peer_id)
         .map_err(|e| fail(format!("next hop's peer id is invalid: {e}")))?;
-    let addrs: Vec<Multiaddr> = next.addrs.iter().filter_map(|a| a.parse().ok()).collect();
+    // Only a live, announced peer of this model serving exactly those blocks, at the addresses
+    // it announced itself: a route cannot make this node dial anything outside the swarm.
+    let addrs = announced_addrs(ctx, &peer, next).await.ok_or_else(|| {
+        fail(format!(
+            "next hop {peer} is not a live announced peer of this model serving blocks {}",
+            next.blocks
+        ))
+    })?;
     ctx.net
         .add_addresses(peer, addrs)
         .await
@@ -247,6 +308,36 @@ async fn open_next(ctx: &SessionCtx, open: &OpenSession) -> Result<Stream, WireE
     }
 }
 
+/// The addresses `peer` announced for serving `next.blocks` of this node's model, if it has a
+/// live announcement (gossip first, then its DHT record).
+async fn announced_addrs(ctx: &SessionCtx, peer: &PeerId, next: &Hop) -> Option<Vec<Multiaddr>> {
+    let now = crate::node::now_ms();
+    let fits = |a: &Announcement| {
+        a.peer_id == next.peer_id
+            && a.model_id == ctx.model_id
+            && a.blocks == next.blocks
+            && a.expires_ms > now
+    };
+    let mut found = ctx
+        .net
+        .gossip_view()
+        .await
+        .ok()
+        .and_then(|g| g.into_iter().find(|a| fits(a)));
+    if found.is_none() {
+        let key = sunswarm_protocol::dht::peer_record_key(&ctx.model_id, &next.peer_id);
+        let records = ctx.net.get_records(key).await.ok()?;
+        found = records
+            .iter()
+            .filter_map(|r| sunswarm_protocol::codec::decode::<Announcement>(r).ok())
+            .filter(|a| fits(a))
+            .max_by_key(|a| a.timestamp_ms);
+    }
+    let addrs: Vec<Multiaddr> = found?.addrs.iter().filter_map(|a| a.parse().ok()).collect();
+    debug!(%peer, ?addrs, "next hop verified");
+    (!addrs.is_empty()).then_some(addrs)
+}
+
 /// Runs a blocking computation without stalling the async runtime's other tasks.
 fn blocking<T>(f: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::current().runtime_flavor() {
@@ -273,13 +364,14 @@ async fn run_session(
     let dim = ctx.runner.hidden_size();
     let mut down_buf = Vec::new();
     loop {
-        let req = match read_message::<_, Request>(&mut up, &mut buf).await {
+        let req = match next_request(&mut up, &mut buf, ctx.idle_timeout, hop).await {
             Ok(r) => r,
-            Err(FrameError::Codec(e)) => {
-                let _ = write_message(&mut up, &Response::Error(codec_refusal(&e, hop))).await;
+            Err(Some(refused)) => {
+                debug!(%refused, "ending the session");
+                let _ = write_message(&mut up, &Response::Error(refused)).await;
                 return;
             }
-            Err(_) => return, // upstream closed or failed: the session ends with it
+            Err(None) => return, // upstream closed or failed: the session ends with it
         };
         let reply = match req {
             Request::Forward(f) => {

@@ -41,6 +41,8 @@ async fn start_node(energy: Arc<dyn EnergySource>) -> RunningNode {
         announce_ttl: Duration::from_secs(30),
         gossip_interval: Duration::from_millis(50),
         next_hop_timeout: Duration::from_secs(10),
+        idle_timeout: Duration::from_secs(30),
+        max_kv_mib: 64,
         throughput: 1.0,
     };
     node::start(

@@ -8,19 +8,22 @@ use std::time::Duration;
 
 use futures::AsyncWriteExt;
 use libp2p::{Multiaddr, StreamProtocol};
+use std::sync::atomic::{AtomicBool, Ordering};
 use sunswarm_node::compute::ShiftRunner;
 use sunswarm_node::energy::Mains;
 use sunswarm_node::net::{self, NetConfig, Network};
 use sunswarm_node::node::{self, NodeConfig, RunningNode};
 use sunswarm_protocol::io::{read_message, write_message};
 use sunswarm_protocol::{
-    ACTIVATIONS_PROTOCOL, BlockRange, DType, ErrorKind, Forward, Hop, OpenSession, Request,
-    Response, SessionId, TensorFrame,
+    ACTIVATIONS_PROTOCOL, BlockRange, DType, ErrorKind, Forward, Hop, OpenSession,
+    PROTOCOL_VERSION, Request, Response, SessionId, TensorFrame, codec,
 };
 
 const MODEL: [u8; 32] = [3; 32];
 const DIM: usize = 4;
 const SHIFTS: [f32; 3] = [1.0, 10.0, 100.0];
+/// Short, so the idle-session test is quick; honest sessions here never pause that long.
+const IDLE: Duration = Duration::from_secs(2);
 
 async fn start(i: usize, bootstrap: Vec<Multiaddr>) -> RunningNode {
     let cfg = NodeConfig {
@@ -33,10 +36,12 @@ async fn start(i: usize, bootstrap: Vec<Multiaddr>) -> RunningNode {
         blocks: BlockRange::new(2 * i as u32, 2 * i as u32 + 2).unwrap(),
         backend: "test".into(),
         max_sessions: 4,
-        max_tokens: 64,
+        max_tokens: 4096,
         announce_ttl: Duration::from_secs(30),
         gossip_interval: Duration::from_secs(1),
         next_hop_timeout: Duration::from_secs(10),
+        idle_timeout: IDLE,
+        max_kv_mib: 64,
         throughput: 1.0,
     };
     node::start(
@@ -180,13 +185,22 @@ async fn three_hops_run_in_order_and_refusals_name_their_reason() {
         refusal(ask(&mut s, &open(SessionId([2; 16]), route.clone(), [9; 32])).await);
     assert_eq!(kind, ErrorKind::WrongModel, "{msg}");
 
-    // The third hop is asked for blocks it does not serve: its refusal travels back with its index.
+    // A hop asked for blocks it does not serve refuses with its own index.
+    let mut bad = route.clone();
+    bad[0].blocks = BlockRange::new(0, 1).unwrap();
+    bad[1].blocks = BlockRange::new(1, 4).unwrap();
+    let mut s = stream_to(&net, &a).await;
+    let (kind, hop_i, msg) = refusal(ask(&mut s, &open(SessionId([3; 16]), bad, MODEL)).await);
+    assert_eq!((kind, hop_i), (ErrorKind::WrongBlocks, 0), "{msg}");
+
+    // A next hop named with blocks it never announced is not dialled: the hop before refuses.
     let mut bad = route.clone();
     bad[1].blocks = BlockRange::new(2, 3).unwrap();
     bad[2].blocks = BlockRange::new(3, 6).unwrap();
     let mut s = stream_to(&net, &a).await;
-    let (kind, hop_i, msg) = refusal(ask(&mut s, &open(SessionId([3; 16]), bad, MODEL)).await);
-    assert_eq!((kind, hop_i), (ErrorKind::WrongBlocks, 1), "{msg}");
+    let (kind, hop_i, msg) = refusal(ask(&mut s, &open(SessionId([6; 16]), bad, MODEL)).await);
+    assert_eq!((kind, hop_i), (ErrorKind::NextHop, 0), "{msg}");
+    assert!(msg.contains("not a live announced peer"), "{msg}");
 
     // A route naming another peer at this hop.
     let mut swapped = route.clone();
@@ -224,4 +238,220 @@ async fn three_hops_run_in_order_and_refusals_name_their_reason() {
     for n in [c, b, a] {
         n.leave().await;
     }
+}
+
+/// Sends raw bytes on a fresh stream to `n` (optionally closing our side) and returns the
+/// node's answer.
+async fn raw(net: &Network, n: &RunningNode, bytes: &[u8], close: bool) -> Response {
+    let mut s = stream_to(net, n).await;
+    s.write_all(bytes).await.unwrap();
+    s.flush().await.unwrap();
+    if close {
+        s.close().await.unwrap();
+    }
+    read_message(&mut s, &mut Vec::new()).await.unwrap()
+}
+
+fn framed(body: &[u8]) -> Vec<u8> {
+    let mut f = (body.len() as u32).to_le_bytes().to_vec();
+    f.extend_from_slice(body);
+    f
+}
+
+/// Opens a one-hop session on `a` (blocks 0-1) and sends `req`; returns the answer to `req`.
+async fn after_open(net: &Network, a: &RunningNode, sid: SessionId, req: &Request) -> Response {
+    let mut s = stream_to(net, a).await;
+    assert_eq!(
+        ask(&mut s, &open(sid, vec![hop(a, 0)], MODEL)).await,
+        Response::Opened { session: sid }
+    );
+    ask(&mut s, req).await
+}
+
+/// A hostile peer throws malformed and malicious messages at the first node while an honest
+/// session runs through all three: every bad message is answered with a typed error, the node
+/// stays up, and the honest session's output is exact throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_peer_gets_errors_while_an_honest_session_completes() {
+    let a = Arc::new(start(0, vec![]).await);
+    let b = start(1, a.listen_addrs()).await;
+    let c = start(2, a.listen_addrs()).await;
+    let route = vec![hop(&a, 0), hop(&b, 1), hop(&c, 2)];
+    let net = client(&a).await;
+
+    // The honest session: one token per step, never idle, until the attacks are over.
+    let attacks_done = Arc::new(AtomicBool::new(false));
+    let honest = {
+        let (net, a, route, done) = (net.clone(), a.clone(), route.clone(), attacks_done.clone());
+        tokio::spawn(async move {
+            let sid = SessionId([42; 16]);
+            let mut s = stream_to(&net, &a).await;
+            let mut opening = open(sid, route, MODEL);
+            if let Request::Open(o) = &mut opening {
+                o.max_tokens = 4096;
+            }
+            assert_eq!(
+                ask(&mut s, &opening).await,
+                Response::Opened { session: sid }
+            );
+            let total: f32 = SHIFTS.iter().sum();
+            let mut step = 0u32;
+            while !done.load(Ordering::Relaxed) || step < 4 {
+                assert!(step < 4096, "the attacks took too long");
+                let input: Vec<f32> = (0..DIM).map(|i| (i as f32) * 0.25 - step as f32).collect();
+                let Response::Hidden { hidden, .. } =
+                    ask(&mut s, &forward(sid, step, step, &input)).await
+                else {
+                    panic!("honest step {step} refused");
+                };
+                let (_, out) = hidden.to_hidden(DIM).unwrap();
+                for (i, v) in out.iter().enumerate() {
+                    assert_eq!(*v, input[i] + total + 1.5 * step as f32, "step {step}");
+                }
+                step += 1;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            assert_eq!(
+                ask(&mut s, &Request::Close { session: sid }).await,
+                Response::Closed { session: sid }
+            );
+            step
+        })
+    };
+    // A session that goes quiet is closed after the idle limit, with a reason (runs alongside).
+    let idle = {
+        let (net, a, route) = (net.clone(), a.clone(), route.clone());
+        tokio::spawn(async move {
+            let sid = SessionId([16; 16]);
+            let mut s = stream_to(&net, &a).await;
+            assert_eq!(
+                ask(&mut s, &open(sid, route, MODEL)).await,
+                Response::Opened { session: sid }
+            );
+            let quiet = tokio::time::timeout(
+                4 * IDLE,
+                read_message::<_, Response>(&mut s, &mut Vec::new()),
+            )
+            .await
+            .expect("an idle session is closed within its limit")
+            .unwrap();
+            refusal(quiet).0
+        })
+    };
+
+    let kind_of = |r: Response| refusal(r).0;
+    // A frame cut short: its length promises 100 bytes, 10 arrive, then the stream closes.
+    let mut cut = 100u32.to_le_bytes().to_vec();
+    cut.extend_from_slice(&[0; 10]);
+    let (kind, _, msg) = refusal(raw(&net, &a, &cut, true).await);
+    assert_eq!(kind, ErrorKind::BadRequest);
+    assert!(msg.contains("truncated"), "{msg}");
+    // A length past the limit: refused before anything is allocated.
+    let (kind, _, msg) = refusal(raw(&net, &a, &u32::MAX.to_le_bytes(), false).await);
+    assert_eq!(kind, ErrorKind::BadRequest);
+    assert!(msg.contains("exceeds the limit"), "{msg}");
+    // Another protocol version.
+    let mut other = (PROTOCOL_VERSION + 1).to_le_bytes().to_vec();
+    other.extend_from_slice(&[0; 8]);
+    assert_eq!(
+        kind_of(raw(&net, &a, &framed(&other), false).await),
+        ErrorKind::VersionMismatch
+    );
+    // Our version, then garbage.
+    let mut junk = PROTOCOL_VERSION.to_le_bytes().to_vec();
+    junk.extend_from_slice(&[0xff; 40]);
+    assert_eq!(
+        kind_of(raw(&net, &a, &framed(&junk), false).await),
+        ErrorKind::BadRequest
+    );
+    // A route longer than the limit.
+    let mut long = open(SessionId([7; 16]), route.clone(), MODEL);
+    if let Request::Open(o) = &mut long {
+        o.route = (0..65).map(|_| hop(&a, 0)).collect();
+    }
+    // Encoding does not validate, just as a hostile peer's encoder would not.
+    let body = codec::encode(&long).unwrap();
+    assert_eq!(
+        kind_of(raw(&net, &a, &framed(&body), false).await),
+        ErrorKind::BadRequest
+    );
+    // More tokens than the node holds per session.
+    let mut greedy = open(SessionId([8; 16]), route.clone(), MODEL);
+    if let Request::Open(o) = &mut greedy {
+        o.max_tokens = 5000;
+    }
+    let mut s = stream_to(&net, &a).await;
+    let (kind, _, msg) = refusal(ask(&mut s, &greedy).await);
+    assert_eq!(kind, ErrorKind::BadRequest, "{msg}");
+    // A forward before any open.
+    let mut s = stream_to(&net, &a).await;
+    assert_eq!(
+        kind_of(ask(&mut s, &forward(SessionId([9; 16]), 0, 0, &[0.0; DIM])).await),
+        ErrorKind::BadRequest
+    );
+    // Wrong hidden size.
+    let wide = Request::Forward(Forward {
+        session: SessionId([10; 16]),
+        step: 0,
+        position: 0,
+        hidden: TensorFrame::from_f32(&[1, DIM as u32 + 1], &[0.0; DIM + 1], DType::F32).unwrap(),
+    });
+    let (kind, _, msg) = refusal(after_open(&net, &a, SessionId([10; 16]), &wide).await);
+    assert_eq!(kind, ErrorKind::BadRequest);
+    assert!(msg.contains("shape"), "{msg}");
+    // NaN in the hidden states.
+    let nan = forward(SessionId([11; 16]), 0, 0, &[0.0, f32::NAN, 0.0, 0.0]);
+    let (kind, _, msg) = refusal(after_open(&net, &a, SessionId([11; 16]), &nan).await);
+    assert_eq!(kind, ErrorKind::BadRequest);
+    assert!(msg.contains("finite") || msg.contains("NaN"), "{msg}");
+    // A forward naming a session this stream did not open.
+    let stray = forward(SessionId([99; 16]), 0, 0, &[0.0; DIM]);
+    assert_eq!(
+        kind_of(after_open(&net, &a, SessionId([12; 16]), &stray).await),
+        ErrorKind::UnknownSession
+    );
+    // More tokens than the session declared (it declared 32).
+    let flood = forward(SessionId([13; 16]), 0, 0, &vec![0.0; 33 * DIM]);
+    assert_eq!(
+        kind_of(after_open(&net, &a, SessionId([13; 16]), &flood).await),
+        ErrorKind::BadRequest
+    );
+    // A route whose next hop is a peer outside the swarm, at an address outside it.
+    let stranger = libp2p::identity::Keypair::generate_ed25519()
+        .public()
+        .to_peer_id();
+    let mut outside = route.clone();
+    outside[1].peer_id = stranger.to_bytes();
+    outside[1].addrs = vec!["/ip4/10.9.9.9/tcp/4001".into()];
+    let mut s = stream_to(&net, &a).await;
+    let (kind, hop_i, msg) = refusal(ask(&mut s, &open(SessionId([14; 16]), outside, MODEL)).await);
+    assert_eq!((kind, hop_i), (ErrorKind::NextHop, 0));
+    assert!(msg.contains("not a live announced peer"), "{msg}");
+    // A swarm peer named at a foreign address: the node dials only what that peer announced.
+    let mut redirected = route.clone();
+    redirected[1].addrs = vec!["/ip4/10.9.9.9/tcp/4001".into()];
+    let sid = SessionId([15; 16]);
+    let mut s = stream_to(&net, &a).await;
+    assert_eq!(
+        ask(&mut s, &open(sid, redirected, MODEL)).await,
+        Response::Opened { session: sid }
+    );
+    drop(s);
+    assert_eq!(idle.await.unwrap(), ErrorKind::Timeout);
+
+    attacks_done.store(true, Ordering::Relaxed);
+    let steps = honest.await.expect("the honest session completed");
+    assert!(steps >= 4, "honest steps {steps}");
+    // And the node still opens new sessions.
+    let sid = SessionId([17; 16]);
+    let mut s = stream_to(&net, &a).await;
+    assert_eq!(
+        ask(&mut s, &open(sid, route, MODEL)).await,
+        Response::Opened { session: sid }
+    );
+    drop(s);
+    for n in [c, b] {
+        n.leave().await;
+    }
+    Arc::into_inner(a).unwrap().leave().await;
 }

@@ -103,6 +103,8 @@ pub enum ErrorKind {
     /// Running the blocks failed.
     Compute,
     Internal,
+    /// The session sent nothing for longer than the node's idle limit.
+    Timeout,
 }
 
 /// An error answer. `hop` is the index of the hop that produced it.
