@@ -68,4 +68,7 @@ pub struct GenerateArgs {
     /// Routing policy in swarm mode: uniform, long-term or adaptive.
     #[arg(long, default_value = "uniform")]
     pub policy: String,
+    /// Join a private swarm with this pre-shared key file (go-ipfs `swarm.key` format).
+    #[arg(long)]
+    pub swarm_key: Option<std::path::PathBuf>,
 }

@@ -42,6 +42,10 @@ struct Args {
     /// Most tokens one session may hold.
     #[arg(long, default_value_t = 4096)]
     max_tokens: u32,
+    /// Run in a private swarm: a pre-shared key file (go-ipfs `swarm.key` format); peers
+    /// without the same key cannot connect. Private swarms use TCP only.
+    #[arg(long)]
+    swarm_key: Option<std::path::PathBuf>,
     /// Seconds a session may send nothing before the node closes it and frees its cache.
     #[arg(long, default_value_t = 300.0)]
     session_idle_timeout: f64,
@@ -115,6 +119,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
             bootstrap: args.bootstrap,
             dht_server: true,
             record_ttl: announce_ttl,
+            swarm_key: args
+                .swarm_key
+                .as_deref()
+                .map(sunswarm_node::net::read_swarm_key)
+                .transpose()?,
             ..NetConfig::default()
         },
         model_id: model.model_id().0,

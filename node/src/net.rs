@@ -9,9 +9,11 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use futures::StreamExt;
+use libp2p::core::{Transport, upgrade};
 use libp2p::kad::{
     self, GetProvidersOk, GetRecordOk, QueryId, QueryResult, Quorum, Record, RecordKey,
 };
+use libp2p::pnet::{PnetConfig, PreSharedKey};
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{
     Multiaddr, PeerId, StreamProtocol, Swarm, gossipsub, identify, identity, noise, tcp, yamux,
@@ -52,6 +54,10 @@ pub struct NetConfig {
     pub record_ttl: Duration,
     /// How long a DHT query may run.
     pub query_timeout: Duration,
+    /// A private swarm's pre-shared key (`--swarm-key`): every connection is encrypted with it
+    /// before anything else is said, so peers without it cannot even complete a handshake.
+    /// Private swarms run over TCP only (libp2p's pnet does not wrap QUIC).
+    pub swarm_key: Option<PreSharedKey>,
 }
 
 impl Default for NetConfig {
@@ -63,6 +69,7 @@ impl Default for NetConfig {
             dht_server: true,
             record_ttl: Duration::from_secs(30),
             query_timeout: Duration::from_secs(10),
+            swarm_key: None,
         }
     }
 }
@@ -141,6 +148,59 @@ pub struct EventLoop {
     bootstrapped: bool,
 }
 
+/// The protocols every host runs, over whichever transport.
+fn behaviour(
+    key: &identity::Keypair,
+    cfg: &NetConfig,
+) -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
+    let peer = key.public().to_peer_id();
+    let mut kcfg = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
+    kcfg.set_query_timeout(cfg.query_timeout);
+    kcfg.set_record_ttl(Some(cfg.record_ttl));
+    kcfg.set_provider_record_ttl(Some(cfg.record_ttl));
+    // Nodes refresh their own announcements before expiry (see `announcer`), so the DHT's own
+    // republication would only resurrect records of nodes that died.
+    kcfg.set_publication_interval(None);
+    kcfg.set_replication_interval(None);
+    kcfg.set_provider_publication_interval(None);
+    let mut kad = kad::Behaviour::with_config(peer, kad::store::MemoryStore::new(peer), kcfg);
+    kad.set_mode(Some(if cfg.dht_server {
+        kad::Mode::Server
+    } else {
+        kad::Mode::Client
+    }));
+    let gcfg = gossipsub::ConfigBuilder::default()
+        .heartbeat_interval(Duration::from_millis(500))
+        .validation_mode(gossipsub::ValidationMode::Strict)
+        .max_transmit_size(64 * 1024)
+        .build()?;
+    let gossipsub =
+        gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), gcfg)?;
+    let identify = identify::Behaviour::new(identify::Config::new(
+        IDENTIFY_PROTOCOL.to_string(),
+        key.public(),
+    ));
+    Ok(Behaviour {
+        kad,
+        gossipsub,
+        identify,
+        stream: libp2p_stream::Behaviour::new(),
+    })
+}
+
+/// Reads a swarm key file in the go-ipfs `swarm.key` format (`/key/swarm/psk/1.0.0/`, `/base16/`,
+/// 64 hex digits).
+pub fn read_swarm_key(path: &std::path::Path) -> Result<PreSharedKey, NetError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| NetError::Transport(format!("reading swarm key {}: {e}", path.display())))?;
+    text.parse().map_err(|e| {
+        NetError::Transport(format!(
+            "swarm key {}: {e} (expected /key/swarm/psk/1.0.0/, /base16/ and 64 hex digits)",
+            path.display()
+        ))
+    })
+}
+
 /// Builds the host, starts listening and dials the bootstrap peers.
 pub fn new(cfg: NetConfig) -> Result<(Network, EventLoop), NetError> {
     let keypair = cfg
@@ -149,55 +209,40 @@ pub fn new(cfg: NetConfig) -> Result<(Network, EventLoop), NetError> {
         .unwrap_or_else(identity::Keypair::generate_ed25519);
     let local_peer = keypair.public().to_peer_id();
     let transport_err = |e: &dyn std::fmt::Display| NetError::Transport(e.to_string());
-    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
-        .with_tokio()
-        .with_tcp(
-            tcp::Config::default().nodelay(true),
-            noise::Config::new,
-            yamux::Config::default,
-        )
-        .map_err(|e| transport_err(&e))?
-        .with_behaviour(|key| {
-            let peer = key.public().to_peer_id();
-            let mut kcfg = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
-            kcfg.set_query_timeout(cfg.query_timeout);
-            kcfg.set_record_ttl(Some(cfg.record_ttl));
-            kcfg.set_provider_record_ttl(Some(cfg.record_ttl));
-            // Nodes refresh their own announcements before expiry (see `announcer`), so the
-            // DHT's own republication would only resurrect records of nodes that died.
-            kcfg.set_publication_interval(None);
-            kcfg.set_replication_interval(None);
-            kcfg.set_provider_publication_interval(None);
-            let mut kad =
-                kad::Behaviour::with_config(peer, kad::store::MemoryStore::new(peer), kcfg);
-            kad.set_mode(Some(if cfg.dht_server {
-                kad::Mode::Server
-            } else {
-                kad::Mode::Client
-            }));
-            let gcfg = gossipsub::ConfigBuilder::default()
-                .heartbeat_interval(Duration::from_millis(500))
-                .validation_mode(gossipsub::ValidationMode::Strict)
-                .max_transmit_size(64 * 1024)
-                .build()?;
-            let gossipsub = gossipsub::Behaviour::new(
-                gossipsub::MessageAuthenticity::Signed(key.clone()),
-                gcfg,
-            )?;
-            let identify = identify::Behaviour::new(identify::Config::new(
-                IDENTIFY_PROTOCOL.to_string(),
-                key.public(),
-            ));
-            Ok(Behaviour {
-                kad,
-                gossipsub,
-                identify,
-                stream: libp2p_stream::Behaviour::new(),
-            })
-        })
-        .map_err(|e| transport_err(&e))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(120)))
-        .build();
+    let builder = libp2p::SwarmBuilder::with_existing_identity(keypair).with_tokio();
+    let idle = |c: libp2p::swarm::Config| c.with_idle_connection_timeout(Duration::from_secs(120));
+    let mut swarm = match cfg.swarm_key {
+        None => builder
+            .with_tcp(
+                tcp::Config::default().nodelay(true),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .map_err(|e| transport_err(&e))?
+            .with_quic()
+            .with_behaviour(|key| behaviour(key, &cfg))
+            .map_err(|e| transport_err(&e))?
+            .with_swarm_config(idle)
+            .build(),
+        Some(psk) => builder
+            .with_other_transport(
+                |key| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
+                    let noise = noise::Config::new(key)?;
+                    Ok(
+                        tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+                            .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
+                            .upgrade(upgrade::Version::V1Lazy)
+                            .authenticate(noise)
+                            .multiplex(yamux::Config::default()),
+                    )
+                },
+            )
+            .map_err(|e| transport_err(&e))?
+            .with_behaviour(|key| behaviour(key, &cfg))
+            .map_err(|e| transport_err(&e))?
+            .with_swarm_config(idle)
+            .build(),
+    };
     for addr in &cfg.listen {
         swarm
             .listen_on(addr.clone())

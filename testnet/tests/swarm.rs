@@ -56,6 +56,29 @@ async fn three_nodes_generate_the_same_tokens_as_local_tiny() {
     }
 }
 
+/// The same swarm over QUIC: nodes listen on UDP only, and activations still match `--local`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_over_quic_generate_the_same_tokens_as_local() {
+    build_binaries();
+    let mut o = opts("random:tiny", Split::Even, 3, 30.0);
+    o.listen = "/ip4/127.0.0.1/udp/0/quic-v1".into();
+    let net = Testnet::start(&o).await.unwrap();
+    assert!(net.bootstrap.contains("/quic-v1/"), "{}", net.bootstrap);
+    let common = [
+        "--model",
+        "random:tiny",
+        "--prompt",
+        "over quic",
+        "--max-new-tokens",
+        "12",
+        "--ignore-eos",
+    ];
+    let local = client_json(&[&common[..], &["--local"]].concat());
+    let swarm = client_json(&[&common[..], &["--bootstrap", &net.bootstrap]].concat());
+    assert_eq!(tokens(&swarm), tokens(&local));
+    assert_route_in_order(&route(&swarm), &net);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_reproduce_the_smollm2_reference() {
     build_binaries();
@@ -321,4 +344,54 @@ async fn clients_never_route_to_peers_of_another_model() {
     assert_eq!(tokens(&swarm), tokens(&local));
     client.stop().await;
     drop(others);
+}
+
+fn write_swarm_key(path: &std::path::Path, seed: u8) {
+    let hex: String = (0..32u8)
+        .map(|i| format!("{:02x}", i.wrapping_mul(31).wrapping_add(seed)))
+        .collect();
+    std::fs::write(path, format!("/key/swarm/psk/1.0.0/\n/base16/\n{hex}\n")).unwrap();
+}
+
+/// `--swarm-key`: a private swarm serves peers holding its key and nobody else (no key, or
+/// another key, never completes a connection).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_swarm_admits_only_peers_with_its_key() {
+    build_binaries();
+    let dir = std::env::temp_dir().join(format!("sunswarm-keys-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (key, other) = (dir.join("swarm.key"), dir.join("other.key"));
+    write_swarm_key(&key, 1);
+    write_swarm_key(&other, 2);
+    let mut o = opts("random:tiny", Split::Even, 3, 30.0);
+    o.swarm_key = Some(key.clone());
+    let net = Testnet::start(&o).await.unwrap();
+    let common = [
+        "--model",
+        "random:tiny",
+        "--prompt",
+        "private swarm",
+        "--max-new-tokens",
+        "8",
+        "--ignore-eos",
+    ];
+    let key_arg = key.to_str().unwrap();
+    let swarm = client_json(
+        &[
+            &common[..],
+            &["--bootstrap", &net.bootstrap, "--swarm-key", key_arg],
+        ]
+        .concat(),
+    );
+    let local = client_json(&[&common[..], &["--local"]].concat());
+    assert_eq!(tokens(&swarm), tokens(&local));
+    let boot: libp2p::Multiaddr = net.bootstrap.parse().unwrap();
+    for (name, k) in [("no key", None), ("another key", Some(other.as_path()))] {
+        let r = SwarmClient::connect_private(vec![boot.clone()], k, Duration::from_secs(5)).await;
+        assert!(r.is_err(), "a client with {name} joined the private swarm");
+    }
+    let with_key = SwarmClient::connect_private(vec![boot], Some(&key), Duration::from_secs(20))
+        .await
+        .expect("a client with the key joins");
+    with_key.stop().await;
 }

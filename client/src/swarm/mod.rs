@@ -56,6 +56,16 @@ pub struct SwarmClient {
 impl SwarmClient {
     /// Dials the bootstrap peers and waits until the DHT knows one of them.
     pub async fn connect(bootstrap: Vec<Multiaddr>, deadline: Duration) -> Result<Self> {
+        Self::connect_private(bootstrap, None, deadline).await
+    }
+
+    /// [`connect`](Self::connect) to a private swarm: every connection is first encrypted with
+    /// `swarm_key`, so a swarm with another key (or none) never completes a handshake.
+    pub async fn connect_private(
+        bootstrap: Vec<Multiaddr>,
+        swarm_key: Option<&std::path::Path>,
+        deadline: Duration,
+    ) -> Result<Self> {
         anyhow::ensure!(
             !bootstrap.is_empty(),
             "swarm mode needs --bootstrap MULTIADDR (or pass --local)"
@@ -64,6 +74,7 @@ impl SwarmClient {
             listen: Vec::new(),
             bootstrap,
             dht_server: false,
+            swarm_key: swarm_key.map(net::read_swarm_key).transpose()?,
             ..NetConfig::default()
         };
         let (net, ev) = net::new(cfg)?;
@@ -318,7 +329,12 @@ pub async fn generate_via_swarm(args: &GenerateArgs) -> Result<()> {
     let head = model.load_head(&dev)?;
 
     let t = Instant::now();
-    let client = SwarmClient::connect(bootstrap, Duration::from_secs(30)).await?;
+    let client = SwarmClient::connect_private(
+        bootstrap,
+        args.swarm_key.as_deref(),
+        Duration::from_secs(30),
+    )
+    .await?;
     client.follow(&model_id).await?;
     let connect_ms = t.elapsed().as_secs_f64() * 1e3;
 

@@ -63,6 +63,7 @@ async fn start_swarm(
             announce_ttl: 30.0,
             log_dir: Some(log_dir.join(format!("group-{k}"))),
             node_args,
+            ..TestnetOptions::default()
         };
         let net = Testnet::start(&opts)
             .await

@@ -30,6 +30,9 @@ pub struct UpArgs {
     /// Folder for node logs (default: a fresh temporary folder).
     #[arg(long)]
     pub log_dir: Option<PathBuf>,
+    /// Make the swarm private with this pre-shared key file (go-ipfs `swarm.key` format).
+    #[arg(long)]
+    pub swarm_key: Option<PathBuf>,
 }
 
 /// `swarm-testnet demo`.
@@ -83,13 +86,14 @@ fn options(
         announce_ttl: ttl,
         log_dir,
         node_args: Vec::new(),
+        ..TestnetOptions::default()
     })
 }
 
 /// Runs `up`: start, print the bootstrap address and the nodes, wait for a signal, stop all.
 pub fn up(args: UpArgs) -> Result<()> {
     init_logs();
-    let opts = options(
+    let mut opts = options(
         args.nodes,
         &args.model,
         args.split,
@@ -97,6 +101,7 @@ pub fn up(args: UpArgs) -> Result<()> {
         args.announce_ttl,
         args.log_dir,
     )?;
+    opts.swarm_key = args.swarm_key;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

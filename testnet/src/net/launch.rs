@@ -49,6 +49,10 @@ pub struct TestnetOptions {
     pub log_dir: Option<PathBuf>,
     /// Extra flags for every node.
     pub node_args: Vec<String>,
+    /// A private swarm's key file, given to every node (and used to watch the swarm start).
+    pub swarm_key: Option<PathBuf>,
+    /// Where each node listens: TCP by default, `/ip4/127.0.0.1/udp/0/quic-v1` for QUIC.
+    pub listen: String,
 }
 
 impl Default for TestnetOptions {
@@ -61,6 +65,8 @@ impl Default for TestnetOptions {
             announce_ttl: 30.0,
             log_dir: None,
             node_args: Vec::new(),
+            swarm_key: None,
+            listen: "/ip4/127.0.0.1/tcp/0".into(),
         }
     }
 }
@@ -157,8 +163,12 @@ impl Testnet {
         for i in 1..ranges.len() {
             net.read_node(i, load)?;
         }
-        let client =
-            SwarmClient::connect(vec![net.bootstrap.parse()?], Duration::from_secs(30)).await?;
+        let client = SwarmClient::connect_private(
+            vec![net.bootstrap.parse()?],
+            opts.swarm_key.as_deref(),
+            Duration::from_secs(30),
+        )
+        .await?;
         let covered = client
             .wait_for_coverage(&model_id, n_layers, ranges.len(), Duration::from_secs(60))
             .await;
@@ -176,14 +186,12 @@ impl Testnet {
             "--blocks",
             &format!("{}:{}", blocks.start, blocks.end),
         ])
-        .args([
-            "--backend",
-            &opts.backend,
-            "--listen",
-            "/ip4/127.0.0.1/tcp/0",
-        ])
+        .args(["--backend", &opts.backend, "--listen", &opts.listen])
         .args(["--announce-ttl", &opts.announce_ttl.to_string()])
         .args(&opts.node_args);
+        if let Some(k) = &opts.swarm_key {
+            c.arg("--swarm-key").arg(k);
+        }
         if let Some(b) = bootstrap {
             c.args(["--bootstrap", b]);
         }
