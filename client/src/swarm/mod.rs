@@ -221,6 +221,12 @@ impl SwarmClient {
         }
     }
 
+    /// The last discovered announcement of `peer`, if any.
+    pub fn announcement_of(&self, peer: &[u8]) -> Option<Announcement> {
+        let seen = self.last_seen.lock().ok()?;
+        seen.iter().find(|a| a.peer_id == peer).cloned()
+    }
+
     /// Stops the client's host.
     pub async fn stop(self) {
         let _ = self.net.shutdown(Duration::from_millis(0)).await;
@@ -275,6 +281,9 @@ struct SwarmOutput<'a> {
     /// Route repairs during the generation (a peer died, timed out or refused).
     failovers: usize,
     failover_events: Vec<FailoverEvent>,
+    /// Energy the route's jobs cost per generated token, from the power-mode tables of the
+    /// emulated nodes; null when a hop's energy is not modelled (mains, real batteries).
+    joules_per_token: Option<f64>,
     swarm: SwarmTimings,
 }
 
@@ -364,6 +373,19 @@ pub async fn generate_via_swarm(args: &GenerateArgs) -> Result<()> {
         })
         .collect();
     let (rtt, over, per_hop) = summarise(&session.timings(), route.len());
+    // Each hop's session is one job in its announced power mode; mains hops have no model.
+    let job_kj: Option<f64> = session
+        .route()
+        .iter()
+        .map(|h| {
+            client
+                .announcement_of(&h.peer_id)
+                .and_then(|a| route::job_kilojoules(a.energy.power_mode))
+        })
+        .sum();
+    let joules_per_token = job_kj
+        .filter(|_| !result.tokens.is_empty())
+        .map(|kj| kj * 1e3 / result.tokens.len() as f64);
     let failovers = std::mem::take(&mut session.failovers);
     session.close().await;
     client.stop().await;
@@ -373,6 +395,7 @@ pub async fn generate_via_swarm(args: &GenerateArgs) -> Result<()> {
             route,
             failovers: failovers.len(),
             failover_events: failovers,
+            joules_per_token,
             swarm: SwarmTimings {
                 connect_ms,
                 open_ms,

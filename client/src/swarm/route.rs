@@ -5,8 +5,9 @@
 //! candidates' energy states. No I/O: the statistical tests run on this function directly.
 
 use rand::Rng;
+use sunswarm_energy::modes;
 use sunswarm_energy::policy::{PeerEnergyState, Policy};
-use sunswarm_protocol::{Announcement, Hop, ModelDigest};
+use sunswarm_protocol::{Announcement, Hop, ModelDigest, PowerMode};
 
 /// Why no route exists.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -150,6 +151,23 @@ pub fn sample(weights: &[f64], rng: &mut impl Rng) -> Option<usize> {
         x -= w;
     }
     last // rounding left x just past the end: the last positive weight
+}
+
+/// kJ one job (one session) costs a node in its announced power mode, from the paper's measured
+/// per-mode energies; `None` on mains or in a mode the tables do not know.
+pub fn job_kilojoules(mode: PowerMode) -> Option<f64> {
+    let watts = match mode {
+        PowerMode::Fixed { watts } | PowerMode::Dynamic { watts } => watts,
+        PowerMode::Mains => return None,
+    };
+    [
+        (15u16, modes::paper::w15()),
+        (30, modes::paper::w30()),
+        (60, modes::paper::w60()),
+    ]
+    .into_iter()
+    .find(|(w, _)| *w == watts)
+    .map(|(_, m)| m.energy as f64)
 }
 
 /// The candidates for repairing `route` after its hop `failed` failed: the surviving hops stay
@@ -389,6 +407,14 @@ mod tests {
         // With no other replica, no repair exists.
         let c = repair_candidates(&anns[..2], &route[..2], 1, &failed);
         assert!(plan(&c, 20, &Uniform, &mut rng()).is_err());
+    }
+
+    #[test]
+    fn job_energy_follows_the_announced_mode() {
+        assert_eq!(job_kilojoules(PowerMode::Fixed { watts: 15 }), Some(26.0));
+        assert_eq!(job_kilojoules(PowerMode::Dynamic { watts: 30 }), Some(22.0));
+        assert_eq!(job_kilojoules(PowerMode::Fixed { watts: 45 }), None);
+        assert_eq!(job_kilojoules(PowerMode::Mains), None);
     }
 
     #[test]

@@ -154,19 +154,6 @@ fn ratio(a: u64, b: u64, empty: f64) -> f64 {
     if b == 0 { empty } else { a as f64 / b as f64 }
 }
 
-/// kJ a job costs in a dynamic-table mode announced at `watts` (the paper's measured energies).
-pub fn job_kilojoules(watts: u16) -> Option<f64> {
-    [
-        modes::paper::w15(),
-        modes::paper::w30(),
-        modes::paper::w60(),
-    ]
-    .into_iter()
-    .zip([15u16, 30, 60])
-    .find(|(_, w)| *w == watts)
-    .map(|(m, _)| m.energy as f64)
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -252,7 +239,5 @@ pub(crate) mod tests {
         assert!((o.joules_per_token.unwrap() - 69_000.0 * 7.0 / 28.0).abs() < 1e-9);
         assert_eq!(LiveCounts::default().outcome().throughput, 1.0);
         assert_eq!(LiveCounts::default().outcome().joules_per_token, None);
-        assert_eq!(job_kilojoules(30), Some(22.0));
-        assert_eq!(job_kilojoules(45), None);
     }
 }

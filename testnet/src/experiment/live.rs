@@ -15,11 +15,11 @@ use sunswarm_client::generate::{GenerateOptions, generate};
 use sunswarm_client::swarm::{SessionError, SwarmClient, SwarmSession, route};
 use sunswarm_energy::policy::PolicyKind;
 use sunswarm_models::{BackendKind, Model, ModelSource};
-use sunswarm_protocol::{Announcement, BlockRange, DType, Hop, PowerMode};
+use sunswarm_protocol::{Announcement, BlockRange, DType, Hop};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::design::{Design, LiveCounts, job_kilojoules};
+use super::design::{Design, LiveCounts};
 use sunswarm_testnet::net::{Split, Testnet, TestnetOptions};
 
 /// What became of one job.
@@ -74,13 +74,6 @@ async fn start_swarm(
     Ok(groups)
 }
 
-fn watts(a: &Announcement) -> Option<u16> {
-    match a.energy.power_mode {
-        PowerMode::Dynamic { watts } | PowerMode::Fixed { watts } => Some(watts),
-        PowerMode::Mains => None,
-    }
-}
-
 struct Shared {
     client: SwarmClient,
     model: Model,
@@ -119,7 +112,7 @@ async fn one_job(s: Rc<Shared>, seed: u64) -> JobEnd {
             .collect();
         let kj: f64 = idx
             .iter()
-            .map(|&i| watts(&anns[i]).and_then(job_kilojoules).unwrap_or(0.0))
+            .map(|&i| route::job_kilojoules(anns[i].energy.power_mode).unwrap_or(0.0))
             .sum();
         match SwarmSession::open(
             s.client.network(),

@@ -178,6 +178,15 @@ impl Testnet {
     }
 
     fn node_command(&self, blocks: &BlockRange, bootstrap: Option<&str>) -> Command {
+        self.node_command_with(blocks, bootstrap, &self.opts.node_args)
+    }
+
+    fn node_command_with(
+        &self,
+        blocks: &BlockRange,
+        bootstrap: Option<&str>,
+        node_args: &[String],
+    ) -> Command {
         let opts = &self.opts;
         let mut c = Command::new(&self.node_bin);
         c.args([
@@ -188,7 +197,7 @@ impl Testnet {
         ])
         .args(["--backend", &opts.backend, "--listen", &opts.listen])
         .args(["--announce-ttl", &opts.announce_ttl.to_string()])
-        .args(&opts.node_args);
+        .args(node_args);
         if let Some(k) = &opts.swarm_key {
             c.arg("--swarm-key").arg(k);
         }
@@ -201,10 +210,17 @@ impl Testnet {
     /// Starts one more node serving `blocks` (bootstrapping from node 0's address) and waits
     /// until it is ready; returns its index. Its announcement reaches clients shortly after.
     pub fn add_node(&mut self, blocks: BlockRange) -> Result<usize> {
+        let args = self.opts.node_args.clone();
+        self.add_node_with(blocks, &args)
+    }
+
+    /// [`add_node`](Self::add_node) with its own extra flags instead of the testnet's (e.g. a
+    /// different emulated battery).
+    pub fn add_node_with(&mut self, blocks: BlockRange, node_args: &[String]) -> Result<usize> {
         blocks.within(self.n_layers)?;
         let i = self.nodes.len();
         let log = self.log_dir.join(format!("node-{i}.log"));
-        let cmd = self.node_command(&blocks, Some(&self.bootstrap));
+        let cmd = self.node_command_with(&blocks, Some(&self.bootstrap), node_args);
         let p = Managed::spawn(&format!("node {i}"), cmd, &log)?;
         self.nodes.push(NodeInfo {
             index: i,
