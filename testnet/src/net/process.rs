@@ -10,9 +10,19 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 
-/// Finds a workspace binary next to the current executable (or one directory up, for test
-/// executables in `target/<profile>/deps`).
+/// Finds a workspace binary: in `$SUNSWARM_BIN_DIR` when set (e.g. release binaries driven by
+/// debug-built tests, for benchmarks), else next to the current executable (or one directory
+/// up, for test executables in `target/<profile>/deps`).
 pub fn find_binary(name: &str) -> Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("SUNSWARM_BIN_DIR") {
+        let p = PathBuf::from(dir).join(name);
+        anyhow::ensure!(
+            p.is_file(),
+            "SUNSWARM_BIN_DIR names no {name} binary: {}",
+            p.display()
+        );
+        return Ok(p);
+    }
     let exe = std::env::current_exe().context("locating the current executable")?;
     let mut dir = exe.parent();
     for _ in 0..2 {
