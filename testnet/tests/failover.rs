@@ -211,3 +211,76 @@ async fn killing_the_replica_on_the_route_mid_generation_leaves_the_text_unchang
     );
     watcher.stop().await;
 }
+
+/// A replica in power saving (an emulated battery below its low threshold that takes hours to
+/// recharge) is routed around: every generation completes through the other replica with the
+/// `--local` output, and the saving node never appears on a route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_route_around_a_replica_in_power_saving() {
+    build_binaries();
+    let split: Split = "0-1,2-3,4-5".parse().unwrap();
+    let mut net = Testnet::start(&opts("random:tiny", split, 3, 30.0))
+        .await
+        .unwrap();
+    let saving = net
+        .add_node_with(
+            BlockRange { start: 2, end: 4 },
+            &[
+                "--energy".into(),
+                "emulated:initial=10,low=20,high=80,harvest=uniform(0,1)".into(),
+                "--power-mode".into(),
+                "15w".into(),
+            ],
+        )
+        .unwrap();
+    let saving_peer = net.nodes[saving].peer.clone();
+    // Its announcement says so (the premise of the test).
+    let watcher = SwarmClient::connect(
+        vec![net.bootstrap.parse().unwrap()],
+        Duration::from_secs(20),
+    )
+    .await
+    .unwrap();
+    let id = saving_peer.parse::<libp2p::PeerId>().unwrap().to_bytes();
+    let until = Instant::now() + Duration::from_secs(30);
+    loop {
+        let anns = watcher.discover(&net.model_id, net.n_layers).await.unwrap();
+        if let Some(a) = anns.iter().find(|a| a.peer_id == id) {
+            assert!(
+                a.energy.power_saving,
+                "the drained node is not in power saving"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "the drained node was never announced"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    watcher.stop().await;
+    let common = [
+        "--model",
+        "random:tiny",
+        "--prompt",
+        "low battery",
+        "--max-new-tokens",
+        "8",
+        "--ignore-eos",
+    ];
+    let local = client_json(&[&common[..], &["--local"]].concat());
+    for run in 0..8 {
+        let out = client_json(&[&common[..], &["--bootstrap", &net.bootstrap]].concat());
+        assert_eq!(tokens(&out), tokens(&local), "run {run}");
+        let peers: Vec<&str> = out["route"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|h| h["peer"].as_str().unwrap())
+            .collect();
+        assert!(
+            !peers.contains(&saving_peer.as_str()),
+            "run {run}: routed through the node in power saving"
+        );
+    }
+}
