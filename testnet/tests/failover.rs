@@ -186,7 +186,17 @@ async fn killing_the_replica_on_the_route_mid_generation_leaves_the_text_unchang
             hop1, victim_peer,
             "run {rep}: the dead peer is still on the route"
         );
-        recovery_ms.push(out["failover_events"][0]["recovery_ms"].as_f64().unwrap());
+        let ev = &out["failover_events"][0];
+        let f = |k: &str| ev[k].as_f64().unwrap();
+        recovery_ms.push(f("recovery_ms"));
+        eprintln!(
+            "run {rep}: recovery {:.0} ms = choose {:.1} + open {:.1} + replay {:.0} ({} tokens) + retry",
+            f("recovery_ms"),
+            f("choose_ms"),
+            f("open_ms"),
+            f("replay_ms"),
+            ev["replayed_tokens"]
+        );
         // A fresh replica, so that the next run has a spare again; wait until it is routable.
         let fresh = net.add_node(middle).unwrap();
         let fresh_peer = net.nodes[fresh].peer.parse::<libp2p::PeerId>().unwrap();
