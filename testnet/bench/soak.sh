@@ -12,13 +12,7 @@ TOKENS=${TOKENS:-32}
 PROMPTS=("What is the capital of France?" "Name three colours of the rainbow." \
   "Write one sentence about the sea." "What is 2 + 2?")
 D=$(mktemp -d)
-trap 'kill $(cat $D/pids) 2>/dev/null; wait 2>/dev/null' EXIT
-$R/swarm-node --model smollm2-135m --blocks 0-9 > $D/n0.out 2> $D/n0.log & echo $! >> $D/pids
-until grep -q READY $D/n0.out; do sleep 0.2; done
-BOOT=$(grep LISTEN= $D/n0.out | head -1 | cut -d= -f2)
-$R/swarm-node --model smollm2-135m --blocks 10-19 --bootstrap $BOOT > $D/n1.out 2> $D/n1.log & echo $! >> $D/pids
-$R/swarm-node --model smollm2-135m --blocks 20-29 --bootstrap $BOOT > $D/n2.out 2> $D/n2.log & echo $! >> $D/pids
-until grep -q READY $D/n1.out && grep -q READY $D/n2.out; do sleep 0.2; done
+. "$(dirname "$0")/three-nodes.sh"
 NODE_PIDS=$(head -3 $D/pids)
 for i in "${!PROMPTS[@]}"; do
   $R/swarm-client generate --model smollm2-135m --chat --prompt "${PROMPTS[$i]}" \

@@ -8,13 +8,7 @@ REF=${REF:-$ROOT/../shared/reference/smollm2-greedy.json}
 REPS=${REPS:-3}
 PROMPT=$(python3 -c "import json;print(json.load(open('$REF'))['prompts'][0]['rendered_text'],end='')")
 D=$(mktemp -d)
-trap 'kill $(cat $D/pids) 2>/dev/null; wait 2>/dev/null' EXIT
-$R/swarm-node --model smollm2-135m --blocks 0-9 > $D/n0.out 2> $D/n0.log & echo $! >> $D/pids
-until grep -q READY $D/n0.out; do sleep 0.2; done
-BOOT=$(grep LISTEN= $D/n0.out | head -1 | cut -d= -f2)
-$R/swarm-node --model smollm2-135m --blocks 10-19 --bootstrap $BOOT > $D/n1.out 2> $D/n1.log & echo $! >> $D/pids
-$R/swarm-node --model smollm2-135m --blocks 20-29 --bootstrap $BOOT > $D/n2.out 2> $D/n2.log & echo $! >> $D/pids
-until grep -q READY $D/n1.out && grep -q READY $D/n2.out; do sleep 0.2; done
+. "$(dirname "$0")/three-nodes.sh"
 for i in $(seq $REPS); do
   $R/swarm-client generate --model smollm2-135m --prompt "$PROMPT" --max-new-tokens 128 --ignore-eos --local --json | tail -1 > $D/local-$i.json
   $R/swarm-client generate --model smollm2-135m --prompt "$PROMPT" --max-new-tokens 128 --ignore-eos --bootstrap $BOOT --json | tail -1 > $D/swarm-$i.json
