@@ -1,0 +1,128 @@
+//! Writes a few valid encoded messages into `corpus/<target>/seed-*` as starting points for the
+//! fuzzers. Run from `fuzz/`: `cargo +nightly run --bin seeds`. Deterministic, so re-running
+//! rewrites the same files.
+
+use std::fs;
+use std::path::Path;
+
+use sunswarm_protocol::{
+    Announcement, BlockRange, DType, EnergyState, ErrorKind, Forward, Hop, HopTiming, OpenSession,
+    PowerMode, Request, Response, SessionId, TensorFrame, WireError, encode,
+};
+
+fn write(target: &str, name: &str, bytes: &[u8]) {
+    let dir = Path::new("corpus").join(target);
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join(format!("seed-{name}")), bytes).unwrap();
+}
+
+fn frame(rows: u32, cols: u32, dtype: DType) -> TensorFrame {
+    let values: Vec<f32> = (0..rows * cols).map(|i| i as f32 * 0.25 - 1.0).collect();
+    TensorFrame::from_f32(&[rows, cols], &values, dtype).unwrap()
+}
+
+fn main() {
+    let session = SessionId([7; 16]);
+    let route: Vec<Hop> = (0..3)
+        .map(|i| Hop {
+            peer_id: vec![i as u8 + 1; 38],
+            addrs: vec![format!("/ip4/127.0.0.1/tcp/{}", 4000 + i)],
+            blocks: BlockRange::new(i * 10, i * 10 + 10).unwrap(),
+        })
+        .collect();
+    let requests = [
+        Request::Open(OpenSession {
+            session,
+            model_id: [3; 32],
+            route,
+            hop: 1,
+            dtype: DType::F32,
+            max_tokens: 2048,
+        }),
+        Request::Forward(Forward {
+            session,
+            step: 4,
+            position: 12,
+            hidden: frame(2, 3, DType::F32),
+        }),
+        Request::Forward(Forward {
+            session,
+            step: 5,
+            position: 14,
+            hidden: frame(1, 4, DType::F16),
+        }),
+        Request::Close { session },
+    ];
+    let mut stream = Vec::new();
+    for (i, r) in requests.iter().enumerate() {
+        let bytes = encode(r).unwrap();
+        write("request", &i.to_string(), &bytes);
+        stream.extend_from_slice(&(bytes.len() as u32).to_le_bytes());
+        stream.extend_from_slice(&bytes);
+    }
+    write("framed", "session", &stream);
+
+    let responses = [
+        Response::Opened { session },
+        Response::Hidden {
+            session,
+            step: 9,
+            hidden: frame(2, 3, DType::F32),
+            timings: vec![HopTiming {
+                hop: 0,
+                compute_us: 10,
+                total_us: 30,
+            }],
+        },
+        Response::Error(WireError {
+            kind: ErrorKind::PowerSaving,
+            hop: 2,
+            message: "battery at 12 %".into(),
+        }),
+        Response::Closed { session },
+    ];
+    for (i, r) in responses.iter().enumerate() {
+        write("response", &i.to_string(), &encode(r).unwrap());
+    }
+
+    let announcement = Announcement {
+        peer_id: vec![0, 36, 8, 1, 18, 32, 7, 7, 7],
+        addrs: vec!["/ip4/127.0.0.1/tcp/4001".into()],
+        model_id: [9; 32],
+        n_layers: 30,
+        blocks: BlockRange::new(10, 20).unwrap(),
+        backend: "cpu".into(),
+        throughput: 120.5,
+        max_sessions: 8,
+        active_sessions: 1,
+        energy: EnergyState {
+            battery_level: 0.42,
+            harvest_w: 12.5,
+            power_mode: PowerMode::Dynamic { watts: 30 },
+            power_saving: false,
+            max_job_rate: 0.31,
+            mode_index: 1,
+            critical: false,
+            saving_risk: 0.05,
+        },
+        timestamp_ms: 1_000_000,
+        expires_ms: 1_030_000,
+    };
+    write("announcement", "dynamic", &encode(&announcement).unwrap());
+    let mains = Announcement {
+        energy: EnergyState::mains(),
+        ..announcement
+    };
+    write("announcement", "mains", &encode(&mains).unwrap());
+
+    // tensor_frame input: dim (u16 LE), mode byte (bit 0: re-seal the checksum), postcard frame
+    for (name, f, dim) in [
+        ("f32", frame(2, 3, DType::F32), 3u16),
+        ("f16", frame(1, 4, DType::F16), 4),
+    ] {
+        let mut bytes = dim.to_le_bytes().to_vec();
+        bytes.push(0);
+        bytes.extend_from_slice(&postcard::to_allocvec(&f).unwrap());
+        write("tensor_frame", name, &bytes);
+    }
+}
