@@ -306,12 +306,14 @@ impl GgufFile {
             end: info.offset.saturating_add(n_bytes),
             len: data_len,
         };
-        let end = info.offset.checked_add(n_bytes).ok_or_else(out_of_bounds)?;
-        if end > data_len {
+        // Checked against the file itself too: a header that ends before its own data section
+        // (a large alignment, a cut file) leaves `data_offset` past the end.
+        let start = self.data_offset.saturating_add(info.offset);
+        let stop = start.checked_add(n_bytes).ok_or_else(out_of_bounds)?;
+        if stop > self.storage.len() as u64 {
             return Err(out_of_bounds());
         }
-        let start = (self.data_offset + info.offset) as usize;
-        Ok(&self.storage[start..start + n_bytes as usize])
+        Ok(&self.storage[start as usize..stop as usize])
     }
 
     /// Dequantizes one tensor to f32, row-major with shape `info.shape()` (numpy order, i.e. ggml
@@ -697,6 +699,23 @@ mod tests {
             g.tensors().map(|t| t.name.as_str()).collect::<Vec<_>>(),
             ["w", "v"]
         );
+    }
+
+    #[test]
+    fn empty_tensor_past_the_end_of_the_file_is_an_error() {
+        let tensors = vec![GgufTensorData::f32("z", vec![0], &[]).unwrap()];
+        let mut bytes = gguf_bytes(&[], &tensors).unwrap();
+        let g = GgufFile::from_bytes(bytes.clone()).unwrap();
+        let header_end = g.data_offset() as usize;
+        // Cut the file inside the padding before the (empty) data section.
+        bytes.truncate(header_end.saturating_sub(1).max(1));
+        let g = GgufFile::from_bytes(bytes).expect("the header itself is whole");
+        let z = g.tensor("z").unwrap().clone();
+        assert!(g.data_offset() as usize > g.storage.len());
+        assert!(matches!(
+            g.tensor_bytes(&z),
+            Err(GgufError::TensorOutOfBounds { .. })
+        ));
     }
 
     #[test]

@@ -256,6 +256,53 @@ fn admit(
     Ok((permit, kv, job))
 }
 
+/// Why [`send_open`] got no answer.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum OpenError {
+    #[error("cannot open a stream: {0}")]
+    Unreachable(String),
+    #[error(transparent)]
+    Frame(#[from] FrameError),
+}
+
+/// Attempts at an open whose stream the peer dropped unread.
+const OPEN_ATTEMPTS: u32 = 4;
+
+/// Opens an activation stream to `peer`, sends `open` and reads the answer. libp2p-stream
+/// hands a node one inbound stream at a time and drops one that arrives while the previous is
+/// still being accepted (a burst of opens on a busy machine); the opener sees the stream end
+/// before any answer, and nothing was opened on the peer, so that case is retried.
+pub async fn send_open(
+    net: &Network,
+    peer: PeerId,
+    open: &OpenSession,
+) -> Result<(Stream, Response), OpenError> {
+    let request = Request::Open(open.clone());
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let mut s = net
+            .control()
+            .open_stream(peer, protocol())
+            .await
+            .map_err(|e| OpenError::Unreachable(e.to_string()))?;
+        let mut buf = Vec::new();
+        let answer = match write_message(&mut s, &request).await {
+            Ok(()) => read_message::<_, Response>(&mut s, &mut buf).await,
+            Err(e) => Err(e),
+        };
+        match answer {
+            Ok(r) => return Ok((s, r)),
+            Err(FrameError::Closed) if attempt < OPEN_ATTEMPTS => {
+                debug!(%peer, attempt, "open stream dropped unread; retrying");
+                tokio::time::sleep(Duration::from_millis(5 << attempt)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
 /// Opens the session on the next hop of the route and waits for its answer.
 async fn open_next(ctx: &SessionCtx, open: &OpenSession) -> Result<Stream, WireError> {
     let hop = open.hop;
@@ -276,27 +323,19 @@ async fn open_next(ctx: &SessionCtx, open: &OpenSession) -> Result<Stream, WireE
         .await
         .map_err(|e| fail(e.to_string()))?;
     let fut = async {
-        let mut down = ctx
-            .net
-            .control()
-            .open_stream(peer, protocol())
-            .await
-            .map_err(|e| fail(format!("cannot reach next hop {peer}: {e}")))?;
         let mut msg = open.clone();
         msg.hop = hop + 1;
-        write_message(&mut down, &Request::Open(msg))
+        let (down, answer) = send_open(&ctx.net, peer, &msg)
             .await
             .map_err(|e| fail(format!("next hop {peer}: {e}")))?;
-        let mut buf = Vec::new();
-        match read_message::<_, Response>(&mut down, &mut buf).await {
-            Ok(Response::Opened { session }) if session == open.session => Ok(down),
+        match answer {
+            Response::Opened { session } if session == open.session => Ok(down),
             // A later hop's refusal travels back unchanged: the client learns which hop and why.
-            Ok(Response::Error(e)) => Err(e),
-            Ok(other) => Err(fail(format!(
+            Response::Error(e) => Err(e),
+            other => Err(fail(format!(
                 "next hop {peer} answered the open with {}",
                 kind_of(&other)
             ))),
-            Err(e) => Err(fail(format!("next hop {peer}: {e}"))),
         }
     };
     match tokio::time::timeout(ctx.next_hop_timeout, fut).await {

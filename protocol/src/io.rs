@@ -56,9 +56,16 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
             max: MAX_MESSAGE_BYTES,
         });
     }
+    // The buffer grows with the bytes that actually arrive: a peer that claims a large frame
+    // and sends little costs what it sent, not the claimed length.
     buf.clear();
-    buf.resize(len, 0);
-    r.read_exact(buf).await?;
+    let got = r.take(len as u64).read_to_end(buf).await?;
+    if got < len {
+        return Err(FrameError::Io(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!("frame cut short: {got} of {len} bytes"),
+        )));
+    }
     Ok(())
 }
 
@@ -102,6 +109,23 @@ mod tests {
                 read_message::<_, Request>(&mut r, &mut buf).await,
                 Err(FrameError::Closed)
             ));
+        });
+    }
+
+    #[test]
+    fn a_large_claim_with_a_short_body_allocates_only_what_arrived() {
+        block_on(async {
+            let mut bytes = ((MAX_MESSAGE_BYTES - 1) as u32).to_le_bytes().to_vec();
+            bytes.extend_from_slice(&[1, 2, 3, 4]);
+            let mut r = Cursor::new(bytes);
+            let mut buf = Vec::new();
+            match read_frame(&mut r, &mut buf).await {
+                Err(FrameError::Io(e)) => {
+                    assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof)
+                }
+                other => panic!("expected a cut-short frame, got {other:?}"),
+            }
+            assert!(buf.capacity() < 1 << 16, "capacity {}", buf.capacity());
         });
     }
 

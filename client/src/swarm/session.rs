@@ -9,7 +9,7 @@ use libp2p::{Multiaddr, PeerId};
 use serde::Serialize;
 use sunswarm_models::HiddenStates;
 use sunswarm_node::net::Network;
-use sunswarm_node::session::protocol;
+use sunswarm_node::session::{OpenError, send_open};
 use sunswarm_protocol::io::{read_message, write_message};
 use sunswarm_protocol::{
     DType, ErrorKind, Forward, Hop, HopTiming, ModelDigest, OpenSession, Request, Response,
@@ -106,11 +106,6 @@ impl SwarmSession {
         net.add_addresses(first, addrs)
             .await
             .map_err(|e| unreachable(e.to_string()))?;
-        let mut stream = net
-            .control()
-            .open_stream(first, protocol())
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
         let session = SessionId(rand::random());
         let open = OpenSession {
             session,
@@ -120,18 +115,14 @@ impl SwarmSession {
             dtype,
             max_tokens,
         };
-        let stream_err = |e: &dyn std::fmt::Display| SessionError::Stream {
-            peer: first,
-            reason: e.to_string(),
-        };
-        write_message(&mut stream, &Request::Open(open))
-            .await
-            .map_err(|e| stream_err(&e))?;
-        let mut buf = Vec::new();
-        match read_message::<_, Response>(&mut stream, &mut buf)
-            .await
-            .map_err(|e| stream_err(&e))?
-        {
+        let (stream, answer) = send_open(net, first, &open).await.map_err(|e| match e {
+            OpenError::Unreachable(reason) => unreachable(reason),
+            other => SessionError::Stream {
+                peer: first,
+                reason: other.to_string(),
+            },
+        })?;
+        match answer {
             Response::Opened { session: s } if s == session => {}
             Response::Error(e) => return Err(SessionError::Refused(e)),
             other => {
@@ -146,7 +137,7 @@ impl SwarmSession {
             session,
             dtype,
             stream,
-            buf,
+            buf: Vec::new(),
             step: 0,
             position: 0,
             history: Vec::new(),
