@@ -120,6 +120,16 @@ impl Drop for RunningClient {
     }
 }
 
+/// How much text the client streams before the kill: 1 byte by default (right after the first
+/// token); the recovery benchmark sets `FAILOVER_KILL_AFTER_BYTES` to kill later, when more
+/// decode steps must be replayed.
+fn kill_after_bytes() -> usize {
+    std::env::var("FAILOVER_KILL_AFTER_BYTES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+}
+
 /// The peer id of hop `hop` in a `route: 0..10 @ PEER -> 10..20 @ PEER -> ...` line.
 fn hop_peer(line: &str, hop: usize) -> String {
     let hops: Vec<&str> = line.trim_start_matches("route: ").split(" -> ").collect();
@@ -171,7 +181,7 @@ async fn killing_the_replica_on_the_route_mid_generation_leaves_the_text_unchang
             .unwrap_or_else(|| panic!("hop 1 {victim_peer} is not a testnet node: {route}"));
         assert_eq!(net.nodes[victim].blocks, middle);
         // Some tokens out, most still to come: the kill lands mid-generation.
-        client.wait_stdout(1, Duration::from_secs(60));
+        client.wait_stdout(kill_after_bytes(), Duration::from_secs(60));
         net.stop_node(victim, true);
         let out = client.finish(Duration::from_secs(120));
         assert_eq!(
