@@ -168,6 +168,7 @@ impl<'a> ResilientSession<'a> {
         let mut failed_at: Option<(Instant, usize, String, String)> = None;
         let mut replayed = 0;
         let mut times = RepairTimes::default();
+        let mut retries = 0;
         loop {
             let err = match self.session.forward_hidden(input).await {
                 Ok(out) => {
@@ -193,7 +194,10 @@ impl<'a> ResilientSession<'a> {
                 }
                 Err(e) => e,
             };
-            if self.failovers.len() >= MAX_FAILOVERS {
+            // Repairs that succeeded before, and repaired routes that failed again on this very
+            // forward, both count: a generation never loops on a swarm that keeps failing.
+            retries += 1;
+            if self.failovers.len() + retries > MAX_FAILOVERS {
                 return Err(err).context(format!("after {MAX_FAILOVERS} failovers"));
             }
             let hop = failed_hop(self.route(), &err);
