@@ -146,11 +146,14 @@ impl SwarmClient {
             .unwrap_or_default();
         let attempt = |anns: &[Announcement]| {
             let repair = route::repair_candidates(anns, route, failed, avoid);
-            plan_hops(&repair, n_layers, policy).or_else(|_| {
-                let mut any = anns.to_vec();
-                any.retain(|a| !avoid.contains(&a.peer_id));
-                plan_hops(&any, n_layers, policy)
-            })
+            plan_hops(&repair, n_layers, policy)
+                .or_else(|_| {
+                    let mut any = anns.to_vec();
+                    any.retain(|a| !avoid.contains(&a.peer_id));
+                    plan_hops(&any, n_layers, policy)
+                })
+                // Last resort: a failed peer again (it may have failed only for the moment).
+                .or_else(|_| plan_hops(anns, n_layers, policy))
         };
         if let Ok(hops) = attempt(&cached) {
             return Ok(hops);
@@ -179,9 +182,14 @@ impl SwarmClient {
     ) -> Result<Vec<Hop>> {
         let until = Instant::now() + ROUTE_DEADLINE;
         loop {
-            let mut anns = self.discover(model_id, n_layers).await?;
-            anns.retain(|a| !avoid.contains(&a.peer_id));
-            match plan_hops(&anns, n_layers, policy) {
+            let anns = self.discover(model_id, n_layers).await?;
+            let mut avoiding = anns.clone();
+            avoiding.retain(|a| !avoid.contains(&a.peer_id));
+            // Avoided peers are a last resort, not a ban: a peer that failed once (a connection
+            // reset under load) is still better than no route when it is the only one left.
+            match plan_hops(&avoiding, n_layers, policy)
+                .or_else(|_| plan_hops(&anns, n_layers, policy))
+            {
                 Ok(hops) => return Ok(hops),
                 Err(e) if Instant::now() >= until => return Err(e.into()),
                 Err(e) => tracing::debug!("no route yet ({e}); looking again"),
