@@ -79,7 +79,8 @@ fn ms_since(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1e3
 }
 
-fn peer_name(h: Option<&Hop>) -> String {
+/// A hop's peer id as text (`?` if the bytes are not a peer id).
+pub(crate) fn peer_name(h: Option<&Hop>) -> String {
     h.and_then(|h| PeerId::from_bytes(&h.peer_id).ok())
         .map(|p| p.to_string())
         .unwrap_or_else(|| "?".into())

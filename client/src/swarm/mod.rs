@@ -11,7 +11,7 @@ pub mod session;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use libp2p::{Multiaddr, PeerId};
+use libp2p::Multiaddr;
 use serde::Serialize;
 use sunswarm_energy::policy::{Policy, PolicyKind};
 use sunswarm_models::{BackendKind, Model, ModelSource, device};
@@ -147,27 +147,12 @@ impl SwarmClient {
         let attempt = |anns: &[Announcement]| {
             let repair = route::repair_candidates(anns, route, failed, avoid);
             plan_hops(&repair, n_layers, policy)
-                .or_else(|_| {
-                    let mut any = anns.to_vec();
-                    any.retain(|a| !avoid.contains(&a.peer_id));
-                    plan_hops(&any, n_layers, policy)
-                })
-                // Last resort: a failed peer again (it may have failed only for the moment).
-                .or_else(|_| plan_hops(anns, n_layers, policy))
+                .or_else(|_| plan_avoiding(anns, n_layers, policy, avoid))
         };
         if let Ok(hops) = attempt(&cached) {
             return Ok(hops);
         }
-        let until = Instant::now() + ROUTE_DEADLINE;
-        loop {
-            let anns = self.discover(model_id, n_layers).await?;
-            match attempt(&anns) {
-                Ok(hops) => return Ok(hops),
-                Err(e) if Instant::now() >= until => return Err(e.into()),
-                Err(e) => tracing::debug!("no replacement yet ({e}); looking again"),
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        self.plan_until_covered(model_id, n_layers, attempt).await
     }
 
     /// Discovers and chooses a route. The DHT is eventually consistent (a lookup on a loaded
@@ -180,16 +165,24 @@ impl SwarmClient {
         policy: &dyn Policy,
         avoid: &[Vec<u8>],
     ) -> Result<Vec<Hop>> {
+        self.plan_until_covered(model_id, n_layers, |anns| {
+            plan_avoiding(anns, n_layers, policy, avoid)
+        })
+        .await
+    }
+
+    /// Discovers again and again until `plan` finds a route in the live announcements, for up
+    /// to [`ROUTE_DEADLINE`].
+    async fn plan_until_covered(
+        &self,
+        model_id: &ModelDigest,
+        n_layers: u32,
+        plan: impl Fn(&[Announcement]) -> Result<Vec<Hop>, route::RouteError>,
+    ) -> Result<Vec<Hop>> {
         let until = Instant::now() + ROUTE_DEADLINE;
         loop {
             let anns = self.discover(model_id, n_layers).await?;
-            let mut avoiding = anns.clone();
-            avoiding.retain(|a| !avoid.contains(&a.peer_id));
-            // Avoided peers are a last resort, not a ban: a peer that failed once (a connection
-            // reset under load) is still better than no route when it is the only one left.
-            match plan_hops(&avoiding, n_layers, policy)
-                .or_else(|_| plan_hops(&anns, n_layers, policy))
-            {
+            match plan(&anns) {
                 Ok(hops) => return Ok(hops),
                 Err(e) if Instant::now() >= until => return Err(e.into()),
                 Err(e) => tracing::debug!("no route yet ({e}); looking again"),
@@ -240,6 +233,23 @@ impl SwarmClient {
         let _ = self.net.shutdown(Duration::from_millis(0)).await;
         let _ = self.event_loop.await;
     }
+}
+
+/// A route that leaves out the peers in `avoid` if one exists. Avoided peers are a last resort,
+/// not a ban: a peer that failed once (a connection reset under load) is still better than no
+/// route when it is the only one left.
+fn plan_avoiding(
+    anns: &[Announcement],
+    n_layers: u32,
+    policy: &dyn Policy,
+    avoid: &[Vec<u8>],
+) -> Result<Vec<Hop>, route::RouteError> {
+    let avoiding: Vec<Announcement> = anns
+        .iter()
+        .filter(|a| !avoid.contains(&a.peer_id))
+        .cloned()
+        .collect();
+    plan_hops(&avoiding, n_layers, policy).or_else(|_| plan_hops(anns, n_layers, policy))
 }
 
 /// [`route::plan`] as the hops of a route.
@@ -374,9 +384,7 @@ pub async fn generate_via_swarm(args: &GenerateArgs) -> Result<()> {
         .route()
         .iter()
         .map(|h| RouteEntry {
-            peer: PeerId::from_bytes(&h.peer_id)
-                .map(|p| p.to_string())
-                .unwrap_or_default(),
+            peer: failover::peer_name(Some(h)),
             blocks: [h.blocks.start, h.blocks.end],
         })
         .collect();

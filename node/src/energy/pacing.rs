@@ -83,8 +83,11 @@ impl JobTicket {
                     return;
                 }
                 Err(()) => {
-                    let rx = self.phase.as_mut().expect("only paced tickets wait");
-                    // The sender goes away only with the energy source: stop pacing then.
+                    // Only paced tickets wait. The sender goes away only with the energy source:
+                    // stop pacing then.
+                    let Some(rx) = self.phase.as_mut() else {
+                        return;
+                    };
                     if rx.changed().await.is_err() {
                         return;
                     }
