@@ -55,7 +55,7 @@ impl LlamaConfig {
                 return bad(field, "must be positive".into());
             }
         }
-        if self.n_heads % self.n_kv_heads != 0 {
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             return bad(
                 "n_kv_heads",
                 format!(
@@ -64,7 +64,10 @@ impl LlamaConfig {
                 ),
             );
         }
-        if self.head_dim % 2 != 0 || self.rope_dim % 2 != 0 || self.rope_dim > self.head_dim {
+        if !self.head_dim.is_multiple_of(2)
+            || !self.rope_dim.is_multiple_of(2)
+            || self.rope_dim > self.head_dim
+        {
             return bad(
                 "rope_dim",
                 format!(

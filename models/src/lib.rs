@@ -15,6 +15,7 @@ pub mod config;
 pub mod gguf;
 pub mod llama;
 pub mod model;
+pub(crate) mod packed;
 pub mod quant;
 pub mod rng;
 pub mod rope;

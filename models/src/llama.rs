@@ -14,6 +14,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 
 use crate::ModelError;
 use crate::config::LlamaConfig;
+use crate::packed::PackedMatrix;
 use crate::rope::RopeTables;
 
 /// Hidden states of a run of consecutive tokens, row-major `[n_tokens, dim]`: the currency passed
@@ -141,6 +142,19 @@ impl BlockRange {
         &self.device
     }
 
+    /// Bytes the blocks' linear-layer weights occupy (packed on the CPU, f32 elsewhere).
+    pub fn weight_bytes(&self) -> usize {
+        self.blocks
+            .iter()
+            .map(|b| {
+                [&b.wqkv, &b.wo, &b.w_gate_up, &b.w_down]
+                    .map(Linear::bytes)
+                    .iter()
+                    .sum::<usize>()
+            })
+            .sum()
+    }
+
     pub fn new_cache(&self) -> KvCache {
         KvCache {
             layers: (0..self.blocks.len()).map(|_| None).collect(),
@@ -154,11 +168,14 @@ impl BlockRange {
         cache: &mut KvCache,
         input: &HiddenStates,
     ) -> Result<HiddenStates, ModelError> {
-        let x = self.forward_tensor(
-            cache,
-            self.check_input(cache, input)?.to_tensor(&self.device),
-        )?;
-        HiddenStates::from_tensor(x)
+        let input = self.check_input(cache, input)?;
+        // On a pool thread, so that the products' parallel parts start on this thread and the
+        // other workers instead of handing every product over to the pool and sleeping until
+        // it is done (a futex round trip per product, 16 % of the CPU time in system calls).
+        rayon::scope(|_| {
+            let x = self.forward_tensor(cache, input.to_tensor(&self.device))?;
+            HiddenStates::from_tensor(x)
+        })
     }
 
     fn check_input<'a>(
@@ -212,7 +229,7 @@ impl BlockRange {
         );
         for (i, block) in self.blocks.iter().enumerate() {
             let _span = tracing::trace_span!("block", index = self.range.start + i).entered();
-            x = self.block_forward(block, &mut cache.layers[i], x, &cos, &sin, mask.as_ref());
+            x = self.block_forward(block, &mut cache.layers[i], x, &cos, &sin, mask.as_ref())?;
         }
         cache.len += n;
         Ok(x)
@@ -226,14 +243,14 @@ impl BlockRange {
         cos: &Tensor<4>,
         sin: &Tensor<4>,
         mask: Option<&Tensor<4>>,
-    ) -> Tensor<3> {
+    ) -> Result<Tensor<3>, ModelError> {
         let cfg = &*self.cfg;
         let [_, n, d] = x.dims();
         let (hd, nh, nkv) = (cfg.head_dim, cfg.n_heads, cfg.n_kv_heads);
         let group = nh / nkv;
 
         let h = rms_norm(x.clone(), &w.attn_norm, cfg.rms_norm_eps);
-        let qkv = linear(h, &w.wqkv);
+        let qkv = linear(h, &w.wqkv)?;
         let q = qkv.clone().narrow(2, 0, nh * hd);
         let k = qkv.clone().narrow(2, nh * hd, nkv * hd);
         let v = qkv.narrow(2, (nh + nkv) * hd, nkv * hd);
@@ -266,17 +283,17 @@ impl BlockRange {
             .reshape([1, nh, n, hd])
             .swap_dims(1, 2)
             .reshape([1, n, nh * hd]);
-        let x = x.add(linear(attn, &w.wo));
+        let x = x.add(linear(attn, &w.wo)?);
 
         let h = rms_norm(x.clone(), &w.ffn_norm, cfg.rms_norm_eps);
-        let gu = linear(h, &w.w_gate_up);
+        let gu = linear(h, &w.w_gate_up)?;
         let ffn = cfg.intermediate_size;
         let gate = gu.clone().narrow(2, 0, ffn);
         let up = gu.narrow(2, ffn, ffn);
         let act = silu(gate).mul(up);
-        let out = linear(act, &w.w_down);
+        let out = linear(act, &w.w_down)?;
         debug_assert_eq!(out.dims(), [1, n, d]);
-        x.add(out)
+        Ok(x.add(out))
     }
 }
 
@@ -305,79 +322,110 @@ fn causal_mask(start: usize, n: usize, group: usize, device: &Device) -> Option<
     ))
 }
 
-/// A linear layer's `[out, in]` weight, stored as row blocks. On the CPU a one-token product is
-/// a matrix-vector product that flex runs on one thread, and decoding is bound by reading the
-/// weights; splitting the rows over the cores lets each core stream its share.
-pub(crate) struct Linear {
-    parts: Vec<Tensor<2>>,
-    rows_per_part: usize,
-    out: usize,
+/// A linear layer's `[out, in]` weight. On the CPU it stays in its packed (often quantized) form
+/// and our kernels multiply it: a one-token product is a matrix-vector product bound by reading
+/// the weight, which flex ran on gemm's general kernel at well under the memory bandwidth
+/// (BENCHMARKS.md, Models). Other devices get an f32 tensor.
+pub(crate) enum Linear {
+    Packed {
+        weight: PackedMatrix,
+        device: Device,
+    },
+    Tensor {
+        weight: Box<Tensor<2>>,
+        out: usize,
+    },
 }
 
 impl Linear {
-    pub(crate) fn new(data: Vec<f32>, out: usize, inp: usize, device: &Device) -> Self {
-        debug_assert_eq!(data.len(), out * inp);
-        let n_parts = if *device == Device::flex() {
-            rayon::current_num_threads().clamp(1, 8)
+    pub(crate) fn new(weight: PackedMatrix, device: &Device) -> Self {
+        if *device == Device::flex() {
+            Linear::Packed {
+                weight,
+                device: device.clone(),
+            }
         } else {
-            1
-        };
-        let rows_per_part = out.div_ceil(n_parts);
-        let parts = data
-            .chunks(rows_per_part * inp)
-            .map(|rows| {
-                Tensor::from_data(
-                    TensorData::new(rows.to_vec(), [rows.len() / inp, inp]),
+            let (out, inp) = (weight.rows(), weight.cols());
+            Linear::Tensor {
+                weight: Box::new(Tensor::from_data(
+                    TensorData::new(weight.to_f32(), [out, inp]),
                     device,
-                )
-            })
-            .collect();
-        Self {
-            parts,
-            rows_per_part,
-            out,
+                )),
+                out,
+            }
         }
     }
 
-    /// `x @ w^T` for `[n, in]`. The products run in 2-D so that flex reads the transposed weight
-    /// through strides; a batched 3-D product copied the whole weight on every call (measured:
-    /// most of the decode time).
-    fn forward2(&self, x: Tensor<2>) -> Tensor<2> {
-        if self.parts.len() == 1 {
-            return x.matmul(self.parts[0].clone().transpose());
+    fn bytes(&self) -> usize {
+        match self {
+            Linear::Packed { weight, .. } => weight.bytes(),
+            Linear::Tensor { weight, .. } => weight.shape().num_elements() * 4,
         }
-        use rayon::prelude::*;
-        let outs: Vec<Tensor<2>> = self
-            .parts
-            .par_iter()
-            .map(|p| x.clone().matmul(p.clone().transpose()))
-            .collect();
-        Tensor::cat(outs, 1)
     }
 
-    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+    fn out(&self) -> usize {
+        match self {
+            Linear::Packed { weight, .. } => weight.rows(),
+            Linear::Tensor { out, .. } => *out,
+        }
+    }
+
+    /// `x @ w^T` for `[n, in]`. The tensor product runs in 2-D so that the transposed weight is
+    /// read through strides; a batched 3-D product copied the whole weight on every call.
+    fn forward2(&self, x: Tensor<2>) -> Result<Tensor<2>, ModelError> {
+        match self {
+            Linear::Tensor { weight, .. } => Ok(x.matmul((**weight).clone().transpose())),
+            Linear::Packed { weight, device } => {
+                let [n, k] = x.dims();
+                if k != weight.cols() {
+                    return Err(ModelError::BadInput(format!(
+                        "a linear layer of width {} got inputs of width {k}",
+                        weight.cols()
+                    )));
+                }
+                let x = x
+                    .try_into_vec_as::<f32>()
+                    .map_err(|e| ModelError::Backend(format!("{e:?}")))?;
+                let mut out = vec![0f32; n * weight.rows()];
+                weight.matmul(&x, n, &mut out);
+                Ok(Tensor::from_data(
+                    TensorData::new(out, [n, weight.rows()]),
+                    device,
+                ))
+            }
+        }
+    }
+
+    fn forward(&self, x: Tensor<3>) -> Result<Tensor<3>, ModelError> {
         let [b, n, k] = x.dims();
-        self.forward2(x.reshape([b * n, k]))
-            .reshape([b, n, self.out])
+        Ok(self
+            .forward2(x.reshape([b * n, k]))?
+            .reshape([b, n, self.out()]))
     }
 
     /// Rows `ids` of the weight, e.g. embeddings from a tied LM head.
     fn rows(&self, ids: &[u32]) -> Tensor<2> {
-        let rows = ids
-            .iter()
-            .map(|&id| {
-                let (p, r) = (
-                    id as usize / self.rows_per_part,
-                    id as usize % self.rows_per_part,
-                );
-                self.parts[p].clone().narrow(0, r, 1)
-            })
-            .collect();
-        Tensor::cat(rows, 0)
+        match self {
+            Linear::Tensor { weight, .. } => {
+                let rows = ids
+                    .iter()
+                    .map(|&id| (**weight).clone().narrow(0, id as usize, 1))
+                    .collect();
+                Tensor::cat(rows, 0)
+            }
+            Linear::Packed { weight, device } => {
+                let cols = weight.cols();
+                let mut data = vec![0f32; ids.len() * cols];
+                for (&id, row) in ids.iter().zip(data.chunks_exact_mut(cols)) {
+                    weight.dequantize_row(id as usize, row);
+                }
+                Tensor::from_data(TensorData::new(data, [ids.len(), cols]), device)
+            }
+        }
     }
 }
 
-fn linear(x: Tensor<3>, w: &Linear) -> Tensor<3> {
+fn linear(x: Tensor<3>, w: &Linear) -> Result<Tensor<3>, ModelError> {
     w.forward(x)
 }
 
@@ -449,13 +497,14 @@ impl Head {
         HiddenStates::from_tensor(self.embed_tensor(ids)?)
     }
 
-    pub(crate) fn logits_last_tensor(&self, hidden: Tensor<3>) -> Tensor<1> {
+    pub(crate) fn logits_last_tensor(&self, hidden: Tensor<3>) -> Result<Tensor<1>, ModelError> {
         let [_, n, d] = hidden.dims();
         let last = hidden.narrow(1, n - 1, 1);
         let normed = rms_norm(last, &self.norm, self.cfg.rms_norm_eps);
-        self.lm_head
-            .forward2(normed.reshape([1, d]))
-            .reshape([self.cfg.vocab_size])
+        Ok(self
+            .lm_head
+            .forward2(normed.reshape([1, d]))?
+            .reshape([self.cfg.vocab_size]))
     }
 
     /// Logits of the last token of `hidden` (the output of the last block).
@@ -469,8 +518,10 @@ impl Head {
                 hidden.n_tokens, hidden.dim, self.cfg.hidden_size
             )));
         }
-        let t = self.logits_last_tensor(hidden.to_tensor(&self.device));
-        t.try_into_vec_as::<f32>()
-            .map_err(|e| ModelError::Backend(format!("{e:?}")))
+        rayon::scope(|_| {
+            let t = self.logits_last_tensor(hidden.to_tensor(&self.device))?;
+            t.try_into_vec_as::<f32>()
+                .map_err(|e| ModelError::Backend(format!("{e:?}")))
+        })
     }
 }

@@ -13,6 +13,7 @@ use crate::ModelError;
 use crate::config::LlamaConfig;
 use crate::gguf::{GgufFile, GgufValue};
 use crate::llama::{BlockRange, BlockWeights, Head, Linear};
+use crate::packed::PackedMatrix;
 use crate::source::{self, ModelSource};
 use crate::tokenizer::TextTokenizer;
 use crate::weights::{F32Tensor, GgufWeights, RandomWeights, SafetensorsWeights, WeightSource};
@@ -201,6 +202,10 @@ impl Model {
         ))
     }
 
+    fn packed(&self, name: &str, rows: usize, cols: usize) -> Result<PackedMatrix, ModelError> {
+        self.weights.load_packed(name, rows, cols)
+    }
+
     fn tensor1(&self, name: &str, len: usize, device: &Device) -> Result<Tensor<1>, ModelError> {
         let t = self.tensor(name, &[len])?;
         Ok(Tensor::from_data(TensorData::new(t.data, [len]), device))
@@ -232,32 +237,23 @@ impl Model {
         for i in range.clone() {
             let _span = tracing::debug_span!("load_block", index = i).entered();
             let name = |part: &str| format!("blk.{i}.{part}.weight");
-            let mut qkv = self.tensor(&name("attn_q"), &[c.q_dim(), d])?.data;
-            qkv.extend(self.tensor(&name("attn_k"), &[c.kv_dim(), d])?.data);
-            qkv.extend(self.tensor(&name("attn_v"), &[c.kv_dim(), d])?.data);
-            let mut gate_up = self
-                .tensor(&name("ffn_gate"), &[c.intermediate_size, d])?
-                .data;
-            gate_up.extend(
-                self.tensor(&name("ffn_up"), &[c.intermediate_size, d])?
-                    .data,
-            );
+            let qkv = PackedMatrix::concat_rows(vec![
+                self.packed(&name("attn_q"), c.q_dim(), d)?,
+                self.packed(&name("attn_k"), c.kv_dim(), d)?,
+                self.packed(&name("attn_v"), c.kv_dim(), d)?,
+            ])?;
+            let gate_up = PackedMatrix::concat_rows(vec![
+                self.packed(&name("ffn_gate"), c.intermediate_size, d)?,
+                self.packed(&name("ffn_up"), c.intermediate_size, d)?,
+            ])?;
             blocks.push(BlockWeights {
                 attn_norm: self.tensor1(&name("attn_norm"), d, device)?,
-                wqkv: Linear::new(qkv, c.q_dim() + 2 * c.kv_dim(), d, device),
-                wo: Linear::new(
-                    self.tensor(&name("attn_output"), &[d, c.q_dim()])?.data,
-                    d,
-                    c.q_dim(),
-                    device,
-                ),
+                wqkv: Linear::new(qkv, device),
+                wo: Linear::new(self.packed(&name("attn_output"), d, c.q_dim())?, device),
                 ffn_norm: self.tensor1(&name("ffn_norm"), d, device)?,
-                w_gate_up: Linear::new(gate_up, 2 * c.intermediate_size, d, device),
+                w_gate_up: Linear::new(gate_up, device),
                 w_down: Linear::new(
-                    self.tensor(&name("ffn_down"), &[d, c.intermediate_size])?
-                        .data,
-                    d,
-                    c.intermediate_size,
+                    self.packed(&name("ffn_down"), d, c.intermediate_size)?,
                     device,
                 ),
             });
@@ -275,21 +271,14 @@ impl Model {
         let c = &*self.cfg;
         let norm = self.tensor1("output_norm.weight", c.hidden_size, device)?;
         let (embedding, lm_head) = if self.weights.has("output.weight") {
-            let head = self
-                .tensor("output.weight", &[c.vocab_size, c.hidden_size])?
-                .data;
+            let head = self.packed("output.weight", c.vocab_size, c.hidden_size)?;
             (
                 Some(self.tensor2("token_embd.weight", c.vocab_size, c.hidden_size, device)?),
-                Linear::new(head, c.vocab_size, c.hidden_size, device),
+                Linear::new(head, device),
             )
         } else {
-            let table = self
-                .tensor("token_embd.weight", &[c.vocab_size, c.hidden_size])?
-                .data;
-            (
-                None,
-                Linear::new(table, c.vocab_size, c.hidden_size, device),
-            )
+            let table = self.packed("token_embd.weight", c.vocab_size, c.hidden_size)?;
+            (None, Linear::new(table, device))
         };
         Ok(Head::new(
             self.cfg.clone(),

@@ -14,6 +14,7 @@ use safetensors::SafeTensors;
 use crate::ModelError;
 use crate::config::LlamaConfig;
 use crate::gguf::GgufFile;
+use crate::packed::PackedMatrix;
 use crate::rng::SplitMix64;
 
 /// A tensor as f32 values, row-major, with its shape.
@@ -26,6 +27,30 @@ pub(crate) trait WeightSource: Send + Sync {
     /// Loads one tensor by its GGUF name.
     fn load(&self, name: &str) -> Result<F32Tensor, ModelError>;
     fn has(&self, name: &str) -> bool;
+
+    /// Loads a 2-D weight in the most compact form the CPU kernels multiply directly (its
+    /// quantized blocks where the source has them), checking its shape.
+    fn load_packed(
+        &self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+    ) -> Result<PackedMatrix, ModelError> {
+        let t = self.load(name)?;
+        check_shape(name, &t.shape, rows, cols)?;
+        PackedMatrix::from_f32(t.data, rows, cols)
+    }
+}
+
+fn check_shape(name: &str, shape: &[usize], rows: usize, cols: usize) -> Result<(), ModelError> {
+    if shape != [rows, cols] {
+        return Err(ModelError::WrongShape {
+            tensor: name.to_string(),
+            got: shape.to_vec(),
+            expected: vec![rows, cols],
+        });
+    }
+    Ok(())
 }
 
 /// Tensors of a GGUF file. Q and K projection rows are un-permuted from llama.cpp's interleaved
@@ -53,6 +78,29 @@ impl WeightSource for GgufWeights {
     fn has(&self, name: &str) -> bool {
         self.file.tensor(name).is_some()
     }
+
+    fn load_packed(
+        &self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+    ) -> Result<PackedMatrix, ModelError> {
+        let info = self
+            .file
+            .tensor(name)
+            .ok_or_else(|| ModelError::MissingTensor(name.to_string()))?;
+        check_shape(name, &info.shape(), rows, cols)?;
+        let packed =
+            PackedMatrix::from_ggml(info.ggml_type, self.file.tensor_bytes(info)?, rows, cols)
+                .map_err(|e| ModelError::BadWeights(format!("{name}: {e}")))?;
+        Ok(if name.ends_with("attn_q.weight") {
+            packed.reorder_rows(&unpermuted_row_order(rows, self.n_heads)?)
+        } else if name.ends_with("attn_k.weight") {
+            packed.reorder_rows(&unpermuted_row_order(rows, self.n_kv_heads)?)
+        } else {
+            packed
+        })
+    }
 }
 
 /// Undoes the row permutation that GGUF converters apply to Q and K: within each head, GGUF row
@@ -67,26 +115,35 @@ pub(crate) fn unpermute_rows(
             "Q/K projection has shape {shape:?}, expected 2 dimensions"
         )));
     };
-    let (rows, cols) = (*rows, *cols);
-    if n_heads == 0 || rows % n_heads != 0 || (rows / n_heads) % 2 != 0 {
+    let cols = *cols;
+    if data.len() != rows * cols {
+        return Err(ModelError::BadWeights(format!(
+            "Q/K projection of shape {shape:?} holds {} values",
+            data.len()
+        )));
+    }
+    Ok(unpermuted_row_order(*rows, n_heads)?
+        .iter()
+        .flat_map(|&src| data[src * cols..(src + 1) * cols].iter().copied())
+        .collect())
+}
+
+/// For each Hugging Face row of a Q/K projection, the GGUF row that holds it.
+pub(crate) fn unpermuted_row_order(rows: usize, n_heads: usize) -> Result<Vec<usize>, ModelError> {
+    if n_heads == 0 || !rows.is_multiple_of(n_heads) || !(rows / n_heads).is_multiple_of(2) {
         return Err(ModelError::BadWeights(format!(
             "Q/K projection of {rows} rows cannot split into {n_heads} heads"
         )));
     }
     let head_dim = rows / n_heads;
     let half = head_dim / 2;
-    let mut out = vec![0.0; data.len()];
-    for h in 0..n_heads {
-        for i in 0..half {
-            for j in 0..2 {
-                let src = h * head_dim + 2 * i + j;
-                let dst = h * head_dim + j * half + i;
-                out[dst * cols..(dst + 1) * cols]
-                    .copy_from_slice(&data[src * cols..(src + 1) * cols]);
-            }
-        }
-    }
-    Ok(out)
+    Ok((0..rows)
+        .map(|dst| {
+            let (h, within) = (dst / head_dim, dst % head_dim);
+            let (j, i) = (within / half, within % half);
+            h * head_dim + 2 * i + j
+        })
+        .collect())
 }
 
 /// Maps a GGUF tensor name to its Hugging Face name.

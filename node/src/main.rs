@@ -102,6 +102,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     })
     .await?;
     let loaded = loaded?;
+    tracing::info!(
+        blocks = %blocks,
+        weight_mib = format!("{:.1}", loaded.weight_bytes() as f64 / (1 << 20) as f64),
+        "blocks loaded"
+    );
     // The node must never hold blocks outside its announced range.
     anyhow::ensure!(
         loaded.range() == blocks.as_range(),

@@ -1,0 +1,749 @@
+//! Linear-layer weights kept on the CPU in their quantized block format, with the products the
+//! blocks need: one-token matrix-vector products that dequantize as they read (decoding is bound
+//! by reading the weights, and a Q4_1 row is a sixth of its f32 bytes), and small matrix products
+//! for prompts that dequantize one row at a time into a buffer that stays in cache.
+//!
+//! Q4_0 and Q4_1 become one 4-bit form (`value = d * q + m`, with `m = -8 d` for Q4_0), Q8_0
+//! keeps its form; both store their scales as f32 so that no f16 conversion sits in the inner
+//! loop. Every other type is dequantized to f32 at load. The x86-64 kernels use AVX2 and FMA
+//! when the CPU has them (checked at run time) and portable loops otherwise.
+
+use rayon::prelude::*;
+
+use crate::ModelError;
+use crate::gguf::GgmlType;
+use crate::quant;
+
+/// Rows per task of a prompt's product: a tile of dequantized rows stays in L2.
+const PROMPT_TILE_ROWS: usize = 128;
+
+/// Values per quantized block (Q4_0, Q4_1, Q8_0).
+pub(crate) const BLOCK: usize = 32;
+
+/// 32 four-bit values: `value = d * q + m`; byte j holds value j (low nibble) and j + 16 (high).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Q4Block {
+    pub d: f32,
+    pub m: f32,
+    pub qs: [u8; 16],
+}
+
+/// 32 eight-bit values: `value = d * q`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Q8Block {
+    pub d: f32,
+    pub qs: [i8; 32],
+}
+
+#[derive(Clone, Debug, PartialEq)]
+enum Store {
+    F32(Vec<f32>),
+    Q4(Vec<Q4Block>),
+    Q8(Vec<Q8Block>),
+}
+
+/// A `[rows, cols]` weight (Hugging Face `[out, in]` layout), row-major, each row whole blocks
+/// when quantized.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct PackedMatrix {
+    rows: usize,
+    cols: usize,
+    store: Store,
+}
+
+fn half_at(b: &[u8], at: usize) -> f32 {
+    half::f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
+}
+
+impl PackedMatrix {
+    pub(crate) fn from_f32(data: Vec<f32>, rows: usize, cols: usize) -> Result<Self, ModelError> {
+        if data.len() != rows * cols {
+            return Err(ModelError::BadWeights(format!(
+                "a [{rows}, {cols}] weight needs {} values, got {}",
+                rows * cols,
+                data.len()
+            )));
+        }
+        Ok(Self {
+            rows,
+            cols,
+            store: Store::F32(data),
+        })
+    }
+
+    /// Packs a ggml tensor's bytes: Q4_0, Q4_1 and Q8_0 rows of whole blocks stay quantized,
+    /// everything else is dequantized to f32.
+    pub(crate) fn from_ggml(
+        ty: GgmlType,
+        bytes: &[u8],
+        rows: usize,
+        cols: usize,
+    ) -> Result<Self, ModelError> {
+        let n = rows * cols;
+        let type_size = match ty {
+            GgmlType::Q4_0 => 18,
+            GgmlType::Q4_1 => 20,
+            GgmlType::Q8_0 => 34,
+            _ => 0,
+        };
+        if type_size == 0 || !cols.is_multiple_of(BLOCK) {
+            let data = quant::dequantize(ty, bytes, n)
+                .map_err(|e| ModelError::BadWeights(format!("{ty} weight: {e}")))?;
+            return Self::from_f32(data, rows, cols);
+        }
+        let expected = n / BLOCK * type_size;
+        if bytes.len() != expected {
+            return Err(ModelError::BadWeights(format!(
+                "a [{rows}, {cols}] {ty} weight takes {expected} bytes, got {}",
+                bytes.len()
+            )));
+        }
+        let blocks = bytes.chunks_exact(type_size);
+        let store = match ty {
+            GgmlType::Q4_0 => Store::Q4(
+                blocks
+                    .map(|b| {
+                        let d = half_at(b, 0);
+                        Q4Block {
+                            d,
+                            m: -8.0 * d,
+                            qs: b[2..18].try_into().expect("16 bytes"),
+                        }
+                    })
+                    .collect(),
+            ),
+            GgmlType::Q4_1 => Store::Q4(
+                blocks
+                    .map(|b| Q4Block {
+                        d: half_at(b, 0),
+                        m: half_at(b, 2),
+                        qs: b[4..20].try_into().expect("16 bytes"),
+                    })
+                    .collect(),
+            ),
+            _ => Store::Q8(
+                blocks
+                    .map(|b| {
+                        let mut qs = [0i8; 32];
+                        for (q, &byte) in qs.iter_mut().zip(&b[2..34]) {
+                            *q = byte as i8;
+                        }
+                        Q8Block {
+                            d: half_at(b, 0),
+                            qs,
+                        }
+                    })
+                    .collect(),
+            ),
+        };
+        Ok(Self { rows, cols, store })
+    }
+
+    pub(crate) fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub(crate) fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Bytes the weight occupies in memory.
+    pub(crate) fn bytes(&self) -> usize {
+        match &self.store {
+            Store::F32(v) => v.len() * 4,
+            Store::Q4(v) => v.len() * size_of::<Q4Block>(),
+            Store::Q8(v) => v.len() * size_of::<Q8Block>(),
+        }
+    }
+
+    /// Whether the weight is kept quantized (as opposed to f32).
+    #[cfg(test)]
+    pub(crate) fn is_quantized(&self) -> bool {
+        !matches!(self.store, Store::F32(_))
+    }
+
+    /// Stacks weights of equal width on top of each other (Q, K and V into one product). Parts
+    /// of different formats are all dequantized.
+    pub(crate) fn concat_rows(parts: Vec<PackedMatrix>) -> Result<Self, ModelError> {
+        let Some(first) = parts.first() else {
+            return Err(ModelError::BadWeights("no weights to stack".into()));
+        };
+        let cols = first.cols;
+        if let Some(bad) = parts.iter().find(|p| p.cols != cols) {
+            return Err(ModelError::BadWeights(format!(
+                "cannot stack weights of widths {cols} and {}",
+                bad.cols
+            )));
+        }
+        let rows = parts.iter().map(|p| p.rows).sum();
+        let same = |f: fn(&Store) -> bool| parts.iter().all(|p| f(&p.store));
+        let store = if same(|s| matches!(s, Store::Q4(_))) {
+            Store::Q4(
+                parts
+                    .into_iter()
+                    .flat_map(|p| match p.store {
+                        Store::Q4(v) => v,
+                        _ => Vec::new(),
+                    })
+                    .collect(),
+            )
+        } else if same(|s| matches!(s, Store::Q8(_))) {
+            Store::Q8(
+                parts
+                    .into_iter()
+                    .flat_map(|p| match p.store {
+                        Store::Q8(v) => v,
+                        _ => Vec::new(),
+                    })
+                    .collect(),
+            )
+        } else {
+            Store::F32(parts.iter().flat_map(|p| p.to_f32()).collect())
+        };
+        Ok(Self { rows, cols, store })
+    }
+
+    /// The weight with its rows reordered: row `i` of the result is row `order[i]` of `self`.
+    pub(crate) fn reorder_rows(self, order: &[usize]) -> Self {
+        debug_assert_eq!(order.len(), self.rows);
+        fn gather<T: Copy>(v: &[T], per_row: usize, order: &[usize]) -> Vec<T> {
+            order
+                .iter()
+                .flat_map(|&r| v[r * per_row..(r + 1) * per_row].iter().copied())
+                .collect()
+        }
+        let store = match &self.store {
+            Store::F32(v) => Store::F32(gather(v, self.cols, order)),
+            Store::Q4(v) => Store::Q4(gather(v, self.cols / BLOCK, order)),
+            Store::Q8(v) => Store::Q8(gather(v, self.cols / BLOCK, order)),
+        };
+        Self { store, ..self }
+    }
+
+    /// Row `r` as f32 values into `out` (`cols` long).
+    pub(crate) fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        let nb = self.cols / BLOCK;
+        match &self.store {
+            Store::F32(v) => out.copy_from_slice(&v[r * self.cols..(r + 1) * self.cols]),
+            Store::Q4(v) => {
+                for (blk, o) in v[r * nb..(r + 1) * nb].iter().zip(out.chunks_exact_mut(32)) {
+                    for j in 0..16 {
+                        o[j] = f32::from(blk.qs[j] & 0xF) * blk.d + blk.m;
+                        o[j + 16] = f32::from(blk.qs[j] >> 4) * blk.d + blk.m;
+                    }
+                }
+            }
+            Store::Q8(v) => {
+                for (blk, o) in v[r * nb..(r + 1) * nb].iter().zip(out.chunks_exact_mut(32)) {
+                    for (o, &q) in o.iter_mut().zip(&blk.qs) {
+                        *o = f32::from(q) * blk.d;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The whole weight as f32, row-major.
+    pub(crate) fn to_f32(&self) -> Vec<f32> {
+        if let Store::F32(v) = &self.store {
+            return v.clone();
+        }
+        let mut out = vec![0f32; self.rows * self.cols];
+        for (r, row) in out.chunks_exact_mut(self.cols).enumerate() {
+            self.dequantize_row(r, row);
+        }
+        out
+    }
+
+    /// `out[n, rows] = x[n, cols] · Wᵀ`, rows split over the rayon pool.
+    pub(crate) fn matmul(&self, x: &[f32], n: usize, out: &mut [f32]) {
+        debug_assert_eq!(x.len(), n * self.cols);
+        debug_assert_eq!(out.len(), n * self.rows);
+        let k = Kernels::detect();
+        // A few chunks per thread so that a core shared with another process does not hold
+        // the whole product back.
+        let threads = rayon::current_num_threads();
+        let chunk = self.rows.div_ceil(threads * 4).max(16);
+        if n == 1 {
+            let xsum = block_sums(x);
+            out.par_chunks_mut(chunk).enumerate().for_each(|(c, out)| {
+                for (i, o) in out.iter_mut().enumerate() {
+                    *o = self.row_dot(k, c * chunk + i, x, &xsum);
+                }
+            });
+            return;
+        }
+        // Prompt: each task dequantizes a tile of rows (f32 weights are used in place) and hands
+        // it to gemm with every token, writing the transposed product, which is then turned
+        // round. Row by row dot products ran at a third of gemm's speed here.
+        let tile = PROMPT_TILE_ROWS.min(chunk);
+        let mut transposed = vec![0f32; n * self.rows];
+        let cols = self.cols;
+        transposed
+            .par_chunks_mut(tile * n)
+            .enumerate()
+            .for_each(|(c, out_t)| {
+                let (r0, tr) = (c * tile, out_t.len() / n);
+                let dequantized;
+                let w: &[f32] = match &self.store {
+                    Store::F32(v) => &v[r0 * cols..(r0 + tr) * cols],
+                    _ => {
+                        let mut buf = vec![0f32; tr * cols];
+                        for (i, row) in buf.chunks_exact_mut(cols).enumerate() {
+                            self.dequantize_row(r0 + i, row);
+                        }
+                        dequantized = buf;
+                        &dequantized
+                    }
+                };
+                // SAFETY: out_t is [tr, n] (row stride n), w is [tr, cols] (row stride cols) and
+                // x is [n, cols], read as its transpose [cols, n] (column stride cols); every
+                // index gemm forms from these sizes and strides lies inside the slices.
+                unsafe {
+                    gemm::gemm(
+                        tr,
+                        n,
+                        cols,
+                        out_t.as_mut_ptr(),
+                        1,
+                        n as isize,
+                        false,
+                        w.as_ptr(),
+                        1,
+                        cols as isize,
+                        x.as_ptr(),
+                        cols as isize,
+                        1,
+                        0.0,
+                        1.0,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    );
+                }
+            });
+        for (r, col) in transposed.chunks_exact(n).enumerate() {
+            for (t, &v) in col.iter().enumerate() {
+                out[t * self.rows + r] = v;
+            }
+        }
+    }
+
+    fn row_dot(&self, k: Kernels, r: usize, x: &[f32], xsum: &[f32]) -> f32 {
+        let nb = self.cols / BLOCK;
+        match &self.store {
+            Store::F32(v) => k.dot_f32(&v[r * self.cols..(r + 1) * self.cols], x),
+            Store::Q4(v) => k.dot_q4(&v[r * nb..(r + 1) * nb], x, xsum),
+            Store::Q8(v) => k.dot_q8(&v[r * nb..(r + 1) * nb], x),
+        }
+    }
+}
+
+/// Sums of each run of 32 values (the `m` term of a 4-bit block multiplies them).
+fn block_sums(x: &[f32]) -> Vec<f32> {
+    x.chunks(BLOCK).map(|c| c.iter().sum()).collect()
+}
+
+/// Which implementation of the inner products runs on this CPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kernels {
+    Portable,
+    #[cfg(target_arch = "x86_64")]
+    Avx2Fma,
+}
+
+impl Kernels {
+    fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            return Kernels::Avx2Fma;
+        }
+        Kernels::Portable
+    }
+
+    fn dot_f32(self, a: &[f32], b: &[f32]) -> f32 {
+        match self {
+            // SAFETY: detect() saw AVX2 and FMA on this CPU.
+            #[cfg(target_arch = "x86_64")]
+            Kernels::Avx2Fma => unsafe { avx2::dot_f32(a, b) },
+            Kernels::Portable => portable::dot_f32(a, b),
+        }
+    }
+
+    fn dot_q4(self, row: &[Q4Block], x: &[f32], xsum: &[f32]) -> f32 {
+        match self {
+            // SAFETY: as in dot_f32.
+            #[cfg(target_arch = "x86_64")]
+            Kernels::Avx2Fma => unsafe { avx2::dot_q4(row, x, xsum) },
+            Kernels::Portable => portable::dot_q4(row, x, xsum),
+        }
+    }
+
+    fn dot_q8(self, row: &[Q8Block], x: &[f32]) -> f32 {
+        match self {
+            // SAFETY: as in dot_f32.
+            #[cfg(target_arch = "x86_64")]
+            Kernels::Avx2Fma => unsafe { avx2::dot_q8(row, x) },
+            Kernels::Portable => portable::dot_q8(row, x),
+        }
+    }
+}
+
+mod portable {
+    use super::{Q4Block, Q8Block};
+
+    pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+        // Eight partial sums, like one vector register, so that the compiler can vectorize.
+        let mut acc = [0f32; 8];
+        let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+        let (ra, rb) = (ca.remainder(), cb.remainder());
+        for (a, b) in ca.zip(cb) {
+            for i in 0..8 {
+                acc[i] += a[i] * b[i];
+            }
+        }
+        acc.iter().sum::<f32>() + ra.iter().zip(rb).map(|(a, b)| a * b).sum::<f32>()
+    }
+
+    pub fn dot_q4(row: &[Q4Block], x: &[f32], xsum: &[f32]) -> f32 {
+        let mut total = 0f32;
+        for ((blk, x), s) in row.iter().zip(x.chunks_exact(32)).zip(xsum) {
+            let mut qx = 0f32;
+            for j in 0..16 {
+                qx += f32::from(blk.qs[j] & 0xF) * x[j] + f32::from(blk.qs[j] >> 4) * x[j + 16];
+            }
+            total += blk.d * qx + blk.m * s;
+        }
+        total
+    }
+
+    pub fn dot_q8(row: &[Q8Block], x: &[f32]) -> f32 {
+        row.iter()
+            .zip(x.chunks_exact(32))
+            .map(|(blk, x)| {
+                blk.d
+                    * blk
+                        .qs
+                        .iter()
+                        .zip(x)
+                        .map(|(&q, &x)| f32::from(q) * x)
+                        .sum::<f32>()
+            })
+            .sum()
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::{BLOCK, Q4Block, Q8Block};
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+    }
+
+    /// # Safety
+    /// The CPU has AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+        let n = a.len().min(b.len());
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        // SAFETY: every load reads 8 floats at i + 8k with i + 8k + 8 <= n.
+        unsafe {
+            while i + 32 <= n {
+                for (k, acc) in acc.iter_mut().enumerate() {
+                    let j = i + 8 * k;
+                    *acc = _mm256_fmadd_ps(
+                        _mm256_loadu_ps(pa.add(j)),
+                        _mm256_loadu_ps(pb.add(j)),
+                        *acc,
+                    );
+                }
+                i += 32;
+            }
+            while i + 8 <= n {
+                acc[0] = _mm256_fmadd_ps(
+                    _mm256_loadu_ps(pa.add(i)),
+                    _mm256_loadu_ps(pb.add(i)),
+                    acc[0],
+                );
+                i += 8;
+            }
+        }
+        let v = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+        hsum(v)
+            + a[i..n]
+                .iter()
+                .zip(&b[i..n])
+                .map(|(a, b)| a * b)
+                .sum::<f32>()
+    }
+
+    /// Σ q·x of one 4-bit block as 8 partial sums.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn q4_block(blk: &Q4Block, x: *const f32) -> __m256 {
+        let mask = _mm_set1_epi8(0x0F);
+        // SAFETY: qs is 16 bytes; the caller passes 32 readable floats at x.
+        unsafe {
+            let q = _mm_loadu_si128(blk.qs.as_ptr().cast());
+            let lo = _mm_and_si128(q, mask);
+            let hi = _mm_and_si128(_mm_srli_epi16(q, 4), mask);
+            let f = |v: __m128i| _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v));
+            let mut s = _mm256_mul_ps(f(lo), _mm256_loadu_ps(x));
+            s = _mm256_fmadd_ps(f(_mm_srli_si128(lo, 8)), _mm256_loadu_ps(x.add(8)), s);
+            s = _mm256_fmadd_ps(f(hi), _mm256_loadu_ps(x.add(16)), s);
+            _mm256_fmadd_ps(f(_mm_srli_si128(hi, 8)), _mm256_loadu_ps(x.add(24)), s)
+        }
+    }
+
+    /// # Safety
+    /// The CPU has AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_q4(row: &[Q4Block], x: &[f32], xsum: &[f32]) -> f32 {
+        let nb = row.len().min(x.len() / BLOCK).min(xsum.len());
+        // Two accumulators so that consecutive blocks do not wait on each other's FMA.
+        let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let (mut m0, mut m1) = (0f32, 0f32);
+        let mut b = 0;
+        // SAFETY: block b reads x[32b..32b + 32] with b < nb <= x.len() / 32.
+        unsafe {
+            while b + 2 <= nb {
+                let (p, q) = (&row[b], &row[b + 1]);
+                acc0 = _mm256_fmadd_ps(
+                    _mm256_set1_ps(p.d),
+                    q4_block(p, x.as_ptr().add(b * BLOCK)),
+                    acc0,
+                );
+                acc1 = _mm256_fmadd_ps(
+                    _mm256_set1_ps(q.d),
+                    q4_block(q, x.as_ptr().add((b + 1) * BLOCK)),
+                    acc1,
+                );
+                m0 += p.m * xsum[b];
+                m1 += q.m * xsum[b + 1];
+                b += 2;
+            }
+            if b < nb {
+                let p = &row[b];
+                acc0 = _mm256_fmadd_ps(
+                    _mm256_set1_ps(p.d),
+                    q4_block(p, x.as_ptr().add(b * BLOCK)),
+                    acc0,
+                );
+                m0 += p.m * xsum[b];
+            }
+        }
+        hsum(_mm256_add_ps(acc0, acc1)) + (m0 + m1)
+    }
+
+    /// Σ q·x of one 8-bit block as 8 partial sums.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn q8_block(blk: &Q8Block, x: *const f32) -> __m256 {
+        // SAFETY: qs is 32 bytes, read 8 at a time; the caller passes 32 readable floats at x.
+        unsafe {
+            let q = blk.qs.as_ptr();
+            let f = |k: usize| {
+                _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(q.add(8 * k).cast())))
+            };
+            let mut s = _mm256_mul_ps(f(0), _mm256_loadu_ps(x));
+            s = _mm256_fmadd_ps(f(1), _mm256_loadu_ps(x.add(8)), s);
+            s = _mm256_fmadd_ps(f(2), _mm256_loadu_ps(x.add(16)), s);
+            _mm256_fmadd_ps(f(3), _mm256_loadu_ps(x.add(24)), s)
+        }
+    }
+
+    /// # Safety
+    /// The CPU has AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dot_q8(row: &[Q8Block], x: &[f32]) -> f32 {
+        let nb = row.len().min(x.len() / BLOCK);
+        let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let mut b = 0;
+        // SAFETY: as in dot_q4.
+        unsafe {
+            while b + 2 <= nb {
+                let (p, q) = (&row[b], &row[b + 1]);
+                acc0 = _mm256_fmadd_ps(
+                    _mm256_set1_ps(p.d),
+                    q8_block(p, x.as_ptr().add(b * BLOCK)),
+                    acc0,
+                );
+                acc1 = _mm256_fmadd_ps(
+                    _mm256_set1_ps(q.d),
+                    q8_block(q, x.as_ptr().add((b + 1) * BLOCK)),
+                    acc1,
+                );
+                b += 2;
+            }
+            if b < nb {
+                let p = &row[b];
+                acc0 = _mm256_fmadd_ps(
+                    _mm256_set1_ps(p.d),
+                    q8_block(p, x.as_ptr().add(b * BLOCK)),
+                    acc0,
+                );
+            }
+        }
+        hsum(_mm256_add_ps(acc0, acc1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::SplitMix64;
+    use proptest::prelude::*;
+
+    fn values(n: usize, seed: u64) -> Vec<f32> {
+        let mut rng = SplitMix64(seed);
+        (0..n).map(|_| rng.uniform_pm1()).collect()
+    }
+
+    fn packed(ty: GgmlType, rows: usize, cols: usize, seed: u64) -> PackedMatrix {
+        let w = values(rows * cols, seed);
+        let bytes = quant::quantize(ty, &w).unwrap();
+        PackedMatrix::from_ggml(ty, &bytes, rows, cols).unwrap()
+    }
+
+    /// `x · Wᵀ` in f64 over the dequantized weight: the reference every kernel must match.
+    fn reference(w: &PackedMatrix, x: &[f32], n: usize) -> Vec<f64> {
+        let dense = w.to_f32();
+        let mut out = vec![0f64; n * w.rows()];
+        for t in 0..n {
+            for r in 0..w.rows() {
+                out[t * w.rows() + r] = (0..w.cols())
+                    .map(|c| f64::from(dense[r * w.cols() + c]) * f64::from(x[t * w.cols() + c]))
+                    .sum();
+            }
+        }
+        out
+    }
+
+    fn assert_close(got: &[f32], want: &[f64], what: &str) {
+        assert_eq!(got.len(), want.len());
+        for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (f64::from(g) - w).abs() <= 1e-4 * (1.0 + w.abs()),
+                "{what}: element {i}: {g} vs {w}"
+            );
+        }
+    }
+
+    #[test]
+    fn packing_keeps_the_values_the_dequantizer_gives() {
+        for ty in [
+            GgmlType::Q4_0,
+            GgmlType::Q4_1,
+            GgmlType::Q8_0,
+            GgmlType::F16,
+        ] {
+            let w = values(6 * 64, 3);
+            let bytes = quant::quantize(ty, &w).unwrap();
+            let p = PackedMatrix::from_ggml(ty, &bytes, 6, 64).unwrap();
+            let want = quant::dequantize(ty, &bytes, w.len()).unwrap();
+            for (i, (a, b)) in p.to_f32().iter().zip(&want).enumerate() {
+                assert!(
+                    (a - b).abs() <= 1e-6 * (1.0 + b.abs()),
+                    "{ty} value {i}: {a} vs {b}"
+                );
+            }
+            assert_eq!(p.is_quantized(), ty != GgmlType::F16, "{ty}");
+        }
+    }
+
+    #[test]
+    fn packing_refuses_bytes_of_the_wrong_length() {
+        let bytes = quant::quantize(GgmlType::Q4_1, &values(64, 1)).unwrap();
+        let err = PackedMatrix::from_ggml(GgmlType::Q4_1, &bytes[..39], 2, 32).unwrap_err();
+        assert!(err.to_string().contains("takes 40 bytes, got 39"), "{err}");
+        assert!(PackedMatrix::from_f32(vec![0.0; 5], 2, 3).is_err());
+    }
+
+    #[test]
+    fn every_kernel_matches_the_dequantized_product() {
+        for ty in [
+            GgmlType::Q4_1,
+            GgmlType::Q4_0,
+            GgmlType::Q8_0,
+            GgmlType::F32,
+        ] {
+            // 96 columns: three blocks, an odd count for the two-accumulator loops.
+            let w = packed(ty, 37, 96, 7);
+            for n in [1, 2, 5, 9] {
+                let x = values(n * 96, 11 + n as u64);
+                let mut out = vec![0f32; n * 37];
+                w.matmul(&x, n, &mut out);
+                assert_close(&out, &reference(&w, &x, n), &format!("{ty} n={n}"));
+            }
+        }
+    }
+
+    #[test]
+    fn portable_and_detected_kernels_agree() {
+        let k = Kernels::detect();
+        for ty in [GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::F32] {
+            let w = packed(ty, 5, 160, 5);
+            let x = values(160, 9);
+            let xsum = block_sums(&x);
+            for r in 0..5 {
+                let a = w.row_dot(k, r, &x, &xsum);
+                let b = w.row_dot(Kernels::Portable, r, &x, &xsum);
+                assert!(
+                    (a - b).abs() <= 1e-4 * (1.0 + b.abs()),
+                    "{ty} row {r}: {a} vs {b}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn stacking_and_reordering_move_whole_rows() {
+        let a = packed(GgmlType::Q4_1, 3, 64, 1);
+        let b = packed(GgmlType::Q4_1, 2, 64, 2);
+        let s = PackedMatrix::concat_rows(vec![a.clone(), b.clone()]).unwrap();
+        assert!(s.is_quantized());
+        assert_eq!(s.rows(), 5);
+        let dense: Vec<f32> = a.to_f32().into_iter().chain(b.to_f32()).collect();
+        assert_eq!(s.to_f32(), dense);
+        let r = s.clone().reorder_rows(&[4, 0, 3, 1, 2]);
+        let rd = r.to_f32();
+        for (i, &src) in [4, 0, 3, 1, 2].iter().enumerate() {
+            assert_eq!(rd[i * 64..(i + 1) * 64], dense[src * 64..(src + 1) * 64]);
+        }
+        // Mixed formats are stacked as f32.
+        let c = packed(GgmlType::Q8_0, 1, 64, 3);
+        let m = PackedMatrix::concat_rows(vec![a.clone(), c.clone()]).unwrap();
+        assert!(!m.is_quantized());
+        assert_eq!(m.to_f32()[..192], a.to_f32()[..]);
+        assert!(PackedMatrix::concat_rows(vec![a, packed(GgmlType::Q4_1, 1, 32, 4)]).is_err());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+        #[test]
+        fn products_match_for_any_shape(
+            rows in 1usize..70, blocks in 1usize..6, n in 1usize..7, seed in 0u64..1000,
+            ty in prop::sample::select(vec![GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::F32]),
+        ) {
+            let cols = blocks * BLOCK;
+            let w = packed(ty, rows, cols, seed);
+            let x = values(n * cols, seed + 1);
+            let mut out = vec![0f32; n * rows];
+            w.matmul(&x, n, &mut out);
+            assert_close(&out, &reference(&w, &x, n), "proptest");
+        }
+    }
+}
