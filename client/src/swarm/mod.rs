@@ -289,6 +289,11 @@ pub struct SwarmTimings {
     pub overhead_per_hop_us_median: f64,
     /// Median compute per decode step on each hop, in route order.
     pub hop_compute_us_median: Vec<f64>,
+    /// Where the rest of a decode round trip goes, median per step: entry 0 is the client's link
+    /// to the first hop (round trip - the first hop's time), entry i the link from hop i-1 to
+    /// hop i (hop i-1's time - its compute - hop i's time), the last entry the last hop's own
+    /// time outside compute.
+    pub link_us_median: Vec<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -332,6 +337,30 @@ pub fn summarise(timings: &[ForwardTiming], hops: usize) -> (f64, f64, Vec<f64>)
         })
         .collect();
     (rtt, over, per_hop)
+}
+
+/// The `link_us_median` breakdown of decode steps (see [`SwarmTimings`]).
+pub fn link_breakdown(timings: &[ForwardTiming], hops: usize) -> Vec<f64> {
+    let decode: Vec<&ForwardTiming> = timings
+        .iter()
+        .filter(|t| t.n_tokens == 1 && t.hops.len() == hops && !t.replay)
+        .collect();
+    let total = |t: &ForwardTiming, h: usize| f64::from(t.hops[h].total_us);
+    let compute = |t: &ForwardTiming, h: usize| f64::from(t.hops[h].compute_us);
+    (0..=hops)
+        .map(|i| {
+            median(
+                decode
+                    .iter()
+                    .map(|t| match i {
+                        0 => t.rtt_us as f64 - total(t, 0),
+                        i if i == hops => total(t, i - 1) - compute(t, i - 1),
+                        i => total(t, i - 1) - compute(t, i - 1) - total(t, i),
+                    })
+                    .collect(),
+            )
+        })
+        .collect()
 }
 
 /// `swarm-client generate` without `--local`.
@@ -389,6 +418,7 @@ pub async fn generate_via_swarm(args: &GenerateArgs) -> Result<()> {
         })
         .collect();
     let (rtt, over, per_hop) = summarise(&session.timings(), route.len());
+    let links = link_breakdown(&session.timings(), route.len());
     // Each hop's session is one job in its announced power mode; mains hops have no model.
     let job_kj: Option<f64> = session
         .route()
@@ -418,9 +448,49 @@ pub async fn generate_via_swarm(args: &GenerateArgs) -> Result<()> {
                 decode_rtt_us_median: rtt,
                 overhead_per_hop_us_median: over,
                 hop_compute_us_median: per_hop,
+                link_us_median: links,
             },
         };
         println!("{}", serde_json::to_string(&out)?);
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sunswarm_protocol::HopTiming;
+
+    fn step(rtt_us: u64, hops: &[(u32, u32)]) -> ForwardTiming {
+        ForwardTiming {
+            n_tokens: 1,
+            rtt_us,
+            hops: hops
+                .iter()
+                .enumerate()
+                .map(|(i, &(compute_us, total_us))| HopTiming {
+                    hop: i as u16,
+                    compute_us,
+                    total_us,
+                })
+                .collect(),
+            replay: false,
+        }
+    }
+
+    #[test]
+    fn link_breakdown_charges_each_link_its_own_share() {
+        // Client sees 1000 us; hop 0 spends 900 (300 computing), hop 1 spends 500 (400 computing).
+        let t = step(1000, &[(300, 900), (400, 500)]);
+        assert_eq!(link_breakdown(&[t], 2), vec![100.0, 100.0, 100.0]);
+        let (rtt, over, per_hop) = summarise(&[step(1000, &[(300, 900), (400, 500)])], 2);
+        assert_eq!((rtt, over, per_hop), (1000.0, 150.0, vec![300.0, 400.0]));
+        // Prompt chunks and replays are not decode steps.
+        let mut prompt = step(5000, &[(3000, 4500), (1000, 1200)]);
+        prompt.n_tokens = 7;
+        let mut replay = step(5000, &[(3000, 4500), (1000, 1200)]);
+        replay.replay = true;
+        let t = step(1000, &[(300, 900), (400, 500)]);
+        assert_eq!(link_breakdown(&[prompt, replay, t], 2), vec![100.0, 100.0, 100.0]);
+    }
 }
