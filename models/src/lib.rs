@@ -6,8 +6,10 @@
 //! [`Model::load_blocks`] loads blocks `a..b` only, [`Model::load_head`] the client's part, and
 //! [`BlockRange::forward`] runs hidden states through the blocks with one [`KvCache`] per session.
 //!
-//! Weights come from GGUF files (dequantized to f32), Hugging Face safetensors folders, or a
-//! deterministic random generator (`random:SHAPE`); see [`ModelSource`].
+//! Weights come from GGUF files, Hugging Face safetensors folders, or a deterministic random
+//! generator (`random:SHAPE`); see [`ModelSource`]. On the CPU, linear weights stay in their
+//! Q4_0/Q4_1/Q8_0 blocks and our own kernels multiply them (`packed`); other types, and other
+//! devices, get f32. Activations are always f32.
 
 pub mod backend;
 pub mod chat;
