@@ -1,10 +1,17 @@
 //! The live energy experiment's design and bookkeeping, pure: which emulated battery each node
 //! gets (the paper's network, spec sec. 7: device k of every layer harvests around
-//! mu_bar * w_k with w spread evenly over 0.5..1.5), the `swarm-node` flags that give it, and the
-//! metrics a run reports (the same keys for the live swarm and the simulator).
+//! mu_bar * w_k with w spread evenly over 0.5..1.5), the `swarm-node` flags that give it, the
+//! metrics a run reports (the same keys for the live swarm and the simulator), and their mean and
+//! spread over repeated runs.
 
 use serde::Serialize;
+use sunswarm_energy::sim::run_seed;
 use sunswarm_energy::{DeviceParams, Harvest, modes};
+
+use crate::sim::runner::Stat;
+
+/// `run_seed` stream of the nodes' harvest draws (the simulator uses 0xE4E).
+const HARVEST_STREAM: u64 = 0x4841_5256;
 
 /// What the experiment runs.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -82,17 +89,29 @@ impl Design {
         Ok(dev)
     }
 
-    /// `swarm-node` energy flags for group k. No seed: every node draws its own harvests from
-    /// the OS, so nodes of one group (which share these flags) are independent.
-    pub fn node_args(&self, k: usize) -> anyhow::Result<Vec<String>> {
+    /// Seed of the harvest draws of group k's node in `layer`: from the design's seed, distinct
+    /// for every node (nodes of one group stay independent), the same for every policy (common
+    /// random numbers, as in the simulator).
+    pub fn harvest_seed(&self, k: usize, layer: usize) -> u64 {
+        run_seed(
+            self.seed,
+            HARVEST_STREAM,
+            (k * self.layers() + layer) as u64,
+        )
+    }
+
+    /// `swarm-node` energy flags for group k's node in `layer`.
+    pub fn node_args(&self, k: usize, layer: usize) -> anyhow::Result<Vec<String>> {
         let Harvest::Uniform { min, max } = self.device(k)?.harvest else {
             anyhow::bail!("the experiment only uses uniform harvests")
         };
         Ok(vec![
             "--energy".into(),
             format!(
-                "emulated:harvest=uniform({min},{max}),initial={},slot={}",
-                self.initial, self.slot_secs
+                "emulated:harvest=uniform({min},{max}),initial={},slot={},seed={}",
+                self.initial,
+                self.slot_secs,
+                self.harvest_seed(k, layer)
             ),
             "--power-mode".into(),
             "dynamic".into(),
@@ -154,6 +173,57 @@ fn ratio(a: u64, b: u64, empty: f64) -> f64 {
     if b == 0 { empty } else { a as f64 / b as f64 }
 }
 
+/// Mean and sample standard deviation of one metric over runs. With a single run the sd is
+/// `None` (JSON `null`, `-` in the table, no whisker in the plot): one run says nothing about the
+/// spread, and 0 would read as "no spread".
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Spread {
+    pub mean: f64,
+    pub sd: Option<f64>,
+}
+
+impl Spread {
+    /// `None` when there is no value at all.
+    pub fn of(xs: impl IntoIterator<Item = f64>) -> Option<Spread> {
+        let xs: Vec<f64> = xs.into_iter().collect();
+        if xs.is_empty() {
+            return None;
+        }
+        let s = Stat::of(xs.iter().copied());
+        Some(Spread {
+            mean: s.mean,
+            sd: (xs.len() > 1).then_some(s.sd),
+        })
+    }
+}
+
+/// One policy's runs (live repeats or simulated runs): every metric's mean and spread.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Summary {
+    pub runs: usize,
+    pub ps_frac: Spread,
+    pub throughput: Spread,
+    pub completed: Spread,
+    pub dropped: Spread,
+    /// Over the runs that generated tokens; `None` if none did (always for the simulator).
+    pub joules_per_token: Option<Spread>,
+}
+
+impl Summary {
+    /// `None` for no runs.
+    pub fn of(runs: &[Outcome]) -> Option<Summary> {
+        let m = |f: fn(&Outcome) -> f64| Spread::of(runs.iter().map(f));
+        Some(Summary {
+            runs: runs.len(),
+            ps_frac: m(|o| o.ps_frac)?,
+            throughput: m(|o| o.throughput)?,
+            completed: m(|o| o.completed)?,
+            dropped: m(|o| o.dropped)?,
+            joules_per_token: Spread::of(runs.iter().filter_map(|o| o.joules_per_token)),
+        })
+    }
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -190,16 +260,74 @@ pub(crate) mod tests {
                 Harvest::Uniform { min: 4, max: 11 }
             ]
         );
-        let args = d.node_args(2).unwrap();
+        let args = d.node_args(2, 0).unwrap();
         assert_eq!(
             args[1],
-            "emulated:harvest=uniform(4,11),initial=50,slot=100"
+            format!(
+                "emulated:harvest=uniform(4,11),initial=50,slot=100,seed={}",
+                d.harvest_seed(2, 0)
+            )
         );
         assert_eq!(
             &args[2..6],
             ["--power-mode", "dynamic", "--clock-scale", "100"]
         );
         assert_eq!(d.slot_wall(), std::time::Duration::from_secs(1));
+    }
+
+    #[test]
+    fn harvest_seeds_follow_the_design_seed_and_differ_per_node() {
+        let d = design();
+        let seeds: Vec<u64> = (0..3)
+            .flat_map(|k| (0..3).map(move |l| (k, l)))
+            .map(|(k, l)| d.harvest_seed(k, l))
+            .collect();
+        let mut distinct = seeds.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        assert_eq!(distinct.len(), 9, "{seeds:?}");
+        let next = Design {
+            seed: 2,
+            ..d.clone()
+        };
+        assert_ne!(next.harvest_seed(0, 0), d.harvest_seed(0, 0));
+        assert_ne!(next.node_args(1, 2).unwrap(), d.node_args(1, 2).unwrap());
+    }
+
+    #[test]
+    fn spread_is_the_sample_sd_and_none_for_one_run() {
+        let s = Spread::of([1.0, 2.0, 3.0, 4.0]).unwrap();
+        assert_eq!(s.mean, 2.5);
+        assert!((s.sd.unwrap() - (5.0f64 / 3.0).sqrt()).abs() < 1e-12);
+        assert_eq!(
+            Spread::of([7.0]),
+            Some(Spread {
+                mean: 7.0,
+                sd: None
+            })
+        );
+        assert_eq!(Spread::of([]), None);
+    }
+
+    #[test]
+    fn summaries_skip_runs_without_tokens_for_energy() {
+        let o = |ps: f64, j: Option<f64>| Outcome {
+            ps_frac: ps,
+            throughput: 1.0,
+            completed: 2.0,
+            dropped: 0.0,
+            joules_per_token: j,
+        };
+        let s = Summary::of(&[o(0.1, Some(10.0)), o(0.3, None), o(0.2, Some(20.0))]).unwrap();
+        assert_eq!(s.runs, 3);
+        assert!((s.ps_frac.mean - 0.2).abs() < 1e-12);
+        assert!((s.ps_frac.sd.unwrap() - 0.1).abs() < 1e-12);
+        assert_eq!(s.throughput.sd, Some(0.0));
+        let j = s.joules_per_token.unwrap();
+        assert_eq!(j.mean, 15.0);
+        assert!((j.sd.unwrap() - 50f64.sqrt()).abs() < 1e-12);
+        assert_eq!(Summary::of(&[o(0.1, None)]).unwrap().joules_per_token, None);
+        assert_eq!(Summary::of(&[]), None);
     }
 
     #[test]

@@ -14,6 +14,7 @@ use rand_chacha::ChaCha8Rng;
 use sunswarm_client::generate::{GenerateOptions, generate};
 use sunswarm_client::swarm::{SessionError, SwarmClient, SwarmSession, route};
 use sunswarm_energy::policy::PolicyKind;
+use sunswarm_energy::sim::run_seed;
 use sunswarm_models::{BackendKind, Model, ModelSource};
 use sunswarm_protocol::{Announcement, BlockRange, DType, Hop};
 use tokio::time::Instant;
@@ -50,11 +51,14 @@ async fn start_swarm(
     let ranges = BlockRange::split_even(n_layers, u32::try_from(d.layers())?)?;
     let mut groups: Vec<Testnet> = Vec::new();
     for k in 0..d.groups {
-        let mut node_args = d.node_args(k)?;
-        node_args.extend(["--gossip-interval".to_string(), gossip_secs(d).to_string()]);
+        let mut node_args = vec!["--gossip-interval".to_string(), gossip_secs(d).to_string()];
         if let Some(first) = groups.first() {
             node_args.extend(["--bootstrap".to_string(), first.bootstrap.clone()]);
         }
+        // Node i of the launch serves layer i; its battery (and harvest seed) is its own.
+        let per_node_args = (0..ranges.len())
+            .map(|layer| d.node_args(k, layer))
+            .collect::<Result<_>>()?;
         let opts = TestnetOptions {
             nodes: ranges.len(),
             model: model.to_string(),
@@ -63,6 +67,7 @@ async fn start_swarm(
             announce_ttl: 30.0,
             log_dir: Some(log_dir.join(format!("group-{k}"))),
             node_args,
+            per_node_args,
             ..TestnetOptions::default()
         };
         let net = Testnet::start(&opts)
@@ -83,7 +88,13 @@ struct Shared {
     tokens: usize,
 }
 
+/// `run_seed` stream of a job's route choices, from the job's seed.
+const ROUTE_STREAM: u64 = 0x524F_5554;
+
 async fn one_job(s: Rc<Shared>, seed: u64) -> JobEnd {
+    // Route choices (uniform's draw, ties) follow the job's seed, so the design's seed reaches
+    // every random choice the client makes; what the gossip shows at the time still varies.
+    let mut route_rng = ChaCha8Rng::seed_from_u64(run_seed(seed, ROUTE_STREAM, 0));
     let model_id = s.model.model_id().0;
     let n_layers = s.model.config().n_layers as u32;
     let prompt = [1u32, 2, 3];
@@ -95,7 +106,7 @@ async fn one_job(s: Rc<Shared>, seed: u64) -> JobEnd {
         let gossip = s.client.network().gossip_view().await.unwrap_or_default();
         let mut anns = route::usable(&gossip, &model_id, n_layers, sunswarm_node::node::now_ms());
         anns.retain(|a| !avoid.contains(&a.peer_id));
-        let idx = match route::plan(&anns, n_layers, s.policy.as_ref(), &mut rand::rng()) {
+        let idx = match route::plan(&anns, n_layers, s.policy.as_ref(), &mut route_rng) {
             Ok(r) => r,
             Err(e) => {
                 debug!("job dropped: {e}");

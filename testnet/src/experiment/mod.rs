@@ -4,16 +4,18 @@
 
 mod design;
 mod live;
+mod plot;
+mod report;
 mod simulated;
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use serde_json::{Map, Value, json};
 use sunswarm_energy::policy::PolicyKind;
 
 pub use design::Design;
+use report::{LiveRun, PolicyResult, key};
 
 #[derive(Debug, Subcommand)]
 pub enum ExperimentCommand {
@@ -53,12 +55,20 @@ pub struct EnergyArgs {
     /// Simulated runs for the prediction.
     #[arg(long, default_value_t = 300)]
     sim_runs: usize,
+    /// Live runs per policy; run r uses seed --seed + r, and the runs are interleaved (every
+    /// policy once, then again) so that slow drifts of the machine hit every policy alike.
+    #[arg(long, default_value_t = 1)]
+    repeats: usize,
+    /// Seeds the arrivals, the nodes' harvests and the route choices (and the simulator).
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Write the results document here.
     #[arg(long)]
     json: Option<PathBuf>,
-    /// Node logs go here (a temporary folder by default).
+    /// Write an SVG of live vs simulated power saving and throughput per policy here.
+    #[arg(long)]
+    plot: Option<PathBuf>,
+    /// Node logs go here, under rep-R/POLICY/ (a temporary folder by default).
     #[arg(long)]
     log_dir: Option<PathBuf>,
 }
@@ -68,14 +78,6 @@ fn policies(s: &str) -> Result<Vec<PolicyKind>> {
         "all" => PolicyKind::PAPER.to_vec(),
         other => vec![sunswarm_client::swarm::parse_policy(other)?],
     })
-}
-
-/// The JSON key of a policy, as the issue spells it.
-fn key(p: PolicyKind) -> &'static str {
-    match p {
-        PolicyKind::LongTerm => "long-term",
-        other => other.name(),
-    }
 }
 
 pub fn run(cmd: ExperimentCommand) -> Result<()> {
@@ -101,7 +103,19 @@ pub fn run(cmd: ExperimentCommand) -> Result<()> {
         seed: a.seed,
     };
     d.validate()?;
+    anyhow::ensure!(a.repeats >= 1, "--repeats must be at least 1");
     let pols = policies(&a.policy)?;
+    // The prediction first: it is quick, and a bad parameter fails before the live runs.
+    let mut results = pols
+        .iter()
+        .map(|&p| {
+            Ok(PolicyResult {
+                policy: p,
+                live: Vec::new(),
+                simulated: simulated::simulate(&d, p, a.sim_runs)?,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
     let log_dir = match &a.log_dir {
         Some(d) => d.clone(),
         None => std::env::temp_dir().join(format!("sunswarm-experiment-{}", std::process::id())),
@@ -109,39 +123,38 @@ pub fn run(cmd: ExperimentCommand) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let (mut live, mut sim) = (Map::new(), Map::new());
-    println!(
-        "{:<10} {:>8} {:>8} {:>6} {:>6} {:>9}   | simulated: {:>8} {:>8} {:>6} {:>6}",
-        "policy", "ps_frac", "thr", "done", "drop", "J/token", "ps_frac", "thr", "done", "drop"
-    );
-    for p in pols {
-        let counts = rt
-            .block_on(live::run(&d, p, &a.model, &log_dir))
-            .with_context(|| format!("live run, policy {}", key(p)))?;
-        let l = counts.outcome();
-        let s = simulated::simulate(&d, p, a.sim_runs)?;
-        println!(
-            "{:<10} {:>8.4} {:>8.4} {:>6} {:>6} {:>9.0}   | simulated: {:>8.4} {:>8.4} {:>6.1} {:>6.1}",
-            key(p),
-            l.ps_frac,
-            l.throughput,
-            l.completed,
-            l.dropped,
-            l.joules_per_token.unwrap_or(f64::NAN),
-            s.ps_frac,
-            s.throughput,
-            s.completed,
-            s.dropped
-        );
-        let mut lv = serde_json::to_value(l)?;
-        lv["offered"] = json!(counts.offered);
-        lv["tokens"] = json!(counts.tokens);
-        live.insert(key(p).into(), lv);
-        sim.insert(key(p).into(), serde_json::to_value(s)?);
+    for rep in 0..a.repeats {
+        let dr = Design {
+            seed: a.seed.wrapping_add(rep as u64),
+            ..d.clone()
+        };
+        for res in &mut results {
+            let p = res.policy;
+            let counts = rt
+                .block_on(live::run(
+                    &dr,
+                    p,
+                    &a.model,
+                    &log_dir.join(format!("rep-{rep}")),
+                ))
+                .with_context(|| format!("live run {}, policy {}", rep + 1, key(p)))?;
+            let run = LiveRun {
+                seed: dr.seed,
+                counts,
+            };
+            println!("{}", report::run_line(rep, a.repeats, p, &run));
+            res.live.push(run);
+        }
     }
-    let doc = json!({ "live": Value::Object(live), "simulated": Value::Object(sim), "params": serde_json::to_value(&d)? });
+    print!("{}", report::table(&results));
     if let Some(path) = &a.json {
+        let doc = report::document(&results, &d, a.repeats, a.sim_runs)?;
         std::fs::write(path, serde_json::to_string_pretty(&doc)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+        println!("wrote {}", path.display());
+    }
+    if let Some(path) = &a.plot {
+        std::fs::write(path, plot::svg(&results, &d)?)
             .with_context(|| format!("writing {}", path.display()))?;
         println!("wrote {}", path.display());
     }

@@ -8,10 +8,12 @@ use sunswarm_energy::profile::{DEFAULT_HORIZON, DeviceProfile};
 use sunswarm_energy::sim::run_seed;
 use sunswarm_energy::sim::{NetworkConfig, run_network};
 
-use super::design::{Design, Outcome};
+use super::design::{Design, Outcome, Summary};
 
-/// Mean outcome over `runs` simulated runs under `policy`.
-pub fn simulate(d: &Design, policy: PolicyKind, runs: usize) -> anyhow::Result<Outcome> {
+/// Outcomes of `runs` simulated runs under `policy`: the mean, and the spread of one run (what
+/// one live run's spread compares with).
+pub fn simulate(d: &Design, policy: PolicyKind, runs: usize) -> anyhow::Result<Summary> {
+    anyhow::ensure!(runs >= 1, "--sim-runs must be at least 1");
     let layer: Vec<_> = (0..d.groups)
         .map(|k| d.device(k))
         .collect::<anyhow::Result<_>>()?;
@@ -33,24 +35,21 @@ pub fn simulate(d: &Design, policy: PolicyKind, runs: usize) -> anyhow::Result<O
         .flat_map(|_| profiles.iter().cloned())
         .collect();
     let pol = policy.policy();
-    let (mut ps, mut thr, mut done, mut dropped) = (0.0, 0.0, 0.0, 0.0);
-    for r in 0..runs {
-        // Common random numbers across policies, like `sim paper`.
-        let mut rng = ChaCha8Rng::seed_from_u64(run_seed(d.seed, 0xE4E, r as u64));
-        let run = run_network(&cfg, pol.as_ref(), &profiles, &mut rng)?;
-        ps += run.ps_frac;
-        thr += run.throughput;
-        done += f64::from(run.completed);
-        dropped += f64::from(run.dropped);
-    }
-    let n = runs.max(1) as f64;
-    Ok(Outcome {
-        ps_frac: ps / n,
-        throughput: thr / n,
-        completed: done / n,
-        dropped: dropped / n,
-        joules_per_token: None,
-    })
+    let outcomes = (0..runs)
+        .map(|r| {
+            // Common random numbers across policies, like `sim paper`.
+            let mut rng = ChaCha8Rng::seed_from_u64(run_seed(d.seed, 0xE4E, r as u64));
+            let run = run_network(&cfg, pol.as_ref(), &profiles, &mut rng)?;
+            Ok(Outcome {
+                ps_frac: run.ps_frac,
+                throughput: run.throughput,
+                completed: f64::from(run.completed),
+                dropped: f64::from(run.dropped),
+                joules_per_token: None,
+            })
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Summary::of(&outcomes).ok_or_else(|| anyhow::anyhow!("no simulated run"))
 }
 
 #[cfg(test)]
@@ -63,11 +62,17 @@ mod tests {
         let u = simulate(&d, PolicyKind::Uniform, 200).unwrap();
         let l = simulate(&d, PolicyKind::LongTerm, 200).unwrap();
         assert!(
-            u.ps_frac > l.ps_frac,
-            "uniform {} vs long-term {}",
+            u.ps_frac.mean > l.ps_frac.mean,
+            "uniform {:?} vs long-term {:?}",
             u.ps_frac,
             l.ps_frac
         );
-        assert!(u.completed > 0.0 && u.throughput <= 1.0);
+        assert!(u.completed.mean > 0.0 && u.throughput.mean <= 1.0);
+        assert_eq!(u.runs, 200);
+        // The per-run spread is real (runs differ) and smaller than the range of a fraction.
+        let sd = u.ps_frac.sd.unwrap();
+        assert!(sd > 0.0 && sd < 0.5, "{sd}");
+        assert_eq!(u.joules_per_token, None);
+        assert!(simulate(&d, PolicyKind::Uniform, 0).is_err());
     }
 }

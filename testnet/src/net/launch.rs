@@ -49,6 +49,9 @@ pub struct TestnetOptions {
     pub log_dir: Option<PathBuf>,
     /// Extra flags for every node.
     pub node_args: Vec<String>,
+    /// Extra flags for node i only, after `node_args` (none where the list is shorter): e.g. a
+    /// seed of its own.
+    pub per_node_args: Vec<Vec<String>>,
     /// A private swarm's key file, given to every node (and used to watch the swarm start).
     pub swarm_key: Option<PathBuf>,
     /// Where each node listens: TCP by default, `/ip4/127.0.0.1/udp/0/quic-v1` for QUIC.
@@ -65,6 +68,7 @@ impl Default for TestnetOptions {
             announce_ttl: 30.0,
             log_dir: None,
             node_args: Vec::new(),
+            per_node_args: Vec::new(),
             swarm_key: None,
             listen: "/ip4/127.0.0.1/tcp/0".into(),
         }
@@ -145,7 +149,7 @@ impl Testnet {
             let log = net.log_dir.join(format!("node-{i}.log"));
             let p = Managed::spawn(
                 &format!("node {i}"),
-                net.node_command(blocks, boot.as_deref()),
+                net.node_command_with(blocks, boot.as_deref(), &net.args_of(i)),
                 &log,
             )?;
             net.nodes.push(NodeInfo {
@@ -177,8 +181,10 @@ impl Testnet {
         Ok(net)
     }
 
-    fn node_command(&self, blocks: &BlockRange, bootstrap: Option<&str>) -> Command {
-        self.node_command_with(blocks, bootstrap, &self.opts.node_args)
+    /// The testnet's extra flags for node `i`: `node_args`, then its `per_node_args`.
+    fn args_of(&self, i: usize) -> Vec<String> {
+        let own = self.opts.per_node_args.get(i).into_iter().flatten();
+        self.opts.node_args.iter().chain(own).cloned().collect()
     }
 
     fn node_command_with(
@@ -210,7 +216,7 @@ impl Testnet {
     /// Starts one more node serving `blocks` (bootstrapping from node 0's address) and waits
     /// until it is ready; returns its index. Its announcement reaches clients shortly after.
     pub fn add_node(&mut self, blocks: BlockRange) -> Result<usize> {
-        let args = self.opts.node_args.clone();
+        let args = self.args_of(self.nodes.len());
         self.add_node_with(blocks, &args)
     }
 

@@ -8,9 +8,9 @@
 mod args;
 mod fig2;
 mod network;
-mod plot;
+pub(crate) mod plot;
 mod report;
-mod runner;
+pub(crate) mod runner;
 
 use std::path::Path;
 

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Result, anyhow};
 use plotters::coord::Shift;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use sunswarm_energy::PolicyKind;
 
@@ -12,9 +13,9 @@ use super::network::{Sweep, Sweeps};
 use super::report::paper_fig2a;
 use super::runner::Stat;
 
-type Area<'a> = DrawingArea<SVGBackend<'a>, Shift>;
+pub(crate) type Area<'a> = DrawingArea<SVGBackend<'a>, Shift>;
 
-fn err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
+pub(crate) fn err<E: std::fmt::Debug>(e: E) -> anyhow::Error {
     anyhow!("drawing failed: {e:?}")
 }
 
@@ -27,13 +28,109 @@ fn mode_color(i: usize) -> RGBColor {
     ][i % 4]
 }
 
-fn policy_color(k: PolicyKind) -> RGBColor {
+pub(crate) fn policy_color(k: PolicyKind) -> RGBColor {
     match k {
         PolicyKind::Uniform => RGBColor(214, 39, 40),
         PolicyKind::LongTerm => RGBColor(31, 119, 180),
         PolicyKind::Adaptive => RGBColor(44, 160, 44),
         PolicyKind::Lookahead => RGBColor(148, 103, 189),
     }
+}
+
+/// The chart of a bar panel, for drawing more on it.
+pub(crate) type BarChart<'a, 'b> =
+    ChartContext<'a, SVGBackend<'b>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// One series of a bar panel: a bar per category, shifted by `offset` from the category's centre.
+pub(crate) struct BarSeries {
+    pub legend: String,
+    pub legend_color: RGBColor,
+    pub offset: f64,
+    pub half_width: f64,
+    /// Fill opacity.
+    pub alpha: f64,
+    /// Per category: colour, mean and sd, and whether to draw the ±sd whisker.
+    pub bars: Vec<(RGBColor, Stat, bool)>,
+}
+
+/// A panel of bars with ±sd whiskers over named categories (x = 0, 1, ...); `extra` draws more
+/// on the chart before the legend.
+pub(crate) fn bar_panel(
+    area: &Area,
+    title: &str,
+    y_desc: &str,
+    categories: &[String],
+    series: &[BarSeries],
+    y_max: f64,
+    extra: impl FnOnce(&mut BarChart) -> Result<()>,
+) -> Result<()> {
+    let n = categories.len() as f64;
+    let mut chart = ChartBuilder::on(area)
+        .caption(title, ("sans-serif", 18))
+        .margin(12)
+        .x_label_area_size(30)
+        .y_label_area_size(50)
+        .build_cartesian_2d(-0.5f64..n - 0.5, 0f64..y_max)
+        .map_err(err)?;
+    let fmt = |x: &f64| {
+        let i = x.round();
+        if (x - i).abs() < 1e-6 && i >= 0.0 {
+            categories.get(i as usize).cloned().unwrap_or_default()
+        } else {
+            String::new()
+        }
+    };
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(categories.len() * 2 + 1)
+        .x_label_formatter(&fmt)
+        .y_desc(y_desc)
+        .draw()
+        .map_err(err)?;
+    for s in series {
+        let (lc, alpha) = (s.legend_color, s.alpha);
+        chart
+            .draw_series(s.bars.iter().enumerate().map(|(i, (c, st, _))| {
+                let x = i as f64 + s.offset;
+                Rectangle::new(
+                    [(x - s.half_width, 0.0), (x + s.half_width, st.mean)],
+                    c.mix(alpha).filled(),
+                )
+            }))
+            .map_err(err)?
+            .label(&s.legend)
+            .legend(move |(x, y)| {
+                Rectangle::new([(x, y - 5), (x + 12, y + 5)], lc.mix(alpha).filled())
+            });
+        chart
+            .draw_series(
+                s.bars
+                    .iter()
+                    .enumerate()
+                    .filter(|b| b.1.2)
+                    .map(|(i, (_, st, _))| {
+                        ErrorBar::new_vertical(
+                            i as f64 + s.offset,
+                            (st.mean - st.sd).max(0.0),
+                            st.mean,
+                            st.mean + st.sd,
+                            BLACK.filled(),
+                            (s.half_width * 33.0).round() as u32,
+                        )
+                    }),
+            )
+            .map_err(err)?;
+    }
+    extra(&mut chart)?;
+    chart
+        .configure_series_labels()
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .position(SeriesLabelPosition::UpperRight)
+        .draw()
+        .map_err(err)?;
+    Ok(())
 }
 
 /// One bar panel of Fig. 2a: ours (bars, ±sd) and the paper's value (cross).
@@ -47,74 +144,28 @@ fn bars(
     y_max: f64,
 ) -> Result<()> {
     let names: Vec<String> = rows.iter().map(|r| r.mode.clone()).collect();
-    let n = rows.len() as f64;
-    let mut chart = ChartBuilder::on(area)
-        .caption(title, ("sans-serif", 18))
-        .margin(12)
-        .x_label_area_size(30)
-        .y_label_area_size(50)
-        .build_cartesian_2d(-0.5f64..n - 0.5, 0f64..y_max)
-        .map_err(err)?;
-    let fmt = |x: &f64| {
-        let i = x.round();
-        if (x - i).abs() < 1e-6 && i >= 0.0 {
-            names.get(i as usize).cloned().unwrap_or_default()
-        } else {
-            String::new()
-        }
+    let ours = BarSeries {
+        legend: "ours (mean ± sd)".into(),
+        legend_color: mode_color(0),
+        offset: 0.0,
+        half_width: 0.3,
+        alpha: 0.7,
+        bars: rows
+            .iter()
+            .enumerate()
+            .map(|(i, r)| (mode_color(i), ours(r), true))
+            .collect(),
     };
-    chart
-        .configure_mesh()
-        .disable_x_mesh()
-        .x_labels(rows.len() * 2 + 1)
-        .x_label_formatter(&fmt)
-        .y_desc(y_desc)
-        .draw()
-        .map_err(err)?;
-    chart
-        .draw_series(rows.iter().enumerate().map(|(i, r)| {
-            let x = i as f64;
-            Rectangle::new(
-                [(x - 0.3, 0.0), (x + 0.3, ours(r).mean)],
-                mode_color(i).mix(0.7).filled(),
-            )
-        }))
-        .map_err(err)?
-        .label("ours (mean ± sd)")
-        .legend(|(x, y)| {
-            Rectangle::new(
-                [(x, y - 5), (x + 12, y + 5)],
-                mode_color(0).mix(0.7).filled(),
-            )
-        });
-    chart
-        .draw_series(rows.iter().enumerate().map(|(i, r)| {
-            let s = ours(r);
-            ErrorBar::new_vertical(
-                i as f64,
-                s.mean - s.sd,
-                s.mean,
-                s.mean + s.sd,
-                BLACK.filled(),
-                10,
-            )
-        }))
-        .map_err(err)?;
-    chart
-        .draw_series(rows.iter().enumerate().filter_map(|(i, r)| {
-            paper(&r.mode).map(|v| Cross::new((i as f64, v), 7, RED.stroke_width(3)))
-        }))
-        .map_err(err)?
-        .label("paper")
-        .legend(|(x, y)| Cross::new((x + 6, y), 5, RED.stroke_width(3)));
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .position(SeriesLabelPosition::UpperRight)
-        .draw()
-        .map_err(err)?;
-    Ok(())
+    bar_panel(area, title, y_desc, &names, &[ours], y_max, |chart| {
+        chart
+            .draw_series(rows.iter().enumerate().filter_map(|(i, r)| {
+                paper(&r.mode).map(|v| Cross::new((i as f64, v), 7, RED.stroke_width(3)))
+            }))
+            .map_err(err)?
+            .label("paper")
+            .legend(|(x, y)| Cross::new((x + 6, y), 5, RED.stroke_width(3)));
+        Ok(())
+    })
 }
 
 /// Fig. 2a: jobs and mean battery per mode.
