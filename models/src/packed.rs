@@ -5,8 +5,10 @@
 //!
 //! Q4_0 and Q4_1 become one 4-bit form (`value = d * q + m`, with `m = -8 d` for Q4_0), Q8_0
 //! keeps its form; both store their scales as f32 so that no f16 conversion sits in the inner
-//! loop. Every other type is dequantized to f32 at load. The x86-64 kernels use AVX2 and FMA
-//! when the CPU has them (checked at run time) and portable loops otherwise.
+//! loop. Every other type is dequantized to f32 at load. The x86-64 kernels use AVX-512F or
+//! AVX2 + FMA when the CPU has them (checked at run time) and portable loops otherwise; setting
+//! `SUNSWARM_NO_AVX512` keeps a CPU with AVX-512 on the AVX2 kernels. The widths sum in different
+//! orders, so two peers on different kernels agree to rounding, not bit for bit.
 
 use rayon::prelude::*;
 
@@ -337,7 +339,7 @@ impl PackedMatrix {
         match &self.store {
             Store::F32(v) => k.dot_f32(&v[r * self.cols..(r + 1) * self.cols], x),
             Store::Q4(v) => k.dot_q4(&v[r * nb..(r + 1) * nb], x, xsum),
-            Store::Q8(v) => k.dot_q8(&v[r * nb..(r + 1) * nb], x),
+            Store::Q8(v) => k.dot_q8(&v[r * nb..(r + 1) * nb], x, xsum),
         }
     }
 }
@@ -353,6 +355,9 @@ enum Kernels {
     Portable,
     #[cfg(target_arch = "x86_64")]
     Avx2Fma,
+    /// AVX-512F for the block kernels (AVX2 for plain f32 rows).
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
 }
 
 impl Kernels {
@@ -360,6 +365,11 @@ impl Kernels {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
+            if std::env::var_os("SUNSWARM_NO_AVX512").is_none()
+                && std::arch::is_x86_feature_detected!("avx512f")
+            {
+                return Kernels::Avx512;
+            }
             return Kernels::Avx2Fma;
         }
         Kernels::Portable
@@ -369,7 +379,7 @@ impl Kernels {
         match self {
             // SAFETY: detect() saw AVX2 and FMA on this CPU.
             #[cfg(target_arch = "x86_64")]
-            Kernels::Avx2Fma => unsafe { avx2::dot_f32(a, b) },
+            Kernels::Avx2Fma | Kernels::Avx512 => unsafe { avx2::dot_f32(a, b) },
             Kernels::Portable => portable::dot_f32(a, b),
         }
     }
@@ -379,15 +389,22 @@ impl Kernels {
             // SAFETY: as in dot_f32.
             #[cfg(target_arch = "x86_64")]
             Kernels::Avx2Fma => unsafe { avx2::dot_q4(row, x, xsum) },
+            // SAFETY: detect() saw AVX-512F on this CPU.
+            #[cfg(target_arch = "x86_64")]
+            Kernels::Avx512 => unsafe { avx512::dot_q4(row, x, xsum) },
             Kernels::Portable => portable::dot_q4(row, x, xsum),
         }
     }
 
-    fn dot_q8(self, row: &[Q8Block], x: &[f32]) -> f32 {
+    /// `xsum` is unused by 8-bit blocks; it bounds the row like the 4-bit kernel's.
+    fn dot_q8(self, row: &[Q8Block], x: &[f32], xsum: &[f32]) -> f32 {
         match self {
             // SAFETY: as in dot_f32.
             #[cfg(target_arch = "x86_64")]
-            Kernels::Avx2Fma => unsafe { avx2::dot_q8(row, x) },
+            Kernels::Avx2Fma => unsafe { avx2::dot_q8(row, x, xsum) },
+            // SAFETY: as in dot_q4.
+            #[cfg(target_arch = "x86_64")]
+            Kernels::Avx512 => unsafe { avx512::dot_q8(row, x, xsum) },
             Kernels::Portable => portable::dot_q8(row, x),
         }
     }
@@ -437,6 +454,46 @@ mod portable {
     }
 }
 
+/// A row of blocks against x, `sum_b d_b * (q_b . x_b) + offset(block b, sum of x_b)`, two
+/// blocks at a time so that consecutive blocks do not wait on each other's FMA. One body serves
+/// both block types and both vector widths (`$ops` names the width's `zero`, `splat`, `fma`,
+/// `add` and `sum`).
+#[cfg(target_arch = "x86_64")]
+macro_rules! block_row_dot {
+    ($features:literal, $name:ident, $ty:ty, $kernel:ident, |$p:pat_param, $s:pat_param| $offset:expr, $ops:ident) => {
+        /// # Safety
+        /// The CPU has the features this function is compiled for.
+        #[target_feature(enable = $features)]
+        pub unsafe fn $name(row: &[$ty], x: &[f32], xsum: &[f32]) -> f32 {
+            let nb = row.len().min(x.len() / BLOCK).min(xsum.len());
+            let (mut acc0, mut acc1) = ($ops::zero(), $ops::zero());
+            let (mut off0, mut off1) = (0f32, 0f32);
+            let offset = |$p: &$ty, $s: f32| -> f32 { $offset };
+            let mut b = 0;
+            // SAFETY: block b reads x[32b..32b + 32] with b < nb <= x.len() / 32.
+            unsafe {
+                let x = x.as_ptr();
+                while b + 2 <= nb {
+                    let (p, q) = (&row[b], &row[b + 1]);
+                    let (xp, xq) = (x.add(b * BLOCK), x.add((b + 1) * BLOCK));
+                    acc0 = $ops::fma($ops::splat(p.d), $kernel(p, xp), acc0);
+                    acc1 = $ops::fma($ops::splat(q.d), $kernel(q, xq), acc1);
+                    off0 += offset(p, xsum[b]);
+                    off1 += offset(q, xsum[b + 1]);
+                    b += 2;
+                }
+                if b < nb {
+                    let p = &row[b];
+                    let xp = x.add(b * BLOCK);
+                    acc0 = $ops::fma($ops::splat(p.d), $kernel(p, xp), acc0);
+                    off0 += offset(p, xsum[b]);
+                }
+                $ops::sum($ops::add(acc0, acc1)) + (off0 + off1)
+            }
+        }
+    };
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
     use std::arch::x86_64::*;
@@ -449,6 +506,37 @@ mod avx2 {
         let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
         let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
         _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)))
+    }
+
+    /// The 8-lane operations `block_row_dot!` needs.
+    struct Ops256;
+
+    impl Ops256 {
+        #[inline]
+        #[target_feature(enable = "avx2,fma")]
+        fn zero() -> __m256 {
+            _mm256_setzero_ps()
+        }
+        #[inline]
+        #[target_feature(enable = "avx2,fma")]
+        fn splat(v: f32) -> __m256 {
+            _mm256_set1_ps(v)
+        }
+        #[inline]
+        #[target_feature(enable = "avx2,fma")]
+        fn fma(a: __m256, b: __m256, c: __m256) -> __m256 {
+            _mm256_fmadd_ps(a, b, c)
+        }
+        #[inline]
+        #[target_feature(enable = "avx2,fma")]
+        fn add(a: __m256, b: __m256) -> __m256 {
+            _mm256_add_ps(a, b)
+        }
+        #[inline]
+        #[target_feature(enable = "avx2,fma")]
+        fn sum(v: __m256) -> f32 {
+            hsum(v)
+        }
     }
 
     /// # Safety
@@ -508,46 +596,6 @@ mod avx2 {
         }
     }
 
-    /// # Safety
-    /// The CPU has AVX2 and FMA.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dot_q4(row: &[Q4Block], x: &[f32], xsum: &[f32]) -> f32 {
-        let nb = row.len().min(x.len() / BLOCK).min(xsum.len());
-        // Two accumulators so that consecutive blocks do not wait on each other's FMA.
-        let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-        let (mut m0, mut m1) = (0f32, 0f32);
-        let mut b = 0;
-        // SAFETY: block b reads x[32b..32b + 32] with b < nb <= x.len() / 32.
-        unsafe {
-            while b + 2 <= nb {
-                let (p, q) = (&row[b], &row[b + 1]);
-                acc0 = _mm256_fmadd_ps(
-                    _mm256_set1_ps(p.d),
-                    q4_block(p, x.as_ptr().add(b * BLOCK)),
-                    acc0,
-                );
-                acc1 = _mm256_fmadd_ps(
-                    _mm256_set1_ps(q.d),
-                    q4_block(q, x.as_ptr().add((b + 1) * BLOCK)),
-                    acc1,
-                );
-                m0 += p.m * xsum[b];
-                m1 += q.m * xsum[b + 1];
-                b += 2;
-            }
-            if b < nb {
-                let p = &row[b];
-                acc0 = _mm256_fmadd_ps(
-                    _mm256_set1_ps(p.d),
-                    q4_block(p, x.as_ptr().add(b * BLOCK)),
-                    acc0,
-                );
-                m0 += p.m * xsum[b];
-            }
-        }
-        hsum(_mm256_add_ps(acc0, acc1)) + (m0 + m1)
-    }
-
     /// Σ q·x of one 8-bit block as 8 partial sums.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
@@ -565,40 +613,96 @@ mod avx2 {
         }
     }
 
-    /// # Safety
-    /// The CPU has AVX2 and FMA.
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn dot_q8(row: &[Q8Block], x: &[f32]) -> f32 {
-        let nb = row.len().min(x.len() / BLOCK);
-        let (mut acc0, mut acc1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-        let mut b = 0;
-        // SAFETY: as in dot_q4.
-        unsafe {
-            while b + 2 <= nb {
-                let (p, q) = (&row[b], &row[b + 1]);
-                acc0 = _mm256_fmadd_ps(
-                    _mm256_set1_ps(p.d),
-                    q8_block(p, x.as_ptr().add(b * BLOCK)),
-                    acc0,
-                );
-                acc1 = _mm256_fmadd_ps(
-                    _mm256_set1_ps(q.d),
-                    q8_block(q, x.as_ptr().add((b + 1) * BLOCK)),
-                    acc1,
-                );
-                b += 2;
-            }
-            if b < nb {
-                let p = &row[b];
-                acc0 = _mm256_fmadd_ps(
-                    _mm256_set1_ps(p.d),
-                    q8_block(p, x.as_ptr().add(b * BLOCK)),
-                    acc0,
-                );
-            }
+    block_row_dot!(
+        "avx2,fma",
+        dot_q4,
+        Q4Block,
+        q4_block,
+        |p, s| p.m * s,
+        Ops256
+    );
+    block_row_dot!("avx2,fma", dot_q8, Q8Block, q8_block, |_, _| 0.0, Ops256);
+}
+
+/// The same kernels on 16 lanes: a 4-bit block is two widenings of 16 nibbles instead of four of
+/// 8, which halves the shuffle work that bounds the AVX2 loop.
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{BLOCK, Q4Block, Q8Block};
+
+    /// The 16-lane operations `block_row_dot!` needs.
+    struct Ops512;
+
+    impl Ops512 {
+        #[inline]
+        #[target_feature(enable = "avx512f")]
+        fn zero() -> __m512 {
+            _mm512_setzero_ps()
         }
-        hsum(_mm256_add_ps(acc0, acc1))
+        #[inline]
+        #[target_feature(enable = "avx512f")]
+        fn splat(v: f32) -> __m512 {
+            _mm512_set1_ps(v)
+        }
+        #[inline]
+        #[target_feature(enable = "avx512f")]
+        fn fma(a: __m512, b: __m512, c: __m512) -> __m512 {
+            _mm512_fmadd_ps(a, b, c)
+        }
+        #[inline]
+        #[target_feature(enable = "avx512f")]
+        fn add(a: __m512, b: __m512) -> __m512 {
+            _mm512_add_ps(a, b)
+        }
+        #[inline]
+        #[target_feature(enable = "avx512f")]
+        fn sum(v: __m512) -> f32 {
+            _mm512_reduce_add_ps(v)
+        }
     }
+
+    /// Σ q·x of one 4-bit block as 16 partial sums.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn q4_block(blk: &Q4Block, x: *const f32) -> __m512 {
+        let mask = _mm_set1_epi8(0x0F);
+        // SAFETY: qs is 16 bytes; the caller passes 32 readable floats at x.
+        unsafe {
+            let q = _mm_loadu_si128(blk.qs.as_ptr().cast());
+            let lo = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(q, mask)));
+            let hi = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(
+                _mm_srli_epi16(q, 4),
+                mask,
+            )));
+            _mm512_fmadd_ps(
+                hi,
+                _mm512_loadu_ps(x.add(16)),
+                _mm512_mul_ps(lo, _mm512_loadu_ps(x)),
+            )
+        }
+    }
+
+    /// Σ q·x of one 8-bit block as 16 partial sums.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn q8_block(blk: &Q8Block, x: *const f32) -> __m512 {
+        // SAFETY: qs is 32 bytes, read 16 at a time; the caller passes 32 readable floats at x.
+        unsafe {
+            let q = blk.qs.as_ptr();
+            let lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(q.cast())));
+            let hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(q.add(16).cast())));
+            _mm512_fmadd_ps(
+                hi,
+                _mm512_loadu_ps(x.add(16)),
+                _mm512_mul_ps(lo, _mm512_loadu_ps(x)),
+            )
+        }
+    }
+
+    block_row_dot!("avx512f", dot_q4, Q4Block, q4_block, |p, s| p.m * s, Ops512);
+    block_row_dot!("avx512f", dot_q8, Q8Block, q8_block, |_, _| 0.0, Ops512);
 }
 
 #[cfg(test)]
