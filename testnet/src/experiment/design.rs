@@ -154,6 +154,10 @@ pub struct LiveCounts {
     pub tokens: u64,
     /// kJ charged by the completed jobs, from the modes the route's nodes gossiped at open.
     pub kilojoules: f64,
+    /// Session opens a hop refused (each is retried on another route up to three times).
+    pub refused_opens: u64,
+    /// Jobs that hops before a refusing hop had taken on: energy the simulator never spends.
+    pub wasted_hop_jobs: u64,
 }
 
 impl LiveCounts {
@@ -358,6 +362,7 @@ pub(crate) mod tests {
             saving_node_slots: 9,
             tokens: 28,
             kilojoules: 69.0 * 7.0,
+            ..LiveCounts::default()
         };
         let o = c.outcome();
         assert_eq!(

@@ -23,6 +23,14 @@ use tracing::{debug, info, warn};
 use super::design::{Design, LiveCounts};
 use sunswarm_testnet::net::{Split, Testnet, TestnetOptions};
 
+/// Opens of one job that a hop refused, and the jobs the hops before the refusing one had
+/// already taken on (each costs its node a job's energy without serving anything).
+#[derive(Debug, Clone, Copy, Default)]
+struct Refusals {
+    opens: u64,
+    wasted_hop_jobs: u64,
+}
+
 /// What became of one job.
 enum JobEnd {
     Completed {
@@ -91,7 +99,13 @@ struct Shared {
 /// `run_seed` stream of a job's route choices, from the job's seed.
 const ROUTE_STREAM: u64 = 0x524F_5554;
 
-async fn one_job(s: Rc<Shared>, seed: u64) -> JobEnd {
+async fn one_job(s: Rc<Shared>, seed: u64) -> (JobEnd, Refusals) {
+    let mut refusals = Refusals::default();
+    let end = job_attempts(s, seed, &mut refusals).await;
+    (end, refusals)
+}
+
+async fn job_attempts(s: Rc<Shared>, seed: u64, refusals: &mut Refusals) -> JobEnd {
     // Route choices (uniform's draw, ties) follow the job's seed, so the design's seed reaches
     // every random choice the client makes; what the gossip shows at the time still varies.
     let mut route_rng = ChaCha8Rng::seed_from_u64(run_seed(seed, ROUTE_STREAM, 0));
@@ -137,6 +151,7 @@ async fn one_job(s: Rc<Shared>, seed: u64) -> JobEnd {
             Ok(session) => break (session, kj),
             Err(e) if avoid.len() < 3 => {
                 debug!("open refused ({e}); choosing again");
+                count_refusal(refusals, &route, &e);
                 let culprit = match &e {
                     SessionError::Refused(w) => route.get(w.hop as usize),
                     _ => route.first(),
@@ -144,6 +159,7 @@ async fn one_job(s: Rc<Shared>, seed: u64) -> JobEnd {
                 avoid.push(culprit.map(|h| h.peer_id.clone()).unwrap_or_default());
             }
             Err(e) => {
+                count_refusal(refusals, &route, &e);
                 debug!("job dropped after {} refusals: {e}", avoid.len());
                 return JobEnd::Dropped;
             }
@@ -176,6 +192,27 @@ async fn one_job(s: Rc<Shared>, seed: u64) -> JobEnd {
             warn!("a job failed mid-generation: {e}");
             JobEnd::Failed
         }
+    }
+}
+
+fn tally(counts: &mut LiveCounts, end: JobEnd) {
+    match end {
+        JobEnd::Completed { tokens, kilojoules } => {
+            counts.completed += 1;
+            counts.tokens += tokens;
+            counts.kilojoules += kilojoules;
+        }
+        JobEnd::Dropped => counts.dropped += 1,
+        JobEnd::Failed => {}
+    }
+}
+
+/// Counts a refused open: the hops before the one to blame (the refusing hop, or the one a hop
+/// could not reach) had each taken the job on.
+fn count_refusal(r: &mut Refusals, route: &[Hop], e: &SessionError) {
+    r.opens += 1;
+    if let SessionError::Refused(_) = e {
+        r.wasted_hop_jobs += sunswarm_client::swarm::session::failed_hop(route, e) as u64;
     }
 }
 
@@ -224,7 +261,7 @@ pub async fn run(
     let t0 = Instant::now();
     let probe = loop {
         // Dropped means no gossiped route yet: the gossip mesh may still be forming.
-        match one_job(shared.clone(), 0).await {
+        match one_job(shared.clone(), 0).await.0 {
             JobEnd::Dropped if t0.elapsed() < Duration::from_secs(30) => {
                 tokio::time::sleep(Duration::from_millis(200)).await
             }
@@ -285,13 +322,12 @@ pub async fn run(
             let until = Instant::now() + d.slot_wall() * 30 + Duration::from_secs(10);
             for j in jobs {
                 match tokio::time::timeout_at(until, j).await {
-                    Ok(Ok(JobEnd::Completed { tokens, kilojoules })) => {
-                        counts.completed += 1;
-                        counts.tokens += tokens;
-                        counts.kilojoules += kilojoules;
+                    Ok(Ok((end, refusals))) => {
+                        counts.refused_opens += refusals.opens;
+                        counts.wasted_hop_jobs += refusals.wasted_hop_jobs;
+                        tally(&mut counts, end);
                     }
-                    Ok(Ok(JobEnd::Dropped)) => counts.dropped += 1,
-                    Ok(Ok(JobEnd::Failed)) | Ok(Err(_)) | Err(_) => {}
+                    Ok(Err(_)) | Err(_) => {}
                 }
             }
         })

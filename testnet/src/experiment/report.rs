@@ -63,6 +63,8 @@ pub fn run_json(r: &LiveRun) -> anyhow::Result<Value> {
     let mut v = serde_json::to_value(r.counts.outcome())?;
     v["offered"] = json!(r.counts.offered);
     v["tokens"] = json!(r.counts.tokens);
+    v["refused_opens"] = json!(r.counts.refused_opens);
+    v["wasted_hop_jobs"] = json!(r.counts.wasted_hop_jobs);
     v["seed"] = json!(r.seed);
     Ok(v)
 }
@@ -84,6 +86,8 @@ pub fn document(
             };
             put(&mut m, "offered", count(|c| c.offered));
             put(&mut m, "tokens", count(|c| c.tokens));
+            put(&mut m, "refused_opens", count(|c| c.refused_opens));
+            put(&mut m, "wasted_hop_jobs", count(|c| c.wasted_hop_jobs));
             let runs = r.live.iter().map(run_json).collect::<anyhow::Result<_>>()?;
             m.insert("runs".into(), Value::Array(runs));
             live.insert(key(r.policy).into(), Value::Object(m));
@@ -174,6 +178,8 @@ pub(crate) mod tests {
             saving_node_slots: saving,
             tokens: 4 * completed,
             kilojoules: 23.0 * completed as f64,
+            refused_opens: dropped,
+            wasted_hop_jobs: 2 * dropped,
         };
         let sim = |ps: f64| {
             let o = |x: f64| Outcome {
@@ -258,6 +264,15 @@ pub(crate) mod tests {
         assert_eq!(runs[1]["seed"], 2);
         assert!(close(&runs[0]["ps_frac"], 0.3) && close(&runs[1]["completed"], 28.0));
         assert_eq!(runs[0]["offered"], 29);
+        // Refusals and the hop jobs they wasted are counted per run and averaged.
+        assert_eq!(
+            runs[0]["wasted_hop_jobs"],
+            2 * runs[0]["refused_opens"].as_u64().unwrap()
+        );
+        assert!(close(
+            &u["wasted_hop_jobs"],
+            2.0 * u["refused_opens"].as_f64().unwrap()
+        ));
         assert!(doc["live"]["long-term"]["runs"].is_array());
 
         // One run: no spread (null), and no energy where no token was generated.
