@@ -73,7 +73,8 @@ pub async fn run(args: &GenerateArgs) -> Result<()> {
     let n_layers = model.config().n_layers;
     let ranges = match &args.local_split {
         Some(spec) => parse_split(spec, n_layers)?,
-        None => vec![0..n_layers],
+        // One range: all blocks in this process.
+        None => std::iter::once(0..n_layers).collect(),
     };
     let tokenizer = model.tokenizer()?;
     let ids = prompt_ids(&tokenizer, &args.prompt, args.chat)?;

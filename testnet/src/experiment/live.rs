@@ -321,13 +321,10 @@ pub async fn run(
             // Jobs still running after the drain get a bounded wait, then count as not completed.
             let until = Instant::now() + d.slot_wall() * 30 + Duration::from_secs(10);
             for j in jobs {
-                match tokio::time::timeout_at(until, j).await {
-                    Ok(Ok((end, refusals))) => {
-                        counts.refused_opens += refusals.opens;
-                        counts.wasted_hop_jobs += refusals.wasted_hop_jobs;
-                        tally(&mut counts, end);
-                    }
-                    Ok(Err(_)) | Err(_) => {}
+                if let Ok(Ok((end, refusals))) = tokio::time::timeout_at(until, j).await {
+                    counts.refused_opens += refusals.opens;
+                    counts.wasted_hop_jobs += refusals.wasted_hop_jobs;
+                    tally(&mut counts, end);
                 }
             }
         })
