@@ -1,8 +1,9 @@
 //! Where the weights come from: a GGUF file, a Hugging Face folder of safetensors (sharded or
 //! not), or a deterministic random generator. Every source answers for tensors by their GGUF
-//! names (`blk.3.attn_q.weight`), returns them dequantized to f32 in Hugging Face layout, and
-//! reads only the tensors that are asked for, so that a node hosting 10 of 30 blocks touches
-//! only those blocks' bytes.
+//! names (`blk.3.attn_q.weight`), returns them in Hugging Face layout, dequantized to f32 or, for
+//! linear weights, packed in the quantized blocks the CPU kernels multiply directly
+//! ([`WeightSource::load_packed`]), and reads only the tensors that are asked for, so that a node
+//! hosting 10 of 30 blocks touches only those blocks' bytes.
 
 use std::collections::HashMap;
 use std::fs::File;
