@@ -387,7 +387,7 @@ impl Linear {
                     .try_into_vec_as::<f32>()
                     .map_err(|e| ModelError::Backend(format!("{e:?}")))?;
                 let mut out = vec![0f32; n * weight.rows()];
-                weight.matmul(&x, n, &mut out);
+                weight.matmul(&x, n, &mut out)?;
                 Ok(Tensor::from_data(
                     TensorData::new(out, [n, weight.rows()]),
                     device,

@@ -260,9 +260,19 @@ impl PackedMatrix {
     }
 
     /// `out[n, rows] = x[n, cols] · Wᵀ`, rows split over the rayon pool.
-    pub(crate) fn matmul(&self, x: &[f32], n: usize, out: &mut [f32]) {
-        debug_assert_eq!(x.len(), n * self.cols);
-        debug_assert_eq!(out.len(), n * self.rows);
+    pub(crate) fn matmul(&self, x: &[f32], n: usize, out: &mut [f32]) -> Result<(), ModelError> {
+        if n == 0 || x.len() != n * self.cols || out.len() != n * self.rows {
+            return Err(ModelError::BadInput(format!(
+                "a product with a [{}, {}] weight needs [{n}, {}] inputs and [{n}, {}] outputs, \
+                 got {} and {} values",
+                self.rows,
+                self.cols,
+                self.cols,
+                self.rows,
+                x.len(),
+                out.len()
+            )));
+        }
         let k = Kernels::detect();
         // A few chunks per thread so that a core shared with another process does not hold
         // the whole product back.
@@ -275,7 +285,7 @@ impl PackedMatrix {
                     *o = self.row_dot(k, c * chunk + i, x, &xsum);
                 }
             });
-            return;
+            return Ok(());
         }
         // Prompt: each task dequantizes a tile of rows (f32 weights are used in place) and hands
         // it to gemm with every token, writing the transposed product, which is then turned
@@ -332,6 +342,7 @@ impl PackedMatrix {
                 out[t * self.rows + r] = v;
             }
         }
+        Ok(())
     }
 
     fn row_dot(&self, k: Kernels, r: usize, x: &[f32], xsum: &[f32]) -> f32 {
@@ -361,7 +372,13 @@ enum Kernels {
 }
 
 impl Kernels {
+    /// The best kernels this CPU runs, found once per process.
     fn detect() -> Self {
+        static DETECTED: std::sync::OnceLock<Kernels> = std::sync::OnceLock::new();
+        *DETECTED.get_or_init(Self::probe)
+    }
+
+    fn probe() -> Self {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
@@ -774,6 +791,13 @@ mod tests {
         let err = PackedMatrix::from_ggml(GgmlType::Q4_1, &bytes[..39], 2, 32).unwrap_err();
         assert!(err.to_string().contains("takes 40 bytes, got 39"), "{err}");
         assert!(PackedMatrix::from_f32(vec![0.0; 5], 2, 3).is_err());
+        // Products check their shapes instead of reading past the input.
+        let w = PackedMatrix::from_ggml(GgmlType::Q4_1, &bytes, 2, 32).unwrap();
+        let mut out = vec![0f32; 2];
+        let err = w.matmul(&[1.0; 31], 1, &mut out).unwrap_err();
+        assert!(err.to_string().contains("needs [1, 32] inputs"), "{err}");
+        assert!(w.matmul(&[1.0; 64], 2, &mut out).is_err());
+        assert!(w.matmul(&[], 0, &mut []).is_err());
     }
 
     #[test]
@@ -789,7 +813,7 @@ mod tests {
             for n in [1, 2, 5, 9] {
                 let x = values(n * 96, 11 + n as u64);
                 let mut out = vec![0f32; n * 37];
-                w.matmul(&x, n, &mut out);
+                w.matmul(&x, n, &mut out).unwrap();
                 assert_close(&out, &reference(&w, &x, n), &format!("{ty} n={n}"));
             }
         }
@@ -846,7 +870,7 @@ mod tests {
             let w = packed(ty, rows, cols, seed);
             let x = values(n * cols, seed + 1);
             let mut out = vec![0f32; n * rows];
-            w.matmul(&x, n, &mut out);
+            w.matmul(&x, n, &mut out).unwrap();
             assert_close(&out, &reference(&w, &x, n), "proptest");
         }
     }
