@@ -491,6 +491,9 @@ mod tests {
         let mut replay = step(5000, &[(3000, 4500), (1000, 1200)]);
         replay.replay = true;
         let t = step(1000, &[(300, 900), (400, 500)]);
-        assert_eq!(link_breakdown(&[prompt, replay, t], 2), vec![100.0, 100.0, 100.0]);
+        assert_eq!(
+            link_breakdown(&[prompt, replay, t], 2),
+            vec![100.0, 100.0, 100.0]
+        );
     }
 }
