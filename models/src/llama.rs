@@ -348,7 +348,7 @@ impl Linear {
             let (out, inp) = (weight.rows(), weight.cols());
             Linear::Tensor {
                 weight: Box::new(Tensor::from_data(
-                    TensorData::new(weight.to_f32(), [out, inp]),
+                    TensorData::new(weight.into_f32(), [out, inp]),
                     device,
                 )),
                 out,

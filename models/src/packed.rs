@@ -14,7 +14,7 @@ use rayon::prelude::*;
 
 use crate::ModelError;
 use crate::gguf::GgmlType;
-use crate::quant;
+use crate::quant::{self, half_at};
 
 /// Rows per task of a prompt's product: a tile of dequantized rows stays in L2.
 const PROMPT_TILE_ROWS: usize = 128;
@@ -53,10 +53,6 @@ pub(crate) struct PackedMatrix {
     rows: usize,
     cols: usize,
     store: Store,
-}
-
-fn half_at(b: &[u8], at: usize) -> f32 {
-    half::f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
 }
 
 impl PackedMatrix {
@@ -202,7 +198,7 @@ impl PackedMatrix {
                     .collect(),
             )
         } else {
-            Store::F32(parts.iter().flat_map(|p| p.to_f32()).collect())
+            Store::F32(parts.into_iter().flat_map(PackedMatrix::into_f32).collect())
         };
         Ok(Self { rows, cols, store })
     }
@@ -244,6 +240,14 @@ impl PackedMatrix {
                     }
                 }
             }
+        }
+    }
+
+    /// The whole weight as f32, row-major, without copying an f32 weight.
+    pub(crate) fn into_f32(self) -> Vec<f32> {
+        match self.store {
+            Store::F32(v) => v,
+            _ => self.to_f32(),
         }
     }
 

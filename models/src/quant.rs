@@ -119,7 +119,7 @@ fn block_fn(ty: GgmlType) -> Option<BlockFn> {
     })
 }
 
-fn half_at(b: &[u8], at: usize) -> f32 {
+pub(crate) fn half_at(b: &[u8], at: usize) -> f32 {
     f16::from_bits(u16::from_le_bytes([b[at], b[at + 1]])).to_f32()
 }
 

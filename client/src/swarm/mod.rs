@@ -320,10 +320,7 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// Summarises a session's per-forward timings (decode steps only: one token each).
 pub fn summarise(timings: &[ForwardTiming], hops: usize) -> (f64, f64, Vec<f64>) {
-    let decode: Vec<&ForwardTiming> = timings
-        .iter()
-        .filter(|t| t.n_tokens == 1 && t.hops.len() == hops && !t.replay)
-        .collect();
+    let decode = decode_steps(timings, hops);
     let rtt = median(decode.iter().map(|t| t.rtt_us as f64).collect());
     let over = median(decode.iter().map(|t| t.overhead_per_hop_us()).collect());
     let per_hop = (0..hops)
@@ -339,12 +336,17 @@ pub fn summarise(timings: &[ForwardTiming], hops: usize) -> (f64, f64, Vec<f64>)
     (rtt, over, per_hop)
 }
 
-/// The `link_us_median` breakdown of decode steps (see [`SwarmTimings`]).
-pub fn link_breakdown(timings: &[ForwardTiming], hops: usize) -> Vec<f64> {
-    let decode: Vec<&ForwardTiming> = timings
+/// The forwards that were decode steps over the whole route: one token each, not replays.
+fn decode_steps(timings: &[ForwardTiming], hops: usize) -> Vec<&ForwardTiming> {
+    timings
         .iter()
         .filter(|t| t.n_tokens == 1 && t.hops.len() == hops && !t.replay)
-        .collect();
+        .collect()
+}
+
+/// The `link_us_median` breakdown of decode steps (see [`SwarmTimings`]).
+pub fn link_breakdown(timings: &[ForwardTiming], hops: usize) -> Vec<f64> {
+    let decode = decode_steps(timings, hops);
     let total = |t: &ForwardTiming, h: usize| f64::from(t.hops[h].total_us);
     let compute = |t: &ForwardTiming, h: usize| f64::from(t.hops[h].compute_us);
     (0..=hops)
