@@ -230,28 +230,45 @@ impl AnnounceHandle {
 /// Gossips every `gossip_interval`, refreshes the DHT every quarter of the TTL. A quarter, not a
 /// third: a DHT lookup may return a copy one or two refreshes old (measured on a loaded machine),
 /// and that copy must still be live.
+///
+/// A source whose state changes on its own clock (an emulated battery's slot ends) is announced
+/// as it changes: a power-saving flip at once, any other change when the last message is at least
+/// three quarters of an interval old. With the interval at one slot, every slot's state is
+/// gossiped the moment it exists, rather than up to a slot late at a tick of arbitrary phase
+/// (which is what the simulator's routers see: the current state), and the rate stays one
+/// message per interval.
 async fn announcer(h: AnnounceHandle) {
     let refresh = h.cfg.announce_ttl / 4;
     let period = h.cfg.gossip_interval.min(refresh);
     let mut last_dht = Instant::now();
+    let mut last_publish = Instant::now();
+    let mut published_saving = h.energy.state().power_saving;
     let mut tick = tokio::time::interval(period);
     tick.tick().await;
-    let mut saving = h.energy.saving_changes();
+    let mut changes = h.energy.state_changes();
     loop {
-        // A power-saving change is announced at once, so clients stop (or resume) routing here.
         tokio::select! {
             _ = tick.tick() => {}
-            Some(Ok(())) = async { match saving.as_mut() { Some(rx) => Some(rx.changed().await), None => None } } => {}
+            Some(Ok(())) = async { match changes.as_mut() { Some(rx) => Some(rx.changed().await), None => None } } => {
+                let saving = changes.as_mut().map(|rx| rx.borrow_and_update().power_saving);
+                let flip = saving.is_some_and(|s| s != published_saving);
+                if !flip && last_publish.elapsed() < period * 3 / 4 {
+                    continue;
+                }
+            }
         }
         // Half a period of tolerance, so timer jitter does not skip every other refresh.
         let dht_too = last_dht.elapsed() + period / 2 >= refresh;
         if dht_too {
             last_dht = Instant::now();
         }
+        published_saving = h.energy.state().power_saving;
         if let Err(e) = h.publish(dht_too, false).await {
             warn!("announcing: {e}");
             return;
         }
+        last_publish = Instant::now();
+        tick.reset();
     }
 }
 

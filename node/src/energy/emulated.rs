@@ -23,7 +23,7 @@ use tracing::{debug, info};
 
 use super::pacing::{JobPhase, JobTicket};
 use super::spec::{EmulatedParams, PowerModeArg, SpecError};
-use super::{EnergySource, Refusal};
+use super::{EnergySource, Refusal, StateChange};
 
 /// Counters over the node's life, for logs and experiments.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -55,7 +55,7 @@ pub struct EmulatedCore {
     /// The job being processed.
     running: Option<watch::Sender<JobPhase>>,
     stats: EnergyStats,
-    saving: watch::Sender<bool>,
+    changes: watch::Sender<StateChange>,
 }
 
 impl EmulatedCore {
@@ -70,7 +70,10 @@ impl EmulatedCore {
         let dev = params.device(mode)?;
         let profile = DeviceProfile::compute(&dev, params.delta, DEFAULT_HORIZON)?;
         let battery = EmulatedBattery::new(dev, params.initial)?;
-        let saving = watch::Sender::new(battery.power_saving());
+        let changes = watch::Sender::new(StateChange {
+            seq: 0,
+            power_saving: battery.power_saving(),
+        });
         let mut core = EmulatedCore {
             battery,
             profile,
@@ -80,7 +83,7 @@ impl EmulatedCore {
             waiting: VecDeque::new(),
             running: None,
             stats: EnergyStats::default(),
-            saving,
+            changes,
         };
         core.begin(now);
         Ok(core)
@@ -101,9 +104,9 @@ impl EmulatedCore {
         self.stats
     }
 
-    /// Follows the power-saving flag.
-    pub fn saving_changes(&self) -> watch::Receiver<bool> {
-        self.saving.subscribe()
+    /// Signals every slot end (the only time the announced state changes).
+    pub fn state_changes(&self) -> watch::Receiver<StateChange> {
+        self.changes.subscribe()
     }
 
     fn begin(&mut self, now: Instant) {
@@ -151,15 +154,19 @@ impl EmulatedCore {
                 let _ = tx.send(JobPhase::Done);
             }
         }
-        if was_saving != self.battery.power_saving() {
+        let power_saving = self.battery.power_saving();
+        if was_saving != power_saving {
             info!(
-                saving = self.battery.power_saving(),
+                saving = power_saving,
                 level = self.battery.level(),
                 "power saving changes"
             );
-            self.saving.send_replace(self.battery.power_saving());
         }
         self.begin(now);
+        self.changes.send_modify(|c| {
+            c.seq += 1;
+            c.power_saving = power_saving;
+        });
     }
 
     /// Takes a session as a job if the model allows it now (R6).
@@ -319,8 +326,8 @@ impl EnergySource for EmulatedSource {
         self.lock().try_admit(max_tokens)
     }
 
-    fn saving_changes(&self) -> Option<watch::Receiver<bool>> {
-        Some(self.lock().saving_changes())
+    fn state_changes(&self) -> Option<watch::Receiver<StateChange>> {
+        Some(self.lock().state_changes())
     }
 }
 
@@ -387,16 +394,24 @@ mod tests {
     #[test]
     fn hysteresis_refuses_with_the_power_saving_reason_until_e_high() {
         let mut c = core("initial=30,low=20,high=40", PowerModeArg::W60);
-        let flag = c.saving_changes();
+        let mut changes = c.state_changes();
         let now = Instant::now();
         let _t = c.try_admit(4).unwrap();
         c.tick(0, now);
+        assert!(changes.has_changed().unwrap(), "every slot end is signalled");
+        assert_eq!(
+            *changes.borrow_and_update(),
+            StateChange {
+                seq: 1,
+                power_saving: false
+            }
+        );
         c.tick(0, now); // 60 W job: 30 - 23 = 7 < 20
         assert_eq!(c.battery().level(), 7);
         assert!(c.state().power_saving);
         assert!(
-            flag.has_changed().unwrap() && *flag.borrow(),
-            "the change is signalled at once"
+            changes.has_changed().unwrap() && changes.borrow().power_saving,
+            "the flip is signalled at the slot end that causes it"
         );
         let refusal = c.try_admit(4).unwrap_err();
         assert!(matches!(refusal, Refusal::PowerSaving(_)));
@@ -411,7 +426,14 @@ mod tests {
         assert!(c.try_admit(4).is_err());
         c.tick(1, now); // 40 = e_H: wakes
         assert!(!c.state().power_saving);
-        assert!(!*flag.borrow());
+        assert_eq!(
+            *changes.borrow(),
+            StateChange {
+                seq: 4,
+                power_saving: false
+            },
+            "four slot ends, the last one a wake"
+        );
         assert!(c.try_admit(4).is_ok());
         assert_eq!(
             c.stats().refused_saving,

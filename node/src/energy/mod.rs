@@ -76,6 +76,16 @@ pub enum Refusal {
     Busy(String),
 }
 
+/// Signalled whenever a source's announced state may have changed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StateChange {
+    /// Changes so far (slot ends of an emulated battery).
+    pub seq: u64,
+    /// The power-saving flag after the change: a flip is announced at once, whatever the gossip
+    /// interval, because clients must stop (or resume) routing to the node.
+    pub power_saving: bool,
+}
+
 /// What the node reports and how it decides whether to take a session.
 pub trait EnergySource: Send + Sync + 'static {
     /// Current state, published in announcements.
@@ -100,9 +110,10 @@ pub trait EnergySource: Send + Sync + 'static {
     }
     /// Called after each job (one forward) with the compute time it took.
     fn on_job(&self, _compute: std::time::Duration) {}
-    /// Follows the power-saving flag, for sources where it changes on their own clock, so the
-    /// node can announce a change at once instead of at its next gossip tick.
-    fn saving_changes(&self) -> Option<tokio::sync::watch::Receiver<bool>> {
+    /// Follows the announced state, for sources where it changes on their own clock (an
+    /// emulated battery's slot ends), so the node can announce a change as it happens instead of
+    /// at a gossip tick of arbitrary phase.
+    fn state_changes(&self) -> Option<tokio::sync::watch::Receiver<StateChange>> {
         None
     }
 }
