@@ -14,7 +14,8 @@ use libp2p::kad::{
     self, GetProvidersOk, GetRecordOk, QueryId, QueryResult, Quorum, Record, RecordKey,
 };
 use libp2p::pnet::{PnetConfig, PreSharedKey};
-use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::{DialError, NetworkBehaviour, SwarmEvent};
 use libp2p::{
     Multiaddr, PeerId, StreamProtocol, Swarm, gossipsub, identify, identity, noise, tcp, yamux,
 };
@@ -89,6 +90,7 @@ enum Command {
     AddAddresses {
         peer: PeerId,
         addrs: Vec<Multiaddr>,
+        done: oneshot::Sender<()>,
     },
     PutRecord {
         key: [u8; 32],
@@ -333,9 +335,13 @@ impl Network {
         }
     }
 
-    /// Lets the swarm dial `peer` at these addresses (e.g. the next hop of a route).
+    /// Lets the swarm dial `peer` at these addresses (e.g. the next hop of a route), and dials it
+    /// there unless a connection exists or is being made.
     pub async fn add_addresses(&self, peer: PeerId, addrs: Vec<Multiaddr>) -> Result<(), NetError> {
-        self.send(Command::AddAddresses { peer, addrs }).await
+        // Answered once the swarm holds them: a dial right after this call must find them
+        // (a stream opened through libp2p-stream asks the swarm for the peer's addresses).
+        self.ask(|done| Command::AddAddresses { peer, addrs, done })
+            .await
     }
 
     pub async fn put_record(
@@ -425,10 +431,24 @@ impl EventLoop {
                 let n = b.kad.kbuckets().map(|k| k.num_entries()).sum();
                 let _ = reply.send(n);
             }
-            Command::AddAddresses { peer, addrs } => {
-                for a in addrs {
-                    self.swarm.add_peer_address(peer, a);
+            Command::AddAddresses { peer, addrs, done } => {
+                for a in &addrs {
+                    self.swarm.add_peer_address(peer, a.clone());
                 }
+                // No behaviour here keeps an address book that a bare dial by peer id would
+                // consult (Kademlia only knows peers it learned itself), so a stream to a peer
+                // the DHT has not met yet failed with "no addresses". Dial now, at these
+                // addresses: the stream opened next rides this connection (libp2p-stream's own
+                // dial sees one in progress and waits for it).
+                let opts = DialOpts::peer_id(peer)
+                    .addresses(addrs)
+                    .condition(PeerCondition::DisconnectedAndNotDialing)
+                    .build();
+                match self.swarm.dial(opts) {
+                    Ok(()) | Err(DialError::DialPeerConditionFalse(_)) => {}
+                    Err(e) => debug!(%peer, "dialling: {e}"),
+                }
+                let _ = done.send(());
             }
             Command::PutRecord { key, value, ttl } => {
                 let mut rec = Record::new(RecordKey::new(&key), value);

@@ -96,6 +96,7 @@ pub async fn start(
         next_hop_timeout: cfg.next_hop_timeout,
         idle_timeout: cfg.idle_timeout,
         kv_budget_kib: Arc::new(Semaphore::new(cfg.max_kv_mib as usize * 1024)),
+        attach: Arc::default(),
     });
     let mut tasks = vec![tokio::spawn(session::accept_loop(ctx, incoming))];
     net.wait_ready(false, Duration::from_secs(10)).await?;

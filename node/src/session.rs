@@ -1,21 +1,25 @@
-//! Serving inference sessions. Each inbound activation stream carries one session: the first
-//! message opens it (with the whole route), then forwards run through this node's blocks and, if
-//! this node is not the last hop, on to the next hop over a stream this node opens; the answer
-//! comes back the same way with every hop's timing added. One KV cache per session, dropped when
-//! the stream ends. Every refusal is answered with a typed [`WireError`] naming its reason.
+//! Serving inference sessions. An inbound activation stream carries one session: the first
+//! message opens it (with the whole route), then forwards run through this node's blocks and on to
+//! the next hop over a stream this node opens, each hop adding its timing. The last hop sends its
+//! output straight to the client, on a second stream the client attaches to it
+//! ([`Request::Attach`]). Refusals travel back up the route: each hop watches its next hop's
+//! stream and relays an error (or the loss of that hop) to its own upstream. One KV cache per
+//! session, dropped when the session ends. Every refusal is a typed [`WireError`] naming its
+//! reason.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use libp2p::{Multiaddr, PeerId, StreamProtocol};
 use sunswarm_protocol::codec::CodecError;
-use sunswarm_protocol::io::{FrameError, read_message, write_message};
+use sunswarm_protocol::io::{FrameError, FrameReader, read_message, write_message};
 use sunswarm_protocol::{
     ACTIVATIONS_PROTOCOL, Announcement, BlockRange, ErrorKind, Forward, Hop, HopTiming,
-    ModelDigest, OpenSession, Request, Response, TensorFrame, WireError,
+    ModelDigest, OpenSession, Request, Response, SessionId, TensorFrame, WireError,
 };
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::compute::{BlockRunner, SessionCache};
@@ -41,6 +45,86 @@ pub struct SessionCtx {
     /// KV-cache memory the node may promise to sessions, in KiB permits: an open reserves its
     /// `max_tokens` worth up front, so admitted sessions can never exceed it.
     pub kv_budget_kib: Arc<Semaphore>,
+    /// Sessions whose last hop is this node, until their client attaches.
+    pub attach: Arc<AttachBoard>,
+}
+
+/// Sessions whose last hop is this node, waiting for their client's return stream.
+#[derive(Debug, Default)]
+pub struct AttachBoard {
+    waiting: Mutex<HashMap<SessionId, Waiting>>,
+}
+
+#[derive(Debug)]
+struct Waiting {
+    client: Vec<u8>,
+    hop: u16,
+    stream: oneshot::Sender<Stream>,
+}
+
+impl AttachBoard {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SessionId, Waiting>> {
+        // Every method changes the map in one step, so a panic elsewhere cannot leave it torn.
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Registers an opened session; its client may attach until the returned slot is dropped.
+    fn register(self: &Arc<Self>, open: &OpenSession) -> Result<AttachSlot, WireError> {
+        let mut map = self.lock();
+        if map.contains_key(&open.session) {
+            return Err(refusal(
+                ErrorKind::BadRequest,
+                open.hop,
+                format!("session {} is already open on this node", open.session),
+            ));
+        }
+        let (tx, rx) = oneshot::channel();
+        map.insert(
+            open.session,
+            Waiting {
+                client: open.client.clone(),
+                hop: open.hop,
+                stream: tx,
+            },
+        );
+        Ok(AttachSlot {
+            board: self.clone(),
+            session: open.session,
+            stream: rx,
+        })
+    }
+
+    /// Takes the waiting session `session` for `from`, which must be the client that opened it.
+    fn take(&self, session: SessionId, from: &PeerId) -> Result<oneshot::Sender<Stream>, WireError> {
+        match self.lock().entry(session) {
+            std::collections::hash_map::Entry::Vacant(_) => Err(refusal(
+                ErrorKind::UnknownSession,
+                0,
+                format!("no session {session} waits for its client here"),
+            )),
+            std::collections::hash_map::Entry::Occupied(w) if w.get().client != from.to_bytes() => {
+                Err(refusal(
+                    ErrorKind::BadRequest,
+                    w.get().hop,
+                    format!("session {session} was opened for another client"),
+                ))
+            }
+            std::collections::hash_map::Entry::Occupied(w) => Ok(w.remove().stream),
+        }
+    }
+}
+
+/// A session's place on the [`AttachBoard`]; dropping it withdraws the place.
+struct AttachSlot {
+    board: Arc<AttachBoard>,
+    session: SessionId,
+    stream: oneshot::Receiver<Stream>,
+}
+
+impl Drop for AttachSlot {
+    fn drop(&mut self) {
+        self.board.lock().remove(&self.session);
+    }
 }
 
 pub fn protocol() -> StreamProtocol {
@@ -93,13 +177,14 @@ fn frame_refusal(e: &FrameError, hop: u16) -> Option<WireError> {
 }
 
 /// Reads the next request, giving up after `idle` with a [`ErrorKind::Timeout`] refusal.
+/// Cancel-safe (the reader keeps a partly read frame).
 async fn next_request(
     up: &mut Stream,
-    buf: &mut Vec<u8>,
+    reader: &mut FrameReader,
     idle: Duration,
     hop: u16,
 ) -> Result<Request, Option<WireError>> {
-    match tokio::time::timeout(idle, read_message::<_, Request>(up, buf)).await {
+    match tokio::time::timeout(idle, reader.next::<_, Request>(up)).await {
         Ok(Ok(r)) => Ok(r),
         Ok(Err(e)) => Err(frame_refusal(&e, hop)),
         Err(_) => Err(Some(refusal(
@@ -110,18 +195,38 @@ async fn next_request(
     }
 }
 
+/// Hands the client's return stream to the session it names.
+async fn attach(ctx: &SessionCtx, from: PeerId, session: SessionId, mut stream: Stream) {
+    match ctx.attach.take(session, &from) {
+        Ok(tx) => {
+            if write_message(&mut stream, &Response::Opened { session })
+                .await
+                .is_ok()
+            {
+                // Fails only if the session ended meanwhile; dropping the stream tells the client.
+                let _ = tx.send(stream);
+            }
+        }
+        Err(refused) => {
+            debug!(%from, %refused, "attach refused");
+            let _ = write_message(&mut stream, &Response::Error(refused)).await;
+        }
+    }
+}
+
 /// Serves one session stream from `from`.
 pub async fn serve(ctx: Arc<SessionCtx>, from: PeerId, mut up: Stream) {
-    let mut buf = Vec::new();
-    let open = match next_request(&mut up, &mut buf, ctx.idle_timeout, 0).await {
+    let mut reader = FrameReader::new();
+    let open = match next_request(&mut up, &mut reader, ctx.idle_timeout, 0).await {
         Ok(Request::Open(o)) => o,
+        Ok(Request::Attach { session }) => return attach(&ctx, from, session, up).await,
         Ok(_) => {
             let _ = write_message(
                 &mut up,
                 &Response::Error(refusal(
                     ErrorKind::BadRequest,
                     0,
-                    "the first message must open a session",
+                    "the first message must open a session or attach to one",
                 )),
             )
             .await;
@@ -148,16 +253,18 @@ pub async fn serve(ctx: Arc<SessionCtx>, from: PeerId, mut up: Stream) {
                 return;
             }
         };
-        let down = if (hop as usize) + 1 < open.route.len() {
-            match open_next(&ctx, &open).await {
-                Ok(d) => Some(d),
-                Err(refused) => {
-                    let _ = write_message(&mut up, &Response::Error(refused)).await;
-                    return;
-                }
-            }
+        let next = if (hop as usize) + 1 < open.route.len() {
+            open_next(&ctx, &open).await.map(Onward::Hop)
         } else {
-            None
+            // Registered before the open is confirmed, so the client's attach always finds it.
+            ctx.attach.register(&open).map(Onward::Client)
+        };
+        let next = match next {
+            Ok(n) => n,
+            Err(refused) => {
+                let _ = write_message(&mut up, &Response::Error(refused)).await;
+                return;
+            }
         };
         if write_message(
             &mut up,
@@ -172,7 +279,7 @@ pub async fn serve(ctx: Arc<SessionCtx>, from: PeerId, mut up: Stream) {
         }
         debug!(%from, "opened");
         let cache = ctx.runner.new_session();
-        run_session(&ctx, &open, up, down, cache, buf, job).await;
+        run_session(&ctx, &open, up, reader, next, cache, job).await;
         drop((permit, kv));
         debug!("closed");
     }
@@ -269,16 +376,25 @@ pub enum OpenError {
 /// Attempts at an open whose stream the peer dropped unread.
 const OPEN_ATTEMPTS: u32 = 4;
 
-/// Opens an activation stream to `peer`, sends `open` and reads the answer. libp2p-stream
-/// hands a node one inbound stream at a time and drops one that arrives while the previous is
-/// still being accepted (a burst of opens on a busy machine); the opener sees the stream end
-/// before any answer, and nothing was opened on the peer, so that case is retried.
+/// Opens an activation stream to `peer`, sends `open` and reads the answer (see [`send_first`]).
 pub async fn send_open(
     net: &Network,
     peer: PeerId,
     open: &OpenSession,
 ) -> Result<(Stream, Response), OpenError> {
-    let request = Request::Open(open.clone());
+    send_first(net, peer, &Request::Open(open.clone())).await
+}
+
+/// Opens an activation stream to `peer`, sends the stream's first message (an open or an
+/// attach) and reads the answer. libp2p-stream hands a node one inbound stream at a time and
+/// drops one that arrives while the previous is still being accepted (a burst of opens on a busy
+/// machine); the opener sees the stream end before any answer, and nothing was opened on the
+/// peer, so that case is retried.
+pub async fn send_first(
+    net: &Network,
+    peer: PeerId,
+    request: &Request,
+) -> Result<(Stream, Response), OpenError> {
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -288,14 +404,14 @@ pub async fn send_open(
             .await
             .map_err(|e| OpenError::Unreachable(e.to_string()))?;
         let mut buf = Vec::new();
-        let answer = match write_message(&mut s, &request).await {
+        let answer = match write_message(&mut s, request).await {
             Ok(()) => read_message::<_, Response>(&mut s, &mut buf).await,
             Err(e) => Err(e),
         };
         match answer {
             Ok(r) => return Ok((s, r)),
             Err(FrameError::Closed) if attempt < OPEN_ATTEMPTS => {
-                debug!(%peer, attempt, "open stream dropped unread; retrying");
+                debug!(%peer, attempt, "first message's stream dropped unread; retrying");
                 tokio::time::sleep(Duration::from_millis(5 << attempt)).await;
             }
             Err(e) => return Err(e.into()),
@@ -389,95 +505,149 @@ fn micros(d: Duration) -> u32 {
     u32::try_from(d.as_micros()).unwrap_or(u32::MAX)
 }
 
-/// The forward loop of an open session.
+/// Where a hop's outputs go.
+enum Onward {
+    /// The next hop of the route, on the stream this node opened to it.
+    Hop(Stream),
+    /// The client, once it attaches its return stream (this node is the last hop).
+    Client(AttachSlot),
+}
+
+/// What [`run_session`] waits for next.
+enum Event {
+    Up(Result<Request, Option<WireError>>),
+    Down(Result<Response, FrameError>),
+    Attached(Stream),
+}
+
+/// A refusal for a next hop that failed, answered, or went away.
+fn next_hop_lost(hop: u16, answer: Result<Response, FrameError>) -> WireError {
+    let nh = |m: String| refusal(ErrorKind::NextHop, hop, m);
+    match answer {
+        // A later hop's refusal travels back unchanged: the client learns which hop and why.
+        Ok(Response::Error(e)) => e,
+        Ok(other) => nh(format!(
+            "unexpected message from the next hop: {}",
+            kind_of(&other)
+        )),
+        Err(FrameError::Closed) => nh("the next hop closed the session".into()),
+        Err(e) => {
+            warn!("next hop failed: {e}");
+            nh(format!("the next hop failed: {e}"))
+        }
+    }
+}
+
+/// The forward loop of an open session: forwards from upstream are computed and passed on; the
+/// next hop's stream is watched at the same time, so that its failure ends the session at once
+/// and is reported upstream.
 async fn run_session(
     ctx: &SessionCtx,
     open: &OpenSession,
     mut up: Stream,
-    mut down: Option<Stream>,
+    mut up_reader: FrameReader,
+    mut next: Onward,
     mut cache: Box<dyn SessionCache>,
-    mut buf: Vec<u8>,
     mut job: JobTicket,
 ) {
     let hop = open.hop;
     let dim = ctx.runner.hidden_size();
-    let mut down_buf = Vec::new();
+    let mut down_reader = FrameReader::new();
+    let mut client: Option<Stream> = None;
     loop {
-        let req = match next_request(&mut up, &mut buf, ctx.idle_timeout, hop).await {
-            Ok(r) => r,
-            Err(Some(refused)) => {
+        let (down, slot) = match &mut next {
+            Onward::Hop(d) => (Some(d), None),
+            // A received stream is never waited for again (the receiver is spent).
+            Onward::Client(slot) => (None, Some(slot).filter(|_| client.is_none())),
+        };
+        let event = tokio::select! {
+            r = next_request(&mut up, &mut up_reader, ctx.idle_timeout, hop) => Event::Up(r),
+            Some(d) = async {
+                match down {
+                    Some(d) => Some(down_reader.next::<_, Response>(d).await),
+                    None => None,
+                }
+            } => Event::Down(d),
+            Some(Ok(s)) = async {
+                match slot {
+                    Some(slot) => Some((&mut slot.stream).await),
+                    None => None,
+                }
+            } => Event::Attached(s),
+        };
+        let req = match event {
+            Event::Attached(s) => {
+                debug!("client attached");
+                client = Some(s);
+                continue;
+            }
+            Event::Down(answer) => {
+                let refused = next_hop_lost(hop, answer);
+                debug!(%refused, "next hop ended the session");
+                let _ = write_message(&mut up, &Response::Error(refused)).await;
+                return;
+            }
+            Event::Up(Ok(r)) => r,
+            Event::Up(Err(Some(refused))) => {
                 debug!(%refused, "ending the session");
                 let _ = write_message(&mut up, &Response::Error(refused)).await;
                 return;
             }
-            Err(None) => return, // upstream closed or failed: the session ends with it
+            Event::Up(Err(None)) => return, // upstream closed or failed: the session ends with it
         };
-        let reply = match req {
+        let refused = match req {
             Request::Forward(f) => {
-                match forward(
-                    ctx,
-                    open,
-                    &f,
-                    dim,
-                    cache.as_mut(),
-                    down.as_mut(),
-                    &mut down_buf,
-                )
-                .await
-                {
-                    Ok(r) => {
-                        // An emulated power mode answers no sooner than its share of the time
-                        // per job (scaled by the clock); the deadline is absolute, so the hops
-                        // of a route pace side by side rather than one after another.
-                        job.pace(cache.len() as u32).await;
-                        r
-                    }
-                    Err(refused) => {
-                        let _ = write_message(&mut up, &Response::Error(refused)).await;
-                        return;
-                    }
+                match forward(ctx, open, f, dim, cache.as_mut(), &mut job).await {
+                    Ok(out) => match pass_on(ctx, open, out, &mut next, &mut client).await {
+                        Ok(()) => continue,
+                        Err(refused) => refused,
+                    },
+                    Err(refused) => refused,
                 }
             }
             Request::Close { session } if session == open.session => {
-                if let Some(d) = down.as_mut() {
+                if let Onward::Hop(d) = &mut next {
                     let _ = write_message(d, &Request::Close { session }).await;
                     let _ = tokio::time::timeout(
                         ctx.next_hop_timeout,
-                        read_message::<_, Response>(d, &mut down_buf),
+                        down_reader.next::<_, Response>(d),
                     )
                     .await;
                 }
                 let _ = write_message(&mut up, &Response::Closed { session }).await;
                 return;
             }
-            Request::Close { .. } => Response::Error(refusal(
+            Request::Close { .. } => refusal(
                 ErrorKind::UnknownSession,
                 hop,
                 "close names another session",
-            )),
-            Request::Open(_) => Response::Error(refusal(
+            ),
+            Request::Open(_) | Request::Attach { .. } => refusal(
                 ErrorKind::BadRequest,
                 hop,
                 "this stream's session is already open",
-            )),
+            ),
         };
-        let failed = matches!(reply, Response::Error(_));
-        if write_message(&mut up, &reply).await.is_err() || failed {
-            return;
-        }
+        let _ = write_message(&mut up, &Response::Error(refused)).await;
+        return;
     }
 }
 
-/// One forward: check, compute, pass on, collect the answer.
+/// A forward's output, ready to pass on.
+struct Output {
+    forward: Forward,
+}
+
+/// One forward: check it, run the blocks, wait for the power mode's pace, and stamp this hop's
+/// timing onto it.
 async fn forward(
     ctx: &SessionCtx,
     open: &OpenSession,
-    f: &Forward,
+    f: Forward,
     dim: usize,
     cache: &mut dyn SessionCache,
-    down: Option<&mut Stream>,
-    down_buf: &mut Vec<u8>,
-) -> Result<Response, WireError> {
+    job: &mut JobTicket,
+) -> Result<Output, WireError> {
     let t0 = Instant::now();
     let hop = open.hop;
     if f.session != open.session {
@@ -495,6 +665,16 @@ async fn forward(
                 "forward starts at position {} but the cache holds {}",
                 f.position,
                 cache.len()
+            ),
+        ));
+    }
+    if f.timings.len() != hop as usize {
+        return Err(refusal(
+            ErrorKind::BadRequest,
+            hop,
+            format!(
+                "forward carries {} hop timings, hop {hop} expects one per earlier hop",
+                f.timings.len()
             ),
         ));
     }
@@ -517,67 +697,82 @@ async fn forward(
         .map_err(|e| refusal(ErrorKind::Compute, hop, e.to_string()))?;
     let compute = tc.elapsed();
     ctx.energy.on_job(compute);
-    let frame = TensorFrame::from_f32(&[n as u32, dim as u32], &out, open.dtype)
+    let hidden = TensorFrame::from_f32(&[n as u32, dim as u32], &out, open.dtype)
         .map_err(|e| refusal(ErrorKind::Internal, hop, e.to_string()))?;
-    let (hidden, mut timings) = match down {
-        None => (frame, Vec::with_capacity(1)),
-        Some(d) => {
-            let next = Forward {
+    // An emulated power mode answers no sooner than its share of the time per job (scaled by
+    // the clock); the deadline is absolute, so the hops of a route pace side by side rather than
+    // one after another.
+    job.pace(cache.len() as u32).await;
+    let mut timings = f.timings;
+    timings.push(HopTiming {
+        hop,
+        compute_us: micros(compute),
+        total_us: micros(t0.elapsed()),
+    });
+    Ok(Output {
+        forward: Forward {
+            session: f.session,
+            step: f.step,
+            position: f.position,
+            hidden,
+            timings,
+        },
+    })
+}
+
+/// Sends a forward's output to the next hop, or, from the last hop, to the client's return
+/// stream (waiting for the client to attach it if it has not yet).
+async fn pass_on(
+    ctx: &SessionCtx,
+    open: &OpenSession,
+    out: Output,
+    next: &mut Onward,
+    client: &mut Option<Stream>,
+) -> Result<(), WireError> {
+    let hop = open.hop;
+    match next {
+        Onward::Hop(d) => write_message(d, &Request::Forward(out.forward))
+            .await
+            .map_err(|e| {
+                refusal(
+                    ErrorKind::NextHop,
+                    hop,
+                    format!("sending to the next hop: {e}"),
+                )
+            }),
+        Onward::Client(slot) => {
+            if client.is_none() {
+                let attached = tokio::time::timeout(ctx.next_hop_timeout, &mut slot.stream).await;
+                *client = Some(attached.ok().and_then(Result::ok).ok_or_else(|| {
+                    refusal(
+                        ErrorKind::Timeout,
+                        hop,
+                        format!(
+                            "the client did not attach for the outputs within {:?}",
+                            ctx.next_hop_timeout
+                        ),
+                    )
+                })?);
+            }
+            let f = out.forward;
+            let answer = Response::Hidden {
                 session: f.session,
                 step: f.step,
-                position: f.position,
-                hidden: frame,
+                hidden: f.hidden,
+                timings: f.timings,
             };
-            let nh = |m: String| refusal(ErrorKind::NextHop, hop, m);
-            write_message(d, &Request::Forward(next))
-                .await
-                .map_err(|e| nh(format!("sending to the next hop: {e}")))?;
-            let answer = tokio::time::timeout(
-                ctx.next_hop_timeout,
-                read_message::<_, Response>(d, down_buf),
-            )
-            .await
-            .map_err(|_| {
-                nh(format!(
-                    "the next hop did not answer within {:?}",
-                    ctx.next_hop_timeout
-                ))
+            let s = client.as_mut().ok_or_else(|| {
+                refusal(ErrorKind::Internal, hop, "no return stream")
             })?;
-            match answer {
-                Ok(Response::Hidden {
-                    session,
-                    step,
-                    hidden,
-                    timings,
-                }) if session == f.session && step == f.step => (hidden, timings),
-                Ok(Response::Error(e)) => return Err(e),
-                Ok(other) => {
-                    return Err(nh(format!(
-                        "unexpected answer from the next hop: {}",
-                        kind_of(&other)
-                    )));
-                }
-                Err(e) => {
-                    warn!("next hop failed: {e}");
-                    return Err(nh(format!("the next hop failed: {e}")));
-                }
-            }
+            write_message(s, &answer).await.map_err(|e| {
+                refusal(
+                    ErrorKind::Internal,
+                    hop,
+                    format!("sending the output to the client: {e}"),
+                )
+            })
         }
-    };
-    timings.insert(
-        0,
-        HopTiming {
-            hop,
-            compute_us: micros(compute),
-            total_us: micros(t0.elapsed()),
-        },
-    );
-    Ok(Response::Hidden {
-        session: f.session,
-        step: f.step,
-        hidden,
-        timings,
-    })
+    }
 }
 
 fn kind_of(r: &Response) -> &'static str {

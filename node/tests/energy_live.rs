@@ -95,67 +95,87 @@ fn hop(node: &RunningNode) -> Hop {
     }
 }
 
-/// Opens a one-hop session; returns the stream, or the node's refusal.
+/// A one-hop session: the stream it was opened on and the stream attached for its output.
+struct Session {
+    first: libp2p::Stream,
+    outputs: libp2p::Stream,
+}
+
+async fn stream_to(net: &Network, node: &RunningNode) -> libp2p::Stream {
+    net.control()
+        .open_stream(node.peer_id(), StreamProtocol::new(ACTIVATIONS_PROTOCOL))
+        .await
+        .expect("stream opens")
+}
+
+/// Opens a one-hop session and attaches to it; returns the session, or the node's refusal.
 async fn open(
     net: &Network,
     node: &RunningNode,
     id: u8,
     max_tokens: u32,
-) -> Result<libp2p::Stream, sunswarm_protocol::WireError> {
+) -> Result<Session, sunswarm_protocol::WireError> {
     net.add_addresses(node.peer_id(), node.listen_addrs())
         .await
         .unwrap();
-    let mut s = net
-        .control()
-        .open_stream(node.peer_id(), StreamProtocol::new(ACTIVATIONS_PROTOCOL))
-        .await
-        .expect("stream opens");
+    let session = SessionId([id; 16]);
     let open = OpenSession {
-        session: SessionId([id; 16]),
+        session,
         model_id: MODEL,
         route: vec![hop(node)],
         hop: 0,
         dtype: DType::F32,
         max_tokens,
+        client: net.local_peer_id().to_bytes(),
     };
-    write_message(&mut s, &Request::Open(open)).await.unwrap();
     let mut buf = Vec::new();
-    match read_message::<_, Response>(&mut s, &mut buf).await.unwrap() {
-        Response::Opened { .. } => Ok(s),
-        Response::Error(e) => Err(e),
+    let mut first = stream_to(net, node).await;
+    write_message(&mut first, &Request::Open(open)).await.unwrap();
+    match read_message::<_, Response>(&mut first, &mut buf).await.unwrap() {
+        Response::Opened { .. } => {}
+        Response::Error(e) => return Err(e),
         other => panic!("unexpected answer to an open: {other:?}"),
+    }
+    let mut outputs = stream_to(net, node).await;
+    write_message(&mut outputs, &Request::Attach { session })
+        .await
+        .unwrap();
+    match read_message::<_, Response>(&mut outputs, &mut buf).await.unwrap() {
+        Response::Opened { .. } => Ok(Session { first, outputs }),
+        other => panic!("unexpected answer to an attach: {other:?}"),
     }
 }
 
 /// Runs `n` tokens through an open session in one forward and closes it.
-async fn run_job(s: &mut libp2p::Stream, id: u8, n: usize) {
+async fn run_job(s: &mut Session, id: u8, n: usize) {
     let hidden =
         TensorFrame::from_f32(&[n as u32, DIM as u32], &vec![0.0; n * DIM], DType::F32).unwrap();
     write_message(
-        s,
+        &mut s.first,
         &Request::Forward(Forward {
             session: SessionId([id; 16]),
             step: 0,
             position: 0,
             hidden,
+            timings: Vec::new(),
         }),
     )
     .await
     .unwrap();
     let mut buf = Vec::new();
-    match read_message::<_, Response>(s, &mut buf).await.unwrap() {
+    match read_message::<_, Response>(&mut s.outputs, &mut buf).await.unwrap() {
         Response::Hidden { .. } => {}
         other => panic!("unexpected answer to a forward: {other:?}"),
     }
     write_message(
-        s,
+        &mut s.first,
         &Request::Close {
             session: SessionId([id; 16]),
         },
     )
     .await
     .unwrap();
-    let _ = read_message::<_, Response>(s, &mut buf).await;
+    let _ = read_message::<_, Response>(&mut s.first, &mut buf).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

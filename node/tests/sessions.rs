@@ -1,7 +1,8 @@
 //! Source-routed sessions over three in-process nodes on loopback, each running a [`ShiftRunner`]
 //! with its own shift, so the output proves which hops ran, in order, with the right cache
 //! positions. Also: every refusal names its reason (wrong model, wrong blocks, wrong peer, lost
-//! position, other protocol version), and the node stays up for an honest session afterwards.
+//! position, other protocol version, an attach by a stranger), and the node stays up for an
+//! honest session afterwards.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +14,7 @@ use sunswarm_node::compute::ShiftRunner;
 use sunswarm_node::energy::Mains;
 use sunswarm_node::net::{self, NetConfig, Network};
 use sunswarm_node::node::{self, NodeConfig, RunningNode};
-use sunswarm_protocol::io::{read_message, write_message};
+use sunswarm_protocol::io::{FrameReader, read_message, write_message};
 use sunswarm_protocol::{
     ACTIVATIONS_PROTOCOL, BlockRange, DType, ErrorKind, Forward, Hop, OpenSession,
     PROTOCOL_VERSION, Request, Response, SessionId, TensorFrame, codec,
@@ -92,6 +93,52 @@ async fn ask(s: &mut libp2p::Stream, req: &Request) -> Response {
     read_message(s, &mut Vec::new()).await.unwrap()
 }
 
+/// A client's side of an open session: the stream to the first hop (forwards down, errors up)
+/// and the stream attached to the last hop (outputs).
+struct Client {
+    first: libp2p::Stream,
+    first_reader: FrameReader,
+    outputs: libp2p::Stream,
+    outputs_reader: FrameReader,
+}
+
+impl Client {
+    /// Sends `opening` to `first`, then attaches to `last`; panics unless both are accepted.
+    async fn open(net: &Network, first: &RunningNode, last: &RunningNode, opening: &Request) -> Self {
+        let Request::Open(o) = opening else {
+            panic!("not an open")
+        };
+        let sid = o.session;
+        let mut s = stream_to(net, first).await;
+        assert_eq!(ask(&mut s, opening).await, Response::Opened { session: sid });
+        let mut out = stream_to(net, last).await;
+        assert_eq!(
+            ask(&mut out, &Request::Attach { session: sid }).await,
+            Response::Opened { session: sid }
+        );
+        Client {
+            first: s,
+            first_reader: FrameReader::new(),
+            outputs: out,
+            outputs_reader: FrameReader::new(),
+        }
+    }
+
+    /// Sends `req` down the route; the answer is the last hop's output or a refusal from up it.
+    async fn ask(&mut self, req: &Request) -> Response {
+        write_message(&mut self.first, req).await.unwrap();
+        tokio::select! {
+            r = self.first_reader.next(&mut self.first) => r.unwrap(),
+            r = self.outputs_reader.next(&mut self.outputs) => match r {
+                Ok(r) => r,
+                // A refused forward ends the session on every hop, the last one too; the
+                // refusal is on its way up the route.
+                Err(_) => self.first_reader.next(&mut self.first).await.unwrap(),
+            },
+        }
+    }
+}
+
 fn forward(session: SessionId, step: u32, position: u32, rows: &[f32]) -> Request {
     let n = (rows.len() / DIM) as u32;
     Request::Forward(Forward {
@@ -99,10 +146,17 @@ fn forward(session: SessionId, step: u32, position: u32, rows: &[f32]) -> Reques
         step,
         position,
         hidden: TensorFrame::from_f32(&[n, DIM as u32], rows, DType::F32).unwrap(),
+        timings: Vec::new(),
     })
 }
 
-fn open(session: SessionId, route: Vec<Hop>, model_id: [u8; 32]) -> Request {
+/// An open from the client `net`.
+fn open_for(
+    net: &Network,
+    session: SessionId,
+    route: Vec<Hop>,
+    model_id: [u8; 32],
+) -> Request {
     Request::Open(OpenSession {
         session,
         model_id,
@@ -110,6 +164,7 @@ fn open(session: SessionId, route: Vec<Hop>, model_id: [u8; 32]) -> Request {
         hop: 0,
         dtype: DType::F32,
         max_tokens: 32,
+        client: net.local_peer_id().to_bytes(),
     })
 }
 
@@ -128,18 +183,15 @@ async fn three_hops_run_in_order_and_refusals_name_their_reason() {
     let route = vec![hop(&a, 0), hop(&b, 1), hop(&c, 2)];
     let net = client(&a).await;
 
+    let open = |sid, route, model| open_for(&net, sid, route, model);
     // Honest session: prefill 2 tokens, then 2 decode steps.
     let sid = SessionId([1; 16]);
-    let mut s = stream_to(&net, &a).await;
-    assert_eq!(
-        ask(&mut s, &open(sid, route.clone(), MODEL)).await,
-        Response::Opened { session: sid }
-    );
+    let mut s = Client::open(&net, &a, &c, &open(sid, route.clone(), MODEL)).await;
     let total: f32 = SHIFTS.iter().sum();
     let mut pos = 0u32;
     for (step, n_tokens) in [2usize, 1, 1].into_iter().enumerate() {
         let input: Vec<f32> = (0..n_tokens * DIM).map(|i| i as f32).collect();
-        match ask(&mut s, &forward(sid, step as u32, pos, &input)).await {
+        match s.ask(&forward(sid, step as u32, pos, &input)).await {
             Response::Hidden {
                 session,
                 step: st,
@@ -163,7 +215,7 @@ async fn three_hops_run_in_order_and_refusals_name_their_reason() {
                     vec![0, 1, 2]
                 );
                 assert!(
-                    timings.windows(2).all(|w| w[0].total_us >= w[1].total_us),
+                    timings.iter().all(|t| t.compute_us <= t.total_us),
                     "{timings:?}"
                 );
             }
@@ -172,7 +224,7 @@ async fn three_hops_run_in_order_and_refusals_name_their_reason() {
         pos += n_tokens as u32;
     }
     // A replayed (lost) position is refused by the first hop instead of corrupting its cache.
-    let (kind, hop_i, msg) = refusal(ask(&mut s, &forward(sid, 3, 1, &[0.0; DIM])).await);
+    let (kind, hop_i, msg) = refusal(s.ask(&forward(sid, 3, 1, &[0.0; DIM])).await);
     assert_eq!((kind, hop_i), (ErrorKind::BadRequest, 0));
     assert!(
         msg.contains("position 1") && msg.contains("holds 4"),
@@ -219,19 +271,45 @@ async fn three_hops_run_in_order_and_refusals_name_their_reason() {
     let (kind, _, _) = refusal(read_message(&mut s, &mut Vec::new()).await.unwrap());
     assert_eq!(kind, ErrorKind::VersionMismatch);
 
-    // The node is still up: a fresh honest session works.
+    // Attaching to a session that does not exist, or that another client opened.
+    let mut s = stream_to(&net, &c).await;
+    let (kind, _, msg) = refusal(ask(&mut s, &Request::Attach { session: SessionId([77; 16]) }).await);
+    assert_eq!(kind, ErrorKind::UnknownSession, "{msg}");
     let sid = SessionId([5; 16]);
     let mut s = stream_to(&net, &a).await;
     assert_eq!(
         ask(&mut s, &open(sid, route.clone(), MODEL)).await,
         Response::Opened { session: sid }
     );
+    let stranger = client(&a).await;
+    let mut theirs = stream_to(&stranger, &c).await;
+    let (kind, hop_i, msg) = refusal(ask(&mut theirs, &Request::Attach { session: sid }).await);
+    assert_eq!((kind, hop_i), (ErrorKind::BadRequest, 2), "{msg}");
+    assert!(msg.contains("another client"), "{msg}");
+    // The session's own client still attaches after the stranger's try, and it runs.
+    let mut out = stream_to(&net, &c).await;
+    assert_eq!(
+        ask(&mut out, &Request::Attach { session: sid }).await,
+        Response::Opened { session: sid }
+    );
+    let mut s = Client {
+        first: s,
+        first_reader: FrameReader::new(),
+        outputs: out,
+        outputs_reader: FrameReader::new(),
+    };
     assert!(matches!(
-        ask(&mut s, &forward(sid, 0, 0, &[0.0; DIM])).await,
+        s.ask(&forward(sid, 0, 0, &[0.0; DIM])).await,
         Response::Hidden { .. }
     ));
+    // A second attach to an attached session finds nothing waiting.
+    let mut again = stream_to(&net, &c).await;
     assert_eq!(
-        ask(&mut s, &Request::Close { session: sid }).await,
+        refusal(ask(&mut again, &Request::Attach { session: sid }).await).0,
+        ErrorKind::UnknownSession
+    );
+    assert_eq!(
+        s.ask(&Request::Close { session: sid }).await,
         Response::Closed { session: sid }
     );
 
@@ -260,12 +338,10 @@ fn framed(body: &[u8]) -> Vec<u8> {
 
 /// Opens a one-hop session on `a` (blocks 0-1) and sends `req`; returns the answer to `req`.
 async fn after_open(net: &Network, a: &RunningNode, sid: SessionId, req: &Request) -> Response {
-    let mut s = stream_to(net, a).await;
-    assert_eq!(
-        ask(&mut s, &open(sid, vec![hop(a, 0)], MODEL)).await,
-        Response::Opened { session: sid }
-    );
-    ask(&mut s, req).await
+    Client::open(net, a, a, &open_for(net, sid, vec![hop(a, 0)], MODEL))
+        .await
+        .ask(req)
+        .await
 }
 
 /// A hostile peer throws malformed and malicious messages at the first node while an honest
@@ -275,32 +351,35 @@ async fn after_open(net: &Network, a: &RunningNode, sid: SessionId, req: &Reques
 async fn hostile_peer_gets_errors_while_an_honest_session_completes() {
     let a = Arc::new(start(0, vec![]).await);
     let b = start(1, a.listen_addrs()).await;
-    let c = start(2, a.listen_addrs()).await;
+    let c = Arc::new(start(2, a.listen_addrs()).await);
     let route = vec![hop(&a, 0), hop(&b, 1), hop(&c, 2)];
     let net = client(&a).await;
+    let open = |sid, route, model| open_for(&net, sid, route, model);
 
     // The honest session: one token per step, never idle, until the attacks are over.
     let attacks_done = Arc::new(AtomicBool::new(false));
     let honest = {
-        let (net, a, route, done) = (net.clone(), a.clone(), route.clone(), attacks_done.clone());
+        let (net, a, c, route, done) = (
+            net.clone(),
+            a.clone(),
+            c.clone(),
+            route.clone(),
+            attacks_done.clone(),
+        );
         tokio::spawn(async move {
             let sid = SessionId([42; 16]);
-            let mut s = stream_to(&net, &a).await;
-            let mut opening = open(sid, route, MODEL);
+            let mut opening = open_for(&net, sid, route, MODEL);
             if let Request::Open(o) = &mut opening {
                 o.max_tokens = 4096;
             }
-            assert_eq!(
-                ask(&mut s, &opening).await,
-                Response::Opened { session: sid }
-            );
+            let mut s = Client::open(&net, &a, &c, &opening).await;
             let total: f32 = SHIFTS.iter().sum();
             let mut step = 0u32;
             while !done.load(Ordering::Relaxed) || step < 4 {
                 assert!(step < 4096, "the attacks took too long");
                 let input: Vec<f32> = (0..DIM).map(|i| (i as f32) * 0.25 - step as f32).collect();
                 let Response::Hidden { hidden, .. } =
-                    ask(&mut s, &forward(sid, step, step, &input)).await
+                    s.ask(&forward(sid, step, step, &input)).await
                 else {
                     panic!("honest step {step} refused");
                 };
@@ -312,7 +391,7 @@ async fn hostile_peer_gets_errors_while_an_honest_session_completes() {
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             assert_eq!(
-                ask(&mut s, &Request::Close { session: sid }).await,
+                s.ask(&Request::Close { session: sid }).await,
                 Response::Closed { session: sid }
             );
             step
@@ -325,7 +404,7 @@ async fn hostile_peer_gets_errors_while_an_honest_session_completes() {
             let sid = SessionId([16; 16]);
             let mut s = stream_to(&net, &a).await;
             assert_eq!(
-                ask(&mut s, &open(sid, route, MODEL)).await,
+                ask(&mut s, &open_for(&net, sid, route, MODEL)).await,
                 Response::Opened { session: sid }
             );
             let quiet = tokio::time::timeout(
@@ -395,6 +474,7 @@ async fn hostile_peer_gets_errors_while_an_honest_session_completes() {
         step: 0,
         position: 0,
         hidden: TensorFrame::from_f32(&[1, DIM as u32 + 1], &[0.0; DIM + 1], DType::F32).unwrap(),
+        timings: Vec::new(),
     });
     let (kind, _, msg) = refusal(after_open(&net, &a, SessionId([10; 16]), &wide).await);
     assert_eq!(kind, ErrorKind::BadRequest);
@@ -450,8 +530,7 @@ async fn hostile_peer_gets_errors_while_an_honest_session_completes() {
         Response::Opened { session: sid }
     );
     drop(s);
-    for n in [c, b] {
-        n.leave().await;
-    }
+    Arc::into_inner(c).unwrap().leave().await;
+    b.leave().await;
     Arc::into_inner(a).unwrap().leave().await;
 }

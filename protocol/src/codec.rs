@@ -113,13 +113,12 @@ mod tests {
             session: crate::SessionId([0; 16]),
         })
         .unwrap();
-        bytes[0] = 2;
+        let other = PROTOCOL_VERSION + 1;
+        bytes[..2].copy_from_slice(&other.to_le_bytes());
         assert!(matches!(
             decode::<Request>(&bytes),
-            Err(CodecError::VersionMismatch {
-                got: 2,
-                expected: 1
-            })
+            Err(CodecError::VersionMismatch { got, expected })
+                if got == other && expected == PROTOCOL_VERSION
         ));
         assert!(matches!(
             decode::<Request>(&[1]),
@@ -226,12 +225,14 @@ mod tests {
 
         #[test]
         fn forwards_round_trip(session in any::<[u8; 16]>(), step in any::<u32>(), position in any::<u32>(),
-                               rows in 1u32..4, vals in proptest::collection::vec(-1e3f32..1e3, 1..16), f16 in any::<bool>()) {
+                               rows in 1u32..4, vals in proptest::collection::vec(-1e3f32..1e3, 1..16), f16 in any::<bool>(),
+                               times in proptest::collection::vec(any::<(u16, u32, u32)>(), 0..4)) {
             let cols = vals.len() as u32;
             let data: Vec<f32> = (0..rows).flat_map(|_| vals.iter().copied()).collect();
             let dtype = if f16 { crate::DType::F16 } else { crate::DType::F32 };
             let hidden = crate::TensorFrame::from_f32(&[rows, cols], &data, dtype).unwrap();
-            let r = Request::Forward(crate::Forward { session: crate::SessionId(session), step, position, hidden });
+            let timings = times.into_iter().map(|(hop, compute_us, total_us)| crate::HopTiming { hop, compute_us, total_us }).collect();
+            let r = Request::Forward(crate::Forward { session: crate::SessionId(session), step, position, hidden, timings });
             prop_assert_eq!(decode::<Request>(&encode(&r).unwrap()).unwrap(), r);
         }
     }

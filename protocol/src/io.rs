@@ -78,6 +78,92 @@ pub async fn read_message<R: AsyncRead + Unpin, T: DeserializeOwned + Validate>(
     Ok(decode(buf)?)
 }
 
+/// Bytes a [`FrameReader`] asks the stream for at once: the buffer grows with what arrives, in
+/// steps of at most this, never by a length the peer merely claims.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// Reads frames like [`read_message`], but keeps a partly read frame in itself, so a pending
+/// [`FrameReader::next`] can be dropped (a `select!` over several streams) without losing bytes:
+/// the next call carries on where it stopped.
+#[derive(Debug, Default)]
+pub struct FrameReader {
+    head: [u8; 4],
+    head_have: usize,
+    /// The body's length once the head is complete.
+    body_len: Option<usize>,
+    body: Vec<u8>,
+    body_have: usize,
+}
+
+impl FrameReader {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Reads and decodes the next message. Cancel-safe: see the type's doc.
+    pub async fn next<R: AsyncRead + Unpin, T: DeserializeOwned + Validate>(
+        &mut self,
+        r: &mut R,
+    ) -> Result<T, FrameError> {
+        while self.head_have < 4 {
+            let n = r.read(&mut self.head[self.head_have..]).await?;
+            if n == 0 {
+                let at_boundary = self.head_have == 0;
+                self.head_have = 0;
+                return Err(if at_boundary {
+                    FrameError::Closed
+                } else {
+                    FrameError::Io(std::io::Error::new(
+                        std::io::ErrorKind::UnexpectedEof,
+                        "the stream ended inside a frame's length",
+                    ))
+                });
+            }
+            self.head_have += n;
+        }
+        let len = match self.body_len {
+            Some(len) => len,
+            None => {
+                let len = u32::from_le_bytes(self.head) as usize;
+                if len > MAX_MESSAGE_BYTES {
+                    self.head_have = 0;
+                    return Err(FrameError::TooLarge {
+                        len,
+                        max: MAX_MESSAGE_BYTES,
+                    });
+                }
+                self.body_len = Some(len);
+                self.body_have = 0;
+                len
+            }
+        };
+        while self.body_have < len {
+            if self.body.len() <= self.body_have {
+                self.body.resize(len.min(self.body_have + READ_CHUNK), 0);
+            }
+            let end = len.min(self.body.len());
+            let n = r.read(&mut self.body[self.body_have..end]).await?;
+            if n == 0 {
+                let got = self.body_have;
+                self.reset();
+                return Err(FrameError::Io(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("frame cut short: {got} of {len} bytes"),
+                )));
+            }
+            self.body_have += n;
+        }
+        self.reset();
+        Ok(decode(&self.body[..len])?)
+    }
+
+    fn reset(&mut self) {
+        self.head_have = 0;
+        self.body_len = None;
+        self.body_have = 0;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -139,6 +225,101 @@ mod tests {
                 Err(FrameError::TooLarge { .. })
             ));
             assert!(buf.capacity() < 1024);
+        });
+    }
+
+    /// Hands out its bytes a few at a time and is pending every other poll, like a network
+    /// stream, so that reads are interrupted mid-frame.
+    struct Trickle {
+        bytes: Vec<u8>,
+        at: usize,
+        step: usize,
+        ready: bool,
+    }
+
+    impl AsyncRead for Trickle {
+        fn poll_read(
+            mut self: std::pin::Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+            buf: &mut [u8],
+        ) -> std::task::Poll<std::io::Result<usize>> {
+            self.ready = !self.ready;
+            if !self.ready {
+                cx.waker().wake_by_ref();
+                return std::task::Poll::Pending;
+            }
+            let n = self.step.min(buf.len()).min(self.bytes.len() - self.at);
+            buf[..n].copy_from_slice(&self.bytes[self.at..self.at + n]);
+            self.at += n;
+            std::task::Poll::Ready(Ok(n))
+        }
+    }
+
+    #[test]
+    fn a_frame_reader_survives_being_dropped_mid_frame() {
+        use futures::FutureExt;
+        block_on(async {
+            let msgs: Vec<Request> = vec![
+                Request::Forward(crate::message::tests::forward()),
+                Request::Close {
+                    session: SessionId([4; 16]),
+                },
+                Request::Forward(crate::message::tests::forward()),
+            ];
+            let mut out = Cursor::new(Vec::new());
+            for m in &msgs {
+                write_message(&mut out, m).await.unwrap();
+            }
+            let mut stream = Trickle {
+                bytes: out.into_inner(),
+                at: 0,
+                step: 3,
+                ready: false,
+            };
+            let mut reader = FrameReader::new();
+            let mut got = Vec::new();
+            let mut cancelled = 0;
+            while got.len() < msgs.len() {
+                // Poll once; a pending read is dropped, as a select! whose other branch won would.
+                match reader.next::<_, Request>(&mut stream).now_or_never() {
+                    Some(r) => got.push(r.unwrap()),
+                    None => cancelled += 1,
+                }
+            }
+            assert_eq!(got, msgs);
+            assert!(cancelled > 10, "the reads were interrupted {cancelled} times");
+            assert!(matches!(
+                reader.next::<_, Request>(&mut stream).await,
+                Err(FrameError::Closed)
+            ));
+        });
+    }
+
+    #[test]
+    fn a_frame_reader_refuses_what_read_message_refuses() {
+        block_on(async {
+            let mut reader = FrameReader::new();
+            let mut r = Cursor::new(u32::MAX.to_le_bytes().to_vec());
+            assert!(matches!(
+                reader.next::<_, Request>(&mut r).await,
+                Err(FrameError::TooLarge { .. })
+            ));
+            let mut bytes = ((MAX_MESSAGE_BYTES - 1) as u32).to_le_bytes().to_vec();
+            bytes.extend_from_slice(&[1, 2, 3, 4]);
+            let mut reader = FrameReader::new();
+            match reader.next::<_, Request>(&mut Cursor::new(bytes)).await {
+                Err(FrameError::Io(e)) => {
+                    assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof)
+                }
+                other => panic!("expected a cut-short frame, got {other:?}"),
+            }
+            assert!(reader.body.capacity() <= READ_CHUNK, "grew to what arrived");
+            let mut reader = FrameReader::new();
+            let mut r = Cursor::new(vec![1, 0]);
+            assert!(matches!(
+                reader.next::<_, Request>(&mut r).await,
+                Err(FrameError::Io(_))
+            ));
         });
     }
 

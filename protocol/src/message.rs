@@ -1,11 +1,15 @@
-//! Session messages on an activation stream ([`crate::ACTIVATIONS_PROTOCOL`]).
+//! Session messages on activation streams ([`crate::ACTIVATIONS_PROTOCOL`]).
 //!
-//! One stream carries one session between two neighbours of a route. The client opens a stream
-//! to the first hop and sends [`Request::Open`] with the whole route (source routing); each hop
-//! checks that the route names it with its own block range, opens a stream to the next hop and
-//! passes the open on; the last hop answers [`Response::Opened`], which travels back. Then every
-//! [`Request::Forward`] runs through the hops in order, and the last hop's output travels back up
-//! the same streams as [`Response::Hidden`], each hop adding its timing.
+//! The client opens a stream to the first hop and sends [`Request::Open`] with the whole route
+//! (source routing) and its own peer id; each hop checks that the route names it with its own
+//! block range, opens a stream to the next hop and passes the open on; the last hop answers
+//! [`Response::Opened`], which travels back. The client then opens a second stream, to the last
+//! hop, and sends [`Request::Attach`]: the last hop sends its outputs there. Every
+//! [`Request::Forward`] runs through the hops in order, each adding its timing, and the last
+//! hop's output goes straight to the client as [`Response::Hidden`]: a token crosses each link
+//! once, instead of going down the route and back up it. Refusals and failures still travel back
+//! up the route (a hop relays its next hop's error), so the client hears why a session ended
+//! from the first hop's stream.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -49,6 +53,9 @@ pub struct OpenSession {
     pub dtype: DType,
     /// Most tokens the session will hold; the node refuses more than it can cache.
     pub max_tokens: u32,
+    /// Peer id of the client: only this peer may attach to the last hop for the outputs.
+    #[serde(with = "serde_bytes")]
+    pub client: Vec<u8>,
 }
 
 /// Hidden states for the next positions of a session.
@@ -62,6 +69,8 @@ pub struct Forward {
     pub position: u32,
     /// `[tokens, hidden_size]`.
     pub hidden: TensorFrame,
+    /// Timings of the hops this forward has passed, in route order.
+    pub timings: Vec<HopTiming>,
 }
 
 /// Time one hop spent on one forward, in microseconds.
@@ -70,7 +79,8 @@ pub struct HopTiming {
     pub hop: u16,
     /// Running the hop's blocks.
     pub compute_us: u32,
-    /// From receiving the request to sending the answer (includes all later hops).
+    /// From receiving the forward to passing its output on (to the next hop, or from the last
+    /// hop to the client), pacing included.
     pub total_us: u32,
 }
 
@@ -78,8 +88,15 @@ pub struct HopTiming {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
     Open(OpenSession),
+    /// Sent by the client on its own stream to the last hop of an opened session: the last hop
+    /// answers [`Response::Opened`] and sends every output on this stream.
+    Attach {
+        session: SessionId,
+    },
     Forward(Forward),
-    Close { session: SessionId },
+    Close {
+        session: SessionId,
+    },
 }
 
 /// Why a hop refused or failed; every refusal names its reason.
@@ -194,6 +211,13 @@ impl Validate for OpenSession {
                 });
             }
         }
+        if self.client.is_empty() {
+            return Err(CodecError::Field {
+                field: "client",
+                reason: "empty".into(),
+            });
+        }
+        check_len("client", self.client.len(), MAX_PEER_ID_LEN)?;
         if self.max_tokens == 0 || self.max_tokens > MAX_SESSION_TOKENS {
             return Err(CodecError::Field {
                 field: "max_tokens",
@@ -219,9 +243,9 @@ impl Validate for Request {
                         ),
                     });
                 }
-                Ok(())
+                check_len("timings", f.timings.len(), MAX_ROUTE_HOPS)
             }
-            Request::Close { .. } => Ok(()),
+            Request::Attach { .. } | Request::Close { .. } => Ok(()),
         }
     }
 }
@@ -267,6 +291,7 @@ pub(crate) mod tests {
             hop: 1,
             dtype: DType::F32,
             max_tokens: 2048,
+            client: vec![9; 38],
         }
     }
 
@@ -277,6 +302,11 @@ pub(crate) mod tests {
             position: 12,
             hidden: TensorFrame::from_f32(&[2, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], DType::F32)
                 .unwrap(),
+            timings: vec![HopTiming {
+                hop: 0,
+                compute_us: 10,
+                total_us: 12,
+            }],
         }
     }
 
@@ -285,6 +315,9 @@ pub(crate) mod tests {
         let reqs = vec![
             Request::Open(open()),
             Request::Forward(forward()),
+            Request::Attach {
+                session: SessionId([2; 16]),
+            },
             Request::Close {
                 session: SessionId([1; 16]),
             },
@@ -352,6 +385,11 @@ pub(crate) mod tests {
                 Box::new(|o| o.route[1].blocks.start = 11),
             ),
             ("max_tokens", Box::new(|o| o.max_tokens = 0)),
+            ("client", Box::new(|o| o.client.clear())),
+            (
+                "client",
+                Box::new(|o| o.client = vec![1; MAX_PEER_ID_LEN + 1]),
+            ),
             (
                 "max_tokens",
                 Box::new(|o| o.max_tokens = MAX_SESSION_TOKENS + 1),
@@ -386,6 +424,14 @@ pub(crate) mod tests {
         let mut f = forward();
         f.hidden = TensorFrame::from_f32(&[0, 6], &[], DType::F32).unwrap();
         assert!(decode::<Request>(&encode(&Request::Forward(f)).unwrap()).is_err());
+        let mut f = forward();
+        f.timings = vec![f.timings[0]; MAX_ROUTE_HOPS + 1];
+        assert!(
+            decode::<Request>(&encode(&Request::Forward(f)).unwrap())
+                .unwrap_err()
+                .to_string()
+                .contains("timings")
+        );
     }
 
     #[test]

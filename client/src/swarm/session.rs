@@ -1,16 +1,17 @@
 //! A session through the swarm, as a [`Pipeline`]: the client opens one stream to the first hop
-//! with the whole route in the open message, and each forward sends hidden states there and reads
-//! the last hop's output back. The session keeps every input it sent (the prefix), so a later
-//! failover can replay it to a replacement peer, and every forward's per-hop timings.
+//! with the whole route in the open message, then attaches a second stream to the last hop; each
+//! forward sends hidden states down the first and reads the last hop's output from the second,
+//! while errors come back up the first. The session keeps every input it sent (the prefix), so a
+//! later failover can replay it to a replacement peer, and every forward's per-hop timings.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use libp2p::{Multiaddr, PeerId};
 use serde::Serialize;
 use sunswarm_models::HiddenStates;
 use sunswarm_node::net::Network;
-use sunswarm_node::session::{OpenError, send_open};
-use sunswarm_protocol::io::{read_message, write_message};
+use sunswarm_node::session::{OpenError, send_first, send_open};
+use sunswarm_protocol::io::{FrameReader, write_message};
 use sunswarm_protocol::{
     DType, ErrorKind, Forward, Hop, HopTiming, ModelDigest, OpenSession, Request, Response,
     SessionId, TensorFrame, WireError,
@@ -32,14 +33,27 @@ pub enum SessionError {
     Protocol(String),
 }
 
+/// How long a forward may take to come out of the last hop. Each hop reports a next hop that
+/// fails or goes away at once; this bounds a route that hangs without failing.
+pub const OUTPUT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long the client waits for the route to explain a broken return stream: when a middle hop
+/// dies, the last hop's stream ends at about the moment the hop before the dead one reports it,
+/// and the report names the right hop.
+const EXPLAIN_GRACE: Duration = Duration::from_secs(2);
+
 /// Which hop of `route` an error points at: the hop that refused, the hop after one that lost
-/// its next hop, or the first hop when the client's own stream failed.
+/// its next hop, or the peer whose stream failed (the first or the last hop).
 pub fn failed_hop(route: &[Hop], e: &SessionError) -> usize {
     let last = route.len().saturating_sub(1);
     match e {
         SessionError::Refused(w) if w.kind == ErrorKind::NextHop => (w.hop as usize + 1).min(last),
         SessionError::Refused(w) => (w.hop as usize).min(last),
-        _ => 0,
+        SessionError::Unreachable { peer, .. } | SessionError::Stream { peer, .. } => {
+            let id = peer.to_bytes();
+            route.iter().position(|h| h.peer_id == id).unwrap_or(0)
+        }
+        SessionError::Protocol(_) => 0,
     }
 }
 
@@ -69,10 +83,15 @@ impl ForwardTiming {
 pub struct SwarmSession {
     route: Vec<Hop>,
     first: PeerId,
+    last: PeerId,
     session: SessionId,
     dtype: DType,
+    /// To the first hop: forwards go down it, errors come back up it.
     stream: libp2p::Stream,
-    buf: Vec<u8>,
+    reader: FrameReader,
+    /// From the last hop: the outputs.
+    outputs: libp2p::Stream,
+    outputs_reader: FrameReader,
     step: u32,
     position: u32,
     /// Every input sent so far, in order: the prefix a replacement peer would need.
@@ -89,23 +108,21 @@ impl SwarmSession {
         dtype: DType,
         max_tokens: u32,
     ) -> Result<Self, SessionError> {
-        let first_hop = route
-            .first()
-            .ok_or_else(|| SessionError::Protocol("empty route".into()))?;
-        let first = PeerId::from_bytes(&first_hop.peer_id)
-            .map_err(|e| SessionError::Protocol(format!("bad peer id in route: {e}")))?;
-        let addrs: Vec<Multiaddr> = first_hop
-            .addrs
-            .iter()
-            .filter_map(|a| a.parse().ok())
-            .collect();
-        let unreachable = |reason: String| SessionError::Unreachable {
-            peer: first,
-            reason,
-        };
-        net.add_addresses(first, addrs)
-            .await
-            .map_err(|e| unreachable(e.to_string()))?;
+        let first = hop_peer(&route, 0)?;
+        let last = hop_peer(&route, route.len().saturating_sub(1))?;
+        for (i, peer) in [(0, first), (route.len() - 1, last)] {
+            let addrs: Vec<Multiaddr> = route[i]
+                .addrs
+                .iter()
+                .filter_map(|a| a.parse().ok())
+                .collect();
+            net.add_addresses(peer, addrs)
+                .await
+                .map_err(|e| SessionError::Unreachable {
+                    peer,
+                    reason: e.to_string(),
+                })?;
+        }
         let session = SessionId(rand::random());
         let open = OpenSession {
             session,
@@ -114,30 +131,27 @@ impl SwarmSession {
             hop: 0,
             dtype,
             max_tokens,
+            client: net.local_peer_id().to_bytes(),
         };
-        let (stream, answer) = send_open(net, first, &open).await.map_err(|e| match e {
-            OpenError::Unreachable(reason) => unreachable(reason),
-            other => SessionError::Stream {
-                peer: first,
-                reason: other.to_string(),
-            },
-        })?;
-        match answer {
-            Response::Opened { session: s } if s == session => {}
-            Response::Error(e) => return Err(SessionError::Refused(e)),
-            other => {
-                return Err(SessionError::Protocol(format!(
-                    "unexpected answer to open: {other:?}"
-                )));
-            }
-        }
+        let (stream, answer) = send_open(net, first, &open)
+            .await
+            .map_err(|e| open_failed(first, e))?;
+        expect_opened(answer, session)?;
+        // The session is open on every hop; the last one now waits for this stream.
+        let (outputs, answer) = send_first(net, last, &Request::Attach { session })
+            .await
+            .map_err(|e| open_failed(last, e))?;
+        expect_opened(answer, session)?;
         Ok(SwarmSession {
             route,
             first,
+            last,
             session,
             dtype,
             stream,
-            buf: Vec::new(),
+            reader: FrameReader::new(),
+            outputs,
+            outputs_reader: FrameReader::new(),
             step: 0,
             position: 0,
             history: Vec::new(),
@@ -189,19 +203,15 @@ impl SwarmSession {
             step: self.step,
             position: self.position,
             hidden: frame,
-        };
-        let peer = self.first;
-        let stream_err = |e: &dyn std::fmt::Display| SessionError::Stream {
-            peer,
-            reason: e.to_string(),
+            timings: Vec::new(),
         };
         write_message(&mut self.stream, &Request::Forward(f))
             .await
-            .map_err(|e| stream_err(&e))?;
-        let answer = read_message::<_, Response>(&mut self.stream, &mut self.buf)
-            .await
-            .map_err(|e| stream_err(&e))?;
-        let (hidden, hops) = match answer {
+            .map_err(|e| SessionError::Stream {
+                peer: self.first,
+                reason: e.to_string(),
+            })?;
+        let (hidden, hops) = match self.next_output().await? {
             Response::Hidden {
                 session,
                 step,
@@ -216,6 +226,13 @@ impl SwarmSession {
                 )));
             }
         };
+        if hops.len() != self.route.len() {
+            return Err(SessionError::Protocol(format!(
+                "the output carries {} hop timings for a route of {} hops",
+                hops.len(),
+                self.route.len()
+            )));
+        }
         let (n, data) = hidden
             .to_hidden(dim)
             .map_err(|e| SessionError::Protocol(e.to_string()))?;
@@ -237,6 +254,48 @@ impl SwarmSession {
         HiddenStates::new(n, dim, data).map_err(|e| SessionError::Protocol(e.to_string()))
     }
 
+    /// The last hop's next message, or the error the route sends up the first hop's stream,
+    /// whichever comes first.
+    async fn next_output(&mut self) -> Result<Response, SessionError> {
+        let out = tokio::select! {
+            // Both reads are cancel-safe: the one that loses keeps its partial frame.
+            up = self.reader.next::<_, Response>(&mut self.stream) => {
+                return match up {
+                    Ok(Response::Error(e)) => Err(SessionError::Refused(e)),
+                    Ok(other) => Err(SessionError::Protocol(format!(
+                        "unexpected message from the first hop: {other:?}"
+                    ))),
+                    Err(e) => Err(SessionError::Stream {
+                        peer: self.first,
+                        reason: e.to_string(),
+                    }),
+                };
+            }
+            out = tokio::time::timeout(
+                OUTPUT_TIMEOUT,
+                self.outputs_reader.next::<_, Response>(&mut self.outputs),
+            ) => out,
+        };
+        let lost = match out {
+            Ok(Ok(answer)) => return Ok(answer),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no output within {OUTPUT_TIMEOUT:?}"),
+        };
+        // The last hop's stream broke: the route usually says why (a hop before it died).
+        match tokio::time::timeout(
+            EXPLAIN_GRACE,
+            self.reader.next::<_, Response>(&mut self.stream),
+        )
+        .await
+        {
+            Ok(Ok(Response::Error(e))) => Err(SessionError::Refused(e)),
+            _ => Err(SessionError::Stream {
+                peer: self.last,
+                reason: lost,
+            }),
+        }
+    }
+
     /// Closes the session on every hop (best effort: a dropped stream closes it too).
     pub async fn close(mut self) {
         if write_message(
@@ -248,8 +307,37 @@ impl SwarmSession {
         .await
         .is_ok()
         {
-            let _ = read_message::<_, Response>(&mut self.stream, &mut self.buf).await;
+            let _ = self.reader.next::<_, Response>(&mut self.stream).await;
         }
+    }
+}
+
+/// The peer of hop `i`.
+fn hop_peer(route: &[Hop], i: usize) -> Result<PeerId, SessionError> {
+    let hop = route
+        .get(i)
+        .ok_or_else(|| SessionError::Protocol("empty route".into()))?;
+    PeerId::from_bytes(&hop.peer_id)
+        .map_err(|e| SessionError::Protocol(format!("bad peer id in route: {e}")))
+}
+
+fn open_failed(peer: PeerId, e: OpenError) -> SessionError {
+    match e {
+        OpenError::Unreachable(reason) => SessionError::Unreachable { peer, reason },
+        other => SessionError::Stream {
+            peer,
+            reason: other.to_string(),
+        },
+    }
+}
+
+fn expect_opened(answer: Response, session: SessionId) -> Result<(), SessionError> {
+    match answer {
+        Response::Opened { session: s } if s == session => Ok(()),
+        Response::Error(e) => Err(SessionError::Refused(e)),
+        other => Err(SessionError::Protocol(format!(
+            "unexpected answer to open: {other:?}"
+        ))),
     }
 }
 

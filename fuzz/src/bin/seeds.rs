@@ -38,19 +38,27 @@ fn main() {
             hop: 1,
             dtype: DType::F32,
             max_tokens: 2048,
+            client: vec![9; 38],
         }),
         Request::Forward(Forward {
             session,
             step: 4,
             position: 12,
             hidden: frame(2, 3, DType::F32),
+            timings: vec![HopTiming {
+                hop: 0,
+                compute_us: 10,
+                total_us: 12,
+            }],
         }),
         Request::Forward(Forward {
             session,
             step: 5,
             position: 14,
             hidden: frame(1, 4, DType::F16),
+            timings: Vec::new(),
         }),
+        Request::Attach { session },
         Request::Close { session },
     ];
     let mut stream = Vec::new();
