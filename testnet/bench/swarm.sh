@@ -27,6 +27,9 @@ print(f"local ttft ms {[round(x['ttft_ms'],1) for x in L]} median {med([x['ttft_
 print(f"swarm ttft ms {[round(x['ttft_ms'],1) for x in S]} median {med([x['ttft_ms'] for x in S]):.1f}")
 print(f"swarm overhead/hop us {[x['swarm']['overhead_per_hop_us_median'] for x in S]}")
 print(f"swarm decode rtt us {[x['swarm']['decode_rtt_us_median'] for x in S]} hop compute us {[x['swarm']['hop_compute_us_median'] for x in S]}")
-print(f"swarm links us (client, hop0-1, hop1-2, last) {[[round(v) for v in x['swarm']['link_us_median']] for x in S]}")
+if "transit_us_median" in S[0]["swarm"]:
+    print(f"swarm transit us (all links, one way each) {[round(x['swarm']['transit_us_median']) for x in S]} hop handling us {[[round(v) for v in x['swarm']['hop_handling_us_median']] for x in S]}")
+else:  # binaries from before protocol 2: answers came back up the route
+    print(f"swarm links us (client, hop0-1, hop1-2, last) {[[round(v) for v in x['swarm']['link_us_median']] for x in S]}")
 print(f"route {[ (h['blocks']) for h in S[0]['route']]}")
 PY

@@ -289,11 +289,12 @@ pub struct SwarmTimings {
     pub overhead_per_hop_us_median: f64,
     /// Median compute per decode step on each hop, in route order.
     pub hop_compute_us_median: Vec<f64>,
-    /// Where the rest of a decode round trip goes, median per step: entry 0 is the client's link
-    /// to the first hop (round trip - the first hop's time), entry i the link from hop i-1 to
-    /// hop i (hop i-1's time - its compute - hop i's time), the last entry the last hop's own
-    /// time outside compute.
-    pub link_us_median: Vec<f64>,
+    /// Median per decode step of the time on the links: round trip - every hop's own time. A
+    /// token crosses hops + 1 links one way (client -> hop 0 -> ... -> last hop -> client).
+    pub transit_us_median: f64,
+    /// Median per decode step of each hop's own time outside compute (reading, checking and
+    /// writing frames, and pacing on emulated batteries), in route order.
+    pub hop_handling_us_median: Vec<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -344,25 +345,30 @@ fn decode_steps(timings: &[ForwardTiming], hops: usize) -> Vec<&ForwardTiming> {
         .collect()
 }
 
-/// The `link_us_median` breakdown of decode steps (see [`SwarmTimings`]).
-pub fn link_breakdown(timings: &[ForwardTiming], hops: usize) -> Vec<f64> {
+/// Where a decode step's time outside compute goes (see [`SwarmTimings`]): the links in all,
+/// and each hop's handling.
+pub fn transit_breakdown(timings: &[ForwardTiming], hops: usize) -> (f64, Vec<f64>) {
     let decode = decode_steps(timings, hops);
-    let total = |t: &ForwardTiming, h: usize| f64::from(t.hops[h].total_us);
-    let compute = |t: &ForwardTiming, h: usize| f64::from(t.hops[h].compute_us);
-    (0..=hops)
-        .map(|i| {
+    let transit = median(
+        decode
+            .iter()
+            .map(|t| {
+                let on_hops: u64 = t.hops.iter().map(|h| u64::from(h.total_us)).sum();
+                t.rtt_us.saturating_sub(on_hops) as f64
+            })
+            .collect(),
+    );
+    let handling = (0..hops)
+        .map(|h| {
             median(
                 decode
                     .iter()
-                    .map(|t| match i {
-                        0 => t.rtt_us as f64 - total(t, 0),
-                        i if i == hops => total(t, i - 1) - compute(t, i - 1),
-                        i => total(t, i - 1) - compute(t, i - 1) - total(t, i),
-                    })
+                    .map(|t| f64::from(t.hops[h].total_us.saturating_sub(t.hops[h].compute_us)))
                     .collect(),
             )
         })
-        .collect()
+        .collect();
+    (transit, handling)
 }
 
 /// `swarm-client generate` without `--local`.
@@ -420,7 +426,7 @@ pub async fn generate_via_swarm(args: &GenerateArgs) -> Result<()> {
         })
         .collect();
     let (rtt, over, per_hop) = summarise(&session.timings(), route.len());
-    let links = link_breakdown(&session.timings(), route.len());
+    let (transit, handling) = transit_breakdown(&session.timings(), route.len());
     // Each hop's session is one job in its announced power mode; mains hops have no model.
     let job_kj: Option<f64> = session
         .route()
@@ -450,7 +456,8 @@ pub async fn generate_via_swarm(args: &GenerateArgs) -> Result<()> {
                 decode_rtt_us_median: rtt,
                 overhead_per_hop_us_median: over,
                 hop_compute_us_median: per_hop,
-                link_us_median: links,
+                transit_us_median: transit,
+                hop_handling_us_median: handling,
             },
         };
         println!("{}", serde_json::to_string(&out)?);
@@ -481,21 +488,21 @@ mod tests {
     }
 
     #[test]
-    fn link_breakdown_charges_each_link_its_own_share() {
-        // Client sees 1000 us; hop 0 spends 900 (300 computing), hop 1 spends 500 (400 computing).
-        let t = step(1000, &[(300, 900), (400, 500)]);
-        assert_eq!(link_breakdown(&[t], 2), vec![100.0, 100.0, 100.0]);
-        let (rtt, over, per_hop) = summarise(&[step(1000, &[(300, 900), (400, 500)])], 2);
+    fn transit_is_the_round_trip_outside_every_hops_own_time() {
+        // Client sees 1000 us; hop 0 spends 400 (300 computing), hop 1 spends 450 (400 computing).
+        let t = step(1000, &[(300, 400), (400, 450)]);
+        assert_eq!(transit_breakdown(&[t], 2), (150.0, vec![100.0, 50.0]));
+        let (rtt, over, per_hop) = summarise(&[step(1000, &[(300, 400), (400, 450)])], 2);
         assert_eq!((rtt, over, per_hop), (1000.0, 150.0, vec![300.0, 400.0]));
         // Prompt chunks and replays are not decode steps.
         let mut prompt = step(5000, &[(3000, 4500), (1000, 1200)]);
         prompt.n_tokens = 7;
         let mut replay = step(5000, &[(3000, 4500), (1000, 1200)]);
         replay.replay = true;
-        let t = step(1000, &[(300, 900), (400, 500)]);
+        let t = step(1000, &[(300, 400), (400, 450)]);
         assert_eq!(
-            link_breakdown(&[prompt, replay, t], 2),
-            vec![100.0, 100.0, 100.0]
+            transit_breakdown(&[prompt, replay, t], 2),
+            (150.0, vec![100.0, 50.0])
         );
     }
 }

@@ -71,8 +71,8 @@ pub struct ForwardTiming {
 }
 
 impl ForwardTiming {
-    /// Round trip minus every hop's compute, shared out over the links of the route: the cost of
-    /// carrying one forward one hop (encode, checksum, stream, decode, both ways).
+    /// Round trip minus every hop's compute, shared out over the route's hops: what the swarm adds
+    /// per hop to one forward (encode, checksum, stream, decode; hops + 1 one-way links in all).
     pub fn overhead_per_hop_us(&self) -> f64 {
         let compute: u64 = self.hops.iter().map(|h| u64::from(h.compute_us)).sum();
         self.rtt_us.saturating_sub(compute) as f64 / self.hops.len().max(1) as f64
