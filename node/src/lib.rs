@@ -6,9 +6,11 @@
 //! - [`compute`]: the block runner interface (real model or a test runner).
 //! - [`energy`]: the node's energy state and admission (mains today; policies fill it later).
 //! - [`node`]: starting, announcing, refreshing and leaving.
+//! - [`runtime`]: the binaries' runtime, whose thread is also a compute worker.
 
 pub mod compute;
 pub mod energy;
 pub mod net;
 pub mod node;
+pub mod runtime;
 pub mod session;

@@ -79,9 +79,7 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let rt = sunswarm_node::runtime::compute_runtime()?;
     rt.block_on(run(args))
 }
 
@@ -114,10 +112,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         loaded.range()
     );
     let runner = Arc::new(ModelRunner::new(loaded));
-    let throughput = {
-        let r = runner.clone();
-        tokio::task::spawn_blocking(move || node::estimate_throughput(r.as_ref())).await?
-    };
+    // On this thread, which is a compute worker (`compute_runtime`), so the estimate sees the
+    // same threads a session's forwards get.
+    let throughput = node::estimate_throughput(runner.as_ref());
     let cfg = NodeConfig {
         net: NetConfig {
             listen: args.listen,

@@ -95,7 +95,11 @@ impl AttachBoard {
     }
 
     /// Takes the waiting session `session` for `from`, which must be the client that opened it.
-    fn take(&self, session: SessionId, from: &PeerId) -> Result<oneshot::Sender<Stream>, WireError> {
+    fn take(
+        &self,
+        session: SessionId,
+        from: &PeerId,
+    ) -> Result<oneshot::Sender<Stream>, WireError> {
         match self.lock().entry(session) {
             std::collections::hash_map::Entry::Vacant(_) => Err(refusal(
                 ErrorKind::UnknownSession,
@@ -761,9 +765,9 @@ async fn pass_on(
                 hidden: f.hidden,
                 timings: f.timings,
             };
-            let s = client.as_mut().ok_or_else(|| {
-                refusal(ErrorKind::Internal, hop, "no return stream")
-            })?;
+            let s = client
+                .as_mut()
+                .ok_or_else(|| refusal(ErrorKind::Internal, hop, "no return stream"))?;
             write_message(s, &answer).await.map_err(|e| {
                 refusal(
                     ErrorKind::Internal,

@@ -130,8 +130,13 @@ async fn open(
     };
     let mut buf = Vec::new();
     let mut first = stream_to(net, node).await;
-    write_message(&mut first, &Request::Open(open)).await.unwrap();
-    match read_message::<_, Response>(&mut first, &mut buf).await.unwrap() {
+    write_message(&mut first, &Request::Open(open))
+        .await
+        .unwrap();
+    match read_message::<_, Response>(&mut first, &mut buf)
+        .await
+        .unwrap()
+    {
         Response::Opened { .. } => {}
         Response::Error(e) => return Err(e),
         other => panic!("unexpected answer to an open: {other:?}"),
@@ -140,7 +145,10 @@ async fn open(
     write_message(&mut outputs, &Request::Attach { session })
         .await
         .unwrap();
-    match read_message::<_, Response>(&mut outputs, &mut buf).await.unwrap() {
+    match read_message::<_, Response>(&mut outputs, &mut buf)
+        .await
+        .unwrap()
+    {
         Response::Opened { .. } => Ok(Session { first, outputs }),
         other => panic!("unexpected answer to an attach: {other:?}"),
     }
@@ -163,7 +171,10 @@ async fn run_job(s: &mut Session, id: u8, n: usize) {
     .await
     .unwrap();
     let mut buf = Vec::new();
-    match read_message::<_, Response>(&mut s.outputs, &mut buf).await.unwrap() {
+    match read_message::<_, Response>(&mut s.outputs, &mut buf)
+        .await
+        .unwrap()
+    {
         Response::Hidden { .. } => {}
         other => panic!("unexpected answer to a forward: {other:?}"),
     }

@@ -104,13 +104,21 @@ struct Client {
 
 impl Client {
     /// Sends `opening` to `first`, then attaches to `last`; panics unless both are accepted.
-    async fn open(net: &Network, first: &RunningNode, last: &RunningNode, opening: &Request) -> Self {
+    async fn open(
+        net: &Network,
+        first: &RunningNode,
+        last: &RunningNode,
+        opening: &Request,
+    ) -> Self {
         let Request::Open(o) = opening else {
             panic!("not an open")
         };
         let sid = o.session;
         let mut s = stream_to(net, first).await;
-        assert_eq!(ask(&mut s, opening).await, Response::Opened { session: sid });
+        assert_eq!(
+            ask(&mut s, opening).await,
+            Response::Opened { session: sid }
+        );
         let mut out = stream_to(net, last).await;
         assert_eq!(
             ask(&mut out, &Request::Attach { session: sid }).await,
@@ -151,12 +159,7 @@ fn forward(session: SessionId, step: u32, position: u32, rows: &[f32]) -> Reques
 }
 
 /// An open from the client `net`.
-fn open_for(
-    net: &Network,
-    session: SessionId,
-    route: Vec<Hop>,
-    model_id: [u8; 32],
-) -> Request {
+fn open_for(net: &Network, session: SessionId, route: Vec<Hop>, model_id: [u8; 32]) -> Request {
     Request::Open(OpenSession {
         session,
         model_id,
@@ -273,7 +276,15 @@ async fn three_hops_run_in_order_and_refusals_name_their_reason() {
 
     // Attaching to a session that does not exist, or that another client opened.
     let mut s = stream_to(&net, &c).await;
-    let (kind, _, msg) = refusal(ask(&mut s, &Request::Attach { session: SessionId([77; 16]) }).await);
+    let (kind, _, msg) = refusal(
+        ask(
+            &mut s,
+            &Request::Attach {
+                session: SessionId([77; 16]),
+            },
+        )
+        .await,
+    );
     assert_eq!(kind, ErrorKind::UnknownSession, "{msg}");
     let sid = SessionId([5; 16]);
     let mut s = stream_to(&net, &a).await;

@@ -398,7 +398,10 @@ mod tests {
         let now = Instant::now();
         let _t = c.try_admit(4).unwrap();
         c.tick(0, now);
-        assert!(changes.has_changed().unwrap(), "every slot end is signalled");
+        assert!(
+            changes.has_changed().unwrap(),
+            "every slot end is signalled"
+        );
         assert_eq!(
             *changes.borrow_and_update(),
             StateChange {
