@@ -287,7 +287,10 @@ mod tests {
                 }
             }
             assert_eq!(got, msgs);
-            assert!(cancelled > 10, "the reads were interrupted {cancelled} times");
+            assert!(
+                cancelled > 10,
+                "the reads were interrupted {cancelled} times"
+            );
             assert!(matches!(
                 reader.next::<_, Request>(&mut stream).await,
                 Err(FrameError::Closed)
