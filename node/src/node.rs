@@ -15,7 +15,7 @@ use tracing::{info, warn};
 use crate::compute::BlockRunner;
 use crate::energy::EnergySource;
 use crate::net::{self, NetConfig, NetError, Network};
-use crate::session::{self, SessionCtx};
+use crate::session::{self, SessionCtx, SessionSlots};
 
 /// Everything a node needs besides its blocks and energy source.
 #[derive(Clone, Debug)]
@@ -57,7 +57,7 @@ pub struct RunningNode {
     net: Network,
     cfg: NodeConfig,
     energy: Arc<dyn EnergySource>,
-    slots: Arc<Semaphore>,
+    slots: Arc<SessionSlots>,
     listen: Vec<Multiaddr>,
     tasks: Vec<JoinHandle<()>>,
     event_loop: JoinHandle<()>,
@@ -83,7 +83,7 @@ pub async fn start(
         .control()
         .accept(session::protocol())
         .map_err(|e| NodeError::Accept(e.to_string()))?;
-    let slots = Arc::new(Semaphore::new(cfg.max_sessions as usize));
+    let slots = SessionSlots::new(cfg.max_sessions);
     let ctx = Arc::new(SessionCtx {
         local_peer: net.local_peer_id(),
         model_id: cfg.model_id,
@@ -126,7 +126,7 @@ struct AnnounceHandle {
     net: Network,
     cfg: NodeConfig,
     energy: Arc<dyn EnergySource>,
-    slots: Arc<Semaphore>,
+    slots: Arc<SessionSlots>,
     listen: Vec<Multiaddr>,
 }
 
@@ -181,7 +181,6 @@ impl AnnounceHandle {
     fn announcement(&self, leaving: bool) -> Announcement {
         let now = now_ms();
         let ttl = self.cfg.announce_ttl.as_millis() as u64;
-        let free = self.slots.available_permits() as u32;
         Announcement {
             peer_id: self.net.local_peer_id().to_bytes(),
             addrs: self.listen.iter().map(|a| a.to_string()).collect(),
@@ -191,7 +190,7 @@ impl AnnounceHandle {
             backend: self.cfg.backend.clone(),
             throughput: self.cfg.throughput,
             max_sessions: self.cfg.max_sessions,
-            active_sessions: self.cfg.max_sessions.saturating_sub(free),
+            active_sessions: self.slots.active(),
             energy: self.energy.state(),
             timestamp_ms: now,
             expires_ms: if leaving { now } else { now + ttl },
@@ -237,13 +236,15 @@ impl AnnounceHandle {
 /// three quarters of an interval old. With the interval at one slot, every slot's state is
 /// gossiped the moment it exists, rather than up to a slot late at a tick of arbitrary phase
 /// (which is what the simulator's routers see: the current state), and the rate stays one
-/// message per interval.
+/// message per interval. Taking the last free session place, or freeing one of a full node, is
+/// announced at once too.
 async fn announcer(h: AnnounceHandle) {
     let refresh = h.cfg.announce_ttl / 4;
     let period = h.cfg.gossip_interval.min(refresh);
     let mut last_dht = Instant::now();
     let mut last_publish = Instant::now();
     let mut published_saving = h.energy.state().power_saving;
+    let mut published_full = h.slots.is_full();
     let mut tick = tokio::time::interval(period);
     tick.tick().await;
     let mut changes = h.energy.state_changes();
@@ -257,6 +258,13 @@ async fn announcer(h: AnnounceHandle) {
                     continue;
                 }
             }
+            // A node that fills up or has room again says so at once: availability is what
+            // routes are drawn on (the simulator's routers see it exactly).
+            _ = h.slots.changed() => {
+                if h.slots.is_full() == published_full {
+                    continue;
+                }
+            }
         }
         // Half a period of tolerance, so timer jitter does not skip every other refresh.
         let dht_too = last_dht.elapsed() + period / 2 >= refresh;
@@ -264,6 +272,7 @@ async fn announcer(h: AnnounceHandle) {
             last_dht = Instant::now();
         }
         published_saving = h.energy.state().power_saving;
+        published_full = h.slots.is_full();
         if let Err(e) = h.publish(dht_too, false).await {
             warn!("announcing: {e}");
             return;

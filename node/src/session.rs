@@ -33,8 +33,8 @@ pub struct SessionCtx {
     pub blocks: BlockRange,
     pub runner: Arc<dyn BlockRunner>,
     pub energy: Arc<dyn EnergySource>,
-    /// One permit per concurrent session (`--max-sessions`).
-    pub slots: Arc<Semaphore>,
+    /// One place per concurrent session (`--max-sessions`).
+    pub slots: Arc<SessionSlots>,
     pub net: Network,
     /// Most tokens a session may hold on this node.
     pub max_tokens: u32,
@@ -47,6 +47,65 @@ pub struct SessionCtx {
     pub kv_budget_kib: Arc<Semaphore>,
     /// Sessions whose last hop is this node, until their client attaches.
     pub attach: Arc<AttachBoard>,
+}
+
+/// The node's places for concurrent sessions. Taking or freeing one is signalled, so the node can
+/// announce at once that it became full or has room again: a client that routes on a stale
+/// "full" skips a node that could serve, and on a stale "room" gets refused.
+#[derive(Debug)]
+pub struct SessionSlots {
+    places: Arc<Semaphore>,
+    max: u32,
+    changed: tokio::sync::Notify,
+}
+
+impl SessionSlots {
+    pub fn new(max: u32) -> Arc<Self> {
+        Arc::new(SessionSlots {
+            places: Arc::new(Semaphore::new(max as usize)),
+            max,
+            changed: tokio::sync::Notify::new(),
+        })
+    }
+
+    /// Sessions holding a place now.
+    pub fn active(&self) -> u32 {
+        self.max
+            .saturating_sub(u32::try_from(self.places.available_permits()).unwrap_or(u32::MAX))
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.places.available_permits() == 0
+    }
+
+    /// Waits until a place is taken or freed (one that happened since the last wait counts).
+    pub async fn changed(&self) {
+        self.changed.notified().await
+    }
+
+    fn try_take(self: &Arc<Self>) -> Option<SessionPlace> {
+        let permit = self.places.clone().try_acquire_owned().ok()?;
+        self.changed.notify_one();
+        Some(SessionPlace {
+            permit: Some(permit),
+            slots: self.clone(),
+        })
+    }
+}
+
+/// A session's place; freed (and signalled) when dropped.
+#[derive(Debug)]
+pub struct SessionPlace {
+    permit: Option<OwnedSemaphorePermit>,
+    slots: Arc<SessionSlots>,
+}
+
+impl Drop for SessionPlace {
+    fn drop(&mut self) {
+        // Freed before the signal, so whoever wakes sees the place free.
+        drop(self.permit.take());
+        self.slots.changed.notify_one();
+    }
 }
 
 /// Sessions whose last hop is this node, waiting for their client's return stream.
@@ -295,7 +354,7 @@ pub async fn serve(ctx: Arc<SessionCtx>, from: PeerId, mut up: Stream) {
 fn admit(
     ctx: &SessionCtx,
     open: &OpenSession,
-) -> Result<(OwnedSemaphorePermit, OwnedSemaphorePermit, JobTicket), WireError> {
+) -> Result<(SessionPlace, OwnedSemaphorePermit, JobTicket), WireError> {
     let hop = open.hop;
     let me = &open.route[hop as usize];
     if open.model_id != ctx.model_id {
@@ -341,9 +400,8 @@ fn admit(
     }
     let permit = ctx
         .slots
-        .clone()
-        .try_acquire_owned()
-        .map_err(|_| refusal(ErrorKind::Busy, hop, "this node is at its session limit"))?;
+        .try_take()
+        .ok_or_else(|| refusal(ErrorKind::Busy, hop, "this node is at its session limit"))?;
     let kib = (open.max_tokens as u64 * ctx.runner.kv_bytes_per_token() as u64).div_ceil(1024);
     let kv = u32::try_from(kib)
         .ok()
