@@ -432,9 +432,6 @@ impl EventLoop {
                 let _ = reply.send(n);
             }
             Command::AddAddresses { peer, addrs, done } => {
-                for a in &addrs {
-                    self.swarm.add_peer_address(peer, a.clone());
-                }
                 // No behaviour here keeps an address book that a bare dial by peer id would
                 // consult (Kademlia only knows peers it learned itself), so a stream to a peer
                 // the DHT has not met yet failed with "no addresses". Dial now, at these

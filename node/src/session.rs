@@ -695,11 +695,6 @@ async fn run_session(
     }
 }
 
-/// A forward's output, ready to pass on.
-struct Output {
-    forward: Forward,
-}
-
 /// One forward: check it, run the blocks, wait for the power mode's pace, and stamp this hop's
 /// timing onto it.
 async fn forward(
@@ -709,7 +704,7 @@ async fn forward(
     dim: usize,
     cache: &mut dyn SessionCache,
     job: &mut JobTicket,
-) -> Result<Output, WireError> {
+) -> Result<Forward, WireError> {
     let t0 = Instant::now();
     let hop = open.hop;
     if f.session != open.session {
@@ -771,14 +766,12 @@ async fn forward(
         compute_us: micros(compute),
         total_us: micros(t0.elapsed()),
     });
-    Ok(Output {
-        forward: Forward {
-            session: f.session,
-            step: f.step,
-            position: f.position,
-            hidden,
-            timings,
-        },
+    Ok(Forward {
+        session: f.session,
+        step: f.step,
+        position: f.position,
+        hidden,
+        timings,
     })
 }
 
@@ -787,45 +780,43 @@ async fn forward(
 async fn pass_on(
     ctx: &SessionCtx,
     open: &OpenSession,
-    out: Output,
+    out: Forward,
     next: &mut Onward,
     client: &mut Option<Stream>,
 ) -> Result<(), WireError> {
     let hop = open.hop;
     match next {
-        Onward::Hop(d) => write_message(d, &Request::Forward(out.forward))
-            .await
-            .map_err(|e| {
-                refusal(
-                    ErrorKind::NextHop,
-                    hop,
-                    format!("sending to the next hop: {e}"),
-                )
-            }),
+        Onward::Hop(d) => write_message(d, &Request::Forward(out)).await.map_err(|e| {
+            refusal(
+                ErrorKind::NextHop,
+                hop,
+                format!("sending to the next hop: {e}"),
+            )
+        }),
         Onward::Client(slot) => {
-            if client.is_none() {
-                let attached = tokio::time::timeout(ctx.next_hop_timeout, &mut slot.stream).await;
-                *client = Some(attached.ok().and_then(Result::ok).ok_or_else(|| {
-                    refusal(
-                        ErrorKind::Timeout,
-                        hop,
-                        format!(
-                            "the client did not attach for the outputs within {:?}",
-                            ctx.next_hop_timeout
-                        ),
-                    )
-                })?);
-            }
-            let f = out.forward;
-            let answer = Response::Hidden {
-                session: f.session,
-                step: f.step,
-                hidden: f.hidden,
-                timings: f.timings,
+            let s = match client {
+                Some(s) => s,
+                None => {
+                    let attached =
+                        tokio::time::timeout(ctx.next_hop_timeout, &mut slot.stream).await;
+                    client.insert(attached.ok().and_then(Result::ok).ok_or_else(|| {
+                        refusal(
+                            ErrorKind::Timeout,
+                            hop,
+                            format!(
+                                "the client did not attach for the outputs within {:?}",
+                                ctx.next_hop_timeout
+                            ),
+                        )
+                    })?)
+                }
             };
-            let s = client
-                .as_mut()
-                .ok_or_else(|| refusal(ErrorKind::Internal, hop, "no return stream"))?;
+            let answer = Response::Hidden {
+                session: out.session,
+                step: out.step,
+                hidden: out.hidden,
+                timings: out.timings,
+            };
             write_message(s, &answer).await.map_err(|e| {
                 refusal(
                     ErrorKind::Internal,
