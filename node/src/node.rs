@@ -232,8 +232,9 @@ impl AnnounceHandle {
 /// and that copy must still be live.
 ///
 /// A source whose state changes on its own clock (an emulated battery's slot ends) is announced
-/// as it changes: a power-saving flip at once, any other change when the last message is at least
-/// three quarters of an interval old. With the interval at one slot, every slot's state is
+/// as it changes: a flip of whether it takes work (power saving, or its model's one pending
+/// place taken or freed) at once, any other change when the last message is at least three
+/// quarters of an interval old. With the interval at one slot, every slot's state is
 /// gossiped the moment it exists, rather than up to a slot late at a tick of arbitrary phase
 /// (which is what the simulator's routers see: the current state), and the rate stays one
 /// message per interval. Taking the last free session place, or freeing one of a full node, is
@@ -243,18 +244,18 @@ async fn announcer(h: AnnounceHandle) {
     let period = h.cfg.gossip_interval.min(refresh);
     let mut last_dht = Instant::now();
     let mut last_publish = Instant::now();
-    let mut published_saving = h.energy.state().power_saving;
     let mut published_full = h.slots.is_full();
     let mut tick = tokio::time::interval(period);
     tick.tick().await;
     let mut changes = h.energy.state_changes();
+    let mut published = changes.as_ref().map(|rx| *rx.borrow());
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             Some(Ok(())) = async { match changes.as_mut() { Some(rx) => Some(rx.changed().await), None => None } } => {
-                let saving = changes.as_mut().map(|rx| rx.borrow_and_update().power_saving);
-                let flip = saving.is_some_and(|s| s != published_saving);
-                if !flip && last_publish.elapsed() < period * 3 / 4 {
+                let now = changes.as_mut().map(|rx| *rx.borrow_and_update());
+                let urgent = matches!((now, published), (Some(n), Some(p)) if n.routing_differs(&p));
+                if !urgent && last_publish.elapsed() < period * 3 / 4 {
                     continue;
                 }
             }
@@ -271,7 +272,7 @@ async fn announcer(h: AnnounceHandle) {
         if dht_too {
             last_dht = Instant::now();
         }
-        published_saving = h.energy.state().power_saving;
+        published = changes.as_ref().map(|rx| *rx.borrow());
         published_full = h.slots.is_full();
         if let Err(e) = h.publish(dht_too, false).await {
             warn!("announcing: {e}");

@@ -1,7 +1,8 @@
 //! Live energy on real in-process nodes over loopback: the gossiped state follows an emulated
 //! battery on an accelerated clock (dynamic mode switching at the table's thresholds, the node's
-//! own max job rate), and a node in power saving refuses sessions on the wire with the
-//! power-saving reason, then serves again once recovered. No fixed sleeps: every wait polls a
+//! own max job rate), a node in power saving refuses sessions on the wire with the
+//! power-saving reason, then serves again once recovered, and a node whose one pending place is
+//! taken says so in its gossip and refuses the next job as busy. No fixed sleeps: every wait polls a
 //! state with a deadline.
 
 use std::sync::Arc;
@@ -315,6 +316,48 @@ async fn power_saving_refuses_sessions_with_the_reason_then_serves_again() {
     };
     run_job(&mut s, id, 4).await;
     assert!(source.stats().refused_saving >= 1);
+    let _ = net.shutdown(Duration::ZERO).await;
+    let _ = ev.await;
+    node.leave().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_taken_pending_place_is_gossiped_and_the_next_job_is_refused_as_busy() {
+    // 15 W on a slow clock (a 100 s slot lasts 50 s): the job accepted during the first slot waits
+    // for the next stage and holds the one pending place (R6) for the whole test; no slot ends.
+    let source = emulated("initial=90,seed=3", PowerModeArg::W15, 2.0);
+    let node = start_node(source.clone()).await;
+    let (net, ev) = observer(&node).await;
+    let until = Instant::now() + DEADLINE;
+    let gossiped = |want: bool| {
+        let (net, node) = (&net, &node);
+        async move {
+            loop {
+                assert!(Instant::now() < until, "takes_job = {want} never gossiped");
+                if latest(net, node)
+                    .await
+                    .is_some_and(|a| a.energy.takes_job == want)
+                {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    };
+    gossiped(true).await;
+    let _held = open(&net, &node, 1, 4)
+        .await
+        .expect("an idle node takes the job");
+    gossiped(false).await;
+    let Err(refusal) = open(&net, &node, 2, 4).await else {
+        panic!("a node whose pending place is taken must refuse the next job")
+    };
+    assert_eq!(refusal.kind, ErrorKind::Busy, "{refusal:?}");
+    assert_eq!(
+        source.stats().slots,
+        0,
+        "the state changed with the admission, not at a slot end"
+    );
     let _ = net.shutdown(Duration::ZERO).await;
     let _ = ev.await;
     node.leave().await;

@@ -39,6 +39,11 @@ pub struct EnergyState {
     pub critical: bool,
     /// Chance the node falls into power saving soon if it takes a job now (0 when unknown).
     pub saving_risk: f32,
+    /// The node's energy model takes one more job now (R6 of `paper-model.md`: active, and the
+    /// one place for a job waiting behind the one in service is free). A session outlives its
+    /// job on a hop that finished before the route's slowest hop, so the session count is not
+    /// the model's availability. Always true on mains and real batteries.
+    pub takes_job: bool,
 }
 
 impl EnergyState {
@@ -53,6 +58,7 @@ impl EnergyState {
             mode_index: 0,
             critical: false,
             saving_risk: 0.0,
+            takes_job: true,
         }
     }
 
@@ -181,6 +187,7 @@ pub(crate) mod tests {
                 mode_index: 1,
                 critical: false,
                 saving_risk: 0.05,
+                takes_job: true,
             },
             timestamp_ms: 1_000_000,
             expires_ms: 1_030_000,

@@ -35,7 +35,7 @@ pub fn energy_view(a: &Announcement) -> PeerEnergyState {
         battery: (f64::from(e.battery_level) * UNITS).round() as i64,
         capacity: UNITS as i64,
         power_saving: e.power_saving,
-        available: a.active_sessions < a.max_sessions,
+        available: a.active_sessions < a.max_sessions && e.takes_job,
         lambda_max: f64::from(e.max_job_rate),
         mode: e.mode_index,
         critical: e.critical,
@@ -265,21 +265,24 @@ mod tests {
     }
 
     #[test]
-    fn power_saving_and_full_peers_are_skipped() {
+    fn power_saving_full_and_jobless_peers_are_skipped() {
         let mut saving = ann(1, 0, 30, 1.0);
         saving.energy.power_saving = true;
         let mut full = ann(2, 0, 30, 1.0);
         full.active_sessions = full.max_sessions;
+        // Room for sessions, but its battery model's pending place is taken (R6).
+        let mut jobless = ann(4, 0, 30, 1.0);
+        jobless.energy.takes_job = false;
         let free = ann(3, 0, 30, 1.0);
-        let anns = vec![saving.clone(), full.clone(), free];
+        let anns = vec![saving.clone(), full.clone(), jobless.clone(), free];
         for seed in 0..50 {
             assert_eq!(
                 plan(&anns, 30, &Uniform, &mut ChaCha8Rng::seed_from_u64(seed)).unwrap(),
-                vec![2]
+                vec![3]
             );
         }
         assert_eq!(
-            plan(&[saving, full], 30, &Uniform, &mut rng()).unwrap_err(),
+            plan(&[saving, full, jobless], 30, &Uniform, &mut rng()).unwrap_err(),
             RouteError::NoneAvailable { block: 0 }
         );
     }

@@ -112,6 +112,7 @@ fn main() {
             mode_index: 1,
             critical: false,
             saving_risk: 0.05,
+            takes_job: true,
         },
         timestamp_ms: 1_000_000,
         expires_ms: 1_030_000,

@@ -73,6 +73,7 @@ impl EmulatedCore {
         let changes = watch::Sender::new(StateChange {
             seq: 0,
             power_saving: battery.power_saving(),
+            takes_job: battery.available(),
         });
         let mut core = EmulatedCore {
             battery,
@@ -104,7 +105,7 @@ impl EmulatedCore {
         self.stats
     }
 
-    /// Signals every slot end (the only time the announced state changes).
+    /// Signals every slot end and every admission (the only times the announced state changes).
     pub fn state_changes(&self) -> watch::Receiver<StateChange> {
         self.changes.subscribe()
     }
@@ -163,9 +164,11 @@ impl EmulatedCore {
             );
         }
         self.begin(now);
+        let takes_job = self.battery.available();
         self.changes.send_modify(|c| {
             c.seq += 1;
             c.power_saving = power_saving;
+            c.takes_job = takes_job;
         });
     }
 
@@ -183,6 +186,11 @@ impl EmulatedCore {
         }
         let (tx, rx) = watch::channel(JobPhase::Waiting);
         self.waiting.push_back(tx);
+        // The pending place is taken: clients must stop routing here until the next stage.
+        self.changes.send_modify(|c| {
+            c.seq += 1;
+            c.takes_job = false;
+        });
         Ok(JobTicket::paced(rx, max_tokens))
     }
 
@@ -219,6 +227,7 @@ impl EmulatedCore {
             mode_index: peer.mode,
             critical: peer.critical,
             saving_risk: (peer.saving_risk as f32).clamp(0.0, 1.0),
+            takes_job: b.available(),
         }
     }
 }
@@ -397,6 +406,16 @@ mod tests {
         let mut changes = c.state_changes();
         let now = Instant::now();
         let _t = c.try_admit(4).unwrap();
+        assert_eq!(
+            *changes.borrow_and_update(),
+            StateChange {
+                seq: 1,
+                power_saving: false,
+                takes_job: false
+            },
+            "taking the pending place is signalled at once"
+        );
+        assert!(!c.state().takes_job);
         c.tick(0, now);
         assert!(
             changes.has_changed().unwrap(),
@@ -405,10 +424,13 @@ mod tests {
         assert_eq!(
             *changes.borrow_and_update(),
             StateChange {
-                seq: 1,
-                power_saving: false
-            }
+                seq: 2,
+                power_saving: false,
+                takes_job: true
+            },
+            "the job's stage starts, so the pending place is free again"
         );
+        assert!(c.state().takes_job);
         c.tick(0, now); // 60 W job: 30 - 23 = 7 < 20
         assert_eq!(c.battery().level(), 7);
         assert!(c.state().power_saving);
@@ -416,6 +438,7 @@ mod tests {
             changes.has_changed().unwrap() && changes.borrow().power_saving,
             "the flip is signalled at the slot end that causes it"
         );
+        assert!(!c.state().takes_job, "a saving node takes no job");
         let refusal = c.try_admit(4).unwrap_err();
         assert!(matches!(refusal, Refusal::PowerSaving(_)));
         assert!(
@@ -432,10 +455,11 @@ mod tests {
         assert_eq!(
             *changes.borrow(),
             StateChange {
-                seq: 4,
-                power_saving: false
+                seq: 5,
+                power_saving: false,
+                takes_job: true
             },
-            "four slot ends, the last one a wake"
+            "an admission and four slot ends, the last one a wake"
         );
         assert!(c.try_admit(4).is_ok());
         assert_eq!(

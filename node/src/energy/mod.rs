@@ -79,11 +79,21 @@ pub enum Refusal {
 /// Signalled whenever a source's announced state may have changed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StateChange {
-    /// Changes so far (slot ends of an emulated battery).
+    /// Changes so far (slot ends and admissions of an emulated battery).
     pub seq: u64,
     /// The power-saving flag after the change: a flip is announced at once, whatever the gossip
     /// interval, because clients must stop (or resume) routing to the node.
     pub power_saving: bool,
+    /// Whether the model takes one more job (R6), announced at once on a flip for the same
+    /// reason.
+    pub takes_job: bool,
+}
+
+impl StateChange {
+    /// Whether clients must hear of this state at once: it changes whom they may route to.
+    pub fn routing_differs(&self, other: &StateChange) -> bool {
+        self.power_saving != other.power_saving || self.takes_job != other.takes_job
+    }
 }
 
 /// What the node reports and how it decides whether to take a session.

@@ -156,6 +156,7 @@ impl EnergySource for SysBattery {
             mode_index: index as u8,
             critical: self.mode == PowerModeArg::Dynamic && index == 0,
             saving_risk: 0.0,
+            takes_job: true,
         }
     }
 }

@@ -117,9 +117,12 @@ impl Design {
             "dynamic".into(),
             "--clock-scale".into(),
             self.clock_scale.to_string(),
-            // R6: one job in service and one pending.
+            // R6 (one job in service, one pending) is the battery's own rule, which the node
+            // gossips. The session cap stays out of its way: a session outlives its job on a hop
+            // that is faster than the route's slowest, so with a cap of 2 such leftovers made
+            // nodes look full when the model had room.
             "--max-sessions".into(),
-            "2".into(),
+            "8".into(),
         ])
     }
 
