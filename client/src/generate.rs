@@ -116,6 +116,10 @@ pub struct GenerationResult {
     pub decode_tokens_per_s: f64,
     pub prefill_ms: f64,
     pub decode_ms: f64,
+    /// Median time of one decode step's pass through every block, as the client waits for it:
+    /// the blocks' compute with `--local`, the round trip through the route in a swarm. The
+    /// rest of a step (LM head, sampling, embedding) is the same code either way.
+    pub decode_forward_us_median: f64,
 }
 
 impl GenerateOptions {
@@ -158,7 +162,9 @@ pub async fn generate<P: Pipeline>(
     let mut input = head.embed(prompt_ids)?;
     let mut first_token_at = None;
     let mut prefill_ms = 0.0;
+    let mut decode_forward_us = Vec::with_capacity(opts.max_new_tokens);
     while tokens.len() < opts.max_new_tokens {
+        let forward_start = Instant::now();
         let hidden = pipeline
             .forward(std::mem::replace(
                 &mut input,
@@ -169,6 +175,9 @@ pub async fn generate<P: Pipeline>(
                 },
             ))
             .await?;
+        if first_token_at.is_some() {
+            decode_forward_us.push(forward_start.elapsed().as_secs_f64() * 1e6);
+        }
         let logits = head.logits_last(&hidden)?;
         let id = sampler.sample(&logits);
         if first_token_at.is_none() {
@@ -208,7 +217,17 @@ pub async fn generate<P: Pipeline>(
         decode_tokens_per_s,
         prefill_ms,
         decode_ms: decode_s * 1e3,
+        decode_forward_us_median: median(decode_forward_us),
     })
+}
+
+/// The middle value (the upper one of an even count); 0 for none.
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 /// [`generate`] with the text streamed to stdout as it forms, ending with a newline.

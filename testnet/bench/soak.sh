@@ -12,7 +12,7 @@ TOKENS=${TOKENS:-32}
 PROMPTS=("What is the capital of France?" "Name three colours of the rainbow." \
   "Write one sentence about the sea." "What is 2 + 2?")
 D=$(mktemp -d)
-. "$(dirname "$0")/three-nodes.sh"
+. "$(dirname "$0")/nodes.sh"
 NODE_PIDS=$(head -3 $D/pids)
 for i in "${!PROMPTS[@]}"; do
   $R/swarm-client generate --model smollm2-135m --chat --prompt "${PROMPTS[$i]}" \

@@ -21,7 +21,7 @@ use sunswarm_protocol::{Announcement, DType, Hop, ModelDigest, dht};
 use tokio::task::JoinHandle;
 
 use crate::cli::GenerateArgs;
-use crate::generate::{GenerationResult, generate_to_stdout};
+use crate::generate::{GenerationResult, generate_to_stdout, median};
 use crate::local::{options, prompt_ids};
 pub use failover::{FailoverEvent, ResilientSession};
 pub use session::{ForwardTiming, SessionError, SwarmSession};
@@ -309,14 +309,6 @@ struct SwarmOutput<'a> {
     /// emulated nodes; null when a hop's energy is not modelled (mains, real batteries).
     joules_per_token: Option<f64>,
     swarm: SwarmTimings,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    if v.is_empty() {
-        return 0.0;
-    }
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 /// Summarises a session's per-forward timings (decode steps only: one token each).
