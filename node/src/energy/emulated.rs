@@ -164,7 +164,13 @@ impl EmulatedCore {
             );
         }
         self.begin(now);
-        let takes_job = self.battery.available();
+        self.signal_change();
+    }
+
+    /// Tells the announcer the battery's routing state may have changed (read from the battery,
+    /// so the signal can never disagree with [`Self::state`]).
+    fn signal_change(&self) {
+        let (power_saving, takes_job) = (self.battery.power_saving(), self.battery.available());
         self.changes.send_modify(|c| {
             c.seq += 1;
             c.power_saving = power_saving;
@@ -187,10 +193,7 @@ impl EmulatedCore {
         let (tx, rx) = watch::channel(JobPhase::Waiting);
         self.waiting.push_back(tx);
         // The pending place is taken: clients must stop routing here until the next stage.
-        self.changes.send_modify(|c| {
-            c.seq += 1;
-            c.takes_job = false;
-        });
+        self.signal_change();
         Ok(JobTicket::paced(rx, max_tokens))
     }
 
