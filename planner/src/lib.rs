@@ -1,0 +1,1 @@
+//! Block placement planner (placeholder; see seed 003).
