@@ -11,12 +11,14 @@
 //! - [`chain`], [`stationary`], [`analysis`], [`brent`], [`maxrate`]: the analytical model.
 //! - [`policy`]: the weights a client computes from peers' gossiped [`policy::PeerEnergyState`].
 //! - [`profile`]: a peer's offline profile (eq. 5 rate, saving-risk table) and its gossiped state.
+//! - [`csucb`]: CS-UCB (seed 004), the client's per-hop peer bandit under a per-token deadline.
 //! - [`emulated`]: the stage-by-stage battery a live node or a simulation steps slot by slot.
 //! - [`sim`]: the paper's single-device and network simulations, one run at a time.
 
 pub mod analysis;
 pub mod brent;
 pub mod chain;
+pub mod csucb;
 pub mod device;
 pub mod emulated;
 pub mod error;
@@ -30,6 +32,7 @@ pub mod stationary;
 
 pub use analysis::Analysis;
 pub use chain::Chain;
+pub use csucb::{CsUcb, CsUcbError, CsUcbParams, GroupBandit};
 pub use device::DeviceParams;
 pub use emulated::EmulatedBattery;
 pub use error::{EnergyError, Result};
