@@ -10,9 +10,9 @@
 //! - [`GroupBandit`]: the Sunswarm form of seed sec. 6, one bandit per block group keyed by peer
 //!   identity (`K: Ord + Clone`), where peers come and go. The client calls
 //!   [`GroupBandit::select`] with `(peer, prior weight, hard_ok)` per candidate, then
-//!   [`GroupBandit::observe`] with the hop's measured time and joules, or [`GroupBandit::refused`] /
-//!   [`GroupBandit::failed`]. The group's share of the per-token deadline is
-//!   `Delta D_g = Delta D * blocks_g / total_blocks` ([`deadline_share`]).
+//!   [`GroupBandit::observe`] with the hop's measured time and joules, or
+//!   [`GroupBandit::refused`] / [`GroupBandit::failed`]. The group's share of the per-token
+//!   deadline is `Delta D_g = Delta D * blocks_g / total_blocks` ([`deadline_share`]).
 //!
 //! Decision at time `t` (counted from 1 by `select`, `ln 1 = 0`), per arm `a` with `n_a` pulls,
 //! mean reward `Rbar_a` and mean normalised time `Dbar_a = mean(D / Delta D)`:
@@ -165,8 +165,8 @@ pub struct CsUcbParams {
     /// Discount in (0, 1] applied to every arm's pull count (and to `t`) at each decision, so old
     /// observations fade (discounted UCB). 1 = off, the seed's rule.
     pub discount: f64,
-    /// Weight of the energy policy's prior in the index of tried arms (module docs: the optional nudge after rules 1-3); 0 =
-    /// off, the seed's rule.
+    /// Weight of the energy policy's prior in the index of tried arms (module docs: the optional
+    /// nudge after rules 1-3); 0 = off, the seed's rule.
     pub prior_bonus: f64,
 }
 
@@ -764,9 +764,9 @@ impl<K: Ord + Clone> GroupBandit<K> {
     }
 
     /// `key` refused the hop (power saving, overload). Not a reward: its statistics stay as they
-    /// are; it is only barred (treated as not `hard_ok`) until [`GroupBandit::clear_refusal`], which
-    /// the client calls when the peer's announcement record changes (seed sec. 6: "for the rest of
-    /// that record's lifetime").
+    /// are; it is only barred (treated as not `hard_ok`) until [`GroupBandit::clear_refusal`],
+    /// which the client calls when the peer's announcement record changes (seed sec. 6: "for the
+    /// rest of that record's lifetime").
     pub fn refused(&mut self, key: &K) {
         self.arm_mut(key).refused = true;
     }
@@ -1221,7 +1221,8 @@ mod tests {
         // Excluded at t = 3: LCB 1.2 - 0.1 sqrt(ln 3) = 1.0952 > 1.
         assert!(close(1.2 - 0.1 * 3f64.ln().sqrt(), 1.0952, 1e-4));
 
-        // delta_D = 0.5: the deadline acts only through the reward, the missing arm is used 19 times.
+        // delta_D = 0.5: the deadline acts only through the reward; the missing arm is used 19
+        // times.
         let (ch, _) = c2(0.5);
         assert_eq!(counts(&ch[..20], 3), [11, 5, 4]);
         assert_eq!(counts(&ch, 3), [69, 19, 12]);
@@ -1690,12 +1691,14 @@ mod tests {
         assert!(r.deadline_misses >= 5);
     }
 
-    proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
         #[test]
         fn any_sequence_of_calls_is_total(
-            ops in proptest::collection::vec(
-                (0u8..5, 0u8..4, proptest::num::f64::ANY, proptest::num::f64::ANY, proptest::bool::ANY),
+            ops in prop::collection::vec(
+                (0u8..5, 0u8..4, any::<f64>(), any::<f64>(), any::<bool>()),
                 0..80,
             ),
             discount in 0.5f64..=1.0,
@@ -1709,14 +1712,16 @@ mod tests {
                     2 => g.failed(&key),
                     3 => g.clear_refusal(&key),
                     _ => {
-                        let c: Vec<(u8, f64, bool)> = (0..4).map(|k| (k, if k == key { x } else { y }, ok)).collect();
+                        let c: Vec<(u8, f64, bool)> =
+                            (0..4).map(|k| (k, if k == key { x } else { y }, ok)).collect();
                         let _ = g.select(&c);
                     }
                 }
             }
             for k in 0..4 {
                 if let Some(s) = g.stats(&k) {
-                    proptest::prop_assert!(s.mean_reward.is_finite() && s.mean_time.is_finite() && s.n.is_finite());
+                    let finite = s.mean_reward.is_finite() && s.mean_time.is_finite();
+                    prop_assert!(finite && s.n.is_finite());
                 }
             }
         }
