@@ -29,12 +29,21 @@
 //!   deadline; plus the admission check for a session that opens with a latency target.
 //! - [`sim`]: a seeded simulation comparing DFTSP with brute force and the baselines.
 
+pub mod cost;
 pub mod error;
 pub mod paper;
+pub mod scheduler;
 pub mod search;
+pub mod step;
+
+pub use cost::{CostModel, FlopCost, LinearCost};
 
 pub use error::{BatchError, Result};
+pub use scheduler::{
+    Admission, LatencyTarget, PassPlan, PassScheduler, Policy, Refusal, SchedulerConfig,
+};
 pub use search::{
     Baseline, Candidate, SearchConfig, SearchStats, Selection, TraceAction, TraceEvent,
     brute_force, dftsp, dftsp_traced, greedy,
 };
+pub use step::{PrefillChunks, Step, kv_bytes, prefill_chunks};
