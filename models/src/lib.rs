@@ -14,6 +14,7 @@
 pub mod backend;
 pub mod chat;
 pub mod config;
+pub mod fetch;
 pub mod gguf;
 pub mod llama;
 pub mod model;
@@ -75,6 +76,8 @@ pub enum ModelError {
     UnknownModel(String),
     #[error("download of {what} failed: {why}")]
     Download { what: String, why: String },
+    #[error(transparent)]
+    Fetch(#[from] fetch::FetchError),
     #[error("backend {backend} is not available: {why}")]
     BackendUnavailable { backend: String, why: String },
     #[error("backend error: {0}")]

@@ -26,13 +26,13 @@ pub struct ModelId(pub [u8; 32]);
 
 impl fmt::Display for ModelId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&source::hex(&self.0))
+        f.write_str(&crate::fetch::hex(&self.0))
     }
 }
 
 impl fmt::Debug for ModelId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ModelId({})", &source::hex(&self.0)[..16])
+        write!(f, "ModelId({})", &crate::fetch::hex(&self.0)[..16])
     }
 }
 

