@@ -34,6 +34,7 @@ pub mod error;
 pub mod paper;
 pub mod scheduler;
 pub mod search;
+pub mod sim;
 pub mod step;
 
 pub use cost::{CostModel, FlopCost, LinearCost};
@@ -46,4 +47,5 @@ pub use search::{
     Baseline, Candidate, SearchConfig, SearchStats, Selection, TraceAction, TraceEvent,
     brute_force, dftsp, dftsp_traced, greedy,
 };
+pub use sim::{Method, MethodSummary, SimConfig, SimReport, SizeRow, simulate};
 pub use step::{PrefillChunks, Step, kv_bytes, prefill_chunks};
