@@ -27,7 +27,21 @@
 //!   step, a [`CostModel`] for a pass's time ([`FlopCost`] or the fitted [`LinearCost`]), and the
 //!   [`PassScheduler`]: FCFS under a token budget by default, DFTSP as soon as a step carries a
 //!   deadline; plus the admission check for a session that opens with a latency target.
-//! - [`sim`]: a seeded simulation comparing DFTSP with brute force and the baselines.
+//! - [`sim`]: a seeded simulation comparing DFTSP with brute force and the baselines
+//!   (`cargo run -p sunswarm-batching --example dftsp_sim` prints it).
+//!
+//! # Where this departs from the seed
+//!
+//! - The node's cost and memory are per step (continuous batching pads nothing), where the paper
+//!   model pads every prompt to the longest and runs every request to the longest output.
+//! - Under DFTSP the token budget still caps a pass of two or more steps, so a deadline-free pass
+//!   cannot grow without bound; a lone step may exceed it, as under FCFS, so nothing starves.
+//! - A session's later steps wait behind its oldest (they need its KV cache), and a step whose
+//!   precision floor is above the node's weights is reported, not silently dropped.
+
+/// Slack on every deadline comparison, as in the seed's reference code, so a latency computed
+/// equal to its deadline does not flip on the last bit.
+pub const DEADLINE_EPSILON: f64 = 1e-12;
 
 pub mod cost;
 pub mod error;
@@ -38,7 +52,6 @@ pub mod sim;
 pub mod step;
 
 pub use cost::{CostModel, FlopCost, LinearCost};
-
 pub use error::{BatchError, Result};
 pub use scheduler::{
     Admission, LatencyTarget, PassPlan, PassScheduler, Policy, Refusal, SchedulerConfig,

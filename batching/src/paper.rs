@@ -15,15 +15,12 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::DEADLINE_EPSILON;
 use crate::error::{BatchError, Result, non_negative, not_nan, positive};
 use crate::search::{
     self, Baseline, Candidate, SearchConfig, Selection, TraceEvent, brute_force, dftsp,
     dftsp_traced,
 };
-
-/// Slack on deadline comparisons, as in the seed's reference code, so a latency computed equal to
-/// the deadline does not flip on the last bit.
-pub const DEADLINE_EPSILON: f64 = 1e-12;
 
 /// A decoder-only transformer, as far as cost is concerned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -233,11 +230,8 @@ impl Request {
     fn validate(&self) -> Result<()> {
         not_nan("request deadline_s", self.deadline_s)?;
         not_nan("request max_perplexity", self.max_perplexity)?;
-        if !self.snr_db.is_finite() {
-            return Err(BatchError::NotANumber {
-                what: "request snr_db (finite)",
-            });
-        }
+        // Infinite SNRs are fine: +inf dB sends anything at once, -inf dB never gets through.
+        not_nan("request snr_db", self.snr_db)?;
         non_negative("request comm_s", self.comm_s)
     }
 }

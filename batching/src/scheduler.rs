@@ -25,14 +25,11 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::DEADLINE_EPSILON;
 use crate::cost::CostModel;
 use crate::error::{BatchError, Result};
 use crate::search::{Candidate, SearchConfig, SearchStats, dftsp};
 use crate::step::Step;
-
-/// Slack on deadline comparisons, so a pass time computed equal to a deadline does not flip on
-/// the last bit (as in the seed's reference code).
-pub const DEADLINE_EPSILON: f64 = 1e-12;
 
 /// Default new tokens per pass, in the 128-256 range for prefill chunks.
 pub const DEFAULT_TOKEN_BUDGET: u32 = 256;
@@ -133,6 +130,7 @@ pub enum Admission {
 
 /// Why an open with a latency target is refused.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub enum Refusal {
     /// The session wants finer weights than this node runs.
     Precision { required_bits: u8, node_bits: u8 },
@@ -326,6 +324,9 @@ impl<C: CostModel> PassScheduler<C> {
     /// plus the tokens it may generate), since a pass only gets slower as context grows; its own
     /// `deadline_s` is ignored in favour of `target`. KV memory is not judged here: a step that
     /// does not fit waits in [`PassScheduler::plan`].
+    ///
+    /// Errors: an invalid target, an invalid step (the opening one is named as index
+    /// `serving.len()`), or a cost model that answers NaN, infinity or a negative time.
     pub fn admit(
         &self,
         serving: &[Step],
