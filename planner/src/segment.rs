@@ -535,19 +535,34 @@ fn least_latency(inst: &Instance, threshold: f64, include_return: bool) -> Resul
     // st(p, l) - st(p, l - 1). With the floor, that is 0 while t*l <= floor, then one partial
     // step, then t per block: nondecreasing, so stage time is convex in l and the cheapest
     // marginals first is an optimal split of the blocks. Each peer has at most three runs of
-    // equal marginals; sorting all runs once lets each set take its cheapest units in O(runs).
+    // equal marginals, built from that shape rather than by comparing float differences (which
+    // would split a run of t's on rounding); sorting all runs once lets each set take its
+    // cheapest units in O(runs).
     let mut runs: Vec<(f64, usize, u32)> = Vec::new(); // (marginal, peer, count)
     for (p, &cap) in caps.iter().enumerate() {
-        let mut l = 2u32;
-        while l <= cap {
-            let m = inst.stage_time(p, l) - inst.stage_time(p, l - 1);
-            // Extend the run while the marginal stays the same (all 0, or all t).
-            let mut end = l;
-            while end < cap && inst.stage_time(p, end + 1) - inst.stage_time(p, end) == m {
-                end += 1;
+        let peer = &inst.peers[p];
+        // z = the most blocks whose compute still fits under the floor (0 if none).
+        let (mut lo, mut hi) = (0u32, cap);
+        while lo < hi {
+            let mid = lo + (hi - lo).div_ceil(2);
+            if peer.ms_per_block * f64::from(mid) <= peer.floor_ms {
+                lo = mid;
+            } else {
+                hi = mid - 1;
             }
-            runs.push((m, p, end - l + 1));
-            l = end + 1;
+        }
+        let z = lo;
+        let mut l = 2u32;
+        if z >= 2 {
+            runs.push((0.0, p, z - 1));
+            l = z + 1;
+        }
+        if l <= cap && z >= 1 {
+            runs.push((inst.stage_time(p, l) - inst.stage_time(p, l - 1), p, 1));
+            l += 1;
+        }
+        if l <= cap {
+            runs.push((peer.ms_per_block, p, cap - l + 1));
         }
     }
     runs.sort_by(|a, c| a.0.total_cmp(&c.0).then(a.1.cmp(&c.1)));
@@ -772,6 +787,35 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_floored_peer_takes_the_block_its_floor_makes_cheap() {
+        // Peer 0: 2 ms per block with a 3 ms floor, so its second block costs only 1 ms more
+        // (4 - 3); peer 1: 1.5 ms per block; two blocks each at most. Three blocks on {0, 1}
+        // cost 4 + 1.5 = 5.5 with two on peer 0 (3 + 3 = 6 the other way). Peer 2 alone costs
+        // 5.7 and is 10 ms from the others: a planner that priced the set {0, 1} at 6 (the
+        // floored peer's second block at 2 ms) would pick peer 2.
+        let peer = |ms_per_block, max_blocks, floor_ms| PeerCost {
+            ms_per_block,
+            max_blocks,
+            up_ms: 0.0,
+            down_ms: 0.0,
+            floor_ms,
+        };
+        let inst = Instance {
+            blocks: 3,
+            peers: vec![peer(2.0, 2, 3.0), peer(1.5, 2, 0.0), peer(1.9, 3, 0.0)],
+            links_ms: vec![
+                vec![0.0, 0.0, 10.0],
+                vec![0.0, 0.0, 10.0],
+                vec![10.0, 10.0, 0.0],
+            ],
+        };
+        let s = solve(&inst, Objective::Latency, true).unwrap();
+        assert_eq!(s.latency_ms, 5.5, "{s:?}");
+        let on_0 = s.stages.iter().find(|st| st.peer == 0).unwrap();
+        assert_eq!(on_0.end - on_0.start, 2);
+    }
+
+    #[test]
     fn infeasible_when_memory_is_short() {
         let mut inst = e2();
         for p in &mut inst.peers {
@@ -820,7 +864,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn sixteen_peers_on_eighty_blocks_is_exact_and_quick() {
+    fn sixteen_peers_on_eighty_blocks_give_a_consistent_plan() {
         // The exact path at its limit: 16 peers of mixed speed and memory, 80 blocks. The
         // answer must be a valid plan whose totals the evaluation reproduces.
         let n = 16;

@@ -25,8 +25,9 @@ fn per_block() -> impl Strategy<Value = f64> {
 
 fn floor() -> impl Strategy<Value = f64> {
     prop_oneof![
-        3 => Just(0.0),
+        1 => Just(0.0),
         1 => prop::sample::select(vec![1.0, 2.5, 4.0]),
+        1 => 0.0f64..6.0,
     ]
 }
 
@@ -58,7 +59,7 @@ fn close(a: f64, b: f64) -> bool {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(400))]
+    #![proptest_config(ProptestConfig::with_cases(1000))]
 
     #[test]
     fn segment_dp_matches_brute_force_and_the_literal_dp(
