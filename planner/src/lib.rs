@@ -13,13 +13,13 @@
 //!   to [`EXACT_PEER_LIMIT`] peers.
 //! - [`swarm`]: peers with ids, links and energy; [`plan`] excludes peers in power saving, adds
 //!   the optional energy floor, keeps the best 16 peers when there are more, and reports.
-//! - [`file`]: the JSON peers file and [`plan_from_json`] (`swarm-testnet plan --peers FILE`).
+//! - [`file`](mod@file): the JSON peers file and [`plan_from_json`] (`swarm-testnet plan --peers FILE`).
 //! - [`auto`]: `swarm-node --blocks auto`: the range that raises the swarm's throughput most
 //!   given everyone else stays, hysteresis against flapping, and the re-plan trigger.
 //! - [`paper`]: the paper's Algorithm 1 (latency DP with memory carried per cell, not exact when
 //!   memory binds) and Algorithm 2 (bitmask throughput DP), with brute force: worked examples
 //!   E1 and E3 are its tests.
-//! - [`reference`]: the seed's segment DP literally and brute force, the cross-checks of
+//! - [`reference`](mod@reference): the seed's segment DP literally and brute force, the cross-checks of
 //!   [`segment`].
 //!
 //! Times are milliseconds for one token (decode), rates tokens per second. `README.md` beside
@@ -37,7 +37,7 @@ pub use auto::{
     Coverage, Decision, HostedRange, Hysteresis, OwnPeer, RangeScore, ReplanReason, Speed,
     best_range, decide, replan_reason, score_range, should_move,
 };
-pub use error::{PlanError, Result};
+pub use error::{MAX_TIME_MS, PlanError, Result};
 pub use file::{PeersFile, plan_from_json};
 pub use segment::{Instance, Objective, PeerCost, Solution, Stage, solve};
 pub use swarm::{

@@ -210,7 +210,7 @@ pub struct PlanReport {
     pub objective: Objective,
     pub include_return: bool,
     pub blocks: u32,
-    /// The route in order: client -> stages[0] -> ... -> stages[last] -> client.
+    /// The route in order: client, then each stage, then back to the client.
     pub stages: Vec<StageReport>,
     /// The last peer's hop back to the client, ms.
     pub return_ms: f64,
