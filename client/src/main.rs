@@ -12,7 +12,7 @@ fn main() -> Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let runtime = sunswarm_node::runtime::compute_runtime()?;
+    let runtime = sunswarm_net::runtime::compute_runtime()?;
     runtime.block_on(async {
         match cli.command {
             Command::Generate(args) if args.local => sunswarm_client::local::run(&args).await,

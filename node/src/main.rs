@@ -11,7 +11,7 @@ use libp2p::Multiaddr;
 use sunswarm_models::{BackendKind, Model, ModelSource};
 use sunswarm_node::compute::{BlockRunner, ModelRunner};
 use sunswarm_node::energy;
-use sunswarm_node::net::NetConfig;
+use sunswarm_net::NetConfig;
 use sunswarm_node::node::{self, NodeConfig};
 use sunswarm_protocol::BlockSpec;
 
@@ -79,7 +79,7 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
-    let rt = sunswarm_node::runtime::compute_runtime()?;
+    let rt = sunswarm_net::runtime::compute_runtime()?;
     rt.block_on(run(args))
 }
 
@@ -124,7 +124,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             swarm_key: args
                 .swarm_key
                 .as_deref()
-                .map(sunswarm_node::net::read_swarm_key)
+                .map(sunswarm_net::read_swarm_key)
                 .transpose()?,
             ..NetConfig::default()
         },

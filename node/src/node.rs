@@ -4,7 +4,7 @@
 //! here at once instead of waiting for expiry.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use libp2p::{Multiaddr, PeerId};
 use sunswarm_protocol::{Announcement, BlockRange, ModelDigest, codec, dht};
@@ -14,7 +14,7 @@ use tracing::{info, warn};
 
 use crate::compute::BlockRunner;
 use crate::energy::EnergySource;
-use crate::net::{self, NetConfig, NetError, Network};
+use sunswarm_net::{self as net, NetConfig, NetError, Network, now_ms};
 use crate::session::{self, SessionCtx, SessionSlots};
 
 /// Everything a node needs besides its blocks and energy source.
@@ -63,13 +63,6 @@ pub struct RunningNode {
     event_loop: JoinHandle<()>,
 }
 
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
 /// Starts the host, the session server and the announcer.
 pub async fn start(
     cfg: NodeConfig,
@@ -81,7 +74,7 @@ pub async fn start(
     let event_loop = tokio::spawn(event_loop.run());
     let incoming = net
         .control()
-        .accept(session::protocol())
+        .accept(sunswarm_net::stream::protocol())
         .map_err(|e| NodeError::Accept(e.to_string()))?;
     let slots = SessionSlots::new(cfg.max_sessions);
     let ctx = Arc::new(SessionCtx {

@@ -12,11 +12,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use libp2p::{Multiaddr, PeerId, StreamProtocol};
+use libp2p::{Multiaddr, PeerId};
 use sunswarm_protocol::codec::CodecError;
-use sunswarm_protocol::io::{FrameError, FrameReader, read_message, write_message};
+use sunswarm_protocol::io::{FrameError, FrameReader, write_message};
 use sunswarm_protocol::{
-    ACTIVATIONS_PROTOCOL, Announcement, BlockRange, ErrorKind, Forward, Hop, HopTiming,
+    Announcement, BlockRange, ErrorKind, Forward, Hop, HopTiming,
     ModelDigest, OpenSession, Request, Response, SessionId, TensorFrame, WireError,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
@@ -24,7 +24,8 @@ use tracing::{Instrument, debug, info_span, warn};
 
 use crate::compute::{BlockRunner, SessionCache};
 use crate::energy::{EnergySource, JobTicket, Refusal};
-use crate::net::Network;
+use sunswarm_net::Network;
+use sunswarm_net::stream::{Stream, send_open};
 
 /// Everything a session needs from its node.
 pub struct SessionCtx {
@@ -190,19 +191,15 @@ impl Drop for AttachSlot {
     }
 }
 
-pub fn protocol() -> StreamProtocol {
-    StreamProtocol::new(ACTIVATIONS_PROTOCOL)
-}
 
 /// Accepts activation streams until the node stops accepting, serving each on its own task.
-pub async fn accept_loop(ctx: Arc<SessionCtx>, mut incoming: libp2p_stream::IncomingStreams) {
+pub async fn accept_loop(ctx: Arc<SessionCtx>, mut incoming: sunswarm_net::stream::IncomingStreams) {
     while let Some((peer, stream)) = incoming.next().await {
         let ctx = ctx.clone();
         tokio::spawn(async move { serve(ctx, peer, stream).await });
     }
 }
 
-type Stream = libp2p::Stream;
 
 fn refusal(kind: ErrorKind, hop: u16, message: impl Into<String>) -> WireError {
     let mut message = message.into();
@@ -425,62 +422,6 @@ fn admit(
     Ok((permit, kv, job))
 }
 
-/// Why [`send_open`] got no answer.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum OpenError {
-    #[error("cannot open a stream: {0}")]
-    Unreachable(String),
-    #[error(transparent)]
-    Frame(#[from] FrameError),
-}
-
-/// Attempts at an open whose stream the peer dropped unread.
-const OPEN_ATTEMPTS: u32 = 4;
-
-/// Opens an activation stream to `peer`, sends `open` and reads the answer (see [`send_first`]).
-pub async fn send_open(
-    net: &Network,
-    peer: PeerId,
-    open: &OpenSession,
-) -> Result<(Stream, Response), OpenError> {
-    send_first(net, peer, &Request::Open(open.clone())).await
-}
-
-/// Opens an activation stream to `peer`, sends the stream's first message (an open or an
-/// attach) and reads the answer. libp2p-stream hands a node one inbound stream at a time and
-/// drops one that arrives while the previous is still being accepted (a burst of opens on a busy
-/// machine); the opener sees the stream end before any answer, and nothing was opened on the
-/// peer, so that case is retried.
-pub async fn send_first(
-    net: &Network,
-    peer: PeerId,
-    request: &Request,
-) -> Result<(Stream, Response), OpenError> {
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let mut s = net
-            .control()
-            .open_stream(peer, protocol())
-            .await
-            .map_err(|e| OpenError::Unreachable(e.to_string()))?;
-        let mut buf = Vec::new();
-        let answer = match write_message(&mut s, request).await {
-            Ok(()) => read_message::<_, Response>(&mut s, &mut buf).await,
-            Err(e) => Err(e),
-        };
-        match answer {
-            Ok(r) => return Ok((s, r)),
-            Err(FrameError::Closed) if attempt < OPEN_ATTEMPTS => {
-                debug!(%peer, attempt, "first message's stream dropped unread; retrying");
-                tokio::time::sleep(Duration::from_millis(5 << attempt)).await;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-}
-
 /// Opens the session on the next hop of the route and waits for its answer.
 async fn open_next(ctx: &SessionCtx, open: &OpenSession) -> Result<Stream, WireError> {
     let hop = open.hop;
@@ -528,7 +469,7 @@ async fn open_next(ctx: &SessionCtx, open: &OpenSession) -> Result<Stream, WireE
 /// The addresses `peer` announced for serving `next.blocks` of this node's model, if it has a
 /// live announcement (gossip first, then its DHT record).
 async fn announced_addrs(ctx: &SessionCtx, peer: &PeerId, next: &Hop) -> Option<Vec<Multiaddr>> {
-    let now = crate::node::now_ms();
+    let now = sunswarm_net::now_ms();
     let fits = |a: &Announcement| {
         a.peer_id == next.peer_id
             && a.model_id == ctx.model_id

@@ -12,7 +12,7 @@ use libp2p::{Multiaddr, StreamProtocol};
 use std::sync::atomic::{AtomicBool, Ordering};
 use sunswarm_node::compute::ShiftRunner;
 use sunswarm_node::energy::Mains;
-use sunswarm_node::net::{self, NetConfig, Network};
+use sunswarm_net::{self as net, NetConfig, Network};
 use sunswarm_node::node::{self, NodeConfig, RunningNode};
 use sunswarm_protocol::io::{FrameReader, read_message, write_message};
 use sunswarm_protocol::{

@@ -178,7 +178,7 @@ async fn replicas_share_routes_and_stopped_nodes_disappear_within_one_expiry() {
         let r = match client.choose_route(&model, n, &Uniform, &[]).await {
             Ok(r) => r,
             Err(e) => {
-                let now = sunswarm_node::node::now_ms();
+                let now = sunswarm_net::now_ms();
                 let all = sunswarm_client::swarm::discovery::discover(client.network(), &model, n)
                     .await
                     .unwrap();

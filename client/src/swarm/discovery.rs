@@ -7,7 +7,7 @@ use std::collections::{HashMap, HashSet};
 
 use futures::future::join_all;
 use libp2p::PeerId;
-use sunswarm_node::net::{NetError, Network};
+use sunswarm_net::{NetError, Network};
 use sunswarm_protocol::{Announcement, ModelDigest, codec, dht};
 use tracing::debug;
 

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use libp2p::{Multiaddr, PeerId};
 use serde::Serialize;
 use sunswarm_models::HiddenStates;
-use sunswarm_node::net::Network;
-use sunswarm_node::session::{OpenError, send_first, send_open};
+use sunswarm_net::Network;
+use sunswarm_net::stream::{OpenError, send_first, send_open};
 use sunswarm_protocol::io::{FrameReader, write_message};
 use sunswarm_protocol::{
     DType, ErrorKind, Forward, Hop, HopTiming, ModelDigest, OpenSession, Request, Response,

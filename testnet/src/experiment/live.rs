@@ -119,7 +119,7 @@ async fn job_attempts(s: Rc<Shared>, seed: u64, refusals: &mut Refusals) -> JobE
         // Routes come from the gossiped state alone (what the policies are about), not from a
         // DHT walk per job, which on a loaded machine takes seconds.
         let gossip = s.client.network().gossip_view().await.unwrap_or_default();
-        let mut anns = route::usable(&gossip, &model_id, n_layers, sunswarm_node::node::now_ms());
+        let mut anns = route::usable(&gossip, &model_id, n_layers, sunswarm_net::now_ms());
         anns.retain(|a| !avoid.contains(&a.peer_id));
         let idx = match route::plan(&anns, n_layers, s.policy.as_ref(), &mut route_rng) {
             Ok(r) => r,
@@ -289,7 +289,7 @@ pub async fn run(
                 if t >= d.slots {
                     continue;
                 }
-                let now = sunswarm_node::node::now_ms();
+                let now = sunswarm_net::now_ms();
                 let anns = shared
                     .client
                     .network()

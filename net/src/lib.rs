@@ -1,0 +1,23 @@
+//! The network host that Sunswarm nodes and clients share.
+//!
+//! - [`host`]: the libp2p host (a cloneable [`Network`] handle and the [`EventLoop`] that owns
+//!   the swarm): transports, private-swarm keys, Kademlia records and providers, gossip.
+//! - [`stream`]: the activation protocol's streams and how a peer opens one.
+//! - [`runtime`]: the binaries' runtime, whose one thread is also a compute worker.
+//! - [`now_ms`]: the wall clock that announcements and their expiry are stamped with.
+
+pub mod host;
+pub mod runtime;
+pub mod stream;
+
+pub use host::{EventLoop, NetConfig, NetError, Network, new, read_swarm_key};
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Milliseconds since the Unix epoch (0 if the clock is before it).
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
