@@ -6,7 +6,7 @@ use std::future::Future;
 use std::time::Instant;
 
 use serde::Serialize;
-use sunswarm_models::{BlockRange, Head, HiddenStates, KvCache, ModelError, TextTokenizer};
+use sunswarm_models::{Head, HiddenStates, KvCache, LoadedBlocks, ModelError, TextTokenizer};
 
 use crate::sampling::Sampler;
 
@@ -35,11 +35,11 @@ pub trait Pipeline {
 
 /// All blocks in this process: a chain of block ranges, each with its own KV cache.
 pub struct LocalPipeline {
-    stages: Vec<(BlockRange, KvCache)>,
+    stages: Vec<(LoadedBlocks, KvCache)>,
 }
 
 impl LocalPipeline {
-    pub fn new(ranges: Vec<BlockRange>) -> Self {
+    pub fn new(ranges: Vec<LoadedBlocks>) -> Self {
         Self {
             stages: ranges
                 .into_iter()

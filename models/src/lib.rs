@@ -4,17 +4,19 @@
 //! embedding, the final norm and the LM head (as in Petals). This crate provides exactly those
 //! pieces: [`Model::open`] reads a model's config and weight index without loading weights,
 //! [`Model::load_blocks`] loads blocks `a..b` only, [`Model::load_head`] the client's part, and
-//! [`BlockRange::forward`] runs hidden states through the blocks with one [`KvCache`] per session.
+//! [`LoadedBlocks::forward`] runs hidden states through the blocks with one [`KvCache`] per session.
 //!
 //! Weights come from GGUF files, Hugging Face safetensors folders, or a deterministic random
 //! generator (`random:SHAPE`); see [`ModelSource`]. On the CPU, linear weights stay in their
 //! Q4_0/Q4_1/Q8_0 blocks and our own kernels multiply them (`packed`); other types, and other
 //! devices, get f32. Activations are always f32.
 
+pub mod alias;
 pub mod backend;
 pub mod chat;
 pub mod config;
 pub mod fetch;
+pub mod ggml;
 pub mod gguf;
 pub mod llama;
 pub mod model;
@@ -31,7 +33,7 @@ use std::path::{Path, PathBuf};
 pub use backend::{BackendKind, device};
 pub use burn::tensor::Device;
 pub use config::LlamaConfig;
-pub use llama::{BlockRange, Head, HiddenStates, KvCache};
+pub use llama::{Head, HiddenStates, KvCache, LoadedBlocks};
 pub use model::{Model, ModelId};
 pub use source::ModelSource;
 pub use tokenizer::{ChatMessage, TextTokenizer};
@@ -67,7 +69,7 @@ pub enum ModelError {
     #[error("bad weights: {0}")]
     BadWeights(String),
     #[error("block range {start}..{end} is not within the model's {n_layers} blocks")]
-    BlockRange {
+    BlocksOutsideModel {
         start: usize,
         end: usize,
         n_layers: usize,

@@ -105,7 +105,7 @@ impl KvCache {
 }
 
 /// A contiguous range of transformer blocks, with only those blocks' weights in memory.
-pub struct BlockRange {
+pub struct LoadedBlocks {
     cfg: Arc<LlamaConfig>,
     range: Range<usize>,
     blocks: Vec<BlockWeights>,
@@ -113,7 +113,7 @@ pub struct BlockRange {
     device: Device,
 }
 
-impl BlockRange {
+impl LoadedBlocks {
     pub(crate) fn new(
         cfg: Arc<LlamaConfig>,
         range: Range<usize>,

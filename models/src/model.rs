@@ -12,7 +12,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use crate::ModelError;
 use crate::config::LlamaConfig;
 use crate::gguf::{GgufFile, GgufValue};
-use crate::llama::{BlockRange, BlockWeights, Head, Linear};
+use crate::llama::{BlockWeights, Head, Linear, LoadedBlocks};
 use crate::packed::PackedMatrix;
 use crate::source::{self, ModelSource};
 use crate::tokenizer::TextTokenizer;
@@ -223,10 +223,10 @@ impl Model {
         &self,
         range: Range<usize>,
         device: &Device,
-    ) -> Result<BlockRange, ModelError> {
+    ) -> Result<LoadedBlocks, ModelError> {
         let c = &*self.cfg;
         if range.start >= range.end || range.end > c.n_layers {
-            return Err(ModelError::BlockRange {
+            return Err(ModelError::BlocksOutsideModel {
                 start: range.start,
                 end: range.end,
                 n_layers: c.n_layers,
@@ -258,7 +258,7 @@ impl Model {
                 ),
             });
         }
-        Ok(BlockRange::new(
+        Ok(LoadedBlocks::new(
             self.cfg.clone(),
             range,
             blocks,

@@ -8,7 +8,7 @@
 
 use half::{bf16, f16};
 
-use crate::gguf::{GgmlType, QK_K};
+use crate::ggml::{GgmlType, QK_K};
 
 /// Why a tensor's bytes could not be (de)quantized.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

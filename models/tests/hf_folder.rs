@@ -78,7 +78,7 @@ fn export(src: &Model, dir: &Path, bf16: bool) {
         .collect();
     let dtype = if bf16 { Dtype::BF16 } else { Dtype::F32 };
     let write = |file: &str, part: &[(String, Vec<usize>, Vec<u8>)]| {
-        let views: Vec<(String, TensorView)> = part
+        let views: Vec<(String, TensorView<'_>)> = part
             .iter()
             .map(|(n, s, b)| (n.clone(), TensorView::new(dtype, s.clone(), b).unwrap()))
             .collect();

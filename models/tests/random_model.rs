@@ -109,7 +109,10 @@ fn bad_inputs_are_named_errors() {
     let dev = device(BackendKind::Cpu).unwrap();
     let n = model.config().n_layers;
     let err = model.load_blocks(0..n + 1, &dev).err().unwrap();
-    assert!(matches!(err, ModelError::BlockRange { .. }), "{err}");
+    assert!(
+        matches!(err, ModelError::BlocksOutsideModel { .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains("6 blocks"), "{err}");
     assert!(model.load_blocks(3..3, &dev).is_err());
     let head = model.load_head(&dev).unwrap();

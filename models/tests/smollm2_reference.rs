@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use sunswarm_models::{BackendKind, BlockRange, Head, Model, ModelSource, device};
+use sunswarm_models::{BackendKind, Head, LoadedBlocks, Model, ModelSource, device};
 
 fn reference() -> serde_json::Value {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -36,7 +36,7 @@ fn argmax(v: &[f32]) -> u32 {
 /// Greedy decoding through a chain of ranges; returns the new ids and the logits of every step.
 fn greedy(
     head: &Head,
-    ranges: &[BlockRange],
+    ranges: &[LoadedBlocks],
     prompt: &[u32],
     n: usize,
 ) -> (Vec<u32>, Vec<Vec<f32>>) {

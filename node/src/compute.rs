@@ -1,11 +1,11 @@
 //! What a node computes, behind a small interface: a [`BlockRunner`] makes one [`SessionCache`]
 //! per session, and the cache runs hidden states through the node's blocks. The real runner
-//! wraps `sunswarm_models::BlockRange`; tests use [`ShiftRunner`], whose output is known exactly,
+//! wraps `sunswarm_models::LoadedBlocks`; tests use [`ShiftRunner`], whose output is known exactly,
 //! so the session and forwarding logic is tested without loading a model.
 
 use std::sync::Arc;
 
-use sunswarm_models::{BlockRange, HiddenStates, KvCache};
+use sunswarm_models::{HiddenStates, KvCache, LoadedBlocks};
 
 /// Why a forward failed.
 #[derive(Debug, thiserror::Error)]
@@ -45,11 +45,11 @@ pub trait SessionCache: Send {
 
 /// The real runner: a model's block range loaded on a device.
 pub struct ModelRunner {
-    blocks: Arc<BlockRange>,
+    blocks: Arc<LoadedBlocks>,
 }
 
 impl ModelRunner {
-    pub fn new(blocks: BlockRange) -> Self {
+    pub fn new(blocks: LoadedBlocks) -> Self {
         ModelRunner {
             blocks: Arc::new(blocks),
         }
@@ -57,7 +57,7 @@ impl ModelRunner {
 }
 
 struct ModelSession {
-    blocks: Arc<BlockRange>,
+    blocks: Arc<LoadedBlocks>,
     cache: KvCache,
 }
 
@@ -69,7 +69,7 @@ impl BlockRunner for ModelRunner {
     fn kv_bytes_per_token(&self) -> usize {
         let c = self.blocks.config();
         let blocks = self.blocks.range().len();
-        blocks * 2 * c.n_kv_heads * c.head_dim * std::mem::size_of::<f32>()
+        blocks * 2 * c.n_kv_heads * c.head_dim * size_of::<f32>()
     }
 
     fn new_session(&self) -> Box<dyn SessionCache> {
@@ -111,7 +111,7 @@ impl BlockRunner for ShiftRunner {
     }
 
     fn kv_bytes_per_token(&self) -> usize {
-        self.dim * std::mem::size_of::<f32>()
+        self.dim * size_of::<f32>()
     }
 
     fn new_session(&self) -> Box<dyn SessionCache> {

@@ -9,9 +9,9 @@ use anyhow::Context;
 use clap::Parser;
 use libp2p::Multiaddr;
 use sunswarm_models::{BackendKind, Model, ModelSource};
+use sunswarm_net::NetConfig;
 use sunswarm_node::compute::{BlockRunner, ModelRunner};
 use sunswarm_node::energy;
-use sunswarm_net::NetConfig;
 use sunswarm_node::node::{self, NodeConfig};
 use sunswarm_protocol::BlockSpec;
 

@@ -14,8 +14,8 @@ use tracing::{info, warn};
 
 use crate::compute::BlockRunner;
 use crate::energy::EnergySource;
-use sunswarm_net::{self as net, NetConfig, NetError, Network, now_ms};
 use crate::session::{self, SessionCtx, SessionSlots};
+use sunswarm_net::{self as net, NetConfig, NetError, Network, now_ms};
 
 /// Everything a node needs besides its blocks and energy source.
 #[derive(Clone, Debug)]

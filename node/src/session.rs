@@ -16,8 +16,8 @@ use libp2p::{Multiaddr, PeerId};
 use sunswarm_protocol::codec::CodecError;
 use sunswarm_protocol::io::{FrameError, FrameReader, write_message};
 use sunswarm_protocol::{
-    Announcement, BlockRange, ErrorKind, Forward, Hop, HopTiming,
-    ModelDigest, OpenSession, Request, Response, SessionId, TensorFrame, WireError,
+    Announcement, BlockRange, ErrorKind, Forward, Hop, HopTiming, ModelDigest, OpenSession,
+    Request, Response, SessionId, TensorFrame, WireError,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tracing::{Instrument, debug, info_span, warn};
@@ -191,15 +191,16 @@ impl Drop for AttachSlot {
     }
 }
 
-
 /// Accepts activation streams until the node stops accepting, serving each on its own task.
-pub async fn accept_loop(ctx: Arc<SessionCtx>, mut incoming: sunswarm_net::stream::IncomingStreams) {
+pub async fn accept_loop(
+    ctx: Arc<SessionCtx>,
+    mut incoming: sunswarm_net::stream::IncomingStreams,
+) {
     while let Some((peer, stream)) = incoming.next().await {
         let ctx = ctx.clone();
         tokio::spawn(async move { serve(ctx, peer, stream).await });
     }
 }
-
 
 fn refusal(kind: ErrorKind, hop: u16, message: impl Into<String>) -> WireError {
     let mut message = message.into();

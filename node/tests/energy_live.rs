@@ -9,15 +9,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use libp2p::{Multiaddr, StreamProtocol};
+use sunswarm_net::{self as net, NetConfig, Network};
 use sunswarm_node::compute::ShiftRunner;
 use sunswarm_node::energy::emulated::EmulatedSource;
 use sunswarm_node::energy::{EmulatedParams, EnergySource, PowerModeArg};
-use sunswarm_net::{self as net, NetConfig, Network};
 use sunswarm_node::node::{self, NodeConfig, RunningNode};
 use sunswarm_protocol::io::{read_message, write_message};
 use sunswarm_protocol::{
     ACTIVATIONS_PROTOCOL, Announcement, BlockRange, DType, ErrorKind, Forward, Hop, OpenSession,
-    PowerMode, Request, Response, SessionId, TensorFrame, dht,
+    PowerSetting, Request, Response, SessionId, TensorFrame, dht,
 };
 use tokio::time::Instant;
 
@@ -203,9 +203,12 @@ async fn dynamic_mode_switches_at_the_thresholds_in_the_gossiped_state() {
     let expected_rate = source.state().max_job_rate;
     let node = start_node(source.clone()).await;
     let (net, ev) = observer(&node).await;
-    let mut seen: Vec<(f32, PowerMode, u8, bool)> = Vec::new();
+    let mut seen: Vec<(f32, PowerSetting, u8, bool)> = Vec::new();
     let until = Instant::now() + DEADLINE;
-    while !seen.iter().any(|s| s.1 == PowerMode::Dynamic { watts: 60 }) {
+    while !seen
+        .iter()
+        .any(|s| s.1 == PowerSetting::Dynamic { watts: 60 })
+    {
         assert!(
             Instant::now() < until,
             "the gossiped mode never reached 60 W; seen {seen:?}"
@@ -235,7 +238,7 @@ async fn dynamic_mode_switches_at_the_thresholds_in_the_gossiped_state() {
         };
         assert_eq!(
             mode,
-            PowerMode::Dynamic { watts: want },
+            PowerSetting::Dynamic { watts: want },
             "at {kj} kJ; seen {seen:?}"
         );
         assert_eq!(
@@ -246,7 +249,7 @@ async fn dynamic_mode_switches_at_the_thresholds_in_the_gossiped_state() {
     }
     for watts in [15, 30] {
         assert!(
-            seen.iter().any(|s| s.1 == PowerMode::Dynamic { watts }),
+            seen.iter().any(|s| s.1 == PowerSetting::Dynamic { watts }),
             "{watts} W never gossiped; seen {seen:?}"
         );
     }

@@ -10,9 +10,9 @@ use std::time::Duration;
 use futures::AsyncWriteExt;
 use libp2p::{Multiaddr, StreamProtocol};
 use std::sync::atomic::{AtomicBool, Ordering};
+use sunswarm_net::{self as net, NetConfig, Network};
 use sunswarm_node::compute::ShiftRunner;
 use sunswarm_node::energy::Mains;
-use sunswarm_net::{self as net, NetConfig, Network};
 use sunswarm_node::node::{self, NodeConfig, RunningNode};
 use sunswarm_protocol::io::{FrameReader, read_message, write_message};
 use sunswarm_protocol::{

@@ -9,9 +9,10 @@ use crate::blocks::BlockRange;
 use crate::codec::{CodecError, Validate, check_len, check_text};
 use crate::limits::{MAX_ADDR_LEN, MAX_ADDRS, MAX_ANNOUNCE_TTL_MS, MAX_PEER_ID_LEN};
 
-/// How a node is powered and how fast it currently works.
+/// How a node is powered and which power mode is in force, as it announces them. (The energy
+/// crate's `PowerMode` is one operating point of a mode table: slots and energy per job.)
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum PowerMode {
+pub enum PowerSetting {
     /// No energy constraint (wall power).
     Mains,
     /// A fixed mode, e.g. 15, 30 or 60 W.
@@ -27,7 +28,7 @@ pub struct EnergyState {
     pub battery_level: f32,
     /// Mean harvested power the node expects, in watts.
     pub harvest_w: f32,
-    pub power_mode: PowerMode,
+    pub power_mode: PowerSetting,
     /// Below the low threshold: the node refuses new sessions until it recovers.
     pub power_saving: bool,
     /// The largest job arrival rate (jobs per slot) the node can take without its battery
@@ -52,7 +53,7 @@ impl EnergyState {
         EnergyState {
             battery_level: 1.0,
             harvest_w: 0.0,
-            power_mode: PowerMode::Mains,
+            power_mode: PowerSetting::Mains,
             power_saving: false,
             max_job_rate: 1.0,
             mode_index: 0,
@@ -181,7 +182,7 @@ pub(crate) mod tests {
             energy: EnergyState {
                 battery_level: 0.42,
                 harvest_w: 12.5,
-                power_mode: PowerMode::Dynamic { watts: 30 },
+                power_mode: PowerSetting::Dynamic { watts: 30 },
                 power_saving: false,
                 max_job_rate: 0.31,
                 mode_index: 1,

@@ -215,7 +215,7 @@ mod tests {
             let mut a = crate::announce::tests::sample();
             a.blocks = crate::BlockRange { start, end: start + len };
             a.n_layers = start + len + extra;
-            a.energy = crate::EnergyState { battery_level: battery, harvest_w: harvest, power_mode: crate::PowerMode::Fixed { watts }, power_saving: saving, max_job_rate: rate, mode_index: 2, critical: saving, saving_risk: rate, takes_job: !saving };
+            a.energy = crate::EnergyState { battery_level: battery, harvest_w: harvest, power_mode: crate::PowerSetting::Fixed { watts }, power_saving: saving, max_job_rate: rate, mode_index: 2, critical: saving, saving_risk: rate, takes_job: !saving };
             a.timestamp_ms = ts;
             a.expires_ms = ts + ttl;
             a.addrs = addrs;

@@ -21,7 +21,7 @@ pub mod limits;
 pub mod message;
 pub mod tensor;
 
-pub use announce::{Announcement, EnergyState, PowerMode};
+pub use announce::{Announcement, EnergyState, PowerSetting};
 pub use blocks::{BlockRange, BlockSpec, BlocksError};
 pub use codec::{CodecError, decode, encode};
 pub use message::{

@@ -11,7 +11,7 @@ use common::{build_binaries, opts};
 use sunswarm_client::swarm::{SwarmClient, SwarmSession};
 use sunswarm_energy::policy::{LongTerm, Policy, Uniform};
 use sunswarm_models::{HiddenStates, Model, ModelSource};
-use sunswarm_protocol::{BlockRange, DType, PowerMode};
+use sunswarm_protocol::{BlockRange, DType, PowerSetting};
 use sunswarm_testnet::net::{Split, Testnet};
 
 /// Sessions per policy.
@@ -62,7 +62,7 @@ async fn long_term_policy_sends_fewer_sessions_to_the_low_harvest_node() {
         if anns.len() == 3
             && anns
                 .iter()
-                .all(|a| a.energy.power_mode == PowerMode::Fixed { watts: 15 })
+                .all(|a| a.energy.power_mode == PowerSetting::Fixed { watts: 15 })
         {
             break anns;
         }

@@ -143,6 +143,7 @@ fn hop_peer(line: &str, hop: usize) -> String {
 async fn killing_the_replica_on_the_route_mid_generation_leaves_the_text_unchanged() {
     build_binaries();
     let split: Split = "0-9,10-19,10-19,20-29".parse().unwrap();
+    common::require_real_model();
     let mut net = Testnet::start(&opts(MODEL, split, 4, 20.0)).await.unwrap();
     let common = [
         "--model",

@@ -91,6 +91,7 @@ async fn three_nodes_reproduce_the_smollm2_reference() {
         .expect("reference file"),
     )
     .unwrap();
+    common::require_real_model();
     let net = Testnet::start(&opts("smollm2-135m", Split::Even, 3, 30.0))
         .await
         .unwrap();

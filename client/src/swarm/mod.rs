@@ -15,8 +15,8 @@ use libp2p::Multiaddr;
 use serde::Serialize;
 use sunswarm_energy::policy::{Policy, PolicyKind};
 use sunswarm_models::{BackendKind, Model, ModelSource, device};
-use sunswarm_net::{self as net, NetConfig, Network};
 use sunswarm_net::now_ms;
+use sunswarm_net::{self as net, NetConfig, Network};
 use sunswarm_protocol::{Announcement, DType, Hop, ModelDigest, dht};
 use tokio::task::JoinHandle;
 

@@ -7,7 +7,7 @@
 use rand::Rng;
 use sunswarm_energy::modes;
 use sunswarm_energy::policy::{PeerEnergyState, Policy};
-use sunswarm_protocol::{Announcement, Hop, ModelDigest, PowerMode};
+use sunswarm_protocol::{Announcement, Hop, ModelDigest, PowerSetting};
 
 /// Why no route exists.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -155,10 +155,10 @@ pub fn sample(weights: &[f64], rng: &mut impl Rng) -> Option<usize> {
 
 /// kJ one job (one session) costs a node in its announced power mode, from the paper's measured
 /// per-mode energies; `None` on mains or in a mode the tables do not know.
-pub fn job_kilojoules(mode: PowerMode) -> Option<f64> {
+pub fn job_kilojoules(mode: PowerSetting) -> Option<f64> {
     let watts = match mode {
-        PowerMode::Fixed { watts } | PowerMode::Dynamic { watts } => watts,
-        PowerMode::Mains => return None,
+        PowerSetting::Fixed { watts } | PowerSetting::Dynamic { watts } => watts,
+        PowerSetting::Mains => return None,
     };
     [
         (15u16, modes::paper::w15()),
@@ -414,10 +414,16 @@ mod tests {
 
     #[test]
     fn job_energy_follows_the_announced_mode() {
-        assert_eq!(job_kilojoules(PowerMode::Fixed { watts: 15 }), Some(26.0));
-        assert_eq!(job_kilojoules(PowerMode::Dynamic { watts: 30 }), Some(22.0));
-        assert_eq!(job_kilojoules(PowerMode::Fixed { watts: 45 }), None);
-        assert_eq!(job_kilojoules(PowerMode::Mains), None);
+        assert_eq!(
+            job_kilojoules(PowerSetting::Fixed { watts: 15 }),
+            Some(26.0)
+        );
+        assert_eq!(
+            job_kilojoules(PowerSetting::Dynamic { watts: 30 }),
+            Some(22.0)
+        );
+        assert_eq!(job_kilojoules(PowerSetting::Fixed { watts: 45 }), None);
+        assert_eq!(job_kilojoules(PowerSetting::Mains), None);
     }
 
     #[test]

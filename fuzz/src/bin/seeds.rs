@@ -7,7 +7,7 @@ use std::path::Path;
 
 use sunswarm_protocol::{
     Announcement, BlockRange, DType, EnergyState, ErrorKind, Forward, Hop, HopTiming, OpenSession,
-    PowerMode, Request, Response, SessionId, TensorFrame, WireError, encode,
+    PowerSetting, Request, Response, SessionId, TensorFrame, WireError, encode,
 };
 
 fn write(target: &str, name: &str, bytes: &[u8]) {
@@ -106,7 +106,7 @@ fn main() {
         energy: EnergyState {
             battery_level: 0.42,
             harvest_w: 12.5,
-            power_mode: PowerMode::Dynamic { watts: 30 },
+            power_mode: PowerSetting::Dynamic { watts: 30 },
             power_saving: false,
             max_job_rate: 0.31,
             mode_index: 1,

@@ -248,10 +248,10 @@ impl EmulatedSource {
         params: &EmulatedParams,
         mode: PowerModeArg,
         clock_scale: f64,
-    ) -> Result<Self, super::EnergyError> {
+    ) -> Result<Self, super::EnergySetupError> {
         let slot_wall = slot_wall(params.slot_secs, clock_scale)?;
-        let handle =
-            tokio::runtime::Handle::try_current().map_err(|_| super::EnergyError::NoRuntime)?;
+        let handle = tokio::runtime::Handle::try_current()
+            .map_err(|_| super::EnergySetupError::NoRuntime)?;
         let core = EmulatedCore::new(params, mode, slot_wall, Instant::now())?;
         info!(
             max_job_rate = core.max_job_rate(),
@@ -295,15 +295,15 @@ impl Drop for EmulatedSource {
 }
 
 /// Wall time of one slot: `slot_secs / clock_scale`, at least a millisecond so the ticker can keep up.
-pub fn slot_wall(slot_secs: f64, clock_scale: f64) -> Result<Duration, super::EnergyError> {
+pub fn slot_wall(slot_secs: f64, clock_scale: f64) -> Result<Duration, super::EnergySetupError> {
     if !(clock_scale.is_finite() && clock_scale > 0.0) {
-        return Err(super::EnergyError::ClockScale(format!(
+        return Err(super::EnergySetupError::ClockScale(format!(
             "{clock_scale} is not a positive number"
         )));
     }
     let wall = slot_secs / clock_scale;
     if wall < 1e-3 {
-        return Err(super::EnergyError::ClockScale(format!(
+        return Err(super::EnergySetupError::ClockScale(format!(
             "a {slot_secs} s slot at {clock_scale}x lasts {wall} s of wall time; keep it at 1 ms or more"
         )));
     }
@@ -346,7 +346,7 @@ impl EnergySource for EmulatedSource {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sunswarm_protocol::PowerMode;
+    use sunswarm_protocol::PowerSetting;
 
     fn core(spec: &str, mode: PowerModeArg) -> EmulatedCore {
         EmulatedCore::new(
@@ -484,7 +484,7 @@ mod tests {
             let s = c.state();
             seen.push((c.battery().level(), s.power_mode, s.mode_index, s.critical));
         }
-        let w = |watts| PowerMode::Dynamic { watts };
+        let w = |watts| PowerSetting::Dynamic { watts };
         assert_eq!(
             seen,
             vec![

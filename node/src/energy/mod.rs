@@ -29,9 +29,10 @@ pub enum EnergySpec {
     Emulated(String),
 }
 
+/// Why the node's energy source could not be set up from its flags (`--energy` and friends).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum EnergyError {
+pub enum EnergySetupError {
     #[error("unknown --energy {0:?}: expected mains, battery or emulated:KEY=VALUE,...")]
     Unknown(String),
     #[error("--energy {0} is not supported by this swarm-node yet; use --energy mains")]
@@ -51,7 +52,7 @@ pub enum EnergyError {
 }
 
 impl FromStr for EnergySpec {
-    type Err = EnergyError;
+    type Err = EnergySetupError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         match s {
             "mains" => Ok(EnergySpec::Mains),
@@ -59,7 +60,7 @@ impl FromStr for EnergySpec {
             "emulated" => Ok(EnergySpec::Emulated(String::new())),
             _ => match s.strip_prefix("emulated:") {
                 Some(rest) => Ok(EnergySpec::Emulated(rest.to_string())),
-                None => Err(EnergyError::Unknown(s.to_string())),
+                None => Err(EnergySetupError::Unknown(s.to_string())),
             },
         }
     }
@@ -157,15 +158,15 @@ pub struct EnergyArgs {
 
 impl EnergyArgs {
     /// Builds the energy source (starts the emulated battery's clock; needs a tokio runtime).
-    pub fn build(&self) -> Result<Box<dyn EnergySource>, EnergyError> {
+    pub fn build(&self) -> Result<Box<dyn EnergySource>, EnergySetupError> {
         let mode = self.power_mode.unwrap_or_default();
         match &self.energy {
             EnergySpec::Mains => {
                 if self.power_mode.is_some() {
-                    return Err(EnergyError::NotForMains { flag: "power-mode" });
+                    return Err(EnergySetupError::NotForMains { flag: "power-mode" });
                 }
                 if self.clock_scale.is_some() {
-                    return Err(EnergyError::NotForMains {
+                    return Err(EnergySetupError::NotForMains {
                         flag: "clock-scale",
                     });
                 }
@@ -189,7 +190,7 @@ impl EnergyArgs {
 
 /// Builds the energy source for a `--energy` value, with the default power mode (dynamic) and
 /// real-time clock.
-pub fn source(spec: &EnergySpec) -> Result<Box<dyn EnergySource>, EnergyError> {
+pub fn source(spec: &EnergySpec) -> Result<Box<dyn EnergySource>, EnergySetupError> {
     EnergyArgs {
         energy: spec.clone(),
         power_mode: None,
@@ -249,7 +250,7 @@ mod tests {
             power_mode: None,
             clock_scale: Some(100.0),
         };
-        assert!(matches!(args.build(), Err(EnergyError::NoRuntime)));
+        assert!(matches!(args.build(), Err(EnergySetupError::NoRuntime)));
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_time()
             .build()
@@ -259,7 +260,7 @@ mod tests {
         assert_eq!(s.battery_level, 0.5);
         assert_eq!(
             s.power_mode,
-            sunswarm_protocol::PowerMode::Dynamic { watts: 30 }
+            sunswarm_protocol::PowerSetting::Dynamic { watts: 30 }
         );
         assert!((s.max_job_rate - 0.4284).abs() < 0.01);
         assert!(src.begin_job(16).unwrap().is_paced());

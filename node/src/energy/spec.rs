@@ -248,13 +248,13 @@ impl PowerModeArg {
     }
 
     /// The protocol's view of this mode when the table's mode `index` is in force.
-    pub fn announced(self, index: usize) -> sunswarm_protocol::PowerMode {
-        use sunswarm_protocol::PowerMode;
+    pub fn announced(self, index: usize) -> sunswarm_protocol::PowerSetting {
+        use sunswarm_protocol::PowerSetting;
         match self {
-            PowerModeArg::W15 => PowerMode::Fixed { watts: 15 },
-            PowerModeArg::W30 => PowerMode::Fixed { watts: 30 },
-            PowerModeArg::W60 => PowerMode::Fixed { watts: 60 },
-            PowerModeArg::Dynamic => PowerMode::Dynamic {
+            PowerModeArg::W15 => PowerSetting::Fixed { watts: 15 },
+            PowerModeArg::W30 => PowerSetting::Fixed { watts: 30 },
+            PowerModeArg::W60 => PowerSetting::Fixed { watts: 60 },
+            PowerModeArg::Dynamic => PowerSetting::Dynamic {
                 watts: DYNAMIC_WATTS[index.min(2)],
             },
         }
@@ -368,11 +368,11 @@ mod tests {
         assert_eq!(t.bounds(), &[40, 60]);
         assert_eq!(
             PowerModeArg::Dynamic.announced(1),
-            sunswarm_protocol::PowerMode::Dynamic { watts: 30 }
+            sunswarm_protocol::PowerSetting::Dynamic { watts: 30 }
         );
         assert_eq!(
             PowerModeArg::W60.announced(0),
-            sunswarm_protocol::PowerMode::Fixed { watts: 60 }
+            sunswarm_protocol::PowerSetting::Fixed { watts: 60 }
         );
         assert_eq!(PowerModeArg::W15.table(100).unwrap().modes()[0].slots, 3);
     }

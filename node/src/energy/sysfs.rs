@@ -234,7 +234,7 @@ mod tests {
         );
         assert_eq!(
             s.power_mode,
-            sunswarm_protocol::PowerMode::Dynamic { watts: 30 }
+            sunswarm_protocol::PowerSetting::Dynamic { watts: 30 }
         );
         assert_eq!(s.harvest_w, 0.0, "discharging harvests nothing");
         std::fs::write(root.0.join("BAT0/capacity"), "19").unwrap();

@@ -56,13 +56,13 @@ pub(crate) struct BarSeries {
 /// A panel of bars with ±sd whiskers over named categories (x = 0, 1, ...); `extra` draws more
 /// on the chart before the legend.
 pub(crate) fn bar_panel(
-    area: &Area,
+    area: &Area<'_>,
     title: &str,
     y_desc: &str,
     categories: &[String],
     series: &[BarSeries],
     y_max: f64,
-    extra: impl FnOnce(&mut BarChart) -> Result<()>,
+    extra: impl FnOnce(&mut BarChart<'_, '_>) -> Result<()>,
 ) -> Result<()> {
     let n = categories.len() as f64;
     let mut chart = ChartBuilder::on(area)
@@ -135,7 +135,7 @@ pub(crate) fn bar_panel(
 
 /// One bar panel of Fig. 2a: ours (bars, ±sd) and the paper's value (cross).
 fn bars(
-    area: &Area,
+    area: &Area<'_>,
     title: &str,
     y_desc: &str,
     rows: &[Fig2aRow],
@@ -293,7 +293,7 @@ pub fn fig2b(dir: &Path, rows: &[Fig2bRow], delta: f64) -> Result<PathBuf> {
 
 /// One sweep panel: mean ± sd per policy, policies nudged apart so the error bars stay readable.
 fn sweep_panel(
-    area: &Area,
+    area: &Area<'_>,
     title: &str,
     x_desc: &str,
     y_desc: &str,

@@ -36,6 +36,22 @@ pub fn build_binaries() {
     });
 }
 
+/// The real default model must already be in the cache: the tests run against the file a user
+/// fetches, and a test must not quietly download it. Says what to run when it is missing.
+pub fn require_real_model() {
+    let alias = sunswarm_models::source::ALIASES[0];
+    let fetcher = sunswarm_models::fetch::Fetcher::from_env();
+    let path = fetcher.alias_path(&alias);
+    assert!(
+        path.is_file(),
+        "the real model {} is not in the cache ({}): fetch it first with \
+         `cargo run -p sunswarm-client -- fetch --model {}` (same SUNSWARM_CACHE), as .ci/run does",
+        alias.name,
+        path.display(),
+        alias.name
+    );
+}
+
 pub fn opts(model: &str, split: Split, nodes: usize, ttl: f64) -> TestnetOptions {
     TestnetOptions {
         nodes,

@@ -1,4 +1,5 @@
-//! The ggml tensor element types that a GGUF file can name, with their block geometry.
+//! The ggml tensor element types that GGUF files name, with their block geometry. Both the GGUF
+//! reader and the block kernels (`quant`) use them, so they live apart from either.
 
 use std::fmt;
 
