@@ -17,6 +17,8 @@ pub struct Cli {
 pub enum Command {
     /// Generate text from a prompt, streaming it to the terminal.
     Generate(GenerateArgs),
+    /// Serve the OpenAI-compatible HTTP API and a live dashboard of the swarm.
+    Serve(crate::serve::ServeArgs),
     /// Download a model into the local cache (aliases only) and print where it is.
     Fetch {
         /// Model alias, path, hf:OWNER/REPO or random:SHAPE.

@@ -3,6 +3,8 @@
 //! which is what makes "the swarm generates exactly what one process generates" checkable.
 
 use std::future::Future;
+use std::ops::ControlFlow;
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
@@ -33,13 +35,14 @@ pub trait Pipeline {
     ) -> impl Future<Output = Result<HiddenStates, PipelineError>> + Send;
 }
 
-/// All blocks in this process: a chain of block ranges, each with its own KV cache.
+/// All blocks in this process: a chain of block ranges, each with this session's own KV cache.
+/// The blocks are shared, so many sessions can run over one copy of the weights.
 pub struct LocalPipeline {
-    stages: Vec<(LoadedBlocks, KvCache)>,
+    stages: Vec<(Arc<LoadedBlocks>, KvCache)>,
 }
 
 impl LocalPipeline {
-    pub fn new(ranges: Vec<LoadedBlocks>) -> Self {
+    pub fn new(ranges: Vec<Arc<LoadedBlocks>>) -> Self {
         Self {
             stages: ranges
                 .into_iter()
@@ -106,12 +109,40 @@ pub enum GenerateError {
     Pipeline(#[from] PipelineError),
 }
 
+/// Why a generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FinishReason {
+    /// An end-of-sequence token, or the text sink asked to stop (a stop sequence).
+    Stop,
+    /// The token limit.
+    Length,
+}
+
+/// Receives a generation's text as it forms.
+pub trait TextSink: Send {
+    /// A piece of text made of whole characters. [`ControlFlow::Break`] ends the generation after
+    /// this piece, with [`FinishReason::Stop`] (a stop sequence, or a reader that went away).
+    fn piece(&mut self, text: &str) -> impl Future<Output = ControlFlow<()>> + Send;
+}
+
+/// A [`TextSink`] from a closure that never stops the generation.
+pub struct EachPiece<F>(pub F);
+
+impl<F: FnMut(&str) + Send> TextSink for EachPiece<F> {
+    fn piece(&mut self, text: &str) -> impl Future<Output = ControlFlow<()>> + Send {
+        (self.0)(text);
+        std::future::ready(ControlFlow::Continue(()))
+    }
+}
+
 /// What one generation produced, with its timings.
 #[derive(Debug, Clone, Serialize)]
 pub struct GenerationResult {
     pub prompt_tokens: Vec<u32>,
     pub tokens: Vec<u32>,
     pub text: String,
+    pub finish_reason: FinishReason,
     pub ttft_ms: f64,
     pub decode_tokens_per_s: f64,
     pub prefill_ms: f64,
@@ -140,15 +171,15 @@ impl GenerateOptions {
     }
 }
 
-/// Generates from `prompt_ids`, calling `on_text` with each piece of text as soon as it forms
-/// whole characters.
+/// Generates from `prompt_ids`, handing each piece of text to `sink` as soon as it forms whole
+/// characters.
 pub async fn generate<P: Pipeline>(
     head: &Head,
     tokenizer: &TextTokenizer,
     pipeline: &mut P,
     prompt_ids: &[u32],
     opts: &GenerateOptions,
-    mut on_text: impl FnMut(&str),
+    sink: &mut impl TextSink,
 ) -> Result<GenerationResult, GenerateError> {
     opts.validate()?;
     if prompt_ids.is_empty() {
@@ -163,6 +194,8 @@ pub async fn generate<P: Pipeline>(
     let mut first_token_at = None;
     let mut prefill_ms = 0.0;
     let mut decode_forward_us = Vec::with_capacity(opts.max_new_tokens);
+    let mut finish_reason = FinishReason::Length;
+    let mut sink_stopped = false;
     while tokens.len() < opts.max_new_tokens {
         let forward_start = Instant::now();
         let hidden = pipeline
@@ -187,19 +220,28 @@ pub async fn generate<P: Pipeline>(
         tokens.push(id);
         // The end-of-sequence token ends the answer; its text (e.g. <|im_end|>) is not part of it.
         if !opts.ignore_eos && tokenizer.eos_ids().contains(&id) {
+            finish_reason = FinishReason::Stop;
             break;
         }
         if let Some(piece) = decoder.push(id).map_err(ModelError::from)? {
-            on_text(&piece);
             text.push_str(&piece);
+            if sink.piece(&piece).await.is_break() {
+                finish_reason = FinishReason::Stop;
+                sink_stopped = true;
+                break;
+            }
         }
         if tokens.len() < opts.max_new_tokens {
             input = head.embed(&[id])?;
         }
+        // A local pipeline never waits, so without this one generation would hold the thread
+        // (and every other session on it) until it ends.
+        tokio::task::yield_now().await;
     }
-    if let Some(piece) = decoder.finish().map_err(ModelError::from)? {
-        on_text(&piece);
+    if !sink_stopped && let Some(piece) = decoder.finish().map_err(ModelError::from)?
+    {
         text.push_str(&piece);
+        let _ = sink.piece(&piece).await;
     }
     let decode_s = first_token_at
         .map(|t| t.elapsed().as_secs_f64())
@@ -213,6 +255,7 @@ pub async fn generate<P: Pipeline>(
         prompt_tokens: prompt_ids.to_vec(),
         tokens,
         text,
+        finish_reason,
         ttft_ms: prefill_ms,
         decode_tokens_per_s,
         prefill_ms,
@@ -240,11 +283,11 @@ pub async fn generate_to_stdout<P: Pipeline>(
 ) -> Result<GenerationResult, GenerateError> {
     use std::io::Write;
     let mut stdout = std::io::stdout();
-    let result = generate(head, tokenizer, pipeline, prompt_ids, opts, |piece| {
+    let mut sink = EachPiece(|piece: &str| {
         let _ = stdout.write_all(piece.as_bytes());
         let _ = stdout.flush();
-    })
-    .await?;
+    });
+    let result = generate(head, tokenizer, pipeline, prompt_ids, opts, &mut sink).await?;
     println!();
     Ok(result)
 }

@@ -1,10 +1,7 @@
-//! `swarm-client generate --local`: every block in this process.
+//! Helpers of `--local` and of prompts: block splits and prompt tokens.
 
 use anyhow::{Context, Result};
-use sunswarm_models::{BackendKind, ChatMessage, Model, ModelSource, TextTokenizer, device};
-
-use crate::cli::GenerateArgs;
-use crate::generate::{GenerateOptions, LocalPipeline, generate_to_stdout};
+use sunswarm_models::{ChatMessage, TextTokenizer};
 
 /// Parses `0-9,10-19,...` (inclusive ranges) into half-open ranges that must tile `0..n_layers`.
 pub fn parse_split(spec: &str, n_layers: usize) -> Result<Vec<std::ops::Range<usize>>> {
@@ -53,43 +50,6 @@ pub fn prompt_ids(tokenizer: &TextTokenizer, prompt: &str, chat: bool) -> Result
     let ids = tokenizer.encode(&text)?;
     anyhow::ensure!(!ids.is_empty(), "the prompt produced no tokens");
     Ok(ids)
-}
-
-pub fn options(args: &GenerateArgs) -> GenerateOptions {
-    GenerateOptions {
-        max_new_tokens: args.max_new_tokens,
-        temperature: args.temperature,
-        top_p: args.top_p,
-        seed: args.seed,
-        ignore_eos: args.ignore_eos,
-    }
-}
-
-pub async fn run(args: &GenerateArgs) -> Result<()> {
-    let source = ModelSource::parse(&args.model)?;
-    let backend: BackendKind = args.backend.parse()?;
-    let dev = device(backend)?;
-    let model = Model::open(&source).with_context(|| format!("opening model {}", args.model))?;
-    let n_layers = model.config().n_layers;
-    let ranges = match &args.local_split {
-        Some(spec) => parse_split(spec, n_layers)?,
-        // One range: all blocks in this process.
-        None => std::iter::once(0..n_layers).collect(),
-    };
-    let tokenizer = model.tokenizer()?;
-    let ids = prompt_ids(&tokenizer, &args.prompt, args.chat)?;
-    let head = model.load_head(&dev)?;
-    let stages = ranges
-        .iter()
-        .map(|r| model.load_blocks(r.clone(), &dev))
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut pipeline = LocalPipeline::new(stages);
-    let opts = options(args);
-    let result = generate_to_stdout(&head, &tokenizer, &mut pipeline, &ids, &opts).await?;
-    if args.json {
-        println!("{}", serde_json::to_string(&result)?);
-    }
-    Ok(())
 }
 
 #[cfg(test)]

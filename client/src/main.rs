@@ -3,6 +3,7 @@
 use anyhow::Result;
 use clap::Parser;
 use sunswarm_client::cli::{Cli, Command};
+use sunswarm_client::commands;
 
 fn main() -> Result<()> {
     tracing_subscriber::fmt()
@@ -15,14 +16,9 @@ fn main() -> Result<()> {
     let runtime = sunswarm_net::runtime::compute_runtime()?;
     runtime.block_on(async {
         match cli.command {
-            Command::Generate(args) if args.local => sunswarm_client::local::run(&args).await,
-            Command::Generate(args) => sunswarm_client::swarm::generate_via_swarm(&args).await,
-            Command::Fetch { model } => {
-                let source = sunswarm_models::ModelSource::parse(&model)?;
-                let m = sunswarm_models::Model::open(&source)?;
-                println!("{} model id {}", source.display_name(), m.model_id());
-                Ok(())
-            }
+            Command::Generate(args) => commands::generate(&args).await,
+            Command::Serve(args) => sunswarm_client::serve::run(&args).await,
+            Command::Fetch { model } => commands::fetch(&model),
         }
     })
 }

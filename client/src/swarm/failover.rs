@@ -13,15 +13,14 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
 use libp2p::PeerId;
 use serde::Serialize;
 use sunswarm_energy::policy::Policy;
 use sunswarm_models::HiddenStates;
 use sunswarm_protocol::{DType, Hop, ModelDigest};
 
-use super::SwarmClient;
-use super::session::{ForwardTiming, SwarmSession, failed_hop};
+use super::{SwarmClient, SwarmError};
+use super::session::{ForwardTiming, SessionError, SwarmSession, failed_hop};
 use crate::generate::{Pipeline, PipelineError};
 
 /// Most route repairs within one generation before it gives up.
@@ -112,7 +111,7 @@ impl<'a> ResilientSession<'a> {
         policy: &'a dyn Policy,
         dtype: DType,
         max_tokens: u32,
-    ) -> Result<Self> {
+    ) -> Result<Self, SwarmError> {
         let mut backoff = Backoff::default();
         let mut attempts = 0;
         let session = loop {
@@ -135,7 +134,7 @@ impl<'a> ResilientSession<'a> {
                         backoff.fail(&h.peer_id, Instant::now());
                     }
                 }
-                Err(e) => return Err(e).context("opening the session"),
+                Err(e) => return Err(SwarmError::Open(e)),
             }
         };
         Ok(ResilientSession {
@@ -165,7 +164,7 @@ impl<'a> ResilientSession<'a> {
     }
 
     /// Sends `input` through the route, repairing the route as often as needed.
-    pub async fn forward_hidden(&mut self, input: &HiddenStates) -> Result<HiddenStates> {
+    pub async fn forward_hidden(&mut self, input: &HiddenStates) -> Result<HiddenStates, SwarmError> {
         let mut failed_at: Option<(Instant, usize, String, String)> = None;
         let mut replayed = 0;
         let mut times = RepairTimes::default();
@@ -199,7 +198,10 @@ impl<'a> ResilientSession<'a> {
             // forward, both count: a generation never loops on a swarm that keeps failing.
             retries += 1;
             if self.failovers.len() + retries > MAX_FAILOVERS {
-                return Err(err).context(format!("after {MAX_FAILOVERS} failovers"));
+                return Err(SwarmError::TooManyFailovers {
+                    attempts: MAX_FAILOVERS,
+                    last: err,
+                });
             }
             let hop = failed_hop(self.route(), &err);
             let peer = peer_name(self.route().get(hop));
@@ -212,9 +214,10 @@ impl<'a> ResilientSession<'a> {
     }
 
     /// Replaces hop `failed` and rebuilds the new route's state; returns the tokens replayed.
-    async fn repair(&mut self, failed: usize, times: &mut RepairTimes) -> Result<usize> {
+    async fn repair(&mut self, failed: usize, times: &mut RepairTimes) -> Result<usize, SwarmError> {
         let mut failed = failed;
         let mut broken = self.session.route().to_vec();
+        let mut last_error = None;
         for _ in 0..MAX_FAILOVERS {
             if let Some(h) = broken.get(failed) {
                 self.backoff.fail(&h.peer_id, Instant::now());
@@ -232,7 +235,7 @@ impl<'a> ResilientSession<'a> {
                     &avoid,
                 )
                 .await
-                .context("no replacement for the failed peer")?;
+                .map_err(|e| SwarmError::NoReplacement(Box::new(e)))?;
             times.choose_ms += ms_since(t);
             let t = Instant::now();
             let opened = SwarmSession::open(
@@ -265,10 +268,15 @@ impl<'a> ResilientSession<'a> {
                     failed = failed_hop(&route, &e);
                     tracing::warn!("the repaired route failed at hop {failed}: {e}");
                     broken = route;
+                    last_error = Some(e);
                 }
             }
         }
-        anyhow::bail!("could not repair the route in {MAX_FAILOVERS} attempts")
+        Err(SwarmError::TooManyFailovers {
+            attempts: MAX_FAILOVERS,
+            last: last_error
+                .unwrap_or_else(|| SessionError::Protocol("no repair was attempted".into())),
+        })
     }
 
     /// Closes the session on every hop.

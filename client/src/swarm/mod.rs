@@ -10,32 +10,55 @@ pub mod session;
 
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
 use libp2p::Multiaddr;
 use serde::Serialize;
 use sunswarm_energy::policy::{Policy, PolicyKind};
-use sunswarm_models::{BackendKind, Model, ModelSource, device};
 use sunswarm_net::now_ms;
-use sunswarm_net::{self as net, NetConfig, Network};
-use sunswarm_protocol::{Announcement, DType, Hop, ModelDigest, dht};
+use sunswarm_net::{self as net, NetConfig, NetError, Network};
+use sunswarm_protocol::{Announcement, Hop, ModelDigest, dht};
 use tokio::task::JoinHandle;
 
-use crate::cli::GenerateArgs;
-use crate::generate::{GenerationResult, generate_to_stdout, median};
-use crate::local::{options, prompt_ids};
+use crate::generate::median;
 pub use failover::{FailoverEvent, ResilientSession};
+pub use route::RouteError;
 pub use session::{ForwardTiming, SessionError, SwarmSession};
 
+/// Why the swarm could not be joined, searched or used for a generation.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SwarmError {
+    #[error("swarm mode needs at least one bootstrap peer (--bootstrap MULTIADDR), or --local")]
+    NoBootstrap,
+    #[error("unknown --policy {0:?}: expected uniform, long-term, adaptive or lookahead")]
+    UnknownPolicy(String),
+    #[error("joining the swarm: {0}")]
+    Join(NetError),
+    #[error(transparent)]
+    Net(#[from] NetError),
+    #[error(transparent)]
+    Route(#[from] RouteError),
+    #[error("after {waited:?}, {peers} live peers and the model is {coverage}")]
+    NotCovered {
+        waited: Duration,
+        peers: usize,
+        coverage: &'static str,
+    },
+    #[error("opening the session: {0}")]
+    Open(SessionError),
+    #[error("no replacement for the failed peer: {0}")]
+    NoReplacement(Box<SwarmError>),
+    #[error("gave up after {attempts} failovers: {last}")]
+    TooManyFailovers { attempts: usize, last: SessionError },
+}
+
 /// Parses `--policy` (uniform, long-term, adaptive, lookahead).
-pub fn parse_policy(s: &str) -> Result<PolicyKind> {
+pub fn parse_policy(s: &str) -> Result<PolicyKind, SwarmError> {
     Ok(match s {
         "uniform" => PolicyKind::Uniform,
         "long-term" | "longterm" => PolicyKind::LongTerm,
         "adaptive" => PolicyKind::Adaptive,
         "lookahead" => PolicyKind::Lookahead,
-        other => anyhow::bail!(
-            "unknown --policy {other:?}: expected uniform, long-term, adaptive or lookahead"
-        ),
+        other => return Err(SwarmError::UnknownPolicy(other.to_string())),
     })
 }
 
@@ -45,7 +68,7 @@ pub const ROUTE_DEADLINE: Duration = Duration::from_secs(10);
 /// A client's connection to the swarm (a DHT client; it never serves).
 pub struct SwarmClient {
     net: Network,
-    event_loop: JoinHandle<()>,
+    event_loop: std::sync::Mutex<Option<JoinHandle<()>>>,
     /// Models whose energy gossip this client already follows.
     followed: std::sync::Mutex<std::collections::HashSet<ModelDigest>>,
     /// The last discovery's announcements: a failover first plans from these (liveness checked
@@ -55,7 +78,7 @@ pub struct SwarmClient {
 
 impl SwarmClient {
     /// Dials the bootstrap peers and waits until the DHT knows one of them.
-    pub async fn connect(bootstrap: Vec<Multiaddr>, deadline: Duration) -> Result<Self> {
+    pub async fn connect(bootstrap: Vec<Multiaddr>, deadline: Duration) -> Result<Self, SwarmError> {
         Self::connect_private(bootstrap, None, deadline).await
     }
 
@@ -65,11 +88,10 @@ impl SwarmClient {
         bootstrap: Vec<Multiaddr>,
         swarm_key: Option<&std::path::Path>,
         deadline: Duration,
-    ) -> Result<Self> {
-        anyhow::ensure!(
-            !bootstrap.is_empty(),
-            "swarm mode needs --bootstrap MULTIADDR (or pass --local)"
-        );
+    ) -> Result<Self, SwarmError> {
+        if bootstrap.is_empty() {
+            return Err(SwarmError::NoBootstrap);
+        }
         let cfg = NetConfig {
             listen: Vec::new(),
             bootstrap,
@@ -81,10 +103,10 @@ impl SwarmClient {
         let event_loop = tokio::spawn(ev.run());
         net.wait_ready(true, deadline)
             .await
-            .context("joining the swarm")?;
+            .map_err(SwarmError::Join)?;
         Ok(SwarmClient {
             net,
-            event_loop,
+            event_loop: std::sync::Mutex::new(Some(event_loop)),
             followed: Default::default(),
             last_seen: Default::default(),
         })
@@ -96,7 +118,7 @@ impl SwarmClient {
 
     /// Subscribes to a model's energy gossip so later discoveries see fresh state (the DHT
     /// may return a copy of an announcement a few refreshes old; gossip carries the latest).
-    pub async fn follow(&self, model_id: &ModelDigest) -> Result<()> {
+    pub async fn follow(&self, model_id: &ModelDigest) -> Result<(), SwarmError> {
         let new = self
             .followed
             .lock()
@@ -113,7 +135,7 @@ impl SwarmClient {
         &self,
         model_id: &ModelDigest,
         n_layers: u32,
-    ) -> Result<Vec<Announcement>> {
+    ) -> Result<Vec<Announcement>, SwarmError> {
         self.follow(model_id).await?;
         // Liveness is judged at the start of the lookup: a lookup on a loaded machine can take
         // seconds, and an announcement that was live when asked for is still a fair route.
@@ -138,7 +160,7 @@ impl SwarmClient {
         route: &[Hop],
         failed: usize,
         avoid: &[Vec<u8>],
-    ) -> Result<Vec<Hop>> {
+    ) -> Result<Vec<Hop>, SwarmError> {
         let cached = self
             .last_seen
             .lock()
@@ -164,7 +186,7 @@ impl SwarmClient {
         n_layers: u32,
         policy: &dyn Policy,
         avoid: &[Vec<u8>],
-    ) -> Result<Vec<Hop>> {
+    ) -> Result<Vec<Hop>, SwarmError> {
         self.plan_until_covered(model_id, n_layers, |anns| {
             plan_avoiding(anns, n_layers, policy, avoid)
         })
@@ -177,8 +199,8 @@ impl SwarmClient {
         &self,
         model_id: &ModelDigest,
         n_layers: u32,
-        plan: impl Fn(&[Announcement]) -> Result<Vec<Hop>, route::RouteError>,
-    ) -> Result<Vec<Hop>> {
+        plan: impl Fn(&[Announcement]) -> Result<Vec<Hop>, RouteError>,
+    ) -> Result<Vec<Hop>, SwarmError> {
         let until = Instant::now() + ROUTE_DEADLINE;
         loop {
             let anns = self.discover(model_id, n_layers).await?;
@@ -198,7 +220,7 @@ impl SwarmClient {
         n_layers: u32,
         want_peers: usize,
         deadline: Duration,
-    ) -> Result<Vec<Announcement>> {
+    ) -> Result<Vec<Announcement>, SwarmError> {
         let until = Instant::now() + deadline;
         loop {
             let anns = self.discover(model_id, n_layers).await?;
@@ -212,12 +234,17 @@ impl SwarmClient {
             if covered && anns.len() >= want_peers {
                 return Ok(anns);
             }
-            anyhow::ensure!(
-                Instant::now() < until,
-                "after {deadline:?}, {} live peers cover the model: {}",
-                anns.len(),
-                if covered { "yes" } else { "no" }
-            );
+            if Instant::now() >= until {
+                return Err(SwarmError::NotCovered {
+                    waited: deadline,
+                    peers: anns.len(),
+                    coverage: if covered {
+                        "covered by fewer peers than expected"
+                    } else {
+                        "not covered"
+                    },
+                });
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -228,10 +255,13 @@ impl SwarmClient {
         seen.iter().find(|a| a.peer_id == peer).cloned()
     }
 
-    /// Stops the client's host.
-    pub async fn stop(self) {
+    /// Stops the client's host (later calls on it fail with [`NetError::Stopped`]).
+    pub async fn stop(&self) {
         let _ = self.net.shutdown(Duration::from_millis(0)).await;
-        let _ = self.event_loop.await;
+        let handle = self.event_loop.lock().ok().and_then(|mut h| h.take());
+        if let Some(h) = handle {
+            let _ = h.await;
+        }
     }
 }
 
@@ -243,7 +273,7 @@ fn plan_avoiding(
     n_layers: u32,
     policy: &dyn Policy,
     avoid: &[Vec<u8>],
-) -> Result<Vec<Hop>, route::RouteError> {
+) -> Result<Vec<Hop>, RouteError> {
     let avoiding: Vec<Announcement> = anns
         .iter()
         .filter(|a| !avoid.contains(&a.peer_id))
@@ -257,7 +287,7 @@ fn plan_hops(
     anns: &[Announcement],
     n_layers: u32,
     policy: &dyn Policy,
-) -> Result<Vec<Hop>, route::RouteError> {
+) -> Result<Vec<Hop>, RouteError> {
     let idx = route::plan(anns, n_layers, policy, &mut rand::rng())?;
     Ok(idx
         .into_iter()
@@ -267,14 +297,6 @@ fn plan_hops(
             blocks: anns[i].blocks,
         })
         .collect())
-}
-
-/// One hop in the JSON output.
-#[derive(Debug, Serialize)]
-pub struct RouteEntry {
-    pub peer: String,
-    /// Half-open block range.
-    pub blocks: [u32; 2],
 }
 
 /// Swarm timings in the JSON output.
@@ -295,20 +317,6 @@ pub struct SwarmTimings {
     /// Median per decode step of each hop's own time outside compute (reading, checking and
     /// writing frames, and pacing on emulated batteries), in route order.
     pub hop_handling_us_median: Vec<f64>,
-}
-
-#[derive(Debug, Serialize)]
-struct SwarmOutput<'a> {
-    #[serde(flatten)]
-    result: &'a GenerationResult,
-    route: Vec<RouteEntry>,
-    /// Route repairs during the generation (a peer died, timed out or refused).
-    failovers: usize,
-    failover_events: Vec<FailoverEvent>,
-    /// Energy the route's jobs cost per generated token, from the power-mode tables of the
-    /// emulated nodes; null when a hop's energy is not modelled (mains, real batteries).
-    joules_per_token: Option<f64>,
-    swarm: SwarmTimings,
 }
 
 /// Summarises a session's per-forward timings (decode steps only: one token each).
@@ -361,100 +369,6 @@ pub fn transit_breakdown(timings: &[ForwardTiming], hops: usize) -> (f64, Vec<f6
         })
         .collect();
     (transit, handling)
-}
-
-/// `swarm-client generate` without `--local`.
-pub async fn generate_via_swarm(args: &GenerateArgs) -> Result<()> {
-    let policy = parse_policy(&args.policy)?.policy();
-    let bootstrap = args
-        .bootstrap
-        .iter()
-        .map(|s| {
-            s.parse::<Multiaddr>()
-                .with_context(|| format!("--bootstrap {s:?} is not a multiaddr"))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let backend: BackendKind = args.backend.parse()?;
-    let dev = device(backend)?;
-    let source = ModelSource::parse(&args.model)?;
-    let model = Model::open(&source).with_context(|| format!("opening model {}", args.model))?;
-    let n_layers = u32::try_from(model.config().n_layers)?;
-    let model_id = model.model_id().0;
-    let tokenizer = model.tokenizer()?;
-    let ids = prompt_ids(&tokenizer, &args.prompt, args.chat)?;
-    let head = model.load_head(&dev)?;
-
-    let t = Instant::now();
-    let client = SwarmClient::connect_private(
-        bootstrap,
-        args.swarm_key.as_deref(),
-        Duration::from_secs(30),
-    )
-    .await?;
-    client.follow(&model_id).await?;
-    let connect_ms = t.elapsed().as_secs_f64() * 1e3;
-
-    let max_tokens = u32::try_from(ids.len() + args.max_new_tokens)?;
-    let t = Instant::now();
-    let mut session = ResilientSession::open(
-        &client,
-        model_id,
-        n_layers,
-        policy.as_ref(),
-        DType::F32,
-        max_tokens,
-    )
-    .await?;
-    let open_ms = t.elapsed().as_secs_f64() * 1e3;
-    eprintln!("route: {}", failover::describe_route(session.route()));
-    let opts = options(args);
-    let result = generate_to_stdout(&head, &tokenizer, &mut session, &ids, &opts).await?;
-    let route: Vec<RouteEntry> = session
-        .route()
-        .iter()
-        .map(|h| RouteEntry {
-            peer: failover::peer_name(Some(h)),
-            blocks: [h.blocks.start, h.blocks.end],
-        })
-        .collect();
-    let (rtt, over, per_hop) = summarise(&session.timings(), route.len());
-    let (transit, handling) = transit_breakdown(&session.timings(), route.len());
-    // Each hop's session is one job in its announced power mode; mains hops have no model.
-    let job_kj: Option<f64> = session
-        .route()
-        .iter()
-        .map(|h| {
-            client
-                .announcement_of(&h.peer_id)
-                .and_then(|a| route::job_kilojoules(a.energy.power_mode))
-        })
-        .sum();
-    let joules_per_token = job_kj
-        .filter(|_| !result.tokens.is_empty())
-        .map(|kj| kj * 1e3 / result.tokens.len() as f64);
-    let failovers = std::mem::take(&mut session.failovers);
-    session.close().await;
-    client.stop().await;
-    if args.json {
-        let out = SwarmOutput {
-            result: &result,
-            route,
-            failovers: failovers.len(),
-            failover_events: failovers,
-            joules_per_token,
-            swarm: SwarmTimings {
-                connect_ms,
-                open_ms,
-                decode_rtt_us_median: rtt,
-                overhead_per_hop_us_median: over,
-                hop_compute_us_median: per_hop,
-                transit_us_median: transit,
-                hop_handling_us_median: handling,
-            },
-        };
-        println!("{}", serde_json::to_string(&out)?);
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use sunswarm_client::generate::{GenerateOptions, generate};
+use sunswarm_client::generate::{EachPiece, GenerateOptions, generate};
 use sunswarm_client::swarm::{SessionError, SwarmClient, SwarmSession, route};
 use sunswarm_energy::policy::PolicyKind;
 use sunswarm_energy::sim::run_seed;
@@ -179,7 +179,7 @@ async fn job_attempts(s: Rc<Shared>, seed: u64, refusals: &mut Refusals) -> JobE
         &mut session.0,
         &prompt,
         &opts,
-        |_| {},
+        &mut EachPiece(|_: &str| {}),
     )
     .await;
     session.0.close().await;

@@ -1,0 +1,438 @@
+//! The client as a library: one [`Engine`] holds the models' embeddings, LM heads and
+//! tokenizers, and either the network host of a swarm or (`--local`) every block in this
+//! process, and runs many generations at once. `swarm-client generate` runs one generation on it;
+//! `swarm-client serve` runs many, one per HTTP request.
+//!
+//! A generation is: tokenize (or render the chat template), choose a route with the policy,
+//! open a session on it, run the loop of [`crate::generate`] with failover, close the session.
+//! A generation whose [`TextSink`] stops it (a stop sequence, or an HTTP reader that went away)
+//! closes its session on every hop at once, so the peers free its cache.
+
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use libp2p::Multiaddr;
+use serde::Serialize;
+use sunswarm_energy::policy::{Policy, PolicyKind};
+use sunswarm_models::{
+    BackendKind, ChatMessage, Head, LoadedBlocks, Model, ModelError, ModelSource, TextTokenizer,
+    device,
+};
+use sunswarm_protocol::{DType, Hop, ModelDigest};
+
+use crate::generate::{
+    GenerateError, GenerateOptions, GenerationResult, LocalPipeline, TextSink, generate,
+};
+use crate::swarm::{FailoverEvent, ForwardTiming, ResilientSession, SwarmClient, SwarmError, route};
+
+/// Why an engine could not start, or a generation could not run.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    #[error("no model given")]
+    NoModel,
+    #[error("model {name}: {source}")]
+    Model {
+        name: String,
+        #[source]
+        source: ModelError,
+    },
+    #[error("unknown model {0:?}")]
+    UnknownModel(String),
+    #[error("the model's blocks are not covered by live peers: {0}")]
+    NotCovered(SwarmError),
+    #[error("the prompt is empty")]
+    EmptyPrompt,
+    #[error(
+        "the prompt has {prompt} tokens and asks for {new} more: the model's context holds {context}"
+    )]
+    ContextExceeded {
+        prompt: usize,
+        new: usize,
+        context: usize,
+    },
+    #[error("--local-split {0}")]
+    BadSplit(String),
+    #[error(transparent)]
+    Swarm(#[from] SwarmError),
+    #[error(transparent)]
+    Generate(#[from] GenerateError),
+    #[error("the runtime stopped a loading task: {0}")]
+    Join(String),
+}
+
+/// Where the blocks run.
+#[derive(Debug, Clone)]
+pub enum Mode {
+    /// Every block in this process; `split` chains block ranges (`0-9,10-19,20-29`) each with its
+    /// own cache, which must not change the output.
+    Local { split: Option<String> },
+    /// Through a swarm, joined at `bootstrap`.
+    Swarm {
+        bootstrap: Vec<Multiaddr>,
+        swarm_key: Option<PathBuf>,
+        policy: PolicyKind,
+    },
+}
+
+/// How to start an [`Engine`].
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// Models as given to `--model`; each is served under that name.
+    pub models: Vec<String>,
+    pub backend: BackendKind,
+    pub mode: Mode,
+    /// How long joining the swarm may take.
+    pub connect_timeout: Duration,
+}
+
+/// A model this engine serves: what the client holds of it (embedding, LM head, tokenizer) and,
+/// in local mode, its blocks.
+pub struct ServedModel {
+    /// The name it was given (`--model`), which requests use.
+    pub name: String,
+    pub model_id: ModelDigest,
+    pub n_layers: u32,
+    /// Positions the model holds: prompt plus generated tokens.
+    pub context_len: usize,
+    pub tokenizer: TextTokenizer,
+    head: Head,
+    local: Vec<Arc<LoadedBlocks>>,
+}
+
+/// What a generation is asked to continue.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Prompt {
+    /// Text as given (control tokens such as `<|im_start|>` are recognized).
+    Text(String),
+    /// Messages, rendered with the model's chat template and its generation prompt.
+    Chat(Vec<ChatMessage>),
+}
+
+/// A finished generation and how it went.
+#[derive(Debug, Clone)]
+pub struct Completion {
+    pub result: GenerationResult,
+    /// The route at the end (empty in local mode).
+    pub route: Vec<Hop>,
+    pub failovers: Vec<FailoverEvent>,
+    /// Every forward's timing through the route (empty in local mode).
+    pub timings: Vec<ForwardTiming>,
+    /// Energy of the route's jobs per generated token, from the peers' announced power modes;
+    /// `None` in local mode and when a hop's energy is not modelled (mains, real batteries).
+    pub joules_per_token: Option<f64>,
+    /// Route choice and opening the session on every hop.
+    pub open_ms: f64,
+}
+
+/// One hop of a route, for JSON.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct RouteEntry {
+    pub peer: String,
+    /// Half-open block range.
+    pub blocks: [u32; 2],
+}
+
+impl Completion {
+    pub fn route_entries(&self) -> Vec<RouteEntry> {
+        route_entries(&self.route)
+    }
+}
+
+/// The hops of a route as peer names and ranges.
+pub fn route_entries(route: &[Hop]) -> Vec<RouteEntry> {
+    route
+        .iter()
+        .map(|h| RouteEntry {
+            peer: crate::swarm::failover::peer_name(Some(h)),
+            blocks: [h.blocks.start, h.blocks.end],
+        })
+        .collect()
+}
+
+/// The client: models and the way to their blocks. Cheap to clone; clones share everything.
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    models: Vec<ServedModel>,
+    swarm: Option<SwarmClient>,
+    policy: Box<dyn Policy>,
+    connect_ms: f64,
+}
+
+impl Engine {
+    /// Loads every model's client part (and, in local mode, its blocks) and joins the swarm.
+    pub async fn start(cfg: EngineConfig) -> Result<Engine, EngineError> {
+        if cfg.models.is_empty() {
+            return Err(EngineError::NoModel);
+        }
+        let split = match &cfg.mode {
+            Mode::Local { split } => Some(split.clone()),
+            Mode::Swarm { .. } => None,
+        };
+        let mut models = Vec::with_capacity(cfg.models.len());
+        for name in &cfg.models {
+            let (name, backend, split) = (name.clone(), cfg.backend, split.clone());
+            let loaded = tokio::task::spawn_blocking(move || load_model(&name, backend, split))
+                .await
+                .map_err(|e| EngineError::Join(e.to_string()))??;
+            models.push(loaded);
+        }
+        let (swarm, policy, connect_ms) = match cfg.mode {
+            Mode::Local { .. } => (None, PolicyKind::Uniform.policy(), 0.0),
+            Mode::Swarm {
+                bootstrap,
+                swarm_key,
+                policy,
+            } => {
+                let t = Instant::now();
+                let client = SwarmClient::connect_private(
+                    bootstrap,
+                    swarm_key.as_deref(),
+                    cfg.connect_timeout,
+                )
+                .await?;
+                for m in &models {
+                    client.follow(&m.model_id).await?;
+                }
+                (
+                    Some(client),
+                    policy.policy(),
+                    t.elapsed().as_secs_f64() * 1e3,
+                )
+            }
+        };
+        Ok(Engine {
+            inner: Arc::new(Inner {
+                models,
+                swarm,
+                policy,
+                connect_ms,
+            }),
+        })
+    }
+
+    pub fn models(&self) -> &[ServedModel] {
+        &self.inner.models
+    }
+
+    /// The model served under `name`.
+    pub fn model(&self, name: &str) -> Result<&ServedModel, EngineError> {
+        self.inner
+            .models
+            .iter()
+            .find(|m| m.name == name)
+            .ok_or_else(|| EngineError::UnknownModel(name.to_string()))
+    }
+
+    /// The swarm this engine generates through (`None` in local mode).
+    pub fn swarm(&self) -> Option<&SwarmClient> {
+        self.inner.swarm.as_ref()
+    }
+
+    pub fn policy_name(&self) -> &'static str {
+        self.inner.policy.name()
+    }
+
+    /// Time it took to join the swarm (0 in local mode).
+    pub fn connect_ms(&self) -> f64 {
+        self.inner.connect_ms
+    }
+
+    /// Whether every block of `model` is served by a live peer now (always true locally).
+    /// Looks the swarm up, so it costs a DHT walk.
+    pub async fn check_coverage(&self, model: &ServedModel) -> Result<(), EngineError> {
+        let Some(swarm) = self.swarm() else {
+            return Ok(());
+        };
+        let anns = swarm.discover(&model.model_id, model.n_layers).await?;
+        route::plan(
+            &anns,
+            model.n_layers,
+            &sunswarm_energy::policy::Uniform,
+            &mut rand::rng(),
+        )
+        .map(|_| ())
+        .map_err(|e| EngineError::NotCovered(e.into()))
+    }
+
+    /// Generates from `prompt_ids` (see [`ServedModel::prompt_ids`]), streaming the text into
+    /// `sink`. The session is closed on every hop however the generation ends.
+    pub async fn generate(
+        &self,
+        model: &ServedModel,
+        prompt_ids: &[u32],
+        opts: &GenerateOptions,
+        sink: &mut impl TextSink,
+    ) -> Result<Completion, EngineError> {
+        model.check_context(prompt_ids.len(), opts.max_new_tokens)?;
+        match self.swarm() {
+            None => {
+                let mut pipeline = LocalPipeline::new(model.local.clone());
+                let result =
+                    generate(&model.head, &model.tokenizer, &mut pipeline, prompt_ids, opts, sink)
+                        .await?;
+                Ok(Completion {
+                    result,
+                    route: Vec::new(),
+                    failovers: Vec::new(),
+                    timings: Vec::new(),
+                    joules_per_token: None,
+                    open_ms: 0.0,
+                })
+            }
+            Some(swarm) => {
+                self.generate_through(swarm, model, prompt_ids, opts, sink)
+                    .await
+            }
+        }
+    }
+
+    async fn generate_through(
+        &self,
+        swarm: &SwarmClient,
+        model: &ServedModel,
+        prompt_ids: &[u32],
+        opts: &GenerateOptions,
+        sink: &mut impl TextSink,
+    ) -> Result<Completion, EngineError> {
+        let max_tokens = u32::try_from(prompt_ids.len() + opts.max_new_tokens).unwrap_or(u32::MAX);
+        let t = Instant::now();
+        let mut session = ResilientSession::open(
+            swarm,
+            model.model_id,
+            model.n_layers,
+            self.inner.policy.as_ref(),
+            DType::F32,
+            max_tokens,
+        )
+        .await?;
+        let open_ms = t.elapsed().as_secs_f64() * 1e3;
+        tracing::info!(route = %crate::swarm::failover::describe_route(session.route()), "session open");
+        let outcome = generate(
+            &model.head,
+            &model.tokenizer,
+            &mut session,
+            prompt_ids,
+            opts,
+            sink,
+        )
+        .await;
+        let route = session.route().to_vec();
+        let timings = session.timings();
+        let failovers = std::mem::take(&mut session.failovers);
+        session.close().await;
+        let result = outcome?;
+        // Each hop's session is one job in its announced power mode; mains hops have no model.
+        let job_kj: Option<f64> = route
+            .iter()
+            .map(|h| {
+                swarm
+                    .announcement_of(&h.peer_id)
+                    .and_then(|a| route::job_kilojoules(a.energy.power_mode))
+            })
+            .sum();
+        let joules_per_token = job_kj
+            .filter(|_| !result.tokens.is_empty())
+            .map(|kj| kj * 1e3 / result.tokens.len() as f64);
+        Ok(Completion {
+            result,
+            route,
+            failovers,
+            timings,
+            joules_per_token,
+            open_ms,
+        })
+    }
+}
+
+impl ServedModel {
+    /// The tokens of a prompt: the text as given, or the messages through the chat template.
+    pub fn prompt_ids(&self, prompt: &Prompt) -> Result<Vec<u32>, EngineError> {
+        let model_err = |source: ModelError| EngineError::Model {
+            name: self.name.clone(),
+            source,
+        };
+        let text = match prompt {
+            Prompt::Text(t) => t.clone(),
+            Prompt::Chat(messages) => self
+                .tokenizer
+                .render_chat(messages, true)
+                .map_err(|e| model_err(e.into()))?,
+        };
+        if text.is_empty() {
+            return Err(EngineError::EmptyPrompt);
+        }
+        let ids = self
+            .tokenizer
+            .encode(&text)
+            .map_err(|e| model_err(e.into()))?;
+        if ids.is_empty() {
+            return Err(EngineError::EmptyPrompt);
+        }
+        Ok(ids)
+    }
+
+    /// Refuses a generation that cannot fit the model's context.
+    pub fn check_context(&self, prompt: usize, new: usize) -> Result<(), EngineError> {
+        if prompt == 0 {
+            return Err(EngineError::EmptyPrompt);
+        }
+        if prompt.saturating_add(new) > self.context_len {
+            return Err(EngineError::ContextExceeded {
+                prompt,
+                new,
+                context: self.context_len,
+            });
+        }
+        Ok(())
+    }
+}
+
+fn load_model(
+    name: &str,
+    backend: BackendKind,
+    split: Option<Option<String>>,
+) -> Result<ServedModel, EngineError> {
+    let err = |source: ModelError| EngineError::Model {
+        name: name.to_string(),
+        source,
+    };
+    let source = ModelSource::parse(name).map_err(err)?;
+    let dev = device(backend).map_err(err)?;
+    let model = Model::open(&source).map_err(err)?;
+    let cfg = model.config();
+    let n_layers = cfg.n_layers;
+    let context_len = cfg.max_seq_len;
+    let tokenizer = model.tokenizer().map_err(err)?;
+    let head = model.load_head(&dev).map_err(err)?;
+    let local = match split {
+        None => Vec::new(),
+        Some(spec) => {
+            let ranges: Vec<Range<usize>> = match spec {
+                Some(spec) => crate::local::parse_split(&spec, n_layers)
+                    .map_err(|e| EngineError::BadSplit(format!("{e:#}")))?,
+                None => vec![0..n_layers],
+            };
+            ranges
+                .into_iter()
+                .map(|r| model.load_blocks(r, &dev).map(Arc::new))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(err)?
+        }
+    };
+    Ok(ServedModel {
+        name: name.to_string(),
+        model_id: model.model_id().0,
+        n_layers: u32::try_from(n_layers).unwrap_or(u32::MAX),
+        context_len,
+        tokenizer,
+        head,
+        local,
+    })
+}
