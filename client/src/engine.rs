@@ -25,7 +25,9 @@ use sunswarm_protocol::{DType, Hop, ModelDigest};
 use crate::generate::{
     GenerateError, GenerateOptions, GenerationResult, LocalPipeline, TextSink, generate,
 };
-use crate::swarm::{FailoverEvent, ForwardTiming, ResilientSession, SwarmClient, SwarmError, route};
+use crate::swarm::{
+    FailoverEvent, ForwardTiming, ResilientSession, SwarmClient, SwarmError, route,
+};
 
 /// Why an engine could not start, or a generation could not run.
 #[derive(Debug, thiserror::Error)]
@@ -274,9 +276,15 @@ impl Engine {
         match self.swarm() {
             None => {
                 let mut pipeline = LocalPipeline::new(model.local.clone());
-                let result =
-                    generate(&model.head, &model.tokenizer, &mut pipeline, prompt_ids, opts, sink)
-                        .await?;
+                let result = generate(
+                    &model.head,
+                    &model.tokenizer,
+                    &mut pipeline,
+                    prompt_ids,
+                    opts,
+                    sink,
+                )
+                .await?;
                 Ok(Completion {
                     result,
                     route: Vec::new(),
@@ -417,7 +425,7 @@ fn load_model(
             let ranges: Vec<Range<usize>> = match spec {
                 Some(spec) => crate::local::parse_split(&spec, n_layers)
                     .map_err(|e| EngineError::BadSplit(format!("{e:#}")))?,
-                None => vec![0..n_layers],
+                None => std::iter::once(0..n_layers).collect(),
             };
             ranges
                 .into_iter()

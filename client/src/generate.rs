@@ -238,8 +238,7 @@ pub async fn generate<P: Pipeline>(
         // (and every other session on it) until it ends.
         tokio::task::yield_now().await;
     }
-    if !sink_stopped && let Some(piece) = decoder.finish().map_err(ModelError::from)?
-    {
+    if !sink_stopped && let Some(piece) = decoder.finish().map_err(ModelError::from)? {
         text.push_str(&piece);
         let _ = sink.piece(&piece).await;
     }

@@ -35,7 +35,11 @@ impl Default for Metrics {
             requests.clone(),
         );
         let prompt_tokens = Counter::default();
-        registry.register("prompt_tokens", "Prompt tokens processed", prompt_tokens.clone());
+        registry.register(
+            "prompt_tokens",
+            "Prompt tokens processed",
+            prompt_tokens.clone(),
+        );
         let completion_tokens = Counter::default();
         registry.register(
             "completion_tokens",

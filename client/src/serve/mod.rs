@@ -35,7 +35,7 @@ use crate::engine::{Completion, Engine, EngineConfig, EngineError, Mode, ServedM
 use crate::generate::{FinishReason, TextSink};
 use crate::swarm::parse_policy;
 use metrics::Metrics;
-use openai::{ApiError, Endpoint, GenerationParams, StopFilter, SwarmInfo, Usage};
+use openai::{Answer, ApiError, Endpoint, GenerationParams, StopFilter, SwarmInfo, Usage};
 use view::{ModelView, RECENT_REQUESTS, RequestRecord, SwarmView};
 
 /// `swarm-client serve` flags.
@@ -94,7 +94,10 @@ type Shared = Arc<AppState>;
 /// Runs the server until Ctrl-C.
 pub async fn run(args: &ServeArgs) -> anyhow::Result<()> {
     let backend: BackendKind = args.backend.parse()?;
-    anyhow::ensure!(args.max_concurrent > 0, "--max-concurrent must be at least 1");
+    anyhow::ensure!(
+        args.max_concurrent > 0,
+        "--max-concurrent must be at least 1"
+    );
     anyhow::ensure!(
         args.default_max_tokens > 0,
         "--default-max-tokens must be at least 1"
@@ -122,7 +125,10 @@ pub async fn run(args: &ServeArgs) -> anyhow::Result<()> {
     if let Some(swarm) = engine.swarm() {
         let wait = Duration::from_secs_f64(args.coverage_timeout.max(0.0));
         for m in engine.models() {
-            if let Err(e) = swarm.wait_for_coverage(&m.model_id, m.n_layers, 1, wait).await {
+            if let Err(e) = swarm
+                .wait_for_coverage(&m.model_id, m.n_layers, 1, wait)
+                .await
+            {
                 tracing::warn!(model = %m.name, "not covered yet ({e}); serving anyway (503 until it is)");
             }
         }
@@ -211,7 +217,11 @@ async fn metrics_text(State(s): State<Shared>) -> Response {
 }
 
 async fn swarm_view(State(s): State<Shared>) -> Response {
-    let mut v = s.view.read().map(|v| v.clone()).unwrap_or_else(|_| empty_view(&s.engine));
+    let mut v = s
+        .view
+        .read()
+        .map(|v| v.clone())
+        .unwrap_or_else(|_| empty_view(&s.engine));
     if let Ok(recent) = s.recent.lock() {
         v.requests = recent.iter().rev().cloned().collect();
     }
@@ -322,10 +332,12 @@ async fn start(s: &Shared, endpoint: Endpoint, body: &[u8]) -> Result<Response, 
         job.run(tx).await;
     });
     let reply = Reply {
-        endpoint,
-        id,
-        created,
-        model: params.model.clone(),
+        answer: Answer {
+            endpoint,
+            id,
+            created,
+            model: params.model.clone(),
+        },
         include_usage: params.include_usage,
     };
     if params.stream {
@@ -374,7 +386,12 @@ async fn covered(s: &Shared, model: &ServedModel) -> bool {
         .view
         .read()
         .ok()
-        .and_then(|v| v.models.iter().find(|m| m.name == model.name).map(|m| m.covered))
+        .and_then(|v| {
+            v.models
+                .iter()
+                .find(|m| m.name == model.name)
+                .map(|m| m.covered)
+        })
         .unwrap_or(false);
     cached || s.engine.check_coverage(model).await.is_ok()
 }
@@ -452,7 +469,12 @@ impl Job {
         let outcome = match s.engine.model(&self.model) {
             Ok(model) => {
                 s.engine
-                    .generate(model, &self.ids, &self.params.options(self.max_new), &mut sink)
+                    .generate(
+                        model,
+                        &self.ids,
+                        &self.params.options(self.max_new),
+                        &mut sink,
+                    )
                     .await
             }
             Err(e) => Err(e),
@@ -506,9 +528,7 @@ impl Job {
     fn finished(&self, done: &Completion, stopped_by_sequence: bool) -> Finished {
         let r = &done.result;
         let eos = r.finish_reason == FinishReason::Stop
-            && r.tokens
-                .last()
-                .is_some_and(|t| self.is_eos(*t));
+            && r.tokens.last().is_some_and(|t| self.is_eos(*t));
         // The end-of-sequence token is not part of the answer, so it is not counted in it.
         let completion = r.tokens.len() - usize::from(eos);
         Finished {
@@ -551,10 +571,7 @@ impl Job {
 
 /// How to answer: as a whole or as a stream of server-sent events.
 struct Reply {
-    endpoint: Endpoint,
-    id: String,
-    created: u64,
-    model: String,
+    answer: Answer,
     include_usage: bool,
 }
 
@@ -565,16 +582,7 @@ impl Reply {
             match piece {
                 Piece::Text(t) => text.push_str(&t),
                 Piece::Done(Ok(f)) => {
-                    let body = openai::full_response(
-                        self.endpoint,
-                        &self.id,
-                        self.created,
-                        &self.model,
-                        &text,
-                        f.finish,
-                        f.usage,
-                        &f.info,
-                    );
+                    let body = self.answer.full(&text, f.finish, f.usage, &f.info);
                     return Ok(axum::Json(body).into_response());
                 }
                 Piece::Done(Err(e)) => return Err(e),
@@ -583,7 +591,10 @@ impl Reply {
         Err(ApiError::internal("the generation ended without an answer"))
     }
 
-    fn stream(self, rx: mpsc::Receiver<Piece>) -> Sse<impl Stream<Item = Result<Event, std::convert::Infallible>>> {
+    fn stream(
+        self,
+        rx: mpsc::Receiver<Piece>,
+    ) -> Sse<impl Stream<Item = Result<Event, std::convert::Infallible>>> {
         enum Phase {
             First,
             Text,
@@ -601,20 +612,20 @@ impl Reply {
                     Some(Piece::Done(Ok(f))) => {
                         let mut evs = vec![reply.event(None, first, Some(f.finish))];
                         if reply.include_usage {
-                            evs.push(json_event(&openai::usage_chunk(
-                                reply.endpoint,
-                                &reply.id,
-                                reply.created,
-                                &reply.model,
-                                f.usage,
-                            )));
+                            evs.push(json_event(&reply.answer.usage_chunk(f.usage)));
                         }
                         evs.push(Event::default().data("[DONE]"));
-                        return Some((futures::stream::iter(evs.into_iter().map(Ok)), (rx, reply, Phase::Ended)));
+                        return Some((
+                            futures::stream::iter(evs.into_iter().map(Ok)),
+                            (rx, reply, Phase::Ended),
+                        ));
                     }
                     Some(Piece::Done(Err(e))) => {
                         let evs = vec![json_event(&e.body()), Event::default().data("[DONE]")];
-                        return Some((futures::stream::iter(evs.into_iter().map(Ok)), (rx, reply, Phase::Ended)));
+                        return Some((
+                            futures::stream::iter(evs.into_iter().map(Ok)),
+                            (rx, reply, Phase::Ended),
+                        ));
                     }
                     None => return None,
                 };
@@ -629,15 +640,7 @@ impl Reply {
     }
 
     fn event(&self, text: Option<&str>, first: bool, finish: Option<FinishReason>) -> Event {
-        json_event(&openai::chunk(
-            self.endpoint,
-            &self.id,
-            self.created,
-            &self.model,
-            text,
-            first,
-            finish,
-        ))
+        json_event(&self.answer.chunk(text, first, finish))
     }
 }
 
@@ -659,11 +662,7 @@ fn empty_view(engine: &Engine) -> SwarmView {
             .iter()
             .map(|m| ModelView {
                 name: m.name.clone(),
-                model_id: m
-                    .model_id
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect(),
+                model_id: m.model_id.iter().map(|b| format!("{b:02x}")).collect(),
                 n_layers: m.n_layers,
                 // Local models are always covered; a swarm's are once looked up.
                 covered: engine.swarm().is_none(),

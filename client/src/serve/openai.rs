@@ -133,7 +133,10 @@ fn object(body: &[u8]) -> Result<Fields, ApiError> {
         .map_err(|e| ApiError::bad_request(None, format!("the body is not valid JSON: {e}")))?;
     match v {
         Value::Object(m) => Ok(m),
-        _ => Err(ApiError::bad_request(None, "the body must be a JSON object")),
+        _ => Err(ApiError::bad_request(
+            None,
+            "the body must be a JSON object",
+        )),
     }
 }
 
@@ -347,7 +350,10 @@ pub fn parse_chat(body: &[u8]) -> Result<GenerationParams, ApiError> {
 fn chat_message(v: &Value) -> Result<ChatMessage, ApiError> {
     let bad = |why: String| ApiError::bad_request(Some("messages"), why);
     let Value::Object(m) = v else {
-        return Err(bad(format!("a message must be an object, got {}", type_name(v))));
+        return Err(bad(format!(
+            "a message must be an object, got {}",
+            type_name(v)
+        )));
     };
     let role = string(m, "role")
         .map_err(|e| bad(e.message))?
@@ -415,10 +421,7 @@ pub fn parse_completion(body: &[u8]) -> Result<GenerationParams, ApiError> {
             ));
         }
         None => {
-            return Err(ApiError::bad_request(
-                Some("prompt"),
-                "prompt is required",
-            ));
+            return Err(ApiError::bad_request(Some("prompt"), "prompt is required"));
         }
     };
     if prompt.is_empty() {
@@ -478,113 +481,108 @@ impl Endpoint {
     }
 }
 
-/// The whole answer of a non-streamed request.
-pub fn full_response(
-    endpoint: Endpoint,
-    id: &str,
-    created: u64,
-    model: &str,
-    text: &str,
-    finish: FinishReason,
-    usage: Usage,
-    swarm: &SwarmInfo,
-) -> Value {
-    match endpoint {
-        Endpoint::Chat => serde_json::json!({
-            "id": id,
-            "object": "chat.completion",
-            "created": created,
-            "model": model,
-            "choices": [{
-                "index": 0,
-                "message": {"role": "assistant", "content": text},
-                "logprobs": null,
-                "finish_reason": finish,
-            }],
-            "usage": usage,
-            "system_fingerprint": null,
-            "sunswarm": swarm,
-        }),
-        Endpoint::Completion => serde_json::json!({
-            "id": id,
-            "object": "text_completion",
-            "created": created,
-            "model": model,
-            "choices": [{
-                "index": 0,
-                "text": text,
-                "logprobs": null,
-                "finish_reason": finish,
-            }],
-            "usage": usage,
-            "sunswarm": swarm,
-        }),
-    }
+/// What every response and chunk of one request carries.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub endpoint: Endpoint,
+    pub id: String,
+    /// Seconds since the Unix epoch.
+    pub created: u64,
+    pub model: String,
 }
 
-/// One server-sent chunk of a streamed answer: text (the first chat chunk also carries the
-/// role), or the end with its finish reason.
-pub fn chunk(
-    endpoint: Endpoint,
-    id: &str,
-    created: u64,
-    model: &str,
-    text: Option<&str>,
-    first: bool,
-    finish: Option<FinishReason>,
-) -> Value {
-    match endpoint {
-        Endpoint::Chat => {
-            let mut delta = serde_json::Map::new();
-            if first {
-                delta.insert("role".into(), "assistant".into());
-            }
-            if let Some(t) = text {
-                delta.insert("content".into(), t.into());
-            }
-            serde_json::json!({
-                "id": id,
-                "object": "chat.completion.chunk",
-                "created": created,
-                "model": model,
-                "system_fingerprint": null,
+impl Answer {
+    /// The whole answer of a non-streamed request.
+    pub fn full(&self, text: &str, finish: FinishReason, usage: Usage, swarm: &SwarmInfo) -> Value {
+        match self.endpoint {
+            Endpoint::Chat => serde_json::json!({
+                "id": self.id,
+                "object": "chat.completion",
+                "created": self.created,
+                "model": self.model,
                 "choices": [{
                     "index": 0,
-                    "delta": delta,
+                    "message": {"role": "assistant", "content": text},
                     "logprobs": null,
                     "finish_reason": finish,
                 }],
-            })
+                "usage": usage,
+                "system_fingerprint": null,
+                "sunswarm": swarm,
+            }),
+            Endpoint::Completion => serde_json::json!({
+                "id": self.id,
+                "object": "text_completion",
+                "created": self.created,
+                "model": self.model,
+                "choices": [{
+                    "index": 0,
+                    "text": text,
+                    "logprobs": null,
+                    "finish_reason": finish,
+                }],
+                "usage": usage,
+                "sunswarm": swarm,
+            }),
         }
-        Endpoint::Completion => serde_json::json!({
-            "id": id,
-            "object": "text_completion",
-            "created": created,
-            "model": model,
-            "choices": [{
-                "index": 0,
-                "text": text.unwrap_or(""),
-                "logprobs": null,
-                "finish_reason": finish,
-            }],
-        }),
     }
-}
 
-/// The last chunk of a stream that asked for `stream_options.include_usage`.
-pub fn usage_chunk(endpoint: Endpoint, id: &str, created: u64, model: &str, usage: Usage) -> Value {
-    let object = match endpoint {
-        Endpoint::Chat => "chat.completion.chunk",
-        Endpoint::Completion => "text_completion",
-    };
-    serde_json::json!({
-        "id": id,
-        "object": object,
-        "created": created,
-        "model": model,
-        "choices": [],
-        "usage": usage,
-    })
+    /// One server-sent chunk of a streamed answer: text (the first chat chunk also carries the
+    /// role), or the end with its finish reason.
+    pub fn chunk(&self, text: Option<&str>, first: bool, finish: Option<FinishReason>) -> Value {
+        match self.endpoint {
+            Endpoint::Chat => {
+                let mut delta = serde_json::Map::new();
+                if first {
+                    delta.insert("role".into(), "assistant".into());
+                }
+                if let Some(t) = text {
+                    delta.insert("content".into(), t.into());
+                }
+                serde_json::json!({
+                    "id": self.id,
+                    "object": "chat.completion.chunk",
+                    "created": self.created,
+                    "model": self.model,
+                    "system_fingerprint": null,
+                    "choices": [{
+                        "index": 0,
+                        "delta": delta,
+                        "logprobs": null,
+                        "finish_reason": finish,
+                    }],
+                })
+            }
+            Endpoint::Completion => serde_json::json!({
+                "id": self.id,
+                "object": "text_completion",
+                "created": self.created,
+                "model": self.model,
+                "choices": [{
+                    "index": 0,
+                    "text": text.unwrap_or(""),
+                    "logprobs": null,
+                    "finish_reason": finish,
+                }],
+            }),
+        }
+    }
+
+    /// The last chunk of a stream that asked for `stream_options.include_usage`.
+    pub fn usage_chunk(&self, usage: Usage) -> Value {
+        let object = match self.endpoint {
+            Endpoint::Chat => "chat.completion.chunk",
+            Endpoint::Completion => "text_completion",
+        };
+        serde_json::json!({
+            "id": self.id,
+            "object": object,
+            "created": self.created,
+            "model": self.model,
+            "choices": [],
+            "usage": usage,
+        })
+    }
 }
 
 /// Cuts generated text at the first stop sequence. Text that might still grow into a stop
@@ -691,8 +689,9 @@ mod tests {
         };
         assert_eq!(m[1].content, "hi there");
         // Defaults.
-        let p = chat(serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "x"}]}))
-            .unwrap();
+        let p =
+            chat(serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "x"}]}))
+                .unwrap();
         assert_eq!(
             (p.max_tokens, p.temperature, p.stream, p.stop.len()),
             (None, 1.0, false, 0)
@@ -701,12 +700,17 @@ mod tests {
 
     #[test]
     fn refuses_what_would_change_the_answer_naming_the_field() {
-        let base = || serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "x"}]});
+        let base =
+            || serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "x"}]});
         let cases: Vec<(&str, Value, &str)> = vec![
             ("max_tokens", serde_json::json!(-1), "max_tokens"),
             ("max_tokens", serde_json::json!(0), "max_tokens"),
             ("max_tokens", serde_json::json!("ten"), "max_tokens"),
-            ("max_completion_tokens", serde_json::json!(1.5), "max_completion_tokens"),
+            (
+                "max_completion_tokens",
+                serde_json::json!(1.5),
+                "max_completion_tokens",
+            ),
             ("temperature", serde_json::json!(3), "temperature"),
             ("temperature", serde_json::json!("hot"), "temperature"),
             ("top_p", serde_json::json!(0), "top_p"),
@@ -717,8 +721,16 @@ mod tests {
             ("seed", serde_json::json!("x"), "seed"),
             ("messages", serde_json::json!([]), "messages"),
             ("messages", serde_json::json!("hi"), "messages"),
-            ("messages", serde_json::json!([{"role": "wizard", "content": "x"}]), "messages"),
-            ("messages", serde_json::json!([{"role": "user", "content": [{"type": "image_url"}]}]), "messages"),
+            (
+                "messages",
+                serde_json::json!([{"role": "wizard", "content": "x"}]),
+                "messages",
+            ),
+            (
+                "messages",
+                serde_json::json!([{"role": "user", "content": [{"type": "image_url"}]}]),
+                "messages",
+            ),
             ("model", serde_json::json!(5), "model"),
         ];
         for (name, value, param) in cases {
@@ -759,9 +771,15 @@ mod tests {
     #[test]
     fn stop_filter_holds_back_possible_starts_and_cuts_at_the_stop() {
         let mut f = StopFilter::new(vec!["END".into(), "\n\n".into()]);
-        assert_eq!(f.push("hello E"), ("hello ".into(), ControlFlow::Continue(())));
+        assert_eq!(
+            f.push("hello E"),
+            ("hello ".into(), ControlFlow::Continue(()))
+        );
         assert_eq!(f.push("N"), (String::new(), ControlFlow::Continue(())));
-        assert_eq!(f.push("x world\n"), ("ENx world".into(), ControlFlow::Continue(())));
+        assert_eq!(
+            f.push("x world\n"),
+            ("ENx world".into(), ControlFlow::Continue(()))
+        );
         assert_eq!(f.push("\nmore"), (String::new(), ControlFlow::Break(())));
         assert!(f.stopped());
         let mut f = StopFilter::new(vec!["END".into()]);
@@ -774,7 +792,10 @@ mod tests {
         let mut f = StopFilter::new(Vec::new());
         assert_eq!(f.push("héllo"), ("héllo".into(), ControlFlow::Continue(())));
         let mut f = StopFilter::new(vec!["é!".into()]);
-        assert_eq!(f.push("caf\u{e9}"), ("caf".into(), ControlFlow::Continue(())));
+        assert_eq!(
+            f.push("caf\u{e9}"),
+            ("caf".into(), ControlFlow::Continue(()))
+        );
         assert_eq!(f.push("!"), ("".into(), ControlFlow::Break(())));
     }
 
@@ -787,23 +808,20 @@ mod tests {
             ttft_ms: 1.0,
             decode_tokens_per_s: 2.0,
         };
-        let r = full_response(
-            Endpoint::Chat,
-            "chatcmpl-1",
-            7,
-            "m",
-            "Paris",
-            FinishReason::Stop,
-            Usage::new(3, 2),
-            &info,
-        );
+        let answer = |endpoint| Answer {
+            endpoint,
+            id: "x".into(),
+            created: 7,
+            model: "m".into(),
+        };
+        let r = answer(Endpoint::Chat).full("Paris", FinishReason::Stop, Usage::new(3, 2), &info);
         assert_eq!(r["choices"][0]["message"]["content"], "Paris");
         assert_eq!(r["choices"][0]["finish_reason"], "stop");
         assert_eq!(r["usage"]["total_tokens"], 5);
-        let c = chunk(Endpoint::Chat, "x", 7, "m", Some("Pa"), true, None);
+        let c = answer(Endpoint::Chat).chunk(Some("Pa"), true, None);
         assert_eq!(c["choices"][0]["delta"]["role"], "assistant");
         assert!(c["choices"][0]["finish_reason"].is_null());
-        let end = chunk(Endpoint::Completion, "x", 7, "m", None, false, Some(FinishReason::Length));
+        let end = answer(Endpoint::Completion).chunk(None, false, Some(FinishReason::Length));
         assert_eq!(end["choices"][0]["finish_reason"], "length");
         let e = ApiError::unknown_model("x", &["m"]).body();
         assert_eq!(e["error"]["code"], "model_not_found");

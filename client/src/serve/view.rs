@@ -120,7 +120,12 @@ pub fn coverage(anns: &[Announcement], n_layers: u32) -> (Vec<u32>, Vec<[u32; 2]
 }
 
 /// A peer's announcement for the dashboard, with its recent throughput from `requests`.
-pub fn peer_view(a: &Announcement, model: &str, requests: &VecDeque<RequestRecord>, now_ms: u64) -> PeerView {
+pub fn peer_view(
+    a: &Announcement,
+    model: &str,
+    requests: &VecDeque<RequestRecord>,
+    now_ms: u64,
+) -> PeerView {
     let peer_id = PeerId::from_bytes(&a.peer_id)
         .map(|p| p.to_string())
         .unwrap_or_else(|_| "?".into());
@@ -177,7 +182,12 @@ mod tests {
 
     #[test]
     fn coverage_counts_replicas_and_names_gaps() {
-        let anns = vec![ann(0, 2, false), ann(0, 2, false), ann(4, 6, false), ann(2, 4, true)];
+        let anns = vec![
+            ann(0, 2, false),
+            ann(0, 2, false),
+            ann(4, 6, false),
+            ann(2, 4, true),
+        ];
         let (replicas, gaps) = coverage(&anns, 6);
         assert_eq!(replicas, vec![2, 2, 0, 0, 1, 1]);
         assert_eq!(gaps, vec![[2, 4]]);

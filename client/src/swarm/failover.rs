@@ -19,8 +19,8 @@ use sunswarm_energy::policy::Policy;
 use sunswarm_models::HiddenStates;
 use sunswarm_protocol::{DType, Hop, ModelDigest};
 
-use super::{SwarmClient, SwarmError};
 use super::session::{ForwardTiming, SessionError, SwarmSession, failed_hop};
+use super::{SwarmClient, SwarmError};
 use crate::generate::{Pipeline, PipelineError};
 
 /// Most route repairs within one generation before it gives up.
@@ -164,7 +164,10 @@ impl<'a> ResilientSession<'a> {
     }
 
     /// Sends `input` through the route, repairing the route as often as needed.
-    pub async fn forward_hidden(&mut self, input: &HiddenStates) -> Result<HiddenStates, SwarmError> {
+    pub async fn forward_hidden(
+        &mut self,
+        input: &HiddenStates,
+    ) -> Result<HiddenStates, SwarmError> {
         let mut failed_at: Option<(Instant, usize, String, String)> = None;
         let mut replayed = 0;
         let mut times = RepairTimes::default();
@@ -214,7 +217,11 @@ impl<'a> ResilientSession<'a> {
     }
 
     /// Replaces hop `failed` and rebuilds the new route's state; returns the tokens replayed.
-    async fn repair(&mut self, failed: usize, times: &mut RepairTimes) -> Result<usize, SwarmError> {
+    async fn repair(
+        &mut self,
+        failed: usize,
+        times: &mut RepairTimes,
+    ) -> Result<usize, SwarmError> {
         let mut failed = failed;
         let mut broken = self.session.route().to_vec();
         let mut last_error = None;

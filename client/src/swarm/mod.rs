@@ -78,7 +78,10 @@ pub struct SwarmClient {
 
 impl SwarmClient {
     /// Dials the bootstrap peers and waits until the DHT knows one of them.
-    pub async fn connect(bootstrap: Vec<Multiaddr>, deadline: Duration) -> Result<Self, SwarmError> {
+    pub async fn connect(
+        bootstrap: Vec<Multiaddr>,
+        deadline: Duration,
+    ) -> Result<Self, SwarmError> {
         Self::connect_private(bootstrap, None, deadline).await
     }
 
