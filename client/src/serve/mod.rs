@@ -512,10 +512,7 @@ impl Job {
                     r.status = "error";
                     r.error = Some(e.to_string());
                 }
-                Err(match e {
-                    EngineError::NotCovered(_) => ApiError::unavailable(e.to_string()),
-                    other => ApiError::internal(other.to_string()),
-                })
+                Err(api_error_of(e))
             }
         };
         if let Some(mut r) = record {
@@ -566,6 +563,25 @@ impl Job {
             m.time_per_token
                 .observe(1.0 / done.result.decode_tokens_per_s);
         }
+    }
+}
+
+/// A failed generation as the API reports it: a swarm that cannot serve the model now (no peer
+/// covers a range, or all of them refuse work) is a 503 to retry, anything else a 500.
+fn api_error_of(e: EngineError) -> ApiError {
+    use crate::swarm::SwarmError;
+    let unavailable = match &e {
+        EngineError::NotCovered(_) => true,
+        EngineError::Swarm(SwarmError::Route(_) | SwarmError::NotCovered { .. }) => true,
+        EngineError::Swarm(SwarmError::NoReplacement(inner)) => {
+            matches!(**inner, SwarmError::Route(_) | SwarmError::NotCovered { .. })
+        }
+        _ => false,
+    };
+    if unavailable {
+        ApiError::unavailable(e.to_string())
+    } else {
+        ApiError::internal(e.to_string())
     }
 }
 

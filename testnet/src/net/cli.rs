@@ -33,6 +33,10 @@ pub struct UpArgs {
     /// Make the swarm private with this pre-shared key file (go-ipfs `swarm.key` format).
     #[arg(long)]
     pub swarm_key: Option<PathBuf>,
+    /// An extra flag for every node (repeatable; `{i}` becomes the node's index), e.g.
+    /// `--node-arg=--energy --node-arg=emulated:initial=6{i},seed={i}`.
+    #[arg(long = "node-arg", allow_hyphen_values = true)]
+    pub node_args: Vec<String>,
 }
 
 /// `swarm-testnet demo`.
@@ -102,6 +106,18 @@ pub fn up(args: UpArgs) -> Result<()> {
         args.log_dir,
     )?;
     opts.swarm_key = args.swarm_key;
+    let count = match &opts.split {
+        Split::List(l) => l.len(),
+        Split::Even => opts.nodes,
+    };
+    opts.per_node_args = (0..count)
+        .map(|i| {
+            args.node_args
+                .iter()
+                .map(|a| a.replace("{i}", &i.to_string()))
+                .collect()
+        })
+        .collect();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
