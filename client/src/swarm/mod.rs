@@ -64,6 +64,8 @@ pub fn parse_policy(s: &str) -> Result<PolicyKind, SwarmError> {
 
 /// How long route choice keeps looking while the discovered peers leave a range uncovered.
 pub const ROUTE_DEADLINE: Duration = Duration::from_secs(10);
+/// How old a discovery may be for a new route to be drawn from it without walking the DHT.
+pub const FRESH_VIEW: Duration = Duration::from_secs(2);
 
 /// A client's connection to the swarm (a DHT client; it never serves).
 pub struct SwarmClient {
@@ -74,6 +76,8 @@ pub struct SwarmClient {
     /// The last discovery's announcements: a failover first plans from these (liveness checked
     /// again) instead of walking the DHT while the generation waits.
     last_seen: std::sync::Mutex<Vec<Announcement>>,
+    /// When each model was last discovered: a route drawn soon after plans from that view.
+    discovered_at: std::sync::Mutex<std::collections::HashMap<ModelDigest, Instant>>,
 }
 
 impl SwarmClient {
@@ -112,6 +116,7 @@ impl SwarmClient {
             event_loop: std::sync::Mutex::new(Some(event_loop)),
             followed: Default::default(),
             last_seen: Default::default(),
+            discovered_at: Default::default(),
         })
     }
 
@@ -146,7 +151,11 @@ impl SwarmClient {
         let all = discovery::discover(&self.net, model_id, n_layers).await?;
         let live = route::usable(&all, model_id, n_layers, asked_at);
         if let Ok(mut seen) = self.last_seen.lock() {
-            seen.clone_from(&live);
+            seen.retain(|a| &a.model_id != model_id);
+            seen.extend(live.iter().cloned());
+        }
+        if let Ok(mut at) = self.discovered_at.lock() {
+            at.insert(*model_id, Instant::now());
         }
         Ok(live)
     }
@@ -164,11 +173,7 @@ impl SwarmClient {
         failed: usize,
         avoid: &[Vec<u8>],
     ) -> Result<Vec<Hop>, SwarmError> {
-        let cached = self
-            .last_seen
-            .lock()
-            .map(|s| route::usable(&s, model_id, n_layers, now_ms()))
-            .unwrap_or_default();
+        let cached = self.recent(model_id, n_layers);
         let attempt = |anns: &[Announcement]| {
             let repair = route::repair_candidates(anns, route, failed, avoid);
             plan_hops(&repair, n_layers, policy)
@@ -183,6 +188,8 @@ impl SwarmClient {
     /// Discovers and chooses a route. The DHT is eventually consistent (a lookup on a loaded
     /// machine can miss a peer or return an old copy of its announcement), so a lookup that
     /// leaves a range uncovered is repeated for up to [`ROUTE_DEADLINE`] before giving up.
+    /// A discovery less than [`FRESH_VIEW`] old is planned from without walking the DHT again
+    /// (liveness is checked again; a peer that died since fails the open and is replaced).
     pub async fn choose_route(
         &self,
         model_id: &ModelDigest,
@@ -190,10 +197,30 @@ impl SwarmClient {
         policy: &dyn Policy,
         avoid: &[Vec<u8>],
     ) -> Result<Vec<Hop>, SwarmError> {
+        let fresh = self
+            .discovered_at
+            .lock()
+            .ok()
+            .and_then(|at| at.get(model_id).map(Instant::elapsed))
+            .is_some_and(|age| age < FRESH_VIEW);
+        if fresh {
+            let recent = self.recent(model_id, n_layers);
+            if let Ok(hops) = plan_avoiding(&recent, n_layers, policy, avoid) {
+                return Ok(hops);
+            }
+        }
         self.plan_until_covered(model_id, n_layers, |anns| {
             plan_avoiding(anns, n_layers, policy, avoid)
         })
         .await
+    }
+
+    /// The live announcements of the last discovery of `model_id`.
+    fn recent(&self, model_id: &ModelDigest, n_layers: u32) -> Vec<Announcement> {
+        self.last_seen
+            .lock()
+            .map(|s| route::usable(&s, model_id, n_layers, now_ms()))
+            .unwrap_or_default()
     }
 
     /// Discovers again and again until `plan` finds a route in the live announcements, for up
