@@ -46,19 +46,36 @@ pub trait SessionCache: Send {
 /// The real runner: a model's block range loaded on a device.
 pub struct ModelRunner {
     blocks: Arc<LoadedBlocks>,
+    slowdown: f64,
 }
 
 impl ModelRunner {
     pub fn new(blocks: LoadedBlocks) -> Self {
         ModelRunner {
             blocks: Arc::new(blocks),
+            slowdown: 1.0,
         }
+    }
+
+    /// Makes every forward take `factor` times its compute time, holding the compute thread
+    /// busy the rest of it as a slower device would (`--slowdown`, for heterogeneous testnets).
+    pub fn with_slowdown(mut self, factor: f64) -> Self {
+        self.slowdown = factor;
+        self
+    }
+}
+
+/// Stretches a forward that took `took` to `factor` times that, on the calling thread.
+pub fn stretch(took: std::time::Duration, factor: f64) {
+    if factor > 1.0 && factor.is_finite() {
+        std::thread::sleep(took.mul_f64(factor - 1.0));
     }
 }
 
 struct ModelSession {
     blocks: Arc<LoadedBlocks>,
     cache: KvCache,
+    slowdown: f64,
 }
 
 impl BlockRunner for ModelRunner {
@@ -76,6 +93,7 @@ impl BlockRunner for ModelRunner {
         Box::new(ModelSession {
             cache: self.blocks.new_cache(),
             blocks: self.blocks.clone(),
+            slowdown: self.slowdown,
         })
     }
 }
@@ -88,7 +106,10 @@ impl SessionCache for ModelSession {
     fn forward(&mut self, n_tokens: usize, data: Vec<f32>) -> Result<Vec<f32>, ComputeError> {
         let dim = self.blocks.config().hidden_size;
         let input = HiddenStates::new(n_tokens, dim, data)?;
-        Ok(self.blocks.forward(&mut self.cache, &input)?.data)
+        let t = std::time::Instant::now();
+        let out = self.blocks.forward(&mut self.cache, &input)?.data;
+        stretch(t.elapsed(), self.slowdown);
+        Ok(out)
     }
 }
 

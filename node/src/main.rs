@@ -57,6 +57,10 @@ struct Args {
     /// within this time.
     #[arg(long, default_value_t = 30.0)]
     announce_ttl: f64,
+    /// Compute this many times slower than this machine can (at least 1): emulates a weaker
+    /// device in heterogeneous testnets.
+    #[arg(long, default_value_t = 1.0)]
+    slowdown: f64,
     /// Seconds between energy-state gossip messages.
     #[arg(long, default_value_t = 2.0)]
     gossip_interval: f64,
@@ -111,7 +115,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "loaded blocks {:?}, asked for {blocks}",
         loaded.range()
     );
-    let runner = Arc::new(ModelRunner::new(loaded));
+    anyhow::ensure!(
+        args.slowdown.is_finite() && args.slowdown >= 1.0,
+        "--slowdown must be a number of at least 1, got {}",
+        args.slowdown
+    );
+    let runner = Arc::new(ModelRunner::new(loaded).with_slowdown(args.slowdown));
     // On this thread, which is a compute worker (`compute_runtime`), so the estimate sees the
     // same threads a session's forwards get.
     let throughput = node::estimate_throughput(runner.as_ref());
