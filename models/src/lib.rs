@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 pub use backend::{BackendKind, device};
 pub use burn::tensor::Device;
 pub use config::LlamaConfig;
-pub use llama::{Head, HiddenStates, KvCache, LoadedBlocks};
+pub use llama::{BatchStep, Head, HiddenStates, KvCache, LoadedBlocks};
 pub use model::{Model, ModelId};
 pub use source::ModelSource;
 pub use tokenizer::{ChatMessage, TextTokenizer};

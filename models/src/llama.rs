@@ -245,12 +245,28 @@ impl LoadedBlocks {
         mask: Option<&Tensor<4>>,
     ) -> Result<Tensor<3>, ModelError> {
         let cfg = &*self.cfg;
-        let [_, n, d] = x.dims();
-        let (hd, nh, nkv) = (cfg.head_dim, cfg.n_heads, cfg.n_kv_heads);
-        let group = nh / nkv;
-
         let h = rms_norm(x.clone(), &w.attn_norm, cfg.rms_norm_eps);
         let qkv = linear(h, &w.wqkv)?;
+        let attn = self.attend(qkv, kv, cos, sin, mask);
+        let x = x.add(linear(attn, &w.wo)?);
+        self.feed_forward(w, x, linear)
+    }
+
+    /// Attention of `n` new tokens whose fused q, k, v projections are `qkv` (`[1, n, ...]`),
+    /// against the session's cached keys and values, which it extends. Returns `[1, n, heads x
+    /// head_dim]`, before the output projection.
+    fn attend(
+        &self,
+        qkv: Tensor<3>,
+        kv: &mut Option<(Tensor<4>, Tensor<4>)>,
+        cos: &Tensor<4>,
+        sin: &Tensor<4>,
+        mask: Option<&Tensor<4>>,
+    ) -> Tensor<3> {
+        let cfg = &*self.cfg;
+        let [_, n, _] = qkv.dims();
+        let (hd, nh, nkv) = (cfg.head_dim, cfg.n_heads, cfg.n_kv_heads);
+        let group = nh / nkv;
         let q = qkv.clone().narrow(2, 0, nh * hd);
         let k = qkv.clone().narrow(2, nh * hd, nkv * hd);
         let v = qkv.narrow(2, (nh + nkv) * hd, nkv * hd);
@@ -265,7 +281,6 @@ impl LoadedBlocks {
             None => (k, v),
         };
         *kv = Some((k.clone(), v.clone()));
-        let total = k.dims()[2];
         // Grouped-query attention without repeating K/V: the query heads that share a KV head are
         // stacked along the row axis, so one matmul per KV head serves the whole group.
         let q = q.reshape([1, nkv, group * n, hd]);
@@ -278,23 +293,137 @@ impl LoadedBlocks {
         let probs = softmax(scores, 3);
         let attn = probs.matmul(v); // [1, nkv, group*n, hd]
         debug_assert_eq!(attn.dims(), [1, nkv, group * n, hd]);
-        let _ = total;
-        let attn = attn
-            .reshape([1, nh, n, hd])
+        attn.reshape([1, nh, n, hd])
             .swap_dims(1, 2)
-            .reshape([1, n, nh * hd]);
-        let x = x.add(linear(attn, &w.wo)?);
+            .reshape([1, n, nh * hd])
+    }
 
+    /// The block's second half: norm, gated MLP, residual. `product` is how the linear layers
+    /// run: alone ([`linear`]) or row by row for a batch of decode steps ([`linear_each`]).
+    fn feed_forward(
+        &self,
+        w: &BlockWeights,
+        x: Tensor<3>,
+        product: fn(Tensor<3>, &Linear) -> Result<Tensor<3>, ModelError>,
+    ) -> Result<Tensor<3>, ModelError> {
+        let cfg = &*self.cfg;
+        let [_, n, d] = x.dims();
         let h = rms_norm(x.clone(), &w.ffn_norm, cfg.rms_norm_eps);
-        let gu = linear(h, &w.w_gate_up)?;
+        let gu = product(h, &w.w_gate_up)?;
         let ffn = cfg.intermediate_size;
         let gate = gu.clone().narrow(2, 0, ffn);
         let up = gu.narrow(2, ffn, ffn);
         let act = silu(gate).mul(up);
-        let out = linear(act, &w.w_down)?;
+        let out = product(act, &w.w_down)?;
         debug_assert_eq!(out.dims(), [1, n, d]);
         Ok(x.add(out))
     }
+
+    /// Runs one pass for the steps of several sessions (continuous batching). The decode steps
+    /// (one token each) go through every linear layer together, each weight read once for all
+    /// of them and each row computed exactly as it would be alone; attention is per session
+    /// against its own cache. Longer steps (prompt chunks) run on their own within the pass.
+    /// On the CPU every step's output and cache are bit-identical to running it alone. A step
+    /// that is invalid (wrong width, full context, non-finite values) fails alone.
+    pub fn forward_batch(&self, steps: &mut [BatchStep<'_>]) -> Vec<Result<HiddenStates, ModelError>> {
+        let mut results: Vec<Option<Result<HiddenStates, ModelError>>> =
+            (0..steps.len()).map(|_| None).collect();
+        let mut decodes = Vec::new();
+        for (i, step) in steps.iter_mut().enumerate() {
+            match self.check_input(step.cache, step.input) {
+                Err(e) => results[i] = Some(Err(e)),
+                Ok(input) if input.n_tokens == 1 => decodes.push(i),
+                Ok(_) => results[i] = Some(self.forward(step.cache, step.input)),
+            }
+        }
+        if decodes.len() == 1 {
+            let step = &mut steps[decodes[0]];
+            results[decodes[0]] = Some(self.forward(step.cache, step.input));
+        } else if decodes.len() > 1 {
+            let mut caches = Vec::with_capacity(decodes.len());
+            let mut inputs = Vec::with_capacity(decodes.len());
+            // Disjoint borrows of the chosen steps, in order.
+            let mut rest: &mut [BatchStep<'_>] = steps;
+            let mut offset = 0;
+            for &i in &decodes {
+                let (_, tail) = std::mem::take(&mut rest).split_at_mut(i - offset);
+                let (step, tail) = tail.split_first_mut().expect("index inside the steps");
+                caches.push(&mut *step.cache);
+                inputs.push(step.input);
+                rest = tail;
+                offset = i + 1;
+            }
+            let outs = rayon::scope(|_| self.forward_decodes(&mut caches, &inputs));
+            match outs {
+                Ok(outs) => {
+                    for (&i, out) in decodes.iter().zip(outs) {
+                        results[i] = Some(Ok(out));
+                    }
+                }
+                Err(e) => {
+                    for &i in &decodes {
+                        results[i] = Some(Err(ModelError::Backend(e.to_string())));
+                    }
+                }
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(ModelError::BadInput("step was not run".into()))))
+            .collect()
+    }
+
+    fn forward_decodes(
+        &self,
+        caches: &mut [&mut KvCache],
+        inputs: &[&HiddenStates],
+    ) -> Result<Vec<HiddenStates>, ModelError> {
+        let m = inputs.len();
+        let d = self.cfg.hidden_size;
+        let mut data = Vec::with_capacity(m * d);
+        for input in inputs {
+            data.extend_from_slice(&input.data);
+        }
+        let mut x: Tensor<3> = Tensor::from_data(TensorData::new(data, [1, m, d]), &self.device);
+        let tables: Vec<(Tensor<4>, Tensor<4>)> = caches
+            .iter()
+            .map(|c| self.rope.tables(c.len, 1, &self.device))
+            .collect();
+        for (li, w) in self.blocks.iter().enumerate() {
+            let _span = tracing::trace_span!("block", index = self.range.start + li).entered();
+            let h = rms_norm(x.clone(), &w.attn_norm, self.cfg.rms_norm_eps);
+            let qkv = linear_each(h, &w.wqkv)?;
+            let attn: Vec<Tensor<3>> = caches
+                .iter_mut()
+                .zip(&tables)
+                .enumerate()
+                .map(|(j, (cache, (cos, sin)))| {
+                    self.attend(qkv.clone().narrow(1, j, 1), &mut cache.layers[li], cos, sin, None)
+                })
+                .collect();
+            x = x.add(linear_each(Tensor::cat(attn, 1), &w.wo)?);
+            x = self.feed_forward(w, x, linear_each)?;
+        }
+        for cache in caches.iter_mut() {
+            cache.len += 1;
+        }
+        let out = HiddenStates::from_tensor(x)?;
+        Ok(out
+            .data
+            .chunks_exact(d)
+            .map(|row| HiddenStates {
+                n_tokens: 1,
+                dim: d,
+                data: row.to_vec(),
+            })
+            .collect())
+    }
+}
+
+/// One session's step in a batched pass ([`LoadedBlocks::forward_batch`]).
+pub struct BatchStep<'a> {
+    pub cache: &'a mut KvCache,
+    pub input: &'a HiddenStates,
 }
 
 /// Additive mask for `n` new queries at positions `start..start+n` against `start+n` keys,
@@ -427,6 +556,23 @@ impl Linear {
 
 fn linear(x: Tensor<3>, w: &Linear) -> Result<Tensor<3>, ModelError> {
     w.forward(x)
+}
+
+/// [`linear`] with each row computed as a one-token product (see [`LoadedBlocks::forward_batch`]).
+fn linear_each(x: Tensor<3>, w: &Linear) -> Result<Tensor<3>, ModelError> {
+    let [b, n, k] = x.dims();
+    let rows = match w {
+        Linear::Tensor { .. } => w.forward2(x.reshape([b * n, k]))?,
+        Linear::Packed { weight, device } => {
+            let x = x
+                .try_into_vec_as::<f32>()
+                .map_err(|e| ModelError::Backend(format!("{e:?}")))?;
+            let mut out = vec![0f32; b * n * weight.rows()];
+            weight.matmul_each(&x, b * n, &mut out)?;
+            Tensor::from_data(TensorData::new(out, [b * n, weight.rows()]), device)
+        }
+    };
+    Ok(rows.reshape([b, n, w.out()]))
 }
 
 fn rms_norm(x: Tensor<3>, weight: &Tensor<1>, eps: f64) -> Tensor<3> {

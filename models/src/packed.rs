@@ -349,6 +349,51 @@ impl PackedMatrix {
         Ok(())
     }
 
+    /// `out[n, rows] = x[n, cols] · Wᵀ` with every row of `x` computed exactly as a one-token
+    /// product ([`matmul`](Self::matmul) with `n = 1`: the same kernel, the same order), each
+    /// weight row read once for all of them while it is in cache. The decode steps of many
+    /// sessions share a pass this way, and each gets bit for bit what it would alone.
+    pub(crate) fn matmul_each(&self, x: &[f32], n: usize, out: &mut [f32]) -> Result<(), ModelError> {
+        if n == 0 || x.len() != n * self.cols || out.len() != n * self.rows {
+            return Err(ModelError::BadInput(format!(
+                "a product with a [{}, {}] weight needs [{n}, {}] inputs and [{n}, {}] outputs, \
+                 got {} and {} values",
+                self.rows,
+                self.cols,
+                self.cols,
+                self.rows,
+                x.len(),
+                out.len()
+            )));
+        }
+        if n == 1 {
+            return self.matmul(x, 1, out);
+        }
+        let k = Kernels::detect();
+        let threads = rayon::current_num_threads();
+        let chunk = self.rows.div_ceil(threads * 4).max(16);
+        let cols = self.cols;
+        let xsums: Vec<Vec<f32>> = x.chunks_exact(cols).map(block_sums).collect();
+        let mut transposed = vec![0f32; n * self.rows];
+        transposed
+            .par_chunks_mut(chunk * n)
+            .enumerate()
+            .for_each(|(c, out_t)| {
+                for (i, col) in out_t.chunks_exact_mut(n).enumerate() {
+                    let r = c * chunk + i;
+                    for (t, o) in col.iter_mut().enumerate() {
+                        *o = self.row_dot(k, r, &x[t * cols..(t + 1) * cols], &xsums[t]);
+                    }
+                }
+            });
+        for (r, col) in transposed.chunks_exact(n).enumerate() {
+            for (t, &v) in col.iter().enumerate() {
+                out[t * self.rows + r] = v;
+            }
+        }
+        Ok(())
+    }
+
     fn row_dot(&self, k: Kernels, r: usize, x: &[f32], xsum: &[f32]) -> f32 {
         let nb = self.cols / BLOCK;
         match &self.store {

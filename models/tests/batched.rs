@@ -1,0 +1,136 @@
+//! Continuous batching must not change any session's result: the steps of 1 to 16 sessions (at
+//! different positions, with prompt chunks among them) run in one pass give each session bit for
+//! bit the hidden states and cache it gets alone, on a random model and on the real SmolLM2.
+
+#[path = "fixtures/real_model.rs"]
+mod real_model;
+
+use sunswarm_models::{
+    BackendKind, BatchStep, HiddenStates, KvCache, LoadedBlocks, Model, ModelSource, device,
+};
+
+/// A prompt of `len` tokens for session `s` (different per session).
+fn prompt(s: usize, len: usize, vocab: usize) -> Vec<u32> {
+    (0..len)
+        .map(|i| ((s * 131 + i * 17 + 3) % vocab) as u32)
+        .collect()
+}
+
+/// Prefills `sessions` prompts alone, then runs `rounds` of decode steps twice: each session
+/// alone, and all together in `forward_batch` (with a fresh session's prompt chunk in the same
+/// pass); every output must be identical.
+fn batched_equals_alone(model: &Model, blocks: &LoadedBlocks, sessions: usize, rounds: usize) {
+    let dev = device(BackendKind::Cpu).unwrap();
+    let head = model.load_head(&dev).unwrap();
+    let vocab = model.config().vocab_size;
+    let mut alone: Vec<KvCache> = Vec::new();
+    let mut together: Vec<KvCache> = Vec::new();
+    for s in 0..sessions {
+        let x = head.embed(&prompt(s, 2 + s * 3 % 11, vocab)).unwrap();
+        let (mut a, mut b) = (blocks.new_cache(), blocks.new_cache());
+        let ya = blocks.forward(&mut a, &x).unwrap();
+        let yb = blocks.forward(&mut b, &x).unwrap();
+        assert_eq!(ya.data, yb.data);
+        alone.push(a);
+        together.push(b);
+    }
+    for round in 0..rounds {
+        let inputs: Vec<HiddenStates> = (0..sessions)
+            .map(|s| head.embed(&[((s * 7 + round * 13 + 1) % vocab) as u32]).unwrap())
+            .collect();
+        let want: Vec<Vec<f32>> = alone
+            .iter_mut()
+            .zip(&inputs)
+            .map(|(c, x)| blocks.forward(c, x).unwrap().data)
+            .collect();
+        // A newcomer's prompt chunk shares the pass.
+        let chunk = head.embed(&prompt(99 + round, 5, vocab)).unwrap();
+        let mut newcomer = blocks.new_cache();
+        let want_chunk = blocks.forward(&mut blocks.new_cache(), &chunk).unwrap().data;
+        let mut steps: Vec<BatchStep<'_>> = together
+            .iter_mut()
+            .zip(&inputs)
+            .map(|(cache, input)| BatchStep { cache, input })
+            .collect();
+        steps.insert(
+            sessions / 2,
+            BatchStep {
+                cache: &mut newcomer,
+                input: &chunk,
+            },
+        );
+        let got = blocks.forward_batch(&mut steps);
+        let mut got: Vec<Vec<f32>> = got.into_iter().map(|r| r.unwrap().data).collect();
+        let got_chunk = got.remove(sessions / 2);
+        assert_eq!(got_chunk, want_chunk, "prompt chunk, round {round}");
+        for (s, (g, w)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                g == w,
+                "session {s} of {sessions}, round {round}: batched output differs from alone \
+                 (max diff {})",
+                g.iter()
+                    .zip(w)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0f32, f32::max)
+            );
+        }
+        for (a, b) in alone.iter().zip(&together) {
+            assert_eq!(a.len(), b.len());
+        }
+    }
+}
+
+#[test]
+fn batched_steps_equal_alone_on_a_random_model() {
+    let model = Model::open(&ModelSource::parse("random:tiny:seed=5").unwrap()).unwrap();
+    let dev = device(BackendKind::Cpu).unwrap();
+    let blocks = model.load_blocks(1..5, &dev).unwrap();
+    for sessions in [1, 2, 3, 8, 16] {
+        batched_equals_alone(&model, &blocks, sessions, 3);
+    }
+}
+
+#[test]
+fn batched_steps_equal_alone_on_smollm2() {
+    let model = Model::open(&ModelSource::GgufFile(real_model::smollm2_gguf())).unwrap();
+    let dev = device(BackendKind::Cpu).unwrap();
+    let blocks = model.load_blocks(0..30, &dev).unwrap();
+    batched_equals_alone(&model, &blocks, 16, 3);
+    batched_equals_alone(&model, &blocks, 2, 2);
+}
+
+#[test]
+fn a_bad_step_fails_alone_and_the_others_run() {
+    let model = Model::open(&ModelSource::parse("random:tiny:seed=2").unwrap()).unwrap();
+    let dev = device(BackendKind::Cpu).unwrap();
+    let blocks = model.load_blocks(0..2, &dev).unwrap();
+    let head = model.load_head(&dev).unwrap();
+    let good = head.embed(&[5]).unwrap();
+    let also_good = head.embed(&[6]).unwrap();
+    let bad = HiddenStates {
+        n_tokens: 1,
+        dim: good.dim,
+        data: vec![f32::NAN; good.dim],
+    };
+    let (mut c1, mut c2, mut c3) = (blocks.new_cache(), blocks.new_cache(), blocks.new_cache());
+    let want = blocks.forward(&mut blocks.new_cache(), &good).unwrap().data;
+    let mut steps = vec![
+        BatchStep {
+            cache: &mut c1,
+            input: &good,
+        },
+        BatchStep {
+            cache: &mut c2,
+            input: &bad,
+        },
+        BatchStep {
+            cache: &mut c3,
+            input: &also_good,
+        },
+    ];
+    let out = blocks.forward_batch(&mut steps);
+    assert_eq!(out[0].as_ref().unwrap().data, want);
+    assert!(out[1].as_ref().unwrap_err().to_string().contains("non-finite"));
+    assert!(out[2].is_ok());
+    assert_eq!((c1.len(), c2.len(), c3.len()), (1, 0, 1));
+}
