@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use sunswarm_models::{HiddenStates, KvCache, LoadedBlocks};
+use sunswarm_models::{BatchStep, HiddenStates, KvCache, LoadedBlocks};
 
 /// Why a forward failed.
 #[derive(Debug, thiserror::Error)]
@@ -19,6 +19,8 @@ pub enum ComputeError {
     },
     #[error(transparent)]
     Model(#[from] sunswarm_models::ModelError),
+    #[error("the step's cache belongs to another runner")]
+    Foreign,
 }
 
 /// Runs a node's blocks.
@@ -29,7 +31,20 @@ pub trait BlockRunner: Send + Sync + 'static {
     fn kv_bytes_per_token(&self) -> usize;
     /// A fresh, empty cache for one session.
     fn new_session(&self) -> Box<dyn SessionCache>;
+
+    /// Runs the steps of several sessions in one pass (continuous batching), each `(cache,
+    /// n_tokens, rows)`; a step's result must not depend on the others. By default, one after
+    /// another.
+    fn forward_batch(&self, steps: &mut [BatchItem<'_>]) -> Vec<Result<Vec<f32>, ComputeError>> {
+        steps
+            .iter_mut()
+            .map(|(cache, n, data)| cache.forward(*n, std::mem::take(data)))
+            .collect()
+    }
 }
+
+/// One step of a batched pass: a session's cache, the step's token count and its input rows.
+pub type BatchItem<'a> = (&'a mut (dyn SessionCache + 'static), usize, Vec<f32>);
 
 /// One session's state on one node (its KV cache).
 pub trait SessionCache: Send {
@@ -41,6 +56,8 @@ pub trait SessionCache: Send {
     /// Runs `n_tokens` rows of hidden states (row-major `[n_tokens, dim]`) through the blocks,
     /// appending to the cache; returns the output rows.
     fn forward(&mut self, n_tokens: usize, data: Vec<f32>) -> Result<Vec<f32>, ComputeError>;
+    /// For a runner's batched pass to reach its own cache type.
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any;
 }
 
 /// The real runner: a model's block range loaded on a device.
@@ -96,11 +113,61 @@ impl BlockRunner for ModelRunner {
             slowdown: self.slowdown,
         })
     }
+
+    fn forward_batch(&self, steps: &mut [BatchItem<'_>]) -> Vec<Result<Vec<f32>, ComputeError>> {
+        let dim = self.blocks.config().hidden_size;
+        let t = std::time::Instant::now();
+        // The rows as hidden states; a step that is not this runner's session or not of the
+        // right shape fails alone.
+        let mut results: Vec<Option<Result<Vec<f32>, ComputeError>>> =
+            (0..steps.len()).map(|_| None).collect();
+        let mut inputs = Vec::with_capacity(steps.len());
+        for (i, (_, n, data)) in steps.iter_mut().enumerate() {
+            match HiddenStates::new(*n, dim, std::mem::take(data)) {
+                Ok(h) => inputs.push(h),
+                Err(e) => results[i] = Some(Err(e.into())),
+            }
+        }
+        let mut batch = Vec::with_capacity(inputs.len());
+        let mut ran = Vec::with_capacity(inputs.len());
+        let mut next_input = inputs.iter();
+        for (i, (cache, _, _)) in steps.iter_mut().enumerate() {
+            if results[i].is_some() {
+                continue;
+            }
+            let Some(input) = next_input.next() else {
+                break;
+            };
+            match cache.as_any_mut().downcast_mut::<ModelSession>() {
+                Some(session) => {
+                    batch.push(BatchStep {
+                        cache: &mut session.cache,
+                        input,
+                    });
+                    ran.push(i);
+                }
+                None => results[i] = Some(Err(ComputeError::Foreign)),
+            }
+        }
+        let outs = self.blocks.forward_batch(&mut batch);
+        for (i, out) in ran.into_iter().zip(outs) {
+            results[i] = Some(out.map(|h| h.data).map_err(ComputeError::from));
+        }
+        stretch(t.elapsed(), self.slowdown);
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or(Err(ComputeError::Foreign)))
+            .collect()
+    }
 }
 
 impl SessionCache for ModelSession {
     fn len(&self) -> usize {
         self.cache.len()
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
     }
 
     fn forward(&mut self, n_tokens: usize, data: Vec<f32>) -> Result<Vec<f32>, ComputeError> {
@@ -147,6 +214,10 @@ impl BlockRunner for ShiftRunner {
 impl SessionCache for ShiftSession {
     fn len(&self) -> usize {
         self.len
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
     }
 
     fn forward(&mut self, n_tokens: usize, mut data: Vec<f32>) -> Result<Vec<f32>, ComputeError> {

@@ -3,12 +3,15 @@
 //!
 //! - [`session`]: serving one session per activation stream, forwarding to the next hop.
 //! - [`compute`]: the block runner interface (real model or a test runner).
+//! - [`batch`]: the executor that runs the pending steps of all sessions together, a pass at a
+//!   time (continuous batching).
 //! - [`energy`]: the node's energy state and admission (mains today; policies fill it later).
 //! - [`node`]: starting, announcing, refreshing and leaving.
 //!
 //! The libp2p host, the stream opener and the runtime live in `sunswarm-net`, shared with the
 //! client.
 
+pub mod batch;
 pub mod compute;
 pub mod energy;
 pub mod node;

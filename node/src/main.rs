@@ -10,6 +10,7 @@ use clap::Parser;
 use libp2p::Multiaddr;
 use sunswarm_models::{BackendKind, Model, ModelSource};
 use sunswarm_net::NetConfig;
+use sunswarm_node::batch::BatchConfig;
 use sunswarm_node::compute::{BlockRunner, ModelRunner};
 use sunswarm_node::energy;
 use sunswarm_node::node::{self, NodeConfig};
@@ -57,6 +58,10 @@ struct Args {
     /// within this time.
     #[arg(long, default_value_t = 30.0)]
     announce_ttl: f64,
+    /// New tokens one batched pass may take: the decode steps of up to this many sessions, or
+    /// prompt chunks, run together; the oldest waiting step always runs.
+    #[arg(long, default_value_t = 256)]
+    pass_tokens: u32,
     /// Compute this many times slower than this machine can (at least 1): emulates a weaker
     /// device in heterogeneous testnets.
     #[arg(long, default_value_t = 1.0)]
@@ -150,6 +155,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         next_hop_timeout: Duration::from_secs(30),
         idle_timeout: secs("session-idle-timeout", args.session_idle_timeout)?,
         max_kv_mib: args.max_kv_mib,
+        batch: BatchConfig {
+            token_budget: args.pass_tokens,
+            ..BatchConfig::default()
+        },
         throughput,
     };
     let runner: Arc<dyn BlockRunner> = runner;

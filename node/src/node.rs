@@ -12,6 +12,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
+use crate::batch::{BatchConfig, Executor};
 use crate::compute::BlockRunner;
 use crate::energy::EnergySource;
 use crate::session::{self, SessionCtx, SessionSlots};
@@ -38,6 +39,8 @@ pub struct NodeConfig {
     pub max_kv_mib: u32,
     /// Decode throughput estimate through this node's blocks, tokens per second.
     pub throughput: f32,
+    /// How the sessions' steps are batched into passes.
+    pub batch: BatchConfig,
 }
 
 /// Why a node could not start.
@@ -77,6 +80,7 @@ pub async fn start(
         .accept(sunswarm_net::stream::protocol())
         .map_err(|e| NodeError::Accept(e.to_string()))?;
     let slots = SessionSlots::new(cfg.max_sessions);
+    let (executor, executor_task) = Executor::start(runner.clone(), cfg.batch);
     let ctx = Arc::new(SessionCtx {
         local_peer: net.local_peer_id(),
         model_id: cfg.model_id,
@@ -90,8 +94,12 @@ pub async fn start(
         idle_timeout: cfg.idle_timeout,
         kv_budget_kib: Arc::new(Semaphore::new(cfg.max_kv_mib as usize * 1024)),
         attach: Arc::default(),
+        executor,
     });
-    let mut tasks = vec![tokio::spawn(session::accept_loop(ctx, incoming))];
+    let mut tasks = vec![
+        tokio::spawn(session::accept_loop(ctx, incoming)),
+        executor_task,
+    ];
     net.wait_ready(false, Duration::from_secs(10)).await?;
     if need_peers {
         net.wait_ready(true, Duration::from_secs(30)).await?;

@@ -22,6 +22,7 @@ use sunswarm_protocol::{
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tracing::{Instrument, debug, info_span, warn};
 
+use crate::batch::{Executor, Lent};
 use crate::compute::{BlockRunner, SessionCache};
 use crate::energy::{EnergySource, JobTicket, Refusal};
 use sunswarm_net::Network;
@@ -48,6 +49,8 @@ pub struct SessionCtx {
     pub kv_budget_kib: Arc<Semaphore>,
     /// Sessions whose last hop is this node, until their client attaches.
     pub attach: Arc<AttachBoard>,
+    /// Runs the sessions' steps, many per pass.
+    pub executor: Executor,
 }
 
 /// The node's places for concurrent sessions. Taking or freeing one is signalled, so the node can
@@ -498,7 +501,7 @@ async fn announced_addrs(ctx: &SessionCtx, peer: &PeerId, next: &Hop) -> Option<
 }
 
 /// Runs a blocking computation without stalling the async runtime's other tasks.
-fn blocking<T>(f: impl FnOnce() -> T) -> T {
+pub(crate) fn blocking<T>(f: impl FnOnce() -> T) -> T {
     match tokio::runtime::Handle::current().runtime_flavor() {
         tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
         _ => f(),
@@ -600,15 +603,13 @@ async fn run_session(
             Event::Up(Err(None)) => return, // upstream closed or failed: the session ends with it
         };
         let refused = match req {
-            Request::Forward(f) => {
-                match forward(ctx, open, f, dim, cache.as_mut(), &mut job).await {
-                    Ok(out) => match pass_on(ctx, open, out, &mut next, &mut client).await {
-                        Ok(()) => continue,
-                        Err(refused) => refused,
-                    },
+            Request::Forward(f) => match forward(ctx, open, f, dim, &mut cache, &mut job).await {
+                Ok(out) => match pass_on(ctx, open, out, &mut next, &mut client).await {
+                    Ok(()) => continue,
                     Err(refused) => refused,
-                }
-            }
+                },
+                Err(refused) => refused,
+            },
             Request::Close { session } if session == open.session => {
                 if let Onward::Hop(d) = &mut next {
                     let _ = write_message(d, &Request::Close { session }).await;
@@ -644,7 +645,7 @@ async fn forward(
     open: &OpenSession,
     f: Forward,
     dim: usize,
-    cache: &mut dyn SessionCache,
+    cache: &mut Box<dyn SessionCache>,
     job: &mut JobTicket,
 ) -> Result<Forward, WireError> {
     let t0 = Instant::now();
@@ -691,11 +692,21 @@ async fn forward(
             ),
         ));
     }
-    let tc = Instant::now();
-    let out = blocking(|| cache.forward(n, data))
+    // The cache goes to the executor with the step and comes back with the output.
+    let lent = std::mem::replace(cache, Box::new(Lent));
+    let done = ctx
+        .executor
+        .step(lent, n, data)
+        .await
+        .map_err(|e| refusal(ErrorKind::Internal, hop, e.to_string()))?;
+    *cache = done.cache;
+    let out = done
+        .output
         .map_err(|e| refusal(ErrorKind::Compute, hop, e.to_string()))?;
-    let compute = tc.elapsed();
-    ctx.energy.on_job(compute);
+    // The step waited for the whole pass; its energy is its share of the pass.
+    let compute = done.pass_compute;
+    ctx.energy
+        .on_job(compute / u32::try_from(done.pass_steps.max(1)).unwrap_or(u32::MAX));
     let hidden = TensorFrame::from_f32(&[n as u32, dim as u32], &out, open.dtype)
         .map_err(|e| refusal(ErrorKind::Internal, hop, e.to_string()))?;
     // An emulated power mode answers no sooner than its share of the time per job (scaled by

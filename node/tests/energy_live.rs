@@ -44,6 +44,7 @@ async fn start_node(energy: Arc<dyn EnergySource>) -> RunningNode {
         next_hop_timeout: Duration::from_secs(10),
         idle_timeout: Duration::from_secs(30),
         max_kv_mib: 64,
+        batch: Default::default(),
         throughput: 1.0,
     };
     node::start(

@@ -43,6 +43,7 @@ async fn start(i: usize, bootstrap: Vec<Multiaddr>) -> RunningNode {
         next_hop_timeout: Duration::from_secs(10),
         idle_timeout: IDLE,
         max_kv_mib: 64,
+        batch: Default::default(),
         throughput: 1.0,
     };
     node::start(
