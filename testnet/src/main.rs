@@ -4,6 +4,7 @@
 use clap::{Parser, Subcommand};
 
 mod experiment;
+mod plan;
 mod sim;
 
 /// Local swarms, simulations and benchmarks for Sunswarm.
@@ -25,6 +26,8 @@ enum Command {
     /// Live experiments on real swarms (the energy policies on emulated batteries).
     #[command(subcommand)]
     Experiment(experiment::ExperimentCommand),
+    /// Which peer hosts which blocks: the exact placement of seed 003 for a peers file.
+    Plan(plan::PlanArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -34,5 +37,6 @@ fn main() -> anyhow::Result<()> {
         Command::Up(args) => sunswarm_testnet::net::cli::up(args),
         Command::Demo(args) => sunswarm_testnet::net::cli::demo(args),
         Command::Experiment(cmd) => experiment::run(cmd),
+        Command::Plan(args) => plan::run(&args),
     }
 }
