@@ -6,7 +6,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result};
 
-use super::launch::{Split, Testnet, TestnetOptions};
+use super::launch::{Slowdown, Split, Testnet, TestnetOptions, apply_slowdowns};
 use super::process::find_binary;
 
 /// `swarm-testnet up`.
@@ -37,6 +37,10 @@ pub struct UpArgs {
     /// `--node-arg=--energy --node-arg=emulated:initial=6{i},seed={i}`.
     #[arg(long = "node-arg", allow_hyphen_values = true)]
     pub node_args: Vec<String>,
+    /// `I:FACTOR`: node I computes FACTOR times slower (a weaker device); repeatable, e.g.
+    /// `--slowdown 2:2 --slowdown 3:4`.
+    #[arg(long = "slowdown")]
+    pub slowdowns: Vec<Slowdown>,
 }
 
 /// `swarm-testnet demo`.
@@ -118,6 +122,7 @@ pub fn up(args: UpArgs) -> Result<()> {
                 .collect()
         })
         .collect();
+    apply_slowdowns(&mut opts.per_node_args, count, &args.slowdowns)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -36,6 +36,65 @@ impl FromStr for Split {
     }
 }
 
+/// `--slowdown I:FACTOR`: node `I` computes `FACTOR` times slower than this machine can
+/// (`swarm-node --slowdown FACTOR`), emulating a weaker device in a heterogeneous testnet.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Slowdown {
+    pub node: usize,
+    pub factor: f64,
+}
+
+impl FromStr for Slowdown {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let (i, f) = s
+            .split_once(':')
+            .with_context(|| format!("--slowdown {s:?}: expected NODE:FACTOR, e.g. 3:4"))?;
+        let node = i
+            .trim()
+            .parse()
+            .with_context(|| format!("--slowdown {s:?}: {i:?} is not a node index"))?;
+        let factor: f64 = f
+            .trim()
+            .parse()
+            .with_context(|| format!("--slowdown {s:?}: {f:?} is not a number"))?;
+        anyhow::ensure!(
+            factor.is_finite() && factor >= 1.0,
+            "--slowdown {s:?}: the factor must be a number of at least 1"
+        );
+        Ok(Slowdown { node, factor })
+    }
+}
+
+/// Adds `--slowdown FACTOR` to the flags of each named node of `count` (`per_node_args` grows to
+/// `count` entries). A node named twice, or one past the end, is an error.
+pub fn apply_slowdowns(
+    per_node_args: &mut Vec<Vec<String>>,
+    count: usize,
+    slowdowns: &[Slowdown],
+) -> Result<()> {
+    if per_node_args.len() < count {
+        per_node_args.resize(count, Vec::new());
+    }
+    let mut seen = std::collections::HashSet::new();
+    for s in slowdowns {
+        anyhow::ensure!(
+            s.node < count,
+            "--slowdown {}:{}: the testnet has nodes 0 to {}",
+            s.node,
+            s.factor,
+            count.saturating_sub(1)
+        );
+        anyhow::ensure!(
+            seen.insert(s.node),
+            "--slowdown names node {} twice",
+            s.node
+        );
+        per_node_args[s.node].extend(["--slowdown".to_string(), s.factor.to_string()]);
+    }
+    Ok(())
+}
+
 /// What to start.
 #[derive(Clone, Debug)]
 pub struct TestnetOptions {
@@ -313,5 +372,32 @@ mod tests {
                 .to_string()
                 .contains("--split")
         );
+    }
+
+    #[test]
+    fn slowdowns_parse_and_reach_their_node() {
+        let s: Slowdown = "3:4".parse().unwrap();
+        assert_eq!(
+            s,
+            Slowdown {
+                node: 3,
+                factor: 4.0
+            }
+        );
+        assert_eq!("0:1.5".parse::<Slowdown>().unwrap().factor, 1.5);
+        for bad in ["3", "x:2", "1:0.5", "1:nan", "1:inf", ":2"] {
+            assert!(bad.parse::<Slowdown>().is_err(), "{bad}");
+        }
+        let mut args = vec![vec!["--x".to_string()]];
+        let sd = ["2:4".parse().unwrap(), "1:2".parse().unwrap()];
+        apply_slowdowns(&mut args, 4, &sd).unwrap();
+        assert_eq!(args.len(), 4);
+        assert_eq!(args[0], vec!["--x"]);
+        assert_eq!(args[1], vec!["--slowdown", "2"]);
+        assert_eq!(args[2], vec!["--slowdown", "4"]);
+        assert!(args[3].is_empty());
+        assert!(apply_slowdowns(&mut args, 4, &["4:2".parse().unwrap()]).is_err());
+        let twice = ["1:2".parse().unwrap(), "1:3".parse().unwrap()];
+        assert!(apply_slowdowns(&mut Vec::new(), 4, &twice).is_err());
     }
 }
