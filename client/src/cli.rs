@@ -51,6 +51,9 @@ pub struct GenerateArgs {
     /// Keep generating after an end-of-sequence token.
     #[arg(long)]
     pub ignore_eos: bool,
+    /// Prompt tokens per forward: a long prompt goes through the blocks in chunks of this size.
+    #[arg(long, default_value_t = crate::generate::PREFILL_CHUNK)]
+    pub prefill_chunk: usize,
     /// Compute backend: cpu, wgpu or cuda.
     #[arg(long, default_value = "cpu")]
     pub backend: String,

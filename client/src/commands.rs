@@ -30,6 +30,7 @@ pub fn options(args: &GenerateArgs) -> GenerateOptions {
         top_p: args.top_p,
         seed: args.seed,
         ignore_eos: args.ignore_eos,
+        prefill_chunk: args.prefill_chunk,
     }
 }
 

@@ -82,7 +82,14 @@ pub struct GenerateOptions {
     pub top_p: f32,
     pub seed: u64,
     pub ignore_eos: bool,
+    /// The prompt goes through the blocks in chunks of at most this many tokens, so that on a
+    /// shared node a long prompt takes turns with other sessions' decode steps. Local and swarm
+    /// runs chunk alike, so they stay identical.
+    pub prefill_chunk: usize,
 }
+
+/// Prompt tokens per forward (the nodes' `max_chunk` is the same).
+pub const PREFILL_CHUNK: usize = 128;
 
 impl Default for GenerateOptions {
     fn default() -> Self {
@@ -92,6 +99,7 @@ impl Default for GenerateOptions {
             top_p: 1.0,
             seed: 0,
             ignore_eos: false,
+            prefill_chunk: PREFILL_CHUNK,
         }
     }
 }
@@ -161,6 +169,12 @@ impl GenerateOptions {
                 why: format!("{} is not >= 0", self.temperature),
             });
         }
+        if self.prefill_chunk == 0 {
+            return Err(GenerateError::InvalidOption {
+                name: "prefill-chunk",
+                why: "must be at least 1".into(),
+            });
+        }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             return Err(GenerateError::InvalidOption {
                 name: "top-p",
@@ -190,7 +204,13 @@ pub async fn generate<P: Pipeline>(
     let mut decoder = tokenizer.stream_decoder();
     let mut tokens = Vec::with_capacity(opts.max_new_tokens);
     let mut text = String::new();
-    let mut input = head.embed(prompt_ids)?;
+    // Every chunk of the prompt but the last goes through the blocks first; the loop below runs
+    // the last one, whose output gives the first token.
+    let last_chunk = (prompt_ids.len() - 1) / opts.prefill_chunk * opts.prefill_chunk;
+    for chunk in prompt_ids[..last_chunk].chunks(opts.prefill_chunk) {
+        pipeline.forward(head.embed(chunk)?).await?;
+    }
+    let mut input = head.embed(&prompt_ids[last_chunk..])?;
     let mut first_token_at = None;
     let mut prefill_ms = 0.0;
     let mut decode_forward_us = Vec::with_capacity(opts.max_new_tokens);

@@ -24,6 +24,10 @@ pub struct BatchConfig {
     pub token_budget: u32,
     /// Steps that may wait for a pass at once; more wait for room in the queue.
     pub queue: usize,
+    /// The most tokens of one step a pass runs: a longer step (a whole prompt sent at once) runs
+    /// in chunks over several passes, so the decode steps of other sessions go on beside it.
+    /// Clients chunk their prompts at the same size, so their steps are never cut.
+    pub max_chunk: u32,
 }
 
 impl Default for BatchConfig {
@@ -31,6 +35,7 @@ impl Default for BatchConfig {
         BatchConfig {
             token_budget: 256,
             queue: 256,
+            max_chunk: 128,
         }
     }
 }
@@ -52,6 +57,19 @@ struct StepJob {
     data: Vec<f32>,
     seq: u64,
     reply: oneshot::Sender<StepDone>,
+    /// Rows run so far (a step longer than a chunk runs over several passes).
+    done: usize,
+    /// Their outputs.
+    out: Vec<f32>,
+    /// Compute time of the passes it ran in so far.
+    compute: Duration,
+}
+
+impl StepJob {
+    /// Rows of the next chunk.
+    fn chunk(&self, max_chunk: usize) -> usize {
+        (self.n_tokens - self.done).min(max_chunk.max(1))
+    }
 }
 
 /// Why a step could not be handed to the executor.
@@ -100,6 +118,9 @@ impl Executor {
                 data,
                 seq,
                 reply,
+                done: 0,
+                out: Vec::new(),
+                compute: Duration::ZERO,
             })
             .await
             .map_err(|_| ExecutorStopped)?;
@@ -142,11 +163,12 @@ async fn run(runner: Arc<dyn BlockRunner>, mut rx: mpsc::Receiver<StepJob>, cfg:
         if pending.is_empty() {
             continue;
         }
+        let max_chunk = cfg.max_chunk as usize;
         let steps: Vec<Step> = pending
             .iter()
             .enumerate()
             .map(|(i, j)| {
-                let tokens = u32::try_from(j.n_tokens).unwrap_or(u32::MAX);
+                let tokens = u32::try_from(j.chunk(max_chunk)).unwrap_or(u32::MAX);
                 let context = u32::try_from(j.cache.len()).unwrap_or(u32::MAX);
                 if tokens == 1 {
                     Step::decode(i as u64, j.seq, context)
@@ -173,31 +195,64 @@ async fn run(runner: Arc<dyn BlockRunner>, mut rx: mpsc::Receiver<StepJob>, cfg:
             }
         }
         taken.reverse();
-        pass(runner.as_ref(), taken);
+        // Steps with chunks left go back to the front, in their order: they stay the oldest.
+        for job in pass(runner.as_ref(), taken, max_chunk).into_iter().rev() {
+            pending.push_front(job);
+        }
     }
 }
 
-/// One pass: every taken step through the blocks, then every answer.
-fn pass(runner: &dyn BlockRunner, mut jobs: Vec<StepJob>) {
+/// One pass: the next chunk of every taken step through the blocks; the steps that are done are
+/// answered, the others returned.
+fn pass(runner: &dyn BlockRunner, mut jobs: Vec<StepJob>, max_chunk: usize) -> Vec<StepJob> {
     let n = jobs.len();
     let t = Instant::now();
     let outputs = crate::session::blocking(|| {
         let mut items: Vec<BatchItem<'_>> = jobs
             .iter_mut()
-            .map(|j| (j.cache.as_mut(), j.n_tokens, std::mem::take(&mut j.data)))
+            .map(|j| {
+                let rows = j.chunk(max_chunk);
+                let input = if j.done == 0 && rows == j.n_tokens {
+                    std::mem::take(&mut j.data)
+                } else {
+                    let dim = j.data.len() / j.n_tokens.max(1);
+                    j.data[j.done * dim..(j.done + rows) * dim].to_vec()
+                };
+                (j.cache.as_mut(), rows, input)
+            })
             .collect();
         runner.forward_batch(&mut items)
     });
     let pass_compute = t.elapsed();
     debug!(steps = n, us = pass_compute.as_micros() as u64, "pass");
-    for (job, output) in jobs.into_iter().zip(outputs) {
+    let mut unfinished = Vec::new();
+    for (mut job, output) in jobs.into_iter().zip(outputs) {
+        job.compute += pass_compute;
+        let output = match output {
+            Ok(rows) => {
+                job.done += job.chunk(max_chunk);
+                if job.done < job.n_tokens {
+                    job.out.extend_from_slice(&rows);
+                    unfinished.push(job);
+                    continue;
+                }
+                if job.out.is_empty() {
+                    Ok(rows)
+                } else {
+                    job.out.extend_from_slice(&rows);
+                    Ok(std::mem::take(&mut job.out))
+                }
+            }
+            Err(e) => Err(e),
+        };
         let _ = job.reply.send(StepDone {
             cache: job.cache,
             output,
-            pass_compute,
+            pass_compute: job.compute,
             pass_steps: n,
         });
     }
+    unfinished
 }
 
 /// What a session holds while its cache is with the executor: a step can never run on it.

@@ -119,6 +119,7 @@ impl GenerationParams {
             top_p: self.top_p,
             seed: self.seed,
             ignore_eos: false,
+            ..GenerateOptions::default()
         }
     }
 }
