@@ -70,9 +70,17 @@ pub struct GenerateArgs {
     /// Multiaddr of a swarm peer to join through (swarm mode); may be repeated.
     #[arg(long)]
     pub bootstrap: Vec<String>,
-    /// Routing policy in swarm mode: uniform, long-term or adaptive.
+    /// Routing policy in swarm mode: uniform, long-term, adaptive, lookahead, or cs-ucb (learns
+    /// each hop's peer from observed times under --deadline-ms, with --prior as its prior).
     #[arg(long, default_value = "uniform")]
     pub policy: String,
+    /// The energy policy whose weights are cs-ucb's prior: uniform, long-term, adaptive or
+    /// lookahead.
+    #[arg(long, default_value = "uniform")]
+    pub prior: String,
+    /// Per-token deadline of cs-ucb in milliseconds: the route's time for one decode step.
+    #[arg(long, default_value_t = crate::swarm::learned::DEFAULT_DEADLINE_MS)]
+    pub deadline_ms: f64,
     /// Join a private swarm with this pre-shared key file (go-ipfs `swarm.key` format).
     #[arg(long)]
     pub swarm_key: Option<std::path::PathBuf>,

@@ -10,7 +10,7 @@ use sunswarm_models::BackendKind;
 use crate::cli::GenerateArgs;
 use crate::engine::{Completion, Engine, EngineConfig, Mode, Prompt, RouteEntry};
 use crate::generate::{EachPiece, GenerateOptions, GenerationResult};
-use crate::swarm::{FailoverEvent, SwarmTimings, parse_policy, summarise, transit_breakdown};
+use crate::swarm::{FailoverEvent, SwarmTimings, parse_routing, summarise, transit_breakdown};
 
 /// Parses `--bootstrap` values.
 pub fn parse_bootstrap(values: &[String]) -> Result<Vec<Multiaddr>> {
@@ -45,7 +45,7 @@ pub async fn generate(args: &GenerateArgs) -> Result<()> {
         Mode::Swarm {
             bootstrap: parse_bootstrap(&args.bootstrap)?,
             swarm_key: args.swarm_key.clone(),
-            policy: parse_policy(&args.policy)?,
+            routing: parse_routing(&args.policy, &args.prior, args.deadline_ms)?,
         }
     };
     if args.prompt.is_empty() {

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use libp2p::Multiaddr;
 use serde::Serialize;
-use sunswarm_energy::policy::{Policy, PolicyKind};
+use sunswarm_energy::policy::PolicyKind;
 use sunswarm_models::{
     BackendKind, ChatMessage, Head, LoadedBlocks, Model, ModelError, ModelSource, TextTokenizer,
     device,
@@ -26,7 +26,8 @@ use crate::generate::{
     GenerateError, GenerateOptions, GenerationResult, LocalPipeline, TextSink, generate,
 };
 use crate::swarm::{
-    FailoverEvent, ForwardTiming, ResilientSession, SwarmClient, SwarmError, route,
+    CsUcbRouter, FailoverEvent, ForwardTiming, OwnedRouting, ResilientSession, RoutingKind,
+    SwarmClient, SwarmError, route,
 };
 
 /// Why an engine could not start, or a generation could not run.
@@ -75,7 +76,8 @@ pub enum Mode {
     Swarm {
         bootstrap: Vec<Multiaddr>,
         swarm_key: Option<PathBuf>,
-        policy: PolicyKind,
+        /// How each hop's peer is chosen (`--policy`, and for cs-ucb `--prior`, `--deadline-ms`).
+        routing: RoutingKind,
     },
 }
 
@@ -163,7 +165,8 @@ pub struct Engine {
 struct Inner {
     models: Vec<ServedModel>,
     swarm: Option<SwarmClient>,
-    policy: Box<dyn Policy>,
+    /// Shared by every generation: a learned router learns from all of them.
+    routing: Box<dyn OwnedRouting>,
     connect_ms: f64,
 }
 
@@ -185,13 +188,18 @@ impl Engine {
                 .map_err(|e| EngineError::Join(e.to_string()))??;
             models.push(loaded);
         }
-        let (swarm, policy, connect_ms) = match cfg.mode {
-            Mode::Local { .. } => (None, PolicyKind::Uniform.policy(), 0.0),
+        let (swarm, routing, connect_ms) = match cfg.mode {
+            Mode::Local { .. } => (
+                None,
+                RoutingKind::Policy(PolicyKind::Uniform).routing()?,
+                0.0,
+            ),
             Mode::Swarm {
                 bootstrap,
                 swarm_key,
-                policy,
+                routing,
             } => {
+                let routing = routing.routing()?;
                 let t = Instant::now();
                 let client = SwarmClient::connect_private(
                     bootstrap,
@@ -202,18 +210,14 @@ impl Engine {
                 for m in &models {
                     client.follow(&m.model_id).await?;
                 }
-                (
-                    Some(client),
-                    policy.policy(),
-                    t.elapsed().as_secs_f64() * 1e3,
-                )
+                (Some(client), routing, t.elapsed().as_secs_f64() * 1e3)
             }
         };
         Ok(Engine {
             inner: Arc::new(Inner {
                 models,
                 swarm,
-                policy,
+                routing,
                 connect_ms,
             }),
         })
@@ -238,7 +242,12 @@ impl Engine {
     }
 
     pub fn policy_name(&self) -> &'static str {
-        self.inner.policy.name()
+        self.inner.routing.name()
+    }
+
+    /// The learned router (`--policy cs-ucb`), to read what it has learned.
+    pub fn learned(&self) -> Option<&CsUcbRouter> {
+        self.inner.routing.learned()
     }
 
     /// Time it took to join the swarm (0 in local mode).
@@ -315,7 +324,7 @@ impl Engine {
             swarm,
             model.model_id,
             model.n_layers,
-            self.inner.policy.as_ref(),
+            self.inner.routing.as_ref(),
             DType::F32,
             max_tokens,
         )

@@ -33,7 +33,7 @@ use tokio::sync::{Semaphore, mpsc};
 
 use crate::engine::{Completion, Engine, EngineConfig, EngineError, Mode, ServedModel};
 use crate::generate::{FinishReason, TextSink};
-use crate::swarm::parse_policy;
+use crate::swarm::parse_routing;
 use metrics::Metrics;
 use openai::{Answer, ApiError, Endpoint, GenerationParams, StopFilter, SwarmInfo, Usage};
 use view::{ModelView, RECENT_REQUESTS, RequestRecord, SwarmView};
@@ -51,9 +51,16 @@ pub struct ServeArgs {
     /// may be repeated.
     #[arg(long, default_value = "smollm2-135m")]
     pub model: Vec<String>,
-    /// Routing policy: uniform, long-term, adaptive or lookahead.
+    /// Routing policy: uniform, long-term, adaptive, lookahead, or cs-ucb (learns each hop's
+    /// peer from observed times under --deadline-ms, with --prior as its prior).
     #[arg(long, default_value = "uniform")]
     pub policy: String,
+    /// The energy policy whose weights are cs-ucb's prior.
+    #[arg(long, default_value = "uniform")]
+    pub prior: String,
+    /// Per-token deadline of cs-ucb in milliseconds.
+    #[arg(long, default_value_t = crate::swarm::learned::DEFAULT_DEADLINE_MS)]
+    pub deadline_ms: f64,
     /// Join a private swarm with this pre-shared key file.
     #[arg(long)]
     pub swarm_key: Option<std::path::PathBuf>,
@@ -108,7 +115,7 @@ pub async fn run(args: &ServeArgs) -> anyhow::Result<()> {
         Mode::Swarm {
             bootstrap: crate::commands::parse_bootstrap(&args.bootstrap)?,
             swarm_key: args.swarm_key.clone(),
-            policy: parse_policy(&args.policy)?,
+            routing: parse_routing(&args.policy, &args.prior, args.deadline_ms)?,
         }
     };
     let listen: SocketAddr = args
@@ -574,7 +581,10 @@ fn api_error_of(e: EngineError) -> ApiError {
         EngineError::NotCovered(_) => true,
         EngineError::Swarm(SwarmError::Route(_) | SwarmError::NotCovered { .. }) => true,
         EngineError::Swarm(SwarmError::NoReplacement(inner)) => {
-            matches!(**inner, SwarmError::Route(_) | SwarmError::NotCovered { .. })
+            matches!(
+                **inner,
+                SwarmError::Route(_) | SwarmError::NotCovered { .. }
+            )
         }
         _ => false,
     };

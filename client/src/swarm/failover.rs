@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
 use serde::Serialize;
-use sunswarm_energy::policy::Policy;
 use sunswarm_models::HiddenStates;
-use sunswarm_protocol::{DType, Hop, ModelDigest};
+use sunswarm_protocol::{DType, ErrorKind, Hop, ModelDigest};
 
+use super::route::Routing;
 use super::session::{ForwardTiming, SessionError, SwarmSession, failed_hop};
 use super::{SwarmClient, SwarmError};
 use crate::generate::{Pipeline, PipelineError};
@@ -85,12 +85,37 @@ pub(crate) fn peer_name(h: Option<&Hop>) -> String {
         .unwrap_or_else(|| "?".into())
 }
 
+/// Whether an error is the hop turning the session away (power saving, busy, or a range it no
+/// longer serves) rather than failing it: a router bars a refusing peer until it announces
+/// again, and counts a failure as a deadline miss.
+pub fn is_refusal(e: &SessionError) -> bool {
+    matches!(
+        e,
+        SessionError::Refused(w) if matches!(
+            w.kind,
+            ErrorKind::PowerSaving | ErrorKind::Busy | ErrorKind::WrongBlocks | ErrorKind::WrongModel
+        )
+    )
+}
+
+/// Tells `routing` which hop of `route` an error points at, and whether it refused or failed.
+pub fn report_error(routing: &dyn Routing, model: &ModelDigest, route: &[Hop], e: &SessionError) {
+    let Some(hop) = route.get(failed_hop(route, e)) else {
+        return;
+    };
+    if is_refusal(e) {
+        routing.refused(model, hop);
+    } else {
+        routing.failed(model, hop);
+    }
+}
+
 /// A swarm session with failover, as a [`Pipeline`].
 pub struct ResilientSession<'a> {
     client: &'a SwarmClient,
     model_id: ModelDigest,
     n_layers: u32,
-    policy: &'a dyn Policy,
+    routing: &'a dyn Routing,
     dtype: DType,
     max_tokens: u32,
     session: SwarmSession,
@@ -108,7 +133,7 @@ impl<'a> ResilientSession<'a> {
         client: &'a SwarmClient,
         model_id: ModelDigest,
         n_layers: u32,
-        policy: &'a dyn Policy,
+        routing: &'a dyn Routing,
         dtype: DType,
         max_tokens: u32,
     ) -> Result<Self, SwarmError> {
@@ -117,7 +142,7 @@ impl<'a> ResilientSession<'a> {
         let session = loop {
             let avoid = backoff.avoided(Instant::now());
             let route = client
-                .choose_route(&model_id, n_layers, policy, &avoid)
+                .choose_route_with(&model_id, n_layers, routing, &avoid)
                 .await?;
             match SwarmSession::open(client.network(), model_id, route.clone(), dtype, max_tokens)
                 .await
@@ -125,6 +150,7 @@ impl<'a> ResilientSession<'a> {
                 Ok(s) => break s,
                 Err(e) if attempts < MAX_FAILOVERS => {
                     attempts += 1;
+                    report_error(routing, &model_id, &route, &e);
                     let culprit = failed_hop(&route, &e);
                     tracing::warn!(
                         "opening the session failed at {} ({e}); choosing another route",
@@ -141,7 +167,7 @@ impl<'a> ResilientSession<'a> {
             client,
             model_id,
             n_layers,
-            policy,
+            routing,
             dtype,
             max_tokens,
             session,
@@ -175,6 +201,10 @@ impl<'a> ResilientSession<'a> {
         loop {
             let err = match self.session.forward_hidden(input).await {
                 Ok(out) => {
+                    if let Some(t) = self.session.timings.last() {
+                        self.routing
+                            .observe(&self.model_id, self.session.route(), t);
+                    }
                     if let Some((t0, hop, peer, reason)) = failed_at {
                         let ev = FailoverEvent {
                             hop,
@@ -208,6 +238,7 @@ impl<'a> ResilientSession<'a> {
             }
             let hop = failed_hop(self.route(), &err);
             let peer = peer_name(self.route().get(hop));
+            report_error(self.routing, &self.model_id, self.route(), &err);
             tracing::warn!("hop {hop} ({peer}) failed: {err}; repairing the route");
             if failed_at.is_none() {
                 failed_at = Some((Instant::now(), hop, peer, err.to_string()));
@@ -236,7 +267,7 @@ impl<'a> ResilientSession<'a> {
                 .choose_replacement(
                     &self.model_id,
                     self.n_layers,
-                    self.policy,
+                    self.routing,
                     &broken,
                     failed,
                     &avoid,
@@ -272,6 +303,7 @@ impl<'a> ResilientSession<'a> {
                     return Ok(tokens);
                 }
                 Err(e) => {
+                    report_error(self.routing, &self.model_id, &route, &e);
                     failed = failed_hop(&route, &e);
                     tracing::warn!("the repaired route failed at hop {failed}: {e}");
                     broken = route;
@@ -313,5 +345,90 @@ impl Pipeline for ResilientSession<'_> {
         self.forward_hidden(&input)
             .await
             .map_err(|e| PipelineError::Network(format!("{e:#}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use rand::RngCore;
+    use sunswarm_protocol::{Announcement, BlockRange, WireError};
+
+    use super::*;
+
+    #[derive(Default)]
+    struct Recorder {
+        seen: Mutex<Vec<(String, u8)>>,
+    }
+
+    impl Routing for Recorder {
+        fn name(&self) -> &'static str {
+            "recorder"
+        }
+        fn choose(
+            &self,
+            _: &[Announcement],
+            _: u32,
+            _: &[usize],
+            _: &mut dyn RngCore,
+        ) -> Option<usize> {
+            None
+        }
+        fn refused(&self, _: &ModelDigest, hop: &Hop) {
+            self.seen
+                .lock()
+                .unwrap()
+                .push(("refused".into(), hop.peer_id[0]));
+        }
+        fn failed(&self, _: &ModelDigest, hop: &Hop) {
+            self.seen
+                .lock()
+                .unwrap()
+                .push(("failed".into(), hop.peer_id[0]));
+        }
+    }
+
+    fn wire(kind: ErrorKind, hop: u16) -> SessionError {
+        SessionError::Refused(WireError {
+            kind,
+            hop,
+            message: String::new(),
+        })
+    }
+
+    #[test]
+    fn errors_reach_the_router_as_refusals_or_failures_of_the_right_hop() {
+        let route: Vec<Hop> = (0..3u8)
+            .map(|i| Hop {
+                peer_id: vec![i; 4],
+                addrs: vec![],
+                blocks: BlockRange {
+                    start: 10 * u32::from(i),
+                    end: 10 * u32::from(i) + 10,
+                },
+            })
+            .collect();
+        let r = Recorder::default();
+        let m = [0; 32];
+        report_error(&r, &m, &route, &wire(ErrorKind::PowerSaving, 1));
+        report_error(&r, &m, &route, &wire(ErrorKind::Busy, 2));
+        report_error(&r, &m, &route, &wire(ErrorKind::WrongBlocks, 0));
+        // Hop 0 says its next hop failed: hop 1 is to blame.
+        report_error(&r, &m, &route, &wire(ErrorKind::NextHop, 0));
+        report_error(&r, &m, &route, &wire(ErrorKind::Compute, 2));
+        assert_eq!(
+            *r.seen.lock().unwrap(),
+            vec![
+                ("refused".to_string(), 1),
+                ("refused".to_string(), 2),
+                ("refused".to_string(), 0),
+                ("failed".to_string(), 1),
+                ("failed".to_string(), 2),
+            ]
+        );
+        assert!(is_refusal(&wire(ErrorKind::PowerSaving, 0)));
+        assert!(!is_refusal(&wire(ErrorKind::Timeout, 0)));
+        assert!(!is_refusal(&SessionError::Protocol("x".into())));
     }
 }

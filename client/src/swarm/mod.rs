@@ -5,6 +5,7 @@
 
 pub mod discovery;
 pub mod failover;
+pub mod learned;
 pub mod route;
 pub mod session;
 
@@ -20,7 +21,8 @@ use tokio::task::JoinHandle;
 
 use crate::generate::median;
 pub use failover::{FailoverEvent, ResilientSession};
-pub use route::RouteError;
+pub use learned::{CsUcbConfig, CsUcbRouter};
+pub use route::{RouteError, Routing, Sampled};
 pub use session::{ForwardTiming, SessionError, SwarmSession};
 
 /// Why the swarm could not be joined, searched or used for a generation.
@@ -29,8 +31,12 @@ pub use session::{ForwardTiming, SessionError, SwarmSession};
 pub enum SwarmError {
     #[error("swarm mode needs at least one bootstrap peer (--bootstrap MULTIADDR), or --local")]
     NoBootstrap,
-    #[error("unknown --policy {0:?}: expected uniform, long-term, adaptive or lookahead")]
+    #[error("unknown --policy {0:?}: expected uniform, long-term, adaptive, lookahead or cs-ucb")]
     UnknownPolicy(String),
+    #[error("--prior {0:?}: the prior of cs-ucb is uniform, long-term, adaptive or lookahead")]
+    UnknownPrior(String),
+    #[error(transparent)]
+    Learned(#[from] learned::LearnedError),
     #[error("joining the swarm: {0}")]
     Join(NetError),
     #[error(transparent)]
@@ -60,6 +66,73 @@ pub fn parse_policy(s: &str) -> Result<PolicyKind, SwarmError> {
         "lookahead" => PolicyKind::Lookahead,
         other => return Err(SwarmError::UnknownPolicy(other.to_string())),
     })
+}
+
+/// How a client chooses each hop's peer: a draw with an energy policy's weights, or CS-UCB
+/// learning from what it observes with such a policy as its prior.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum RoutingKind {
+    Policy(PolicyKind),
+    CsUcb(CsUcbConfig),
+}
+
+impl RoutingKind {
+    /// The routing object.
+    pub fn routing(self) -> Result<Box<dyn OwnedRouting>, SwarmError> {
+        Ok(match self {
+            RoutingKind::Policy(p) => Box::new(PolicyRouting(p.policy())),
+            RoutingKind::CsUcb(cfg) => Box::new(CsUcbRouter::new(cfg)?),
+        })
+    }
+}
+
+/// Parses `--policy` with `--prior` and `--deadline-ms` (which only cs-ucb reads).
+pub fn parse_routing(
+    policy: &str,
+    prior: &str,
+    deadline_ms: f64,
+) -> Result<RoutingKind, SwarmError> {
+    if matches!(policy, "cs-ucb" | "csucb") {
+        let prior = parse_policy(prior).map_err(|_| SwarmError::UnknownPrior(prior.to_string()))?;
+        return Ok(RoutingKind::CsUcb(CsUcbConfig::new(prior, deadline_ms)?));
+    }
+    Ok(RoutingKind::Policy(parse_policy(policy)?))
+}
+
+/// A [`Routing`] an engine owns, which can also say what it learned (none for a policy).
+pub trait OwnedRouting: Routing + std::fmt::Debug {
+    /// The learned router, when this is one.
+    fn learned(&self) -> Option<&CsUcbRouter> {
+        None
+    }
+}
+
+/// An owned energy policy as a [`Routing`] (a [`Sampled`] draw).
+#[derive(Debug)]
+pub struct PolicyRouting(pub Box<dyn Policy>);
+
+impl Routing for PolicyRouting {
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+
+    fn choose(
+        &self,
+        anns: &[Announcement],
+        start: u32,
+        candidates: &[usize],
+        rng: &mut dyn rand::RngCore,
+    ) -> Option<usize> {
+        Sampled(self.0.as_ref()).choose(anns, start, candidates, rng)
+    }
+}
+
+impl OwnedRouting for PolicyRouting {}
+
+impl OwnedRouting for CsUcbRouter {
+    fn learned(&self) -> Option<&CsUcbRouter> {
+        Some(self)
+    }
 }
 
 /// How long route choice keeps looking while the discovered peers leave a range uncovered.
@@ -168,7 +241,7 @@ impl SwarmClient {
         &self,
         model_id: &ModelDigest,
         n_layers: u32,
-        policy: &dyn Policy,
+        routing: &dyn Routing,
         route: &[Hop],
         failed: usize,
         avoid: &[Vec<u8>],
@@ -176,8 +249,8 @@ impl SwarmClient {
         let cached = self.recent(model_id, n_layers);
         let attempt = |anns: &[Announcement]| {
             let repair = route::repair_candidates(anns, route, failed, avoid);
-            plan_hops(&repair, n_layers, policy)
-                .or_else(|_| plan_avoiding(anns, n_layers, policy, avoid))
+            plan_hops(&repair, n_layers, routing)
+                .or_else(|_| plan_avoiding(anns, n_layers, routing, avoid))
         };
         if let Ok(hops) = attempt(&cached) {
             return Ok(hops);
@@ -197,6 +270,18 @@ impl SwarmClient {
         policy: &dyn Policy,
         avoid: &[Vec<u8>],
     ) -> Result<Vec<Hop>, SwarmError> {
+        self.choose_route_with(model_id, n_layers, &Sampled(policy), avoid)
+            .await
+    }
+
+    /// [`choose_route`](Self::choose_route) with any [`Routing`] choosing the hops.
+    pub async fn choose_route_with(
+        &self,
+        model_id: &ModelDigest,
+        n_layers: u32,
+        routing: &dyn Routing,
+        avoid: &[Vec<u8>],
+    ) -> Result<Vec<Hop>, SwarmError> {
         let fresh = self
             .discovered_at
             .lock()
@@ -205,12 +290,12 @@ impl SwarmClient {
             .is_some_and(|age| age < FRESH_VIEW);
         if fresh {
             let recent = self.recent(model_id, n_layers);
-            if let Ok(hops) = plan_avoiding(&recent, n_layers, policy, avoid) {
+            if let Ok(hops) = plan_avoiding(&recent, n_layers, routing, avoid) {
                 return Ok(hops);
             }
         }
         self.plan_until_covered(model_id, n_layers, |anns| {
-            plan_avoiding(anns, n_layers, policy, avoid)
+            plan_avoiding(anns, n_layers, routing, avoid)
         })
         .await
     }
@@ -301,7 +386,7 @@ impl SwarmClient {
 fn plan_avoiding(
     anns: &[Announcement],
     n_layers: u32,
-    policy: &dyn Policy,
+    routing: &dyn Routing,
     avoid: &[Vec<u8>],
 ) -> Result<Vec<Hop>, RouteError> {
     let avoiding: Vec<Announcement> = anns
@@ -309,16 +394,16 @@ fn plan_avoiding(
         .filter(|a| !avoid.contains(&a.peer_id))
         .cloned()
         .collect();
-    plan_hops(&avoiding, n_layers, policy).or_else(|_| plan_hops(anns, n_layers, policy))
+    plan_hops(&avoiding, n_layers, routing).or_else(|_| plan_hops(anns, n_layers, routing))
 }
 
-/// [`route::plan`] as the hops of a route.
+/// [`route::plan_with`] as the hops of a route.
 fn plan_hops(
     anns: &[Announcement],
     n_layers: u32,
-    policy: &dyn Policy,
+    routing: &dyn Routing,
 ) -> Result<Vec<Hop>, RouteError> {
-    let idx = route::plan(anns, n_layers, policy, &mut rand::rng())?;
+    let idx = route::plan_with(anns, n_layers, routing, &mut rand::rng())?;
     Ok(idx
         .into_iter()
         .map(|i| Hop {
@@ -440,5 +525,39 @@ mod tests {
             transit_breakdown(&[prompt, replay, t], 2),
             (150.0, vec![100.0, 50.0])
         );
+    }
+
+    #[test]
+    fn routing_flags_parse() {
+        assert_eq!(
+            parse_routing("long-term", "adaptive", 10.0).unwrap(),
+            RoutingKind::Policy(PolicyKind::LongTerm)
+        );
+        let RoutingKind::CsUcb(cfg) = parse_routing("cs-ucb", "long-term", 250.0).unwrap() else {
+            panic!("cs-ucb is the learned router")
+        };
+        assert_eq!(cfg.prior, PolicyKind::LongTerm);
+        assert_eq!(cfg.deadline, Duration::from_millis(250));
+        assert!(matches!(
+            parse_routing("cs-ucb", "cs-ucb", 250.0),
+            Err(SwarmError::UnknownPrior(_))
+        ));
+        assert!(matches!(
+            parse_routing("cs-ucb", "uniform", 0.0),
+            Err(SwarmError::Learned(_))
+        ));
+        assert!(matches!(
+            parse_routing("fastest", "uniform", 1.0),
+            Err(SwarmError::UnknownPolicy(_))
+        ));
+        let r = parse_routing("cs-ucb", "adaptive", 100.0)
+            .unwrap()
+            .routing()
+            .unwrap();
+        assert_eq!(r.name(), "cs-ucb");
+        assert_eq!(r.learned().unwrap().prior(), PolicyKind::Adaptive);
+        let p = RoutingKind::Policy(PolicyKind::Adaptive).routing().unwrap();
+        assert_eq!(p.name(), "adaptive");
+        assert!(p.learned().is_none());
     }
 }

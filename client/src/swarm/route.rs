@@ -3,11 +3,17 @@
 //! route stands, the candidates are the peers whose range starts there (and from whose end the
 //! rest of the model can still be covered); one is sampled with the policy's weights over those
 //! candidates' energy states. No I/O: the statistical tests run on this function directly.
+//!
+//! Who chooses at each block is a [`Routing`]: [`Sampled`] draws with an energy policy's
+//! weights (the paper's policies); the learned router of [`super::learned`] (`--policy cs-ucb`)
+//! chooses from what the client observed, with the policy's weights as its prior.
 
-use rand::Rng;
+use rand::{Rng, RngCore};
 use sunswarm_energy::modes;
 use sunswarm_energy::policy::{PeerEnergyState, Policy};
 use sunswarm_protocol::{Announcement, Hop, ModelDigest, PowerSetting};
+
+use super::session::ForwardTiming;
 
 /// Why no route exists.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -97,12 +103,66 @@ pub fn weights(policy: &dyn Policy, anns: &[Announcement], candidates: &[usize])
     policy.weights(&states)
 }
 
-/// Chooses a route: indices into `anns`, one per hop, covering `0..n_layers` in order.
-/// `anns` must already be filtered with [`usable`].
+/// How the peer of each hop is chosen among the candidates for the blocks where the route
+/// stands, and what the chooser learns from the session that follows. Every method but
+/// [`Routing::choose`] has a do-nothing default: a sampling policy learns nothing.
+pub trait Routing: Send + Sync {
+    /// Short name for logs, the dashboard and JSON.
+    fn name(&self) -> &'static str;
+    /// Picks one of `candidates` (indices into `anns`, every one a range starting at `start`
+    /// from whose end the model can still be covered): a position in `candidates`, or `None`
+    /// when none may be used now.
+    fn choose(
+        &self,
+        anns: &[Announcement],
+        start: u32,
+        candidates: &[usize],
+        rng: &mut dyn RngCore,
+    ) -> Option<usize>;
+    /// One forward of a session on `route` went through with `timing`.
+    fn observe(&self, _model: &ModelDigest, _route: &[Hop], _timing: &ForwardTiming) {}
+    /// `hop` refused the session (power saving, busy).
+    fn refused(&self, _model: &ModelDigest, _hop: &Hop) {}
+    /// `hop` failed (died, timed out, broke its stream, answered garbage).
+    fn failed(&self, _model: &ModelDigest, _hop: &Hop) {}
+}
+
+/// A draw proportional to an energy policy's weights over the candidates' announced states.
+#[derive(Clone, Copy, Debug)]
+pub struct Sampled<'a>(pub &'a dyn Policy);
+
+impl Routing for Sampled<'_> {
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+
+    fn choose(
+        &self,
+        anns: &[Announcement],
+        _start: u32,
+        candidates: &[usize],
+        rng: &mut dyn RngCore,
+    ) -> Option<usize> {
+        sample(&weights(self.0, anns, candidates), rng)
+    }
+}
+
+/// Chooses a route: indices into `anns`, one per hop, covering `0..n_layers` in order, each
+/// hop drawn with `policy`'s weights. `anns` must already be filtered with [`usable`].
 pub fn plan(
     anns: &[Announcement],
     n_layers: u32,
     policy: &dyn Policy,
+    rng: &mut impl Rng,
+) -> Result<Vec<usize>, RouteError> {
+    plan_with(anns, n_layers, &Sampled(policy), rng)
+}
+
+/// [`plan`] with any [`Routing`] choosing each hop.
+pub fn plan_with(
+    anns: &[Announcement],
+    n_layers: u32,
+    routing: &dyn Routing,
     rng: &mut impl Rng,
 ) -> Result<Vec<usize>, RouteError> {
     let ok = coverable(anns, n_layers);
@@ -123,8 +183,10 @@ pub fn plan(
                 seen: anns.len(),
             });
         }
-        let w = weights(policy, anns, &candidates);
-        let pick = sample(&w, rng).ok_or(RouteError::NoneAvailable { block: b })?;
+        let pick = routing
+            .choose(anns, b, &candidates, rng)
+            .filter(|&p| p < candidates.len())
+            .ok_or(RouteError::NoneAvailable { block: b })?;
         let chosen = candidates[pick];
         route.push(chosen);
         b = anns[chosen].blocks.end;
@@ -133,7 +195,7 @@ pub fn plan(
 }
 
 /// Index sampled with probability proportional to its weight; `None` when no weight is positive.
-pub fn sample(weights: &[f64], rng: &mut impl Rng) -> Option<usize> {
+pub fn sample<R: Rng + ?Sized>(weights: &[f64], rng: &mut R) -> Option<usize> {
     let total: f64 = weights.iter().filter(|w| w.is_finite() && **w > 0.0).sum();
     if total <= 0.0 {
         return None;
