@@ -1,11 +1,13 @@
 //! The network host that Sunswarm nodes and clients share.
 //!
+//! - [`discovery`]: every live announcement of a model, from the DHT and gossip.
 //! - [`host`]: the libp2p host (a cloneable [`Network`] handle and the [`EventLoop`] that owns
 //!   the swarm): transports, private-swarm keys, Kademlia records and providers, gossip.
 //! - [`stream`]: the activation protocol's streams and how a peer opens one.
 //! - [`runtime`]: the binaries' runtime, whose one thread is also a compute worker.
 //! - [`now_ms`]: the wall clock that announcements and their expiry are stamped with.
 
+pub mod discovery;
 pub mod host;
 pub mod runtime;
 pub mod stream;
