@@ -353,7 +353,12 @@ impl PackedMatrix {
     /// product ([`matmul`](Self::matmul) with `n = 1`: the same kernel, the same order), each
     /// weight row read once for all of them while it is in cache. The decode steps of many
     /// sessions share a pass this way, and each gets bit for bit what it would alone.
-    pub(crate) fn matmul_each(&self, x: &[f32], n: usize, out: &mut [f32]) -> Result<(), ModelError> {
+    pub(crate) fn matmul_each(
+        &self,
+        x: &[f32],
+        n: usize,
+        out: &mut [f32],
+    ) -> Result<(), ModelError> {
         if n == 0 || x.len() != n * self.cols || out.len() != n * self.rows {
             return Err(ModelError::BadInput(format!(
                 "a product with a [{}, {}] weight needs [{n}, {}] inputs and [{n}, {}] outputs, \
@@ -374,6 +379,8 @@ impl PackedMatrix {
         let chunk = self.rows.div_ceil(threads * 4).max(16);
         let cols = self.cols;
         let xsums: Vec<Vec<f32>> = x.chunks_exact(cols).map(block_sums).collect();
+        let xs: Vec<&[f32]> = x.chunks_exact(cols).collect();
+        let sums: Vec<&[f32]> = xsums.iter().map(Vec::as_slice).collect();
         let mut transposed = vec![0f32; n * self.rows];
         transposed
             .par_chunks_mut(chunk * n)
@@ -381,9 +388,7 @@ impl PackedMatrix {
             .for_each(|(c, out_t)| {
                 for (i, col) in out_t.chunks_exact_mut(n).enumerate() {
                     let r = c * chunk + i;
-                    for (t, o) in col.iter_mut().enumerate() {
-                        *o = self.row_dot(k, r, &x[t * cols..(t + 1) * cols], &xsums[t]);
-                    }
+                    self.row_dots(k, r, &xs, &sums, col);
                 }
             });
         for (r, col) in transposed.chunks_exact(n).enumerate() {
@@ -392,6 +397,49 @@ impl PackedMatrix {
             }
         }
         Ok(())
+    }
+
+    /// [`row_dot`](Self::row_dot) of row `r` for every token, [`MANY`] at a time (then 4, 2, 1).
+    fn row_dots(&self, k: Kernels, r: usize, xs: &[&[f32]], xsums: &[&[f32]], out: &mut [f32]) {
+        let mut t = 0;
+        while t < out.len() {
+            let left = out.len() - t;
+            t += match left {
+                8.. => self.row_dots_n::<MANY>(k, r, &xs[t..], &xsums[t..], &mut out[t..]),
+                4.. => self.row_dots_n::<4>(k, r, &xs[t..], &xsums[t..], &mut out[t..]),
+                2.. => self.row_dots_n::<2>(k, r, &xs[t..], &xsums[t..], &mut out[t..]),
+                _ => self.row_dots_n::<1>(k, r, &xs[t..], &xsums[t..], &mut out[t..]),
+            };
+        }
+    }
+
+    /// The first `N` tokens of [`row_dots`](Self::row_dots); returns `N`.
+    fn row_dots_n<const N: usize>(
+        &self,
+        k: Kernels,
+        r: usize,
+        xs: &[&[f32]],
+        xsums: &[&[f32]],
+        out: &mut [f32],
+    ) -> usize {
+        let (Some(xs), Some(xsums), Some(out)) = (
+            xs.first_chunk::<N>(),
+            xsums.first_chunk::<N>(),
+            out.first_chunk_mut::<N>(),
+        ) else {
+            return N;
+        };
+        let nb = self.cols / BLOCK;
+        match &self.store {
+            Store::F32(v) => {
+                for (o, x) in out.iter_mut().zip(xs) {
+                    *o = k.dot_f32(&v[r * self.cols..(r + 1) * self.cols], x);
+                }
+            }
+            Store::Q4(v) => k.dot_q4_many(&v[r * nb..(r + 1) * nb], xs, xsums, out),
+            Store::Q8(v) => k.dot_q8_many(&v[r * nb..(r + 1) * nb], xs, xsums, out),
+        }
+        N
     }
 
     fn row_dot(&self, k: Kernels, r: usize, x: &[f32], xsum: &[f32]) -> f32 {
@@ -462,6 +510,52 @@ impl Kernels {
         }
     }
 
+    /// [`dot_q4`](Self::dot_q4) for `N` tokens, sharing each block's widening.
+    fn dot_q4_many<const N: usize>(
+        self,
+        row: &[Q4Block],
+        xs: &[&[f32]; N],
+        xsums: &[&[f32]; N],
+        out: &mut [f32; N],
+    ) {
+        match self {
+            // SAFETY: as in dot_f32.
+            #[cfg(target_arch = "x86_64")]
+            Kernels::Avx2Fma => unsafe { avx2::dot_q4_many(row, xs, xsums, out) },
+            // SAFETY: as in dot_q4.
+            #[cfg(target_arch = "x86_64")]
+            Kernels::Avx512 => unsafe { avx512::dot_q4_many(row, xs, xsums, out) },
+            Kernels::Portable => {
+                for t in 0..N {
+                    out[t] = portable::dot_q4(row, xs[t], xsums[t]);
+                }
+            }
+        }
+    }
+
+    /// [`dot_q8`](Self::dot_q8) for `N` tokens, sharing each block's widening.
+    fn dot_q8_many<const N: usize>(
+        self,
+        row: &[Q8Block],
+        xs: &[&[f32]; N],
+        xsums: &[&[f32]; N],
+        out: &mut [f32; N],
+    ) {
+        match self {
+            // SAFETY: as in dot_f32.
+            #[cfg(target_arch = "x86_64")]
+            Kernels::Avx2Fma => unsafe { avx2::dot_q8_many(row, xs, xsums, out) },
+            // SAFETY: as in dot_q4.
+            #[cfg(target_arch = "x86_64")]
+            Kernels::Avx512 => unsafe { avx512::dot_q8_many(row, xs, xsums, out) },
+            Kernels::Portable => {
+                for t in 0..N {
+                    out[t] = portable::dot_q8(row, xs[t]);
+                }
+            }
+        }
+    }
+
     /// `xsum` is unused by 8-bit blocks; it bounds the row like the 4-bit kernel's.
     fn dot_q8(self, row: &[Q8Block], x: &[f32], xsum: &[f32]) -> f32 {
         match self {
@@ -521,16 +615,20 @@ mod portable {
 }
 
 /// A row of blocks against x, `sum_b d_b * (q_b . x_b) + offset(block b, sum of x_b)`, two
-/// blocks at a time so that consecutive blocks do not wait on each other's FMA. One body serves
-/// both block types and both vector widths (`$ops` names the width's `zero`, `splat`, `fma`,
-/// `add` and `sum`).
+/// blocks at a time so that consecutive blocks do not wait on each other's FMA, for one token
+/// (`$one`) and for up to [`MANY`] tokens at once (`$many`). A block's weights are widened once
+/// (`$unpack`) and applied to each token's values (`$apply`); the many-token version does for
+/// each token exactly the operations of the one-token version, in the same order, so its results
+/// are bit-identical, while the widening (most of the work) is shared. One body serves both
+/// block types and both vector widths (`$ops` names the width's `zero`, `splat`, `fma`, `add` and
+/// `sum`).
 #[cfg(target_arch = "x86_64")]
 macro_rules! block_row_dot {
-    ($features:literal, $name:ident, $ty:ty, $kernel:ident, |$p:pat_param, $s:pat_param| $offset:expr, $ops:ident) => {
+    ($features:literal, $one:ident, $many:ident, $ty:ty, $unpack:ident, $apply:ident, |$p:pat_param, $s:pat_param| $offset:expr, $ops:ident) => {
         /// # Safety
         /// The CPU has the features this function is compiled for.
         #[target_feature(enable = $features)]
-        pub unsafe fn $name(row: &[$ty], x: &[f32], xsum: &[f32]) -> f32 {
+        pub unsafe fn $one(row: &[$ty], x: &[f32], xsum: &[f32]) -> f32 {
             let nb = row.len().min(x.len() / BLOCK).min(xsum.len());
             let (mut acc0, mut acc1) = ($ops::zero(), $ops::zero());
             let (mut off0, mut off1) = (0f32, 0f32);
@@ -542,8 +640,8 @@ macro_rules! block_row_dot {
                 while b + 2 <= nb {
                     let (p, q) = (&row[b], &row[b + 1]);
                     let (xp, xq) = (x.add(b * BLOCK), x.add((b + 1) * BLOCK));
-                    acc0 = $ops::fma($ops::splat(p.d), $kernel(p, xp), acc0);
-                    acc1 = $ops::fma($ops::splat(q.d), $kernel(q, xq), acc1);
+                    acc0 = $ops::fma($ops::splat(p.d), $apply(&$unpack(p), xp), acc0);
+                    acc1 = $ops::fma($ops::splat(q.d), $apply(&$unpack(q), xq), acc1);
                     off0 += offset(p, xsum[b]);
                     off1 += offset(q, xsum[b + 1]);
                     b += 2;
@@ -551,14 +649,71 @@ macro_rules! block_row_dot {
                 if b < nb {
                     let p = &row[b];
                     let xp = x.add(b * BLOCK);
-                    acc0 = $ops::fma($ops::splat(p.d), $kernel(p, xp), acc0);
+                    acc0 = $ops::fma($ops::splat(p.d), $apply(&$unpack(p), xp), acc0);
                     off0 += offset(p, xsum[b]);
                 }
                 $ops::sum($ops::add(acc0, acc1)) + (off0 + off1)
             }
         }
+
+        /// `out[t] = $one(row, xs[t], xsums[t])` for exactly `N` tokens (a constant, so that the
+        /// accumulators live in registers).
+        ///
+        /// # Safety
+        /// The CPU has the features this function is compiled for.
+        #[target_feature(enable = $features)]
+        pub unsafe fn $many<const N: usize>(
+            row: &[$ty],
+            xs: &[&[f32]; N],
+            xsums: &[&[f32]; N],
+            out: &mut [f32; N],
+        ) {
+            let mut nb = row.len();
+            for t in 0..N {
+                nb = nb.min(xs[t].len() / BLOCK).min(xsums[t].len());
+            }
+            let mut acc0 = [$ops::zero(); N];
+            let mut acc1 = [$ops::zero(); N];
+            let (mut off0, mut off1) = ([0f32; N], [0f32; N]);
+            let offset = |$p: &$ty, $s: f32| -> f32 { $offset };
+            let mut b = 0;
+            // SAFETY: as in the one-token version, for every token's x; b + 1 < nb bounds every
+            // xsums index.
+            unsafe {
+                while b + 2 <= nb {
+                    let (p, q) = (row.get_unchecked(b), row.get_unchecked(b + 1));
+                    let (wp, wq) = ($unpack(p), $unpack(q));
+                    let (dp, dq) = ($ops::splat(p.d), $ops::splat(q.d));
+                    for t in 0..N {
+                        let x = xs[t].as_ptr();
+                        let (xp, xq) = (x.add(b * BLOCK), x.add((b + 1) * BLOCK));
+                        acc0[t] = $ops::fma(dp, $apply(&wp, xp), acc0[t]);
+                        acc1[t] = $ops::fma(dq, $apply(&wq, xq), acc1[t]);
+                        off0[t] += offset(p, *xsums[t].get_unchecked(b));
+                        off1[t] += offset(q, *xsums[t].get_unchecked(b + 1));
+                    }
+                    b += 2;
+                }
+                if b < nb {
+                    let p = row.get_unchecked(b);
+                    let wp = $unpack(p);
+                    let dp = $ops::splat(p.d);
+                    for t in 0..N {
+                        let xp = xs[t].as_ptr().add(b * BLOCK);
+                        acc0[t] = $ops::fma(dp, $apply(&wp, xp), acc0[t]);
+                        off0[t] += offset(p, *xsums[t].get_unchecked(b));
+                    }
+                }
+            }
+            for t in 0..N {
+                out[t] = $ops::sum($ops::add(acc0[t], acc1[t])) + (off0[t] + off1[t]);
+            }
+        }
     };
 }
+
+/// The most tokens one many-token kernel call takes (the accumulators stay in registers).
+const MANY: usize = 8;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
@@ -644,50 +799,69 @@ mod avx2 {
                 .sum::<f32>()
     }
 
-    /// Σ q·x of one 4-bit block as 8 partial sums.
+    /// A 4-bit block's 32 weights as four vectors of 8 floats.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn q4_block(blk: &Q4Block, x: *const f32) -> __m256 {
+    fn q4_unpack(blk: &Q4Block) -> [__m256; 4] {
         let mask = _mm_set1_epi8(0x0F);
-        // SAFETY: qs is 16 bytes; the caller passes 32 readable floats at x.
-        unsafe {
-            let q = _mm_loadu_si128(blk.qs.as_ptr().cast());
-            let lo = _mm_and_si128(q, mask);
-            let hi = _mm_and_si128(_mm_srli_epi16(q, 4), mask);
-            let f = |v: __m128i| _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v));
-            let mut s = _mm256_mul_ps(f(lo), _mm256_loadu_ps(x));
-            s = _mm256_fmadd_ps(f(_mm_srli_si128(lo, 8)), _mm256_loadu_ps(x.add(8)), s);
-            s = _mm256_fmadd_ps(f(hi), _mm256_loadu_ps(x.add(16)), s);
-            _mm256_fmadd_ps(f(_mm_srli_si128(hi, 8)), _mm256_loadu_ps(x.add(24)), s)
-        }
+        // SAFETY: qs is 16 bytes.
+        let q = unsafe { _mm_loadu_si128(blk.qs.as_ptr().cast()) };
+        let lo = _mm_and_si128(q, mask);
+        let hi = _mm_and_si128(_mm_srli_epi16(q, 4), mask);
+        let f = |v: __m128i| _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v));
+        [
+            f(lo),
+            f(_mm_srli_si128(lo, 8)),
+            f(hi),
+            f(_mm_srli_si128(hi, 8)),
+        ]
     }
 
-    /// Σ q·x of one 8-bit block as 8 partial sums.
+    /// An 8-bit block's 32 weights as four vectors of 8 floats.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn q8_block(blk: &Q8Block, x: *const f32) -> __m256 {
-        // SAFETY: qs is 32 bytes, read 8 at a time; the caller passes 32 readable floats at x.
+    fn q8_unpack(blk: &Q8Block) -> [__m256; 4] {
+        let q = blk.qs.as_ptr();
+        // SAFETY: qs is 32 bytes, read 8 at a time.
+        let f = |k: usize| unsafe {
+            _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(q.add(8 * k).cast())))
+        };
+        [f(0), f(1), f(2), f(3)]
+    }
+
+    /// Σ w·x of one block's widened weights as 8 partial sums.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn apply(w: &[__m256; 4], x: *const f32) -> __m256 {
+        // SAFETY: the caller passes 32 readable floats at x.
         unsafe {
-            let q = blk.qs.as_ptr();
-            let f = |k: usize| {
-                _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(q.add(8 * k).cast())))
-            };
-            let mut s = _mm256_mul_ps(f(0), _mm256_loadu_ps(x));
-            s = _mm256_fmadd_ps(f(1), _mm256_loadu_ps(x.add(8)), s);
-            s = _mm256_fmadd_ps(f(2), _mm256_loadu_ps(x.add(16)), s);
-            _mm256_fmadd_ps(f(3), _mm256_loadu_ps(x.add(24)), s)
+            let mut s = _mm256_mul_ps(w[0], _mm256_loadu_ps(x));
+            s = _mm256_fmadd_ps(w[1], _mm256_loadu_ps(x.add(8)), s);
+            s = _mm256_fmadd_ps(w[2], _mm256_loadu_ps(x.add(16)), s);
+            _mm256_fmadd_ps(w[3], _mm256_loadu_ps(x.add(24)), s)
         }
     }
 
     block_row_dot!(
         "avx2,fma",
         dot_q4,
+        dot_q4_many,
         Q4Block,
-        q4_block,
+        q4_unpack,
+        apply,
         |p, s| p.m * s,
         Ops256
     );
-    block_row_dot!("avx2,fma", dot_q8, Q8Block, q8_block, |_, _| 0.0, Ops256);
+    block_row_dot!(
+        "avx2,fma",
+        dot_q8,
+        dot_q8_many,
+        Q8Block,
+        q8_unpack,
+        apply,
+        |_, _| 0.0,
+        Ops256
+    );
 }
 
 /// The same kernels on 16 lanes: a 4-bit block is two widenings of 16 nibbles instead of four of
@@ -729,46 +903,70 @@ mod avx512 {
         }
     }
 
-    /// Σ q·x of one 4-bit block as 16 partial sums.
+    /// A 4-bit block's 32 weights as two vectors of 16 floats.
     #[inline]
     #[target_feature(enable = "avx512f")]
-    unsafe fn q4_block(blk: &Q4Block, x: *const f32) -> __m512 {
+    fn q4_unpack(blk: &Q4Block) -> [__m512; 2] {
         let mask = _mm_set1_epi8(0x0F);
-        // SAFETY: qs is 16 bytes; the caller passes 32 readable floats at x.
-        unsafe {
-            let q = _mm_loadu_si128(blk.qs.as_ptr().cast());
-            let lo = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(q, mask)));
-            let hi = _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(
+        // SAFETY: qs is 16 bytes.
+        let q = unsafe { _mm_loadu_si128(blk.qs.as_ptr().cast()) };
+        [
+            _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(q, mask))),
+            _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(
                 _mm_srli_epi16(q, 4),
                 mask,
-            )));
-            _mm512_fmadd_ps(
-                hi,
-                _mm512_loadu_ps(x.add(16)),
-                _mm512_mul_ps(lo, _mm512_loadu_ps(x)),
-            )
-        }
+            ))),
+        ]
     }
 
-    /// Σ q·x of one 8-bit block as 16 partial sums.
+    /// An 8-bit block's 32 weights as two vectors of 16 floats.
     #[inline]
     #[target_feature(enable = "avx512f")]
-    unsafe fn q8_block(blk: &Q8Block, x: *const f32) -> __m512 {
-        // SAFETY: qs is 32 bytes, read 16 at a time; the caller passes 32 readable floats at x.
+    fn q8_unpack(blk: &Q8Block) -> [__m512; 2] {
+        let q = blk.qs.as_ptr();
+        // SAFETY: qs is 32 bytes, read 16 at a time.
         unsafe {
-            let q = blk.qs.as_ptr();
-            let lo = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(q.cast())));
-            let hi = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(q.add(16).cast())));
+            [
+                _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(q.cast()))),
+                _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(q.add(16).cast()))),
+            ]
+        }
+    }
+
+    /// Σ w·x of one block's widened weights as 16 partial sums.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn apply(w: &[__m512; 2], x: *const f32) -> __m512 {
+        // SAFETY: the caller passes 32 readable floats at x.
+        unsafe {
             _mm512_fmadd_ps(
-                hi,
+                w[1],
                 _mm512_loadu_ps(x.add(16)),
-                _mm512_mul_ps(lo, _mm512_loadu_ps(x)),
+                _mm512_mul_ps(w[0], _mm512_loadu_ps(x)),
             )
         }
     }
 
-    block_row_dot!("avx512f", dot_q4, Q4Block, q4_block, |p, s| p.m * s, Ops512);
-    block_row_dot!("avx512f", dot_q8, Q8Block, q8_block, |_, _| 0.0, Ops512);
+    block_row_dot!(
+        "avx512f",
+        dot_q4,
+        dot_q4_many,
+        Q4Block,
+        q4_unpack,
+        apply,
+        |p, s| p.m * s,
+        Ops512
+    );
+    block_row_dot!(
+        "avx512f",
+        dot_q8,
+        dot_q8_many,
+        Q8Block,
+        q8_unpack,
+        apply,
+        |_, _| 0.0,
+        Ops512
+    );
 }
 
 #[cfg(test)]

@@ -1,0 +1,58 @@
+//! Decode steps of M sessions: one after another (`forward`) against one batched pass
+//! (`forward_batch`), through every block of a model, side by side in one process.
+//!
+//! `cargo run --release -p sunswarm-models --example bench_batch -- [MODEL] [ROUNDS]`
+//! (MODEL defaults to smollm2-135m).
+
+use std::time::Instant;
+
+use sunswarm_models::{BackendKind, BatchStep, HiddenStates, Model, ModelSource, device};
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args = std::env::args().skip(1);
+    let name = args.next().unwrap_or_else(|| "smollm2-135m".into());
+    let rounds: usize = args.next().map(|r| r.parse()).transpose()?.unwrap_or(20);
+    let model = Model::open(&ModelSource::parse(&name)?)?;
+    let dev = device(BackendKind::Cpu)?;
+    let head = model.load_head(&dev)?;
+    let n = model.config().n_layers;
+    let blocks = model.load_blocks(0..n, &dev)?;
+    println!("model {name}, {n} blocks, {rounds} rounds per size; per-token time of a decode step");
+    for m in [1usize, 2, 4, 8, 16] {
+        let mut caches: Vec<_> = (0..m).map(|_| blocks.new_cache()).collect();
+        for (s, c) in caches.iter_mut().enumerate() {
+            blocks.forward(c, &head.embed(&[(10 + s) as u32, 20, 30])?)?;
+        }
+        let inputs: Vec<HiddenStates> = (0..m)
+            .map(|s| head.embed(&[(100 + s) as u32]))
+            .collect::<Result<_, _>>()?;
+        let (mut one, mut batched) = (0f64, 0f64);
+        for _ in 0..rounds {
+            let t = Instant::now();
+            for (c, x) in caches.iter_mut().zip(&inputs) {
+                blocks.forward(c, x)?;
+            }
+            one += t.elapsed().as_secs_f64();
+            let t = Instant::now();
+            let mut steps: Vec<BatchStep<'_>> = caches
+                .iter_mut()
+                .zip(&inputs)
+                .map(|(cache, input)| BatchStep { cache, input })
+                .collect();
+            for r in blocks.forward_batch(&mut steps) {
+                r?;
+            }
+            batched += t.elapsed().as_secs_f64();
+        }
+        let per = |total: f64| total / (rounds * m) as f64 * 1e6;
+        println!(
+            "M={m:2}: one after another {:8.0} us/token ({:6.1} tok/s), batched {:8.0} us/token ({:6.1} tok/s), {:.2}x",
+            per(one),
+            1e6 / per(one),
+            per(batched),
+            1e6 / per(batched),
+            one / batched
+        );
+    }
+    Ok(())
+}
