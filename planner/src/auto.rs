@@ -4,33 +4,41 @@
 //!
 //! # The model
 //!
+//! * A Sunswarm route uses **whole ranges**: a hop runs every block its peer hosts, and the
+//!   next hop starts where it ends. So the hosted ranges are arcs of a graph over block
+//!   boundaries `0..=blocks` (a range `start..end` joins boundary `start` to `end`), and a
+//!   route is a path from `0` to `blocks`. Blocks that are hosted but do not chain (`0..12`,
+//!   `12..24`, `19..30`) leave the model without a route even though every block has a host.
 //! * A peer hosting `len` blocks with a compute speed of `r` blocks per second (`1000 /
-//!   ms_per_block`) passes `r / len` tokens per second through its range: a token of a
-//!   Sunswarm route goes through the whole range of each hop. That rate is credited to each
-//!   block of the range. (Petals divides a server's speed by the average number of blocks a
-//!   request uses on it; Sunswarm routes use whole ranges, so the divisor is the range length.)
-//! * The rate is weighed by the peer's availability: its max job rate `lambda` in `[0, 1]`
-//!   (`paper-model.md` eq. 5; 1 on mains), and 0 in power saving. A peer that can take only a
-//!   fifth of the jobs adds a fifth of its speed.
-//! * A block's capacity is the sum of the weighed rates of the peers hosting it; the swarm's
-//!   throughput is the least capacity over the blocks (0 while any block has no capacity).
+//!   ms_per_block`) passes `r / len` tokens per second through its range: the arc's capacity.
+//!   It is weighed by the peer's availability, its max job rate `lambda` in `[0, 1]`
+//!   (`paper-model.md` eq. 5; 1 on mains), and is 0 in power saving (such an arc carries no
+//!   route: clients do not route to it).
+//! * The swarm's **throughput** is the maximum flow from boundary `0` to `blocks` (tokens per
+//!   second that all routes together can carry); 0 while no route exists.
+//! * Its **coverage** is the number of blocks on a partial route: held by an arc reachable from
+//!   `0` or from which `blocks` is reachable. It is `blocks` exactly when a full route exists
+//!   (capped at `blocks - 1` otherwise), so "covered" means "routable".
+//! * A block's **capacity** sums the arcs that hold it on a full route (or, while there is none,
+//!   on a partial one): the tie-breaker.
 //!
 //! # The choice
 //!
-//! [`best_range`] tries every contiguous range of at most `max_blocks` blocks and keeps the one
-//! whose resulting capacity vector is the largest in **leximin** order (compare the sorted
-//! capacities from the smallest up). That order puts coverage first (fewer zero-capacity blocks
-//! wins), then the swarm's throughput (the smallest capacity), then the next weakest blocks, and
-//! so on, so ties in throughput go to the range that helps the most other blocks. Remaining ties
-//! go to the lowest start, then the longest range: deterministic, so two nodes that see the same
-//! swarm agree. "Given everyone else stays": the other peers' ranges are taken as fixed.
+//! [`best_range`] tries every contiguous range of at most `max_blocks` blocks that could lie on
+//! a route (it starts at `0` or where a reachable range ends, or ends at `blocks` or where a
+//! range that reaches the end starts; no other range can be on a route) and keeps the best by:
+//! coverage, then throughput (within a part in 1e9), then the capacity vector in **leximin**
+//! order (compare the sorted capacities from the smallest up), so ties go to the range that
+//! helps the weakest blocks. Remaining ties go to the lowest start, then the longest range:
+//! deterministic, so two nodes that see the same swarm agree. "Given everyone else stays": the
+//! other peers' ranges are taken as fixed.
 //!
 //! # Moving
 //!
 //! A node that already hosts a range re-plans when the coverage changes ([`replan_reason`]: a
 //! block lost a host or became uncovered), and moves only if [`should_move`] says the gain is
-//! clear: more blocks covered, or, with the model covered either way, a throughput at least
-//! `1 + min_gain` times the current one ([`Hysteresis`], 20 % by default; Petals' own default
+//! clear: more coverage or, with a route either way, a throughput at least `1 + min_gain` times
+//! the current one ([`Hysteresis`], 20 % by default; Petals' own default
 //! `balance_quality = 0.75` asks for about 33 %). Moving costs reloading weights, so small or
 //! noisy gains are not worth it, and without a margin two nodes that see near-equal choices
 //! would swap ranges back and forth. The node finishes its open sessions before it reloads
@@ -46,8 +54,8 @@ use crate::error::{PlanError, Result, non_negative, positive, unit_rate};
 /// The default hysteresis: move only for a throughput gain above 20 %.
 pub const DEFAULT_MIN_GAIN: f64 = 0.2;
 
-/// Above this many `candidates x blocks` steps, [`best_range`] tries only ranges of exactly
-/// `max_blocks` blocks (Petals' rule), so that a 4096-block model does not take minutes.
+/// Above this many `candidates x (blocks + arcs)` steps, [`best_range`] tries only ranges of
+/// exactly `max_blocks` blocks (Petals' rule), so that a 4096-block model does not take minutes.
 const SEARCH_BUDGET: u64 = 20_000_000;
 
 /// How fast another peer is, as its announcement says.
@@ -89,11 +97,12 @@ pub struct OwnPeer {
 pub struct RangeScore {
     pub start: u32,
     pub end: u32,
-    /// Each block's capacity, tokens per second.
+    /// Each block's capacity, tokens per second: the ranges holding it on a full route (on a
+    /// partial one while there is no full route).
     pub capacity: Vec<f64>,
-    /// Blocks with a capacity above 0.
+    /// Blocks on a partial route; `blocks` exactly when a full route exists (module docs).
     pub covered: u32,
-    /// The least capacity, tokens per second; 0 unless every block is covered.
+    /// The maximum flow of routes from block 0 to the end, tokens per second; 0 without a route.
     pub throughput: f64,
 }
 
@@ -177,10 +186,18 @@ fn check_own(me: &OwnPeer) -> Result<()> {
     Ok(())
 }
 
-/// Each block's capacity from the other peers alone (validated).
-fn base_capacity(blocks: u32, others: &[HostedRange]) -> Result<Vec<f64>> {
+/// A hosted range as an arc of the boundary graph, with its weighed capacity (tokens/s).
+#[derive(Clone, Copy, Debug)]
+struct RangeArc {
+    start: u32,
+    end: u32,
+    rate: f64,
+}
+
+/// The other peers' ranges as arcs (validated).
+fn base_arcs(blocks: u32, others: &[HostedRange]) -> Result<Vec<RangeArc>> {
     check_blocks(blocks)?;
-    let mut cap = vec![0.0; blocks as usize];
+    let mut arcs = Vec::with_capacity(others.len() + 1);
     for (i, h) in others.iter().enumerate() {
         check_range(blocks, h.start, h.end, || format!("peer #{i}"))?;
         unit_rate(|| format!("peer #{i}: max_job_rate"), h.max_job_rate)?;
@@ -196,24 +213,144 @@ fn base_capacity(blocks: u32, others: &[HostedRange]) -> Result<Vec<f64>> {
                 non_negative(|| format!("peer #{i}: tokens_per_second"), t)?
             }
         };
-        let rate = tokens_per_s * availability(h.max_job_rate, h.power_saving);
-        for c in &mut cap[h.start as usize..h.end as usize] {
-            *c += rate;
-        }
+        arcs.push(RangeArc {
+            start: h.start,
+            end: h.end,
+            rate: tokens_per_s * availability(h.max_job_rate, h.power_saving),
+        });
     }
-    Ok(cap)
+    Ok(arcs)
 }
 
-fn score(base: &[f64], me: &OwnPeer, start: u32, end: u32) -> RangeScore {
-    let mut capacity = base.to_vec();
-    let rate = 1000.0 / me.ms_per_block / f64::from(end - start)
-        * availability(me.max_job_rate, me.power_saving);
-    for c in &mut capacity[start as usize..end as usize] {
-        *c += rate;
+fn own_arc(me: &OwnPeer, start: u32, end: u32) -> RangeArc {
+    RangeArc {
+        start,
+        end,
+        rate: 1000.0 / me.ms_per_block / f64::from(end - start)
+            * availability(me.max_job_rate, me.power_saving),
     }
-    let covered = capacity.iter().filter(|&&c| c > 0.0).count() as u32;
-    let throughput = if covered as usize == capacity.len() {
-        capacity.iter().copied().fold(f64::INFINITY, f64::min)
+}
+
+/// Boundaries reachable from 0 (`fwd`) and from which `blocks` is reachable (`bwd`), over the
+/// arcs that carry anything.
+fn reach(blocks: u32, arcs: &[RangeArc]) -> (Vec<bool>, Vec<bool>) {
+    let n = blocks as usize;
+    let mut by_start: Vec<Vec<usize>> = vec![Vec::new(); n + 1];
+    for (i, a) in arcs.iter().enumerate() {
+        if a.rate > 0.0 {
+            by_start[a.start as usize].push(i);
+        }
+    }
+    let mut fwd = vec![false; n + 1];
+    fwd[0] = true;
+    // Arcs go forward, so one pass in boundary order settles reachability.
+    for b in 0..n {
+        if fwd[b] {
+            for &i in &by_start[b] {
+                fwd[arcs[i].end as usize] = true;
+            }
+        }
+    }
+    let mut bwd = vec![false; n + 1];
+    bwd[n] = true;
+    for b in (0..n).rev() {
+        bwd[b] = by_start[b].iter().any(|&i| bwd[arcs[i].end as usize]);
+    }
+    (fwd, bwd)
+}
+
+/// Maximum flow from boundary 0 to `blocks` over `arcs` (Edmonds-Karp on the boundaries the
+/// arcs use; arcs sharing both ends are merged).
+fn max_flow(blocks: u32, arcs: &[RangeArc]) -> f64 {
+    let mut nodes: Vec<u32> = arcs.iter().flat_map(|a| [a.start, a.end]).collect();
+    nodes.extend([0, blocks]);
+    nodes.sort_unstable();
+    nodes.dedup();
+    let idx = |b: u32| nodes.binary_search(&b).unwrap_or(0);
+    // Residual graph: edge list with paired reverse edges.
+    let mut to: Vec<usize> = Vec::new();
+    let mut cap: Vec<f64> = Vec::new();
+    let mut adj: Vec<Vec<usize>> = vec![Vec::new(); nodes.len()];
+    for a in arcs.iter().filter(|a| a.rate > 0.0) {
+        let (u, v) = (idx(a.start), idx(a.end));
+        adj[u].push(to.len());
+        to.push(v);
+        cap.push(a.rate);
+        adj[v].push(to.len());
+        to.push(u);
+        cap.push(0.0);
+    }
+    let (s, t) = (idx(0), idx(blocks));
+    let mut flow = 0.0;
+    // Each augmenting path saturates an arc, so at most (arcs) x (nodes) rounds; the cap only
+    // guards against float residue making endless tiny paths.
+    for _ in 0..(to.len() + 1) * (nodes.len() + 1) {
+        let mut prev: Vec<Option<usize>> = vec![None; nodes.len()];
+        let mut seen = vec![false; nodes.len()];
+        seen[s] = true;
+        let mut queue = std::collections::VecDeque::from([s]);
+        while let Some(u) = queue.pop_front() {
+            for &e in &adj[u] {
+                let v = to[e];
+                if !seen[v] && cap[e] > 1e-12 {
+                    seen[v] = true;
+                    prev[v] = Some(e);
+                    queue.push_back(v);
+                }
+            }
+        }
+        if !seen[t] {
+            break;
+        }
+        let mut push = f64::INFINITY;
+        let mut v = t;
+        while let Some(e) = prev[v] {
+            push = push.min(cap[e]);
+            v = to[e ^ 1];
+        }
+        let mut v = t;
+        while let Some(e) = prev[v] {
+            cap[e] -= push;
+            cap[e ^ 1] += push;
+            v = to[e ^ 1];
+        }
+        flow += push;
+    }
+    flow
+}
+
+/// The swarm of `arcs` as a score for the range `start..end` (the last arc is that range).
+fn evaluate(blocks: u32, arcs: &[RangeArc], start: u32, end: u32) -> RangeScore {
+    let n = blocks as usize;
+    let (fwd, bwd) = reach(blocks, arcs);
+    let routable = fwd[n];
+    let live = |a: &&RangeArc| a.rate > 0.0;
+    let on_path = |a: &&RangeArc| fwd[a.start as usize] && bwd[a.end as usize];
+    let useful = |a: &&RangeArc| fwd[a.start as usize] || bwd[a.end as usize];
+    let mut held = vec![false; n];
+    for a in arcs.iter().filter(live).filter(useful) {
+        held[a.start as usize..a.end as usize].fill(true);
+    }
+    let held = held.iter().filter(|&&h| h).count() as u32;
+    let covered = if routable {
+        blocks
+    } else {
+        held.min(blocks - 1)
+    };
+    let mut capacity = vec![0.0; n];
+    let counted: Vec<RangeArc> = arcs
+        .iter()
+        .filter(live)
+        .filter(|a| if routable { on_path(a) } else { useful(a) })
+        .copied()
+        .collect();
+    for a in &counted {
+        for c in &mut capacity[a.start as usize..a.end as usize] {
+            *c += a.rate;
+        }
+    }
+    let throughput = if routable {
+        max_flow(blocks, &counted)
     } else {
         0.0
     };
@@ -226,6 +363,12 @@ fn score(base: &[f64], me: &OwnPeer, start: u32, end: u32) -> RangeScore {
     }
 }
 
+fn score(base: &[RangeArc], blocks: u32, me: &OwnPeer, start: u32, end: u32) -> RangeScore {
+    let mut arcs = base.to_vec();
+    arcs.push(own_arc(me, start, end));
+    evaluate(blocks, &arcs, start, end)
+}
+
 /// The swarm with this node on `start..end` and the others where they are.
 pub fn score_range(
     blocks: u32,
@@ -235,9 +378,9 @@ pub fn score_range(
     end: u32,
 ) -> Result<RangeScore> {
     check_own(me)?;
-    let base = base_capacity(blocks, others)?;
+    let base = base_arcs(blocks, others)?;
     check_range(blocks, start, end, || "own range".into())?;
-    Ok(score(&base, me, start, end))
+    Ok(score(&base, blocks, me, start, end))
 }
 
 /// Two capacities are equal when they differ by less than a part in 1e9: a re-measured speed
@@ -262,72 +405,87 @@ fn sorted(v: &[f64]) -> Vec<f64> {
     s
 }
 
-/// The range that raises the swarm's throughput most, given everyone else stays (module docs).
-pub fn best_range(blocks: u32, others: &[HostedRange], me: &OwnPeer) -> Result<RangeScore> {
-    check_own(me)?;
-    let base = base_capacity(blocks, others)?;
-    let max_len = me.max_blocks.min(blocks);
-    let candidates: u64 = (1..=max_len).map(|l| u64::from(blocks - l + 1)).sum();
-    let lengths: Vec<u32> = if candidates.saturating_mul(u64::from(blocks)) > SEARCH_BUDGET {
-        vec![max_len]
-    } else {
-        // Longest first, so that on a full tie the longest range at the lowest start wins.
-        (1..=max_len).rev().collect()
+/// The candidate ranges that could lie on a route, in the order ties are settled: lowest
+/// start, then longest. With `full_only`, only ranges of exactly `max_len` blocks (or fewer
+/// where the model ends first).
+fn candidates(blocks: u32, base: &[RangeArc], max_len: u32, full_only: bool) -> Vec<(u32, u32)> {
+    let (fwd, bwd) = reach(blocks, base);
+    let mut set = std::collections::BTreeSet::new();
+    let lengths = |set: &mut std::collections::BTreeSet<(u32, std::cmp::Reverse<u32>)>,
+                   start: u32,
+                   room: u32| {
+        let top = max_len.min(room);
+        let low = if full_only { top } else { 1 };
+        for len in low..=top {
+            set.insert((start, std::cmp::Reverse(len)));
+        }
     };
-    // The best so far, with its leximin key computed only when a tie needs it: the first two
-    // leximin elements are the number of uncovered blocks and the least positive capacity, so
-    // comparing those first decides almost every pair without sorting.
-    struct Best {
-        score: RangeScore,
-        least_positive: f64,
-        key: Option<Vec<f64>>,
+    for b in 0..blocks {
+        if fwd[b as usize] {
+            lengths(&mut set, b, blocks - b);
+        }
     }
-    let least_positive = |cap: &[f64]| {
-        cap.iter()
-            .copied()
-            .filter(|&c| c > 0.0)
-            .fold(f64::INFINITY, f64::min)
-    };
-    let mut best: Option<Best> = None;
-    for start in 0..blocks {
-        for &len in &lengths {
-            let end = start + len;
-            if end > blocks {
-                continue;
-            }
-            let s = score(&base, me, start, end);
-            let lp = least_positive(&s.capacity);
-            let better = match &mut best {
-                None => true,
-                Some(b) => match s.covered.cmp(&b.score.covered) {
-                    Ordering::Greater => true,
-                    Ordering::Less => false,
-                    Ordering::Equal if !nearly_equal(lp, b.least_positive) => lp > b.least_positive,
-                    Ordering::Equal => {
-                        let key = b.key.get_or_insert_with(|| sorted(&b.score.capacity));
-                        leximin(&sorted(&s.capacity), key) == Ordering::Greater
-                    }
-                },
-            };
-            if better {
-                best = Some(Best {
-                    score: s,
-                    least_positive: lp,
-                    key: None,
-                });
+    for e in 1..=blocks {
+        if bwd[e as usize] {
+            let top = max_len.min(e);
+            let low = if full_only { top } else { 1 };
+            for len in low..=top {
+                set.insert((e - len, std::cmp::Reverse(len)));
             }
         }
     }
-    // At least one candidate exists: blocks >= 1 and max_len >= 1.
+    set.into_iter().map(|(s, l)| (s, s + l.0)).collect()
+}
+
+/// The range that raises the swarm's throughput most, given everyone else stays (module docs).
+pub fn best_range(blocks: u32, others: &[HostedRange], me: &OwnPeer) -> Result<RangeScore> {
+    check_own(me)?;
+    let base = base_arcs(blocks, others)?;
+    let max_len = me.max_blocks.min(blocks);
+    let mut cands = candidates(blocks, &base, max_len, false);
+    let work = (cands.len() as u64).saturating_mul(u64::from(blocks) + base.len() as u64);
+    if work > SEARCH_BUDGET {
+        cands = candidates(blocks, &base, max_len, true);
+    }
+    // The best so far, with its leximin key computed only when a tie needs it.
+    struct Best {
+        score: RangeScore,
+        key: Option<Vec<f64>>,
+    }
+    let mut best: Option<Best> = None;
+    for (start, end) in cands {
+        let s = score(&base, blocks, me, start, end);
+        let better = match &mut best {
+            None => true,
+            Some(b) => match s.covered.cmp(&b.score.covered) {
+                Ordering::Greater => true,
+                Ordering::Less => false,
+                Ordering::Equal if !nearly_equal(s.throughput, b.score.throughput) => {
+                    s.throughput > b.score.throughput
+                }
+                Ordering::Equal => {
+                    let key = b.key.get_or_insert_with(|| sorted(&b.score.capacity));
+                    leximin(&sorted(&s.capacity), key) == Ordering::Greater
+                }
+            },
+        };
+        if better {
+            best = Some(Best {
+                score: s,
+                key: None,
+            });
+        }
+    }
+    // At least one candidate exists: 0 is always reachable and max_len >= 1.
     best.map(|b| b.score).ok_or(PlanError::Infeasible {
         blocks,
         reason: "no range fits".into(),
     })
 }
 
-/// Whether moving from `current` to `best` is a clear gain: more blocks covered, or the model
-/// covered either way and a throughput above `current * (1 + min_gain)`. Fewer blocks covered,
-/// or a partial coverage either way with no more blocks, is never a reason to move.
+/// Whether moving from `current` to `best` is a clear gain: more coverage, or a route either way
+/// and a throughput above `current * (1 + min_gain)`. Less coverage, or no route either way
+/// with no more coverage, is never a reason to move.
 pub fn should_move(current: &RangeScore, best: &RangeScore, hysteresis: Hysteresis) -> bool {
     match best.covered.cmp(&current.covered) {
         Ordering::Greater => true,
@@ -355,8 +513,8 @@ pub fn decide(
         return Ok(Decision::Take(best));
     };
     check_range(blocks, start, end, || "current range".into())?;
-    let base = base_capacity(blocks, others)?;
-    let current = score(&base, me, start, end);
+    let base = base_arcs(blocks, others)?;
+    let current = score(&base, blocks, me, start, end);
     if (current.start, current.end) != (best.start, best.end)
         && should_move(&current, &best, hysteresis)
     {
@@ -531,13 +689,14 @@ mod tests {
 
     fn throughput(blocks: u32, nodes: &[Node]) -> f64 {
         // The swarm's throughput, computed from scratch over all nodes.
-        let all = others_of(nodes, usize::MAX);
-        let cap = base_capacity(blocks, &all).unwrap();
-        if cap.iter().all(|&c| c > 0.0) {
-            cap.iter().copied().fold(f64::INFINITY, f64::min)
-        } else {
-            0.0
-        }
+        let all = base_arcs(blocks, &others_of(nodes, usize::MAX)).unwrap();
+        evaluate(blocks, &all, 0, 1).throughput
+    }
+
+    /// Whether the nodes' ranges chain from block 0 to the end (a client can route).
+    fn routable(blocks: u32, nodes: &[Node]) -> bool {
+        let all = base_arcs(blocks, &others_of(nodes, usize::MAX)).unwrap();
+        reach(blocks, &all).0[blocks as usize]
     }
 
     #[test]
@@ -556,9 +715,15 @@ mod tests {
             nodes[i].range = Some((s.start, s.end));
             covered.push(coverage(b, &nodes).hosts.iter().filter(|&&h| h > 0).count());
         }
-        // Each of the first three covers as much new ground as it can: 10, then 22, then all.
+        // Each of the first three covers as much new ground as it can: 10, then 22, then all,
+        // each range starting where the one before ends.
         assert_eq!(covered, vec![10, 22, 30, 30]);
         assert!(coverage(b, &nodes).is_full());
+        assert!(
+            routable(b, &nodes[..3]),
+            "{:?}",
+            nodes.iter().map(|n| n.range).collect::<Vec<_>>()
+        );
         // The fourth adds throughput to a covered swarm.
         let with_three = throughput(b, &nodes[..3]);
         let with_four = throughput(b, &nodes);
@@ -599,6 +764,11 @@ mod tests {
                 cov.is_full(),
                 "node {leaver} left; uncovered {:?}",
                 cov.uncovered()
+            );
+            assert!(
+                routable(b, &nodes),
+                "node {leaver} left; ranges {:?} do not chain",
+                nodes.iter().map(|n| n.range).collect::<Vec<_>>()
             );
         }
     }
@@ -679,6 +849,7 @@ mod tests {
         let s = best_range(b, &[hosted(0, 10, 1.0), weak], &me(1.0, 10)).unwrap();
         assert_eq!((s.start, s.end), (10, 20));
         assert_eq!(s.covered, 20);
+        assert!(s.throughput > 0.0);
     }
 
     #[test]
@@ -758,5 +929,77 @@ mod tests {
         let s = best_range(b, &[hosted(0, 2000, 1.0)], &me(1.0, 2000)).unwrap();
         assert_eq!(s.end - s.start, 2000);
         assert!(s.start >= 2000);
+    }
+
+    #[test]
+    fn ranges_must_chain_to_make_a_route() {
+        // 0..12 and 12..24 held: the blocks 24..30 are best taken as 24..30 (a route), not as
+        // 18..30 or 19..30, which hold every block but leave no route (a hop runs its whole
+        // range, so 12..24 cannot hand over to a range that starts at 18).
+        let b = 30;
+        let others = [hosted(0, 12, 1.0), hosted(12, 24, 1.0)];
+        let s = best_range(b, &others, &me(1.0, 12)).unwrap();
+        assert_eq!((s.start, s.end), (24, 30));
+        assert_eq!(s.covered, 30);
+        assert!(s.throughput > 0.0);
+        let dangling = score_range(b, &others, &me(1.0, 12), 18, 30).unwrap();
+        assert!(dangling.covered < 30, "{dangling:?}");
+        assert_eq!(dangling.throughput, 0.0);
+        // A swarm whose ranges hold every block without chaining is not covered, and a
+        // joining node closes the route: 12..19 bridges to 19..30 (24..30 would too, but its
+        // route has more blocks at the weakest capacity).
+        let broken = [hosted(0, 12, 1.0), hosted(12, 24, 1.0), hosted(19, 30, 1.0)];
+        let c = Coverage::of(b, broken.iter().map(|h| (h.start, h.end))).unwrap();
+        assert!(c.is_full(), "every block has a host");
+        assert!(
+            score_range(b, &broken[..2], &me(1.0, 1), 0, 1)
+                .unwrap()
+                .covered
+                < 30
+        );
+        let s = best_range(b, &broken, &me(1.0, 12)).unwrap();
+        assert_eq!((s.start, s.end), (12, 19));
+        assert_eq!(s.covered, 30);
+    }
+
+    #[test]
+    fn throughput_is_the_max_flow_of_routes() {
+        let arc = |start, end, rate| RangeArc { start, end, rate };
+        // Two routes: 0-10-20 (bottleneck 3) and 0-20 directly (4); plus a dead end.
+        let arcs = [
+            arc(0, 10, 5.0),
+            arc(10, 20, 3.0),
+            arc(0, 20, 4.0),
+            arc(5, 15, 9.0),
+        ];
+        assert!((max_flow(20, &arcs) - 7.0).abs() < 1e-12);
+        let s = evaluate(20, &arcs, 5, 15);
+        assert_eq!(s.covered, 20);
+        assert!((s.throughput - 7.0).abs() < 1e-12);
+        // The dead end holds no capacity; 10..20 carries the two routes that pass it.
+        assert!((s.capacity[12] - 7.0).abs() < 1e-12, "{:?}", s.capacity);
+        // Shared arcs: 0-10 (2) feeds both 10-20 (5) and 10-15-20 (5, 5): bottleneck 2.
+        let shared = [
+            arc(0, 10, 2.0),
+            arc(10, 20, 5.0),
+            arc(10, 15, 5.0),
+            arc(15, 20, 5.0),
+        ];
+        assert!((max_flow(20, &shared) - 2.0).abs() < 1e-12);
+        // No route, no flow; power saving arcs (rate 0) carry nothing.
+        assert_eq!(max_flow(20, &[arc(0, 10, 5.0)]), 0.0);
+        let asleep = [arc(0, 10, 5.0), arc(10, 20, 0.0)];
+        assert_eq!(evaluate(20, &asleep, 0, 10).covered, 10);
+    }
+
+    #[test]
+    fn a_second_replica_goes_where_it_raises_the_flow() {
+        // A chain whose second range is slow: the joining node doubles it.
+        let b = 20;
+        let others = [hosted(0, 10, 1.0), hosted(10, 20, 4.0)];
+        let s = best_range(b, &others, &me(1.0, 10)).unwrap();
+        assert_eq!((s.start, s.end), (10, 20));
+        // 100 tokens/s on the first half; 25 + 100 on the second: the flow is 100.
+        assert!((s.throughput - 100.0).abs() < 1e-9, "{s:?}");
     }
 }
