@@ -1,6 +1,8 @@
 //! `swarm-node`: a Sunswarm peer. It loads a contiguous range of transformer blocks, announces the
 //! range and its energy state in the swarm, and serves inference sessions along client-chosen routes.
 //!
+//! - [`auto`]: `--blocks auto`, a node that chooses its own range and moves when the swarm
+//!   changes (the planner's Petals-style rule).
 //! - [`session`]: serving one session per activation stream, forwarding to the next hop.
 //! - [`compute`]: the block runner interface (real model or a test runner).
 //! - [`batch`]: the executor that runs the pending steps of all sessions together, a pass at a
@@ -11,6 +13,7 @@
 //! The libp2p host, the stream opener and the runtime live in `sunswarm-net`, shared with the
 //! client.
 
+pub mod auto;
 pub mod batch;
 pub mod compute;
 pub mod energy;

@@ -10,11 +10,12 @@ use clap::Parser;
 use libp2p::Multiaddr;
 use sunswarm_models::{BackendKind, Model, ModelSource};
 use sunswarm_net::NetConfig;
+use sunswarm_node::auto::{self, AutoNode, BlocksArg};
 use sunswarm_node::batch::BatchConfig;
 use sunswarm_node::compute::{BlockRunner, ModelRunner};
 use sunswarm_node::energy;
-use sunswarm_node::node::{self, NodeConfig};
-use sunswarm_protocol::BlockSpec;
+use sunswarm_node::node::{self, NodeConfig, RunningNode};
+use sunswarm_protocol::BlockRange;
 
 /// Serve a range of a model's transformer blocks to a Sunswarm swarm.
 #[derive(Parser, Debug)]
@@ -23,9 +24,13 @@ struct Args {
     /// Model: an alias (smollm2-135m), a .gguf file, a Hugging Face folder, or random:SHAPE.
     #[arg(long, default_value = "smollm2-135m")]
     model: String,
-    /// Blocks to serve: `0-9` (inclusive), `0:10` (half-open) or `all`.
+    /// Blocks to serve: `0-9` (inclusive), `0:10` (half-open), `all`, or `auto` (the node
+    /// measures itself, reads the swarm and takes the range that helps it most; see
+    /// --max-blocks and the other re-planning flags).
     #[arg(long, default_value = "all")]
-    blocks: BlockSpec,
+    blocks: BlocksArg,
+    #[command(flatten)]
+    auto: auto::AutoArgs,
     /// Address to listen on (repeatable).
     #[arg(long, default_value = "/ip4/127.0.0.1/tcp/0")]
     listen: Vec<Multiaddr>,
@@ -93,14 +98,50 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
-    let announce_ttl = secs("announce-ttl", args.announce_ttl)?;
-    let gossip_interval = secs("gossip-interval", args.gossip_interval)?;
+    let auto_opts = args.auto.options(args.blocks == BlocksArg::Auto)?;
     let energy: Arc<dyn energy::EnergySource> = Arc::from(args.energy.build()?);
     let src = ModelSource::parse(&args.model)?;
     let model = tokio::task::spawn_blocking(move || Model::open(&src)).await??;
     let n_layers = u32::try_from(model.config().n_layers).context("model has too many blocks")?;
-    let blocks = args.blocks.resolve(n_layers)?;
+    anyhow::ensure!(
+        args.slowdown.is_finite() && args.slowdown >= 1.0,
+        "--slowdown must be a number of at least 1, got {}",
+        args.slowdown
+    );
     let device = sunswarm_models::device(args.backend)?;
+    let spec = match args.blocks {
+        BlocksArg::Fixed(spec) => spec,
+        BlocksArg::Auto => {
+            // Blocks and throughput are the auto node's to fill in, range by range.
+            let template = node_config(
+                &args,
+                model.model_id().0,
+                n_layers,
+                BlockRange::new(0, n_layers)?,
+                0.0,
+            )?;
+            let model_id = model.model_id();
+            let auto_node =
+                AutoNode::new(model, device, args.slowdown, template, energy, auto_opts);
+            let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+            tokio::spawn(auto::stop_on(stop_tx, async {
+                if let Err(e) = wait_for_signal().await {
+                    tracing::warn!("waiting for a signal: {e}");
+                    std::future::pending::<()>().await;
+                }
+            }));
+            let announce = move |running: &RunningNode, blocks: BlockRange, first: bool| {
+                if first {
+                    announce_ready(running, blocks, n_layers, &model_id);
+                } else {
+                    println!("MOVED blocks={blocks}");
+                }
+            };
+            auto_node.run(stop_rx, announce).await?;
+            return Ok(());
+        }
+    };
+    let blocks = spec.resolve(n_layers)?;
     tracing::info!(blocks = %blocks, model = %model.model_id(), "loading blocks");
     let range = blocks.as_range();
     let (model, loaded) = tokio::task::spawn_blocking(move || {
@@ -120,19 +161,48 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "loaded blocks {:?}, asked for {blocks}",
         loaded.range()
     );
-    anyhow::ensure!(
-        args.slowdown.is_finite() && args.slowdown >= 1.0,
-        "--slowdown must be a number of at least 1, got {}",
-        args.slowdown
-    );
     let runner = Arc::new(ModelRunner::new(loaded).with_slowdown(args.slowdown));
     // On this thread, which is a compute worker (`compute_runtime`), so the estimate sees the
     // same threads a session's forwards get.
     let throughput = node::estimate_throughput(runner.as_ref());
-    let cfg = NodeConfig {
+    let cfg = node_config(&args, model.model_id().0, n_layers, blocks, throughput)?;
+    let runner: Arc<dyn BlockRunner> = runner;
+    let running = node::start(cfg, runner, energy).await?;
+    announce_ready(&running, blocks, n_layers, &model.model_id());
+    wait_for_signal().await?;
+    tracing::info!("stopping: leaving the swarm");
+    running.leave().await;
+    Ok(())
+}
+
+/// `PEER_ID=`, one `LISTEN=` per address and `READY ...` on stdout, for `swarm-testnet`.
+fn announce_ready(
+    running: &RunningNode,
+    blocks: BlockRange,
+    n_layers: u32,
+    model_id: &sunswarm_models::ModelId,
+) {
+    println!("PEER_ID={}", running.peer_id());
+    for a in running.listen_addrs() {
+        println!("LISTEN={a}");
+    }
+    println!("READY blocks={blocks} n_layers={n_layers} model={model_id}");
+}
+
+/// The node's configuration for `blocks` with this throughput estimate.
+fn node_config(
+    args: &Args,
+    model_id: sunswarm_protocol::ModelDigest,
+    n_layers: u32,
+    blocks: BlockRange,
+    throughput: f32,
+) -> anyhow::Result<NodeConfig> {
+    let announce_ttl = secs("announce-ttl", args.announce_ttl)?;
+    let gossip_interval = secs("gossip-interval", args.gossip_interval)?;
+    Ok(NodeConfig {
         net: NetConfig {
-            listen: args.listen,
-            bootstrap: args.bootstrap,
+            listen: args.listen.clone(),
+            bootstrap: args.bootstrap.clone(),
             dht_server: true,
             record_ttl: announce_ttl,
             swarm_key: args
@@ -142,7 +212,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 .transpose()?,
             ..NetConfig::default()
         },
-        model_id: model.model_id().0,
+        model_id,
         n_layers,
         blocks,
         backend: args.backend.to_string(),
@@ -160,21 +230,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             ..BatchConfig::default()
         },
         throughput,
-    };
-    let runner: Arc<dyn BlockRunner> = runner;
-    let running = node::start(cfg, runner, energy).await?;
-    println!("PEER_ID={}", running.peer_id());
-    for a in running.listen_addrs() {
-        println!("LISTEN={a}");
-    }
-    println!(
-        "READY blocks={blocks} n_layers={n_layers} model={}",
-        model.model_id()
-    );
-    wait_for_signal().await?;
-    tracing::info!("stopping: leaving the swarm");
-    running.leave().await;
-    Ok(())
+    })
 }
 
 async fn wait_for_signal() -> anyhow::Result<()> {

@@ -28,11 +28,14 @@ pub fn pace_offset(wall: Duration, done: u32, total: u32) -> Duration {
     wall.mul_f64(share)
 }
 
-/// A session's handle on its job. Unpaced tickets (mains, real batteries) never wait.
+/// A session's handle on its job. Unpaced tickets (mains, real batteries) never wait. The session
+/// holds its ticket until it ends, so a guard attached with [`JobTicket::with_guard`] is dropped
+/// when the session is over (a node that is about to move counts its open sessions this way).
 #[derive(Debug)]
 pub struct JobTicket {
     phase: Option<watch::Receiver<JobPhase>>,
     total_tokens: u32,
+    guard: Option<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 impl JobTicket {
@@ -41,6 +44,7 @@ impl JobTicket {
         JobTicket {
             phase: None,
             total_tokens: 0,
+            guard: None,
         }
     }
 
@@ -49,7 +53,14 @@ impl JobTicket {
         JobTicket {
             phase: Some(phase),
             total_tokens,
+            guard: None,
         }
+    }
+
+    /// This ticket, also holding `guard` until it is dropped with the session.
+    pub fn with_guard(mut self, guard: impl std::any::Any + Send + Sync) -> Self {
+        self.guard = Some(Box::new(guard));
+        self
     }
 
     /// Whether this ticket ever waits.

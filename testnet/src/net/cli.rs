@@ -18,7 +18,8 @@ pub struct UpArgs {
     /// Model every node serves.
     #[arg(long, default_value = "smollm2-135m")]
     pub model: String,
-    /// `even`, or one inclusive range per node: 0-9,10-19,10-19,20-29 (replicas allowed).
+    /// `even`, `auto` (every node runs `--blocks auto`, started one after another), or one
+    /// inclusive range per node: 0-9,10-19,10-19,20-29 (replicas allowed).
     #[arg(long, default_value = "even")]
     pub split: Split,
     /// Compute backend of every node: cpu, wgpu or cuda.
@@ -112,7 +113,7 @@ pub fn up(args: UpArgs) -> Result<()> {
     opts.swarm_key = args.swarm_key;
     let count = match &opts.split {
         Split::List(l) => l.len(),
-        Split::Even => opts.nodes,
+        Split::Even | Split::Auto => opts.nodes,
     };
     opts.per_node_args = (0..count)
         .map(|i| {

@@ -22,6 +22,9 @@ pub enum Split {
     Even,
     /// One inclusive range per node (`0-9,10-19,10-19,20-29` gives replicas).
     List(Vec<BlockRange>),
+    /// `--nodes` nodes with `swarm-node --blocks auto`, started one after another (each once the
+    /// swarm shows the ones before it), each choosing its own range.
+    Auto,
 }
 
 impl FromStr for Split {
@@ -30,8 +33,11 @@ impl FromStr for Split {
         if s == "even" {
             return Ok(Split::Even);
         }
+        if s == "auto" {
+            return Ok(Split::Auto);
+        }
         Ok(Split::List(parse_split_list(s).with_context(|| {
-            format!("--split {s:?}: expected `even` or A-B,C-D,...")
+            format!("--split {s:?}: expected `even`, `auto` or A-B,C-D,...")
         })?))
     }
 }
@@ -177,9 +183,12 @@ impl Testnet {
         let model = tokio::task::spawn_blocking(move || Model::open(&src)).await??;
         let n_layers = u32::try_from(model.config().n_layers)?;
         let model_id = model.model_id().0;
+        let auto = opts.split == Split::Auto;
+        // With auto nodes the ranges are theirs to choose: a placeholder until each says.
         let ranges = match &opts.split {
             Split::Even => BlockRange::split_even(n_layers, u32::try_from(opts.nodes)?)?,
             Split::List(r) => r.clone(),
+            Split::Auto => vec![BlockRange::new(0, n_layers)?; opts.nodes],
         };
         for r in &ranges {
             r.within(n_layers)?;
@@ -206,9 +215,14 @@ impl Testnet {
         for (i, blocks) in ranges.iter().enumerate() {
             let boot = (i > 0).then(|| net.bootstrap.clone());
             let log = net.log_dir.join(format!("node-{i}.log"));
+            let spec = if auto {
+                "auto".to_string()
+            } else {
+                format!("{}:{}", blocks.start, blocks.end)
+            };
             let p = Managed::spawn(
                 &format!("node {i}"),
-                net.node_command_with(blocks, boot.as_deref(), &net.args_of(i)),
+                net.node_command_with(&spec, boot.as_deref(), &net.args_of(i)),
                 &log,
             )?;
             net.nodes.push(NodeInfo {
@@ -221,10 +235,16 @@ impl Testnet {
             net.procs.push(Some(p));
             if i == 0 {
                 net.read_node(0, load)?; // the others need its address
+            } else if auto {
+                // The next auto node must see this one when it chooses.
+                net.read_node(i, load)?;
+                net.wait_for_peers(i + 1, Duration::from_secs(120)).await?;
             }
         }
-        for i in 1..ranges.len() {
-            net.read_node(i, load)?;
+        if !auto {
+            for i in 1..ranges.len() {
+                net.read_node(i, load)?;
+            }
         }
         let client = SwarmClient::connect_private(
             vec![net.bootstrap.parse()?],
@@ -248,21 +268,16 @@ impl Testnet {
 
     fn node_command_with(
         &self,
-        blocks: &BlockRange,
+        blocks: &str,
         bootstrap: Option<&str>,
         node_args: &[String],
     ) -> Command {
         let opts = &self.opts;
         let mut c = Command::new(&self.node_bin);
-        c.args([
-            "--model",
-            &opts.model,
-            "--blocks",
-            &format!("{}:{}", blocks.start, blocks.end),
-        ])
-        .args(["--backend", &opts.backend, "--listen", &opts.listen])
-        .args(["--announce-ttl", &opts.announce_ttl.to_string()])
-        .args(node_args);
+        c.args(["--model", &opts.model, "--blocks", blocks])
+            .args(["--backend", &opts.backend, "--listen", &opts.listen])
+            .args(["--announce-ttl", &opts.announce_ttl.to_string()])
+            .args(node_args);
         if let Some(k) = &opts.swarm_key {
             c.arg("--swarm-key").arg(k);
         }
@@ -285,7 +300,8 @@ impl Testnet {
         blocks.within(self.n_layers)?;
         let i = self.nodes.len();
         let log = self.log_dir.join(format!("node-{i}.log"));
-        let cmd = self.node_command_with(&blocks, Some(&self.bootstrap), node_args);
+        let spec = format!("{}:{}", blocks.start, blocks.end);
+        let cmd = self.node_command_with(&spec, Some(&self.bootstrap), node_args);
         let p = Managed::spawn(&format!("node {i}"), cmd, &log)?;
         self.nodes.push(NodeInfo {
             index: i,
@@ -303,13 +319,53 @@ impl Testnet {
         let p = self.procs[i].as_mut().context("node already stopped")?;
         let peer = p.wait_line("PEER_ID=", deadline)?;
         let listen = p.wait_line("LISTEN=", deadline)?;
-        p.wait_line("READY", deadline)?;
+        let ready = p.wait_line("READY", deadline)?;
         if i == 0 {
             self.bootstrap = listen.clone();
         }
         self.nodes[i].peer = peer;
         self.nodes[i].listen = listen;
+        // `READY blocks=A-B ...`: the range it took (an auto node's own choice).
+        if let Some(b) = ready
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("blocks="))
+            .and_then(|b| parse_split_list(b).ok())
+            .and_then(|l| l.first().copied())
+        {
+            self.nodes[i].blocks = b;
+        }
         Ok(())
+    }
+
+    /// A client of this testnet's swarm (private when it is).
+    pub async fn client(&self) -> Result<SwarmClient> {
+        Ok(SwarmClient::connect_private(
+            vec![self.bootstrap.parse()?],
+            self.opts.swarm_key.as_deref(),
+            Duration::from_secs(30),
+        )
+        .await?)
+    }
+
+    /// Waits until a client sees `n` live announcements of the model (bounded).
+    async fn wait_for_peers(&self, n: usize, deadline: Duration) -> Result<()> {
+        let client = self.client().await?;
+        let until = std::time::Instant::now() + deadline;
+        let outcome = loop {
+            match client.discover(&self.model_id, self.n_layers).await {
+                Ok(anns) if anns.len() >= n => break Ok(()),
+                Ok(anns) if std::time::Instant::now() >= until => {
+                    break Err(anyhow::anyhow!(
+                        "after {deadline:?} a client sees {} of {n} nodes",
+                        anns.len()
+                    ));
+                }
+                Err(e) if std::time::Instant::now() >= until => break Err(e.into()),
+                _ => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        };
+        client.stop().await;
+        outcome
     }
 
     /// Stops node `i`: SIGTERM (clean leave) or SIGKILL (crash), and reaps it.
