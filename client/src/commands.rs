@@ -9,7 +9,7 @@ use sunswarm_models::BackendKind;
 
 use crate::cli::GenerateArgs;
 use crate::engine::{Completion, Engine, EngineConfig, Mode, Prompt, RouteEntry};
-use crate::generate::{EachPiece, GenerateOptions, GenerationResult};
+use crate::generate::{GenerateOptions, GenerationResult, TextSink};
 use crate::swarm::{FailoverEvent, SwarmTimings, parse_routing, summarise, transit_breakdown};
 
 /// Parses `--bootstrap` values.
@@ -70,20 +70,8 @@ pub async fn generate(args: &GenerateArgs) -> Result<()> {
     };
     let ids = model.prompt_ids(&prompt)?;
     let opts = options(args);
-    let mut stdout = std::io::stdout();
-    let mut sink = EachPiece(|piece: &str| {
-        use std::io::Write;
-        let _ = stdout.write_all(piece.as_bytes());
-        let _ = stdout.flush();
-    });
-    let done = engine.generate(model, &ids, &opts, &mut sink).await?;
+    let done = engine.generate(model, &ids, &opts, &mut Terminal).await?;
     println!();
-    if !done.route.is_empty() {
-        eprintln!(
-            "route: {}",
-            crate::swarm::failover::describe_route(&done.route)
-        );
-    }
     if args.json {
         if args.local {
             println!("{}", serde_json::to_string(&done.result)?);
@@ -98,6 +86,23 @@ pub async fn generate(args: &GenerateArgs) -> Result<()> {
         swarm.stop().await;
     }
     Ok(())
+}
+
+/// Streams the text to stdout and says the route on stderr as soon as it is open.
+struct Terminal;
+
+impl TextSink for Terminal {
+    async fn piece(&mut self, text: &str) -> std::ops::ControlFlow<()> {
+        use std::io::Write;
+        let mut stdout = std::io::stdout();
+        let _ = stdout.write_all(text.as_bytes());
+        let _ = stdout.flush();
+        std::ops::ControlFlow::Continue(())
+    }
+
+    fn route_opened(&mut self, route: &[sunswarm_protocol::Hop]) {
+        eprintln!("route: {}", crate::swarm::failover::describe_route(route));
+    }
 }
 
 #[derive(Debug, Serialize)]

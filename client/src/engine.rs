@@ -331,6 +331,7 @@ impl Engine {
         .await?;
         let open_ms = t.elapsed().as_secs_f64() * 1e3;
         tracing::info!(route = %crate::swarm::failover::describe_route(session.route()), "session open");
+        sink.route_opened(session.route());
         let outcome = generate(
             &model.head,
             &model.tokenizer,

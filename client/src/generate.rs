@@ -132,6 +132,9 @@ pub trait TextSink: Send {
     /// A piece of text made of whole characters. [`ControlFlow::Break`] ends the generation after
     /// this piece, with [`FinishReason::Stop`] (a stop sequence, or a reader that went away).
     fn piece(&mut self, text: &str) -> impl Future<Output = ControlFlow<()>> + Send;
+
+    /// The route a swarm generation opened its session on, before its first forward.
+    fn route_opened(&mut self, _route: &[sunswarm_protocol::Hop]) {}
 }
 
 /// A [`TextSink`] from a closure that never stops the generation.
