@@ -91,6 +91,7 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| "info,libp2p=warn".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
     let rt = sunswarm_net::runtime::compute_runtime()?;
