@@ -33,6 +33,16 @@ fn main() -> anyhow::Result<()> {
         model.config().n_layers,
         after - before
     );
+    // The node keeps only the blocks: the model (and its map of the file, whose pages the load
+    // touched) goes.
+    let n_layers = model.config().n_layers;
+    drop(model);
+    println!(
+        "after dropping the model: rss {:.1} MiB, delta {:.1} MiB; the blocks hold {:.1} MiB ({n_layers} blocks in all)",
+        rss_mib(),
+        rss_mib() - before,
+        blocks.weight_bytes() as f64 / (1 << 20) as f64
+    );
     drop(blocks);
     Ok(())
 }

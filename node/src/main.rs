@@ -151,6 +151,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
     })
     .await?;
     let loaded = loaded?;
+    // The node keeps only its blocks: dropping the model unmaps the file, whose pages the load
+    // touched and which would otherwise stay resident beside the packed copy (about twice the
+    // blocks' bytes in all).
+    let model_id = model.model_id();
+    drop(model);
     tracing::info!(
         blocks = %blocks,
         weight_mib = format!("{:.1}", loaded.weight_bytes() as f64 / (1 << 20) as f64),
@@ -166,10 +171,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     // On this thread, which is a compute worker (`compute_runtime`), so the estimate sees the
     // same threads a session's forwards get.
     let throughput = node::estimate_throughput(runner.as_ref());
-    let cfg = node_config(&args, model.model_id().0, n_layers, blocks, throughput)?;
+    let cfg = node_config(&args, model_id.0, n_layers, blocks, throughput)?;
     let runner: Arc<dyn BlockRunner> = runner;
     let running = node::start(cfg, runner, energy).await?;
-    announce_ready(&running, blocks, n_layers, &model.model_id());
+    announce_ready(&running, blocks, n_layers, &model_id);
     wait_for_signal().await?;
     tracing::info!("stopping: leaving the swarm");
     running.leave().await;
