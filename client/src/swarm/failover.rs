@@ -18,6 +18,7 @@ use serde::Serialize;
 use sunswarm_models::HiddenStates;
 use sunswarm_protocol::{DType, ErrorKind, Hop, ModelDigest};
 
+use super::learned::OBSERVE_AFTER_STEPS;
 use super::route::Routing;
 use super::session::{ForwardTiming, SessionError, SwarmSession, failed_hop};
 use super::{SwarmClient, SwarmError};
@@ -124,6 +125,8 @@ pub struct ResilientSession<'a> {
     pub failovers: Vec<FailoverEvent>,
     /// Timings of the sessions that were replaced.
     past_timings: Vec<ForwardTiming>,
+    /// Whether this route's decode steps were reported to the router.
+    reported: bool,
 }
 
 impl<'a> ResilientSession<'a> {
@@ -174,6 +177,7 @@ impl<'a> ResilientSession<'a> {
             backoff,
             failovers: Vec::new(),
             past_timings: Vec::new(),
+            reported: false,
         })
     }
 
@@ -201,10 +205,7 @@ impl<'a> ResilientSession<'a> {
         loop {
             let err = match self.session.forward_hidden(input).await {
                 Ok(out) => {
-                    if let Some(t) = self.session.timings.last() {
-                        self.routing
-                            .observe(&self.model_id, self.session.route(), t);
-                    }
+                    self.report_steps(false);
                     if let Some((t0, hop, peer, reason)) = failed_at {
                         let ev = FailoverEvent {
                             hop,
@@ -244,6 +245,27 @@ impl<'a> ResilientSession<'a> {
                 failed_at = Some((Instant::now(), hop, peer, err.to_string()));
             }
             replayed = self.repair(hop, &mut times).await?;
+        }
+    }
+
+    /// Tells the router what this route's decode steps took, once per route: after
+    /// [`OBSERVE_AFTER_STEPS`] of them, or at the close (`closing`) of a shorter session.
+    fn report_steps(&mut self, closing: bool) {
+        if self.reported {
+            return;
+        }
+        let steps: Vec<ForwardTiming> = self
+            .session
+            .timings
+            .iter()
+            .filter(|t| t.n_tokens == 1 && !t.replay)
+            .take(OBSERVE_AFTER_STEPS)
+            .cloned()
+            .collect();
+        if steps.len() >= OBSERVE_AFTER_STEPS || (closing && !steps.is_empty()) {
+            self.routing
+                .observe(&self.model_id, self.session.route(), &steps);
+            self.reported = true;
         }
     }
 
@@ -299,6 +321,7 @@ impl<'a> ResilientSession<'a> {
                     let tokens = self.session.history.iter().map(|h| h.n_tokens).sum();
                     let old = std::mem::replace(&mut self.session, next);
                     self.past_timings.extend(old.timings);
+                    self.reported = false;
                     tracing::warn!("new route: {}", describe_route(self.route()));
                     return Ok(tokens);
                 }
@@ -319,7 +342,8 @@ impl<'a> ResilientSession<'a> {
     }
 
     /// Closes the session on every hop.
-    pub async fn close(self) {
+    pub async fn close(mut self) {
+        self.report_steps(true);
         self.session.close().await;
     }
 }

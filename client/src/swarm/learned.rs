@@ -7,12 +7,17 @@
 //!   compared per block: the group's deadline share is the per-token deadline's share of one
 //!   block, `deadline / n_layers`, and a hop's observed time is divided by its block count.
 //!   `D / Delta D` is then exactly the seed's `hop time / (deadline * blocks_g / total)`.
-//! - **Observations.** After every decode step (one token, not a failover replay), each hop
-//!   gets its own time from the step's receipts (`HopTiming::total_us`: from receiving the
-//!   forward to passing its output on) plus an equal share of the step's transit (the round
-//!   trip minus every hop's own time), so the hops' times add up to the round trip the deadline
-//!   is about. Its energy is the announced cost of a job in its power mode
-//!   ([`route::job_kilojoules`]; 0 on mains), against `E_ref` = the dearest mode's job.
+//! - **Observations.** A decode step's time on a hop is its own time from the step's receipts
+//!   (`HopTiming::total_us`: from receiving the forward to passing its output on) plus an equal
+//!   share of the step's transit (the round trip minus every hop's own time), so the hops' times
+//!   add up to the round trip the deadline is about. The client collects them after every
+//!   forward, and the bandit gets **one observation per session and hop**: the mean over the
+//!   session's first [`OBSERVE_AFTER_STEPS`] decode steps (or over all of them, at the close of a
+//!   shorter session). A pull is a routing decision, and a session's steps are not independent
+//!   draws (they share its moment's load): counting each step as a pull would shrink the
+//!   confidence radius tenfold and lock in whatever the first sessions happened to see. Its
+//!   energy is the announced cost of a job in its power mode ([`route::job_kilojoules`]; 0 on
+//!   mains), against `E_ref` = the dearest mode's job.
 //! - **Refusals and failures.** A refusal (power saving, busy) bars the arm until the peer's
 //!   announcement is newer than the one seen when it refused (seed sec. 6: "for the rest of that
 //!   record's lifetime"); a failure (dead, timed out, broken stream) is a deadline miss.
@@ -23,6 +28,14 @@
 //!
 //! The router is shared by every generation of an [`crate::engine::Engine`] (a `Mutex` around
 //! the bandits), so what one request learns routes the next.
+//!
+//! **Concurrent sessions.** The seed decides one token at a time, each after the last one's
+//! feedback; here many sessions choose while the first observations are still on their way.
+//! An untried peer has an infinite index, so every session that opens before its first step
+//! comes back would pick it: eight concurrent clients would all explore an unknown (perhaps
+//! slow) replica at once. So an untried peer that a session already chose, and that has not
+//! been observed since (for up to [`PENDING_EXPLORATION`]), is left out while another allowed
+//! candidate remains: each unknown peer is explored by one session at a time.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -44,6 +57,14 @@ type GroupKey = (ModelDigest, u32);
 
 /// The default per-token deadline of `--deadline-ms`.
 pub const DEFAULT_DEADLINE_MS: f64 = 500.0;
+
+/// Decode steps of a session after which its hops are reported (module docs).
+pub const OBSERVE_AFTER_STEPS: usize = 4;
+
+/// How long an untried peer that a session chose counts as being explored (module docs): long
+/// enough for a prompt and a first decode step, short enough that a session that never
+/// reported back does not hide the peer for good.
+pub const PENDING_EXPLORATION: Duration = Duration::from_secs(15);
 
 /// The energy scale: the dearest job of the paper's power modes, in joules, so a hop's
 /// normalised energy is in `[0, 1]` (0 on mains).
@@ -112,6 +133,8 @@ struct State {
     refused_at: HashMap<(GroupKey, ArmKey), u64>,
     /// Each model's block count, from its announcements.
     layers: HashMap<ModelDigest, u32>,
+    /// Untried arms a session chose, not observed since: when it was chosen.
+    exploring: HashMap<(GroupKey, ArmKey), std::time::Instant>,
     counts: LearnedCounts,
 }
 
@@ -243,7 +266,7 @@ impl Routing for CsUcbRouter {
             .map(|&i| route::energy_view(&anns[i]))
             .collect();
         let weights = self.prior.weights(&states);
-        let cands: Vec<(ArmKey, f64, bool)> = candidates
+        let mut cands: Vec<(ArmKey, f64, bool)> = candidates
             .iter()
             .zip(states.iter().zip(&weights))
             .map(|(&i, (s, &w))| {
@@ -274,7 +297,31 @@ impl Routing for CsUcbRouter {
                 }
                 state.seen.insert(gk, (a.timestamp_ms, job_joules(a)));
             }
+            // One session at a time explores an unknown peer (module docs).
+            let now = std::time::Instant::now();
+            state
+                .exploring
+                .retain(|_, at| now.duration_since(*at) < PENDING_EXPLORATION);
+            let busy = |k: &ArmKey| {
+                group.stats(k).is_none_or(|s| !s.tried())
+                    && state.exploring.contains_key(&(group_key, k.clone()))
+            };
+            let allowed = |c: &[(ArmKey, f64, bool)]| {
+                c.iter()
+                    .filter(|(k, w, ok)| *ok && *w > 0.0 && !group.is_refused(k))
+                    .count()
+            };
+            let spread: Vec<(ArmKey, f64, bool)> = cands
+                .iter()
+                .map(|(k, w, ok)| (k.clone(), *w, *ok && !busy(k)))
+                .collect();
+            if allowed(&spread) > 0 {
+                cands = spread;
+            }
             let (key, feasible) = group.decide(&cands)?;
+            if group.stats(&key).is_none_or(|s| !s.tried()) {
+                state.exploring.insert((group_key, key.clone()), now);
+            }
             state.counts.decisions += 1;
             if !feasible {
                 state.counts.best_effort += 1;
@@ -288,10 +335,18 @@ impl Routing for CsUcbRouter {
         .flatten()
     }
 
-    fn observe(&self, model: &ModelDigest, route: &[Hop], timing: &ForwardTiming) {
-        let Some(times) = hop_times_s(route.len(), timing) else {
+    fn observe(&self, model: &ModelDigest, route: &[Hop], steps: &[ForwardTiming]) {
+        let per_step: Vec<Vec<f64>> = steps
+            .iter()
+            .filter_map(|t| hop_times_s(route.len(), t))
+            .collect();
+        if per_step.is_empty() {
             return;
-        };
+        }
+        let n = per_step.len() as f64;
+        let times: Vec<f64> = (0..route.len())
+            .map(|h| per_step.iter().map(|s| s[h]).sum::<f64>() / n)
+            .collect();
         // A route covers the model: its last hop ends at the block count.
         let n_layers = route.last().map(|h| h.blocks.end);
         for (hop, t) in route.iter().zip(times) {
@@ -303,6 +358,9 @@ impl Routing for CsUcbRouter {
                     .seen
                     .get(&((*model, hop.blocks.start), key.clone()))
                     .map_or(0.0, |&(_, j)| j);
+                state
+                    .exploring
+                    .remove(&((*model, hop.blocks.start), key.clone()));
                 match group.observe(&key, per_block, joules) {
                     Ok(()) => state.counts.observations += 1,
                     Err(e) => tracing::debug!("cs-ucb: observation dropped: {e}"),
@@ -316,6 +374,7 @@ impl Routing for CsUcbRouter {
         self.with_group(model, hop.blocks.start, None, |group, state| {
             let gk = ((*model, hop.blocks.start), key.clone());
             let ts = state.seen.get(&gk).map_or(0, |&(ts, _)| ts);
+            state.exploring.remove(&gk);
             state.refused_at.insert(gk, ts);
             group.refused(&key);
             state.counts.refusals += 1;
@@ -325,6 +384,9 @@ impl Routing for CsUcbRouter {
     fn failed(&self, model: &ModelDigest, hop: &Hop) {
         let key = (hop.peer_id.clone(), hop.blocks.end);
         self.with_group(model, hop.blocks.start, None, |group, state| {
+            state
+                .exploring
+                .remove(&((*model, hop.blocks.start), key.clone()));
             group.failed(&key);
             state.counts.failures += 1;
         });
@@ -429,9 +491,8 @@ mod tests {
                     }
                 })
                 .collect();
-            for _ in 0..steps {
-                routing.observe(&MODEL, &route, &step(&us));
-            }
+            let taken: Vec<ForwardTiming> = (0..steps).map(|_| step(&us)).collect();
+            routing.observe(&MODEL, &route, &taken);
         }
         to_slow
     }
@@ -467,7 +528,11 @@ mod tests {
         );
         let c = learned.counts();
         assert_eq!(c.decisions, 200 * 3);
-        assert!(c.observations >= 200 * 8 * 3, "{c:?}");
+        assert_eq!(
+            c.observations,
+            200 * 3,
+            "one observation per session and hop: {c:?}"
+        );
         let slow = learned.stats(&MODEL, 10, 20, &[3; 4]).unwrap();
         assert!(
             slow.mean_time > 1.4,
@@ -481,13 +546,23 @@ mod tests {
 
     #[test]
     fn a_slower_replica_within_its_share_still_loses_on_reward() {
-        // 1 s per token: 333 ms per hop, so 60 ms is within the share, but worse than 30 ms.
+        // 1 s per token: 333 ms per hop, so 150 ms is within the share, but worse than 30 ms
+        // (rewards 0.55 against 0.91). UCB keeps exploring it, less and less.
         let learned = router(PolicyKind::Uniform, 1000.0);
-        let to_slow = run(&learned, &swarm(), 300, 100, 8, 60_000);
+        let to_slow = run(&learned, &swarm(), 300, 100, 8, 150_000);
         assert!(
-            to_slow < 20,
+            to_slow < 40,
             "cs-ucb sent {to_slow} of 200 to the slower replica"
         );
+        let uniform = run(
+            &Sampled(&sunswarm_energy::policy::Uniform),
+            &swarm(),
+            300,
+            100,
+            8,
+            150_000,
+        );
+        assert!(uniform > 70, "uniform sent {uniform} of 200");
     }
 
     #[test]
@@ -558,7 +633,7 @@ mod tests {
             let idx = plan_with(&anns, 30, &learned, &mut rng).unwrap();
             assert_eq!(idx[1], 2);
             let route: Vec<Hop> = idx.iter().map(|&i| hop_of(&anns[i])).collect();
-            learned.observe(&MODEL, &route, &step(&[30_000, 30_000, 30_000]));
+            learned.observe(&MODEL, &route, &[step(&[30_000, 30_000, 30_000])]);
         }
     }
 
@@ -576,7 +651,7 @@ mod tests {
             if idx[1] == 1 && s >= 10 {
                 to_dear += 1;
             }
-            learned.observe(&MODEL, &route, &step(&[30_000, 30_000, 30_000]));
+            learned.observe(&MODEL, &route, &[step(&[30_000, 30_000, 30_000])]);
         }
         assert!(to_dear <= 3, "{to_dear} of 90 to the dear peer");
         assert!(learned.stats(&MODEL, 10, 20, &[2; 4]).unwrap().mean_reward < 0.0);
@@ -604,7 +679,7 @@ mod tests {
                 .collect();
             let mut t = step(&us);
             t.rtt_us = us.iter().map(|&u| u64::from(u)).sum();
-            learned.observe(&MODEL, &route, &t);
+            learned.observe(&MODEL, &route, &[t]);
         }
         assert_eq!(
             seen.len(),
@@ -627,5 +702,57 @@ mod tests {
             assert!(CsUcbConfig::new(PolicyKind::Uniform, d).is_err(), "{d}");
         }
         assert_eq!(e_ref_joules(), 26_000.0);
+    }
+
+    #[test]
+    fn concurrent_sessions_explore_an_unknown_peer_one_at_a_time() {
+        // Eight sessions open before any step comes back: the seed's rule would send all
+        // eight to the first untried replica; here each unknown replica gets one, and the
+        // rest go by the rule again (all untried and being explored: key order).
+        let anns = swarm();
+        let learned = router(PolicyKind::Uniform, 300.0);
+        let mut rng = ChaCha8Rng::seed_from_u64(8);
+        let picks: Vec<usize> = (0..8)
+            .map(|_| plan_with(&anns, 30, &learned, &mut rng).unwrap()[1])
+            .collect();
+        assert_eq!(&picks[..2], &[1, 2], "{picks:?}");
+        // Once peer 3 (index 2) is observed slow, the next wave avoids it.
+        let slow = vec![hop_of(&anns[0]), hop_of(&anns[2]), hop_of(&anns[3])];
+        learned.observe(&MODEL, &slow, &[step(&[30_000, 150_000, 30_000])]);
+        let fast = vec![hop_of(&anns[0]), hop_of(&anns[1]), hop_of(&anns[3])];
+        learned.observe(&MODEL, &fast, &[step(&[30_000, 30_000, 30_000])]);
+        for _ in 0..8 {
+            assert_eq!(plan_with(&anns, 30, &learned, &mut rng).unwrap()[1], 1);
+        }
+    }
+
+    #[test]
+    fn a_session_is_one_observation_of_its_mean_step() {
+        let anns = swarm();
+        let learned = router(PolicyKind::Uniform, 300.0);
+        plan_with(&anns, 30, &learned, &mut ChaCha8Rng::seed_from_u64(9)).unwrap();
+        let route = vec![hop_of(&anns[0]), hop_of(&anns[1]), hop_of(&anns[3])];
+        // 20 and 60 ms on hop 1 (plus 1 ms of transit shared by 3 hops), a prompt step that
+        // does not count: one pull of 40.33 ms over 10 blocks against 10 ms a block.
+        let mut prompt = step(&[500_000, 500_000, 500_000]);
+        prompt.n_tokens = 9;
+        let steps = [
+            step(&[10_000, 20_000, 10_000]),
+            prompt,
+            step(&[10_000, 60_000, 10_000]),
+        ];
+        learned.observe(&MODEL, &route, &steps);
+        let s = learned.stats(&MODEL, 10, 20, &[2; 4]).unwrap();
+        assert_eq!(s.n, 1.0);
+        assert!(
+            (s.mean_time - (0.040 + 0.001 / 3.0) / 10.0 / 0.010).abs() < 1e-9,
+            "{s:?}"
+        );
+        learned.observe(&MODEL, &route, &[]);
+        assert_eq!(
+            learned.stats(&MODEL, 10, 20, &[2; 4]).unwrap().n,
+            1.0,
+            "no steps, no pull"
+        );
     }
 }

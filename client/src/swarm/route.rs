@@ -119,8 +119,9 @@ pub trait Routing: Send + Sync {
         candidates: &[usize],
         rng: &mut dyn RngCore,
     ) -> Option<usize>;
-    /// One forward of a session on `route` went through with `timing`.
-    fn observe(&self, _model: &ModelDigest, _route: &[Hop], _timing: &ForwardTiming) {}
+    /// A session on `route` made these decode steps (one token each, not replays): what the
+    /// choice of its hops came to. Called once per route a session uses.
+    fn observe(&self, _model: &ModelDigest, _route: &[Hop], _steps: &[ForwardTiming]) {}
     /// `hop` refused the session (power saving, busy).
     fn refused(&self, _model: &ModelDigest, _hop: &Hop) {}
     /// `hop` failed (died, timed out, broke its stream, answered garbage).
