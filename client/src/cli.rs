@@ -51,6 +51,10 @@ pub struct GenerateArgs {
     /// Keep generating after an end-of-sequence token.
     #[arg(long)]
     pub ignore_eos: bool,
+    /// State a per-token deadline (ms, through the whole route) to every hop at open: a hop that
+    /// cannot meet its share refuses, and the hops schedule this session's steps to meet it.
+    #[arg(long, default_value_t = 0.0)]
+    pub token_deadline_ms: f64,
     /// Prompt tokens per forward: a long prompt goes through the blocks in chunks of this size.
     #[arg(long, default_value_t = crate::generate::PREFILL_CHUNK)]
     pub prefill_chunk: usize,

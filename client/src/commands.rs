@@ -31,6 +31,7 @@ pub fn options(args: &GenerateArgs) -> GenerateOptions {
         seed: args.seed,
         ignore_eos: args.ignore_eos,
         prefill_chunk: args.prefill_chunk,
+        token_deadline_ms: args.token_deadline_ms,
     }
 }
 

@@ -26,8 +26,8 @@ use crate::generate::{
     GenerateError, GenerateOptions, GenerationResult, LocalPipeline, TextSink, generate,
 };
 use crate::swarm::{
-    CsUcbRouter, FailoverEvent, ForwardTiming, OwnedRouting, ResilientSession, RoutingKind,
-    SwarmClient, SwarmError, route,
+    CsUcbRouter, FailoverEvent, ForwardTiming, OpenParams, OwnedRouting, ResilientSession,
+    RoutingKind, SwarmClient, SwarmError, route,
 };
 
 /// Why an engine could not start, or a generation could not run.
@@ -325,8 +325,13 @@ impl Engine {
             model.model_id,
             model.n_layers,
             self.inner.routing.as_ref(),
-            DType::F32,
-            max_tokens,
+            OpenParams {
+                dtype: DType::F32,
+                max_tokens,
+                token_deadline_us: (opts.token_deadline_ms * 1e3)
+                    .round()
+                    .clamp(0.0, f64::from(u32::MAX)) as u32,
+            },
         )
         .await?;
         let open_ms = t.elapsed().as_secs_f64() * 1e3;

@@ -86,6 +86,10 @@ pub struct GenerateOptions {
     /// shared node a long prompt takes turns with other sessions' decode steps. Local and swarm
     /// runs chunk alike, so they stay identical.
     pub prefill_chunk: usize,
+    /// The time one token may take through the whole route, in milliseconds, stated to every
+    /// hop when the session opens (0: none). A hop that cannot meet its share refuses and
+    /// another is chosen; the hops schedule the session's steps to meet it.
+    pub token_deadline_ms: f64,
 }
 
 /// Prompt tokens per forward (the nodes' `max_chunk` is the same).
@@ -100,6 +104,7 @@ impl Default for GenerateOptions {
             seed: 0,
             ignore_eos: false,
             prefill_chunk: PREFILL_CHUNK,
+            token_deadline_ms: 0.0,
         }
     }
 }
@@ -170,6 +175,15 @@ impl GenerateOptions {
             return Err(GenerateError::InvalidOption {
                 name: "temperature",
                 why: format!("{} is not >= 0", self.temperature),
+            });
+        }
+        if !(self.token_deadline_ms.is_finite() && self.token_deadline_ms >= 0.0) {
+            return Err(GenerateError::InvalidOption {
+                name: "token-deadline-ms",
+                why: format!(
+                    "{} is not a number of milliseconds >= 0",
+                    self.token_deadline_ms
+                ),
             });
         }
         if self.prefill_chunk == 0 {

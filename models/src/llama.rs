@@ -325,7 +325,10 @@ impl LoadedBlocks {
     /// against its own cache. Longer steps (prompt chunks) run on their own within the pass.
     /// On the CPU every step's output and cache are bit-identical to running it alone. A step
     /// that is invalid (wrong width, full context, non-finite values) fails alone.
-    pub fn forward_batch(&self, steps: &mut [BatchStep<'_>]) -> Vec<Result<HiddenStates, ModelError>> {
+    pub fn forward_batch(
+        &self,
+        steps: &mut [BatchStep<'_>],
+    ) -> Vec<Result<HiddenStates, ModelError>> {
         let mut results: Vec<Option<Result<HiddenStates, ModelError>>> =
             (0..steps.len()).map(|_| None).collect();
         let mut decodes = Vec::new();
@@ -398,7 +401,13 @@ impl LoadedBlocks {
                 .zip(&tables)
                 .enumerate()
                 .map(|(j, (cache, (cos, sin)))| {
-                    self.attend(qkv.clone().narrow(1, j, 1), &mut cache.layers[li], cos, sin, None)
+                    self.attend(
+                        qkv.clone().narrow(1, j, 1),
+                        &mut cache.layers[li],
+                        cos,
+                        sin,
+                        None,
+                    )
                 })
                 .collect();
             x = x.add(linear_each(Tensor::cat(attn, 1), &w.wo)?);

@@ -36,7 +36,10 @@ fn batched_equals_alone(model: &Model, blocks: &LoadedBlocks, sessions: usize, r
     }
     for round in 0..rounds {
         let inputs: Vec<HiddenStates> = (0..sessions)
-            .map(|s| head.embed(&[((s * 7 + round * 13 + 1) % vocab) as u32]).unwrap())
+            .map(|s| {
+                head.embed(&[((s * 7 + round * 13 + 1) % vocab) as u32])
+                    .unwrap()
+            })
             .collect();
         let want: Vec<Vec<f32>> = alone
             .iter_mut()
@@ -46,7 +49,10 @@ fn batched_equals_alone(model: &Model, blocks: &LoadedBlocks, sessions: usize, r
         // A newcomer's prompt chunk shares the pass.
         let chunk = head.embed(&prompt(99 + round, 5, vocab)).unwrap();
         let mut newcomer = blocks.new_cache();
-        let want_chunk = blocks.forward(&mut blocks.new_cache(), &chunk).unwrap().data;
+        let want_chunk = blocks
+            .forward(&mut blocks.new_cache(), &chunk)
+            .unwrap()
+            .data;
         let mut steps: Vec<BatchStep<'_>> = together
             .iter_mut()
             .zip(&inputs)
@@ -130,7 +136,13 @@ fn a_bad_step_fails_alone_and_the_others_run() {
     ];
     let out = blocks.forward_batch(&mut steps);
     assert_eq!(out[0].as_ref().unwrap().data, want);
-    assert!(out[1].as_ref().unwrap_err().to_string().contains("non-finite"));
+    assert!(
+        out[1]
+            .as_ref()
+            .unwrap_err()
+            .to_string()
+            .contains("non-finite")
+    );
     assert!(out[2].is_ok());
     assert_eq!((c1.len(), c2.len(), c3.len()), (1, 0, 1));
 }

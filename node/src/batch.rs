@@ -6,13 +6,16 @@
 //! (`sunswarm_batching`: first come, first served up to a token budget); the pass itself is the
 //! runner's [`BlockRunner::forward_batch`], in which decode steps share every weight read.
 
-use std::collections::VecDeque;
-use std::sync::Arc;
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sunswarm_batching::{LinearCost, PassScheduler, SchedulerConfig, Step};
+use sunswarm_batching::{
+    Admission, CostModel, LatencyTarget, LinearCost, PassScheduler, Refusal, SchedulerConfig, Step,
+};
 use tokio::sync::{mpsc, oneshot};
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::compute::{BatchItem, BlockRunner, ComputeError, SessionCache};
 
@@ -63,6 +66,8 @@ struct StepJob {
     out: Vec<f32>,
     /// Compute time of the passes it ran in so far.
     compute: Duration,
+    /// This hop's share of the session's per-token deadline, for a decode step.
+    deadline_s: Option<f64>,
 }
 
 impl StepJob {
@@ -81,36 +86,148 @@ pub struct ExecutorStopped;
 #[derive(Clone)]
 pub struct Executor {
     tx: mpsc::Sender<StepJob>,
-    seq: Arc<std::sync::atomic::AtomicU64>,
+    shared: Arc<Shared>,
 }
 
+/// What the executor's task and the sessions' admission share: the scheduler (over the cost
+/// model measured at start) and the sessions being served.
+struct Shared {
+    scheduler: PassScheduler<LinearCost>,
+    cost: LinearCost,
+    serving: Mutex<HashMap<u64, ServingSession>>,
+    seq: AtomicU64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ServingSession {
+    deadline_s: Option<f64>,
+    max_tokens: u32,
+    seq: u64,
+}
+
+/// A session's place among those the executor serves; dropping it ends the place.
+pub struct Serving {
+    shared: Arc<Shared>,
+    key: u64,
+    /// This hop's share of the session's per-token deadline.
+    pub deadline_s: Option<f64>,
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.shared.serving.lock() {
+            s.remove(&self.key);
+        }
+    }
+}
+
+/// Why the executor cannot take a session with its deadline.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{0}")]
+pub struct DeadlineRefusal(pub String);
+
 impl Executor {
-    /// Starts the executor task on the current runtime.
+    /// Measures the runner's pass times (its cost model) and starts the executor task on the
+    /// current runtime.
     pub fn start(
         runner: Arc<dyn BlockRunner>,
         cfg: BatchConfig,
     ) -> (Executor, tokio::task::JoinHandle<()>) {
-        let (tx, rx) = mpsc::channel(cfg.queue.max(1));
-        let task = tokio::spawn(run(runner, rx, cfg));
-        (
-            Executor {
-                tx,
-                seq: Arc::default(),
+        let cost = measure_cost(runner.as_ref());
+        debug!(?cost, "pass cost measured");
+        Self::start_with_cost(runner, cfg, cost)
+    }
+
+    /// [`start`](Self::start) with a given cost model.
+    pub fn start_with_cost(
+        runner: Arc<dyn BlockRunner>,
+        cfg: BatchConfig,
+        cost: LinearCost,
+    ) -> (Executor, tokio::task::JoinHandle<()>) {
+        let scheduler = PassScheduler::new(
+            cost,
+            SchedulerConfig {
+                token_budget: cfg.token_budget.max(1),
+                ..SchedulerConfig::default()
             },
-            task,
         )
+        .or_else(|_| PassScheduler::new(cost, SchedulerConfig::default()))
+        .unwrap_or_else(|_| unreachable_scheduler());
+        let shared = Arc::new(Shared {
+            scheduler,
+            cost,
+            serving: Mutex::default(),
+            seq: AtomicU64::new(0),
+        });
+        let (tx, rx) = mpsc::channel(cfg.queue.max(1));
+        let task = tokio::spawn(run(runner, rx, cfg, shared.clone()));
+        (Executor { tx, shared }, task)
+    }
+
+    /// Takes a session of up to `max_tokens` tokens whose steps must each take at most
+    /// `deadline_s` here, if the passes with it and the sessions already served allow it (the
+    /// cost model's judgement, seed 002's admission). A session without a deadline is always
+    /// taken; its steps count in everyone else's passes.
+    pub fn admit(
+        &self,
+        max_tokens: u32,
+        deadline_s: Option<f64>,
+    ) -> Result<Serving, DeadlineRefusal> {
+        let mut serving = self
+            .shared
+            .serving
+            .lock()
+            .map_err(|_| DeadlineRefusal("the executor's session table is poisoned".into()))?;
+        let seq = self.shared.seq.fetch_add(1, Ordering::Relaxed);
+        if let Some(target) = deadline_s {
+            let steps: Vec<Step> = serving
+                .iter()
+                .map(|(&key, s)| {
+                    let step = Step::decode(key, s.seq, s.max_tokens);
+                    match s.deadline_s {
+                        Some(d) => step.with_deadline(d),
+                        None => step,
+                    }
+                })
+                .collect();
+            let opening = Step::decode(seq, seq, max_tokens);
+            match self.shared.scheduler.admit(
+                &steps,
+                &opening,
+                LatencyTarget::PerTokenSeconds(target),
+            ) {
+                Ok(Admission::Accept { .. }) => {}
+                Ok(Admission::Refuse(r)) => return Err(DeadlineRefusal(describe(&r))),
+                Err(e) => return Err(DeadlineRefusal(e.to_string())),
+            }
+        }
+        serving.insert(
+            seq,
+            ServingSession {
+                deadline_s,
+                max_tokens,
+                seq,
+            },
+        );
+        Ok(Serving {
+            shared: self.shared.clone(),
+            key: seq,
+            deadline_s,
+        })
     }
 
     /// Runs `n_tokens` rows of `data` through the blocks with `cache` in the next pass that
-    /// takes them, and hands the cache back with the output.
+    /// takes them, and hands the cache back with the output. A decode step with a deadline that
+    /// no pass can meet is answered with [`ComputeError::DeadlineMissed`].
     pub async fn step(
         &self,
         cache: Box<dyn SessionCache>,
         n_tokens: usize,
         data: Vec<f32>,
+        deadline_s: Option<f64>,
     ) -> Result<StepDone, ExecutorStopped> {
         let (reply, done) = oneshot::channel();
-        let seq = self.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let seq = self.shared.seq.fetch_add(1, Ordering::Relaxed);
         self.tx
             .send(StepJob {
                 cache,
@@ -121,6 +238,7 @@ impl Executor {
                 done: 0,
                 out: Vec::new(),
                 compute: Duration::ZERO,
+                deadline_s: deadline_s.filter(|_| n_tokens == 1),
             })
             .await
             .map_err(|_| ExecutorStopped)?;
@@ -128,23 +246,94 @@ impl Executor {
     }
 }
 
-async fn run(runner: Arc<dyn BlockRunner>, mut rx: mpsc::Receiver<StepJob>, cfg: BatchConfig) {
-    // FCFS does not consult the cost model; DFTSP (steps with deadlines) will.
-    let scheduler = match LinearCost::new(0.0, 0.0, 0.0).and_then(|cost| {
-        PassScheduler::new(
-            cost,
-            SchedulerConfig {
-                token_budget: cfg.token_budget.max(1),
-                ..SchedulerConfig::default()
-            },
-        )
-    }) {
-        Ok(s) => s,
-        Err(e) => {
-            warn!("the pass scheduler could not start: {e}");
-            return;
+/// A refusal in words, for the wire.
+fn describe(r: &Refusal) -> String {
+    match r {
+        Refusal::TooSlowAlone {
+            latency_s,
+            target_s,
+        } => format!(
+            "a token takes {:.1} ms on this node even alone; the deadline leaves it {:.1} ms",
+            latency_s * 1e3,
+            target_s * 1e3
+        ),
+        Refusal::TooSlowUnderLoad {
+            latency_s,
+            target_s,
+        } => format!(
+            "beside the sessions it serves, a token would take {:.1} ms on this node; the deadline leaves it {:.1} ms",
+            latency_s * 1e3,
+            target_s * 1e3
+        ),
+        Refusal::BreaksSession {
+            latency_s,
+            deadline_s,
+            ..
+        } => format!(
+            "taking it would make a session it serves miss its deadline ({:.1} ms > {:.1} ms)",
+            latency_s * 1e3,
+            deadline_s * 1e3
+        ),
+        Refusal::TokenBudget { tokens, budget } => format!(
+            "its steps and those it serves ({tokens} tokens) exceed a pass's budget of {budget}"
+        ),
+        other => format!("{other:?}"),
+    }
+}
+
+/// Times passes of this runner (decode steps of 1, 2 and 4 sessions, prompt chunks of 16 and
+/// 32 tokens, the fastest of two each) and fits the pass time `c0 + c1 * tokens + c2 * tokens x
+/// context` to them. A runner too fast to measure gets a model of its single decode step.
+pub fn measure_cost(runner: &dyn BlockRunner) -> LinearCost {
+    let dim = runner.hidden_size();
+    let mut samples: Vec<(Vec<Step>, f64)> = Vec::new();
+    for (sessions, tokens) in [(1usize, 1usize), (2, 1), (4, 1), (1, 16), (1, 32)] {
+        let mut best = f64::INFINITY;
+        for _ in 0..2 {
+            let mut caches: Vec<Box<dyn SessionCache>> =
+                (0..sessions).map(|_| runner.new_session()).collect();
+            for c in &mut caches {
+                let _ = c.forward(4, vec![0.0; 4 * dim]);
+            }
+            let mut items: Vec<BatchItem<'_>> = caches
+                .iter_mut()
+                .map(|c| (c.as_mut(), tokens, vec![0.0; tokens * dim]))
+                .collect();
+            let t = Instant::now();
+            let _ = crate::session::blocking(|| runner.forward_batch(&mut items));
+            best = best.min(t.elapsed().as_secs_f64());
         }
-    };
+        let steps = (0..sessions)
+            .map(|s| {
+                let (s, t) = (s as u64, u32::try_from(tokens).unwrap_or(u32::MAX));
+                Step::prefill_chunk(s, s, t, 4)
+            })
+            .collect();
+        samples.push((steps, best));
+    }
+    LinearCost::fit(samples.iter().map(|(steps, t)| (steps.as_slice(), *t)))
+        .or_else(|_| LinearCost::new(samples[0].1.max(0.0), 0.0, 0.0))
+        .unwrap_or_else(|_| zero_cost())
+}
+
+fn zero_cost() -> LinearCost {
+    // Zero coefficients are valid (non-negative); this is the model of last resort.
+    LinearCost::fit(std::iter::empty::<(&[Step], f64)>())
+        .unwrap_or_else(|_| LinearCost::new(0.0, 0.0, 0.0).unwrap_or_else(|_| zero_cost()))
+}
+
+fn unreachable_scheduler() -> PassScheduler<LinearCost> {
+    PassScheduler::new(zero_cost(), SchedulerConfig::default())
+        .unwrap_or_else(|_| unreachable_scheduler())
+}
+
+async fn run(
+    runner: Arc<dyn BlockRunner>,
+    mut rx: mpsc::Receiver<StepJob>,
+    cfg: BatchConfig,
+    shared: Arc<Shared>,
+) {
+    let scheduler = &shared.scheduler;
     let mut pending: VecDeque<StepJob> = VecDeque::new();
     loop {
         if pending.is_empty() {
@@ -170,31 +359,54 @@ async fn run(runner: Arc<dyn BlockRunner>, mut rx: mpsc::Receiver<StepJob>, cfg:
             .map(|(i, j)| {
                 let tokens = u32::try_from(j.chunk(max_chunk)).unwrap_or(u32::MAX);
                 let context = u32::try_from(j.cache.len()).unwrap_or(u32::MAX);
-                if tokens == 1 {
-                    Step::decode(i as u64, j.seq, context)
-                } else {
-                    Step::prefill_chunk(i as u64, j.seq, tokens, context)
+                let step = Step::prefill_chunk(i as u64, j.seq, tokens, context);
+                match j.deadline_s {
+                    Some(d) => step.with_deadline(d),
+                    None => step,
                 }
             })
             .collect();
-        let chosen: Vec<usize> = match scheduler.plan(&steps, u64::MAX) {
-            Ok(plan) if !plan.run.is_empty() => plan.run,
-            Ok(_) => vec![0],
+        // FCFS up to the budget; DFTSP once a step carries a deadline (seed 002).
+        let (chosen, missed) = match scheduler.plan(&steps, u64::MAX) {
+            Ok(plan) if !plan.run.is_empty() || !plan.missed.is_empty() => (plan.run, plan.missed),
+            Ok(_) => (vec![0], Vec::new()),
             Err(e) => {
                 // A step the scheduler cannot read (a size past u32) still runs, alone.
                 debug!("scheduler refused the pending steps ({e}); running the oldest alone");
-                vec![0]
+                (vec![0], Vec::new())
             }
         };
         let mut taken: Vec<StepJob> = Vec::with_capacity(chosen.len());
-        let mut chosen = chosen;
-        chosen.sort_unstable();
-        for &i in chosen.iter().rev() {
+        let mut late: Vec<StepJob> = Vec::with_capacity(missed.len());
+        let mut out_of_queue: Vec<(usize, bool)> = chosen
+            .iter()
+            .map(|&i| (i, true))
+            .chain(missed.iter().map(|&i| (i, false)))
+            .collect();
+        out_of_queue.sort_unstable();
+        out_of_queue.dedup_by_key(|(i, _)| *i);
+        for &(i, run) in out_of_queue.iter().rev() {
             if let Some(job) = pending.remove(i) {
-                taken.push(job);
+                if run { taken.push(job) } else { late.push(job) }
             }
         }
         taken.reverse();
+        for job in late {
+            let alone = Step::decode(0, 0, u32::try_from(job.cache.len()).unwrap_or(u32::MAX));
+            let needs = shared.cost.pass_seconds(&[&alone]);
+            let _ = job.reply.send(StepDone {
+                cache: job.cache,
+                output: Err(ComputeError::DeadlineMissed {
+                    needs_ms: needs * 1e3,
+                    deadline_ms: job.deadline_s.unwrap_or(0.0) * 1e3,
+                }),
+                pass_compute: Duration::ZERO,
+                pass_steps: 0,
+            });
+        }
+        if taken.is_empty() {
+            continue;
+        }
         // Steps with chunks left go back to the front, in their order: they stay the oldest.
         for job in pass(runner.as_ref(), taken, max_chunk).into_iter().rev() {
             pending.push_front(job);

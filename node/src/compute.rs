@@ -21,6 +21,10 @@ pub enum ComputeError {
     Model(#[from] sunswarm_models::ModelError),
     #[error("the step's cache belongs to another runner")]
     Foreign,
+    #[error(
+        "a step takes {needs_ms:.1} ms on this node even alone; its deadline here is {deadline_ms:.1} ms"
+    )]
+    DeadlineMissed { needs_ms: f64, deadline_ms: f64 },
 }
 
 /// Runs a node's blocks.

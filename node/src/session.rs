@@ -22,8 +22,8 @@ use sunswarm_protocol::{
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tracing::{Instrument, debug, info_span, warn};
 
-use crate::batch::{Executor, Lent};
-use crate::compute::{BlockRunner, SessionCache};
+use crate::batch::{Executor, Lent, Serving};
+use crate::compute::{BlockRunner, ComputeError, SessionCache};
 use crate::energy::{EnergySource, JobTicket, Refusal};
 use sunswarm_net::Network;
 use sunswarm_net::stream::{Stream, send_open};
@@ -309,7 +309,7 @@ pub async fn serve(ctx: Arc<SessionCtx>, from: PeerId, mut up: Stream) {
     let span = info_span!("session", id = %open.session, hop = open.hop);
     async move {
         let hop = open.hop;
-        let (permit, kv, job) = match admit(&ctx, &open) {
+        let (permit, kv, job, serving) = match admit(&ctx, &open) {
             Ok(p) => p,
             Err(refused) => {
                 debug!(%refused, "refused");
@@ -343,8 +343,18 @@ pub async fn serve(ctx: Arc<SessionCtx>, from: PeerId, mut up: Stream) {
         }
         debug!(%from, "opened");
         let cache = ctx.runner.new_session();
-        run_session(&ctx, &open, up, reader, next, cache, job).await;
-        drop((permit, kv));
+        run_session(
+            &ctx,
+            &open,
+            up,
+            reader,
+            next,
+            cache,
+            job,
+            serving.deadline_s,
+        )
+        .await;
+        drop((permit, kv, serving));
         debug!("closed");
     }
     .instrument(span)
@@ -355,7 +365,7 @@ pub async fn serve(ctx: Arc<SessionCtx>, from: PeerId, mut up: Stream) {
 fn admit(
     ctx: &SessionCtx,
     open: &OpenSession,
-) -> Result<(SessionPlace, OwnedSemaphorePermit, JobTicket), WireError> {
+) -> Result<(SessionPlace, OwnedSemaphorePermit, JobTicket, Serving), WireError> {
     let hop = open.hop;
     let me = &open.route[hop as usize];
     if open.model_id != ctx.model_id {
@@ -418,12 +428,25 @@ fn admit(
                 ),
             )
         })?;
+    let serving = ctx
+        .executor
+        .admit(open.max_tokens, deadline_share(ctx, open))
+        .map_err(|e| refusal(ErrorKind::Deadline, hop, e.to_string()))?;
     // Last, so that a job the energy model takes is never one the node then turns away.
     let job = ctx.energy.begin_job(open.max_tokens).map_err(|r| match r {
         Refusal::PowerSaving(m) => refusal(ErrorKind::PowerSaving, hop, m),
         Refusal::Busy(m) => refusal(ErrorKind::Busy, hop, m),
     })?;
-    Ok((permit, kv, job))
+    Ok((permit, kv, job, serving))
+}
+
+/// This hop's share of the session's per-token deadline, in proportion to its blocks (the route
+/// ends at the model's last block), or `None` when the session states none.
+fn deadline_share(ctx: &SessionCtx, open: &OpenSession) -> Option<f64> {
+    let total = open.route.last()?.blocks.end;
+    let mine = ctx.blocks.end.checked_sub(ctx.blocks.start)?;
+    (open.token_deadline_us > 0 && total > 0)
+        .then(|| f64::from(open.token_deadline_us) * 1e-6 * f64::from(mine) / f64::from(total))
 }
 
 /// Opens the session on the next hop of the route and waits for its answer.
@@ -556,6 +579,7 @@ async fn run_session(
     mut next: Onward,
     mut cache: Box<dyn SessionCache>,
     mut job: JobTicket,
+    deadline_s: Option<f64>,
 ) {
     let hop = open.hop;
     let dim = ctx.runner.hidden_size();
@@ -603,13 +627,15 @@ async fn run_session(
             Event::Up(Err(None)) => return, // upstream closed or failed: the session ends with it
         };
         let refused = match req {
-            Request::Forward(f) => match forward(ctx, open, f, dim, &mut cache, &mut job).await {
-                Ok(out) => match pass_on(ctx, open, out, &mut next, &mut client).await {
-                    Ok(()) => continue,
+            Request::Forward(f) => {
+                match forward(ctx, open, f, dim, &mut cache, &mut job, deadline_s).await {
+                    Ok(out) => match pass_on(ctx, open, out, &mut next, &mut client).await {
+                        Ok(()) => continue,
+                        Err(refused) => refused,
+                    },
                     Err(refused) => refused,
-                },
-                Err(refused) => refused,
-            },
+                }
+            }
             Request::Close { session } if session == open.session => {
                 if let Onward::Hop(d) = &mut next {
                     let _ = write_message(d, &Request::Close { session }).await;
@@ -647,6 +673,7 @@ async fn forward(
     dim: usize,
     cache: &mut Box<dyn SessionCache>,
     job: &mut JobTicket,
+    deadline_s: Option<f64>,
 ) -> Result<Forward, WireError> {
     let t0 = Instant::now();
     let hop = open.hop;
@@ -696,13 +723,17 @@ async fn forward(
     let lent = std::mem::replace(cache, Box::new(Lent));
     let done = ctx
         .executor
-        .step(lent, n, data)
+        .step(lent, n, data, deadline_s)
         .await
         .map_err(|e| refusal(ErrorKind::Internal, hop, e.to_string()))?;
     *cache = done.cache;
-    let out = done
-        .output
-        .map_err(|e| refusal(ErrorKind::Compute, hop, e.to_string()))?;
+    let out = done.output.map_err(|e| {
+        let kind = match e {
+            ComputeError::DeadlineMissed { .. } => ErrorKind::Deadline,
+            _ => ErrorKind::Compute,
+        };
+        refusal(kind, hop, e.to_string())
+    })?;
     // The step waited for the whole pass; its energy is its share of the pass.
     let compute = done.pass_compute;
     ctx.energy

@@ -60,7 +60,7 @@ async fn concurrent_sessions_get_what_they_get_alone() {
             } else {
                 (1, embed(&head, &[500 + round - 1]))
             };
-            async move { exec.step(cache, n, data).await.unwrap() }
+            async move { exec.step(cache, n, data, None).await.unwrap() }
         });
         for (s, done) in futures::future::join_all(steps)
             .await
@@ -102,7 +102,7 @@ async fn a_long_prompt_takes_turns_with_other_sessions_decode_steps() {
         let exec = exec.clone();
         let data = embed(&head, &long);
         let cache = runner.new_session();
-        tokio::spawn(async move { exec.step(cache, 768, data).await.unwrap() })
+        tokio::spawn(async move { exec.step(cache, 768, data, None).await.unwrap() })
     };
     // Decode steps of the other session while the prompt runs.
     let mut waits = Vec::new();
@@ -111,7 +111,10 @@ async fn a_long_prompt_takes_turns_with_other_sessions_decode_steps() {
     let mut t = 0u32;
     while prompt_done.is_none() {
         let start = Instant::now();
-        let done = exec.step(other, 1, embed(&head, &[600 + t])).await.unwrap();
+        let done = exec
+            .step(other, 1, embed(&head, &[600 + t]), None)
+            .await
+            .unwrap();
         waits.push(start.elapsed());
         other = done.cache;
         done.output.unwrap();
@@ -143,4 +146,66 @@ async fn a_long_prompt_takes_turns_with_other_sessions_decode_steps() {
         worst < whole_prompt / 3,
         "a decode step waited {worst:?}, the whole prompt takes {whole_prompt:?}"
     );
+}
+
+/// Sessions with a per-token deadline, against a cost model of 10 ms per pass plus 2 ms per token
+/// (a fast test runner underneath): the executor takes what it can serve in time and refuses
+/// the rest with the reason, and answers a step whose deadline no pass can meet at once.
+#[tokio::test(flavor = "current_thread")]
+async fn sessions_with_deadlines_are_taken_only_when_they_can_be_served() {
+    use sunswarm_batching::LinearCost;
+    use sunswarm_node::compute::{ComputeError, ShiftRunner};
+    let runner: Arc<dyn BlockRunner> = Arc::new(ShiftRunner { dim: 4, shift: 1.0 });
+    let cost = LinearCost::new(0.010, 0.002, 0.0).unwrap();
+    let (exec, _task) = Executor::start_with_cost(runner.clone(), BatchConfig::default(), cost);
+    // Alone a token takes 12 ms here.
+    let err = exec
+        .admit(64, Some(0.011))
+        .err()
+        .expect("an 11 ms deadline is refused");
+    assert!(err.to_string().contains("even alone"), "{err}");
+    // With a 20 ms deadline: 1 session 12 ms, 2 -> 14, ... 5 -> 20 ms; the sixth would take 22.
+    let mut held = Vec::new();
+    for i in 0..5 {
+        held.push(
+            exec.admit(64, Some(0.020))
+                .unwrap_or_else(|e| panic!("session {i}: {e}")),
+        );
+    }
+    let err = exec
+        .admit(64, Some(0.020))
+        .err()
+        .expect("a sixth session is refused");
+    assert!(err.to_string().contains("beside the sessions"), "{err}");
+    // Sessions without a deadline are always taken, but they slow the others down: a looser
+    // newcomer is now refused because it would break a held session's deadline.
+    let free = exec.admit(64, None).unwrap();
+    let err = exec
+        .admit(64, Some(1.0))
+        .err()
+        .expect("it would break a held session");
+    assert!(err.to_string().contains("miss its deadline"), "{err}");
+    drop(free);
+    held.pop();
+    assert!(
+        exec.admit(64, Some(0.020)).is_ok(),
+        "room again after one left"
+    );
+
+    // A decode step whose deadline even a pass of its own cannot meet is answered at once.
+    let done = exec
+        .step(runner.new_session(), 1, vec![0.0; 4], Some(0.005))
+        .await
+        .unwrap();
+    assert!(
+        matches!(done.output, Err(ComputeError::DeadlineMissed { .. })),
+        "{:?}",
+        done.output
+    );
+    // One it can meet runs.
+    let done = exec
+        .step(runner.new_session(), 1, vec![0.0; 4], Some(0.050))
+        .await
+        .unwrap();
+    assert_eq!(done.output.unwrap(), vec![1.0; 4]);
 }

@@ -129,6 +129,7 @@ async fn open(
         dtype: DType::F32,
         max_tokens,
         client: net.local_peer_id().to_bytes(),
+        token_deadline_us: 0,
     };
     let mut buf = Vec::new();
     let mut first = stream_to(net, node).await;

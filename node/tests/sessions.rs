@@ -169,6 +169,7 @@ fn open_for(net: &Network, session: SessionId, route: Vec<Hop>, model_id: [u8; 3
         dtype: DType::F32,
         max_tokens: 32,
         client: net.local_peer_id().to_bytes(),
+        token_deadline_us: 0,
     })
 }
 

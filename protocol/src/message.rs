@@ -56,6 +56,11 @@ pub struct OpenSession {
     /// Peer id of the client: only this peer may attach to the last hop for the outputs.
     #[serde(with = "serde_bytes")]
     pub client: Vec<u8>,
+    /// The client's limit on one token's time through the whole route, in microseconds; 0 for
+    /// none. Each hop holds a share in proportion to its blocks: a hop that cannot meet its share
+    /// beside the sessions it serves refuses the open with [`ErrorKind::Deadline`], and it
+    /// schedules the session's steps to meet it (DFTSP).
+    pub token_deadline_us: u32,
 }
 
 /// Hidden states for the next positions of a session.
@@ -122,6 +127,8 @@ pub enum ErrorKind {
     Internal,
     /// The session sent nothing for longer than the node's idle limit.
     Timeout,
+    /// The node cannot meet the session's per-token deadline.
+    Deadline,
 }
 
 /// An error answer. `hop` is the index of the hop that produced it.
@@ -292,6 +299,7 @@ pub(crate) mod tests {
             dtype: DType::F32,
             max_tokens: 2048,
             client: vec![9; 38],
+            token_deadline_us: 0,
         }
     }
 

@@ -7,11 +7,11 @@ trap 'kill $(cat $D/pids) 2>/dev/null; wait 2>/dev/null' EXIT
 i=0
 for blocks in $SPLIT; do
   if [ $i = 0 ]; then
-    $R/swarm-node --model smollm2-135m --blocks $blocks > $D/n0.out 2> $D/n0.log & echo $! >> $D/pids
+    $R/swarm-node --model ${MODEL:-smollm2-135m} --blocks $blocks > $D/n0.out 2> $D/n0.log & echo $! >> $D/pids
     until grep -q READY $D/n0.out; do sleep 0.2; done
     BOOT=$(grep LISTEN= $D/n0.out | head -1 | cut -d= -f2)
   else
-    $R/swarm-node --model smollm2-135m --blocks $blocks --bootstrap $BOOT > $D/n$i.out 2> $D/n$i.log & echo $! >> $D/pids
+    $R/swarm-node --model ${MODEL:-smollm2-135m} --blocks $blocks --bootstrap $BOOT > $D/n$i.out 2> $D/n$i.log & echo $! >> $D/pids
   fi
   i=$((i + 1))
 done

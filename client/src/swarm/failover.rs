@@ -16,11 +16,11 @@ use std::time::{Duration, Instant};
 use libp2p::PeerId;
 use serde::Serialize;
 use sunswarm_models::HiddenStates;
-use sunswarm_protocol::{DType, ErrorKind, Hop, ModelDigest};
+use sunswarm_protocol::{ErrorKind, Hop, ModelDigest};
 
 use super::learned::OBSERVE_AFTER_STEPS;
 use super::route::Routing;
-use super::session::{ForwardTiming, SessionError, SwarmSession, failed_hop};
+use super::session::{ForwardTiming, OpenParams, SessionError, SwarmSession, failed_hop};
 use super::{SwarmClient, SwarmError};
 use crate::generate::{Pipeline, PipelineError};
 
@@ -117,8 +117,7 @@ pub struct ResilientSession<'a> {
     model_id: ModelDigest,
     n_layers: u32,
     routing: &'a dyn Routing,
-    dtype: DType,
-    max_tokens: u32,
+    params: OpenParams,
     session: SwarmSession,
     backoff: Backoff,
     /// Failures repaired so far.
@@ -137,8 +136,7 @@ impl<'a> ResilientSession<'a> {
         model_id: ModelDigest,
         n_layers: u32,
         routing: &'a dyn Routing,
-        dtype: DType,
-        max_tokens: u32,
+        params: OpenParams,
     ) -> Result<Self, SwarmError> {
         let mut backoff = Backoff::default();
         let mut attempts = 0;
@@ -147,9 +145,7 @@ impl<'a> ResilientSession<'a> {
             let route = client
                 .choose_route_with(&model_id, n_layers, routing, &avoid)
                 .await?;
-            match SwarmSession::open(client.network(), model_id, route.clone(), dtype, max_tokens)
-                .await
-            {
+            match SwarmSession::open_with(client.network(), model_id, route.clone(), params).await {
                 Ok(s) => break s,
                 Err(e) if attempts < MAX_FAILOVERS => {
                     attempts += 1;
@@ -171,8 +167,7 @@ impl<'a> ResilientSession<'a> {
             model_id,
             n_layers,
             routing,
-            dtype,
-            max_tokens,
+            params,
             session,
             backoff,
             failovers: Vec::new(),
@@ -298,12 +293,11 @@ impl<'a> ResilientSession<'a> {
                 .map_err(|e| SwarmError::NoReplacement(Box::new(e)))?;
             times.choose_ms += ms_since(t);
             let t = Instant::now();
-            let opened = SwarmSession::open(
+            let opened = SwarmSession::open_with(
                 self.client.network(),
                 self.model_id,
                 route.clone(),
-                self.dtype,
-                self.max_tokens,
+                self.params,
             )
             .await;
             times.open_ms += ms_since(t);

@@ -23,7 +23,7 @@ use crate::generate::median;
 pub use failover::{FailoverEvent, ResilientSession};
 pub use learned::{CsUcbConfig, CsUcbRouter};
 pub use route::{RouteError, Routing, Sampled};
-pub use session::{ForwardTiming, SessionError, SwarmSession};
+pub use session::{ForwardTiming, OpenParams, SessionError, SwarmSession};
 
 /// Why the swarm could not be joined, searched or used for a generation.
 #[derive(Debug, thiserror::Error)]

@@ -79,6 +79,18 @@ impl ForwardTiming {
     }
 }
 
+/// What a session asks of every hop when it opens.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenParams {
+    /// Element type of the hidden states between hops.
+    pub dtype: DType,
+    /// Most tokens the session will hold.
+    pub max_tokens: u32,
+    /// The route's time limit for one token, microseconds; 0 for none (see
+    /// [`OpenSession::token_deadline_us`]).
+    pub token_deadline_us: u32,
+}
+
 /// An open session on a route.
 pub struct SwarmSession {
     route: Vec<Hop>,
@@ -100,7 +112,7 @@ pub struct SwarmSession {
 }
 
 impl SwarmSession {
-    /// Opens a session on `route` (hop 0 first).
+    /// Opens a session on `route` (hop 0 first), with no per-token deadline.
     pub async fn open(
         net: &Network,
         model_id: ModelDigest,
@@ -108,6 +120,26 @@ impl SwarmSession {
         dtype: DType,
         max_tokens: u32,
     ) -> Result<Self, SessionError> {
+        let params = OpenParams {
+            dtype,
+            max_tokens,
+            token_deadline_us: 0,
+        };
+        Self::open_with(net, model_id, route, params).await
+    }
+
+    /// Opens a session on `route` (hop 0 first).
+    pub async fn open_with(
+        net: &Network,
+        model_id: ModelDigest,
+        route: Vec<Hop>,
+        params: OpenParams,
+    ) -> Result<Self, SessionError> {
+        let OpenParams {
+            dtype,
+            max_tokens,
+            token_deadline_us,
+        } = params;
         let first = hop_peer(&route, 0)?;
         let last = hop_peer(&route, route.len().saturating_sub(1))?;
         for (i, peer) in [(0, first), (route.len() - 1, last)] {
@@ -132,6 +164,7 @@ impl SwarmSession {
             dtype,
             max_tokens,
             client: net.local_peer_id().to_bytes(),
+            token_deadline_us,
         };
         let (stream, answer) = send_open(net, first, &open)
             .await

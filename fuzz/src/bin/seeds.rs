@@ -39,6 +39,7 @@ fn main() {
             dtype: DType::F32,
             max_tokens: 2048,
             client: vec![9; 38],
+            token_deadline_us: 0,
         }),
         Request::Forward(Forward {
             session,
