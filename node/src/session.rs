@@ -346,8 +346,7 @@ pub async fn serve(ctx: Arc<SessionCtx>, from: PeerId, mut up: Stream) {
         run_session(
             &ctx,
             &open,
-            up,
-            reader,
+            (up, reader),
             next,
             cache,
             job,
@@ -574,8 +573,7 @@ fn next_hop_lost(hop: u16, answer: Result<Response, FrameError>) -> WireError {
 async fn run_session(
     ctx: &SessionCtx,
     open: &OpenSession,
-    mut up: Stream,
-    mut up_reader: FrameReader,
+    (mut up, mut up_reader): (Stream, FrameReader),
     mut next: Onward,
     mut cache: Box<dyn SessionCache>,
     mut job: JobTicket,
