@@ -86,15 +86,19 @@ pub(crate) fn peer_name(h: Option<&Hop>) -> String {
         .unwrap_or_else(|| "?".into())
 }
 
-/// Whether an error is the hop turning the session away (power saving, busy, or a range it no
-/// longer serves) rather than failing it: a router bars a refusing peer until it announces
+/// Whether an error is the hop turning the session away (power saving, busy, a per-token
+/// deadline it cannot keep now, or a range it no longer serves) rather than failing it: a router bars a refusing peer until it announces
 /// again, and counts a failure as a deadline miss.
 pub fn is_refusal(e: &SessionError) -> bool {
     matches!(
         e,
         SessionError::Refused(w) if matches!(
             w.kind,
-            ErrorKind::PowerSaving | ErrorKind::Busy | ErrorKind::WrongBlocks | ErrorKind::WrongModel
+            ErrorKind::PowerSaving
+                | ErrorKind::Busy
+                | ErrorKind::Deadline
+                | ErrorKind::WrongBlocks
+                | ErrorKind::WrongModel
         )
     )
 }
@@ -446,6 +450,7 @@ mod tests {
             ]
         );
         assert!(is_refusal(&wire(ErrorKind::PowerSaving, 0)));
+        assert!(is_refusal(&wire(ErrorKind::Deadline, 0)));
         assert!(!is_refusal(&wire(ErrorKind::Timeout, 0)));
         assert!(!is_refusal(&SessionError::Protocol("x".into())));
     }

@@ -34,8 +34,9 @@
 //! An untried peer has an infinite index, so every session that opens before its first step
 //! comes back would pick it: eight concurrent clients would all explore an unknown (perhaps
 //! slow) replica at once. So an untried peer that a session already chose, and that has not
-//! been observed since (for up to [`PENDING_EXPLORATION`]), is left out while another allowed
-//! candidate remains: each unknown peer is explored by one session at a time.
+//! been observed since (for up to [`PENDING_EXPLORATION`]), waits while another allowed peer is
+//! untried and not being explored: the unknown peers are explored one session each before any
+//! gets a second (never in favour of a peer already known to be worse).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -297,26 +298,23 @@ impl Routing for CsUcbRouter {
                 }
                 state.seen.insert(gk, (a.timestamp_ms, job_joules(a)));
             }
-            // One session at a time explores an unknown peer (module docs).
+            // One session at a time explores an unknown peer (module docs): while another
+            // allowed peer is untried and not being explored, the ones being explored wait.
             let now = std::time::Instant::now();
             state
                 .exploring
                 .retain(|_, at| now.duration_since(*at) < PENDING_EXPLORATION);
-            let busy = |k: &ArmKey| {
-                group.stats(k).is_none_or(|s| !s.tried())
-                    && state.exploring.contains_key(&(group_key, k.clone()))
-            };
-            let allowed = |c: &[(ArmKey, f64, bool)]| {
-                c.iter()
-                    .filter(|(k, w, ok)| *ok && *w > 0.0 && !group.is_refused(k))
-                    .count()
-            };
-            let spread: Vec<(ArmKey, f64, bool)> = cands
+            let untried = |k: &ArmKey| group.stats(k).is_none_or(|s| !s.tried());
+            let exploring = |k: &ArmKey| state.exploring.contains_key(&(group_key, k.clone()));
+            let allowed = |k: &ArmKey, w: f64, ok: bool| ok && w > 0.0 && !group.is_refused(k);
+            let fresh = cands
                 .iter()
-                .map(|(k, w, ok)| (k.clone(), *w, *ok && !busy(k)))
-                .collect();
-            if allowed(&spread) > 0 {
-                cands = spread;
+                .any(|(k, w, ok)| allowed(k, *w, *ok) && untried(k) && !exploring(k));
+            if fresh {
+                cands = cands
+                    .iter()
+                    .map(|(k, w, ok)| (k.clone(), *w, *ok && !(untried(k) && exploring(k))))
+                    .collect();
             }
             let (key, feasible) = group.decide(&cands)?;
             if group.stats(&key).is_none_or(|s| !s.tried()) {
@@ -754,5 +752,22 @@ mod tests {
             1.0,
             "no steps, no pull"
         );
+    }
+
+    #[test]
+    fn a_peer_being_explored_never_loses_to_a_known_slow_one() {
+        // Peer 2's first session failed to open at another hop, so its exploration is pending
+        // with no report; peer 3 is known to be over its share. Peer 2 must still be chosen
+        // (the spreading rule only spreads over unknown peers).
+        let anns = swarm();
+        let learned = router(PolicyKind::Uniform, 300.0);
+        let mut rng = ChaCha8Rng::seed_from_u64(10);
+        let first = plan_with(&anns, 30, &learned, &mut rng).unwrap();
+        assert_eq!(first[1], 1, "peer 2 first (key order)");
+        let slow = vec![hop_of(&anns[0]), hop_of(&anns[2]), hop_of(&anns[3])];
+        learned.observe(&MODEL, &slow, &[step(&[30_000, 150_000, 30_000])]);
+        for _ in 0..4 {
+            assert_eq!(plan_with(&anns, 30, &learned, &mut rng).unwrap()[1], 1);
+        }
     }
 }
