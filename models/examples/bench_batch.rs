@@ -12,13 +12,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let name = args.next().unwrap_or_else(|| "smollm2-135m".into());
     let rounds: usize = args.next().map(|r| r.parse()).transpose()?.unwrap_or(20);
+    // Optional: only this many sessions, batched only (for profiling one configuration).
+    let only: Option<usize> = args.next().map(|r| r.parse()).transpose()?;
     let model = Model::open(&ModelSource::parse(&name)?)?;
     let dev = device(BackendKind::Cpu)?;
     let head = model.load_head(&dev)?;
     let n = model.config().n_layers;
     let blocks = model.load_blocks(0..n, &dev)?;
     println!("model {name}, {n} blocks, {rounds} rounds per size; per-token time of a decode step");
-    for m in [1usize, 2, 4, 8, 16] {
+    let sizes: Vec<usize> = match only {
+        Some(m) => vec![m],
+        None => vec![1, 2, 4, 8, 16],
+    };
+    for m in sizes {
         let mut caches: Vec<_> = (0..m).map(|_| blocks.new_cache()).collect();
         for (s, c) in caches.iter_mut().enumerate() {
             blocks.forward(c, &head.embed(&[(10 + s) as u32, 20, 30])?)?;
@@ -28,11 +34,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .collect::<Result<_, _>>()?;
         let (mut one, mut batched) = (0f64, 0f64);
         for _ in 0..rounds {
-            let t = Instant::now();
-            for (c, x) in caches.iter_mut().zip(&inputs) {
-                blocks.forward(c, x)?;
+            if only.is_none() {
+                let t = Instant::now();
+                for (c, x) in caches.iter_mut().zip(&inputs) {
+                    blocks.forward(c, x)?;
+                }
+                one += t.elapsed().as_secs_f64();
             }
-            one += t.elapsed().as_secs_f64();
             let t = Instant::now();
             let mut steps: Vec<BatchStep<'_>> = caches
                 .iter_mut()

@@ -617,11 +617,11 @@ mod portable {
 /// A row of blocks against x, `sum_b d_b * (q_b . x_b) + offset(block b, sum of x_b)`, two
 /// blocks at a time so that consecutive blocks do not wait on each other's FMA, for one token
 /// (`$one`) and for up to [`MANY`] tokens at once (`$many`). A block's weights are widened once
-/// (`$unpack`) and applied to each token's values (`$apply`); the many-token version does for
+/// and scaled by its `d` (`$unpack`), then applied to each token's values straight into that
+/// token's accumulator (`$apply`: two or four FMAs); the many-token version does for
 /// each token exactly the operations of the one-token version, in the same order, so its results
 /// are bit-identical, while the widening (most of the work) is shared. One body serves both
-/// block types and both vector widths (`$ops` names the width's `zero`, `splat`, `fma`, `add` and
-/// `sum`).
+/// block types and both vector widths (`$ops` names the width's `zero`, `add` and `sum`).
 #[cfg(target_arch = "x86_64")]
 macro_rules! block_row_dot {
     ($features:literal, $one:ident, $many:ident, $ty:ty, $unpack:ident, $apply:ident, |$p:pat_param, $s:pat_param| $offset:expr, $ops:ident) => {
@@ -640,8 +640,8 @@ macro_rules! block_row_dot {
                 while b + 2 <= nb {
                     let (p, q) = (&row[b], &row[b + 1]);
                     let (xp, xq) = (x.add(b * BLOCK), x.add((b + 1) * BLOCK));
-                    acc0 = $ops::fma($ops::splat(p.d), $apply(&$unpack(p), xp), acc0);
-                    acc1 = $ops::fma($ops::splat(q.d), $apply(&$unpack(q), xq), acc1);
+                    acc0 = $apply(&$unpack(p), xp, acc0);
+                    acc1 = $apply(&$unpack(q), xq, acc1);
                     off0 += offset(p, xsum[b]);
                     off1 += offset(q, xsum[b + 1]);
                     b += 2;
@@ -649,7 +649,7 @@ macro_rules! block_row_dot {
                 if b < nb {
                     let p = &row[b];
                     let xp = x.add(b * BLOCK);
-                    acc0 = $ops::fma($ops::splat(p.d), $apply(&$unpack(p), xp), acc0);
+                    acc0 = $apply(&$unpack(p), xp, acc0);
                     off0 += offset(p, xsum[b]);
                 }
                 $ops::sum($ops::add(acc0, acc1)) + (off0 + off1)
@@ -683,12 +683,11 @@ macro_rules! block_row_dot {
                 while b + 2 <= nb {
                     let (p, q) = (row.get_unchecked(b), row.get_unchecked(b + 1));
                     let (wp, wq) = ($unpack(p), $unpack(q));
-                    let (dp, dq) = ($ops::splat(p.d), $ops::splat(q.d));
                     for t in 0..N {
                         let x = xs[t].as_ptr();
                         let (xp, xq) = (x.add(b * BLOCK), x.add((b + 1) * BLOCK));
-                        acc0[t] = $ops::fma(dp, $apply(&wp, xp), acc0[t]);
-                        acc1[t] = $ops::fma(dq, $apply(&wq, xq), acc1[t]);
+                        acc0[t] = $apply(&wp, xp, acc0[t]);
+                        acc1[t] = $apply(&wq, xq, acc1[t]);
                         off0[t] += offset(p, *xsums[t].get_unchecked(b));
                         off1[t] += offset(q, *xsums[t].get_unchecked(b + 1));
                     }
@@ -697,10 +696,9 @@ macro_rules! block_row_dot {
                 if b < nb {
                     let p = row.get_unchecked(b);
                     let wp = $unpack(p);
-                    let dp = $ops::splat(p.d);
                     for t in 0..N {
                         let xp = xs[t].as_ptr().add(b * BLOCK);
-                        acc0[t] = $ops::fma(dp, $apply(&wp, xp), acc0[t]);
+                        acc0[t] = $apply(&wp, xp, acc0[t]);
                         off0[t] += offset(p, *xsums[t].get_unchecked(b));
                     }
                 }
@@ -737,16 +735,6 @@ mod avx2 {
         #[target_feature(enable = "avx2,fma")]
         fn zero() -> __m256 {
             _mm256_setzero_ps()
-        }
-        #[inline]
-        #[target_feature(enable = "avx2,fma")]
-        fn splat(v: f32) -> __m256 {
-            _mm256_set1_ps(v)
-        }
-        #[inline]
-        #[target_feature(enable = "avx2,fma")]
-        fn fma(a: __m256, b: __m256, c: __m256) -> __m256 {
-            _mm256_fmadd_ps(a, b, c)
         }
         #[inline]
         #[target_feature(enable = "avx2,fma")]
@@ -799,7 +787,7 @@ mod avx2 {
                 .sum::<f32>()
     }
 
-    /// A 4-bit block's 32 weights as four vectors of 8 floats.
+    /// A 4-bit block's 32 weights, times its scale, as four vectors of 8 floats.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     fn q4_unpack(blk: &Q4Block) -> [__m256; 4] {
@@ -808,7 +796,8 @@ mod avx2 {
         let q = unsafe { _mm_loadu_si128(blk.qs.as_ptr().cast()) };
         let lo = _mm_and_si128(q, mask);
         let hi = _mm_and_si128(_mm_srli_epi16(q, 4), mask);
-        let f = |v: __m128i| _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v));
+        let d = _mm256_set1_ps(blk.d);
+        let f = |v: __m128i| _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v)), d);
         [
             f(lo),
             f(_mm_srli_si128(lo, 8)),
@@ -817,25 +806,29 @@ mod avx2 {
         ]
     }
 
-    /// An 8-bit block's 32 weights as four vectors of 8 floats.
+    /// An 8-bit block's 32 weights, times its scale, as four vectors of 8 floats.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
     fn q8_unpack(blk: &Q8Block) -> [__m256; 4] {
         let q = blk.qs.as_ptr();
+        let d = _mm256_set1_ps(blk.d);
         // SAFETY: qs is 32 bytes, read 8 at a time.
         let f = |k: usize| unsafe {
-            _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(q.add(8 * k).cast())))
+            _mm256_mul_ps(
+                _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(q.add(8 * k).cast()))),
+                d,
+            )
         };
         [f(0), f(1), f(2), f(3)]
     }
 
-    /// Σ w·x of one block's widened weights as 8 partial sums.
+    /// `acc + Σ w·x` of one block's scaled weights, as 8 partial sums.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn apply(w: &[__m256; 4], x: *const f32) -> __m256 {
+    unsafe fn apply(w: &[__m256; 4], x: *const f32, acc: __m256) -> __m256 {
         // SAFETY: the caller passes 32 readable floats at x.
         unsafe {
-            let mut s = _mm256_mul_ps(w[0], _mm256_loadu_ps(x));
+            let mut s = _mm256_fmadd_ps(w[0], _mm256_loadu_ps(x), acc);
             s = _mm256_fmadd_ps(w[1], _mm256_loadu_ps(x.add(8)), s);
             s = _mm256_fmadd_ps(w[2], _mm256_loadu_ps(x.add(16)), s);
             _mm256_fmadd_ps(w[3], _mm256_loadu_ps(x.add(24)), s)
@@ -883,16 +876,6 @@ mod avx512 {
         }
         #[inline]
         #[target_feature(enable = "avx512f")]
-        fn splat(v: f32) -> __m512 {
-            _mm512_set1_ps(v)
-        }
-        #[inline]
-        #[target_feature(enable = "avx512f")]
-        fn fma(a: __m512, b: __m512, c: __m512) -> __m512 {
-            _mm512_fmadd_ps(a, b, c)
-        }
-        #[inline]
-        #[target_feature(enable = "avx512f")]
         fn add(a: __m512, b: __m512) -> __m512 {
             _mm512_add_ps(a, b)
         }
@@ -903,46 +886,60 @@ mod avx512 {
         }
     }
 
-    /// A 4-bit block's 32 weights as two vectors of 16 floats.
+    /// A 4-bit block's 32 weights, times its scale, as two vectors of 16 floats.
     #[inline]
     #[target_feature(enable = "avx512f")]
     fn q4_unpack(blk: &Q4Block) -> [__m512; 2] {
         let mask = _mm_set1_epi8(0x0F);
+        let d = _mm512_set1_ps(blk.d);
         // SAFETY: qs is 16 bytes.
         let q = unsafe { _mm_loadu_si128(blk.qs.as_ptr().cast()) };
         [
-            _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(q, mask))),
-            _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(
-                _mm_srli_epi16(q, 4),
-                mask,
-            ))),
+            _mm512_mul_ps(
+                _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(q, mask))),
+                d,
+            ),
+            _mm512_mul_ps(
+                _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(
+                    _mm_srli_epi16(q, 4),
+                    mask,
+                ))),
+                d,
+            ),
         ]
     }
 
-    /// An 8-bit block's 32 weights as two vectors of 16 floats.
+    /// An 8-bit block's 32 weights, times its scale, as two vectors of 16 floats.
     #[inline]
     #[target_feature(enable = "avx512f")]
     fn q8_unpack(blk: &Q8Block) -> [__m512; 2] {
         let q = blk.qs.as_ptr();
+        let d = _mm512_set1_ps(blk.d);
         // SAFETY: qs is 32 bytes, read 16 at a time.
         unsafe {
             [
-                _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(q.cast()))),
-                _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(q.add(16).cast()))),
+                _mm512_mul_ps(
+                    _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(q.cast()))),
+                    d,
+                ),
+                _mm512_mul_ps(
+                    _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(q.add(16).cast()))),
+                    d,
+                ),
             ]
         }
     }
 
-    /// Σ w·x of one block's widened weights as 16 partial sums.
+    /// `acc + Σ w·x` of one block's scaled weights, as 16 partial sums.
     #[inline]
     #[target_feature(enable = "avx512f")]
-    unsafe fn apply(w: &[__m512; 2], x: *const f32) -> __m512 {
+    unsafe fn apply(w: &[__m512; 2], x: *const f32, acc: __m512) -> __m512 {
         // SAFETY: the caller passes 32 readable floats at x.
         unsafe {
             _mm512_fmadd_ps(
                 w[1],
                 _mm512_loadu_ps(x.add(16)),
-                _mm512_mul_ps(w[0], _mm512_loadu_ps(x)),
+                _mm512_fmadd_ps(w[0], _mm512_loadu_ps(x), acc),
             )
         }
     }

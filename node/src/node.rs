@@ -73,6 +73,9 @@ pub async fn start(
     energy: Arc<dyn EnergySource>,
 ) -> Result<RunningNode, NodeError> {
     let need_peers = !cfg.net.bootstrap.is_empty();
+    // Timed before the host starts: on this one-thread runtime the measurement holds the thread,
+    // and a host started first would not answer its peers meanwhile.
+    let cost = crate::batch::measure_cost(runner.as_ref());
     let (net, event_loop) = net::new(cfg.net.clone())?;
     let event_loop = tokio::spawn(event_loop.run());
     let incoming = net
@@ -80,7 +83,7 @@ pub async fn start(
         .accept(sunswarm_net::stream::protocol())
         .map_err(|e| NodeError::Accept(e.to_string()))?;
     let slots = SessionSlots::new(cfg.max_sessions);
-    let (executor, executor_task) = Executor::start(runner.clone(), cfg.batch);
+    let (executor, executor_task) = Executor::start_with_cost(runner.clone(), cfg.batch, cost);
     let ctx = Arc::new(SessionCtx {
         local_peer: net.local_peer_id(),
         model_id: cfg.model_id,
