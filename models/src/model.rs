@@ -270,14 +270,20 @@ impl Model {
     pub fn load_head(&self, device: &Device) -> Result<Head, ModelError> {
         let c = &*self.cfg;
         let norm = self.tensor1("output_norm.weight", c.hidden_size, device)?;
+        // The LM head runs every token and has no kernel of its own for K-quants and the like:
+        // widened once here, it costs memory on the client instead of time per token.
         let (embedding, lm_head) = if self.weights.has("output.weight") {
-            let head = self.packed("output.weight", c.vocab_size, c.hidden_size)?;
+            let head = self
+                .packed("output.weight", c.vocab_size, c.hidden_size)?
+                .widen_raw()?;
             (
                 Some(self.tensor2("token_embd.weight", c.vocab_size, c.hidden_size, device)?),
                 Linear::new(head, device),
             )
         } else {
-            let table = self.packed("token_embd.weight", c.vocab_size, c.hidden_size)?;
+            let table = self
+                .packed("token_embd.weight", c.vocab_size, c.hidden_size)?
+                .widen_raw()?;
             (None, Linear::new(table, device))
         };
         Ok(Head::new(

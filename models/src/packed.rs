@@ -44,6 +44,14 @@ enum Store {
     F32(Vec<f32>),
     Q4(Vec<Q4Block>),
     Q8(Vec<Q8Block>),
+    /// Any other ggml type (K-quants, Q5, F16...) kept as the file has it, `row_bytes` a row:
+    /// rows are widened one at a time as products need them, so the weight takes its file size
+    /// in memory rather than four bytes a value.
+    Raw {
+        ty: GgmlType,
+        row_bytes: usize,
+        bytes: Vec<u8>,
+    },
 }
 
 /// A `[rows, cols]` weight (Hugging Face `[out, in]` layout), row-major, each row whole blocks
@@ -87,6 +95,38 @@ impl PackedMatrix {
             _ => 0,
         };
         if type_size == 0 || !cols.is_multiple_of(BLOCK) {
+            let raw = match (ty.block_size(), ty.type_size()) {
+                (Some(bs), Some(ts))
+                    if ty != GgmlType::F32 && bs > 0 && cols.is_multiple_of(bs) =>
+                {
+                    Some(cols / bs * ts)
+                }
+                _ => None,
+            };
+            if let Some(row_bytes) = raw {
+                if bytes.len() != rows * row_bytes {
+                    return Err(ModelError::BadWeights(format!(
+                        "a [{rows}, {cols}] {ty} weight takes {} bytes, got {}",
+                        rows * row_bytes,
+                        bytes.len()
+                    )));
+                }
+                // Only a type this build can widen is kept: check one row now, not mid-product.
+                let mut probe = vec![0f32; cols];
+                if rows > 0 {
+                    quant::dequantize_into(ty, &bytes[..row_bytes], &mut probe)
+                        .map_err(|e| ModelError::BadWeights(format!("{ty} weight: {e}")))?;
+                }
+                return Ok(Self {
+                    rows,
+                    cols,
+                    store: Store::Raw {
+                        ty,
+                        row_bytes,
+                        bytes: bytes.to_vec(),
+                    },
+                });
+            }
             let data = quant::dequantize(ty, bytes, n)
                 .map_err(|e| ModelError::BadWeights(format!("{ty} weight: {e}")))?;
             return Self::from_f32(data, rows, cols);
@@ -153,10 +193,11 @@ impl PackedMatrix {
             Store::F32(v) => v.len() * 4,
             Store::Q4(v) => v.len() * size_of::<Q4Block>(),
             Store::Q8(v) => v.len() * size_of::<Q8Block>(),
+            Store::Raw { bytes, .. } => bytes.len(),
         }
     }
 
-    /// Whether the weight is kept quantized (as opposed to f32).
+    /// Whether the weight is kept in a packed form (as opposed to f32).
     #[cfg(test)]
     pub(crate) fn is_quantized(&self) -> bool {
         !matches!(self.store, Store::F32(_))
@@ -197,6 +238,22 @@ impl PackedMatrix {
                     })
                     .collect(),
             )
+        } else if let Store::Raw { ty, row_bytes, .. } = first.store
+            && parts
+                .iter()
+                .all(|p| matches!(p.store, Store::Raw { ty: t, .. } if t == ty))
+        {
+            Store::Raw {
+                ty,
+                row_bytes,
+                bytes: parts
+                    .into_iter()
+                    .flat_map(|p| match p.store {
+                        Store::Raw { bytes, .. } => bytes,
+                        _ => Vec::new(),
+                    })
+                    .collect(),
+            }
         } else {
             Store::F32(parts.into_iter().flat_map(PackedMatrix::into_f32).collect())
         };
@@ -216,6 +273,15 @@ impl PackedMatrix {
             Store::F32(v) => Store::F32(gather(v, self.cols, order)),
             Store::Q4(v) => Store::Q4(gather(v, self.cols / BLOCK, order)),
             Store::Q8(v) => Store::Q8(gather(v, self.cols / BLOCK, order)),
+            Store::Raw {
+                ty,
+                row_bytes,
+                bytes,
+            } => Store::Raw {
+                ty: *ty,
+                row_bytes: *row_bytes,
+                bytes: gather(bytes, *row_bytes, order),
+            },
         };
         Self { store, ..self }
     }
@@ -240,7 +306,26 @@ impl PackedMatrix {
                     }
                 }
             }
+            Store::Raw {
+                ty,
+                row_bytes,
+                bytes,
+            } => {
+                // Every row was checked to widen when the weight was packed.
+                let _ =
+                    quant::dequantize_into(*ty, &bytes[r * row_bytes..(r + 1) * row_bytes], out);
+            }
         }
+    }
+
+    /// The weight with a type that has no kernel of its own ([`Store::Raw`]) widened to f32;
+    /// other forms unchanged.
+    pub(crate) fn widen_raw(self) -> Result<Self, ModelError> {
+        if !matches!(self.store, Store::Raw { .. }) {
+            return Ok(self);
+        }
+        let (rows, cols) = (self.rows, self.cols);
+        Self::from_f32(self.to_f32(), rows, cols)
     }
 
     /// The whole weight as f32, row-major, without copying an f32 weight.
@@ -438,6 +523,11 @@ impl PackedMatrix {
             }
             Store::Q4(v) => k.dot_q4_many(&v[r * nb..(r + 1) * nb], xs, xsums, out),
             Store::Q8(v) => k.dot_q8_many(&v[r * nb..(r + 1) * nb], xs, xsums, out),
+            Store::Raw { .. } => with_row(self, r, |w| {
+                for (o, x) in out.iter_mut().zip(xs) {
+                    *o = k.dot_f32(w, x);
+                }
+            }),
         }
         N
     }
@@ -448,8 +538,22 @@ impl PackedMatrix {
             Store::F32(v) => k.dot_f32(&v[r * self.cols..(r + 1) * self.cols], x),
             Store::Q4(v) => k.dot_q4(&v[r * nb..(r + 1) * nb], x, xsum),
             Store::Q8(v) => k.dot_q8(&v[r * nb..(r + 1) * nb], x, xsum),
+            Store::Raw { .. } => with_row(self, r, |w| k.dot_f32(w, x)),
         }
     }
+}
+
+/// Calls `f` with row `r` of `w` widened to f32, in a buffer this thread keeps for it.
+fn with_row<T>(w: &PackedMatrix, r: usize, f: impl FnOnce(&[f32]) -> T) -> T {
+    thread_local! {
+        static ROW: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    ROW.with(|row| {
+        let mut row = row.borrow_mut();
+        row.resize(w.cols, 0.0);
+        w.dequantize_row(r, &mut row);
+        f(&row)
+    })
 }
 
 /// Sums of each run of 32 values (the `m` term of a 4-bit block multiplies them).
@@ -1025,8 +1129,64 @@ mod tests {
                     "{ty} value {i}: {a} vs {b}"
                 );
             }
-            assert_eq!(p.is_quantized(), ty != GgmlType::F16, "{ty}");
+            // Every type stays packed, at its file size or a little more (f32 block scales: a
+            // Q4_0 block of 18 bytes takes 24).
+            assert!(p.is_quantized(), "{ty}");
+            assert!(
+                p.bytes() * 3 <= bytes.len() * 4,
+                "{ty}: {} > {}",
+                p.bytes(),
+                bytes.len()
+            );
         }
+    }
+
+    /// A weight of a type without its own kernel (here F16, and a K-quant written by hand) is
+    /// kept as the file has it and multiplied row by row, one token or several, with the
+    /// one-token and many-token products equal.
+    #[test]
+    fn other_types_stay_packed_and_multiply() {
+        let (rows, cols) = (5, 256);
+        let w = values(rows * cols, 9);
+        let bytes = quant::quantize(GgmlType::F16, &w).unwrap();
+        let p = PackedMatrix::from_ggml(GgmlType::F16, &bytes, rows, cols).unwrap();
+        assert_eq!(p.bytes(), bytes.len());
+        // A Q6_K weight: 210 bytes per 256 values; d (f16) at the end, scales in the middle.
+        let mut q6 = vec![0u8; rows * 210];
+        for (r, blk) in q6.chunks_exact_mut(210).enumerate() {
+            for (i, b) in blk[..192].iter_mut().enumerate() {
+                *b = ((i * 7 + r * 3) % 256) as u8;
+            }
+            for (i, b) in blk[192..208].iter_mut().enumerate() {
+                *b = (i as i8 - 8) as u8;
+            }
+            blk[208..].copy_from_slice(&half::f16::from_f32(0.01 * (r + 1) as f32).to_le_bytes());
+        }
+        let k = PackedMatrix::from_ggml(GgmlType::Q6_K, &q6, rows, cols).unwrap();
+        assert_eq!(k.bytes(), q6.len(), "Q6_K is kept at its file size");
+        for m in [&p, &k] {
+            for n in [1, 3, 9] {
+                let x = values(n * cols, 4);
+                let mut one = vec![0f32; n * rows];
+                for t in 0..n {
+                    m.matmul(
+                        &x[t * cols..(t + 1) * cols],
+                        1,
+                        &mut one[t * rows..(t + 1) * rows],
+                    )
+                    .unwrap();
+                }
+                let mut each = vec![0f32; n * rows];
+                m.matmul_each(&x, n, &mut each).unwrap();
+                assert_eq!(one, each, "n = {n}");
+                assert_close(&one, &reference(m, &x, n), "raw product");
+                let mut prompt = vec![0f32; n * rows];
+                m.matmul(&x, n, &mut prompt).unwrap();
+                assert_close(&prompt, &reference(m, &x, n), "raw prompt product");
+            }
+        }
+        // Bytes of the wrong length are refused.
+        assert!(PackedMatrix::from_ggml(GgmlType::Q6_K, &q6[..209], rows, cols).is_err());
     }
 
     #[test]
