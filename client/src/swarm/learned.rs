@@ -18,6 +18,11 @@
 //!   confidence radius tenfold and lock in whatever the first sessions happened to see. Its
 //!   energy is the announced cost of a job in its power mode ([`route::job_kilojoules`]; 0 on
 //!   mains), against `E_ref` = the dearest mode's job.
+//! - **Warm start** (seed sec. 6's option). A peer's arm starts with one pull at its announced
+//!   speed (`1 / (throughput x blocks)` per block: the node's own measurement at start, compute
+//!   only), so no peer is wholly unknown: eight sessions that open at once go to the peer that
+//!   looks best instead of all exploring the first unknown one, and the confidence radius
+//!   soon sends one to the others. Real observations outweigh it after a few sessions.
 //! - **Refusals and failures.** A refusal (power saving, busy) bars the arm until the peer's
 //!   announcement is newer than the one seen when it refused (seed sec. 6: "for the rest of that
 //!   record's lifetime"); a failure (dead, timed out, broken stream) is a deadline miss.
@@ -33,10 +38,9 @@
 //! feedback; here many sessions choose while the first observations are still on their way.
 //! An untried peer has an infinite index, so every session that opens before its first step
 //! comes back would pick it: eight concurrent clients would all explore an unknown (perhaps
-//! slow) replica at once. So an untried peer that a session already chose, and that has not
-//! been observed since (for up to [`PENDING_EXPLORATION`]), waits while another allowed peer is
-//! untried and not being explored: the unknown peers are explored one session each before any
-//! gets a second (never in favour of a peer already known to be worse).
+//! slow) replica at once. Most peers are never unknown (warm start); one without a usable
+//! announced speed that a session already chose, and that has not been reported since (for up
+//! to [`PENDING_EXPLORATION`]), waits while another allowed peer remains.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -123,6 +127,8 @@ pub struct LearnedCounts {
     pub observations: u64,
     pub refusals: u64,
     pub failures: u64,
+    /// Peers started from their announced speed (one pull each).
+    pub warm_starts: u64,
 }
 
 #[derive(Default)]
@@ -226,6 +232,14 @@ impl CsUcbRouter {
     }
 }
 
+/// A peer's announced time per block of one token, seconds: `1 / (throughput x blocks)`, the
+/// node's own measurement at its start (compute only: no links, no load). `None` when it
+/// announces no usable throughput.
+fn announced_s_per_block(a: &Announcement) -> Option<f64> {
+    let t = f64::from(a.throughput) * f64::from(a.blocks.end.saturating_sub(a.blocks.start));
+    (t.is_finite() && t > 0.0).then(|| 1.0 / t)
+}
+
 fn job_joules(a: &Announcement) -> f64 {
     route::job_kilojoules(a.energy.power_mode).map_or(0.0, |kj| kj * 1e3)
 }
@@ -297,9 +311,15 @@ impl Routing for CsUcbRouter {
                     group.clear_refusal(&key);
                 }
                 state.seen.insert(gk, (a.timestamp_ms, job_joules(a)));
+                // Warm start (seed sec. 6): an unknown peer starts from its announced speed.
+                if let Some(t) = announced_s_per_block(a)
+                    && group.warm_start(&key, t, job_joules(a)).unwrap_or(false)
+                {
+                    state.counts.warm_starts += 1;
+                }
             }
-            // One session at a time explores an unknown peer (module docs): while another
-            // allowed peer is untried and not being explored, the ones being explored wait.
+            // An unknown peer that a session is exploring waits while another allowed peer
+            // remains (module docs).
             let now = std::time::Instant::now();
             state
                 .exploring
@@ -307,13 +327,14 @@ impl Routing for CsUcbRouter {
             let untried = |k: &ArmKey| group.stats(k).is_none_or(|s| !s.tried());
             let exploring = |k: &ArmKey| state.exploring.contains_key(&(group_key, k.clone()));
             let allowed = |k: &ArmKey, w: f64, ok: bool| ok && w > 0.0 && !group.is_refused(k);
-            let fresh = cands
+            let pending = |k: &ArmKey| untried(k) && exploring(k);
+            let other = cands
                 .iter()
-                .any(|(k, w, ok)| allowed(k, *w, *ok) && untried(k) && !exploring(k));
-            if fresh {
+                .any(|(k, w, ok)| allowed(k, *w, *ok) && !pending(k));
+            if other {
                 cands = cands
                     .iter()
-                    .map(|(k, w, ok)| (k.clone(), *w, *ok && !(untried(k) && exploring(k))))
+                    .map(|(k, w, ok)| (k.clone(), *w, *ok && !pending(k)))
                     .collect();
             }
             let (key, feasible) = group.decide(&cands)?;
@@ -410,7 +431,8 @@ mod tests {
             n_layers: 30,
             blocks: BlockRange { start, end },
             backend: "cpu".into(),
-            throughput: 1.0,
+            // No announced speed: no warm start, so the seed's rule is tested as it is.
+            throughput: 0.0,
             max_sessions: 4,
             active_sessions: 0,
             energy: EnergyState::mains(),
@@ -755,19 +777,54 @@ mod tests {
     }
 
     #[test]
-    fn a_peer_being_explored_never_loses_to_a_known_slow_one() {
-        // Peer 2's first session failed to open at another hop, so its exploration is pending
-        // with no report; peer 3 is known to be over its share. Peer 2 must still be chosen
-        // (the spreading rule only spreads over unknown peers).
+    fn a_pending_exploration_waits_for_its_report_while_a_known_peer_serves() {
+        // Peer 2 is being explored (chosen, not yet reported); peer 3 is known. Sessions that
+        // open meanwhile go to peer 3 instead of piling onto the unknown peer 2; once peer 2
+        // reports, it is chosen on its merit.
         let anns = swarm();
         let learned = router(PolicyKind::Uniform, 300.0);
         let mut rng = ChaCha8Rng::seed_from_u64(10);
+        let known = vec![hop_of(&anns[0]), hop_of(&anns[2]), hop_of(&anns[3])];
+        learned.observe(&MODEL, &known, &[step(&[30_000, 60_000, 30_000])]);
         let first = plan_with(&anns, 30, &learned, &mut rng).unwrap();
-        assert_eq!(first[1], 1, "peer 2 first (key order)");
-        let slow = vec![hop_of(&anns[0]), hop_of(&anns[2]), hop_of(&anns[3])];
-        learned.observe(&MODEL, &slow, &[step(&[30_000, 150_000, 30_000])]);
+        assert_eq!(
+            first[1], 1,
+            "the unknown peer 2 is explored first (infinite index)"
+        );
         for _ in 0..4 {
+            assert_eq!(plan_with(&anns, 30, &learned, &mut rng).unwrap()[1], 2);
+        }
+        let explored = vec![hop_of(&anns[0]), hop_of(&anns[1]), hop_of(&anns[3])];
+        learned.observe(&MODEL, &explored, &[step(&[30_000, 30_000, 30_000])]);
+        assert_eq!(plan_with(&anns, 30, &learned, &mut rng).unwrap()[1], 1);
+    }
+
+    #[test]
+    fn warm_start_sends_concurrent_sessions_to_the_peer_that_looks_best() {
+        // Announced speeds: every peer 1 ms a block, but peer 3 four times slower. Eight
+        // sessions open before any report: all go to peer 2, none explores peer 3 blindly.
+        let mut anns = swarm();
+        for a in &mut anns {
+            a.throughput = 100.0;
+        }
+        anns[2].throughput = 25.0;
+        let learned = router(PolicyKind::Uniform, 300.0);
+        let mut rng = ChaCha8Rng::seed_from_u64(11);
+        for _ in 0..8 {
             assert_eq!(plan_with(&anns, 30, &learned, &mut rng).unwrap()[1], 1);
         }
+        assert_eq!(learned.counts().warm_starts, 4, "one per peer");
+        let s = learned.stats(&MODEL, 10, 20, &[3; 4]).unwrap();
+        assert_eq!(s.n, 1.0);
+        assert!(
+            (s.mean_time - 0.4).abs() < 1e-9,
+            "4 ms a block of 10: {s:?}"
+        );
+        // Real observations then take over: peer 2 turns out slow under load.
+        let busy = vec![hop_of(&anns[0]), hop_of(&anns[1]), hop_of(&anns[3])];
+        for _ in 0..6 {
+            learned.observe(&MODEL, &busy, &[step(&[10_000, 250_000, 10_000])]);
+        }
+        assert_eq!(plan_with(&anns, 30, &learned, &mut rng).unwrap()[1], 2);
     }
 }
