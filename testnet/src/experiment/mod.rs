@@ -4,8 +4,11 @@
 
 mod design;
 mod live;
+mod load;
+mod placement;
 mod plot;
 mod report;
+mod routing;
 mod simulated;
 
 use std::path::PathBuf;
@@ -21,6 +24,12 @@ use report::{LiveRun, PolicyResult, key};
 pub enum ExperimentCommand {
     /// Uniform vs long-term vs adaptive routing on a heterogeneous emulated swarm.
     Energy(EnergyArgs),
+    /// Block placement on a heterogeneous swarm: the planner's DP against an even split and
+    /// against Petals' rule (--blocks auto), in aggregate tokens/s with concurrent clients.
+    Placement(placement::PlacementArgs),
+    /// CS-UCB against the energy policies with one slow replica: its share of steps, deadline
+    /// misses, p95 time per token, joules per token.
+    Routing(routing::RoutingArgs),
 }
 
 #[derive(Debug, Args)]
@@ -81,7 +90,6 @@ fn policies(s: &str) -> Result<Vec<PolicyKind>> {
 }
 
 pub fn run(cmd: ExperimentCommand) -> Result<()> {
-    let ExperimentCommand::Energy(a) = cmd;
     let _ = tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -89,6 +97,11 @@ pub fn run(cmd: ExperimentCommand) -> Result<()> {
         )
         .with_writer(std::io::stderr)
         .try_init();
+    let a = match cmd {
+        ExperimentCommand::Energy(a) => a,
+        ExperimentCommand::Placement(a) => return placement::run(a),
+        ExperimentCommand::Routing(a) => return routing::run(a),
+    };
     let d = Design {
         nodes: a.nodes,
         groups: a.groups,
