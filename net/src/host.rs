@@ -1,25 +1,36 @@
 //! The libp2p host that nodes and clients share: TCP + noise + yamux, identify, Kademlia (records
-//! and provider keys), gossipsub (announcements with fresh energy state) and raw streams
-//! (activations). One [`EventLoop`] owns the `Swarm`; everything else talks to it through the
+//! and provider keys), gossipsub (announcements with fresh energy state), raw streams
+//! (activations) and connection limits. One [`EventLoop`] owns the `Swarm`; everything else talks to it through the
 //! cloneable [`Network`] handle, whose methods send a [`Command`] with a oneshot reply (the
 //! rust-libp2p `file-sharing` pattern). Activation streams bypass the loop entirely: they are
 //! opened and accepted through the `libp2p_stream::Control` the handle carries.
+//!
+//! An open swarm lets strangers connect, so everything a peer can make this host keep is
+//! bounded: connections (per peer and in all, [`Limits`]), streams per connection, the gossip
+//! table ([`crate::gossip`]: capped per relaying peer and in all, expired entries pruned) and the
+//! DHT store (records are checked before they are stored, [`crate::announce::check_record`];
+//! provider keys are capped per provider; expired records and providers are purged every
+//! [`PURGE_INTERVAL`]). Gossip runs in validation mode: a message is relayed only once it has
+//! been checked, so an invalid one stops at the first honest peer.
 
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use libp2p::core::{Transport, upgrade};
+use libp2p::kad::store::{MemoryStore, MemoryStoreConfig, RecordStore};
 use libp2p::kad::{
-    self, GetProvidersOk, GetRecordOk, QueryId, QueryResult, Quorum, Record, RecordKey,
+    self, GetProvidersOk, GetRecordOk, InboundRequest, ProviderRecord, QueryId, QueryResult,
+    Quorum, Record, RecordKey,
 };
 use libp2p::pnet::{PnetConfig, PreSharedKey};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{DialError, NetworkBehaviour, SwarmEvent};
 use libp2p::{
-    Multiaddr, PeerId, StreamProtocol, Swarm, gossipsub, identify, identity, noise, tcp, yamux,
+    Multiaddr, PeerId, StreamProtocol, Swarm, connection_limits, gossipsub, identify, identity,
+    noise, tcp, yamux,
 };
-use sunswarm_protocol::{Announcement, codec};
+use sunswarm_protocol::{Announcement, SignedAnnouncement};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
 
@@ -40,6 +51,52 @@ pub enum NetError {
     Dial { addr: Multiaddr, reason: String },
     #[error("the network event loop has stopped")]
     Stopped,
+    #[error("signing the announcement: {0}")]
+    Sign(#[from] crate::announce::AnnounceError),
+}
+
+/// How often expired DHT records and providers and expired gossip entries are dropped.
+pub const PURGE_INTERVAL: Duration = Duration::from_secs(5);
+/// Most DHT records a host stores (announcements are a few hundred bytes, at most
+/// [`MAX_RECORD_BYTES`]).
+pub const MAX_RECORDS: usize = 4096;
+/// Largest DHT record value a host stores; an announcement with 16 addresses of 256 bytes is
+/// under 5 KiB.
+pub const MAX_RECORD_BYTES: usize = 8 * 1024;
+/// Most distinct provider keys a host stores, and most that one provider may hold (a node
+/// provides one key per block it serves).
+pub const MAX_PROVIDER_KEYS: usize = 16 * 1024;
+/// Most provider keys one peer may make this host store.
+pub const MAX_KEYS_PER_PROVIDER: usize = 1024;
+
+/// Connection and stream limits of a host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections still in their handshake, coming in.
+    pub max_pending_incoming: u32,
+    /// Established connections coming in.
+    pub max_established_incoming: u32,
+    /// Established connections with one peer (both directions).
+    pub max_established_per_peer: u32,
+    /// Multiplexed streams on one connection.
+    pub max_streams_per_connection: usize,
+    /// A connection with no stream open is closed after this long.
+    pub idle_connection: Duration,
+    /// A connection must complete its handshake within this.
+    pub handshake: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_pending_incoming: 256,
+            max_established_incoming: 2048,
+            max_established_per_peer: 8,
+            max_streams_per_connection: 256,
+            idle_connection: Duration::from_secs(30),
+            handshake: Duration::from_secs(5),
+        }
+    }
 }
 
 /// How to build the host.
@@ -59,6 +116,8 @@ pub struct NetConfig {
     /// before anything else is said, so peers without it cannot even complete a handshake.
     /// Private swarms run over TCP only (libp2p's pnet does not wrap QUIC).
     pub swarm_key: Option<PreSharedKey>,
+    /// Connection and stream limits.
+    pub limits: Limits,
 }
 
 impl Default for NetConfig {
@@ -71,13 +130,15 @@ impl Default for NetConfig {
             record_ttl: Duration::from_secs(30),
             query_timeout: Duration::from_secs(10),
             swarm_key: None,
+            limits: Limits::default(),
         }
     }
 }
 
 #[derive(NetworkBehaviour)]
 struct Behaviour {
-    kad: kad::Behaviour<kad::store::MemoryStore>,
+    limits: connection_limits::Behaviour,
+    kad: kad::Behaviour<MemoryStore>,
     gossipsub: gossipsub::Behaviour,
     identify: identify::Behaviour,
     stream: libp2p_stream::Behaviour,
@@ -122,6 +183,7 @@ enum Command {
         data: Vec<u8>,
     },
     GossipView(oneshot::Sender<Vec<Announcement>>),
+    Stats(oneshot::Sender<HostStats>),
     Shutdown {
         grace: Duration,
         reply: oneshot::Sender<()>,
@@ -131,11 +193,26 @@ enum Command {
 type ProvidersQuery = (HashSet<PeerId>, oneshot::Sender<HashSet<PeerId>>);
 type RecordsQuery = (Vec<Vec<u8>>, oneshot::Sender<Vec<Vec<u8>>>);
 
+/// What a host holds of other peers' state (for tests and logs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HostStats {
+    pub gossip_entries: usize,
+    pub dht_records: usize,
+    pub provider_keys: usize,
+    pub connections: usize,
+    /// Gossip messages refused as invalid (not relayed) and ignored (valid, not kept).
+    pub gossip_rejected: u64,
+    pub gossip_ignored: u64,
+    /// DHT records and provider keys refused on store.
+    pub records_refused: u64,
+}
+
 /// Cloneable handle to the host.
 #[derive(Clone)]
 pub struct Network {
     tx: mpsc::Sender<Command>,
     local_peer: PeerId,
+    keypair: identity::Keypair,
     control: libp2p_stream::Control,
 }
 
@@ -145,8 +222,12 @@ pub struct EventLoop {
     rx: mpsc::Receiver<Command>,
     pending_providers: HashMap<QueryId, ProvidersQuery>,
     pending_records: HashMap<QueryId, RecordsQuery>,
-    /// Latest announcement gossiped by each peer (newest timestamp wins).
-    gossip: HashMap<PeerId, Announcement>,
+    /// Latest valid announcement gossiped by each peer (newest timestamp wins), bounded.
+    gossip: crate::gossip::GossipTable,
+    /// Provider keys stored for other peers, per provider, so each is capped and all can be
+    /// purged when they expire (the store cannot list them).
+    provided_by: HashMap<PeerId, HashSet<RecordKey>>,
+    stats: HostStats,
     bootstrapped: bool,
 }
 
@@ -165,15 +246,31 @@ fn behaviour(
     kcfg.set_publication_interval(None);
     kcfg.set_replication_interval(None);
     kcfg.set_provider_publication_interval(None);
-    let mut kad = kad::Behaviour::with_config(peer, kad::store::MemoryStore::new(peer), kcfg);
+    // Records and provider keys that others send are checked before they are stored
+    // (`EventLoop::on_inbound`); and a record is stored only by the peer it announces, so the
+    // caching of found records at other peers (which stores them in the finder's name) is off.
+    kcfg.set_record_filtering(kad::StoreInserts::FilterBoth);
+    kcfg.set_caching(kad::Caching::Disabled);
+    let store = MemoryStore::with_config(
+        peer,
+        MemoryStoreConfig {
+            max_records: MAX_RECORDS,
+            max_value_bytes: MAX_RECORD_BYTES,
+            max_provided_keys: MAX_PROVIDER_KEYS,
+            ..MemoryStoreConfig::default()
+        },
+    );
+    let mut kad = kad::Behaviour::with_config(peer, store, kcfg);
     kad.set_mode(Some(if cfg.dht_server {
         kad::Mode::Server
     } else {
         kad::Mode::Client
     }));
+    // Validation mode: a message is relayed only after `on_gossip` accepts it.
     let gcfg = gossipsub::ConfigBuilder::default()
         .heartbeat_interval(Duration::from_millis(500))
         .validation_mode(gossipsub::ValidationMode::Strict)
+        .validate_messages()
         .max_transmit_size(64 * 1024)
         .build()?;
     let gossipsub =
@@ -182,7 +279,15 @@ fn behaviour(
         IDENTIFY_PROTOCOL.to_string(),
         key.public(),
     ));
+    let l = cfg.limits;
+    let limits = connection_limits::Behaviour::new(
+        connection_limits::ConnectionLimits::default()
+            .with_max_pending_incoming(Some(l.max_pending_incoming))
+            .with_max_established_incoming(Some(l.max_established_incoming))
+            .with_max_established_per_peer(Some(l.max_established_per_peer)),
+    );
     Ok(Behaviour {
+        limits,
         kad,
         gossipsub,
         identify,
@@ -211,20 +316,28 @@ pub fn new(cfg: NetConfig) -> Result<(Network, EventLoop), NetError> {
         .unwrap_or_else(identity::Keypair::generate_ed25519);
     let local_peer = keypair.public().to_peer_id();
     let transport_err = |e: &dyn std::fmt::Display| NetError::Transport(e.to_string());
-    let builder = libp2p::SwarmBuilder::with_existing_identity(keypair).with_tokio();
-    let idle = |c: libp2p::swarm::Config| c.with_idle_connection_timeout(Duration::from_secs(120));
+    let builder = libp2p::SwarmBuilder::with_existing_identity(keypair.clone()).with_tokio();
+    let limits = cfg.limits;
+    let idle =
+        move |c: libp2p::swarm::Config| c.with_idle_connection_timeout(limits.idle_connection);
+    let mux = move || {
+        let mut y = yamux::Config::default();
+        y.set_max_num_streams(limits.max_streams_per_connection);
+        y
+    };
     let mut swarm = match cfg.swarm_key {
         None => builder
             .with_tcp(
                 tcp::Config::default().nodelay(true),
                 noise::Config::new,
-                yamux::Config::default,
+                mux,
             )
             .map_err(|e| transport_err(&e))?
             .with_quic()
             .with_behaviour(|key| behaviour(key, &cfg))
             .map_err(|e| transport_err(&e))?
             .with_swarm_config(idle)
+            .with_connection_timeout(limits.handshake)
             .build(),
         Some(psk) => builder
             .with_other_transport(
@@ -235,7 +348,7 @@ pub fn new(cfg: NetConfig) -> Result<(Network, EventLoop), NetError> {
                             .and_then(move |socket, _| PnetConfig::new(psk).handshake(socket))
                             .upgrade(upgrade::Version::V1Lazy)
                             .authenticate(noise)
-                            .multiplex(yamux::Config::default()),
+                            .multiplex(mux()),
                     )
                 },
             )
@@ -243,6 +356,7 @@ pub fn new(cfg: NetConfig) -> Result<(Network, EventLoop), NetError> {
             .with_behaviour(|key| behaviour(key, &cfg))
             .map_err(|e| transport_err(&e))?
             .with_swarm_config(idle)
+            .with_connection_timeout(limits.handshake)
             .build(),
     };
     for addr in &cfg.listen {
@@ -266,13 +380,16 @@ pub fn new(cfg: NetConfig) -> Result<(Network, EventLoop), NetError> {
         rx,
         pending_providers: HashMap::new(),
         pending_records: HashMap::new(),
-        gossip: HashMap::new(),
+        gossip: crate::gossip::GossipTable::new(),
+        provided_by: HashMap::new(),
+        stats: HostStats::default(),
         bootstrapped: false,
     };
     Ok((
         Network {
             tx,
             local_peer,
+            keypair,
             control,
         },
         event_loop,
@@ -282,6 +399,18 @@ pub fn new(cfg: NetConfig) -> Result<(Network, EventLoop), NetError> {
 impl Network {
     pub fn local_peer_id(&self) -> PeerId {
         self.local_peer
+    }
+
+    /// Signs `ann` (this host's own announcement) with the host's key.
+    pub fn sign_announcement(&self, ann: Announcement) -> Result<SignedAnnouncement, NetError> {
+        Ok(crate::announce::sign(&self.keypair, ann)?)
+    }
+
+    /// Signs `message` with the host's key (receipts, errors).
+    pub fn sign(&self, message: &[u8]) -> Result<Vec<u8>, NetError> {
+        self.keypair
+            .sign(message)
+            .map_err(|e| NetError::Sign(crate::announce::AnnounceError::Signing(e.to_string())))
     }
 
     /// A stream control for opening and accepting activation streams.
@@ -388,6 +517,11 @@ impl Network {
         self.ask(Command::GossipView).await
     }
 
+    /// How much of other peers' state this host holds.
+    pub async fn stats(&self) -> Result<HostStats, NetError> {
+        self.ask(Command::Stats).await
+    }
+
     /// Keeps the loop running for `grace` (so queued messages, like a leave announcement, go
     /// out), then stops it.
     pub async fn shutdown(&self, grace: Duration) -> Result<(), NetError> {
@@ -398,9 +532,12 @@ impl Network {
 impl EventLoop {
     /// Runs until every [`Network`] handle is dropped or [`Network::shutdown`] is called.
     pub async fn run(mut self) {
+        let mut purge = tokio::time::interval(PURGE_INTERVAL);
+        purge.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 ev = self.swarm.select_next_some() => self.on_event(ev),
+                _ = purge.tick() => self.purge(),
                 cmd = self.rx.recv() => match cmd {
                     None => return,
                     Some(Command::Shutdown { grace, reply }) => {
@@ -449,7 +586,7 @@ impl EventLoop {
             }
             Command::PutRecord { key, value, ttl } => {
                 let mut rec = Record::new(RecordKey::new(&key), value);
-                rec.expires = Some(std::time::Instant::now() + ttl);
+                rec.expires = Some(Instant::now() + ttl);
                 if let Err(e) = b.kad.put_record(rec, Quorum::One) {
                     warn!("storing a DHT record locally failed: {e}");
                 }
@@ -481,7 +618,19 @@ impl EventLoop {
                 }
             }
             Command::GossipView(reply) => {
-                let _ = reply.send(self.gossip.values().cloned().collect());
+                let _ = reply.send(self.gossip.announcements());
+            }
+            Command::Stats(reply) => {
+                let mut stats = self.stats;
+                stats.gossip_entries = self.gossip.len();
+                stats.dht_records = self.swarm.behaviour_mut().kad.store_mut().records().count();
+                stats.provider_keys = self.provided_by.values().map(HashSet::len).sum();
+                stats.connections = self
+                    .swarm
+                    .network_info()
+                    .connection_counters()
+                    .num_established() as usize;
+                let _ = reply.send(stats);
             }
             Command::Shutdown { .. } => unreachable!("handled in run"),
         }
@@ -517,10 +666,14 @@ impl EventLoop {
                 self.on_query(id, result, step.last);
             }
             SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                propagation_source,
+                message_id,
                 message,
-                ..
             })) => {
-                self.on_gossip(message);
+                self.on_gossip(propagation_source, message_id, message);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Kad(kad::Event::InboundRequest { request })) => {
+                self.on_inbound(request);
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 debug!(?peer_id, "outgoing connection failed: {error}");
@@ -574,26 +727,138 @@ impl EventLoop {
         }
     }
 
-    fn on_gossip(&mut self, message: gossipsub::Message) {
-        let Some(source) = message.source else { return };
-        let ann: Announcement = match codec::decode(&message.data) {
-            Ok(a) => a,
-            Err(e) => {
-                debug!(%source, "ignoring malformed gossip: {e}");
-                return;
+    /// Checks a gossip message; only a valid one is relayed, and only one that fits the table
+    /// is kept.
+    fn on_gossip(
+        &mut self,
+        propagation_source: PeerId,
+        id: gossipsub::MessageId,
+        message: gossipsub::Message,
+    ) {
+        use crate::gossip::GossipRefusal;
+        let now = crate::now_ms();
+        let outcome = match message.source {
+            None => Err(GossipRefusal::Invalid("unsigned gossip".into())),
+            Some(author) => crate::gossip::check(&author, &message.data, now)
+                .and_then(|ann| self.gossip.insert(author, propagation_source, ann, now)),
+        };
+        let acceptance = match &outcome {
+            Ok(()) => gossipsub::MessageAcceptance::Accept,
+            Err(GossipRefusal::Invalid(why)) => {
+                self.stats.gossip_rejected += 1;
+                debug!(source = %propagation_source, "refusing gossip: {why}");
+                gossipsub::MessageAcceptance::Reject
+            }
+            Err(GossipRefusal::Ignored(why)) => {
+                self.stats.gossip_ignored += 1;
+                debug!(source = %propagation_source, "ignoring gossip: {why}");
+                gossipsub::MessageAcceptance::Ignore
             }
         };
-        // Signed gossip: an announcement counts only when its author is the peer it describes.
-        if PeerId::from_bytes(&ann.peer_id).ok() != Some(source) {
-            debug!(%source, "ignoring gossip announcing another peer");
+        self.swarm
+            .behaviour_mut()
+            .gossipsub
+            .report_message_validation_result(&id, &propagation_source, acceptance);
+    }
+
+    /// A record or provider key another peer asks this host to store: stored only if it
+    /// passes the checks of [`crate::announce::check_record`] or the per-provider cap.
+    fn on_inbound(&mut self, request: InboundRequest) {
+        match request {
+            InboundRequest::PutRecord {
+                source,
+                record: Some(record),
+                ..
+            } => {
+                let store = self.swarm.behaviour_mut().kad.store_mut();
+                let held = store.get(&record.key).map(|r| r.into_owned());
+                match crate::announce::check_record(
+                    &record,
+                    &source,
+                    held.as_ref(),
+                    crate::now_ms(),
+                ) {
+                    Ok(_) => {
+                        if let Err(e) = store.put(record) {
+                            self.stats.records_refused += 1;
+                            debug!(%source, "DHT record not stored: {e}");
+                        }
+                    }
+                    Err(e) => {
+                        self.stats.records_refused += 1;
+                        debug!(%source, "refusing a DHT record: {e}");
+                    }
+                }
+            }
+            InboundRequest::AddProvider {
+                record: Some(record),
+            } => self.add_provider(record),
+            _ => {}
+        }
+    }
+
+    fn add_provider(&mut self, record: ProviderRecord) {
+        let keys = self.provided_by.entry(record.provider).or_default();
+        if !keys.contains(&record.key) && keys.len() >= MAX_KEYS_PER_PROVIDER {
+            self.stats.records_refused += 1;
+            debug!(provider = %record.provider, "refusing a provider key: at its cap");
             return;
         }
-        let newer = self
-            .gossip
-            .get(&source)
-            .is_none_or(|old| old.timestamp_ms <= ann.timestamp_ms);
-        if newer {
-            self.gossip.insert(source, ann);
+        let (provider, key) = (record.provider, record.key.clone());
+        match self
+            .swarm
+            .behaviour_mut()
+            .kad
+            .store_mut()
+            .add_provider(record)
+        {
+            Ok(()) => {
+                keys.insert(key);
+            }
+            Err(e) => {
+                self.stats.records_refused += 1;
+                debug!(%provider, "provider key not stored: {e}");
+            }
+        }
+    }
+
+    /// Drops expired DHT records, provider keys and gossip entries: Kademlia only drops an
+    /// expired record when someone asks for it, so without this, junk or ordinary churn would
+    /// fill the store for good.
+    fn purge(&mut self) {
+        let now = Instant::now();
+        let pruned = self.gossip.prune(crate::now_ms());
+        let store = self.swarm.behaviour_mut().kad.store_mut();
+        let expired: Vec<RecordKey> = store
+            .records()
+            .filter(|r| r.is_expired(now))
+            .map(|r| r.key.clone())
+            .collect();
+        for k in &expired {
+            store.remove(k);
+        }
+        let mut providers_dropped = 0;
+        self.provided_by.retain(|provider, keys| {
+            keys.retain(|k| {
+                let live = store
+                    .providers(k)
+                    .iter()
+                    .any(|p| &p.provider == provider && !p.is_expired(now));
+                if !live {
+                    store.remove_provider(k, provider);
+                    providers_dropped += 1;
+                }
+                live
+            });
+            !keys.is_empty()
+        });
+        if pruned + expired.len() + providers_dropped > 0 {
+            debug!(
+                gossip = pruned,
+                records = expired.len(),
+                providers = providers_dropped,
+                "purged expired state"
+            );
         }
     }
 }

@@ -35,6 +35,12 @@ pub trait BlockRunner: Send + Sync + 'static {
     fn kv_bytes_per_token(&self) -> usize;
     /// A fresh, empty cache for one session.
     fn new_session(&self) -> Box<dyn SessionCache>;
+    /// Bytes of scratch memory one pass of `tokens` new tokens may take when each attends to up
+    /// to `context` positions (attention scores, activations): counted in `--max-kv-mib` beside
+    /// the caches. None by default (a runner with no real compute).
+    fn scratch_bytes(&self, _tokens: usize, _context: usize) -> usize {
+        0
+    }
 
     /// Runs the steps of several sessions in one pass (continuous batching), each `(cache,
     /// n_tokens, rows)`; a step's result must not depend on the others. By default, one after
@@ -108,6 +114,21 @@ impl BlockRunner for ModelRunner {
         let c = self.blocks.config();
         let blocks = self.blocks.range().len();
         blocks * 2 * c.n_kv_heads * c.head_dim * size_of::<f32>()
+    }
+
+    fn scratch_bytes(&self, tokens: usize, context: usize) -> usize {
+        // An upper bound: every query row of the pass scores every position of every head at
+        // once (one block at a time, the blocks reuse it), beside the pass's activations (the
+        // residual, norm, attention output, and the MLP's gate, up and product rows) in f32.
+        let c = self.blocks.config();
+        let scores = tokens
+            .saturating_mul(context)
+            .saturating_mul(c.n_heads)
+            .saturating_mul(size_of::<f32>());
+        let activations = tokens
+            .saturating_mul(4 * c.hidden_size + 3 * c.intermediate_size)
+            .saturating_mul(size_of::<f32>());
+        scores.saturating_add(activations)
     }
 
     fn new_session(&self) -> Box<dyn SessionCache> {

@@ -9,13 +9,17 @@
 //!   time (continuous batching).
 //! - [`energy`]: the node's energy state and admission (mains today; policies fill it later).
 //! - [`node`]: starting, announcing, refreshing and leaving.
+//! - [`cli`]: the `swarm-node` binary's flags and body, shared with the testnet's hostile nodes.
+//! - [`hooks`]: where a node's behaviour can be changed (the testnet's hostile peers).
 //!
 //! The libp2p host, the stream opener and the runtime live in `sunswarm-net`, shared with the
 //! client.
 
 pub mod auto;
 pub mod batch;
+pub mod cli;
 pub mod compute;
 pub mod energy;
+pub mod hooks;
 pub mod node;
 pub mod session;

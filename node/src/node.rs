@@ -15,6 +15,7 @@ use tracing::{info, warn};
 use crate::batch::{BatchConfig, Executor};
 use crate::compute::BlockRunner;
 use crate::energy::EnergySource;
+use crate::hooks::Hooks;
 use crate::session::{self, SessionCtx, SessionSlots};
 use sunswarm_net::{self as net, NetConfig, NetError, Network, now_ms};
 
@@ -33,8 +34,11 @@ pub struct NodeConfig {
     /// How often the node gossips its announcement with fresh energy state.
     pub gossip_interval: Duration,
     pub next_hop_timeout: Duration,
-    /// A session that sends nothing for this long is closed and its cache freed.
+    /// A session's idle budget: the time it may spend waiting for its next message, summed
+    /// over the session (see [`crate::session::SessionLimits`] for what refills it).
     pub idle_timeout: Duration,
+    /// Limits on what one peer, and strangers together, can hold on this node.
+    pub limits: session::SessionLimits,
     /// KV-cache memory all sessions together may take, in MiB.
     pub max_kv_mib: u32,
     /// Decode throughput estimate through this node's blocks, tokens per second.
@@ -53,6 +57,15 @@ pub enum NodeError {
     Accept(String),
     #[error("encoding the announcement: {0}")]
     Codec(#[from] codec::CodecError),
+    #[error(
+        "--max-kv-mib {budget_mib} cannot hold one pass's scratch memory ({scratch_mib} MiB for {pass_tokens} tokens against {max_tokens} positions); raise it or lower --pass-tokens or --max-tokens"
+    )]
+    Memory {
+        budget_mib: u32,
+        scratch_mib: u64,
+        pass_tokens: u32,
+        max_tokens: u32,
+    },
 }
 
 /// A node that serves and announces until [`RunningNode::leave`].
@@ -62,6 +75,7 @@ pub struct RunningNode {
     energy: Arc<dyn EnergySource>,
     slots: Arc<SessionSlots>,
     listen: Vec<Multiaddr>,
+    hooks: Arc<dyn Hooks>,
     tasks: Vec<JoinHandle<()>>,
     event_loop: JoinHandle<()>,
 }
@@ -71,6 +85,16 @@ pub async fn start(
     cfg: NodeConfig,
     runner: Arc<dyn BlockRunner>,
     energy: Arc<dyn EnergySource>,
+) -> Result<RunningNode, NodeError> {
+    start_with_hooks(cfg, runner, energy, Arc::new(crate::hooks::Honest)).await
+}
+
+/// [`start`] with [`Hooks`] that change how the node behaves (the testnet's hostile peers).
+pub async fn start_with_hooks(
+    cfg: NodeConfig,
+    runner: Arc<dyn BlockRunner>,
+    energy: Arc<dyn EnergySource>,
+    hooks: Arc<dyn Hooks>,
 ) -> Result<RunningNode, NodeError> {
     let need_peers = !cfg.net.bootstrap.is_empty();
     // Timed before the host starts: on this one-thread runtime the measurement holds the thread,
@@ -82,7 +106,27 @@ pub async fn start(
         .control()
         .accept(sunswarm_net::stream::protocol())
         .map_err(|e| NodeError::Accept(e.to_string()))?;
-    let slots = SessionSlots::new(cfg.max_sessions);
+    let slots = SessionSlots::with_peer_cap(cfg.max_sessions, cfg.limits.max_sessions_per_peer);
+    // One pass at a time runs on the compute thread; its scratch memory (attention scores and
+    // activations of up to `token_budget` new tokens against `max_tokens` positions) comes out of
+    // the same budget as the sessions' KV caches, reserved once.
+    let budget_kib = u64::from(cfg.max_kv_mib) * 1024;
+    let scratch_kib =
+        (runner.scratch_bytes(cfg.batch.token_budget as usize, cfg.max_tokens as usize) as u64)
+            .div_ceil(1024);
+    if scratch_kib >= budget_kib {
+        return Err(NodeError::Memory {
+            budget_mib: cfg.max_kv_mib,
+            scratch_mib: scratch_kib.div_ceil(1024),
+            pass_tokens: cfg.batch.token_budget,
+            max_tokens: cfg.max_tokens,
+        });
+    }
+    info!(
+        scratch_mib = format!("{:.1}", scratch_kib as f64 / 1024.0),
+        kv_mib = format!("{:.1}", (budget_kib - scratch_kib) as f64 / 1024.0),
+        "memory budget"
+    );
     let (executor, executor_task) = Executor::start_with_cost(runner.clone(), cfg.batch, cost);
     let ctx = Arc::new(SessionCtx {
         local_peer: net.local_peer_id(),
@@ -95,9 +139,14 @@ pub async fn start(
         max_tokens: cfg.max_tokens,
         next_hop_timeout: cfg.next_hop_timeout,
         idle_timeout: cfg.idle_timeout,
-        kv_budget_kib: Arc::new(Semaphore::new(cfg.max_kv_mib as usize * 1024)),
+        limits: cfg.limits,
+        streams: Arc::default(),
+        kv_budget_kib: Arc::new(Semaphore::new(
+            usize::try_from(budget_kib - scratch_kib).unwrap_or(usize::MAX),
+        )),
         attach: Arc::default(),
         executor,
+        hooks: hooks.clone(),
     });
     let mut tasks = vec![
         tokio::spawn(session::accept_loop(ctx, incoming)),
@@ -115,6 +164,7 @@ pub async fn start(
         energy,
         slots,
         listen,
+        hooks,
         tasks: Vec::new(),
         event_loop,
     };
@@ -132,6 +182,7 @@ struct AnnounceHandle {
     energy: Arc<dyn EnergySource>,
     slots: Arc<SessionSlots>,
     listen: Vec<Multiaddr>,
+    hooks: Arc<dyn Hooks>,
 }
 
 impl RunningNode {
@@ -142,6 +193,7 @@ impl RunningNode {
             energy: self.energy.clone(),
             slots: self.slots.clone(),
             listen: self.listen.clone(),
+            hooks: self.hooks.clone(),
         }
     }
 
@@ -185,7 +237,7 @@ impl AnnounceHandle {
     fn announcement(&self, leaving: bool) -> Announcement {
         let now = now_ms();
         let ttl = self.cfg.announce_ttl.as_millis() as u64;
-        Announcement {
+        let mut ann = Announcement {
             peer_id: self.net.local_peer_id().to_bytes(),
             addrs: self.listen.iter().map(|a| a.to_string()).collect(),
             model_id: self.cfg.model_id,
@@ -198,14 +250,17 @@ impl AnnounceHandle {
             energy: self.energy.state(),
             timestamp_ms: now,
             expires_ms: if leaving { now } else { now + ttl },
-        }
+        };
+        self.hooks.announce(&mut ann);
+        ann
     }
 
     async fn publish(&self, dht_too: bool, leaving: bool) -> Result<(), NodeError> {
-        let ann = self.announcement(leaving);
-        let bytes = codec::encode(&ann)?;
+        // Other peers store and relay only announcements signed by the peer they describe.
+        let signed = self.net.sign_announcement(self.announcement(leaving))?;
+        let bytes = codec::encode(&signed)?;
         let model = &self.cfg.model_id;
-        let record_key = dht::peer_record_key(model, &ann.peer_id);
+        let record_key = dht::peer_record_key(model, &signed.announcement.peer_id);
         if dht_too {
             if leaving {
                 self.net.remove_record(record_key).await?;

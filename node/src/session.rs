@@ -6,6 +6,16 @@
 //! stream and relays an error (or the loss of that hop) to its own upstream. One KV cache per
 //! session, dropped when the session ends. Every refusal is a typed [`WireError`] naming its
 //! reason.
+//!
+//! Anyone can open streams to a node, so what a stream can hold is bounded ([`SessionLimits`]):
+//! a stream that has not opened a session yet is counted (per peer and in all) and must send its
+//! first message, of at most `first_frame_bytes`, within `first_frame`; the next hop of a route
+//! is dialled before the session takes a place, so a slow next hop holds a pending stream, not
+//! a place; one client holds at most `max_sessions_per_peer` places; and a session's idle limit
+//! is a budget for the whole session, not a timer per message: waiting for the next message
+//! spends it, and each token the session sends earns back `idle_per_token`, up to the node's
+//! `--session-idle-timeout`. A session that trickles a message every few minutes runs out; one
+//! that generates, however slowly its route computes, does not.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -15,6 +25,7 @@ use futures::StreamExt;
 use libp2p::{Multiaddr, PeerId};
 use sunswarm_protocol::codec::CodecError;
 use sunswarm_protocol::io::{FrameError, FrameReader, write_message};
+use sunswarm_protocol::limits::MAX_MESSAGE_BYTES;
 use sunswarm_protocol::{
     Announcement, BlockRange, ErrorKind, Forward, Hop, HopTiming, ModelDigest, OpenSession,
     Request, Response, SessionId, TensorFrame, WireError,
@@ -42,8 +53,12 @@ pub struct SessionCtx {
     pub max_tokens: u32,
     /// How long to wait for the next hop to open or answer.
     pub next_hop_timeout: Duration,
-    /// How long a session may send nothing before the node closes it and frees its cache.
+    /// A session's idle budget (see the module docs).
     pub idle_timeout: Duration,
+    /// What streams and peers may hold.
+    pub limits: SessionLimits,
+    /// Streams that have not opened a session yet.
+    pub streams: Arc<StreamGate>,
     /// KV-cache memory the node may promise to sessions, in KiB permits: an open reserves its
     /// `max_tokens` worth up front, so admitted sessions can never exceed it.
     pub kv_budget_kib: Arc<Semaphore>,
@@ -51,6 +66,91 @@ pub struct SessionCtx {
     pub attach: Arc<AttachBoard>,
     /// Runs the sessions' steps, many per pass.
     pub executor: Executor,
+    /// How this node departs from honest behaviour (never, in `swarm-node`).
+    pub hooks: Arc<dyn crate::hooks::Hooks>,
+}
+
+/// Limits on what peers can hold on a node (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SessionLimits {
+    /// A new stream must send its first message (an open or an attach) within this.
+    pub first_frame: Duration,
+    /// Largest first message (an open with the longest route is under 300 KiB).
+    pub first_frame_bytes: usize,
+    /// Streams that have not opened a session yet (reading their first message, or opening the
+    /// next hop), in all and per peer; more are dropped unread.
+    pub max_pending_streams: usize,
+    pub max_pending_streams_per_peer: usize,
+    /// Session places one client may hold.
+    pub max_sessions_per_peer: u32,
+    /// Idle budget each token a session sends earns back.
+    pub idle_per_token: Duration,
+}
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        SessionLimits {
+            first_frame: Duration::from_secs(10),
+            first_frame_bytes: 1 << 20,
+            max_pending_streams: 256,
+            max_pending_streams_per_peer: 32,
+            max_sessions_per_peer: 8,
+            idle_per_token: Duration::from_secs(2),
+        }
+    }
+}
+
+/// Counts the streams that have not opened a session yet, in all and per peer.
+#[derive(Debug, Default)]
+pub struct StreamGate {
+    pending: Mutex<(usize, HashMap<PeerId, usize>)>,
+}
+
+impl StreamGate {
+    /// A pending stream from `peer`, or `None` when it is over a limit.
+    pub fn enter(self: &Arc<Self>, peer: PeerId, limits: &SessionLimits) -> Option<PendingStream> {
+        let mut g = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let (total, per_peer) = &mut *g;
+        let mine = per_peer.entry(peer).or_insert(0);
+        if *total >= limits.max_pending_streams || *mine >= limits.max_pending_streams_per_peer {
+            if *mine == 0 {
+                per_peer.remove(&peer);
+            }
+            return None;
+        }
+        *mine += 1;
+        *total += 1;
+        Some(PendingStream {
+            gate: self.clone(),
+            peer,
+        })
+    }
+
+    /// Streams pending now.
+    pub fn pending(&self) -> usize {
+        self.pending.lock().map(|g| g.0).unwrap_or(0)
+    }
+}
+
+/// A stream's pending place at the [`StreamGate`], freed when dropped.
+#[derive(Debug)]
+pub struct PendingStream {
+    gate: Arc<StreamGate>,
+    peer: PeerId,
+}
+
+impl Drop for PendingStream {
+    fn drop(&mut self) {
+        let mut g = self.gate.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let (total, per_peer) = &mut *g;
+        *total = total.saturating_sub(1);
+        if let Some(n) = per_peer.get_mut(&self.peer) {
+            *n -= 1;
+            if *n == 0 {
+                per_peer.remove(&self.peer);
+            }
+        }
+    }
 }
 
 /// The node's places for concurrent sessions. Taking or freeing one is signalled, so the node can
@@ -60,16 +160,41 @@ pub struct SessionCtx {
 pub struct SessionSlots {
     places: Arc<Semaphore>,
     max: u32,
+    /// Most places one client may hold.
+    max_per_peer: u32,
+    per_peer: Mutex<HashMap<Vec<u8>, u32>>,
     changed: tokio::sync::Notify,
 }
 
 impl SessionSlots {
     pub fn new(max: u32) -> Arc<Self> {
+        Self::with_peer_cap(max, max)
+    }
+
+    /// `max` places, at most `max_per_peer` of them for one client.
+    pub fn with_peer_cap(max: u32, max_per_peer: u32) -> Arc<Self> {
         Arc::new(SessionSlots {
             places: Arc::new(Semaphore::new(max as usize)),
             max,
+            max_per_peer: max_per_peer.max(1),
+            per_peer: Mutex::new(HashMap::new()),
             changed: tokio::sync::Notify::new(),
         })
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, HashMap<Vec<u8>, u32>> {
+        self.per_peer.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether `client` may take a place now (without taking it).
+    fn has_room_for(&self, client: &[u8]) -> Result<(), &'static str> {
+        if self.places.available_permits() == 0 {
+            return Err("this node is at its session limit");
+        }
+        if self.held().get(client).copied().unwrap_or(0) >= self.max_per_peer {
+            return Err("this client holds as many sessions here as one peer may");
+        }
+        Ok(())
     }
 
     /// Sessions holding a place now.
@@ -87,12 +212,25 @@ impl SessionSlots {
         self.changed.notified().await
     }
 
-    fn try_take(self: &Arc<Self>) -> Option<SessionPlace> {
-        let permit = self.places.clone().try_acquire_owned().ok()?;
+    /// A place for a session of `client`, unless the node or that client is at its limit.
+    fn try_take(self: &Arc<Self>, client: &[u8]) -> Result<SessionPlace, &'static str> {
+        let mut held = self.held();
+        let n = held.entry(client.to_vec()).or_insert(0);
+        if *n >= self.max_per_peer {
+            return Err("this client holds as many sessions here as one peer may");
+        }
+        let permit = self
+            .places
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| "this node is at its session limit")?;
+        *n += 1;
+        drop(held);
         self.changed.notify_one();
-        Some(SessionPlace {
+        Ok(SessionPlace {
             permit: Some(permit),
             slots: self.clone(),
+            client: client.to_vec(),
         })
     }
 }
@@ -102,10 +240,20 @@ impl SessionSlots {
 pub struct SessionPlace {
     permit: Option<OwnedSemaphorePermit>,
     slots: Arc<SessionSlots>,
+    client: Vec<u8>,
 }
 
 impl Drop for SessionPlace {
     fn drop(&mut self) {
+        {
+            let mut held = self.slots.held();
+            if let Some(n) = held.get_mut(&self.client) {
+                *n -= 1;
+                if *n == 0 {
+                    held.remove(&self.client);
+                }
+            }
+        }
         // Freed before the signal, so whoever wakes sees the place free.
         drop(self.permit.take());
         self.slots.changed.notify_one();
@@ -200,8 +348,12 @@ pub async fn accept_loop(
     mut incoming: sunswarm_net::stream::IncomingStreams,
 ) {
     while let Some((peer, stream)) = incoming.next().await {
+        let Some(pending) = ctx.streams.enter(peer, &ctx.limits) else {
+            debug!(%peer, "too many streams waiting to open a session: dropping one unread");
+            continue;
+        };
         let ctx = ctx.clone();
-        tokio::spawn(async move { serve(ctx, peer, stream).await });
+        tokio::spawn(async move { serve(ctx, peer, stream, pending).await });
     }
 }
 
@@ -254,7 +406,9 @@ async fn next_request(
         Err(_) => Err(Some(refusal(
             ErrorKind::Timeout,
             hop,
-            format!("no message for {idle:?}: the session is closed"),
+            format!(
+                "no message within {idle:?} (what was left of the idle budget): the session is closed"
+            ),
         ))),
     }
 }
@@ -278,12 +432,18 @@ async fn attach(ctx: &SessionCtx, from: PeerId, session: SessionId, mut stream: 
     }
 }
 
-/// Serves one session stream from `from`.
-pub async fn serve(ctx: Arc<SessionCtx>, from: PeerId, mut up: Stream) {
-    let mut reader = FrameReader::new();
-    let open = match next_request(&mut up, &mut reader, ctx.idle_timeout, 0).await {
+/// Serves one session stream from `from`; `pending` is its place among the streams that have
+/// not opened a session yet, given up once the session runs.
+pub async fn serve(ctx: Arc<SessionCtx>, from: PeerId, mut up: Stream, pending: PendingStream) {
+    // The first message is small and due soon: a stranger cannot hold a large buffer, or the
+    // stream itself, for long before anything is open.
+    let mut reader = FrameReader::with_limit(ctx.limits.first_frame_bytes);
+    let open = match next_request(&mut up, &mut reader, ctx.limits.first_frame, 0).await {
         Ok(Request::Open(o)) => o,
-        Ok(Request::Attach { session }) => return attach(&ctx, from, session, up).await,
+        Ok(Request::Attach { session }) => {
+            drop(pending);
+            return attach(&ctx, from, session, up).await;
+        }
         Ok(_) => {
             let _ = write_message(
                 &mut up,
@@ -306,17 +466,17 @@ pub async fn serve(ctx: Arc<SessionCtx>, from: PeerId, mut up: Stream) {
             return;
         }
     };
+    reader.set_limit(MAX_MESSAGE_BYTES);
     let span = info_span!("session", id = %open.session, hop = open.hop);
     async move {
         let hop = open.hop;
-        let (permit, kv, job, serving) = match admit(&ctx, &open) {
-            Ok(p) => p,
-            Err(refused) => {
-                debug!(%refused, "refused");
-                let _ = write_message(&mut up, &Response::Error(refused)).await;
-                return;
-            }
-        };
+        if let Err(refused) = check(&ctx, &open, &from) {
+            debug!(%refused, "refused");
+            let _ = write_message(&mut up, &Response::Error(refused)).await;
+            return;
+        }
+        // The next hop is opened before this session takes a place: a next hop that is slow to
+        // answer holds only this pending stream.
         let next = if (hop as usize) + 1 < open.route.len() {
             open_next(&ctx, &open).await.map(Onward::Hop)
         } else {
@@ -330,6 +490,16 @@ pub async fn serve(ctx: Arc<SessionCtx>, from: PeerId, mut up: Stream) {
                 return;
             }
         };
+        let (permit, kv, job, serving) = match admit(&ctx, &open) {
+            Ok(p) => p,
+            Err(refused) => {
+                // Dropping `next` closes the session on the hops after this one.
+                debug!(%refused, "refused");
+                let _ = write_message(&mut up, &Response::Error(refused)).await;
+                return;
+            }
+        };
+        drop(pending);
         if write_message(
             &mut up,
             &Response::Opened {
@@ -360,11 +530,9 @@ pub async fn serve(ctx: Arc<SessionCtx>, from: PeerId, mut up: Stream) {
     .await
 }
 
-/// Checks an open against this node: model, blocks, identity, limits, energy, capacity.
-fn admit(
-    ctx: &SessionCtx,
-    open: &OpenSession,
-) -> Result<(SessionPlace, OwnedSemaphorePermit, JobTicket, Serving), WireError> {
+/// Checks an open against this node before anything is taken: model, blocks, identity, the
+/// upstream's identity, limits, energy, and room for the client.
+fn check(ctx: &SessionCtx, open: &OpenSession, from: &PeerId) -> Result<(), WireError> {
     let hop = open.hop;
     let me = &open.route[hop as usize];
     if open.model_id != ctx.model_id {
@@ -405,13 +573,50 @@ fn admit(
             ),
         ));
     }
+    // The stream must come from the peer the route puts before this hop (the client itself for
+    // hop 0): a hop cannot hand the session to someone the route does not name.
+    let upstream: &[u8] = match hop.checked_sub(1) {
+        None => &open.client,
+        Some(prev) => &open.route[prev as usize].peer_id,
+    };
+    if upstream != from.to_bytes().as_slice() {
+        return Err(refusal(
+            ErrorKind::BadRequest,
+            hop,
+            format!("the route puts another peer than {from} before hop {hop}"),
+        ));
+    }
     if let Err(reason) = ctx.energy.admit() {
         return Err(refusal(ErrorKind::PowerSaving, hop, reason));
     }
+    let kib = (open.max_tokens as u64 * ctx.runner.kv_bytes_per_token() as u64).div_ceil(1024);
+    if kib > ctx.kv_budget_kib.available_permits() as u64 {
+        return Err(refusal(
+            ErrorKind::Busy,
+            hop,
+            format!(
+                "a KV cache of {} tokens needs {kib} KiB; {} KiB of this node's budget are free",
+                open.max_tokens,
+                ctx.kv_budget_kib.available_permits()
+            ),
+        ));
+    }
+    ctx.slots
+        .has_room_for(&open.client)
+        .map_err(|why| refusal(ErrorKind::Busy, hop, why))
+}
+
+/// Takes what an open session holds: its place, its KV-cache memory, its deadline's share of
+/// the executor, and its job in the energy model.
+fn admit(
+    ctx: &SessionCtx,
+    open: &OpenSession,
+) -> Result<(SessionPlace, OwnedSemaphorePermit, JobTicket, Serving), WireError> {
+    let hop = open.hop;
     let permit = ctx
         .slots
-        .try_take()
-        .ok_or_else(|| refusal(ErrorKind::Busy, hop, "this node is at its session limit"))?;
+        .try_take(&open.client)
+        .map_err(|why| refusal(ErrorKind::Busy, hop, why))?;
     let kib = (open.max_tokens as u64 * ctx.runner.kv_bytes_per_token() as u64).div_ceil(1024);
     let kv = u32::try_from(kib)
         .ok()
@@ -451,7 +656,12 @@ fn deadline_share(ctx: &SessionCtx, open: &OpenSession) -> Option<f64> {
 /// Opens the session on the next hop of the route and waits for its answer.
 async fn open_next(ctx: &SessionCtx, open: &OpenSession) -> Result<Stream, WireError> {
     let hop = open.hop;
-    let next = &open.route[hop as usize + 1];
+    let mut msg = open.clone();
+    msg.hop = hop + 1;
+    ctx.hooks.open_next(&mut msg);
+    let Some(next) = msg.route.get(hop as usize + 1) else {
+        return Err(refusal(ErrorKind::Internal, hop, "no next hop"));
+    };
     let fail = |m: String| refusal(ErrorKind::NextHop, hop, m);
     let peer = PeerId::from_bytes(&next.peer_id)
         .map_err(|e| fail(format!("next hop's peer id is invalid: {e}")))?;
@@ -468,8 +678,6 @@ async fn open_next(ctx: &SessionCtx, open: &OpenSession) -> Result<Stream, WireE
         .await
         .map_err(|e| fail(e.to_string()))?;
     let fut = async {
-        let mut msg = open.clone();
-        msg.hop = hop + 1;
         let (down, answer) = send_open(&ctx.net, peer, &msg)
             .await
             .map_err(|e| fail(format!("next hop {peer}: {e}")))?;
@@ -511,9 +719,10 @@ async fn announced_addrs(ctx: &SessionCtx, peer: &PeerId, next: &Hop) -> Option<
     if found.is_none() {
         let key = sunswarm_protocol::dht::peer_record_key(&ctx.model_id, &next.peer_id);
         let records = ctx.net.get_records(key).await.ok()?;
+        // Only the peer's own signed announcement counts: a DHT node may return anything.
         found = records
             .iter()
-            .filter_map(|r| sunswarm_protocol::codec::decode::<Announcement>(r).ok())
+            .filter_map(|r| sunswarm_net::announce::decode_record(&key, r, now).ok())
             .filter(|a| fits(a))
             .max_by_key(|a| a.timestamp_ms);
     }
@@ -583,14 +792,17 @@ async fn run_session(
     let dim = ctx.runner.hidden_size();
     let mut down_reader = FrameReader::new();
     let mut client: Option<Stream> = None;
+    // What is left of the session's idle budget (module docs).
+    let mut idle_left = ctx.idle_timeout;
     loop {
+        let waiting_since = Instant::now();
         let (down, slot) = match &mut next {
             Onward::Hop(d) => (Some(d), None),
             // A received stream is never waited for again (the receiver is spent).
             Onward::Client(slot) => (None, Some(slot).filter(|_| client.is_none())),
         };
         let event = tokio::select! {
-            r = next_request(&mut up, &mut up_reader, ctx.idle_timeout, hop) => Event::Up(r),
+            r = next_request(&mut up, &mut up_reader, idle_left, hop) => Event::Up(r),
             Some(d) = async {
                 match down {
                     Some(d) => Some(down_reader.next::<_, Response>(d).await),
@@ -604,6 +816,7 @@ async fn run_session(
                 }
             } => Event::Attached(s),
         };
+        idle_left = idle_left.saturating_sub(waiting_since.elapsed());
         let req = match event {
             Event::Attached(s) => {
                 debug!("client attached");
@@ -626,6 +839,16 @@ async fn run_session(
         };
         let refused = match req {
             Request::Forward(f) => {
+                let tokens = f.hidden.shape.first().copied().unwrap_or(1);
+                idle_left = (idle_left + ctx.limits.idle_per_token * tokens).min(ctx.idle_timeout);
+                let next_peer = open
+                    .route
+                    .get(hop as usize + 1)
+                    .and_then(|h| PeerId::from_bytes(&h.peer_id).ok());
+                if let Some(e) = ctx.hooks.fail_step(open, f.step, next_peer) {
+                    let _ = write_message(&mut up, &Response::Error(e)).await;
+                    return;
+                }
                 match forward(ctx, open, f, dim, &mut cache, &mut job, deadline_s).await {
                     Ok(out) => match pass_on(ctx, open, out, &mut next, &mut client).await {
                         Ok(()) => continue,
@@ -725,13 +948,14 @@ async fn forward(
         .await
         .map_err(|e| refusal(ErrorKind::Internal, hop, e.to_string()))?;
     *cache = done.cache;
-    let out = done.output.map_err(|e| {
+    let mut out = done.output.map_err(|e| {
         let kind = match e {
             ComputeError::DeadlineMissed { .. } => ErrorKind::Deadline,
             _ => ErrorKind::Compute,
         };
         refusal(kind, hop, e.to_string())
     })?;
+    ctx.hooks.output(open, f.step, &mut out);
     // The step waited for the whole pass; its energy is its share of the pass.
     let compute = done.pass_compute;
     ctx.energy
@@ -780,14 +1004,14 @@ async fn pass_on(
                 Some(s) => s,
                 None => {
                     let attached =
-                        tokio::time::timeout(ctx.next_hop_timeout, &mut slot.stream).await;
+                        tokio::time::timeout(ctx.limits.first_frame, &mut slot.stream).await;
                     client.insert(attached.ok().and_then(Result::ok).ok_or_else(|| {
                         refusal(
                             ErrorKind::Timeout,
                             hop,
                             format!(
                                 "the client did not attach for the outputs within {:?}",
-                                ctx.next_hop_timeout
+                                ctx.limits.first_frame
                             ),
                         )
                     })?)

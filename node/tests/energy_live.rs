@@ -43,6 +43,7 @@ async fn start_node(energy: Arc<dyn EnergySource>) -> RunningNode {
         gossip_interval: Duration::from_millis(50),
         next_hop_timeout: Duration::from_secs(10),
         idle_timeout: Duration::from_secs(30),
+        limits: Default::default(),
         max_kv_mib: 64,
         batch: Default::default(),
         throughput: 1.0,

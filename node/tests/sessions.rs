@@ -42,6 +42,7 @@ async fn start(i: usize, bootstrap: Vec<Multiaddr>) -> RunningNode {
         gossip_interval: Duration::from_secs(1),
         next_hop_timeout: Duration::from_secs(10),
         idle_timeout: IDLE,
+        limits: Default::default(),
         max_kv_mib: 64,
         batch: Default::default(),
         throughput: 1.0,

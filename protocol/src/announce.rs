@@ -1,13 +1,20 @@
 //! The announcement record: what a node tells the swarm about itself. It is stored in the DHT
 //! (under [`crate::dht::peer_record_key`]) and gossiped every few seconds with fresh energy state;
 //! clients route only on announcements that are valid, of their model id, and not expired.
+//!
+//! On the wire (DHT records, gossip) an announcement travels as a [`SignedAnnouncement`], signed
+//! by the peer it describes over [`Announcement::signing_bytes`] (the signature is checked by
+//! `sunswarm-net`, which has the key types): a record or message that speaks for another peer is
+//! refused wherever it arrives.
 
 use serde::{Deserialize, Serialize};
 
 use crate::ModelDigest;
 use crate::blocks::BlockRange;
 use crate::codec::{CodecError, Validate, check_len, check_text};
-use crate::limits::{MAX_ADDR_LEN, MAX_ADDRS, MAX_ANNOUNCE_TTL_MS, MAX_PEER_ID_LEN};
+use crate::limits::{
+    MAX_ADDR_LEN, MAX_ADDRS, MAX_ANNOUNCE_TTL_MS, MAX_PEER_ID_LEN, MAX_SIGNATURE_LEN,
+};
 
 /// How a node is powered and which power mode is in force, as it announces them. (The energy
 /// crate's `PowerMode` is one operating point of a mode table: slots and energy per job.)
@@ -119,10 +126,39 @@ pub struct Announcement {
     pub expires_ms: u64,
 }
 
+/// An announcement with the signature of the peer it describes: what the DHT stores and gossip
+/// carries.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SignedAnnouncement {
+    pub announcement: Announcement,
+    /// The peer's signature over [`Announcement::signing_bytes`], with the key its peer id
+    /// holds.
+    #[serde(with = "serde_bytes")]
+    pub signature: Vec<u8>,
+}
+
+impl Validate for SignedAnnouncement {
+    fn validate(&self) -> Result<(), CodecError> {
+        check_len("signature", self.signature.len(), MAX_SIGNATURE_LEN)?;
+        self.announcement.validate()
+    }
+}
+
+/// Domain separation of announcement signatures: a signature over one can never pass for a
+/// signature over anything else the peer signs (receipts, errors, gossip).
+const SIGNING_DOMAIN: &[u8] = b"sunswarm/announce/1";
+
 impl Announcement {
     /// Whether a client may still route to this node at `now_ms`.
     pub fn is_live(&self, now_ms: u64) -> bool {
         now_ms < self.expires_ms
+    }
+
+    /// What the peer signs: a domain tag, then the encoded announcement.
+    pub fn signing_bytes(&self) -> Result<Vec<u8>, CodecError> {
+        let mut out = SIGNING_DOMAIN.to_vec();
+        out.extend_from_slice(&crate::codec::encode(self)?);
+        Ok(out)
     }
 }
 
@@ -200,6 +236,27 @@ pub(crate) mod tests {
         let a = sample();
         let back: Announcement = decode(&encode(&a).unwrap()).unwrap();
         assert_eq!(back, a);
+    }
+
+    #[test]
+    fn the_signature_covers_every_field() {
+        let a = sample();
+        let mut b = a.clone();
+        b.timestamp_ms += 1;
+        assert_ne!(a.signing_bytes().unwrap(), b.signing_bytes().unwrap());
+        assert!(a.signing_bytes().unwrap().starts_with(SIGNING_DOMAIN));
+        let signed = SignedAnnouncement {
+            announcement: a.clone(),
+            signature: vec![5; 64],
+        };
+        let back: SignedAnnouncement = decode(&encode(&signed).unwrap()).unwrap();
+        assert_eq!(back, signed);
+        let long = SignedAnnouncement {
+            announcement: a,
+            signature: vec![5; MAX_SIGNATURE_LEN + 1],
+        };
+        let err = decode::<SignedAnnouncement>(&encode(&long).unwrap()).unwrap_err();
+        assert!(err.to_string().contains("signature"), "{err}");
     }
 
     #[test]

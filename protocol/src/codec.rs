@@ -182,6 +182,7 @@ mod tests {
             let _ = decode::<Request>(&bytes);
             let _ = decode::<Response>(&bytes);
             let _ = decode::<Announcement>(&bytes);
+            let _ = decode::<crate::SignedAnnouncement>(&bytes);
         }
 
         #[test]
@@ -191,6 +192,7 @@ mod tests {
             let _ = decode::<Request>(&v);
             let _ = decode::<Response>(&v);
             let _ = decode::<Announcement>(&v);
+            let _ = decode::<crate::SignedAnnouncement>(&v);
         }
 
         #[test]

@@ -85,8 +85,10 @@ const READ_CHUNK: usize = 64 * 1024;
 /// Reads frames like [`read_message`], but keeps a partly read frame in itself, so a pending
 /// [`FrameReader::next`] can be dropped (a `select!` over several streams) without losing bytes:
 /// the next call carries on where it stopped.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct FrameReader {
+    /// Largest frame this reader takes ([`MAX_MESSAGE_BYTES`] unless set lower).
+    limit: usize,
     head: [u8; 4],
     head_have: usize,
     /// The body's length once the head is complete.
@@ -95,9 +97,37 @@ pub struct FrameReader {
     body_have: usize,
 }
 
+impl Default for FrameReader {
+    fn default() -> Self {
+        FrameReader {
+            limit: MAX_MESSAGE_BYTES,
+            head: [0; 4],
+            head_have: 0,
+            body_len: None,
+            body: Vec::new(),
+            body_have: 0,
+        }
+    }
+}
+
 impl FrameReader {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A reader that refuses frames longer than `limit` bytes (at most [`MAX_MESSAGE_BYTES`]):
+    /// e.g. a stream's first message, which opens a session and is small, so a stranger cannot
+    /// make a node hold a large buffer before anything is open.
+    pub fn with_limit(limit: usize) -> Self {
+        FrameReader {
+            limit: limit.min(MAX_MESSAGE_BYTES),
+            ..Self::default()
+        }
+    }
+
+    /// Raises or lowers the limit for the frames after the current one.
+    pub fn set_limit(&mut self, limit: usize) {
+        self.limit = limit.min(MAX_MESSAGE_BYTES);
     }
 
     /// Reads and decodes the next message. Cancel-safe: see the type's doc.
@@ -125,11 +155,11 @@ impl FrameReader {
             Some(len) => len,
             None => {
                 let len = u32::from_le_bytes(self.head) as usize;
-                if len > MAX_MESSAGE_BYTES {
+                if len > self.limit {
                     self.head_have = 0;
                     return Err(FrameError::TooLarge {
                         len,
-                        max: MAX_MESSAGE_BYTES,
+                        max: self.limit,
                     });
                 }
                 self.body_len = Some(len);
@@ -323,6 +353,31 @@ mod tests {
                 reader.next::<_, Request>(&mut r).await,
                 Err(FrameError::Io(_))
             ));
+        });
+    }
+
+    #[test]
+    fn a_reader_with_a_limit_refuses_longer_frames() {
+        block_on(async {
+            let mut out = Cursor::new(Vec::new());
+            let f = Request::Forward(crate::message::tests::forward());
+            write_message(&mut out, &f).await.unwrap();
+            let bytes = out.into_inner();
+            let mut small = FrameReader::with_limit(16);
+            let err = small
+                .next::<_, Request>(&mut Cursor::new(bytes.clone()))
+                .await
+                .unwrap_err();
+            assert!(matches!(err, FrameError::TooLarge { max: 16, .. }), "{err}");
+            let mut raised = FrameReader::with_limit(16);
+            raised.set_limit(1 << 20);
+            assert_eq!(
+                raised
+                    .next::<_, Request>(&mut Cursor::new(bytes))
+                    .await
+                    .unwrap(),
+                f
+            );
         });
     }
 

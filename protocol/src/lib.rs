@@ -21,7 +21,7 @@ pub mod limits;
 pub mod message;
 pub mod tensor;
 
-pub use announce::{Announcement, EnergyState, PowerSetting};
+pub use announce::{Announcement, EnergyState, PowerSetting, SignedAnnouncement};
 pub use blocks::{BlockRange, BlockSpec, BlocksError};
 pub use codec::{CodecError, decode, encode};
 pub use message::{
@@ -31,10 +31,10 @@ pub use tensor::{DType, TensorError, TensorFrame};
 
 /// Version of every message and record on the wire. A peer that receives another version answers
 /// with [`ErrorKind::VersionMismatch`] instead of guessing at the layout.
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// libp2p stream protocol for inference sessions (open, forward hidden states, close).
-pub const ACTIVATIONS_PROTOCOL: &str = "/sunswarm/activations/4";
+pub const ACTIVATIONS_PROTOCOL: &str = "/sunswarm/activations/5";
 
 /// A model id: blake3 of the model's config and weight manifest (computed by `sunswarm-models`).
 pub type ModelDigest = [u8; 32];

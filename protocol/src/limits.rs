@@ -35,3 +35,11 @@ pub const MAX_SESSION_TOKENS: u32 = 1 << 16;
 /// Longest announcement lifetime a node may claim; longer ones are refused so a dead node cannot
 /// linger in routes.
 pub const MAX_ANNOUNCE_TTL_MS: u64 = 3_600_000;
+
+/// How far ahead of a receiver's clock an announcement's timestamp may be. Newer announcements
+/// replace older ones, so a timestamp from the future would outlive the peer's real updates (and
+/// keep a dead or fake entry routable); peers whose clocks differ by more are refused.
+pub const MAX_CLOCK_SKEW_MS: u64 = 10_000;
+
+/// Longest signature (an ed25519 signature is 64 bytes; a secp256k1 one at most 72).
+pub const MAX_SIGNATURE_LEN: usize = 128;

@@ -8,6 +8,7 @@ pub mod failover;
 pub mod learned;
 pub mod route;
 pub mod session;
+pub mod share;
 
 use std::time::{Duration, Instant};
 
@@ -37,6 +38,8 @@ pub enum SwarmError {
     UnknownPrior(String),
     #[error(transparent)]
     Learned(#[from] learned::LearnedError),
+    #[error(transparent)]
+    Share(#[from] share::BadShare),
     #[error("joining the swarm: {0}")]
     Join(NetError),
     #[error(transparent)]
@@ -77,12 +80,20 @@ pub enum RoutingKind {
 }
 
 impl RoutingKind {
-    /// The routing object.
+    /// The routing object, with no peer taking more than
+    /// [`share::DEFAULT_MAX_ROUTE_SHARE`] of a range's routes.
     pub fn routing(self) -> Result<Box<dyn OwnedRouting>, SwarmError> {
-        Ok(match self {
+        self.routing_with_share(share::DEFAULT_MAX_ROUTE_SHARE)
+    }
+
+    /// The routing object, with no peer taking more than `max_share` of a range's routes
+    /// (`--max-route-share`; see [`share`]).
+    pub fn routing_with_share(self, max_share: f64) -> Result<Box<dyn OwnedRouting>, SwarmError> {
+        let inner: Box<dyn OwnedRouting> = match self {
             RoutingKind::Policy(p) => Box::new(PolicyRouting(p.policy())),
             RoutingKind::CsUcb(cfg) => Box::new(CsUcbRouter::new(cfg)?),
-        })
+        };
+        Ok(Box::new(share::ShareCapped::new(inner, max_share)?))
     }
 }
 

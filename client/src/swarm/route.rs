@@ -33,32 +33,61 @@ pub enum RouteError {
     NoneAvailable { block: u32 },
 }
 
-/// The policy's view of a peer's announced energy state.
+/// The policy's view of a peer's announced energy state (values clamped to their meaning, as
+/// [`sanitize`] does, whoever built the announcement).
 pub fn energy_view(a: &Announcement) -> PeerEnergyState {
     const UNITS: f64 = 1000.0;
     let e = &a.energy;
     PeerEnergyState {
-        battery: (f64::from(e.battery_level) * UNITS).round() as i64,
+        battery: (f64::from(e.battery_level.clamp(0.0, 1.0)) * UNITS).round() as i64,
         capacity: UNITS as i64,
         power_saving: e.power_saving,
         available: a.active_sessions < a.max_sessions && e.takes_job,
-        lambda_max: f64::from(e.max_job_rate),
+        lambda_max: f64::from(unit(e.max_job_rate)),
         mode: e.mode_index,
         critical: e.critical,
-        saving_risk: f64::from(e.saving_risk),
+        saving_risk: f64::from(unit(e.saving_risk)),
     }
 }
 
-/// Keeps the announcements a client may route to: this model id and block count, not expired.
+/// A fraction in [0, 1] (NaN is 0).
+fn unit(v: f32) -> f32 {
+    if v.is_nan() { 0.0 } else { v.clamp(0.0, 1.0) }
+}
+
+/// An announcement with its self-reported values clamped to what they can mean: a peer may
+/// announce anything, and route choice must not reward it for announcing the impossible. Rates
+/// and fractions lie in [0, 1] (the max job rate is a probability of a job per slot: mains
+/// announces 1), active sessions at most the peer's maximum, throughput finite and at least 0.
+pub fn sanitize(a: &Announcement) -> Announcement {
+    let mut a = a.clone();
+    let e = &mut a.energy;
+    e.battery_level = unit(e.battery_level);
+    e.max_job_rate = unit(e.max_job_rate);
+    e.saving_risk = unit(e.saving_risk);
+    if !(e.harvest_w.is_finite() && e.harvest_w >= 0.0) {
+        e.harvest_w = 0.0;
+    }
+    a.active_sessions = a.active_sessions.min(a.max_sessions);
+    if !(a.throughput.is_finite() && a.throughput >= 0.0) {
+        a.throughput = 0.0;
+    }
+    a
+}
+
+/// Keeps the announcements a client may route to: this model id and block count, not expired,
+/// not from the future (beyond the allowed clock skew), with their values [`sanitize`]d.
 pub fn usable(
     anns: &[Announcement],
     model_id: &ModelDigest,
     n_layers: u32,
     now_ms: u64,
 ) -> Vec<Announcement> {
+    let horizon = now_ms.saturating_add(sunswarm_protocol::limits::MAX_CLOCK_SKEW_MS);
     anns.iter()
         .filter(|a| &a.model_id == model_id && a.n_layers == n_layers && a.is_live(now_ms))
-        .cloned()
+        .filter(|a| a.timestamp_ms <= horizon)
+        .map(sanitize)
         .collect()
 }
 
@@ -361,6 +390,41 @@ mod tests {
         let good = ann(4, 0, 30, 1.0);
         let u = usable(&[other, old, short, good.clone()], &[1; 32], 30, 600);
         assert_eq!(u, vec![good]);
+    }
+
+    #[test]
+    fn self_reported_values_are_clamped_to_their_meaning() {
+        let mut a = ann(1, 0, 30, 1e9);
+        a.energy.saving_risk = f32::NAN;
+        a.active_sessions = 99;
+        a.energy.battery_level = 7.0;
+        let s = sanitize(&a);
+        assert_eq!(s.energy.max_job_rate, 1.0);
+        assert_eq!(s.energy.saving_risk, 0.0);
+        assert_eq!(s.energy.battery_level, 1.0);
+        assert_eq!(s.active_sessions, s.max_sessions);
+        assert_eq!(energy_view(&a).lambda_max, 1.0);
+        let mut neg = ann(2, 0, 30, -3.0);
+        neg.throughput = f32::INFINITY;
+        let s = sanitize(&neg);
+        assert_eq!((s.energy.max_job_rate, s.throughput), (0.0, 0.0));
+        // An inflated rate weighs no more than an honest peer on mains.
+        let w = weights(
+            &LongTerm,
+            &[ann(1, 0, 30, 1e9), ann(2, 0, 30, 1.0)],
+            &[0, 1],
+        );
+        assert_eq!(w[0], w[1]);
+    }
+
+    #[test]
+    fn announcements_from_the_future_are_not_usable() {
+        let mut a = ann(1, 0, 30, 1.0);
+        a.timestamp_ms = 600 + sunswarm_protocol::limits::MAX_CLOCK_SKEW_MS + 1;
+        a.expires_ms = a.timestamp_ms + 1000;
+        assert!(usable(&[a.clone()], &[1; 32], 30, 600).is_empty());
+        a.timestamp_ms -= 1;
+        assert_eq!(usable(&[a], &[1; 32], 30, 600).len(), 1);
     }
 
     #[test]

@@ -7,7 +7,8 @@ use std::path::Path;
 
 use sunswarm_protocol::{
     Announcement, BlockRange, DType, EnergyState, ErrorKind, Forward, Hop, HopTiming, OpenSession,
-    PowerSetting, Request, Response, SessionId, TensorFrame, WireError, encode,
+    PowerSetting, Request, Response, SessionId, SignedAnnouncement, TensorFrame, WireError,
+    encode,
 };
 
 fn write(target: &str, name: &str, bytes: &[u8]) {
@@ -118,12 +119,21 @@ fn main() {
         timestamp_ms: 1_000_000,
         expires_ms: 1_030_000,
     };
-    write("announcement", "dynamic", &encode(&announcement).unwrap());
+    // On the wire an announcement is signed; the fuzzer decodes the envelope, not the key.
+    let signed = |announcement: Announcement| SignedAnnouncement {
+        announcement,
+        signature: vec![0x5a; 64],
+    };
+    write(
+        "announcement",
+        "dynamic",
+        &encode(&signed(announcement.clone())).unwrap(),
+    );
     let mains = Announcement {
         energy: EnergyState::mains(),
         ..announcement
     };
-    write("announcement", "mains", &encode(&mains).unwrap());
+    write("announcement", "mains", &encode(&signed(mains)).unwrap());
 
     // tensor_frame input: dim (u16 LE), mode byte (bit 0: re-seal the checksum), postcard frame
     for (name, f, dim) in [
