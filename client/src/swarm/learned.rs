@@ -35,12 +35,16 @@
 //! the bandits), so what one request learns routes the next.
 //!
 //! **Concurrent sessions.** The seed decides one token at a time, each after the last one's
-//! feedback; here many sessions choose while the first observations are still on their way.
-//! An untried peer has an infinite index, so every session that opens before its first step
-//! comes back would pick it: eight concurrent clients would all explore an unknown (perhaps
-//! slow) replica at once. Most peers are never unknown (warm start); one without a usable
-//! announced speed that a session already chose, and that has not been reported since (for up
-//! to [`PENDING_EXPLORATION`]), waits while another allowed peer remains.
+//! feedback; here many sessions choose while earlier choices have not reported yet, and every
+//! one of them takes the same argmax: eight clients that open at the moment the confidence
+//! radius makes a slow replica worth a look would all take it (live: a whole wave of 8). So a
+//! peer chosen on optimism (untried, or below the best mean reward of the allowed peers) takes
+//! no more unreported sessions at once than it has pulls (at least one): a peer known from one
+//! pull (its warm start) is tried by one session, and the others go by the rule among the
+//! remaining peers; the peer with the best mean is never held back, and with no other allowed
+//! peer the limit is lifted. A choice counts
+//! as unreported until its session reports that hop, fails or is refused there, or
+//! [`PENDING_EXPLORATION`] passes.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -66,9 +70,9 @@ pub const DEFAULT_DEADLINE_MS: f64 = 500.0;
 /// Decode steps of a session after which its hops are reported (module docs).
 pub const OBSERVE_AFTER_STEPS: usize = 4;
 
-/// How long an untried peer that a session chose counts as being explored (module docs): long
-/// enough for a prompt and a first decode step, short enough that a session that never
-/// reported back does not hide the peer for good.
+/// How long a choice counts as unreported (module docs): long enough for a prompt and the first
+/// decode steps, short enough that a session that never reported back does not hold the peer's
+/// place for good.
 pub const PENDING_EXPLORATION: Duration = Duration::from_secs(15);
 
 /// The energy scale: the dearest job of the paper's power modes, in joules, so a hop's
@@ -140,8 +144,8 @@ struct State {
     refused_at: HashMap<(GroupKey, ArmKey), u64>,
     /// Each model's block count, from its announcements.
     layers: HashMap<ModelDigest, u32>,
-    /// Untried arms a session chose, not observed since: when it was chosen.
-    exploring: HashMap<(GroupKey, ArmKey), std::time::Instant>,
+    /// Each arm's unreported choices: when each was made.
+    in_flight: HashMap<(GroupKey, ArmKey), Vec<std::time::Instant>>,
     counts: LearnedCounts,
 }
 
@@ -240,6 +244,16 @@ fn announced_s_per_block(a: &Announcement) -> Option<f64> {
     (t.is_finite() && t > 0.0).then(|| 1.0 / t)
 }
 
+/// One unreported choice of an arm has come back (reported, failed or refused).
+fn settle(state: &mut State, arm: &(GroupKey, ArmKey)) {
+    if let Some(at) = state.in_flight.get_mut(arm) {
+        at.remove(0);
+        if at.is_empty() {
+            state.in_flight.remove(arm);
+        }
+    }
+}
+
 fn job_joules(a: &Announcement) -> f64 {
     route::job_kilojoules(a.energy.power_mode).map_or(0.0, |kj| kj * 1e3)
 }
@@ -318,29 +332,46 @@ impl Routing for CsUcbRouter {
                     state.counts.warm_starts += 1;
                 }
             }
-            // An unknown peer that a session is exploring waits while another allowed peer
-            // remains (module docs).
+            // No more unreported sessions on a peer than it has pulls (module docs).
             let now = std::time::Instant::now();
-            state
-                .exploring
-                .retain(|_, at| now.duration_since(*at) < PENDING_EXPLORATION);
-            let untried = |k: &ArmKey| group.stats(k).is_none_or(|s| !s.tried());
-            let exploring = |k: &ArmKey| state.exploring.contains_key(&(group_key, k.clone()));
+            for at in state.in_flight.values_mut() {
+                at.retain(|t| now.duration_since(*t) < PENDING_EXPLORATION);
+            }
+            state.in_flight.retain(|_, at| !at.is_empty());
             let allowed = |k: &ArmKey, w: f64, ok: bool| ok && w > 0.0 && !group.is_refused(k);
-            let pending = |k: &ArmKey| untried(k) && exploring(k);
+            // The best mean reward of an allowed peer: a peer there is chosen on merit, not
+            // on optimism, and is never held back.
+            let best = cands
+                .iter()
+                .filter(|(k, w, ok)| allowed(k, *w, *ok))
+                .filter_map(|(k, _, _)| group.stats(k).filter(|s| s.tried()))
+                .map(|s| s.mean_reward)
+                .fold(f64::NEG_INFINITY, f64::max);
+            let full = |k: &ArmKey| {
+                let flying = state
+                    .in_flight
+                    .get(&(group_key, k.clone()))
+                    .map_or(0, Vec::len) as f64;
+                match group.stats(k).filter(|s| s.tried()) {
+                    None => flying >= 1.0,
+                    Some(s) => s.mean_reward < best && flying >= s.n.max(1.0),
+                }
+            };
             let other = cands
                 .iter()
-                .any(|(k, w, ok)| allowed(k, *w, *ok) && !pending(k));
+                .any(|(k, w, ok)| allowed(k, *w, *ok) && !full(k));
             if other {
                 cands = cands
                     .iter()
-                    .map(|(k, w, ok)| (k.clone(), *w, *ok && !pending(k)))
+                    .map(|(k, w, ok)| (k.clone(), *w, *ok && !full(k)))
                     .collect();
             }
             let (key, feasible) = group.decide(&cands)?;
-            if group.stats(&key).is_none_or(|s| !s.tried()) {
-                state.exploring.insert((group_key, key.clone()), now);
-            }
+            state
+                .in_flight
+                .entry((group_key, key.clone()))
+                .or_default()
+                .push(now);
             state.counts.decisions += 1;
             if !feasible {
                 state.counts.best_effort += 1;
@@ -377,9 +408,7 @@ impl Routing for CsUcbRouter {
                     .seen
                     .get(&((*model, hop.blocks.start), key.clone()))
                     .map_or(0.0, |&(_, j)| j);
-                state
-                    .exploring
-                    .remove(&((*model, hop.blocks.start), key.clone()));
+                settle(state, &((*model, hop.blocks.start), key.clone()));
                 match group.observe(&key, per_block, joules) {
                     Ok(()) => state.counts.observations += 1,
                     Err(e) => tracing::debug!("cs-ucb: observation dropped: {e}"),
@@ -393,7 +422,7 @@ impl Routing for CsUcbRouter {
         self.with_group(model, hop.blocks.start, None, |group, state| {
             let gk = ((*model, hop.blocks.start), key.clone());
             let ts = state.seen.get(&gk).map_or(0, |&(ts, _)| ts);
-            state.exploring.remove(&gk);
+            settle(state, &gk);
             state.refused_at.insert(gk, ts);
             group.refused(&key);
             state.counts.refusals += 1;
@@ -403,9 +432,7 @@ impl Routing for CsUcbRouter {
     fn failed(&self, model: &ModelDigest, hop: &Hop) {
         let key = (hop.peer_id.clone(), hop.blocks.end);
         self.with_group(model, hop.blocks.start, None, |group, state| {
-            state
-                .exploring
-                .remove(&((*model, hop.blocks.start), key.clone()));
+            settle(state, &((*model, hop.blocks.start), key.clone()));
             group.failed(&key);
             state.counts.failures += 1;
         });
@@ -777,10 +804,33 @@ mod tests {
     }
 
     #[test]
+    fn a_wave_of_sessions_bets_on_a_peer_no_more_than_its_evidence() {
+        // Peer 2 is known from 8 fast sessions, peer 3 from its warm start only, and the radius
+        // now makes peer 3 worth a look. Eight sessions open before any reports: one explores
+        // peer 3, the rest stay with peer 2.
+        let mut anns = swarm();
+        for a in &mut anns {
+            a.throughput = 100.0;
+        }
+        // Peer 3 announces 4 ms a block: a mean below peer 2's 3 ms, but one pull only.
+        anns[2].throughput = 25.0;
+        let learned = router(PolicyKind::Uniform, 300.0);
+        let mut rng = ChaCha8Rng::seed_from_u64(12);
+        let fast = vec![hop_of(&anns[0]), hop_of(&anns[1]), hop_of(&anns[3])];
+        for _ in 0..8 {
+            learned.observe(&MODEL, &fast, &[step(&[10_000, 30_000, 10_000])]);
+        }
+        let wave: Vec<usize> = (0..8)
+            .map(|_| plan_with(&anns, 30, &learned, &mut rng).unwrap()[1])
+            .collect();
+        assert_eq!(wave.iter().filter(|&&p| p == 2).count(), 1, "{wave:?}");
+    }
+
+    #[test]
     fn a_pending_exploration_waits_for_its_report_while_a_known_peer_serves() {
-        // Peer 2 is being explored (chosen, not yet reported); peer 3 is known. Sessions that
-        // open meanwhile go to peer 3 instead of piling onto the unknown peer 2; once peer 2
-        // reports, it is chosen on its merit.
+        // Peer 2 is being explored (chosen, not yet reported); peer 3 is known. The next session
+        // goes to peer 3 instead of piling onto the unknown peer 2; once peer 2 reports, it is
+        // chosen on its merit.
         let anns = swarm();
         let learned = router(PolicyKind::Uniform, 300.0);
         let mut rng = ChaCha8Rng::seed_from_u64(10);
@@ -791,11 +841,10 @@ mod tests {
             first[1], 1,
             "the unknown peer 2 is explored first (infinite index)"
         );
-        for _ in 0..4 {
-            assert_eq!(plan_with(&anns, 30, &learned, &mut rng).unwrap()[1], 2);
-        }
+        assert_eq!(plan_with(&anns, 30, &learned, &mut rng).unwrap()[1], 2);
         let explored = vec![hop_of(&anns[0]), hop_of(&anns[1]), hop_of(&anns[3])];
         learned.observe(&MODEL, &explored, &[step(&[30_000, 30_000, 30_000])]);
+        learned.observe(&MODEL, &known, &[step(&[30_000, 60_000, 30_000])]);
         assert_eq!(plan_with(&anns, 30, &learned, &mut rng).unwrap()[1], 1);
     }
 
