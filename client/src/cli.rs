@@ -88,4 +88,23 @@ pub struct GenerateArgs {
     /// Join a private swarm with this pre-shared key file (go-ipfs `swarm.key` format).
     #[arg(long)]
     pub swarm_key: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    pub guards: SafeguardArgs,
+}
+
+/// What a swarm client does against peers that misbehave.
+#[derive(Debug, Clone, Args)]
+pub struct SafeguardArgs {
+    /// Most of the routes at one block any one peer may get (over any 64 route choices), in
+    /// (0, 1]: a peer that announces the best possible state cannot take them all.
+    #[arg(long, default_value_t = crate::swarm::share::DEFAULT_MAX_ROUTE_SHARE)]
+    pub max_route_share: f64,
+}
+
+impl SafeguardArgs {
+    pub fn safeguards(&self) -> crate::engine::Safeguards {
+        crate::engine::Safeguards {
+            max_route_share: self.max_route_share,
+        }
+    }
 }

@@ -52,12 +52,15 @@ pub async fn generate(args: &GenerateArgs) -> Result<()> {
     if args.prompt.is_empty() {
         anyhow::bail!("the prompt is empty");
     }
-    let engine = Engine::start(EngineConfig {
-        models: vec![args.model.clone()],
-        backend,
-        mode,
-        connect_timeout: Duration::from_secs(30),
-    })
+    let engine = Engine::start_with(
+        EngineConfig {
+            models: vec![args.model.clone()],
+            backend,
+            mode,
+            connect_timeout: Duration::from_secs(30),
+        },
+        args.guards.safeguards(),
+    )
     .await
     .with_context(|| format!("starting with model {}", args.model))?;
     let model = engine.model(&args.model)?;

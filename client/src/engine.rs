@@ -81,6 +81,22 @@ pub enum Mode {
     },
 }
 
+/// What a swarm client does against peers that misbehave (see `client/src/swarm/share.rs` and
+/// the spot checks), beyond the checks it always makes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Safeguards {
+    /// Most of the routes at one block any one peer may get (`--max-route-share`).
+    pub max_route_share: f64,
+}
+
+impl Default for Safeguards {
+    fn default() -> Self {
+        Safeguards {
+            max_route_share: crate::swarm::share::DEFAULT_MAX_ROUTE_SHARE,
+        }
+    }
+}
+
 /// How to start an [`Engine`].
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -171,8 +187,14 @@ struct Inner {
 }
 
 impl Engine {
-    /// Loads every model's client part (and, in local mode, its blocks) and joins the swarm.
+    /// Loads every model's client part (and, in local mode, its blocks) and joins the swarm,
+    /// with the default [`Safeguards`].
     pub async fn start(cfg: EngineConfig) -> Result<Engine, EngineError> {
+        Self::start_with(cfg, Safeguards::default()).await
+    }
+
+    /// [`start`](Self::start) with these [`Safeguards`].
+    pub async fn start_with(cfg: EngineConfig, guards: Safeguards) -> Result<Engine, EngineError> {
         if cfg.models.is_empty() {
             return Err(EngineError::NoModel);
         }
@@ -199,7 +221,7 @@ impl Engine {
                 swarm_key,
                 routing,
             } => {
-                let routing = routing.routing()?;
+                let routing = routing.routing_with_share(guards.max_route_share)?;
                 let t = Instant::now();
                 let client = SwarmClient::connect_private(
                     bootstrap,

@@ -3,6 +3,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod byzantine;
 mod experiment;
 mod plan;
 mod sim;
@@ -28,6 +29,8 @@ enum Command {
     Experiment(experiment::ExperimentCommand),
     /// Which peer hosts which blocks: the exact placement of seed 003 for a peers file.
     Plan(plan::PlanArgs),
+    /// A node that misbehaves (testnets only): what `up --byzantine I:MODE` starts for node I.
+    ByzantineNode(byzantine::ByzantineArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -38,5 +41,6 @@ fn main() -> anyhow::Result<()> {
         Command::Demo(args) => sunswarm_testnet::net::cli::demo(args),
         Command::Experiment(cmd) => experiment::run(cmd),
         Command::Plan(args) => plan::run(&args),
+        Command::ByzantineNode(args) => byzantine::run(args),
     }
 }

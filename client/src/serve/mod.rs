@@ -82,6 +82,8 @@ pub struct ServeArgs {
     /// How long to wait at start for the swarm to cover every model, in seconds.
     #[arg(long, default_value_t = 60.0)]
     pub coverage_timeout: f64,
+    #[command(flatten)]
+    pub guards: crate::cli::SafeguardArgs,
 }
 
 /// Everything the handlers share.
@@ -122,12 +124,15 @@ pub async fn run(args: &ServeArgs) -> anyhow::Result<()> {
         .listen
         .parse()
         .with_context(|| format!("--listen {:?} is not HOST:PORT", args.listen))?;
-    let engine = Engine::start(EngineConfig {
-        models: args.model.clone(),
-        backend,
-        mode,
-        connect_timeout: Duration::from_secs(30),
-    })
+    let engine = Engine::start_with(
+        EngineConfig {
+            models: args.model.clone(),
+            backend,
+            mode,
+            connect_timeout: Duration::from_secs(30),
+        },
+        args.guards.safeguards(),
+    )
     .await?;
     if let Some(swarm) = engine.swarm() {
         let wait = Duration::from_secs_f64(args.coverage_timeout.max(0.0));

@@ -6,7 +6,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result};
 
-use super::launch::{Slowdown, Split, Testnet, TestnetOptions, apply_slowdowns};
+use super::launch::{Byzantine, Slowdown, Split, Testnet, TestnetOptions, apply_slowdowns};
 use super::process::find_binary;
 
 /// `swarm-testnet up`.
@@ -42,6 +42,12 @@ pub struct UpArgs {
     /// `--slowdown 2:2 --slowdown 3:4`.
     #[arg(long = "slowdown")]
     pub slowdowns: Vec<Slowdown>,
+    /// `I:MODE`: node I runs a hostile behaviour (`swarm-testnet byzantine-node --mode MODE`):
+    /// wrong-output, rewrite-route, flood-gossip, forge-announcements, inflate-rate,
+    /// hold-sessions or blame-next, some with parameters (e.g. `1:flood-gossip:keys=1000`).
+    /// Repeatable.
+    #[arg(long = "byzantine")]
+    pub byzantine: Vec<Byzantine>,
 }
 
 /// `swarm-testnet demo`.
@@ -111,6 +117,7 @@ pub fn up(args: UpArgs) -> Result<()> {
         args.log_dir,
     )?;
     opts.swarm_key = args.swarm_key;
+    opts.byzantine = args.byzantine;
     let count = match &opts.split {
         Split::List(l) => l.len(),
         Split::Even | Split::Auto => opts.nodes,

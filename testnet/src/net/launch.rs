@@ -72,6 +72,32 @@ impl FromStr for Slowdown {
     }
 }
 
+/// `--byzantine I:MODE`: node `I` is started as `swarm-testnet byzantine-node --mode MODE`, a
+/// node with a hostile behaviour built into the testnet binary (never into `swarm-node`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Byzantine {
+    pub node: usize,
+    pub mode: String,
+}
+
+impl FromStr for Byzantine {
+    type Err = anyhow::Error;
+    fn from_str(s: &str) -> Result<Self> {
+        let (i, mode) = s.split_once(':').with_context(|| {
+            format!("--byzantine {s:?}: expected NODE:MODE, e.g. 1:wrong-output")
+        })?;
+        let node = i
+            .trim()
+            .parse()
+            .with_context(|| format!("--byzantine {s:?}: {i:?} is not a node index"))?;
+        anyhow::ensure!(!mode.trim().is_empty(), "--byzantine {s:?}: no mode");
+        Ok(Byzantine {
+            node,
+            mode: mode.trim().to_string(),
+        })
+    }
+}
+
 /// Adds `--slowdown FACTOR` to the flags of each named node of `count` (`per_node_args` grows to
 /// `count` entries). A node named twice, or one past the end, is an error.
 pub fn apply_slowdowns(
@@ -121,6 +147,8 @@ pub struct TestnetOptions {
     pub swarm_key: Option<PathBuf>,
     /// Where each node listens: TCP by default, `/ip4/127.0.0.1/udp/0/quic-v1` for QUIC.
     pub listen: String,
+    /// Nodes started with a hostile behaviour.
+    pub byzantine: Vec<Byzantine>,
 }
 
 impl Default for TestnetOptions {
@@ -136,6 +164,7 @@ impl Default for TestnetOptions {
             per_node_args: Vec::new(),
             swarm_key: None,
             listen: "/ip4/127.0.0.1/tcp/0".into(),
+            byzantine: Vec::new(),
         }
     }
 }
@@ -161,6 +190,8 @@ pub struct Testnet {
     pub log_dir: PathBuf,
     opts: TestnetOptions,
     node_bin: PathBuf,
+    /// `swarm-testnet` itself, for hostile nodes (found only when some are asked for).
+    hostile_bin: Option<PathBuf>,
 }
 
 fn fresh_log_dir() -> Result<PathBuf> {
@@ -179,6 +210,11 @@ impl Testnet {
     /// Starts the nodes and waits until the swarm covers the model (bounded).
     pub async fn start(opts: &TestnetOptions) -> Result<Testnet> {
         let node_bin = find_binary("swarm-node")?;
+        let hostile_bin = if opts.byzantine.is_empty() {
+            None
+        } else {
+            Some(find_binary("swarm-testnet")?)
+        };
         let src = ModelSource::parse(&opts.model)?;
         let model = tokio::task::spawn_blocking(move || Model::open(&src)).await??;
         let n_layers = u32::try_from(model.config().n_layers)?;
@@ -209,7 +245,24 @@ impl Testnet {
             log_dir,
             opts: opts.clone(),
             node_bin,
+            hostile_bin,
         };
+        let count = ranges.len();
+        let mut seen = std::collections::HashSet::new();
+        for b in &opts.byzantine {
+            anyhow::ensure!(
+                b.node < count,
+                "--byzantine {}:{}: the testnet has nodes 0 to {}",
+                b.node,
+                b.mode,
+                count.saturating_sub(1)
+            );
+            anyhow::ensure!(
+                seen.insert(b.node),
+                "--byzantine names node {} twice",
+                b.node
+            );
+        }
         // Loading a big model in a debug build takes a while: be generous, the wait is bounded.
         let load = Duration::from_secs(300);
         for (i, blocks) in ranges.iter().enumerate() {
@@ -222,7 +275,7 @@ impl Testnet {
             };
             let p = Managed::spawn(
                 &format!("node {i}"),
-                net.node_command_with(&spec, boot.as_deref(), &net.args_of(i)),
+                net.node_command_for(i, &spec, boot.as_deref(), &net.args_of(i)),
                 &log,
             )?;
             net.nodes.push(NodeInfo {
@@ -266,14 +319,45 @@ impl Testnet {
         self.opts.node_args.iter().chain(own).cloned().collect()
     }
 
+    /// The command of node `i`: `swarm-node`, or the hostile node when `--byzantine` names it.
+    fn node_command_for(
+        &self,
+        i: usize,
+        blocks: &str,
+        bootstrap: Option<&str>,
+        node_args: &[String],
+    ) -> Command {
+        let hostile = self.opts.byzantine.iter().find(|b| b.node == i);
+        match (hostile, &self.hostile_bin) {
+            (Some(b), Some(bin)) => {
+                let mut c = Command::new(bin);
+                c.args(["byzantine-node", "--mode", &b.mode]);
+                self.add_node_args(&mut c, blocks, bootstrap, node_args);
+                c
+            }
+            _ => self.node_command_with(blocks, bootstrap, node_args),
+        }
+    }
+
     fn node_command_with(
         &self,
         blocks: &str,
         bootstrap: Option<&str>,
         node_args: &[String],
     ) -> Command {
-        let opts = &self.opts;
         let mut c = Command::new(&self.node_bin);
+        self.add_node_args(&mut c, blocks, bootstrap, node_args);
+        c
+    }
+
+    fn add_node_args(
+        &self,
+        c: &mut Command,
+        blocks: &str,
+        bootstrap: Option<&str>,
+        node_args: &[String],
+    ) {
+        let opts = &self.opts;
         c.args(["--model", &opts.model, "--blocks", blocks])
             .args(["--backend", &opts.backend, "--listen", &opts.listen])
             .args(["--announce-ttl", &opts.announce_ttl.to_string()])
@@ -284,7 +368,6 @@ impl Testnet {
         if let Some(b) = bootstrap {
             c.args(["--bootstrap", b]);
         }
-        c
     }
 
     /// Starts one more node serving `blocks` (bootstrapping from node 0's address) and waits
@@ -335,6 +418,18 @@ impl Testnet {
             self.nodes[i].blocks = b;
         }
         Ok(())
+    }
+
+    /// Waits for a stdout line of node `i` starting with `prefix` (a hostile node's report);
+    /// returns the rest of the line.
+    pub fn wait_node_line(&mut self, i: usize, prefix: &str, deadline: Duration) -> Result<String> {
+        let p = self.procs[i].as_mut().context("node already stopped")?;
+        p.wait_line(prefix, deadline)
+    }
+
+    /// The process id of node `i` (for its memory in tests).
+    pub fn pid(&self, i: usize) -> Option<u32> {
+        self.procs.get(i)?.as_ref().map(Managed::pid)
     }
 
     /// A client of this testnet's swarm (private when it is).
@@ -428,6 +523,21 @@ mod tests {
                 .to_string()
                 .contains("--split")
         );
+    }
+
+    #[test]
+    fn byzantine_nodes_parse() {
+        let b: Byzantine = "1:wrong-output:from=3".parse().unwrap();
+        assert_eq!(
+            b,
+            Byzantine {
+                node: 1,
+                mode: "wrong-output:from=3".into()
+            }
+        );
+        for bad in ["1", "x:wrong-output", "2:"] {
+            assert!(bad.parse::<Byzantine>().is_err(), "{bad}");
+        }
     }
 
     #[test]

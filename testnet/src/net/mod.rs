@@ -7,5 +7,5 @@ pub mod cli;
 pub mod launch;
 pub mod process;
 
-pub use launch::{NodeInfo, Slowdown, Split, Testnet, TestnetOptions, apply_slowdowns};
+pub use launch::{Byzantine, NodeInfo, Slowdown, Split, Testnet, TestnetOptions, apply_slowdowns};
 pub use process::{Managed, find_binary};

@@ -24,6 +24,9 @@ pub fn build_binaries() {
             "sunswarm-node",
             "-p",
             "sunswarm-client",
+            // swarm-testnet itself runs the hostile nodes (`byzantine-node`).
+            "-p",
+            "sunswarm-testnet",
             "--bins",
         ]);
         if release {
