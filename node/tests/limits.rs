@@ -197,6 +197,28 @@ async fn one_peer_cannot_hold_every_stream_or_place() {
         "unopened streams past the per-peer cap are dropped"
     );
     drop(held);
+    // The node sees the dropped streams end asynchronously; until it does they fill the
+    // greedy peer's pending cap and a new stream is dropped. Wait until one gets an answer (an
+    // attach to no session), after which every stream opened one at a time finds room.
+    let until = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut probe = stream_to(&greedy, &n).await;
+        let attach = Request::Attach {
+            session: SessionId([9; 16]),
+        };
+        if write_message(&mut probe, &attach).await.is_ok()
+            && read_message::<_, Response>(&mut probe, &mut Vec::new())
+                .await
+                .is_ok()
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < until,
+            "the dropped streams were never freed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // Two places for the greedy client, a third refused with the reason.
     let a = session(&greedy, &n, SessionId([1; 16])).await.unwrap();
     let b = session(&greedy, &n, SessionId([2; 16])).await.unwrap();
