@@ -26,6 +26,16 @@ use crate::generate::{Pipeline, PipelineError};
 
 /// Most route repairs within one generation before it gives up.
 pub const MAX_FAILOVERS: usize = 8;
+
+/// How often opening a session is tried again after a peer dropped its stream, before the peer
+/// is backed off.
+pub const OPEN_STREAM_RETRIES: u32 = 6;
+
+/// The pause before retry `n` (1-based): growing, with jitter so a burst spreads out.
+fn open_retry_delay(n: u32) -> Duration {
+    let jitter = rand::random::<u64>() % 50;
+    Duration::from_millis(50 * u64::from(n) + jitter)
+}
 /// How long a failed peer is avoided.
 pub const BACKOFF: Duration = Duration::from_secs(60);
 
@@ -144,6 +154,7 @@ impl<'a> ResilientSession<'a> {
     ) -> Result<Self, SwarmError> {
         let mut backoff = Backoff::default();
         let mut attempts = 0;
+        let mut stream_retries = 0;
         let session = loop {
             let avoid = backoff.avoided(Instant::now());
             let route = client
@@ -151,6 +162,15 @@ impl<'a> ResilientSession<'a> {
                 .await?;
             match SwarmSession::open_with(client.network(), model_id, route.clone(), params).await {
                 Ok(s) => break s,
+                // A live peer drops a new stream that arrives while its acceptor has not taken
+                // the one before (libp2p-stream hands streams over one at a time): in a burst of
+                // clients opening at once, half were dropped and the peer backed off for 60 s.
+                // Such a drop is retried at once, a few times, before it counts as a failure.
+                Err(e @ SessionError::Stream { .. }) if stream_retries < OPEN_STREAM_RETRIES => {
+                    stream_retries += 1;
+                    tracing::debug!("opening the session: {e}; trying again");
+                    tokio::time::sleep(open_retry_delay(stream_retries)).await;
+                }
                 Err(e) if attempts < MAX_FAILOVERS => {
                     attempts += 1;
                     report_error(routing, &model_id, &route, &e);
