@@ -42,6 +42,18 @@ impl FromStr for Split {
     }
 }
 
+/// Splits a per-node flag's `I:VALUE` into the node index and the value.
+fn node_and_value<'a>(flag: &str, expected: &str, s: &'a str) -> Result<(usize, &'a str)> {
+    let (i, value) = s
+        .split_once(':')
+        .with_context(|| format!("{flag} {s:?}: expected {expected}"))?;
+    let node = i
+        .trim()
+        .parse()
+        .with_context(|| format!("{flag} {s:?}: {i:?} is not a node index"))?;
+    Ok((node, value))
+}
+
 /// `--slowdown I:FACTOR`: node `I` computes `FACTOR` times slower than this machine can
 /// (`swarm-node --slowdown FACTOR`), emulating a weaker device in a heterogeneous testnet.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -53,13 +65,7 @@ pub struct Slowdown {
 impl FromStr for Slowdown {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> Result<Self> {
-        let (i, f) = s
-            .split_once(':')
-            .with_context(|| format!("--slowdown {s:?}: expected NODE:FACTOR, e.g. 3:4"))?;
-        let node = i
-            .trim()
-            .parse()
-            .with_context(|| format!("--slowdown {s:?}: {i:?} is not a node index"))?;
+        let (node, f) = node_and_value("--slowdown", "NODE:FACTOR, e.g. 3:4", s)?;
         let factor: f64 = f
             .trim()
             .parse()
@@ -83,13 +89,7 @@ pub struct Byzantine {
 impl FromStr for Byzantine {
     type Err = anyhow::Error;
     fn from_str(s: &str) -> Result<Self> {
-        let (i, mode) = s.split_once(':').with_context(|| {
-            format!("--byzantine {s:?}: expected NODE:MODE, e.g. 1:wrong-output")
-        })?;
-        let node = i
-            .trim()
-            .parse()
-            .with_context(|| format!("--byzantine {s:?}: {i:?} is not a node index"))?;
+        let (node, mode) = node_and_value("--byzantine", "NODE:MODE, e.g. 1:wrong-output", s)?;
         anyhow::ensure!(!mode.trim().is_empty(), "--byzantine {s:?}: no mode");
         Ok(Byzantine {
             node,
