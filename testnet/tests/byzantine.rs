@@ -147,10 +147,9 @@ async fn forged_announcements_are_refused_and_the_honest_peer_keeps_its_routes()
         .await
         .unwrap();
     let local = generate(None);
-    let line = net
-        .wait_node_line(3, "FORGED", Duration::from_secs(120))
+    // Printed each time the forger reaches more peers; every honest peer must be reached.
+    net.wait_node_line(3, "FORGED peers=3", Duration::from_secs(120))
         .unwrap();
-    assert!(line.contains("peers=3"), "{line}");
     let hostile_peer = net.nodes[3].peer.clone();
     let watcher = net.client().await.unwrap();
     watcher.follow(&net.model_id).await.unwrap();

@@ -316,7 +316,9 @@ async fn flood_all(
 
 /// Every few seconds, a record and a gossip message in each other node's name.
 async fn forge(net: Network, known: Arc<Mutex<Vec<Announcement>>>, model: ModelDigest) {
-    let mut rounds = 0u64;
+    // Reported each time more peers are forged, so that a test can wait for all of them
+    // (the first round may come before this node has seen every peer).
+    let mut reported = 0;
     loop {
         let victims = others(&known).await;
         let mine: Vec<String> = net
@@ -362,8 +364,8 @@ async fn forge(net: Network, known: Arc<Mutex<Vec<Announcement>>>, model: ModelD
             }
             forged += 1;
         }
-        rounds += 1;
-        if rounds == 1 {
+        if forged > reported {
+            reported = forged;
             println!("FORGED peers={forged}");
         }
         tokio::time::sleep(Duration::from_secs(2)).await;
