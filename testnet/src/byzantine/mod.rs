@@ -24,7 +24,7 @@ mod flood;
 
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use libp2p::{Multiaddr, PeerId};
@@ -262,6 +262,24 @@ async fn others(known: &Mutex<Vec<Announcement>>) -> Vec<Announcement> {
     Vec::new()
 }
 
+/// The other nodes once gossip has shown them all: at least one, and no new one for five
+/// seconds (two and a half gossip intervals), at most half a minute. An attack that began on the
+/// first peer seen would report on part of the swarm.
+async fn settled(known: &Mutex<Vec<Announcement>>) -> Vec<Announcement> {
+    let start = Instant::now();
+    let mut seen = others(known).await.len();
+    let mut since = Instant::now();
+    while since.elapsed() < Duration::from_secs(5) && start.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let now = known.lock().unwrap_or_else(|p| p.into_inner()).len();
+        if now > seen {
+            seen = now;
+            since = Instant::now();
+        }
+    }
+    others(known).await
+}
+
 fn addrs_of(a: &Announcement) -> Vec<Multiaddr> {
     a.addrs.iter().filter_map(|s| s.parse().ok()).collect()
 }
@@ -273,7 +291,7 @@ async fn flood_all(
     blocks: BlockRange,
     keys: usize,
 ) -> Result<()> {
-    let victims = others(known).await;
+    let victims = settled(known).await;
     let n_layers = victims.first().map_or(blocks.end, |a| a.n_layers);
     let frames = tokio::task::spawn_blocking({
         let model = *model;
@@ -319,6 +337,7 @@ async fn forge(net: Network, known: Arc<Mutex<Vec<Announcement>>>, model: ModelD
     // Reported each time more peers are forged, so that a test can wait for all of them
     // (the first round may come before this node has seen every peer).
     let mut reported = 0;
+    settled(&known).await;
     loop {
         let victims = others(&known).await;
         let mine: Vec<String> = net
@@ -376,6 +395,7 @@ async fn forge(net: Network, known: Arc<Mutex<Vec<Announcement>>>, model: ModelD
 async fn hold(net: Network, known: Arc<Mutex<Vec<Announcement>>>, model: ModelDigest) {
     let mut held: Vec<(PeerId, libp2p::Stream)> = Vec::new();
     let mut reported = false;
+    settled(&known).await;
     loop {
         let victims = others(&known).await;
         // Streams whose session the victim ended are dropped (and their places taken again).
