@@ -99,12 +99,28 @@ pub struct SafeguardArgs {
     /// (0, 1]: a peer that announces the best possible state cannot take them all.
     #[arg(long, default_value_t = crate::swarm::share::DEFAULT_MAX_ROUTE_SHARE)]
     pub max_route_share: f64,
+    /// Fraction of steps re-run through other replicas and compared, hop by hop (0 turns spot
+    /// checks off): a peer caught returning wrong hidden states is banned and the step redone.
+    #[arg(long, default_value_t = crate::swarm::spot::DEFAULT_FRACTION)]
+    pub spot_check: f64,
+    /// The first forwards of every session that are always checked (with --spot-check above 0).
+    #[arg(long, default_value_t = crate::swarm::spot::DEFAULT_FIRST)]
+    pub spot_check_first: u32,
+    /// Largest relative distance per row at which a hop's output and its check still agree.
+    #[arg(long, default_value_t = crate::swarm::spot::DEFAULT_TOLERANCE)]
+    pub spot_check_tolerance: f32,
 }
 
 impl SafeguardArgs {
-    pub fn safeguards(&self) -> crate::engine::Safeguards {
-        crate::engine::Safeguards {
+    pub fn safeguards(&self) -> anyhow::Result<crate::engine::Safeguards> {
+        Ok(crate::engine::Safeguards {
             max_route_share: self.max_route_share,
-        }
+            spot_checks: crate::swarm::spot::SpotChecks::new(
+                self.spot_check,
+                self.spot_check_first,
+                self.spot_check_tolerance,
+            )
+            .map_err(anyhow::Error::msg)?,
+        })
     }
 }

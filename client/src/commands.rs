@@ -59,7 +59,7 @@ pub async fn generate(args: &GenerateArgs) -> Result<()> {
             mode,
             connect_timeout: Duration::from_secs(30),
         },
-        args.guards.safeguards(),
+        args.guards.safeguards()?,
     )
     .await
     .with_context(|| format!("starting with model {}", args.model))?;
@@ -121,6 +121,8 @@ struct SwarmOutput<'a> {
     /// emulated nodes; null when a hop's energy is not modelled (mains, real batteries).
     joules_per_token: Option<f64>,
     swarm: SwarmTimings,
+    /// Steps re-run through other replicas, mismatches found, peers banned.
+    spot_checks: &'a crate::swarm::spot::SpotReport,
 }
 
 impl<'a> SwarmOutput<'a> {
@@ -134,6 +136,7 @@ impl<'a> SwarmOutput<'a> {
             failovers: done.failovers.len(),
             failover_events: &done.failovers,
             joules_per_token: done.joules_per_token,
+            spot_checks: &done.spot_checks,
             swarm: SwarmTimings {
                 connect_ms,
                 open_ms: done.open_ms,

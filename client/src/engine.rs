@@ -17,14 +17,15 @@ use libp2p::Multiaddr;
 use serde::Serialize;
 use sunswarm_energy::policy::PolicyKind;
 use sunswarm_models::{
-    BackendKind, ChatMessage, Head, LoadedBlocks, Model, ModelError, ModelSource, TextTokenizer,
-    device,
+    BackendKind, ChatMessage, Head, HiddenStates, LoadedBlocks, Model, ModelError, ModelSource,
+    TextTokenizer, device,
 };
-use sunswarm_protocol::{DType, Hop, ModelDigest};
+use sunswarm_protocol::{BlockRange, DType, Hop, ModelDigest};
 
 use crate::generate::{
     GenerateError, GenerateOptions, GenerationResult, LocalPipeline, TextSink, generate,
 };
+use crate::swarm::spot::{Referee, SharedReferee, SpotChecks, SpotReport};
 use crate::swarm::{
     CsUcbRouter, FailoverEvent, ForwardTiming, OpenParams, OwnedRouting, ResilientSession,
     RoutingKind, SwarmClient, SwarmError, route,
@@ -87,13 +88,68 @@ pub enum Mode {
 pub struct Safeguards {
     /// Most of the routes at one block any one peer may get (`--max-route-share`).
     pub max_route_share: f64,
+    /// Which steps are re-run through other replicas and compared (`--spot-check`).
+    pub spot_checks: SpotChecks,
 }
 
 impl Default for Safeguards {
     fn default() -> Self {
         Safeguards {
             max_route_share: crate::swarm::share::DEFAULT_MAX_ROUTE_SHARE,
+            spot_checks: SpotChecks::default(),
         }
+    }
+}
+
+/// The client's own run of a block range, the third opinion when a spot check finds two peers
+/// disagreeing. Loads a range from the model file the first time it is asked for.
+struct BlockReferee {
+    model: Model,
+    device: sunswarm_models::Device,
+    loaded: std::sync::Mutex<Vec<(BlockRange, Arc<LoadedBlocks>)>>,
+}
+
+impl Referee for BlockReferee {
+    fn run(
+        &self,
+        blocks: BlockRange,
+        input: &HiddenStates,
+        chunk: usize,
+    ) -> Result<HiddenStates, String> {
+        let held = self
+            .loaded
+            .lock()
+            .map_err(|_| "referee lock poisoned".to_string())?
+            .iter()
+            .find(|(b, _)| *b == blocks)
+            .map(|(_, l)| l.clone());
+        let range = match held {
+            Some(l) => l,
+            None => {
+                let l = Arc::new(
+                    self.model
+                        .load_blocks(blocks.start as usize..blocks.end as usize, &self.device)
+                        .map_err(|e| e.to_string())?,
+                );
+                if let Ok(mut held) = self.loaded.lock() {
+                    held.push((blocks, l.clone()));
+                }
+                l
+            }
+        };
+        let mut cache = range.new_cache();
+        let mut out = Vec::with_capacity(input.data.len());
+        for rows in input.data.chunks(chunk.max(1) * input.dim) {
+            let part = HiddenStates::new(rows.len() / input.dim, input.dim, rows.to_vec())
+                .map_err(|e| e.to_string())?;
+            out.extend(
+                range
+                    .forward(&mut cache, &part)
+                    .map_err(|e| e.to_string())?
+                    .data,
+            );
+        }
+        HiddenStates::new(input.n_tokens, input.dim, out).map_err(|e| e.to_string())
     }
 }
 
@@ -120,6 +176,8 @@ pub struct ServedModel {
     pub tokenizer: TextTokenizer,
     head: Head,
     local: Vec<Arc<LoadedBlocks>>,
+    /// Runs a block range in this process when a spot check needs a third opinion.
+    referee: SharedReferee,
 }
 
 /// What a generation is asked to continue.
@@ -145,6 +203,8 @@ pub struct Completion {
     pub joules_per_token: Option<f64>,
     /// Route choice and opening the session on every hop.
     pub open_ms: f64,
+    /// What the spot checks found (all zero in local mode).
+    pub spot_checks: SpotReport,
 }
 
 /// One hop of a route, for JSON.
@@ -184,6 +244,7 @@ struct Inner {
     /// Shared by every generation: a learned router learns from all of them.
     routing: Box<dyn OwnedRouting>,
     connect_ms: f64,
+    spot_checks: SpotChecks,
 }
 
 impl Engine {
@@ -241,6 +302,7 @@ impl Engine {
                 swarm,
                 routing,
                 connect_ms,
+                spot_checks: guards.spot_checks,
             }),
         })
     }
@@ -323,6 +385,7 @@ impl Engine {
                     timings: Vec::new(),
                     joules_per_token: None,
                     open_ms: 0.0,
+                    spot_checks: SpotReport::default(),
                 })
             }
             Some(swarm) => {
@@ -355,7 +418,8 @@ impl Engine {
                     .clamp(0.0, f64::from(u32::MAX)) as u32,
             },
         )
-        .await?;
+        .await?
+        .with_spot_checks(self.inner.spot_checks, Some(model.referee.clone()));
         let open_ms = t.elapsed().as_secs_f64() * 1e3;
         tracing::info!(route = %crate::swarm::failover::describe_route(session.route()), "session open");
         sink.route_opened(session.route());
@@ -371,6 +435,7 @@ impl Engine {
         let route = session.route().to_vec();
         let timings = session.timings();
         let failovers = std::mem::take(&mut session.failovers);
+        let spot_checks = std::mem::take(&mut session.spot_report);
         session.close().await;
         let result = outcome?;
         // Each hop's session is one job in its announced power mode; mains hops have no model.
@@ -392,6 +457,7 @@ impl Engine {
             timings,
             joules_per_token,
             open_ms,
+            spot_checks,
         })
     }
 }
@@ -479,5 +545,10 @@ fn load_model(
         tokenizer,
         head,
         local,
+        referee: Arc::new(BlockReferee {
+            model,
+            device: dev,
+            loaded: Default::default(),
+        }),
     })
 }

@@ -28,7 +28,7 @@ use sunswarm_protocol::io::{FrameError, FrameReader, write_message};
 use sunswarm_protocol::limits::MAX_MESSAGE_BYTES;
 use sunswarm_protocol::{
     Announcement, BlockRange, ErrorKind, Forward, Hop, HopTiming, ModelDigest, OpenSession,
-    Request, Response, SessionId, TensorFrame, WireError,
+    Receipt, Request, Response, SessionId, TensorFrame, WireError, route_digest,
 };
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tracing::{Instrument, debug, info_span, warn};
@@ -916,13 +916,23 @@ async fn forward(
             ),
         ));
     }
-    if f.timings.len() != hop as usize {
+    if f.receipts.len() != hop as usize {
         return Err(refusal(
             ErrorKind::BadRequest,
             hop,
             format!(
-                "forward carries {} hop timings, hop {hop} expects one per earlier hop",
-                f.timings.len()
+                "forward carries {} receipts, hop {hop} expects one per earlier hop",
+                f.receipts.len()
+            ),
+        ));
+    }
+    if f.taps.len() > hop as usize {
+        return Err(refusal(
+            ErrorKind::BadRequest,
+            hop,
+            format!(
+                "forward carries {} taps, more than the {hop} earlier hops",
+                f.taps.len()
             ),
         ));
     }
@@ -966,18 +976,43 @@ async fn forward(
     // the clock); the deadline is absolute, so the hops of a route pace side by side rather than
     // one after another.
     job.pace(cache.len() as u32).await;
-    let mut timings = f.timings;
-    timings.push(HopTiming {
-        hop,
-        compute_us: micros(compute),
-        total_us: micros(t0.elapsed()),
-    });
+    let mut receipt = Receipt {
+        timing: HopTiming {
+            hop,
+            compute_us: micros(compute),
+            total_us: micros(t0.elapsed()),
+        },
+        signer: ctx.local_peer.to_bytes(),
+        route: route_digest(&open.route),
+        input: f.hidden.checksum,
+        output: hidden.checksum,
+        signature: Vec::new(),
+    };
+    receipt.signature = ctx
+        .net
+        .sign(&receipt.signing_bytes(&f.session, f.step))
+        .map_err(|e| {
+            refusal(
+                ErrorKind::Internal,
+                hop,
+                format!("signing the receipt: {e}"),
+            )
+        })?;
+    let mut receipts = f.receipts;
+    receipts.push(receipt);
+    let mut taps = f.taps;
+    // The last hop's output goes to the client anyway.
+    if f.tap && (hop as usize) + 1 < open.route.len() {
+        taps.push(hidden.clone());
+    }
     Ok(Forward {
         session: f.session,
         step: f.step,
         position: f.position,
         hidden,
-        timings,
+        receipts,
+        tap: f.tap,
+        taps,
     })
 }
 
@@ -1021,7 +1056,8 @@ async fn pass_on(
                 session: out.session,
                 step: out.step,
                 hidden: out.hidden,
-                timings: out.timings,
+                receipts: out.receipts,
+                taps: out.taps,
             };
             write_message(s, &answer).await.map_err(|e| {
                 refusal(

@@ -169,7 +169,9 @@ async fn run_job(s: &mut Session, id: u8, n: usize) {
             step: 0,
             position: 0,
             hidden,
-            timings: Vec::new(),
+            receipts: Vec::new(),
+            tap: false,
+            taps: Vec::new(),
         }),
     )
     .await

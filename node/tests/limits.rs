@@ -103,7 +103,9 @@ fn forward(session: SessionId, step: u32) -> Request {
         step,
         position: step,
         hidden: TensorFrame::from_f32(&[1, DIM as u32], &[0.5; DIM], DType::F32).unwrap(),
-        timings: Vec::new(),
+        receipts: Vec::new(),
+        tap: false,
+        taps: Vec::new(),
     })
 }
 

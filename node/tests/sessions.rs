@@ -156,7 +156,9 @@ fn forward(session: SessionId, step: u32, position: u32, rows: &[f32]) -> Reques
         step,
         position,
         hidden: TensorFrame::from_f32(&[n, DIM as u32], rows, DType::F32).unwrap(),
-        timings: Vec::new(),
+        receipts: Vec::new(),
+        tap: false,
+        taps: Vec::new(),
     })
 }
 
@@ -202,7 +204,8 @@ async fn three_hops_run_in_order_and_refusals_name_their_reason() {
                 session,
                 step: st,
                 hidden,
-                timings,
+                receipts,
+                ..
             } => {
                 assert_eq!((session, st), (sid, step as u32));
                 let (n, out) = hidden.to_hidden(DIM).unwrap();
@@ -217,13 +220,29 @@ async fn three_hops_run_in_order_and_refusals_name_their_reason() {
                     );
                 }
                 assert_eq!(
-                    timings.iter().map(|t| t.hop).collect::<Vec<_>>(),
+                    receipts.iter().map(|r| r.timing.hop).collect::<Vec<_>>(),
                     vec![0, 1, 2]
                 );
                 assert!(
-                    timings.iter().all(|t| t.compute_us <= t.total_us),
-                    "{timings:?}"
+                    receipts
+                        .iter()
+                        .all(|r| r.timing.compute_us <= r.timing.total_us),
+                    "{receipts:?}"
                 );
+                // Signed by the hops of the route, chained input to output.
+                for (k, r) in receipts.iter().enumerate() {
+                    assert_eq!(r.signer, route[k].peer_id);
+                    let signer = libp2p::PeerId::from_bytes(&r.signer).unwrap();
+                    assert!(net::announce::verify_by(
+                        &signer,
+                        &r.signing_bytes(&sid, step as u32),
+                        &r.signature
+                    ));
+                    if k > 0 {
+                        assert_eq!(r.input, receipts[k - 1].output);
+                    }
+                }
+                assert_eq!(receipts[2].output, hidden.checksum);
             }
             other => panic!("step {step}: {other:?}"),
         }
@@ -488,7 +507,9 @@ async fn hostile_peer_gets_errors_while_an_honest_session_completes() {
         step: 0,
         position: 0,
         hidden: TensorFrame::from_f32(&[1, DIM as u32 + 1], &[0.0; DIM + 1], DType::F32).unwrap(),
-        timings: Vec::new(),
+        receipts: Vec::new(),
+        tap: false,
+        taps: Vec::new(),
     });
     let (kind, _, msg) = refusal(after_open(&net, &a, SessionId([10; 16]), &wide).await);
     assert_eq!(kind, ErrorKind::BadRequest);

@@ -233,8 +233,16 @@ mod tests {
             let data: Vec<f32> = (0..rows).flat_map(|_| vals.iter().copied()).collect();
             let dtype = if f16 { crate::DType::F16 } else { crate::DType::F32 };
             let hidden = crate::TensorFrame::from_f32(&[rows, cols], &data, dtype).unwrap();
-            let timings = times.into_iter().map(|(hop, compute_us, total_us)| crate::HopTiming { hop, compute_us, total_us }).collect();
-            let r = Request::Forward(crate::Forward { session: crate::SessionId(session), step, position, hidden, timings });
+            let receipts = times.into_iter().map(|(hop, compute_us, total_us)| crate::Receipt {
+                timing: crate::HopTiming { hop, compute_us, total_us },
+                signer: vec![hop as u8; 38],
+                route: [compute_us as u8; 32],
+                input: [1; 32],
+                output: [total_us as u8; 32],
+                signature: vec![2; 64],
+            }).collect();
+            let taps = if f16 { vec![hidden.clone()] } else { Vec::new() };
+            let r = Request::Forward(crate::Forward { session: crate::SessionId(session), step, position, hidden, receipts, tap: f16, taps });
             prop_assert_eq!(decode::<Request>(&encode(&r).unwrap()).unwrap(), r);
         }
     }

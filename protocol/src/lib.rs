@@ -25,16 +25,17 @@ pub use announce::{Announcement, EnergyState, PowerSetting, SignedAnnouncement};
 pub use blocks::{BlockRange, BlockSpec, BlocksError};
 pub use codec::{CodecError, decode, encode};
 pub use message::{
-    ErrorKind, Forward, Hop, HopTiming, OpenSession, Request, Response, SessionId, WireError,
+    ErrorKind, Forward, Hop, HopTiming, OpenSession, Receipt, Request, Response, SessionId,
+    WireError, route_digest,
 };
 pub use tensor::{DType, TensorError, TensorFrame};
 
 /// Version of every message and record on the wire. A peer that receives another version answers
 /// with [`ErrorKind::VersionMismatch`] instead of guessing at the layout.
-pub const PROTOCOL_VERSION: u16 = 5;
+pub const PROTOCOL_VERSION: u16 = 6;
 
 /// libp2p stream protocol for inference sessions (open, forward hidden states, close).
-pub const ACTIVATIONS_PROTOCOL: &str = "/sunswarm/activations/5";
+pub const ACTIVATIONS_PROTOCOL: &str = "/sunswarm/activations/6";
 
 /// A model id: blake3 of the model's config and weight manifest (computed by `sunswarm-models`).
 pub type ModelDigest = [u8; 32];

@@ -18,7 +18,8 @@ use crate::ModelDigest;
 use crate::blocks::BlockRange;
 use crate::codec::{CodecError, Validate, check_len, check_text};
 use crate::limits::{
-    MAX_ADDR_LEN, MAX_ADDRS, MAX_PEER_ID_LEN, MAX_ROUTE_HOPS, MAX_SESSION_TOKENS, MAX_TEXT_LEN,
+    MAX_ADDR_LEN, MAX_ADDRS, MAX_PEER_ID_LEN, MAX_ROUTE_HOPS, MAX_SESSION_TOKENS,
+    MAX_SIGNATURE_LEN, MAX_TEXT_LEN,
 };
 use crate::tensor::{DType, TensorFrame};
 
@@ -74,8 +75,74 @@ pub struct Forward {
     pub position: u32,
     /// `[tokens, hidden_size]`.
     pub hidden: TensorFrame,
-    /// Timings of the hops this forward has passed, in route order.
-    pub timings: Vec<HopTiming>,
+    /// The receipts of the hops this forward has passed, in route order.
+    pub receipts: Vec<Receipt>,
+    /// Asks every hop but the last to copy its output into `taps` (a spot check of this step).
+    pub tap: bool,
+    /// The outputs of the hops passed so far, when `tap` is set; each one's checksum is the
+    /// `output` of that hop's receipt.
+    pub taps: Vec<TensorFrame>,
+}
+
+/// What one hop vouches for on one forward: which route it was opened with, the checksum of the
+/// frame it received and of the frame it passed on, and its timing, signed with its peer key.
+/// The client checks the chain (each hop's input is the previous hop's output, the first input
+/// is what the client sent, the last output is what it received) and that each receipt is signed
+/// by the peer it chose for that hop: a hop that passes the session to another peer, or answers
+/// for a hop it skipped, or forges timings, is caught by the first receipt, and blame rests on
+/// signatures rather than on anyone's word.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt {
+    pub timing: HopTiming,
+    /// The peer id of the signer.
+    #[serde(with = "serde_bytes")]
+    pub signer: Vec<u8>,
+    /// [`route_digest`] of the route this hop was opened with.
+    pub route: [u8; 32],
+    /// Checksum ([`TensorFrame::checksum`]) of the hidden states this hop received.
+    pub input: [u8; 32],
+    /// Checksum of the hidden states this hop passed on.
+    pub output: [u8; 32],
+    #[serde(with = "serde_bytes")]
+    pub signature: Vec<u8>,
+}
+
+impl Receipt {
+    /// The bytes a receipt's signature covers: everything in it, bound to the session and step.
+    pub fn signing_bytes(&self, session: &SessionId, step: u32) -> Vec<u8> {
+        let mut b = Vec::with_capacity(200);
+        b.extend_from_slice(b"sunswarm/receipt/1");
+        b.extend_from_slice(&session.0);
+        b.extend_from_slice(&step.to_le_bytes());
+        b.extend_from_slice(&self.timing.hop.to_le_bytes());
+        b.extend_from_slice(&self.timing.compute_us.to_le_bytes());
+        b.extend_from_slice(&self.timing.total_us.to_le_bytes());
+        b.extend_from_slice(&(self.signer.len() as u32).to_le_bytes());
+        b.extend_from_slice(&self.signer);
+        b.extend_from_slice(&self.route);
+        b.extend_from_slice(&self.input);
+        b.extend_from_slice(&self.output);
+        b
+    }
+}
+
+/// blake3 of a route's hops (peer, addresses, blocks), as receipts name it.
+pub fn route_digest(route: &[Hop]) -> [u8; 32] {
+    let mut h = blake3::Hasher::new();
+    h.update(b"sunswarm/route/1");
+    h.update(&(route.len() as u32).to_le_bytes());
+    for hop in route {
+        h.update(&(hop.peer_id.len() as u32).to_le_bytes());
+        h.update(&hop.peer_id);
+        h.update(&(hop.addrs.len() as u32).to_le_bytes());
+        for a in &hop.addrs {
+            h.update(&(a.len() as u32).to_le_bytes());
+            h.update(a.as_bytes());
+        }
+        h.update(&hop.blocks.start.to_le_bytes());
+        h.update(&hop.blocks.end.to_le_bytes());
+    }
+    *h.finalize().as_bytes()
 }
 
 /// Time one hop spent on one forward, in microseconds.
@@ -159,7 +226,10 @@ pub enum Response {
         session: SessionId,
         step: u32,
         hidden: TensorFrame,
-        timings: Vec<HopTiming>,
+        /// One receipt per hop of the route, in order.
+        receipts: Vec<Receipt>,
+        /// The outputs of every hop but the last, when the forward asked for them.
+        taps: Vec<TensorFrame>,
     },
     Error(WireError),
     Closed {
@@ -235,6 +305,23 @@ impl Validate for OpenSession {
     }
 }
 
+fn validate_receipts(receipts: &[Receipt]) -> Result<(), CodecError> {
+    check_len("receipts", receipts.len(), MAX_ROUTE_HOPS)?;
+    for r in receipts {
+        check_len("receipts[].signer", r.signer.len(), MAX_PEER_ID_LEN)?;
+        check_len("receipts[].signature", r.signature.len(), MAX_SIGNATURE_LEN)?;
+    }
+    Ok(())
+}
+
+fn validate_taps(taps: &[TensorFrame]) -> Result<(), CodecError> {
+    check_len("taps", taps.len(), MAX_ROUTE_HOPS)?;
+    for t in taps {
+        t.validate()?;
+    }
+    Ok(())
+}
+
 impl Validate for Request {
     fn validate(&self) -> Result<(), CodecError> {
         match self {
@@ -250,7 +337,8 @@ impl Validate for Request {
                         ),
                     });
                 }
-                check_len("timings", f.timings.len(), MAX_ROUTE_HOPS)
+                validate_receipts(&f.receipts)?;
+                validate_taps(&f.taps)
             }
             Request::Attach { .. } | Request::Close { .. } => Ok(()),
         }
@@ -261,10 +349,14 @@ impl Validate for Response {
     fn validate(&self) -> Result<(), CodecError> {
         match self {
             Response::Hidden {
-                hidden, timings, ..
+                hidden,
+                receipts,
+                taps,
+                ..
             } => {
                 hidden.validate()?;
-                check_len("timings", timings.len(), MAX_ROUTE_HOPS)
+                validate_receipts(receipts)?;
+                validate_taps(taps)
             }
             Response::Error(e) => check_text("message", &e.message, MAX_TEXT_LEN),
             Response::Opened { .. } | Response::Closed { .. } => Ok(()),
@@ -310,11 +402,24 @@ pub(crate) mod tests {
             position: 12,
             hidden: TensorFrame::from_f32(&[2, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], DType::F32)
                 .unwrap(),
-            timings: vec![HopTiming {
-                hop: 0,
+            receipts: vec![receipt(0)],
+            tap: true,
+            taps: vec![TensorFrame::from_f32(&[1, 3], &[1.0, 2.0, 3.0], DType::F32).unwrap()],
+        }
+    }
+
+    pub(crate) fn receipt(hop: u16) -> Receipt {
+        Receipt {
+            timing: HopTiming {
+                hop,
                 compute_us: 10,
                 total_us: 12,
-            }],
+            },
+            signer: vec![1; 38],
+            route: route_digest(&route(3)),
+            input: [4; 32],
+            output: [5; 32],
+            signature: vec![6; 64],
         }
     }
 
@@ -341,11 +446,8 @@ pub(crate) mod tests {
                 session: SessionId([1; 16]),
                 step: 9,
                 hidden: forward().hidden,
-                timings: vec![HopTiming {
-                    hop: 0,
-                    compute_us: 10,
-                    total_us: 30,
-                }],
+                receipts: vec![receipt(0), receipt(1)],
+                taps: Vec::new(),
             },
             Response::Error(WireError {
                 kind: ErrorKind::PowerSaving,
@@ -433,13 +535,60 @@ pub(crate) mod tests {
         f.hidden = TensorFrame::from_f32(&[0, 6], &[], DType::F32).unwrap();
         assert!(decode::<Request>(&encode(&Request::Forward(f)).unwrap()).is_err());
         let mut f = forward();
-        f.timings = vec![f.timings[0]; MAX_ROUTE_HOPS + 1];
+        f.receipts = vec![receipt(0); MAX_ROUTE_HOPS + 1];
         assert!(
             decode::<Request>(&encode(&Request::Forward(f)).unwrap())
                 .unwrap_err()
                 .to_string()
-                .contains("timings")
+                .contains("receipts")
         );
+        let mut f = forward();
+        f.receipts[0].signature = vec![0; MAX_SIGNATURE_LEN + 1];
+        assert!(
+            decode::<Request>(&encode(&Request::Forward(f)).unwrap())
+                .unwrap_err()
+                .to_string()
+                .contains("receipts[].signature")
+        );
+        let mut f = forward();
+        f.taps[0].data[0] ^= 1;
+        assert!(
+            decode::<Request>(&encode(&Request::Forward(f)).unwrap())
+                .unwrap_err()
+                .to_string()
+                .contains("checksum")
+        );
+    }
+
+    #[test]
+    fn receipts_sign_every_field_and_routes_digest_every_hop() {
+        let r = receipt(1);
+        let base = r.signing_bytes(&SessionId([7; 16]), 3);
+        assert_ne!(base, r.signing_bytes(&SessionId([8; 16]), 3));
+        assert_ne!(base, r.signing_bytes(&SessionId([7; 16]), 4));
+        type Change = Box<dyn Fn(&mut Receipt)>;
+        let changes: Vec<Change> = vec![
+            Box::new(|r| r.timing.hop = 2),
+            Box::new(|r| r.timing.compute_us += 1),
+            Box::new(|r| r.timing.total_us += 1),
+            Box::new(|r| r.signer[0] ^= 1),
+            Box::new(|r| r.route[0] ^= 1),
+            Box::new(|r| r.input[0] ^= 1),
+            Box::new(|r| r.output[0] ^= 1),
+        ];
+        for change in changes {
+            let mut c = r.clone();
+            change(&mut c);
+            assert_ne!(base, c.signing_bytes(&SessionId([7; 16]), 3), "{c:?}");
+        }
+        let a = route(3);
+        let mut b = a.clone();
+        b[2].addrs[0].push('1');
+        assert_ne!(route_digest(&a), route_digest(&b));
+        let mut b = a.clone();
+        b[1].peer_id[0] ^= 1;
+        assert_ne!(route_digest(&a), route_digest(&b));
+        assert_ne!(route_digest(&a), route_digest(&a[..2]));
     }
 
     #[test]

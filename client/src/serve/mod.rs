@@ -131,7 +131,7 @@ pub async fn run(args: &ServeArgs) -> anyhow::Result<()> {
             mode,
             connect_timeout: Duration::from_secs(30),
         },
-        args.guards.safeguards(),
+        args.guards.safeguards()?,
     )
     .await?;
     if let Some(swarm) = engine.swarm() {

@@ -21,6 +21,7 @@ use sunswarm_protocol::{ErrorKind, Hop, ModelDigest};
 use super::learned::OBSERVE_AFTER_STEPS;
 use super::route::Routing;
 use super::session::{ForwardTiming, OpenParams, SessionError, SwarmSession, failed_hop};
+use super::spot::{self, SharedReferee, SpotChecks, SpotReport, Verdict};
 use super::{SwarmClient, SwarmError};
 use crate::generate::{Pipeline, PipelineError};
 
@@ -115,7 +116,34 @@ pub fn is_refusal(e: &SessionError) -> bool {
 
 /// Tells `routing` which hop of `route` an error points at, and whether it refused or failed.
 pub fn report_error(routing: &dyn Routing, model: &ModelDigest, route: &[Hop], e: &SessionError) {
-    let Some(hop) = route.get(failed_hop(route, e)) else {
+    report_hop(routing, model, route.get(failed_hop(route, e)), e);
+}
+
+/// The hop to blame for `e`, from what this client sees: a hop that says its next hop failed is
+/// taken at its word only if the next hop does not answer the client; when it does answer, the
+/// hop that said so is the one replaced (it lied, or its own link is what failed).
+async fn culprit(client: &SwarmClient, route: &[Hop], e: &SessionError) -> usize {
+    let named = failed_hop(route, e);
+    if let SessionError::Refused(w) = e
+        && w.kind == ErrorKind::NextHop
+        && named == w.hop as usize + 1
+        && let Some(next) = route.get(named)
+        && super::session::answers(client.network(), next).await
+    {
+        tracing::warn!(
+            "hop {} says hop {named} failed, but {} answers: blaming hop {}",
+            w.hop,
+            peer_name(Some(next)),
+            w.hop
+        );
+        return w.hop as usize;
+    }
+    named
+}
+
+/// Tells `routing` that `hop` refused or failed (per `e`).
+fn report_hop(routing: &dyn Routing, model: &ModelDigest, hop: Option<&Hop>, e: &SessionError) {
+    let Some(hop) = hop else {
         return;
     };
     if is_refusal(e) {
@@ -140,6 +168,10 @@ pub struct ResilientSession<'a> {
     past_timings: Vec<ForwardTiming>,
     /// Whether this route's decode steps were reported to the router.
     reported: bool,
+    spot: SpotChecks,
+    referee: Option<SharedReferee>,
+    /// What the spot checks found.
+    pub spot_report: SpotReport,
 }
 
 impl<'a> ResilientSession<'a> {
@@ -197,9 +229,173 @@ impl<'a> ResilientSession<'a> {
             failovers: Vec::new(),
             past_timings: Vec::new(),
             reported: false,
+            spot: SpotChecks::off(),
+            referee: None,
+            spot_report: SpotReport::default(),
         })
     }
 
+    /// Spot-checks this session's steps (see [`spot`]); `referee` gives the third opinion.
+    pub fn with_spot_checks(mut self, spot: SpotChecks, referee: Option<SharedReferee>) -> Self {
+        self.spot = spot;
+        self.referee = referee;
+        self
+    }
+
+    /// Bans the peer at `hop` of `route` for this client, when `e` proves it broke the protocol.
+    fn ban_if_dishonest(&mut self, route: &[Hop], e: &SessionError) {
+        if let SessionError::Dishonest { hop, reason } = e
+            && let Some(h) = route.get(*hop)
+        {
+            self.ban(h, reason);
+        }
+    }
+
+    fn ban(&mut self, h: &Hop, reason: &str) {
+        if self.client.ban(&h.peer_id) {
+            let name = peer_name(Some(h));
+            tracing::warn!("banned {name}: {reason}");
+            self.spot_report.banned.push(name);
+        }
+        self.backoff.fail(&h.peer_id, Instant::now());
+    }
+
+    /// Runs `input` through the route, and spot-checks it when this step is drawn.
+    async fn attempt(&mut self, input: &HiddenStates) -> Result<HiddenStates, SessionError> {
+        let step = self.session.next_step();
+        if !self.spot.selects(step, rand::random::<f64>()) {
+            return self.session.forward_hidden(input).await;
+        }
+        let mut taps = self.session.forward_tapped(input).await?;
+        if let Err(e) = self.spot_check(step, &taps).await {
+            self.session.forget_last();
+            return Err(e);
+        }
+        Ok(taps
+            .pop()
+            .expect("a tapped forward returns the last hop's output"))
+    }
+
+    /// Checks step `step`, whose every hop's output is in `main`, against a run of the prefix
+    /// through other replicas; a main-route hop found wrong is the error.
+    async fn spot_check(&mut self, step: u32, main: &[HiddenStates]) -> Result<(), SessionError> {
+        self.spot_report.checked += 1;
+        self.spot_report.steps.push(step);
+        let route = self.route().to_vec();
+        let check_route = self
+            .client
+            .check_route(&self.model_id, self.n_layers, &route);
+        let chunks = spot::check_chunks(&self.session.history, crate::generate::PREFILL_CHUNK);
+        let check = match run_check(
+            self.client,
+            self.model_id,
+            self.params,
+            &check_route,
+            &chunks,
+        )
+        .await
+        {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::warn!("spot check of step {step} could not run: {e}");
+                self.ban_if_dishonest(&check_route, &e);
+                return Ok(());
+            }
+        };
+        let tolerance = self.spot.tolerance;
+        let Some((k, distance)) = spot::first_disagreement(main, &check, tolerance) else {
+            tracing::debug!(step, "spot check passed");
+            return Ok(());
+        };
+        self.spot_report.mismatches += 1;
+        tracing::warn!(
+            "spot check of step {step}: hop {k} ({}) and its check ({}) differ by {distance:.3e}",
+            peer_name(route.get(k)),
+            peer_name(check_route.get(k))
+        );
+        let Some(referee) = self.referee.clone() else {
+            tracing::warn!("no referee to decide the mismatch; nobody is banned");
+            return Ok(());
+        };
+        let input = if k == 0 {
+            spot::concat(&chunks)
+        } else {
+            check[k - 1].clone()
+        };
+        let blocks = route[k].blocks;
+        let reference = tokio::task::spawn_blocking(move || {
+            referee.run(blocks, &input, crate::generate::PREFILL_CHUNK)
+        })
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|r| r);
+        let reference = match reference {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!("the client could not run blocks {blocks} itself: {e}");
+                return Ok(());
+            }
+        };
+        let n = main[k].n_tokens;
+        let main_d = spot::tail_distance(&main[k], &reference);
+        let check_d = spot::tail_distance(&spot::tail(&check[k], n), &reference);
+        let why = |d: f32| {
+            format!(
+                "spot check of step {step}: blocks {blocks} differ from the client's own run by {d:.3e}"
+            )
+        };
+        match spot::verdict(main_d, check_d, tolerance) {
+            Verdict::Main => {
+                self.ban(&route[k], &why(main_d));
+                Err(SessionError::Dishonest {
+                    hop: k,
+                    reason: why(main_d),
+                })
+            }
+            Verdict::Check => {
+                self.ban(&check_route[k], &why(check_d));
+                Ok(())
+            }
+            Verdict::Both => {
+                self.ban(&check_route[k], &why(check_d));
+                self.ban(&route[k], &why(main_d));
+                Err(SessionError::Dishonest {
+                    hop: k,
+                    reason: why(main_d),
+                })
+            }
+            Verdict::Neither => Ok(()),
+        }
+    }
+}
+
+/// Every hop's output over the whole prefix, run through `route` in `chunks`.
+async fn run_check(
+    client: &SwarmClient,
+    model_id: ModelDigest,
+    params: OpenParams,
+    route: &[Hop],
+    chunks: &[HiddenStates],
+) -> Result<Vec<HiddenStates>, SessionError> {
+    let mut s = SwarmSession::open_with(client.network(), model_id, route.to_vec(), params).await?;
+    let mut parts: Vec<Vec<HiddenStates>> = vec![Vec::new(); route.len()];
+    for c in chunks {
+        let taps = match s.forward_tapped(c).await {
+            Ok(t) => t,
+            Err(e) => {
+                s.close().await;
+                return Err(e);
+            }
+        };
+        for (k, t) in taps.into_iter().enumerate() {
+            parts[k].push(t);
+        }
+    }
+    s.close().await;
+    Ok(parts.iter().map(|p| spot::concat(p)).collect())
+}
+
+impl<'a> ResilientSession<'a> {
     /// The route in use now.
     pub fn route(&self) -> &[Hop] {
         self.session.route()
@@ -222,7 +418,7 @@ impl<'a> ResilientSession<'a> {
         let mut times = RepairTimes::default();
         let mut retries = 0;
         loop {
-            let err = match self.session.forward_hidden(input).await {
+            let err = match self.attempt(input).await {
                 Ok(out) => {
                     self.report_steps(false);
                     if let Some((t0, hop, peer, reason)) = failed_at {
@@ -256,9 +452,11 @@ impl<'a> ResilientSession<'a> {
                     last: err,
                 });
             }
-            let hop = failed_hop(self.route(), &err);
-            let peer = peer_name(self.route().get(hop));
-            report_error(self.routing, &self.model_id, self.route(), &err);
+            let route = self.route().to_vec();
+            let hop = culprit(self.client, &route, &err).await;
+            let peer = peer_name(route.get(hop));
+            self.ban_if_dishonest(&route, &err);
+            report_hop(self.routing, &self.model_id, route.get(hop), &err);
             tracing::warn!("hop {hop} ({peer}) failed: {err}; repairing the route");
             if failed_at.is_none() {
                 failed_at = Some((Instant::now(), hop, peer, err.to_string()));
@@ -344,8 +542,9 @@ impl<'a> ResilientSession<'a> {
                     return Ok(tokens);
                 }
                 Err(e) => {
-                    report_error(self.routing, &self.model_id, &route, &e);
-                    failed = failed_hop(&route, &e);
+                    failed = culprit(self.client, &route, &e).await;
+                    report_hop(self.routing, &self.model_id, route.get(failed), &e);
+                    self.ban_if_dishonest(&route, &e);
                     tracing::warn!("the repaired route failed at hop {failed}: {e}");
                     broken = route;
                     last_error = Some(e);

@@ -6,9 +6,11 @@
 pub mod discovery;
 pub mod failover;
 pub mod learned;
+pub mod receipts;
 pub mod route;
 pub mod session;
 pub mod share;
+pub mod spot;
 
 use std::time::{Duration, Instant};
 
@@ -162,6 +164,9 @@ pub struct SwarmClient {
     last_seen: std::sync::Mutex<Vec<Announcement>>,
     /// When each model was last discovered: a route drawn soon after plans from that view.
     discovered_at: std::sync::Mutex<std::collections::HashMap<ModelDigest, Instant>>,
+    /// Peers this client caught breaking the protocol (a receipt, a spot check): never routed
+    /// to again by this client.
+    banned: std::sync::Mutex<std::collections::HashSet<Vec<u8>>>,
 }
 
 impl SwarmClient {
@@ -201,11 +206,33 @@ impl SwarmClient {
             followed: Default::default(),
             last_seen: Default::default(),
             discovered_at: Default::default(),
+            banned: Default::default(),
         })
     }
 
     pub fn network(&self) -> &Network {
         &self.net
+    }
+
+    /// Never routes to `peer` again (it was caught breaking the protocol); returns whether it
+    /// is newly banned.
+    pub fn ban(&self, peer: &[u8]) -> bool {
+        self.banned
+            .lock()
+            .map(|mut b| b.insert(peer.to_vec()))
+            .unwrap_or(false)
+    }
+
+    /// The peers this client has banned.
+    pub fn banned(&self) -> Vec<Vec<u8>> {
+        self.banned
+            .lock()
+            .map(|b| b.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn is_banned(&self, peer: &[u8]) -> bool {
+        self.banned.lock().is_ok_and(|b| b.contains(peer))
     }
 
     /// Subscribes to a model's energy gossip so later discoveries see fresh state (the DHT
@@ -233,7 +260,8 @@ impl SwarmClient {
         // seconds, and an announcement that was live when asked for is still a fair route.
         let asked_at = now_ms();
         let all = discovery::discover(&self.net, model_id, n_layers).await?;
-        let live = route::usable(&all, model_id, n_layers, asked_at);
+        let mut live = route::usable(&all, model_id, n_layers, asked_at);
+        live.retain(|a| !self.is_banned(&a.peer_id));
         if let Ok(mut seen) = self.last_seen.lock() {
             seen.retain(|a| &a.model_id != model_id);
             seen.extend(live.iter().cloned());
@@ -311,12 +339,39 @@ impl SwarmClient {
         .await
     }
 
+    /// A route for a spot check of `route`: for every hop, another live replica of the same
+    /// blocks (drawn at random) where there is one, else the same peer.
+    pub fn check_route(&self, model_id: &ModelDigest, n_layers: u32, route: &[Hop]) -> Vec<Hop> {
+        let anns = self.recent(model_id, n_layers);
+        route
+            .iter()
+            .map(|hop| {
+                let others: Vec<&Announcement> = anns
+                    .iter()
+                    .filter(|a| a.blocks == hop.blocks && a.peer_id != hop.peer_id)
+                    .collect();
+                if others.is_empty() {
+                    return hop.clone();
+                }
+                let a = others[rand::random::<u64>() as usize % others.len()];
+                Hop {
+                    peer_id: a.peer_id.clone(),
+                    addrs: a.addrs.clone(),
+                    blocks: a.blocks,
+                }
+            })
+            .collect()
+    }
+
     /// The live announcements of the last discovery of `model_id`.
     fn recent(&self, model_id: &ModelDigest, n_layers: u32) -> Vec<Announcement> {
         self.last_seen
             .lock()
             .map(|s| route::usable(&s, model_id, n_layers, now_ms()))
             .unwrap_or_default()
+            .into_iter()
+            .filter(|a| !self.is_banned(&a.peer_id))
+            .collect()
     }
 
     /// Discovers again and again until `plan` finds a route in the live announcements, for up

@@ -14,8 +14,10 @@ use sunswarm_net::stream::{OpenError, send_first, send_open};
 use sunswarm_protocol::io::{FrameReader, write_message};
 use sunswarm_protocol::{
     DType, ErrorKind, Forward, Hop, HopTiming, ModelDigest, OpenSession, Request, Response,
-    SessionId, TensorFrame, WireError,
+    SessionId, TensorFrame, WireError, route_digest,
 };
+
+use super::receipts::{self, Expected};
 
 use crate::generate::{Pipeline, PipelineError};
 
@@ -31,6 +33,9 @@ pub enum SessionError {
     Stream { peer: PeerId, reason: String },
     #[error("bad answer: {0}")]
     Protocol(String),
+    /// The receipts of a forward (or a spot check) show that a hop broke the protocol.
+    #[error("hop {hop} is dishonest: {reason}")]
+    Dishonest { hop: usize, reason: String },
 }
 
 /// How long a forward may take to come out of the last hop. Each hop reports a next hop that
@@ -54,8 +59,32 @@ pub fn failed_hop(route: &[Hop], e: &SessionError) -> usize {
             route.iter().position(|h| h.peer_id == id).unwrap_or(0)
         }
         SessionError::Protocol(_) => 0,
+        SessionError::Dishonest { hop, .. } => (*hop).min(last),
     }
 }
+
+/// Whether `hop`'s peer answers a stream from this client now (an attach to a session that does
+/// not exist, which a live node refuses at once): what the client itself sees of a peer that
+/// another peer says has failed.
+pub async fn answers(net: &Network, hop: &Hop) -> bool {
+    let Ok(peer) = PeerId::from_bytes(&hop.peer_id) else {
+        return false;
+    };
+    let addrs: Vec<Multiaddr> = hop.addrs.iter().filter_map(|a| a.parse().ok()).collect();
+    if net.add_addresses(peer, addrs).await.is_err() {
+        return false;
+    }
+    let probe = Request::Attach {
+        session: SessionId(rand::random()),
+    };
+    matches!(
+        tokio::time::timeout(PROBE_TIMEOUT, send_first(net, peer, &probe)).await,
+        Ok(Ok(_))
+    )
+}
+
+/// How long a live peer may take to answer a probe.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Timing of one forward through the whole route.
 #[derive(Debug, Clone, Serialize)]
@@ -109,6 +138,9 @@ pub struct SwarmSession {
     /// Every input sent so far, in order: the prefix a replacement peer would need.
     pub history: Vec<HiddenStates>,
     pub timings: Vec<ForwardTiming>,
+    /// The route's peers and digest, against which every receipt is checked.
+    peers: Vec<Vec<u8>>,
+    route_digest: [u8; 32],
 }
 
 impl SwarmSession {
@@ -176,6 +208,8 @@ impl SwarmSession {
             .map_err(|e| open_failed(last, e))?;
         expect_opened(answer, session)?;
         Ok(SwarmSession {
+            peers: route.iter().map(|h| h.peer_id.clone()).collect(),
+            route_digest: route_digest(&route),
             route,
             first,
             last,
@@ -200,12 +234,24 @@ impl SwarmSession {
         self.session
     }
 
+    /// The step number the next forward will carry.
+    pub fn next_step(&self) -> u32 {
+        self.step
+    }
+
+    /// Forgets the last forward (its output was rejected): the session itself is abandoned, and
+    /// a replacement replays the history without it.
+    pub fn forget_last(&mut self) {
+        self.history.pop();
+        self.timings.pop();
+    }
+
     /// Sends the inputs of an earlier session, in the same chunks, so that every hop's KV cache
     /// holds exactly what the lost session's did (the same chunking gives bit-identical state;
     /// one merged prefill would not).
     pub async fn replay(&mut self, history: &[HiddenStates]) -> Result<(), SessionError> {
         for input in history {
-            self.send(input, true).await?;
+            self.send(input, true, false).await?;
         }
         Ok(())
     }
@@ -215,14 +261,27 @@ impl SwarmSession {
         &mut self,
         input: &HiddenStates,
     ) -> Result<HiddenStates, SessionError> {
-        self.send(input, false).await
+        Ok(self.send(input, false, false).await?.0)
+    }
+
+    /// [`forward_hidden`](Self::forward_hidden), also returning every hop's output (the last
+    /// hop's included), each checked against the hop's signed receipt: what a spot check
+    /// compares.
+    pub async fn forward_tapped(
+        &mut self,
+        input: &HiddenStates,
+    ) -> Result<Vec<HiddenStates>, SessionError> {
+        let (out, mut taps) = self.send(input, false, true).await?;
+        taps.push(out);
+        Ok(taps)
     }
 
     async fn send(
         &mut self,
         input: &HiddenStates,
         replay: bool,
-    ) -> Result<HiddenStates, SessionError> {
+        tap: bool,
+    ) -> Result<(HiddenStates, Vec<HiddenStates>), SessionError> {
         let t0 = Instant::now();
         let dim = input.dim;
         let frame = TensorFrame::from_f32(
@@ -231,12 +290,15 @@ impl SwarmSession {
             self.dtype,
         )
         .map_err(|e| SessionError::Protocol(e.to_string()))?;
+        let sent = frame.checksum;
         let f = Forward {
             session: self.session,
             step: self.step,
             position: self.position,
             hidden: frame,
-            timings: Vec::new(),
+            receipts: Vec::new(),
+            tap,
+            taps: Vec::new(),
         };
         write_message(&mut self.stream, &Request::Forward(f))
             .await
@@ -244,13 +306,14 @@ impl SwarmSession {
                 peer: self.first,
                 reason: e.to_string(),
             })?;
-        let (hidden, hops) = match self.next_output().await? {
+        let (hidden, receipts, taps) = match self.next_output().await? {
             Response::Hidden {
                 session,
                 step,
                 hidden,
-                timings,
-            } if session == self.session && step == self.step => (hidden, timings),
+                receipts,
+                taps,
+            } if session == self.session && step == self.step => (hidden, receipts, taps),
             Response::Error(e) => return Err(SessionError::Refused(e)),
             other => {
                 return Err(SessionError::Protocol(format!(
@@ -259,21 +322,49 @@ impl SwarmSession {
                 )));
             }
         };
-        if hops.len() != self.route.len() {
-            return Err(SessionError::Protocol(format!(
-                "the output carries {} hop timings for a route of {} hops",
-                hops.len(),
-                self.route.len()
-            )));
-        }
-        let (n, data) = hidden
-            .to_hidden(dim)
-            .map_err(|e| SessionError::Protocol(e.to_string()))?;
+        let want = Expected {
+            peers: &self.peers,
+            route: self.route_digest,
+            session: self.session,
+            step: self.step,
+            sent,
+            received: hidden.checksum,
+            tapped: tap,
+        };
+        let hops = receipts::check(&want, &receipts, &taps, |p, m, s| {
+            sunswarm_net::announce::verify_by(p, m, s)
+        })
+        .map_err(|b| SessionError::Dishonest {
+            hop: b.hop,
+            reason: b.reason,
+        })?;
+        let (n, data) = hidden.to_hidden(dim).map_err(|e| SessionError::Dishonest {
+            hop: self.route.len() - 1,
+            reason: e.to_string(),
+        })?;
         if n != input.n_tokens {
-            return Err(SessionError::Protocol(format!(
-                "sent {} tokens, got {n} back",
-                input.n_tokens
-            )));
+            return Err(SessionError::Dishonest {
+                hop: self.route.len() - 1,
+                reason: format!("sent {} tokens, got {n} back", input.n_tokens),
+            });
+        }
+        let mut tapped = Vec::with_capacity(taps.len());
+        for (k, t) in taps.iter().enumerate() {
+            let (tn, tdata) = t.to_hidden(dim).map_err(|e| SessionError::Dishonest {
+                hop: k,
+                reason: format!("tap: {e}"),
+            })?;
+            let h = HiddenStates::new(tn, dim, tdata).map_err(|e| SessionError::Dishonest {
+                hop: k,
+                reason: format!("tap: {e}"),
+            })?;
+            if tn != n {
+                return Err(SessionError::Dishonest {
+                    hop: k,
+                    reason: format!("tap of {tn} tokens for a forward of {n}"),
+                });
+            }
+            tapped.push(h);
         }
         self.timings.push(ForwardTiming {
             n_tokens: n,
@@ -284,7 +375,11 @@ impl SwarmSession {
         self.step += 1;
         self.position += n as u32;
         self.history.push(input.clone());
-        HiddenStates::new(n, dim, data).map_err(|e| SessionError::Protocol(e.to_string()))
+        let out = HiddenStates::new(n, dim, data).map_err(|e| SessionError::Dishonest {
+            hop: self.route.len() - 1,
+            reason: e.to_string(),
+        })?;
+        Ok((out, tapped))
     }
 
     /// The last hop's next message, or the error the route sends up the first hop's stream,

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use sunswarm_protocol::{
     Announcement, BlockRange, DType, EnergyState, ErrorKind, Forward, Hop, HopTiming, OpenSession,
-    PowerSetting, Request, Response, SessionId, SignedAnnouncement, TensorFrame, WireError,
+    PowerSetting, Receipt, Request, Response, SessionId, SignedAnnouncement, TensorFrame, WireError,
     encode,
 };
 
@@ -47,18 +47,18 @@ fn main() {
             step: 4,
             position: 12,
             hidden: frame(2, 3, DType::F32),
-            timings: vec![HopTiming {
-                hop: 0,
-                compute_us: 10,
-                total_us: 12,
-            }],
+            receipts: vec![receipt(0)],
+            tap: true,
+            taps: vec![frame(1, 3, DType::F32)],
         }),
         Request::Forward(Forward {
             session,
             step: 5,
             position: 14,
             hidden: frame(1, 4, DType::F16),
-            timings: Vec::new(),
+            receipts: Vec::new(),
+        tap: false,
+        taps: Vec::new(),
         }),
         Request::Attach { session },
         Request::Close { session },
@@ -78,11 +78,8 @@ fn main() {
             session,
             step: 9,
             hidden: frame(2, 3, DType::F32),
-            timings: vec![HopTiming {
-                hop: 0,
-                compute_us: 10,
-                total_us: 30,
-            }],
+            receipts: vec![receipt(0), receipt(1)],
+            taps: Vec::new(),
         },
         Response::Error(WireError {
             kind: ErrorKind::PowerSaving,
@@ -144,5 +141,20 @@ fn main() {
         bytes.push(0);
         bytes.extend_from_slice(&postcard::to_allocvec(&f).unwrap());
         write("tensor_frame", name, &bytes);
+    }
+}
+
+fn receipt(hop: u16) -> Receipt {
+    Receipt {
+        timing: HopTiming {
+            hop,
+            compute_us: 10,
+            total_us: 12,
+        },
+        signer: vec![1; 38],
+        route: [2; 32],
+        input: [3; 32],
+        output: [4; 32],
+        signature: vec![5; 64],
     }
 }

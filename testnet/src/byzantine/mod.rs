@@ -7,8 +7,8 @@
 //! can wait for it.
 //!
 //! Modes (`MODE[:key=value,...]`):
-//! - `wrong-output[:from=S]`: every output from step S on (default 0) is perturbed (scaled and
-//!   shifted), with a receipt that vouches for it.
+//! - `wrong-output[:from=S,steps=N]`: every output from step S on (default 0), for N steps
+//!   (default all), is perturbed (scaled and shifted), with a receipt that vouches for it.
 //! - `rewrite-route`: the route it passes on names another replica at the next hop.
 //! - `flood-gossip[:keys=N]`: N valid announcements of made-up peers (default 100,000), each
 //!   signed by its own key, written onto a gossip stream to every other node.
@@ -40,7 +40,7 @@ use sunswarm_protocol::{
 /// A hostile behaviour.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Mode {
-    WrongOutput { from_step: u32 },
+    WrongOutput { from_step: u32, steps: u32 },
     RewriteRoute,
     FloodGossip { keys: usize },
     ForgeAnnouncements,
@@ -69,6 +69,7 @@ impl FromStr for Mode {
         let mode = match name {
             "wrong-output" => Mode::WrongOutput {
                 from_step: u32::try_from(num("from", 0)?)?,
+                steps: u32::try_from(num("steps", u64::from(u32::MAX))?)?,
             },
             "rewrite-route" => Mode::RewriteRoute,
             "flood-gossip" => Mode::FloodGossip {
@@ -86,7 +87,7 @@ impl FromStr for Mode {
             ),
         };
         let known: &[&str] = match mode {
-            Mode::WrongOutput { .. } => &["from"],
+            Mode::WrongOutput { .. } => &["from", "steps"],
             Mode::FloodGossip { .. } => &["keys"],
             Mode::BlameNext { .. } => &["after"],
             _ => &[],
@@ -210,8 +211,9 @@ impl Hooks for Hostile {
     }
 
     fn output(&self, _open: &OpenSession, step: u32, rows: &mut [f32]) {
-        if let Mode::WrongOutput { from_step } = self.mode
+        if let Mode::WrongOutput { from_step, steps } = self.mode
             && step >= from_step
+            && step - from_step < steps
         {
             for v in rows.iter_mut() {
                 *v = *v * 1.5 + 0.25;
@@ -475,11 +477,17 @@ mod tests {
     fn modes_parse() {
         assert_eq!(
             "wrong-output".parse::<Mode>().unwrap(),
-            Mode::WrongOutput { from_step: 0 }
+            Mode::WrongOutput {
+                from_step: 0,
+                steps: u32::MAX
+            }
         );
         assert_eq!(
-            "wrong-output:from=5".parse::<Mode>().unwrap(),
-            Mode::WrongOutput { from_step: 5 }
+            "wrong-output:from=5,steps=1".parse::<Mode>().unwrap(),
+            Mode::WrongOutput {
+                from_step: 5,
+                steps: 1
+            }
         );
         assert_eq!(
             "flood-gossip:keys=10".parse::<Mode>().unwrap(),
