@@ -239,6 +239,7 @@ impl<'a> ResilientSession<'a> {
     pub fn with_spot_checks(mut self, spot: SpotChecks, referee: Option<SharedReferee>) -> Self {
         self.spot = spot;
         self.referee = referee;
+        self.session.set_tapping(spot.fraction > 0.0);
         self
     }
 
@@ -260,28 +261,26 @@ impl<'a> ResilientSession<'a> {
         self.backoff.fail(&h.peer_id, Instant::now());
     }
 
-    /// Runs `input` through the route, and spot-checks it when this step is drawn.
+    /// Runs `input` through the route, and spot-checks the session when this step is drawn.
     async fn attempt(&mut self, input: &HiddenStates) -> Result<HiddenStates, SessionError> {
         let step = self.session.next_step();
-        if !self.spot.selects(step, rand::random::<f64>()) {
-            return self.session.forward_hidden(input).await;
-        }
-        let mut taps = self.session.forward_tapped(input).await?;
-        if let Err(e) = self.spot_check(step, &taps).await {
+        let out = self.session.forward_hidden(input).await?;
+        if self.spot.selects(step, rand::random::<f64>())
+            && let Err(e) = self.spot_check(step).await
+        {
             self.session.forget_last();
             return Err(e);
         }
-        Ok(taps
-            .pop()
-            .expect("a tapped forward returns the last hop's output"))
+        Ok(out)
     }
 
-    /// Checks step `step`, whose every hop's output is in `main`, against a run of the prefix
-    /// through other replicas; a main-route hop found wrong is the error.
-    async fn spot_check(&mut self, step: u32, main: &[HiddenStates]) -> Result<(), SessionError> {
+    /// Checks everything the session's hops have output so far (up to step `step`) against a
+    /// run of the same prefix through other replicas; a main-route hop found wrong is the error.
+    async fn spot_check(&mut self, step: u32) -> Result<(), SessionError> {
         self.spot_report.checked += 1;
         self.spot_report.steps.push(step);
         let route = self.route().to_vec();
+        let main = self.session.outputs_per_hop();
         let check_route = self
             .client
             .check_route(&self.model_id, self.n_layers, &route);
@@ -303,20 +302,25 @@ impl<'a> ResilientSession<'a> {
             }
         };
         let tolerance = self.spot.tolerance;
-        let Some((k, distance)) = spot::first_disagreement(main, &check, tolerance) else {
+        let Some(found) = spot::earliest_disagreement(&main, &check, tolerance) else {
             tracing::debug!(step, "spot check passed");
             return Ok(());
         };
+        let (k, position) = (found.hop, found.position);
         self.spot_report.mismatches += 1;
         tracing::warn!(
-            "spot check of step {step}: hop {k} ({}) and its check ({}) differ by {distance:.3e}",
+            "spot check of step {step}: at position {position}, hop {k} ({}) and its check ({}) \
+             differ by {:.3e}",
             peer_name(route.get(k)),
-            peer_name(check_route.get(k))
+            peer_name(check_route.get(k)),
+            found.distance
         );
         let Some(referee) = self.referee.clone() else {
             tracing::warn!("no referee to decide the mismatch; nobody is banned");
             return Ok(());
         };
+        // Up to `position`, hop k's inputs were the same on both runs: the client runs blocks k
+        // on the check's inputs and compares both sides there.
         let input = if k == 0 {
             spot::concat(&chunks)
         } else {
@@ -336,12 +340,13 @@ impl<'a> ResilientSession<'a> {
                 return Ok(());
             }
         };
-        let n = main[k].n_tokens;
-        let main_d = spot::tail_distance(&main[k], &reference);
-        let check_d = spot::tail_distance(&spot::tail(&check[k], n), &reference);
+        let rows = position + 1;
+        let main_d = spot::head_distance(&main[k], &reference, rows);
+        let check_d = spot::head_distance(&check[k], &reference, rows);
         let why = |d: f32| {
             format!(
-                "spot check of step {step}: blocks {blocks} differ from the client's own run by {d:.3e}"
+                "spot check of step {step}: its output of blocks {blocks} at position {position} \
+                 differs from the client's own run by {d:.3e}"
             )
         };
         match spot::verdict(main_d, check_d, tolerance) {
@@ -378,21 +383,16 @@ async fn run_check(
     chunks: &[HiddenStates],
 ) -> Result<Vec<HiddenStates>, SessionError> {
     let mut s = SwarmSession::open_with(client.network(), model_id, route.to_vec(), params).await?;
-    let mut parts: Vec<Vec<HiddenStates>> = vec![Vec::new(); route.len()];
+    s.set_tapping(true);
     for c in chunks {
-        let taps = match s.forward_tapped(c).await {
-            Ok(t) => t,
-            Err(e) => {
-                s.close().await;
-                return Err(e);
-            }
-        };
-        for (k, t) in taps.into_iter().enumerate() {
-            parts[k].push(t);
+        if let Err(e) = s.forward_hidden(c).await {
+            s.close().await;
+            return Err(e);
         }
     }
+    let outputs = s.outputs_per_hop();
     s.close().await;
-    Ok(parts.iter().map(|p| spot::concat(p)).collect())
+    Ok(outputs)
 }
 
 impl<'a> ResilientSession<'a> {
@@ -525,7 +525,10 @@ impl<'a> ResilientSession<'a> {
             times.open_ms += ms_since(t);
             let t = Instant::now();
             let outcome = match opened {
-                Ok(mut next) => match next.replay(&self.session.history).await {
+                Ok(mut next) => match {
+                    next.set_tapping(self.spot.fraction > 0.0);
+                    next.replay(&self.session.history).await
+                } {
                     Ok(()) => Ok(next),
                     Err(e) => Err(e),
                 },

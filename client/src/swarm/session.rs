@@ -138,6 +138,10 @@ pub struct SwarmSession {
     /// Every input sent so far, in order: the prefix a replacement peer would need.
     pub history: Vec<HiddenStates>,
     pub timings: Vec<ForwardTiming>,
+    /// Whether every forward asks each hop for a copy of its output (spot checks need them).
+    tapping: bool,
+    /// With tapping on: every forward's outputs, one per hop (the last hop's included).
+    pub tapped: Vec<Vec<HiddenStates>>,
     /// The route's peers and digest, against which every receipt is checked.
     peers: Vec<Vec<u8>>,
     route_digest: [u8; 32],
@@ -208,6 +212,8 @@ impl SwarmSession {
             .map_err(|e| open_failed(last, e))?;
         expect_opened(answer, session)?;
         Ok(SwarmSession {
+            tapping: false,
+            tapped: Vec::new(),
             peers: route.iter().map(|h| h.peer_id.clone()).collect(),
             route_digest: route_digest(&route),
             route,
@@ -244,6 +250,29 @@ impl SwarmSession {
     pub fn forget_last(&mut self) {
         self.history.pop();
         self.timings.pop();
+        if self.tapping {
+            self.tapped.pop();
+        }
+    }
+
+    /// From the next forward on, every hop copies its output to the client (see
+    /// [`tapped`](Self::tapped)), checked against its receipt.
+    pub fn set_tapping(&mut self, on: bool) {
+        self.tapping = on;
+    }
+
+    /// Every hop's outputs over all positions tapped so far, one tensor per hop.
+    pub fn outputs_per_hop(&self) -> Vec<HiddenStates> {
+        (0..self.route.len())
+            .map(|k| {
+                let parts: Vec<HiddenStates> = self
+                    .tapped
+                    .iter()
+                    .filter_map(|o| o.get(k).cloned())
+                    .collect();
+                super::spot::concat(&parts)
+            })
+            .collect()
     }
 
     /// Sends the inputs of an earlier session, in the same chunks, so that every hop's KV cache
@@ -251,7 +280,7 @@ impl SwarmSession {
     /// one merged prefill would not).
     pub async fn replay(&mut self, history: &[HiddenStates]) -> Result<(), SessionError> {
         for input in history {
-            self.send(input, true, false).await?;
+            self.send(input, true).await?;
         }
         Ok(())
     }
@@ -261,27 +290,15 @@ impl SwarmSession {
         &mut self,
         input: &HiddenStates,
     ) -> Result<HiddenStates, SessionError> {
-        Ok(self.send(input, false, false).await?.0)
-    }
-
-    /// [`forward_hidden`](Self::forward_hidden), also returning every hop's output (the last
-    /// hop's included), each checked against the hop's signed receipt: what a spot check
-    /// compares.
-    pub async fn forward_tapped(
-        &mut self,
-        input: &HiddenStates,
-    ) -> Result<Vec<HiddenStates>, SessionError> {
-        let (out, mut taps) = self.send(input, false, true).await?;
-        taps.push(out);
-        Ok(taps)
+        self.send(input, false).await
     }
 
     async fn send(
         &mut self,
         input: &HiddenStates,
         replay: bool,
-        tap: bool,
-    ) -> Result<(HiddenStates, Vec<HiddenStates>), SessionError> {
+    ) -> Result<HiddenStates, SessionError> {
+        let tap = self.tapping;
         let t0 = Instant::now();
         let dim = input.dim;
         let frame = TensorFrame::from_f32(
@@ -379,7 +396,11 @@ impl SwarmSession {
             hop: self.route.len() - 1,
             reason: e.to_string(),
         })?;
-        Ok((out, tapped))
+        if tap {
+            tapped.push(out.clone());
+            self.tapped.push(tapped);
+        }
+        Ok(out)
     }
 
     /// The last hop's next message, or the error the route sends up the first hop's stream,

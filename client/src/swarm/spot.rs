@@ -1,17 +1,28 @@
-//! Spot checks: the client re-runs a few steps through independently chosen replicas and
-//! compares every hop's output, so a peer that returns hidden states of its choosing is caught.
+//! Spot checks: the client re-runs the session's prefix through independently chosen replicas
+//! and compares every hop's outputs, so a peer that returns hidden states of its choosing is
+//! caught.
 //!
-//! On a checked step the main route copies each hop's output to the client (taps, each checked
-//! against the hop's signed receipt). The client then sends the whole prefix through a second
-//! route that uses, for every range, another replica where one exists, and compares, range by
-//! range, the rows of the checked step. Both runs use the same build and backend: where the check
-//! replays the prefix in the chunks the main route saw (the prompt), outputs agree bit for bit;
-//! decode steps are replayed merged into one chunk, whose different summation order moves
-//! hidden states by about 1e-6 relative, so outputs are compared within [`SpotChecks::tolerance`]
-//! (relative L2 per row). The first range where the two disagree gets a third opinion: the
-//! client runs that range itself ([`Referee`]). Whoever disagrees with the referee is banned for
-//! this client; if it was on the main route, the route is repaired and the step replayed, so the
-//! text is what an honest swarm gives.
+//! With spot checks on, every forward asks each hop for a copy of its output (taps, each checked
+//! against the hop's signed receipt; one row per hop per token, a few KiB), and the client keeps
+//! them. On a checked step (the first [`SpotChecks::first`] forwards, then a drawn
+//! [`SpotChecks::fraction`]) it sends the whole prefix through a second route that uses, for
+//! every range, another replica where one exists, and compares the two runs position by
+//! position, hop by hop ([`earliest_disagreement`]). So a check covers everything before it: a
+//! lie on an unchecked step is caught at the next check, and at the earliest differing position
+//! the hops before the first differing one still agree, which localizes the liar even after its
+//! lie has moved every later hop's cache.
+//!
+//! Both runs use the same build and backend. The check replays the prompt in the chunks the main
+//! route saw, which agree bit for bit; decode steps are replayed merged into one chunk, whose
+//! different summation order moves hidden states by about 3e-7 relative (measured on
+//! SmolLM2-135M), so outputs are compared within [`SpotChecks::tolerance`] (relative L2 per
+//! row, 1e-3 by default). The first range that disagrees gets a third opinion: the client runs
+//! that range itself on the check's inputs ([`Referee`]). Whoever disagrees with the referee is
+//! banned for this client; if it was on the main route, the route is repaired and the step
+//! replayed, so from the detection on the text is what an honest swarm gives. Tokens emitted
+//! between an unchecked lie and the check that catches it stay emitted (a stream cannot take
+//! them back); the always-checked first forwards keep a peer that lies from the start out of
+//! the text entirely.
 //!
 //! This module holds the pure parts: which steps to check, and how outputs are compared.
 
@@ -130,36 +141,67 @@ pub fn row_distance(a: &[f32], b: &[f32]) -> f32 {
     (diff.sqrt() / norm.sqrt().max(1e-6)) as f32
 }
 
-/// The largest row distance between `a` and the last `a.n_tokens` rows of `b` (infinite when
-/// the shapes do not fit).
-pub fn tail_distance(a: &HiddenStates, b: &HiddenStates) -> f32 {
-    if a.dim != b.dim || a.n_tokens > b.n_tokens || a.dim == 0 {
-        return f32::INFINITY;
-    }
-    let skip = (b.n_tokens - a.n_tokens) * b.dim;
-    a.data
-        .chunks(a.dim)
-        .zip(b.data[skip..].chunks(b.dim))
-        .map(|(x, y)| row_distance(x, y))
-        // A NaN distance is kept (f32::max would drop it): it never agrees.
-        .fold(0.0, |m, d| if d.is_nan() || d > m { d } else { m })
+/// Where a session's outputs and a check run's first part: the earliest position at which some
+/// hop's output disagrees, and the first such hop there.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Disagreement {
+    pub position: usize,
+    pub hop: usize,
+    pub distance: f32,
 }
 
-/// The first hop whose step output (`main[k]`, the checked step's rows) disagrees with the check
-/// run's (`check[k]`, the whole prefix, compared on its last rows), with the distance.
-pub fn first_disagreement(
+/// The earliest (position, hop) at which `main[hop]` and `check[hop]` (every hop's outputs over
+/// the same positions) disagree beyond `tolerance`. Position first: a hop that lied once moves
+/// every later hop at that position and, through their caches, at later positions too, but at
+/// the earliest differing position the hops before it still agree, so the first hop to differ
+/// there received the same inputs as its check, and it (or its check) is wrong.
+pub fn earliest_disagreement(
     main: &[HiddenStates],
     check: &[HiddenStates],
     tolerance: f32,
-) -> Option<(usize, f32)> {
+) -> Option<Disagreement> {
+    let whole = Some(Disagreement {
+        position: 0,
+        hop: 0,
+        distance: f32::INFINITY,
+    });
     if main.len() != check.len() {
-        return Some((0, f32::INFINITY));
+        return whole;
     }
-    main.iter()
-        .zip(check)
-        .map(|(m, c)| tail_distance(m, c))
-        .enumerate()
-        .find(|&(_, d)| !(d <= tolerance))
+    for (m, c) in main.iter().zip(check) {
+        if m.n_tokens != c.n_tokens || m.dim != c.dim || m.dim == 0 {
+            return whole;
+        }
+    }
+    let n = main.first().map_or(0, |m| m.n_tokens);
+    for position in 0..n {
+        for (hop, (m, c)) in main.iter().zip(check).enumerate() {
+            let row = position * m.dim..(position + 1) * m.dim;
+            let distance = row_distance(&m.data[row.clone()], &c.data[row]);
+            if !(distance <= tolerance) {
+                return Some(Disagreement {
+                    position,
+                    hop,
+                    distance,
+                });
+            }
+        }
+    }
+    None
+}
+
+/// The largest row distance between the first `rows` rows of `a` and of `b` (infinite when the
+/// shapes do not fit). A NaN distance is kept: it never agrees.
+pub fn head_distance(a: &HiddenStates, b: &HiddenStates, rows: usize) -> f32 {
+    if a.dim != b.dim || a.dim == 0 || rows > a.n_tokens || rows > b.n_tokens {
+        return f32::INFINITY;
+    }
+    let end = rows * a.dim;
+    a.data[..end]
+        .chunks(a.dim)
+        .zip(b.data[..end].chunks(b.dim))
+        .map(|(x, y)| row_distance(x, y))
+        .fold(0.0, |m, d| if d.is_nan() || d > m { d } else { m })
 }
 
 /// The prefix in chunks for a check run: the prompt chunks as they were sent (so that a check
@@ -194,16 +236,6 @@ pub fn check_chunks(history: &[HiddenStates], chunk: usize) -> Vec<HiddenStates>
     }
     flush(&mut out, &mut pending, &mut pending_n);
     out
-}
-
-/// The last `n` rows of `h`.
-pub fn tail(h: &HiddenStates, n: usize) -> HiddenStates {
-    let n = n.min(h.n_tokens);
-    HiddenStates {
-        n_tokens: n,
-        dim: h.dim,
-        data: h.data[(h.n_tokens - n) * h.dim..].to_vec(),
-    }
 }
 
 /// Joins per-chunk outputs of one hop into one tensor of every position.
@@ -273,39 +305,49 @@ mod tests {
     }
 
     #[test]
-    fn distances_are_relative_per_row_and_compare_the_last_rows() {
+    fn distances_are_relative_per_row() {
         assert_eq!(row_distance(&[3.0, 4.0], &[3.0, 4.0]), 0.0);
         assert!((row_distance(&[3.0, 4.5], &[3.0, 4.0]) - 0.1).abs() < 1e-6);
         assert_eq!(row_distance(&[1.0], &[1.0, 2.0]), f32::INFINITY);
-        let step = hs(&[&[1.0, 1.0]]);
-        let prefix = hs(&[&[9.0, 9.0], &[1.0, 1.0]]);
-        assert_eq!(tail_distance(&step, &prefix), 0.0);
-        let wrong = hs(&[&[9.0, 9.0], &[1.5, 1.0]]);
-        assert!(tail_distance(&step, &wrong) > 0.1);
-        assert_eq!(tail_distance(&prefix, &step), f32::INFINITY);
+        let a = hs(&[&[1.0, 1.0], &[5.0, 5.0]]);
+        let b = hs(&[&[1.0, 1.0], &[9.0, 9.0]]);
+        assert_eq!(head_distance(&a, &b, 1), 0.0);
+        assert!(head_distance(&a, &b, 2) > 0.4);
+        assert_eq!(head_distance(&a, &b, 3), f32::INFINITY);
+        let nan = hs(&[&[f32::NAN, 1.0], &[5.0, 5.0]]);
+        assert!(head_distance(&nan, &a, 2).is_nan());
     }
 
     #[test]
-    fn the_first_disagreeing_hop_is_named() {
-        let a = hs(&[&[1.0, 2.0]]);
-        let b = hs(&[&[0.0, 0.0], &[1.0, 2.0]]);
-        let bad = hs(&[&[0.0, 0.0], &[1.5, 2.0]]);
+    fn the_earliest_position_and_the_first_hop_there_are_named() {
         let t = 1e-3;
+        let good = hs(&[&[1.0, 2.0], &[3.0, 4.0], &[5.0, 6.0]]);
+        // Hop 1 lied at position 1: hop 1 and hop 2 differ from there on; hop 2 also differs
+        // at position 2 through its cache.
+        let lied = hs(&[&[1.0, 2.0], &[3.5, 4.0], &[5.0, 6.0]]);
+        let moved = hs(&[&[1.0, 2.0], &[9.0, 4.0], &[7.0, 6.0]]);
+        let main = [good.clone(), lied, moved];
+        let check = [good.clone(), good.clone(), good.clone()];
+        let d = earliest_disagreement(&main, &check, t).unwrap();
+        assert_eq!((d.position, d.hop), (1, 1));
+        assert!(d.distance > 0.05);
+        assert_eq!(earliest_disagreement(&check, &check, t), None);
+        // Shapes that do not fit disagree at once.
         assert_eq!(
-            first_disagreement(&[a.clone(), a.clone()], &[b.clone(), b.clone()], t),
-            None
+            earliest_disagreement(&check[..2], &check, t).map(|d| d.hop),
+            Some(0)
         );
-        let (k, d) = first_disagreement(
-            &[a.clone(), a.clone(), a.clone()],
-            &[b.clone(), bad.clone(), bad],
-            t,
-        )
-        .unwrap();
-        assert_eq!(k, 1);
-        assert!(d > 0.1);
+        let short = hs(&[&[1.0, 2.0]]);
+        assert_eq!(
+            earliest_disagreement(&[short], &[good.clone()], t).map(|d| d.position),
+            Some(0)
+        );
         // NaN never agrees.
-        let nan = hs(&[&[f32::NAN, 2.0]]);
-        assert_eq!(first_disagreement(&[nan], &[b], t).map(|x| x.0), Some(0));
+        let nan = hs(&[&[1.0, 2.0], &[f32::NAN, 4.0], &[5.0, 6.0]]);
+        assert_eq!(
+            earliest_disagreement(&[nan], &[good], t).map(|d| d.position),
+            Some(1)
+        );
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //!
 //! Modes (`MODE[:key=value,...]`):
 //! - `wrong-output[:from=S,steps=N]`: every output from step S on (default 0), for N steps
-//!   (default all), is perturbed (scaled and shifted), with a receipt that vouches for it.
+//!   (default all), is perturbed (negated, scaled and shifted: enough to steer the text), with
+//!   a receipt that vouches for it.
 //! - `rewrite-route`: the route it passes on names another replica at the next hop.
 //! - `flood-gossip[:keys=N]`: N valid announcements of made-up peers (default 100,000), each
 //!   signed by its own key, written onto a gossip stream to every other node.
@@ -216,7 +217,7 @@ impl Hooks for Hostile {
             && step - from_step < steps
         {
             for v in rows.iter_mut() {
-                *v = *v * 1.5 + 0.25;
+                *v = 0.25 - *v * 1.5;
             }
             self.report_once("PERTURBED");
         }
