@@ -100,35 +100,88 @@ impl Default for SessionLimits {
     }
 }
 
-/// Counts the streams that have not opened a session yet, in all and per peer.
+/// Counts the streams that have not opened a session yet, in all and per peer. When every
+/// place is taken, a new stream evicts the oldest one that has not sent its first message yet
+/// (an honest peer sends it at once, so the oldest silent stream is the likeliest to be idle):
+/// a stranger holding the places with silent streams delays honest streams by no more than its
+/// own rate of opening allows, instead of shutting them out.
 #[derive(Debug, Default)]
 pub struct StreamGate {
-    pending: Mutex<(usize, HashMap<PeerId, usize>)>,
+    state: Mutex<GateState>,
+}
+
+#[derive(Debug, Default)]
+struct GateState {
+    total: usize,
+    per_peer: HashMap<PeerId, usize>,
+    /// Streams still waiting for their first message, oldest first.
+    silent: std::collections::VecDeque<Silent>,
+    next_id: u64,
+}
+
+#[derive(Debug)]
+struct Silent {
+    id: u64,
+    peer: PeerId,
+    evict: Arc<tokio::sync::Notify>,
+    released: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl GateState {
+    fn release(&mut self, peer: &PeerId) {
+        self.total = self.total.saturating_sub(1);
+        if let Some(n) = self.per_peer.get_mut(peer) {
+            *n -= 1;
+            if *n == 0 {
+                self.per_peer.remove(peer);
+            }
+        }
+    }
 }
 
 impl StreamGate {
-    /// A pending stream from `peer`, or `None` when it is over a limit.
+    fn state(&self) -> std::sync::MutexGuard<'_, GateState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A pending stream from `peer`, or `None` when `peer` is at its own limit, or when every
+    /// place is held by streams past their first message.
     pub fn enter(self: &Arc<Self>, peer: PeerId, limits: &SessionLimits) -> Option<PendingStream> {
-        let mut g = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        let (total, per_peer) = &mut *g;
-        let mine = per_peer.entry(peer).or_insert(0);
-        if *total >= limits.max_pending_streams || *mine >= limits.max_pending_streams_per_peer {
-            if *mine == 0 {
-                per_peer.remove(&peer);
-            }
+        use std::sync::atomic::Ordering;
+        let mut g = self.state();
+        if g.per_peer.get(&peer).copied().unwrap_or(0) >= limits.max_pending_streams_per_peer {
             return None;
         }
-        *mine += 1;
-        *total += 1;
+        if g.total >= limits.max_pending_streams {
+            let oldest = g.silent.pop_front()?;
+            oldest.released.store(true, Ordering::SeqCst);
+            g.release(&oldest.peer);
+            oldest.evict.notify_one();
+        }
+        *g.per_peer.entry(peer).or_insert(0) += 1;
+        g.total += 1;
+        let id = g.next_id;
+        g.next_id += 1;
+        let evict = Arc::new(tokio::sync::Notify::new());
+        let released = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        g.silent.push_back(Silent {
+            id,
+            peer,
+            evict: evict.clone(),
+            released: released.clone(),
+        });
         Some(PendingStream {
             gate: self.clone(),
             peer,
+            id,
+            evict,
+            released,
         })
     }
 
     /// Streams pending now.
     pub fn pending(&self) -> usize {
-        self.pending.lock().map(|g| g.0).unwrap_or(0)
+        self.state().total
     }
 }
 
@@ -137,18 +190,32 @@ impl StreamGate {
 pub struct PendingStream {
     gate: Arc<StreamGate>,
     peer: PeerId,
+    id: u64,
+    evict: Arc<tokio::sync::Notify>,
+    released: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl PendingStream {
+    /// Resolves when a newer stream took this one's place (it was still silent).
+    pub async fn evicted(&self) {
+        self.evict.notified().await;
+    }
+
+    /// The stream sent its first message: it keeps its place until it is dropped.
+    pub fn spoke(&self) {
+        self.gate.state().silent.retain(|s| s.id != self.id);
+    }
 }
 
 impl Drop for PendingStream {
     fn drop(&mut self) {
-        let mut g = self.gate.pending.lock().unwrap_or_else(|p| p.into_inner());
-        let (total, per_peer) = &mut *g;
-        *total = total.saturating_sub(1);
-        if let Some(n) = per_peer.get_mut(&self.peer) {
-            *n -= 1;
-            if *n == 0 {
-                per_peer.remove(&self.peer);
-            }
+        let mut g = self.gate.state();
+        g.silent.retain(|s| s.id != self.id);
+        if !self
+            .released
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            g.release(&self.peer);
         }
     }
 }
@@ -438,7 +505,15 @@ pub async fn serve(ctx: Arc<SessionCtx>, from: PeerId, mut up: Stream, pending: 
     // The first message is small and due soon: a stranger cannot hold a large buffer, or the
     // stream itself, for long before anything is open.
     let mut reader = FrameReader::with_limit(ctx.limits.first_frame_bytes);
-    let open = match next_request(&mut up, &mut reader, ctx.limits.first_frame, 0).await {
+    let first = tokio::select! {
+        r = next_request(&mut up, &mut reader, ctx.limits.first_frame, 0) => r,
+        () = pending.evicted() => {
+            debug!(%from, "silent stream evicted by a newer one");
+            return;
+        }
+    };
+    pending.spoke();
+    let open = match first {
         Ok(Request::Open(o)) => o,
         Ok(Request::Attach { session }) => {
             drop(pending);
@@ -1076,5 +1151,61 @@ fn kind_of(r: &Response) -> &'static str {
         Response::Hidden { .. } => "hidden states of another step",
         Response::Error(_) => "error",
         Response::Closed { .. } => "closed",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limits(total: usize, per_peer: usize) -> SessionLimits {
+        SessionLimits {
+            max_pending_streams: total,
+            max_pending_streams_per_peer: per_peer,
+            ..SessionLimits::default()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_gate_evicts_the_oldest_silent_stream_and_never_one_that_spoke() {
+        let gate = Arc::new(StreamGate::default());
+        let l = limits(3, 2);
+        let (a, b, c, d) = (
+            PeerId::random(),
+            PeerId::random(),
+            PeerId::random(),
+            PeerId::random(),
+        );
+        let first = gate.enter(a, &l).unwrap();
+        let second = gate.enter(b, &l).unwrap();
+        let third = gate.enter(c, &l).unwrap();
+        second.spoke();
+        assert_eq!(gate.pending(), 3);
+        // Full: the newcomer takes the place of the oldest silent one (the first).
+        let fourth = gate.enter(d, &l).unwrap();
+        assert_eq!(gate.pending(), 3);
+        tokio::time::timeout(Duration::from_secs(1), first.evicted())
+            .await
+            .expect("the oldest silent stream is told to go");
+        drop(first);
+        assert_eq!(gate.pending(), 3, "an evicted stream is not counted twice");
+        // Next in line is the third (the second spoke); then nothing silent is left but the
+        // fourth and the fifth.
+        let fifth = gate.enter(a, &l).unwrap();
+        tokio::time::timeout(Duration::from_secs(1), third.evicted())
+            .await
+            .unwrap();
+        fourth.spoke();
+        fifth.spoke();
+        assert!(
+            gate.enter(b, &l).is_none(),
+            "every place spoke: nothing to evict"
+        );
+        drop((second, third, fourth, fifth));
+        assert_eq!(gate.pending(), 0);
+        // The per-peer cap holds whatever is free.
+        let _x = gate.enter(a, &l).unwrap();
+        let _y = gate.enter(a, &l).unwrap();
+        assert!(gate.enter(a, &l).is_none());
     }
 }

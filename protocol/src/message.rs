@@ -5,7 +5,8 @@
 //! block range, opens a stream to the next hop and passes the open on; the last hop answers
 //! [`Response::Opened`], which travels back. The client then opens a second stream, to the last
 //! hop, and sends [`Request::Attach`]: the last hop sends its outputs there. Every
-//! [`Request::Forward`] runs through the hops in order, each adding its timing, and the last
+//! [`Request::Forward`] runs through the hops in order, each adding its signed [`Receipt`]
+//! (and, when asked, a copy of its output for the client's spot checks), and the last
 //! hop's output goes straight to the client as [`Response::Hidden`]: a token crosses each link
 //! once, instead of going down the route and back up it. Refusals and failures still travel back
 //! up the route (a hop relays its next hop's error), so the client hears why a session ended

@@ -303,3 +303,36 @@ async fn a_peer_holding_sessions_leaves_places_for_honest_clients() {
         assert_eq!(tokens(&r.join().unwrap()), tokens(&local));
     }
 }
+
+/// A thousand connections to every other node, each holding an activation stream that never
+/// speaks (reopened every 3 s): the nodes' pending-stream places go to the newest streams, the
+/// silent ones are evicted, and honest clients beside them get exactly what `--local` gives.
+/// (Their speed beside the flood is a benchmark: BENCHMARKS.md, "Idle connections".)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_idle_connections_per_node_leave_honest_sessions_served() {
+    build_binaries();
+    let mut net = Testnet::start(&hostile(
+        "0-1,2-3,4-5,0-1",
+        3,
+        "idle-connections:count=1000",
+    ))
+    .await
+    .unwrap();
+    let local = generate(None);
+    let line = net
+        .wait_node_line(3, "IDLE", Duration::from_secs(300))
+        .unwrap();
+    let streams: usize = line
+        .trim()
+        .rsplit("streams=")
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{line}"));
+    // 1,000 hosts, each connected to the 3 others with a stream open (a few may time out on a
+    // loaded machine).
+    assert!(streams >= 2700, "{line}");
+    for run in 0..4 {
+        let out = generate(Some(&net.bootstrap));
+        assert_eq!(tokens(&out), tokens(&local), "run {run}");
+    }
+}

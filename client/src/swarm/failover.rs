@@ -525,13 +525,10 @@ impl<'a> ResilientSession<'a> {
             times.open_ms += ms_since(t);
             let t = Instant::now();
             let outcome = match opened {
-                Ok(mut next) => match {
+                Ok(mut next) => {
                     next.set_tapping(self.spot.fraction > 0.0);
-                    next.replay(&self.session.history).await
-                } {
-                    Ok(()) => Ok(next),
-                    Err(e) => Err(e),
-                },
+                    next.replay(&self.session.history).await.map(|()| next)
+                }
                 Err(e) => Err(e),
             };
             times.replay_ms += ms_since(t);

@@ -178,7 +178,8 @@ pub fn earliest_disagreement(
         for (hop, (m, c)) in main.iter().zip(check).enumerate() {
             let row = position * m.dim..(position + 1) * m.dim;
             let distance = row_distance(&m.data[row.clone()], &c.data[row]);
-            if !(distance <= tolerance) {
+            // A NaN distance never agrees.
+            if distance.is_nan() || distance > tolerance {
                 return Some(Disagreement {
                     position,
                     hop,
@@ -339,7 +340,7 @@ mod tests {
         );
         let short = hs(&[&[1.0, 2.0]]);
         assert_eq!(
-            earliest_disagreement(&[short], &[good.clone()], t).map(|d| d.position),
+            earliest_disagreement(&[short], std::slice::from_ref(&good), t).map(|d| d.position),
             Some(0)
         );
         // NaN never agrees.

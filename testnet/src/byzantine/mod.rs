@@ -18,10 +18,13 @@
 //! - `inflate-rate`: announces the best possible state: a huge max job rate, full battery,
 //!   no risk, huge throughput.
 //! - `hold-sessions`: opens as many sessions as other nodes let it and holds them idle.
+//! - `idle-connections[:count=N]`: N connections (default 1,000) to every other node, from N
+//!   hosts of its own, each holding an activation stream it never writes to (`idle.rs`).
 //! - `blame-next[:after=S]`: at step S (default 2) it stops and sends up the route an error
 //!   that says its next hop failed (a middle hop trying to get an honest peer backed off).
 
 mod flood;
+mod idle;
 
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
@@ -48,6 +51,7 @@ pub enum Mode {
     InflateRate,
     HoldSessions,
     BlameNext { after: u32 },
+    IdleConnections { count: usize },
 }
 
 impl FromStr for Mode {
@@ -82,15 +86,20 @@ impl FromStr for Mode {
             "blame-next" => Mode::BlameNext {
                 after: u32::try_from(num("after", 2)?)?,
             },
+            "idle-connections" => Mode::IdleConnections {
+                count: usize::try_from(num("count", 1000)?)?,
+            },
             other => anyhow::bail!(
                 "unknown hostile mode {other:?}: expected wrong-output, rewrite-route, \
-                 flood-gossip, forge-announcements, inflate-rate, hold-sessions or blame-next"
+                 flood-gossip, forge-announcements, inflate-rate, hold-sessions, blame-next or \
+                 idle-connections"
             ),
         };
         let known: &[&str] = match mode {
             Mode::WrongOutput { .. } => &["from", "steps"],
             Mode::FloodGossip { .. } => &["keys"],
             Mode::BlameNext { .. } => &["after"],
+            Mode::IdleConnections { .. } => &["count"],
             _ => &[],
         };
         if let Some(k) = kv.keys().find(|k| !known.contains(k)) {
@@ -162,6 +171,14 @@ impl Hooks for Hostile {
             }
             Mode::HoldSessions => {
                 tokio::spawn(hold(net, known, model));
+            }
+            Mode::IdleConnections { count } => {
+                tokio::spawn(async move {
+                    let victims = settled(&known).await;
+                    if let Err(e) = idle::hold(victims, count).await {
+                        tracing::warn!("idle connections: {e:#}");
+                    }
+                });
             }
             _ => {}
         }
@@ -504,6 +521,7 @@ mod tests {
             "inflate-rate",
             "hold-sessions",
             "blame-next:after=1",
+            "idle-connections:count=10",
         ] {
             assert!(m.parse::<Mode>().is_ok(), "{m}");
         }

@@ -44,8 +44,8 @@ pub struct UpArgs {
     pub slowdowns: Vec<Slowdown>,
     /// `I:MODE`: node I runs a hostile behaviour (`swarm-testnet byzantine-node --mode MODE`):
     /// wrong-output, rewrite-route, flood-gossip, forge-announcements, inflate-rate,
-    /// hold-sessions or blame-next, some with parameters (e.g. `1:flood-gossip:keys=1000`).
-    /// Repeatable.
+    /// hold-sessions, blame-next or idle-connections, some with parameters (e.g.
+    /// `1:flood-gossip:keys=1000`). Repeatable.
     #[arg(long = "byzantine")]
     pub byzantine: Vec<Byzantine>,
 }
