@@ -35,6 +35,13 @@ const MAX_ARRAY_NESTING: usize = 8;
 /// than truncation (real headers, vocabularies included, stay far below it).
 const MAX_PLAUSIBLE_HEADER_BYTES: u64 = 1 << 36;
 
+/// Metadata in memory may take at most this many bytes per byte of the file, plus
+/// [`METADATA_MEMORY_SLACK`]. A value in memory is 32 bytes however small on disk, so an array of
+/// a million one-byte values would take 32 MiB from 1 MiB of file; a real model's tokenizer
+/// arrays take about 8x their bytes, and are a small part of the file.
+pub const METADATA_MEMORY_PER_FILE_BYTE: u64 = 4;
+pub const METADATA_MEMORY_SLACK: u64 = 1 << 20;
+
 /// Why a GGUF file could not be read, or a tensor could not be produced.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -355,7 +362,11 @@ struct Header {
 }
 
 fn parse_header(buf: &[u8]) -> Result<Header, GgufError> {
-    let mut r = Reader { buf, pos: 0 };
+    let mut r = Reader {
+        buf,
+        pos: 0,
+        spent: 0,
+    };
     if buf.len() < 4 || buf[..4] != GGUF_MAGIC {
         if buf.len() < 4 && GGUF_MAGIC.starts_with(buf) {
             return Err(r.truncated("magic", 4));
@@ -504,6 +515,8 @@ fn align_up(pos: u64, alignment: u64) -> u64 {
 struct Reader<'a> {
     buf: &'a [u8],
     pos: usize,
+    /// Bytes of memory the metadata read so far takes, against the file's budget.
+    spent: u64,
 }
 
 impl<'a> Reader<'a> {
@@ -569,9 +582,32 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// Counts `bytes` of memory against the file's budget (see
+    /// [`METADATA_MEMORY_PER_FILE_BYTE`]).
+    fn spend(&mut self, bytes: u64, what: &str) -> Result<(), GgufError> {
+        let budget = (self.buf.len() as u64)
+            .saturating_mul(METADATA_MEMORY_PER_FILE_BYTE)
+            .saturating_add(METADATA_MEMORY_SLACK);
+        self.spent = self.spent.saturating_add(bytes);
+        if self.spent > budget {
+            return Err(GgufError::Corrupt {
+                what: what.to_string(),
+                offset: self.pos as u64,
+                reason: format!(
+                    "its metadata would take {} bytes of memory, more than {budget} for a file \
+                     of {} bytes",
+                    self.spent,
+                    self.buf.len()
+                ),
+            });
+        }
+        Ok(())
+    }
+
     fn string(&mut self, what: &str) -> Result<String, GgufError> {
         let start = self.pos as u64;
         let len = self.u64(what)?;
+        self.spend(len, what)?;
         let bytes = self.take(len, what)?;
         String::from_utf8(bytes.to_vec()).map_err(|e| GgufError::Corrupt {
             what: what.to_string(),
@@ -623,6 +659,10 @@ impl<'a> Reader<'a> {
                 })?;
                 let count = self.u64(what)?;
                 self.check_count(count, min_size, what)?;
+                self.spend(
+                    count.saturating_mul(std::mem::size_of::<GgufValue>() as u64),
+                    what,
+                )?;
                 let mut items = Vec::with_capacity(count as usize);
                 for _ in 0..count {
                     items.push(self.value(elem_tag, what, depth + 1)?);
@@ -778,5 +818,34 @@ mod tests {
         bytes[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
         let err = GgufFile::from_bytes(bytes).unwrap_err();
         assert!(err.to_string().contains("tensor count"), "{err}");
+    }
+
+    #[test]
+    fn metadata_memory_is_bounded_by_the_file_size() {
+        let file = |n: usize, value: fn(usize) -> GgufValue| {
+            let metadata = vec![(
+                "x.list".to_string(),
+                GgufValue::Array((0..n).map(value).collect()),
+            )];
+            gguf_bytes(&metadata, &[]).unwrap()
+        };
+        // Two million one-byte values: 2 MB of file, 64 MB in memory as values.
+        let bytes = file(2_000_000, |i| GgufValue::U8(i as u8));
+        let len = bytes.len();
+        let err = GgufFile::from_bytes(bytes).unwrap_err();
+        assert!(err.to_string().contains("bytes of memory"), "{err}");
+        assert!(err.to_string().contains(&len.to_string()), "{err}");
+        // A tokenizer's scores (f32, 8x in memory) in a file that holds weights as well.
+        let metadata = vec![(
+            "tokenizer.ggml.scores".to_string(),
+            GgufValue::Array((0..50_000).map(|i| GgufValue::F32(i as f32)).collect()),
+        )];
+        let w = vec![0.5f32; 400_000];
+        let tensors = vec![GgufTensorData::f32("w", vec![400_000], &w).unwrap()];
+        let g = GgufFile::from_bytes(gguf_bytes(&metadata, &tensors).unwrap()).unwrap();
+        assert_eq!(
+            g.get_array("tokenizer.ggml.scores").map(<[_]>::len),
+            Some(50_000)
+        );
     }
 }

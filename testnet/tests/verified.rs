@@ -6,6 +6,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::{build_binaries, client_json, opts, route, tokens};
 use sunswarm_testnet::net::{Byzantine, Split, Testnet, TestnetOptions};
 
@@ -184,9 +186,14 @@ async fn checks_are_drawn_at_the_configured_fraction_and_catch_a_lie_at_the_next
 async fn a_peer_rewriting_the_route_is_caught_by_the_first_receipt() {
     build_binaries();
     let model = "random:tiny";
-    let net = Testnet::start(&hostile(model, "0-1,0-1,2-3,2-3,4-5", 0, "rewrite-route"))
+    let mut net = Testnet::start(&hostile(model, "0-1,0-1,2-3,2-3,4-5", 0, "rewrite-route"))
         .await
         .unwrap();
+    // Once gossip has shown it every other node, it has a replica to rewrite to.
+    let ready = net
+        .wait_node_line(0, "READY", Duration::from_secs(120))
+        .unwrap();
+    assert!(ready.contains("peers=4"), "{ready}");
     let local = generate(model, "an open swarm", 8, None, &[]);
     let rewriter = net.nodes[0].peer.clone();
     // With spot checks off, only receipts can catch it: run until the route drew the rewriter

@@ -3,8 +3,8 @@
 //! an open swarm could, through [`sunswarm_node::hooks::Hooks`]. The hostile behaviours live
 //! only in this binary, never in `swarm-node`. `swarm-testnet up --byzantine I:MODE` starts
 //! node I this way. Each mode prints one machine-readable line on stdout once its attack has
-//! been made (`FLOODED`, `FORGED`, `HOLDING`, `REWROTE`, `PERTURBED`, `BLAMED`), so that tests
-//! can wait for it.
+//! been made (`FLOODED`, `FORGED`, `HOLDING`, `REWROTE`, `PERTURBED`, `BLAMED`, `IDLE`; and
+//! `READY` when `rewrite-route` knows the other replicas), so that tests can wait for it.
 //!
 //! Modes (`MODE[:key=value,...]`):
 //! - `wrong-output[:from=S,steps=N]`: every output from step S on (default 0), for N steps
@@ -171,6 +171,13 @@ impl Hooks for Hostile {
             }
             Mode::HoldSessions => {
                 tokio::spawn(hold(net, known, model));
+            }
+            Mode::RewriteRoute => {
+                // It can rewrite only once gossip has shown it the other replicas.
+                tokio::spawn(async move {
+                    let peers = settled(&known).await.len();
+                    println!("READY peers={peers}");
+                });
             }
             Mode::IdleConnections { count } => {
                 tokio::spawn(async move {
