@@ -6,7 +6,10 @@
 //! capped against the bytes left in the file, so a truncated or corrupt file yields a
 //! [`GgufError`] that names the field and offset, never a panic or a huge allocation.
 
+// Explicit paths so that the fuzz targets can include this file as it is (`fuzz/`).
+#[path = "gguf/value.rs"]
 mod value;
+#[path = "gguf/writer.rs"]
 mod writer;
 
 use std::collections::HashMap;
@@ -660,7 +663,7 @@ impl<'a> Reader<'a> {
                 let count = self.u64(what)?;
                 self.check_count(count, min_size, what)?;
                 self.spend(
-                    count.saturating_mul(std::mem::size_of::<GgufValue>() as u64),
+                    count.saturating_mul(size_of::<GgufValue>() as u64),
                     what,
                 )?;
                 let mut items = Vec::with_capacity(count as usize);

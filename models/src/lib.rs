@@ -24,6 +24,7 @@ pub(crate) mod packed;
 pub mod quant;
 pub mod rng;
 pub mod rope;
+pub(crate) mod safetensors_f32;
 pub mod source;
 pub mod tokenizer;
 pub(crate) mod weights;

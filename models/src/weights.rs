@@ -240,28 +240,15 @@ impl WeightSource for SafetensorsWeights {
         let view = st
             .tensor(&hf)
             .map_err(|e| ModelError::BadWeights(format!("{hf}: {e}")))?;
-        let bytes = view.data();
         use safetensors::Dtype;
-        let data: Vec<f32> = match view.dtype() {
-            Dtype::F32 => bytes
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-            Dtype::F16 => bytes
-                .chunks_exact(2)
-                .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            Dtype::BF16 => bytes
-                .chunks_exact(2)
-                .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
-                .collect(),
-            other => {
-                return Err(ModelError::UnsupportedDtype {
-                    tensor: hf,
-                    dtype: format!("{other:?}"),
-                });
-            }
-        };
+        if !matches!(view.dtype(), Dtype::F32 | Dtype::F16 | Dtype::BF16) {
+            return Err(ModelError::UnsupportedDtype {
+                tensor: hf,
+                dtype: format!("{:?}", view.dtype()),
+            });
+        }
+        let data = crate::safetensors_f32::to_f32(&view)
+            .map_err(|why| ModelError::BadWeights(format!("{hf}: {why}")))?;
         Ok(F32Tensor {
             data,
             shape: view.shape().to_vec(),
