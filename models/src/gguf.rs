@@ -662,10 +662,7 @@ impl<'a> Reader<'a> {
                 })?;
                 let count = self.u64(what)?;
                 self.check_count(count, min_size, what)?;
-                self.spend(
-                    count.saturating_mul(size_of::<GgufValue>() as u64),
-                    what,
-                )?;
+                self.spend(count.saturating_mul(size_of::<GgufValue>() as u64), what)?;
                 let mut items = Vec::with_capacity(count as usize);
                 for _ in 0..count {
                     items.push(self.value(elem_tag, what, depth + 1)?);

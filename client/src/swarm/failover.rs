@@ -172,6 +172,31 @@ pub struct ResilientSession<'a> {
     referee: Option<SharedReferee>,
     /// What the spot checks found.
     pub spot_report: SpotReport,
+    /// The check run, kept open between checks so each sends only what came since the last.
+    checker: Option<Checker>,
+}
+
+/// A session through other replicas that re-runs the main session's inputs for spot checks.
+struct Checker {
+    route: Vec<Hop>,
+    session: SwarmSession,
+    /// History entries of the main session sent so far.
+    sent: usize,
+}
+
+impl Checker {
+    /// Whether it still checks `route`: same ranges, and nobody on it banned since.
+    fn fits(&self, route: &[Hop], client: &SwarmClient, history: usize) -> bool {
+        let banned = client.banned();
+        self.sent <= history
+            && self.route.len() == route.len()
+            && self
+                .route
+                .iter()
+                .zip(route)
+                .all(|(c, m)| c.blocks == m.blocks)
+            && self.route.iter().all(|h| !banned.contains(&h.peer_id))
+    }
 }
 
 impl<'a> ResilientSession<'a> {
@@ -232,6 +257,7 @@ impl<'a> ResilientSession<'a> {
             spot: SpotChecks::off(),
             referee: None,
             spot_report: SpotReport::default(),
+            checker: None,
         })
     }
 
@@ -281,26 +307,65 @@ impl<'a> ResilientSession<'a> {
         self.spot_report.steps.push(step);
         let route = self.route().to_vec();
         let main = self.session.outputs_per_hop();
-        let check_route = self
-            .client
-            .check_route(&self.model_id, self.n_layers, &route);
-        let chunks = spot::check_chunks(&self.session.history, crate::generate::PREFILL_CHUNK);
-        let check = match run_check(
-            self.client,
-            self.model_id,
-            self.params,
-            &check_route,
-            &chunks,
-        )
-        .await
-        {
-            Ok(rows) => rows,
-            Err(e) => {
-                tracing::warn!("spot check of step {step} could not run: {e}");
-                self.ban_if_dishonest(&check_route, &e);
-                return Ok(());
+        let history = self.session.history.len();
+        let mut checker = match self.checker.take() {
+            Some(c) if c.fits(&route, self.client, history) => c,
+            stale => {
+                if let Some(c) = stale {
+                    c.session.close().await;
+                }
+                let check_route = self
+                    .client
+                    .check_route(&self.model_id, self.n_layers, &route);
+                match SwarmSession::open_with(
+                    self.client.network(),
+                    self.model_id,
+                    check_route.clone(),
+                    self.params,
+                )
+                .await
+                {
+                    Ok(mut session) => {
+                        session.set_tapping(true);
+                        Checker {
+                            route: check_route,
+                            session,
+                            sent: 0,
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!("spot check of step {step} could not open: {e}");
+                        return Ok(());
+                    }
+                }
             }
         };
+        let chunks = spot::check_chunks(
+            &self.session.history[checker.sent..],
+            crate::generate::PREFILL_CHUNK,
+        );
+        for c in &chunks {
+            if let Err(e) = checker.session.forward_hidden(c).await {
+                tracing::warn!("spot check of step {step} could not run: {e}");
+                self.ban_if_dishonest(&checker.route, &e);
+                checker.session.close().await;
+                return Ok(());
+            }
+        }
+        checker.sent = history;
+        let check = checker.session.outputs_per_hop();
+        if main.len() != check.len()
+            || main
+                .iter()
+                .zip(&check)
+                .any(|(m, c)| m.n_tokens != c.n_tokens)
+        {
+            tracing::warn!("spot check of step {step}: the runs cover different positions");
+            checker.session.close().await;
+            return Ok(());
+        }
+        let check_route = checker.route.clone();
+        self.checker = Some(checker);
         let tolerance = self.spot.tolerance;
         let Some(found) = spot::earliest_disagreement(&main, &check, tolerance) else {
             tracing::debug!(step, "spot check passed");
@@ -321,8 +386,13 @@ impl<'a> ResilientSession<'a> {
         };
         // Up to `position`, hop k's inputs were the same on both runs: the client runs blocks k
         // on the check's inputs and compares both sides there.
+        // Whatever it decides, the check run goes: one of its peers may be banned, and the main
+        // session may be repaired.
+        if let Some(c) = self.checker.take() {
+            c.session.close().await;
+        }
         let input = if k == 0 {
-            spot::concat(&chunks)
+            spot::concat(&self.session.history)
         } else {
             check[k - 1].clone()
         };
@@ -372,27 +442,6 @@ impl<'a> ResilientSession<'a> {
             Verdict::Neither => Ok(()),
         }
     }
-}
-
-/// Every hop's output over the whole prefix, run through `route` in `chunks`.
-async fn run_check(
-    client: &SwarmClient,
-    model_id: ModelDigest,
-    params: OpenParams,
-    route: &[Hop],
-    chunks: &[HiddenStates],
-) -> Result<Vec<HiddenStates>, SessionError> {
-    let mut s = SwarmSession::open_with(client.network(), model_id, route.to_vec(), params).await?;
-    s.set_tapping(true);
-    for c in chunks {
-        if let Err(e) = s.forward_hidden(c).await {
-            s.close().await;
-            return Err(e);
-        }
-    }
-    let outputs = s.outputs_per_hop();
-    s.close().await;
-    Ok(outputs)
 }
 
 impl<'a> ResilientSession<'a> {
@@ -560,6 +609,9 @@ impl<'a> ResilientSession<'a> {
 
     /// Closes the session on every hop.
     pub async fn close(mut self) {
+        if let Some(c) = self.checker.take() {
+            c.session.close().await;
+        }
         self.report_steps(true);
         self.session.close().await;
     }

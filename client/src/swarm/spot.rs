@@ -5,9 +5,11 @@
 //! With spot checks on, every forward asks each hop for a copy of its output (taps, each checked
 //! against the hop's signed receipt; one row per hop per token, a few KiB), and the client keeps
 //! them. On a checked step (the first [`SpotChecks::first`] forwards, then a drawn
-//! [`SpotChecks::fraction`]) it sends the whole prefix through a second route that uses, for
-//! every range, another replica where one exists, and compares the two runs position by
-//! position, hop by hop ([`earliest_disagreement`]). So a check covers everything before it: a
+//! [`SpotChecks::fraction`]) it runs the prefix through a second session, on a route that uses,
+//! for every range, another replica where one exists (kept open between checks, so each check
+//! sends only the inputs that came since the last, merged into one chunk), and compares the two
+//! runs position by position, hop by hop ([`earliest_disagreement`]). So a check covers
+//! everything before it: a
 //! lie on an unchecked step is caught at the next check, and at the earliest differing position
 //! the hops before the first differing one still agree, which localizes the liar even after its
 //! lie has moved every later hop's cache.
