@@ -2,8 +2,18 @@
 //! fuzzers. Run from `fuzz/`: `cargo +nightly run --bin seeds`. Deterministic, so re-running
 //! rewrites the same files.
 
+#![allow(dead_code, unused_imports)]
+
 use std::fs;
 use std::path::Path;
+
+// The GGUF reader and writer of `models/`, as the `gguf` target includes them.
+#[path = "../../../models/src/ggml.rs"]
+mod ggml;
+#[path = "../../../models/src/gguf.rs"]
+mod gguf;
+#[path = "../../../models/src/quant.rs"]
+mod quant;
 
 use sunswarm_protocol::{
     Announcement, BlockRange, DType, EnergyState, ErrorKind, Forward, Hop, HopTiming, OpenSession,
@@ -22,7 +32,84 @@ fn frame(rows: u32, cols: u32, dtype: DType) -> TensorFrame {
     TensorFrame::from_f32(&[rows, cols], &values, dtype).unwrap()
 }
 
+/// Small GGUF files with the metadata a model load reads and tensors of each type it decodes.
+fn gguf_seeds() {
+    use ggml::GgmlType;
+    use gguf::{GgufTensorData, GgufValue, gguf_bytes};
+    let metadata = vec![
+        (
+            "general.architecture".to_string(),
+            GgufValue::String("llama".into()),
+        ),
+        ("llama.block_count".to_string(), GgufValue::U32(2)),
+        ("llama.rope.freq_base".to_string(), GgufValue::F32(10000.0)),
+        (
+            "tokenizer.ggml.tokens".to_string(),
+            GgufValue::Array(vec![
+                GgufValue::String("a".into()),
+                GgufValue::String("<|im_end|>".into()),
+            ]),
+        ),
+        (
+            "tokenizer.ggml.token_type".to_string(),
+            GgufValue::Array(vec![GgufValue::I32(1), GgufValue::I32(3)]),
+        ),
+        (
+            "nested".to_string(),
+            GgufValue::Array(vec![GgufValue::Array(vec![GgufValue::Bool(true)])]),
+        ),
+    ];
+    let values: Vec<f32> = (0..64).map(|i| (i as f32 - 32.0) / 8.0).collect();
+    let mut tensors = vec![GgufTensorData::f32("f32", vec![8, 8], &values).unwrap()];
+    for (name, ty) in [
+        ("f16", GgmlType::F16),
+        ("bf16", GgmlType::BF16),
+        ("q8_0", GgmlType::Q8_0),
+        ("q4_0", GgmlType::Q4_0),
+        ("q4_1", GgmlType::Q4_1),
+    ] {
+        tensors.push(GgufTensorData::encode(name, vec![32, 2], ty, &values).unwrap());
+    }
+    write("gguf", "model", &gguf_bytes(&metadata, &tensors).unwrap());
+    write("gguf", "metadata-only", &gguf_bytes(&metadata, &[]).unwrap());
+}
+
+/// Small safetensors files: one tensor of each dtype the loader takes, and one it refuses.
+fn safetensors_seeds() {
+    let mut tensors: Vec<(&str, &str, Vec<u8>)> = vec![
+        ("a", "F32", (0..8u32).flat_map(|i| (i as f32).to_le_bytes()).collect()),
+        ("b", "F16", vec![0, 60, 0, 64, 0, 66, 0, 68]),
+        ("c", "BF16", vec![128, 63, 0, 64, 64, 64, 128, 64]),
+        ("d", "I64", vec![1, 0, 0, 0, 0, 0, 0, 0]),
+    ];
+    let mut header = String::from("{");
+    let mut data = Vec::new();
+    for (i, (name, dtype, bytes)) in tensors.iter_mut().enumerate() {
+        let elements = match *dtype {
+            "F32" => bytes.len() / 4,
+            "I64" => bytes.len() / 8,
+            _ => bytes.len() / 2,
+        };
+        let start = data.len();
+        data.extend_from_slice(bytes);
+        if i > 0 {
+            header.push(',');
+        }
+        header.push_str(&format!(
+            "\"{name}\":{{\"dtype\":\"{dtype}\",\"shape\":[{elements}],\"data_offsets\":[{start},{}]}}",
+            data.len()
+        ));
+    }
+    header.push('}');
+    let mut file = (header.len() as u64).to_le_bytes().to_vec();
+    file.extend_from_slice(header.as_bytes());
+    file.extend_from_slice(&data);
+    write("safetensors", "four-dtypes", &file);
+}
+
 fn main() {
+    gguf_seeds();
+    safetensors_seeds();
     let session = SessionId([7; 16]);
     let route: Vec<Hop> = (0..3)
         .map(|i| Hop {
