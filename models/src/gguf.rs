@@ -610,8 +610,8 @@ impl<'a> Reader<'a> {
     fn string(&mut self, what: &str) -> Result<String, GgufError> {
         let start = self.pos as u64;
         let len = self.u64(what)?;
-        self.spend(len, what)?;
         let bytes = self.take(len, what)?;
+        self.spend(len, what)?;
         String::from_utf8(bytes.to_vec()).map_err(|e| GgufError::Corrupt {
             what: what.to_string(),
             offset: start,

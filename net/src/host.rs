@@ -118,6 +118,10 @@ pub struct NetConfig {
     pub swarm_key: Option<PreSharedKey>,
     /// Connection and stream limits.
     pub limits: Limits,
+    /// The addresses others should dial (`--announce-addr`: port forwarding, a proxy, a public
+    /// address the host cannot see). When given, identify reports these instead of the listen
+    /// addresses, so peers learn only them.
+    pub announce: Vec<Multiaddr>,
 }
 
 impl Default for NetConfig {
@@ -131,6 +135,7 @@ impl Default for NetConfig {
             query_timeout: Duration::from_secs(10),
             swarm_key: None,
             limits: Limits::default(),
+            announce: Vec::new(),
         }
     }
 }
@@ -275,10 +280,10 @@ fn behaviour(
         .build()?;
     let gossipsub =
         gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), gcfg)?;
-    let identify = identify::Behaviour::new(identify::Config::new(
-        IDENTIFY_PROTOCOL.to_string(),
-        key.public(),
-    ));
+    let identify = identify::Behaviour::new(
+        identify::Config::new(IDENTIFY_PROTOCOL.to_string(), key.public())
+            .with_hide_listen_addrs(!cfg.announce.is_empty()),
+    );
     let l = cfg.limits;
     let limits = connection_limits::Behaviour::new(
         connection_limits::ConnectionLimits::default()
@@ -366,6 +371,9 @@ pub fn new(cfg: NetConfig) -> Result<(Network, EventLoop), NetError> {
                 addr: addr.clone(),
                 reason: e.to_string(),
             })?;
+    }
+    for addr in &cfg.announce {
+        swarm.add_external_address(addr.clone());
     }
     for addr in &cfg.bootstrap {
         swarm.dial(addr.clone()).map_err(|e| NetError::Dial {

@@ -42,6 +42,11 @@ pub struct NodeArgs {
     /// A peer of the swarm to join through (repeatable); none starts a new swarm.
     #[arg(long)]
     bootstrap: Vec<Multiaddr>,
+    /// The address others should dial instead of the listen addresses (repeatable): port
+    /// forwarding on a home router, a proxy, a public address this machine cannot see. It is
+    /// what the node announces and what identify tells peers.
+    #[arg(long = "announce-addr")]
+    announce_addr: Vec<Multiaddr>,
     /// Compute backend: cpu, wgpu or cuda.
     #[arg(long, default_value = "cpu")]
     backend: BackendKind,
@@ -244,6 +249,7 @@ fn node_config(
         net: NetConfig {
             listen: args.listen.clone(),
             bootstrap: args.bootstrap.clone(),
+            announce: args.announce_addr.clone(),
             dht_server: true,
             record_ttl: announce_ttl,
             swarm_key: args

@@ -156,7 +156,12 @@ pub async fn start_with_hooks(
     if need_peers {
         net.wait_ready(true, Duration::from_secs(30)).await?;
     }
-    let listen = net.listen_addrs().await?;
+    // What others dial: the announced addresses when given, else where this node listens.
+    let listen = if cfg.net.announce.is_empty() {
+        net.listen_addrs().await?
+    } else {
+        cfg.net.announce.clone()
+    };
     net.subscribe(dht::energy_topic(&cfg.model_id)).await?;
     let mut node = RunningNode {
         net,

@@ -318,7 +318,7 @@ impl<'a> ResilientSession<'a> {
                     .client
                     .check_route(&self.model_id, self.n_layers, &route);
                 match SwarmSession::open_with(
-                    self.client.network(),
+                    self.client.check_network(),
                     self.model_id,
                     check_route.clone(),
                     self.params,

@@ -157,6 +157,11 @@ pub const FRESH_VIEW: Duration = Duration::from_secs(2);
 pub struct SwarmClient {
     net: Network,
     event_loop: std::sync::Mutex<Option<JoinHandle<()>>>,
+    /// A second identity for spot-check sessions: peers cannot tell a check from a session by
+    /// who opens it, and checks do not take this client's places on a node (a node gives one
+    /// peer at most `--max-sessions-per-peer`).
+    check_net: Network,
+    check_loop: std::sync::Mutex<Option<JoinHandle<()>>>,
     /// Models whose energy gossip this client already follows.
     followed: std::sync::Mutex<std::collections::HashSet<ModelDigest>>,
     /// The last discovery's announcements: a failover first plans from these (liveness checked
@@ -188,21 +193,30 @@ impl SwarmClient {
         if bootstrap.is_empty() {
             return Err(SwarmError::NoBootstrap);
         }
+        let key = swarm_key.map(net::read_swarm_key).transpose()?;
         let cfg = NetConfig {
             listen: Vec::new(),
             bootstrap,
             dht_server: false,
-            swarm_key: swarm_key.map(net::read_swarm_key).transpose()?,
+            swarm_key: key,
             ..NetConfig::default()
         };
+        // The check host needs no DHT: it dials the peers of a check route directly.
+        let (check_net, check_ev) = net::new(NetConfig {
+            bootstrap: Vec::new(),
+            ..cfg.clone()
+        })?;
         let (net, ev) = net::new(cfg)?;
         let event_loop = tokio::spawn(ev.run());
+        let check_loop = tokio::spawn(check_ev.run());
         net.wait_ready(true, deadline)
             .await
             .map_err(SwarmError::Join)?;
         Ok(SwarmClient {
             net,
             event_loop: std::sync::Mutex::new(Some(event_loop)),
+            check_net,
+            check_loop: std::sync::Mutex::new(Some(check_loop)),
             followed: Default::default(),
             last_seen: Default::default(),
             discovered_at: Default::default(),
@@ -212,6 +226,13 @@ impl SwarmClient {
 
     pub fn network(&self) -> &Network {
         &self.net
+    }
+
+    /// The host spot-check sessions are opened from (another peer id than [`network`]'s).
+    ///
+    /// [`network`]: Self::network
+    pub fn check_network(&self) -> &Network {
+        &self.check_net
     }
 
     /// Never routes to `peer` again (it was caught breaking the protocol); returns whether it
@@ -439,9 +460,12 @@ impl SwarmClient {
     /// Stops the client's host (later calls on it fail with [`NetError::Stopped`]).
     pub async fn stop(&self) {
         let _ = self.net.shutdown(Duration::from_millis(0)).await;
-        let handle = self.event_loop.lock().ok().and_then(|mut h| h.take());
-        if let Some(h) = handle {
-            let _ = h.await;
+        let _ = self.check_net.shutdown(Duration::from_millis(0)).await;
+        for lp in [&self.event_loop, &self.check_loop] {
+            let handle = lp.lock().ok().and_then(|mut h| h.take());
+            if let Some(h) = handle {
+                let _ = h.await;
+            }
         }
     }
 }
