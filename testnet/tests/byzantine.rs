@@ -7,27 +7,16 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{build_binaries, client_json, opts, tokens};
+use common::{build_binaries, client_json, tokens};
 use sunswarm_client::swarm::RoutingKind;
 use sunswarm_energy::policy::PolicyKind;
 use sunswarm_net::gossip;
-use sunswarm_testnet::net::{Byzantine, Split, Testnet, TestnetOptions};
+use sunswarm_testnet::net::{Testnet, TestnetOptions};
 
 const MODEL: &str = "random:tiny";
 
 fn hostile(split: &str, node: usize, mode: &str) -> TestnetOptions {
-    let split: Split = split.parse().unwrap();
-    let n = match &split {
-        Split::List(l) => l.len(),
-        _ => unreachable!(),
-    };
-    TestnetOptions {
-        byzantine: vec![Byzantine {
-            node,
-            mode: mode.into(),
-        }],
-        ..opts(MODEL, split, n, 30.0)
-    }
+    common::hostile_opts(MODEL, split, node, mode)
 }
 
 fn generate_args(bootstrap: Option<&str>) -> Vec<String> {

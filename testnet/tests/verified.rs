@@ -8,23 +8,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{build_binaries, client_json, opts, route, tokens};
-use sunswarm_testnet::net::{Byzantine, Split, Testnet, TestnetOptions};
-
-fn hostile(model: &str, split: &str, node: usize, mode: &str) -> TestnetOptions {
-    let split: Split = split.parse().unwrap();
-    let n = match &split {
-        Split::List(l) => l.len(),
-        _ => unreachable!(),
-    };
-    TestnetOptions {
-        byzantine: vec![Byzantine {
-            node,
-            mode: mode.into(),
-        }],
-        ..opts(model, split, n, 30.0)
-    }
-}
+use common::{build_binaries, client_json, hostile_opts, route, tokens};
+use sunswarm_testnet::net::Testnet;
 
 fn generate(
     model: &str,
@@ -76,9 +61,14 @@ async fn a_peer_returning_wrong_outputs_is_banned_at_its_first_check_and_the_tex
     build_binaries();
     common::require_real_model();
     let model = "smollm2-135m";
-    let net = Testnet::start(&hostile(model, "0-9,10-19,10-19,20-29", 2, "wrong-output"))
-        .await
-        .unwrap();
+    let net = Testnet::start(&hostile_opts(
+        model,
+        "0-9,10-19,10-19,20-29",
+        2,
+        "wrong-output",
+    ))
+    .await
+    .unwrap();
     let prompt = "The capital of France is";
     let local = generate(model, prompt, 12, None, &[]);
     let liar = net.nodes[2].peer.clone();
@@ -109,7 +99,7 @@ async fn a_peer_returning_wrong_outputs_is_banned_at_its_first_check_and_the_tex
 async fn checks_are_drawn_at_the_configured_fraction_and_catch_a_lie_at_the_next_one() {
     build_binaries();
     let model = "random:tiny";
-    let net = Testnet::start(&hostile(
+    let net = Testnet::start(&hostile_opts(
         model,
         "0-1,2-3,2-3,4-5",
         2,
@@ -193,9 +183,14 @@ async fn checks_are_drawn_at_the_configured_fraction_and_catch_a_lie_at_the_next
 async fn a_peer_rewriting_the_route_is_caught_by_the_first_receipt() {
     build_binaries();
     let model = "random:tiny";
-    let mut net = Testnet::start(&hostile(model, "0-1,0-1,2-3,2-3,4-5", 0, "rewrite-route"))
-        .await
-        .unwrap();
+    let mut net = Testnet::start(&hostile_opts(
+        model,
+        "0-1,0-1,2-3,2-3,4-5",
+        0,
+        "rewrite-route",
+    ))
+    .await
+    .unwrap();
     // Once gossip has shown it every other node, it has a replica to rewrite to.
     let ready = net
         .wait_node_line(0, "READY", Duration::from_secs(120))
@@ -245,9 +240,14 @@ async fn a_peer_rewriting_the_route_is_caught_by_the_first_receipt() {
 async fn a_middle_hop_blaming_its_next_hop_is_the_one_replaced() {
     build_binaries();
     let model = "random:tiny";
-    let net = Testnet::start(&hostile(model, "0-1,2-3,2-3,4-5", 1, "blame-next:after=2"))
-        .await
-        .unwrap();
+    let net = Testnet::start(&hostile_opts(
+        model,
+        "0-1,2-3,2-3,4-5",
+        1,
+        "blame-next:after=2",
+    ))
+    .await
+    .unwrap();
     let local = generate(model, "an open swarm", 8, None, &[]);
     let hostile_peer = net.nodes[1].peer.clone();
     let mut through_it = 0;

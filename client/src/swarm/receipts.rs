@@ -187,19 +187,25 @@ mod tests {
         }
     }
 
-    fn run(f: &Forward) -> Result<Vec<HopTiming>, Breach> {
-        let want = Expected {
+    fn expected(f: &Forward, tapped: bool) -> Expected<'_> {
+        Expected {
             peers: &f.peers,
             route: ROUTE,
             session: SESSION,
             step: STEP,
             sent: f.sent,
             received: f.received,
-            tapped: !f.taps.is_empty(),
-        };
-        check(&want, &f.receipts, &f.taps, |p, m, s| {
-            sunswarm_net::announce::verify_by(p, m, s)
-        })
+            tapped,
+        }
+    }
+
+    fn run(f: &Forward) -> Result<Vec<HopTiming>, Breach> {
+        check(
+            &expected(f, !f.taps.is_empty()),
+            &f.receipts,
+            &f.taps,
+            |p, m, s| sunswarm_net::announce::verify_by(p, m, s),
+        )
     }
 
     fn blamed(f: &Forward) -> usize {
@@ -213,22 +219,12 @@ mod tests {
         assert_eq!(t.iter().map(|t| t.hop).collect::<Vec<_>>(), vec![0, 1, 2]);
         let mut f = honest();
         f.taps.clear();
-        // Without taps asked for, none must come.
-        let want = Expected {
-            peers: &f.peers,
-            route: ROUTE,
-            session: SESSION,
-            step: STEP,
-            sent: f.sent,
-            received: f.received,
-            tapped: false,
-        };
-        assert!(
-            check(&want, &f.receipts, &f.taps, |p, m, s| {
-                sunswarm_net::announce::verify_by(p, m, s)
-            })
-            .is_ok()
-        );
+        // Without taps asked for, none must come; asked for, they must.
+        assert!(run(&f).is_ok());
+        let breach = check(&expected(&f, true), &f.receipts, &f.taps, |p, m, s| {
+            sunswarm_net::announce::verify_by(p, m, s)
+        });
+        assert_eq!(breach.unwrap_err().hop, 2);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 use std::process::Command;
 use std::sync::OnceLock;
 
-use sunswarm_testnet::net::{Split, TestnetOptions, find_binary};
+use sunswarm_testnet::net::{Byzantine, Split, TestnetOptions, find_binary};
 
 pub fn build_binaries() {
     static BUILT: OnceLock<()> = OnceLock::new();
@@ -62,6 +62,23 @@ pub fn opts(model: &str, split: Split, nodes: usize, ttl: f64) -> TestnetOptions
         split,
         announce_ttl: ttl,
         ..TestnetOptions::default()
+    }
+}
+
+/// A testnet of `model` split as `split` (one node per range), node `node` running the hostile
+/// `mode` (`swarm-testnet up --byzantine node:mode`).
+pub fn hostile_opts(model: &str, split: &str, node: usize, mode: &str) -> TestnetOptions {
+    let split: Split = split.parse().unwrap();
+    let n = match &split {
+        Split::List(l) => l.len(),
+        _ => panic!("a hostile testnet needs a list of ranges"),
+    };
+    TestnetOptions {
+        byzantine: vec![Byzantine {
+            node,
+            mode: mode.into(),
+        }],
+        ..opts(model, split, n, 30.0)
     }
 }
 
