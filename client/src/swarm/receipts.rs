@@ -204,7 +204,7 @@ mod tests {
             &expected(f, !f.taps.is_empty()),
             &f.receipts,
             &f.taps,
-            |p, m, s| sunswarm_net::announce::verify_by(p, m, s),
+            sunswarm_net::announce::verify_by,
         )
     }
 
@@ -221,9 +221,12 @@ mod tests {
         f.taps.clear();
         // Without taps asked for, none must come; asked for, they must.
         assert!(run(&f).is_ok());
-        let breach = check(&expected(&f, true), &f.receipts, &f.taps, |p, m, s| {
-            sunswarm_net::announce::verify_by(p, m, s)
-        });
+        let breach = check(
+            &expected(&f, true),
+            &f.receipts,
+            &f.taps,
+            sunswarm_net::announce::verify_by,
+        );
         assert_eq!(breach.unwrap_err().hop, 2);
     }
 
