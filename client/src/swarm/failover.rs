@@ -187,7 +187,6 @@ struct Checker {
 impl Checker {
     /// Whether it still checks `route`: same ranges, and nobody on it banned since.
     fn fits(&self, route: &[Hop], client: &SwarmClient, history: usize) -> bool {
-        let banned = client.banned();
         self.sent <= history
             && self.route.len() == route.len()
             && self
@@ -195,7 +194,7 @@ impl Checker {
                 .iter()
                 .zip(route)
                 .all(|(c, m)| c.blocks == m.blocks)
-            && self.route.iter().all(|h| !banned.contains(&h.peer_id))
+            && self.route.iter().all(|h| !client.is_banned(&h.peer_id))
     }
 }
 
@@ -306,7 +305,6 @@ impl<'a> ResilientSession<'a> {
         self.spot_report.checked += 1;
         self.spot_report.steps.push(step);
         let route = self.route().to_vec();
-        let main = self.session.outputs_per_hop();
         let history = self.session.history.len();
         let mut checker = match self.checker.take() {
             Some(c) if c.fits(&route, self.client, history) => c,
@@ -353,6 +351,8 @@ impl<'a> ResilientSession<'a> {
             }
         }
         checker.sent = history;
+        // Gathered only once the check run has its outputs (opening it may fail).
+        let main = self.session.outputs_per_hop();
         let check = checker.session.outputs_per_hop();
         if main.len() != check.len()
             || main

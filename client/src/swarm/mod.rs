@@ -252,7 +252,7 @@ impl SwarmClient {
             .unwrap_or_default()
     }
 
-    fn is_banned(&self, peer: &[u8]) -> bool {
+    pub(crate) fn is_banned(&self, peer: &[u8]) -> bool {
         self.banned.lock().is_ok_and(|b| b.contains(peer))
     }
 
