@@ -23,15 +23,19 @@ use libp2p::kad::{
     self, GetProvidersOk, GetRecordOk, InboundRequest, ProviderRecord, QueryId, QueryResult,
     Quorum, Record, RecordKey,
 };
+use libp2p::multiaddr::Protocol;
 use libp2p::pnet::{PnetConfig, PreSharedKey};
+use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{DialError, NetworkBehaviour, SwarmEvent};
 use libp2p::{
-    Multiaddr, PeerId, StreamProtocol, Swarm, connection_limits, gossipsub, identify, identity,
-    noise, tcp, yamux,
+    Multiaddr, PeerId, StreamProtocol, Swarm, autonat, connection_limits, dcutr, gossipsub,
+    identify, identity, noise, relay, tcp, yamux,
 };
 use sunswarm_protocol::{Announcement, SignedAnnouncement};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::reach::{Nat, Reachability};
 use tracing::{debug, info, warn};
 
 /// Kademlia protocol name: a separate DHT from the public IPFS one.
@@ -122,6 +126,37 @@ pub struct NetConfig {
     /// address the host cannot see). When given, identify reports these instead of the listen
     /// addresses, so peers learn only them.
     pub announce: Vec<Multiaddr>,
+    /// Serve as a circuit relay v2 for peers that cannot be dialled (`--relay-server`): the
+    /// host provides `dht::relay_key` and relays their connections within [`RelayLimits`].
+    pub relay_server: Option<RelayLimits>,
+}
+
+/// What a relay lends the peers that listen through it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RelayLimits {
+    /// Peers holding a reservation at once.
+    pub max_reservations: usize,
+    /// Relayed connections at once, in all and per peer.
+    pub max_circuits: usize,
+    pub max_circuits_per_peer: usize,
+    /// A relayed connection is closed after this long or this many bytes (each direction).
+    pub max_circuit_duration: Duration,
+    pub max_circuit_bytes: u64,
+}
+
+impl Default for RelayLimits {
+    /// libp2p's defaults (2 minutes, 128 KiB per circuit) are sized for a hole punch's
+    /// handshake; a relayed swarm peer carries its sessions' activations over the circuit, so a
+    /// circuit lasts an hour and carries up to 1 GiB.
+    fn default() -> Self {
+        RelayLimits {
+            max_reservations: 128,
+            max_circuits: 64,
+            max_circuits_per_peer: 8,
+            max_circuit_duration: Duration::from_secs(3600),
+            max_circuit_bytes: 1 << 30,
+        }
+    }
 }
 
 impl Default for NetConfig {
@@ -136,6 +171,7 @@ impl Default for NetConfig {
             swarm_key: None,
             limits: Limits::default(),
             announce: Vec::new(),
+            relay_server: None,
         }
     }
 }
@@ -147,6 +183,14 @@ struct Behaviour {
     gossipsub: gossipsub::Behaviour,
     identify: identify::Behaviour,
     stream: libp2p_stream::Behaviour,
+    /// Dialling and listening through relays (every host: a client must reach relayed nodes).
+    relay_client: relay::client::Behaviour,
+    /// Relaying for others (`NetConfig::relay_server`).
+    relay: Toggle<relay::Behaviour>,
+    /// Hole punching over relayed connections.
+    dcutr: dcutr::Behaviour,
+    /// Whether this host's addresses can be dialled (nodes only; clients need not be).
+    autonat: Toggle<autonat::Behaviour>,
 }
 
 /// Requests to the event loop.
@@ -189,6 +233,10 @@ enum Command {
     },
     GossipView(oneshot::Sender<Vec<Announcement>>),
     Stats(oneshot::Sender<HostStats>),
+    ListenViaRelay {
+        relay: PeerId,
+        reply: oneshot::Sender<Result<(), NetError>>,
+    },
     Shutdown {
         grace: Duration,
         reply: oneshot::Sender<()>,
@@ -219,6 +267,7 @@ pub struct Network {
     local_peer: PeerId,
     keypair: identity::Keypair,
     control: libp2p_stream::Control,
+    reach: watch::Receiver<Reachability>,
 }
 
 /// Owns the swarm; run it with [`EventLoop::run`] on its own task.
@@ -234,11 +283,15 @@ pub struct EventLoop {
     provided_by: HashMap<PeerId, HashSet<RecordKey>>,
     stats: HostStats,
     bootstrapped: bool,
+    /// This host's reachability, kept current here and watched by [`Network`] handles.
+    reach: watch::Sender<Reachability>,
+    relay_server: bool,
 }
 
 /// The protocols every host runs, over whichever transport.
 fn behaviour(
     key: &identity::Keypair,
+    relay_client: relay::client::Behaviour,
     cfg: &NetConfig,
 ) -> Result<Behaviour, Box<dyn std::error::Error + Send + Sync>> {
     let peer = key.public().to_peer_id();
@@ -291,12 +344,47 @@ fn behaviour(
             .with_max_established_incoming(Some(l.max_established_incoming))
             .with_max_established_per_peer(Some(l.max_established_per_peer)),
     );
+    let relay = cfg.relay_server.map(|r| {
+        relay::Behaviour::new(
+            peer,
+            relay::Config {
+                max_reservations: r.max_reservations,
+                max_circuits: r.max_circuits,
+                max_circuits_per_peer: r.max_circuits_per_peer,
+                max_circuit_duration: r.max_circuit_duration,
+                max_circuit_bytes: r.max_circuit_bytes,
+                ..relay::Config::default()
+            },
+        )
+    });
+    // Nodes probe their own reachability and answer others' probes. The dial-back goes only to
+    // the asking peer's observed IP (AutoNAT replaces any other), so allowing private and
+    // loopback addresses lets a LAN or a local testnet work without letting anyone aim it
+    // elsewhere.
+    let autonat = cfg.dht_server.then(|| {
+        autonat::Behaviour::new(
+            peer,
+            autonat::Config {
+                boot_delay: Duration::from_secs(1),
+                retry_interval: Duration::from_secs(10),
+                refresh_interval: Duration::from_secs(300),
+                throttle_server_period: Duration::from_secs(5),
+                timeout: Duration::from_secs(10),
+                only_global_ips: false,
+                ..autonat::Config::default()
+            },
+        )
+    });
     Ok(Behaviour {
         limits,
         kad,
         gossipsub,
         identify,
         stream: libp2p_stream::Behaviour::new(),
+        relay_client,
+        relay: relay.into(),
+        dcutr: dcutr::Behaviour::new(peer),
+        autonat: autonat.into(),
     })
 }
 
@@ -339,7 +427,9 @@ pub fn new(cfg: NetConfig) -> Result<(Network, EventLoop), NetError> {
             )
             .map_err(|e| transport_err(&e))?
             .with_quic()
-            .with_behaviour(|key| behaviour(key, &cfg))
+            .with_relay_client(noise::Config::new, mux)
+            .map_err(|e| transport_err(&e))?
+            .with_behaviour(|key, relay| behaviour(key, relay, &cfg))
             .map_err(|e| transport_err(&e))?
             .with_swarm_config(idle)
             .with_connection_timeout(limits.handshake)
@@ -358,7 +448,9 @@ pub fn new(cfg: NetConfig) -> Result<(Network, EventLoop), NetError> {
                 },
             )
             .map_err(|e| transport_err(&e))?
-            .with_behaviour(|key| behaviour(key, &cfg))
+            .with_relay_client(noise::Config::new, mux)
+            .map_err(|e| transport_err(&e))?
+            .with_behaviour(|key, relay| behaviour(key, relay, &cfg))
             .map_err(|e| transport_err(&e))?
             .with_swarm_config(idle)
             .with_connection_timeout(limits.handshake)
@@ -383,6 +475,10 @@ pub fn new(cfg: NetConfig) -> Result<(Network, EventLoop), NetError> {
     }
     let control = swarm.behaviour().stream.new_control();
     let (tx, rx) = mpsc::channel(256);
+    let (reach, reach_rx) = watch::channel(Reachability {
+        announce: cfg.announce.clone(),
+        ..Reachability::default()
+    });
     let event_loop = EventLoop {
         swarm,
         rx,
@@ -392,6 +488,8 @@ pub fn new(cfg: NetConfig) -> Result<(Network, EventLoop), NetError> {
         provided_by: HashMap::new(),
         stats: HostStats::default(),
         bootstrapped: false,
+        reach,
+        relay_server: cfg.relay_server.is_some(),
     };
     Ok((
         Network {
@@ -399,6 +497,7 @@ pub fn new(cfg: NetConfig) -> Result<(Network, EventLoop), NetError> {
             local_peer,
             keypair,
             control,
+            reach: reach_rx,
         },
         event_loop,
     ))
@@ -525,6 +624,24 @@ impl Network {
         self.ask(Command::GossipView).await
     }
 
+    /// How others can reach this host now.
+    pub fn reachability(&self) -> Reachability {
+        self.reach.borrow().clone()
+    }
+
+    /// Changes of [`Self::reachability`].
+    pub fn reach_changes(&self) -> watch::Receiver<Reachability> {
+        self.reach.clone()
+    }
+
+    /// Listens through `relay` (a peer the DHT knows): reserves a place there, so others reach
+    /// this host at the relay's address. Answered once the listener is set up; the relayed
+    /// address appears in [`Self::reachability`] once the relay accepts.
+    pub async fn listen_via_relay(&self, relay: PeerId) -> Result<(), NetError> {
+        self.ask(|reply| Command::ListenViaRelay { relay, reply })
+            .await?
+    }
+
     /// How much of other peers' state this host holds.
     pub async fn stats(&self) -> Result<HostStats, NetError> {
         self.ask(Command::Stats).await
@@ -640,13 +757,120 @@ impl EventLoop {
                     .num_established() as usize;
                 let _ = reply.send(stats);
             }
+            Command::ListenViaRelay { relay, reply } => {
+                let _ = reply.send(self.listen_via_relay(relay));
+            }
             Command::Shutdown { .. } => unreachable!("handled in run"),
         }
     }
 
+    /// Listens on a circuit through `relay`, at an address the DHT's routing table has for it.
+    fn listen_via_relay(&mut self, relay: PeerId) -> Result<(), NetError> {
+        let kad = &mut self.swarm.behaviour_mut().kad;
+        let mut addrs: Vec<Multiaddr> = Vec::new();
+        for bucket in kad.kbuckets() {
+            for entry in bucket.iter() {
+                if *entry.node.key.preimage() == relay {
+                    addrs.extend(entry.node.value.iter().cloned());
+                }
+            }
+        }
+        let base = addrs
+            .into_iter()
+            .find(|a| !crate::reach::is_relayed(a))
+            .ok_or_else(|| NetError::Dial {
+                addr: Multiaddr::empty(),
+                reason: format!("no direct address known for relay {relay}"),
+            })?;
+        let base = if base.iter().any(|p| matches!(p, Protocol::P2p(_))) {
+            base
+        } else {
+            base.with(Protocol::P2p(relay))
+        };
+        let circuit = base.with(Protocol::P2pCircuit);
+        self.swarm
+            .listen_on(circuit.clone())
+            .map(|_| ())
+            .map_err(|e| NetError::Listen {
+                addr: circuit,
+                reason: e.to_string(),
+            })
+    }
+
+    /// Updates the reachability the handles watch (only when it changed).
+    fn update_reach(&mut self, change: impl FnOnce(&mut Reachability)) {
+        self.reach.send_if_modified(|r| {
+            let before = r.clone();
+            change(r);
+            *r != before
+        });
+    }
+
     fn on_event(&mut self, ev: SwarmEvent<BehaviourEvent>) {
         match ev {
-            SwarmEvent::NewListenAddr { address, .. } => debug!(%address, "listening"),
+            SwarmEvent::NewListenAddr { address, .. } => {
+                debug!(%address, "listening");
+                if crate::reach::is_relayed(&address) {
+                    info!(%address, "reachable through a relay");
+                    let a = address.clone();
+                    self.update_reach(|r| r.relayed.push(a));
+                } else {
+                    // A relay must be reachable, so it vouches for its own listen addresses
+                    // (libp2p's relay only serves once the host has a confirmed address).
+                    if self.relay_server && self.reach.borrow().announce.is_empty() {
+                        self.swarm.add_external_address(address.clone());
+                    }
+                    self.update_reach(|r| r.listen.push(address));
+                }
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.update_reach(|r| {
+                    r.listen.retain(|a| *a != address);
+                    r.relayed.retain(|a| *a != address);
+                    if r.relayed.is_empty() {
+                        r.relay = None;
+                    }
+                });
+            }
+            SwarmEvent::ListenerClosed { addresses, .. } => {
+                self.update_reach(|r| {
+                    r.listen.retain(|a| !addresses.contains(a));
+                    r.relayed.retain(|a| !addresses.contains(a));
+                    if r.relayed.is_empty() {
+                        r.relay = None;
+                    }
+                });
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Autonat(autonat::Event::StatusChanged {
+                new,
+                ..
+            })) => {
+                let nat = match new {
+                    autonat::NatStatus::Public(_) => Nat::Public,
+                    autonat::NatStatus::Private => Nat::Private,
+                    autonat::NatStatus::Unknown => Nat::Unknown,
+                };
+                info!(?nat, "AutoNAT");
+                self.update_reach(|r| r.nat = nat);
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::RelayClient(
+                relay::client::Event::ReservationReqAccepted { relay_peer_id, .. },
+            )) => {
+                self.update_reach(|r| r.relay = Some(relay_peer_id));
+            }
+            SwarmEvent::Behaviour(BehaviourEvent::Dcutr(dcutr::Event {
+                remote_peer_id,
+                result,
+            })) => match result {
+                Ok(_) => {
+                    info!(peer = %remote_peer_id, "hole punched: direct connection");
+                    self.update_reach(|r| r.punched += 1);
+                }
+                Err(e) => {
+                    debug!(peer = %remote_peer_id, "hole punching failed: {e}");
+                    self.update_reach(|r| r.punch_failed += 1);
+                }
+            },
             SwarmEvent::Behaviour(BehaviourEvent::Identify(identify::Event::Received {
                 peer_id,
                 info,

@@ -5,6 +5,8 @@
 //! - [`gossip`]: the bounded table of gossiped announcements.
 //! - [`host`]: the libp2p host (a cloneable [`Network`] handle and the [`EventLoop`] that owns
 //!   the swarm): transports, private-swarm keys, Kademlia records and providers, gossip.
+//! - [`reach`]: whether peers can dial this host (AutoNAT), relays for those that cannot
+//!   (circuit relay v2, found in the DHT), hole punching (DCUtR).
 //! - [`stream`]: the activation protocol's streams and how a peer opens one.
 //! - [`runtime`]: the binaries' runtime, whose one thread is also a compute worker.
 //! - [`now_ms`]: the wall clock that announcements and their expiry are stamped with.
@@ -13,10 +15,12 @@ pub mod announce;
 pub mod discovery;
 pub mod gossip;
 pub mod host;
+pub mod reach;
 pub mod runtime;
 pub mod stream;
 
 pub use host::{EventLoop, HostStats, Limits, NetConfig, NetError, Network, new, read_swarm_key};
+pub use reach::{Nat, Reachability};
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

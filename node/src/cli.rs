@@ -47,6 +47,15 @@ pub struct NodeArgs {
     /// what the node announces and what identify tells peers.
     #[arg(long = "announce-addr")]
     announce_addr: Vec<Multiaddr>,
+    /// Accept no direct connection at all (as behind a NAT that forwards nothing): the node
+    /// dials out only, AutoNAT finds it unreachable and it listens through a relay. Needs
+    /// --bootstrap.
+    #[arg(long, conflicts_with_all = ["listen", "announce_addr"])]
+    no_listen: bool,
+    /// Relay for peers that cannot be dialled (circuit relay v2): this node must be reachable
+    /// itself; it provides the relay key in the DHT, where such peers look.
+    #[arg(long)]
+    relay_server: bool,
     /// Compute backend: cpu, wgpu or cuda.
     #[arg(long, default_value = "cpu")]
     backend: BackendKind,
@@ -173,6 +182,7 @@ pub async fn run(args: NodeArgs, hooks: Arc<dyn Hooks>) -> anyhow::Result<()> {
             let announce = move |running: &RunningNode, blocks: BlockRange, first: bool| {
                 if first {
                     announce_ready(running, blocks, n_layers, &model_id);
+                    tokio::spawn(report_reachability(running.network().clone()));
                 } else {
                     println!("MOVED blocks={blocks}");
                 }
@@ -214,6 +224,7 @@ pub async fn run(args: NodeArgs, hooks: Arc<dyn Hooks>) -> anyhow::Result<()> {
     let runner: Arc<dyn BlockRunner> = runner;
     let running = node::start_with_hooks(cfg, runner, energy, hooks.clone()).await?;
     announce_ready(&running, blocks, n_layers, &model_id);
+    tokio::spawn(report_reachability(running.network().clone()));
     hooks.started(running.network(), blocks, &model_id.0);
     wait_for_signal().await?;
     tracing::info!("stopping: leaving the swarm");
@@ -221,7 +232,8 @@ pub async fn run(args: NodeArgs, hooks: Arc<dyn Hooks>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `PEER_ID=`, one `LISTEN=` per address and `READY ...` on stdout, for `swarm-testnet`.
+/// `PEER_ID=`, one `BOUND=` per address the host listens on, one `LISTEN=` per address others
+/// dial (the same unless `--announce-addr`) and `READY ...` on stdout, for `swarm-testnet`.
 fn announce_ready(
     running: &RunningNode,
     blocks: BlockRange,
@@ -229,10 +241,43 @@ fn announce_ready(
     model_id: &sunswarm_models::ModelId,
 ) {
     println!("PEER_ID={}", running.peer_id());
+    for a in running.bound_addrs() {
+        println!("BOUND={a}");
+    }
     for a in running.listen_addrs() {
         println!("LISTEN={a}");
     }
     println!("READY blocks={blocks} n_layers={n_layers} model={model_id}");
+}
+
+/// Prints `REACH=<label> nat=<..> relay=<peer or ->` each time how others reach the node
+/// changes (public, relayed, direct-after-punch...), and logs it.
+async fn report_reachability(net: sunswarm_net::Network) {
+    use std::io::Write;
+    let mut changes = net.reach_changes();
+    let mut last = String::new();
+    loop {
+        let line = {
+            let r = changes.borrow_and_update();
+            let relay = r.relay.map_or("-".to_string(), |p| p.to_string());
+            format!(
+                "REACH={} nat={:?} relay={relay} punched={} punch_failed={}",
+                r.label(),
+                r.nat,
+                r.punched,
+                r.punch_failed
+            )
+        };
+        if line != last {
+            tracing::info!("{line}");
+            println!("{line}");
+            let _ = std::io::stdout().flush();
+            last = line;
+        }
+        if changes.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// The node's configuration for `blocks` with this throughput estimate.
@@ -243,11 +288,22 @@ fn node_config(
     blocks: BlockRange,
     throughput: f32,
 ) -> anyhow::Result<NodeConfig> {
+    anyhow::ensure!(
+        !args.no_listen || !args.bootstrap.is_empty(),
+        "--no-listen needs --bootstrap: a node nobody can dial must find the swarm itself"
+    );
     let announce_ttl = secs("announce-ttl", args.announce_ttl)?;
     let gossip_interval = secs("gossip-interval", args.gossip_interval)?;
     Ok(NodeConfig {
         net: NetConfig {
-            listen: args.listen.clone(),
+            listen: if args.no_listen {
+                Vec::new()
+            } else {
+                args.listen.clone()
+            },
+            relay_server: args
+                .relay_server
+                .then(sunswarm_net::host::RelayLimits::default),
             bootstrap: args.bootstrap.clone(),
             announce: args.announce_addr.clone(),
             dht_server: true,

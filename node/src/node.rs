@@ -66,6 +66,13 @@ pub enum NodeError {
         pass_tokens: u32,
         max_tokens: u32,
     },
+    #[error(
+        "after {waited:?} nothing others can dial: no listener or AutoNAT found the listen addresses unreachable ({nat:?}), and no relay took a reservation (start a peer with --relay-server, or give --announce-addr)"
+    )]
+    Unreachable {
+        waited: Duration,
+        nat: sunswarm_net::Nat,
+    },
 }
 
 /// A node that serves and announces until [`RunningNode::leave`].
@@ -74,7 +81,10 @@ pub struct RunningNode {
     cfg: NodeConfig,
     energy: Arc<dyn EnergySource>,
     slots: Arc<SessionSlots>,
+    /// What others dial (announced).
     listen: Vec<Multiaddr>,
+    /// Where the host listens.
+    bound: Vec<Multiaddr>,
     hooks: Arc<dyn Hooks>,
     tasks: Vec<JoinHandle<()>>,
     event_loop: JoinHandle<()>,
@@ -152,16 +162,20 @@ pub async fn start_with_hooks(
         tokio::spawn(session::accept_loop(ctx, incoming)),
         executor_task,
     ];
-    net.wait_ready(false, Duration::from_secs(10)).await?;
+    // A node with no listener (behind a NAT that forwards nothing) has only its peers to wait for.
+    net.wait_ready(cfg.net.listen.is_empty(), Duration::from_secs(10))
+        .await?;
     if need_peers {
         net.wait_ready(true, Duration::from_secs(30)).await?;
     }
-    // What others dial: the announced addresses when given, else where this node listens.
-    let listen = if cfg.net.announce.is_empty() {
-        net.listen_addrs().await?
-    } else {
-        cfg.net.announce.clone()
-    };
+    let bound = net.listen_addrs().await?;
+    // Finds a relay whenever peers cannot dial this node (AutoNAT says so).
+    tasks.push(tokio::spawn(sunswarm_net::reach::keep_reachable(
+        net.clone(),
+    )));
+    // What others dial: the operator's addresses, the direct ones, or a relay's; a node with
+    // nothing dialable has nothing to announce yet.
+    let listen = reachable_addrs(&net, RELAY_WAIT).await?;
     net.subscribe(dht::energy_topic(&cfg.model_id)).await?;
     let mut node = RunningNode {
         net,
@@ -169,6 +183,7 @@ pub async fn start_with_hooks(
         energy,
         slots,
         listen,
+        bound,
         hooks,
         tasks: Vec::new(),
         event_loop,
@@ -178,6 +193,34 @@ pub async fn start_with_hooks(
     node.tasks = tasks;
     info!(peer = %node.peer_id(), blocks = %node.cfg.blocks, "announced");
     Ok(node)
+}
+
+/// How long a node that cannot be dialled looks for a relay before it gives up starting.
+const RELAY_WAIT: Duration = Duration::from_secs(60);
+
+/// Waits until the host has an address others can dial (at once, unless it has no listener or
+/// the operator's address, and must wait for AutoNAT and a relay).
+async fn reachable_addrs(net: &Network, deadline: Duration) -> Result<Vec<Multiaddr>, NodeError> {
+    let mut changes = net.reach_changes();
+    let wait = async {
+        loop {
+            let addrs = changes.borrow_and_update().advertised();
+            if !addrs.is_empty() {
+                return Ok(addrs);
+            }
+            if changes.changed().await.is_err() {
+                return Err(NodeError::Net(NetError::Stopped));
+            }
+        }
+    };
+    tokio::time::timeout(deadline, wait)
+        .await
+        .unwrap_or_else(|_| {
+            Err(NodeError::Unreachable {
+                waited: deadline,
+                nat: net.reachability().nat,
+            })
+        })
 }
 
 /// What the announcer task needs (cheap clones of the node's parts).
@@ -208,6 +251,12 @@ impl RunningNode {
 
     pub fn network(&self) -> &Network {
         &self.net
+    }
+
+    /// Where the host itself listens (differs from [`Self::listen_addrs`] with
+    /// `--announce-addr`).
+    pub fn bound_addrs(&self) -> &[Multiaddr] {
+        &self.bound
     }
 
     /// Listen addresses, each with `/p2p/<peer id>` so they can be dialled as given.
@@ -256,6 +305,14 @@ impl AnnounceHandle {
             timestamp_ms: now,
             expires_ms: if leaving { now } else { now + ttl },
         };
+        // The relay's address once peers have found this node unreachable.
+        ann.addrs = self
+            .net
+            .reachability()
+            .advertised()
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
         self.hooks.announce(&mut ann);
         ann
     }
@@ -272,6 +329,9 @@ impl AnnounceHandle {
                 for b in self.cfg.blocks.start..self.cfg.blocks.end {
                     self.net.stop_providing(dht::block_key(model, b)).await?;
                 }
+                if self.cfg.net.relay_server.is_some() {
+                    self.net.stop_providing(dht::relay_key()).await?;
+                }
                 // A record stored on other peers cannot be deleted; overwrite it with one that
                 // has already expired.
                 self.net
@@ -283,6 +343,9 @@ impl AnnounceHandle {
                     .await?;
                 for b in self.cfg.blocks.start..self.cfg.blocks.end {
                     self.net.start_providing(dht::block_key(model, b)).await?;
+                }
+                if self.cfg.net.relay_server.is_some() {
+                    self.net.start_providing(dht::relay_key()).await?;
                 }
             }
         }
@@ -313,9 +376,23 @@ async fn announcer(h: AnnounceHandle) {
     tick.tick().await;
     let mut changes = h.energy.state_changes();
     let mut published = changes.as_ref().map(|rx| *rx.borrow());
+    let mut reach = h.net.reach_changes();
+    let mut published_addrs = reach.borrow_and_update().advertised();
     loop {
+        let mut moved = false;
         tokio::select! {
             _ = tick.tick() => {}
+            // A node that becomes reachable another way (a relay's address) says so at once,
+            // in the DHT too: sessions routed to the old address would fail.
+            Ok(()) = reach.changed() => {
+                let now = reach.borrow_and_update().advertised();
+                if now == published_addrs {
+                    continue;
+                }
+                info!(addrs = ?now, "reachable at new addresses");
+                published_addrs = now;
+                moved = true;
+            }
             Some(Ok(())) = async { match changes.as_mut() { Some(rx) => Some(rx.changed().await), None => None } } => {
                 let now = changes.as_mut().map(|rx| *rx.borrow_and_update());
                 let urgent = matches!((now, published), (Some(n), Some(p)) if n.routing_differs(&p));
@@ -332,7 +409,7 @@ async fn announcer(h: AnnounceHandle) {
             }
         }
         // Half a period of tolerance, so timer jitter does not skip every other refresh.
-        let dht_too = last_dht.elapsed() + period / 2 >= refresh;
+        let dht_too = moved || last_dht.elapsed() + period / 2 >= refresh;
         if dht_too {
             last_dht = Instant::now();
         }

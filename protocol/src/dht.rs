@@ -24,6 +24,13 @@ pub fn peer_record_key(model_id: &ModelDigest, peer_id: &[u8]) -> [u8; 32] {
     *h.finalize().as_bytes()
 }
 
+/// Kademlia provider key of relays: peers started with `--relay-server` provide it, and a peer
+/// that cannot be dialled from outside looks for a relay under it (every model's swarm shares
+/// them).
+pub fn relay_key() -> [u8; 32] {
+    *blake3::hash(b"sunswarm/dht/relay/1").as_bytes()
+}
+
 /// Gossipsub topic on which the nodes of one model publish their announcements with fresh
 /// energy state.
 pub fn energy_topic(model_id: &ModelDigest) -> String {

@@ -7,6 +7,7 @@ use std::process::Command;
 use anyhow::{Context, Result};
 
 use super::launch::{Byzantine, Slowdown, Split, Testnet, TestnetOptions, apply_slowdowns};
+use super::link::LinkProfile;
 use super::process::find_binary;
 
 /// `swarm-testnet up`.
@@ -48,6 +49,52 @@ pub struct UpArgs {
     /// `1:flood-gossip:keys=1000`). Repeatable.
     #[arg(long = "byzantine")]
     pub byzantine: Vec<Byzantine>,
+    #[command(flatten)]
+    pub link: LinkArgs,
+    /// Node I accepts no direct connection (as behind a NAT): it finds itself unreachable and
+    /// listens through node 0, which runs as a relay. Repeatable; not node 0.
+    #[arg(long = "relayed")]
+    pub relayed: Vec<usize>,
+}
+
+/// Wide-area links: with any of these, every connection to a node (from a client or another
+/// node) passes through a proxy with these properties, in both directions.
+#[derive(Debug, Default, clap::Args)]
+pub struct LinkArgs {
+    /// One-way delay of every link, in milliseconds.
+    #[arg(long)]
+    pub link_latency_ms: Option<u64>,
+    /// Each chunk's delay varies uniformly by up to this many milliseconds (order is kept).
+    #[arg(long)]
+    pub link_jitter_ms: Option<u64>,
+    /// Each link's rate in each direction, in kilobits per second.
+    #[arg(long)]
+    pub link_bandwidth_kbps: Option<u64>,
+    /// A connection is cut once this many bytes have crossed it in one direction.
+    #[arg(long)]
+    pub link_loss_after_bytes: Option<u64>,
+}
+
+impl LinkArgs {
+    /// The links' profile, or `None` when no `--link-*` flag was given (plain loopback).
+    pub fn profile(&self) -> Result<Option<LinkProfile>> {
+        if self.link_latency_ms.is_none()
+            && self.link_jitter_ms.is_none()
+            && self.link_bandwidth_kbps.is_none()
+            && self.link_loss_after_bytes.is_none()
+        {
+            return Ok(None);
+        }
+        let ms = |v: Option<u64>| std::time::Duration::from_millis(v.unwrap_or(0));
+        let p = LinkProfile {
+            latency: ms(self.link_latency_ms),
+            jitter: ms(self.link_jitter_ms),
+            bandwidth_kbps: self.link_bandwidth_kbps,
+            loss_after_bytes: self.link_loss_after_bytes,
+        };
+        p.check().context("--link-* flags")?;
+        Ok(Some(p))
+    }
 }
 
 /// `swarm-testnet demo`.
@@ -118,6 +165,8 @@ pub fn up(args: UpArgs) -> Result<()> {
     )?;
     opts.swarm_key = args.swarm_key;
     opts.byzantine = args.byzantine;
+    opts.link = args.link.profile()?;
+    opts.relayed = args.relayed;
     let count = match &opts.split {
         Split::List(l) => l.len(),
         Split::Even | Split::Auto => opts.nodes,

@@ -13,6 +13,7 @@ use sunswarm_models::{Model, ModelSource};
 use sunswarm_protocol::BlockRange;
 use sunswarm_protocol::blocks::parse_split_list;
 
+use super::link::{LinkEmulator, LinkProfile, LinkProxy};
 use super::process::{Managed, find_binary};
 
 /// How blocks are split over nodes.
@@ -149,6 +150,13 @@ pub struct TestnetOptions {
     pub listen: String,
     /// Nodes started with a hostile behaviour.
     pub byzantine: Vec<Byzantine>,
+    /// Every connection to a node crosses an emulated wide-area link with this profile (a proxy
+    /// in front of each node, which the node announces). `None`: plain loopback.
+    pub link: Option<LinkProfile>,
+    /// Nodes that accept no direct connection (`swarm-node --no-listen`, as behind a NAT): they
+    /// find themselves unreachable (AutoNAT) and listen through node 0, which then runs as a
+    /// relay (`--relay-server`). Node 0, the bootstrap peer, cannot be one of them.
+    pub relayed: Vec<usize>,
 }
 
 impl Default for TestnetOptions {
@@ -165,6 +173,8 @@ impl Default for TestnetOptions {
             swarm_key: None,
             listen: "/ip4/127.0.0.1/tcp/0".into(),
             byzantine: Vec::new(),
+            link: None,
+            relayed: Vec::new(),
         }
     }
 }
@@ -192,6 +202,26 @@ pub struct Testnet {
     node_bin: PathBuf,
     /// `swarm-testnet` itself, for hostile nodes (found only when some are asked for).
     hostile_bin: Option<PathBuf>,
+    /// The emulated links (with `TestnetOptions::link`) and node i's proxy at index i. Declared
+    /// after `procs`, so nodes stop before their links do.
+    links: Option<LinkEmulator>,
+    proxies: Vec<Option<LinkProxy>>,
+}
+
+/// The TCP socket address of `/ip4/A/tcp/P[/...]`.
+fn tcp_socket(addr: &str) -> Option<std::net::SocketAddr> {
+    use libp2p::multiaddr::Protocol;
+    let addr: libp2p::Multiaddr = addr.parse().ok()?;
+    let mut parts = addr.iter();
+    let ip = match parts.next()? {
+        Protocol::Ip4(ip) => std::net::IpAddr::V4(ip),
+        Protocol::Ip6(ip) => std::net::IpAddr::V6(ip),
+        _ => return None,
+    };
+    match parts.next()? {
+        Protocol::Tcp(port) => Some((ip, port).into()),
+        _ => None,
+    }
 }
 
 fn fresh_log_dir() -> Result<PathBuf> {
@@ -236,6 +266,17 @@ impl Testnet {
             }
             None => fresh_log_dir()?,
         };
+        let links = match opts.link {
+            Some(profile) => {
+                anyhow::ensure!(
+                    opts.listen.contains("/tcp/"),
+                    "emulated links need TCP nodes (listen {})",
+                    opts.listen
+                );
+                Some(LinkEmulator::new(profile)?)
+            }
+            None => None,
+        };
         let mut net = Testnet {
             nodes: Vec::new(),
             procs: Vec::new(),
@@ -246,8 +287,17 @@ impl Testnet {
             opts: opts.clone(),
             node_bin,
             hostile_bin,
+            links,
+            proxies: Vec::new(),
         };
         let count = ranges.len();
+        for &r in &opts.relayed {
+            anyhow::ensure!(
+                r > 0 && r < count,
+                "--relayed {r}: node 0 is the bootstrap peer and relay; relayed nodes are 1 to {}",
+                count.saturating_sub(1)
+            );
+        }
         let mut seen = std::collections::HashSet::new();
         for b in &opts.byzantine {
             anyhow::ensure!(
@@ -273,11 +323,9 @@ impl Testnet {
             } else {
                 format!("{}:{}", blocks.start, blocks.end)
             };
-            let p = Managed::spawn(
-                &format!("node {i}"),
-                net.node_command_for(i, &spec, boot.as_deref(), &net.args_of(i)),
-                &log,
-            )?;
+            let mut cmd = net.node_command_for(i, &spec, boot.as_deref(), &net.args_of(i));
+            net.put_behind_link(&mut cmd)?;
+            let p = Managed::spawn(&format!("node {i}"), cmd, &log)?;
             net.nodes.push(NodeInfo {
                 index: i,
                 pid: p.pid(),
@@ -358,10 +406,20 @@ impl Testnet {
         node_args: &[String],
     ) {
         let opts = &self.opts;
+        // The index of the node this command starts.
+        let i = self.nodes.len();
         c.args(["--model", &opts.model, "--blocks", blocks])
-            .args(["--backend", &opts.backend, "--listen", &opts.listen])
+            .args(["--backend", &opts.backend])
             .args(["--announce-ttl", &opts.announce_ttl.to_string()])
             .args(node_args);
+        if opts.relayed.contains(&i) {
+            c.arg("--no-listen");
+        } else {
+            c.args(["--listen", &opts.listen]);
+        }
+        if i == 0 && !opts.relayed.is_empty() {
+            c.arg("--relay-server");
+        }
         if let Some(k) = &opts.swarm_key {
             c.arg("--swarm-key").arg(k);
         }
@@ -384,7 +442,8 @@ impl Testnet {
         let i = self.nodes.len();
         let log = self.log_dir.join(format!("node-{i}.log"));
         let spec = format!("{}:{}", blocks.start, blocks.end);
-        let cmd = self.node_command_with(&spec, Some(&self.bootstrap), node_args);
+        let mut cmd = self.node_command_with(&spec, Some(&self.bootstrap), node_args);
+        self.put_behind_link(&mut cmd)?;
         let p = Managed::spawn(&format!("node {i}"), cmd, &log)?;
         self.nodes.push(NodeInfo {
             index: i,
@@ -398,9 +457,43 @@ impl Testnet {
         Ok(i)
     }
 
+    /// With emulated links, gives the node about to start (the next index) a proxy and makes
+    /// it announce the proxy's address, so every connection to it crosses the link.
+    fn put_behind_link(&mut self, cmd: &mut Command) -> Result<()> {
+        let relayed = self.opts.relayed.contains(&self.nodes.len());
+        let proxy = match &self.links {
+            // A relayed node takes no connection: its links are those it dials and the relay's.
+            Some(_) if relayed => None,
+            Some(links) => {
+                let proxy = links.proxy()?;
+                let a = proxy.addr;
+                cmd.args([
+                    "--announce-addr",
+                    &format!("/ip4/{}/tcp/{}", a.ip(), a.port()),
+                ]);
+                Some(proxy)
+            }
+            None => None,
+        };
+        self.proxies.push(proxy);
+        Ok(())
+    }
+
+    /// Bytes that crossed node `i`'s emulated link so far (both directions; `None` without
+    /// emulated links).
+    pub fn link_bytes(&self, i: usize) -> Option<u64> {
+        self.proxies.get(i)?.as_ref().map(LinkProxy::bytes)
+    }
+
     fn read_node(&mut self, i: usize, deadline: Duration) -> Result<()> {
         let p = self.procs[i].as_mut().context("node already stopped")?;
         let peer = p.wait_line("PEER_ID=", deadline)?;
+        if let Some(Some(proxy)) = self.proxies.get(i) {
+            let bound = p.wait_line("BOUND=", deadline)?;
+            let at = tcp_socket(&bound)
+                .with_context(|| format!("node {i} listens on {bound}, not on TCP"))?;
+            proxy.connect_to(at);
+        }
         let listen = p.wait_line("LISTEN=", deadline)?;
         let ready = p.wait_line("READY", deadline)?;
         if i == 0 {

@@ -5,7 +5,9 @@
 
 pub mod cli;
 pub mod launch;
+pub mod link;
 pub mod process;
 
 pub use launch::{Byzantine, NodeInfo, Slowdown, Split, Testnet, TestnetOptions, apply_slowdowns};
+pub use link::{LinkEmulator, LinkProfile};
 pub use process::{Managed, find_binary};
