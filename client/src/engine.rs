@@ -213,6 +213,8 @@ pub struct RouteEntry {
     pub peer: String,
     /// Half-open block range.
     pub blocks: [u32; 2],
+    /// `public` or `relayed` (the hop announced only a relay's address).
+    pub reach: &'static str,
 }
 
 impl Completion {
@@ -228,6 +230,7 @@ pub fn route_entries(route: &[Hop]) -> Vec<RouteEntry> {
         .map(|h| RouteEntry {
             peer: crate::swarm::failover::peer_name(Some(h)),
             blocks: [h.blocks.start, h.blocks.end],
+            reach: sunswarm_net::reach::peer_reach(&h.addrs, false),
         })
         .collect()
 }

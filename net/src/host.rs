@@ -233,6 +233,7 @@ enum Command {
     },
     GossipView(oneshot::Sender<Vec<Announcement>>),
     Stats(oneshot::Sender<HostStats>),
+    DirectPeers(oneshot::Sender<HashSet<PeerId>>),
     ListenViaRelay {
         relay: PeerId,
         reply: oneshot::Sender<Result<(), NetError>>,
@@ -286,6 +287,8 @@ pub struct EventLoop {
     /// This host's reachability, kept current here and watched by [`Network`] handles.
     reach: watch::Sender<Reachability>,
     relay_server: bool,
+    /// Connections not through a relay, per peer (for [`Network::direct_peers`]).
+    direct: HashMap<PeerId, u32>,
 }
 
 /// The protocols every host runs, over whichever transport.
@@ -490,6 +493,7 @@ pub fn new(cfg: NetConfig) -> Result<(Network, EventLoop), NetError> {
         bootstrapped: false,
         reach,
         relay_server: cfg.relay_server.is_some(),
+        direct: HashMap::new(),
     };
     Ok((
         Network {
@@ -629,6 +633,11 @@ impl Network {
         self.reach.borrow().clone()
     }
 
+    /// Peers this host holds a direct (not relayed) connection with.
+    pub async fn direct_peers(&self) -> Result<HashSet<PeerId>, NetError> {
+        self.ask(Command::DirectPeers).await
+    }
+
     /// Changes of [`Self::reachability`].
     pub fn reach_changes(&self) -> watch::Receiver<Reachability> {
         self.reach.clone()
@@ -757,6 +766,9 @@ impl EventLoop {
                     .num_established() as usize;
                 let _ = reply.send(stats);
             }
+            Command::DirectPeers(reply) => {
+                let _ = reply.send(self.direct.keys().copied().collect());
+            }
             Command::ListenViaRelay { relay, reply } => {
                 let _ = reply.send(self.listen_via_relay(relay));
             }
@@ -821,6 +833,23 @@ impl EventLoop {
                         self.swarm.add_external_address(address.clone());
                     }
                     self.update_reach(|r| r.listen.push(address));
+                }
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id, endpoint, ..
+            } if !crate::reach::is_relayed(endpoint.get_remote_address()) => {
+                *self.direct.entry(peer_id).or_default() += 1;
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id, endpoint, ..
+            } if !crate::reach::is_relayed(endpoint.get_remote_address()) => {
+                if let std::collections::hash_map::Entry::Occupied(mut e) =
+                    self.direct.entry(peer_id)
+                {
+                    *e.get_mut() -= 1;
+                    if *e.get() == 0 {
+                        e.remove();
+                    }
                 }
             }
             SwarmEvent::ExpiredListenAddr { address, .. } => {

@@ -87,6 +87,21 @@ impl Reachability {
     }
 }
 
+/// How another peer is reached, as its announcement and this host's connections show it:
+/// `relayed` (it announces only a relay's address), `direct-after-punch` (it does, but this host
+/// holds a direct connection to it: hole punching, or the peer dialled out), or `public`.
+pub fn peer_reach(announced: &[String], direct_connection: bool) -> &'static str {
+    let relayed = !announced.is_empty()
+        && announced
+            .iter()
+            .all(|a| a.parse::<Multiaddr>().is_ok_and(|a| is_relayed(&a)));
+    match (relayed, direct_connection) {
+        (true, true) => "direct-after-punch",
+        (true, false) => "relayed",
+        (false, _) => "public",
+    }
+}
+
 /// Whether `addr` goes through a relay (`.../p2p-circuit/...`).
 pub fn is_relayed(addr: &Multiaddr) -> bool {
     addr.iter().any(|p| matches!(p, Protocol::P2pCircuit))
@@ -243,6 +258,17 @@ mod tests {
         tried.insert(second);
         assert_eq!(pick_relay(&providers, me, &tried), None);
         assert_eq!(pick_relay(&[me].into(), me, &HashSet::new()), None);
+    }
+
+    #[test]
+    fn peers_are_labelled_by_their_addresses_and_this_hosts_connection() {
+        let c = circuit().to_string();
+        let d = "/ip4/1.2.3.4/tcp/1".to_string();
+        assert_eq!(peer_reach(std::slice::from_ref(&c), false), "relayed");
+        assert_eq!(peer_reach(std::slice::from_ref(&c), true), "direct-after-punch");
+        assert_eq!(peer_reach(std::slice::from_ref(&d), false), "public");
+        assert_eq!(peer_reach(&[d, c], false), "public");
+        assert_eq!(peer_reach(&[], false), "public");
     }
 
     #[test]

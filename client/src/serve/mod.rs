@@ -714,6 +714,7 @@ async fn refresh(s: &Shared) {
     let mut v = empty_view(&s.engine);
     let now = now_ms();
     let recent = s.recent.lock().map(|r| r.clone()).unwrap_or_default();
+    let direct = swarm.network().direct_peers().await.unwrap_or_default();
     for (m, mv) in s.engine.models().iter().zip(v.models.iter_mut()) {
         let anns = match swarm.discover(&m.model_id, m.n_layers).await {
             Ok(a) => a,
@@ -729,7 +730,11 @@ async fn refresh(s: &Shared) {
         mv.gaps = gaps;
         let mut peers: Vec<_> = anns
             .iter()
-            .map(|a| view::peer_view(a, &m.name, &recent, now))
+            .map(|a| {
+                let peer = libp2p::PeerId::from_bytes(&a.peer_id).ok();
+                let direct = peer.is_some_and(|p| direct.contains(&p));
+                view::peer_view(a, &m.name, &recent, now, direct)
+            })
             .collect();
         peers.sort_by(|a, b| a.blocks.cmp(&b.blocks).then(a.peer_id.cmp(&b.peer_id)));
         v.peers.extend(peers);

@@ -59,6 +59,9 @@ pub struct PeerView {
     pub throughput_recent: f64,
     /// Age of the announcement, ms.
     pub age_ms: u64,
+    /// How it is reached: `public`, `relayed` (through a relay's address) or
+    /// `direct-after-punch` (relayed, but this server holds a direct connection to it).
+    pub reach: &'static str,
 }
 
 /// One request, as the dashboard lists it.
@@ -125,6 +128,7 @@ pub fn peer_view(
     model: &str,
     requests: &VecDeque<RequestRecord>,
     now_ms: u64,
+    direct_connection: bool,
 ) -> PeerView {
     let peer_id = PeerId::from_bytes(&a.peer_id)
         .map(|p| p.to_string())
@@ -153,6 +157,7 @@ pub fn peer_view(
         throughput_announced: a.throughput,
         throughput_recent: tokens as f64 / (THROUGHPUT_WINDOW_MS as f64 / 1e3),
         age_ms: now_ms.saturating_sub(a.timestamp_ms),
+        reach: sunswarm_net::reach::peer_reach(&a.addrs, direct_connection),
     }
 }
 
@@ -211,6 +216,7 @@ mod tests {
             route: vec![RouteEntry {
                 peer: via.into(),
                 blocks: [0, 6],
+                reach: "public",
             }],
             prompt_tokens: 1,
             completion_tokens: tokens,
@@ -228,9 +234,10 @@ mod tests {
             record(now - 1_000, 600, "other"),
         ]
         .into();
-        let v = peer_view(&a, "m", &reqs, now);
+        let v = peer_view(&a, "m", &reqs, now, false);
         assert!((v.throughput_recent - 2.0).abs() < 1e-9);
         assert_eq!(v.free_places, 3);
         assert_eq!(v.power_mode, "mains");
+        assert_eq!(v.reach, "public");
     }
 }
