@@ -140,6 +140,7 @@ impl<'a> SwarmOutput<'a> {
             swarm: SwarmTimings {
                 connect_ms,
                 open_ms: done.open_ms,
+                route_ms: done.route_ms,
                 decode_rtt_us_median: rtt,
                 overhead_per_hop_us_median: over,
                 hop_compute_us_median: per_hop,

@@ -203,6 +203,8 @@ pub struct Completion {
     pub joules_per_token: Option<f64>,
     /// Route choice and opening the session on every hop.
     pub open_ms: f64,
+    /// The route choice alone (discovery and the routing policy), within `open_ms`.
+    pub route_ms: f64,
     /// What the spot checks found (all zero in local mode).
     pub spot_checks: SpotReport,
 }
@@ -388,6 +390,7 @@ impl Engine {
                     timings: Vec::new(),
                     joules_per_token: None,
                     open_ms: 0.0,
+                    route_ms: 0.0,
                     spot_checks: SpotReport::default(),
                 })
             }
@@ -424,6 +427,7 @@ impl Engine {
         .await?
         .with_spot_checks(self.inner.spot_checks, Some(model.referee.clone()));
         let open_ms = t.elapsed().as_secs_f64() * 1e3;
+        let route_ms = session.route_ms;
         tracing::info!(route = %crate::swarm::failover::describe_route(session.route()), "session open");
         sink.route_opened(session.route());
         let outcome = generate(
@@ -460,6 +464,7 @@ impl Engine {
             timings,
             joules_per_token,
             open_ms,
+            route_ms,
             spot_checks,
         })
     }

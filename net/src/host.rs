@@ -364,7 +364,11 @@ fn behaviour(
     // the asking peer's observed IP (AutoNAT replaces any other), so allowing private and
     // loopback addresses lets a LAN or a local testnet work without letting anyone aim it
     // elsewhere.
-    let autonat = cfg.dht_server.then(|| {
+    //
+    // Not with `--announce-addr`: the operator has said where the host is reachable, and a
+    // probe would confirm the listen addresses behind it as external ones, which identify then
+    // tells every peer (a node behind a proxy was dialled around it that way).
+    let autonat = (cfg.dht_server && cfg.announce.is_empty()).then(|| {
         autonat::Behaviour::new(
             peer,
             autonat::Config {

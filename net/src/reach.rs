@@ -265,7 +265,10 @@ mod tests {
         let c = circuit().to_string();
         let d = "/ip4/1.2.3.4/tcp/1".to_string();
         assert_eq!(peer_reach(std::slice::from_ref(&c), false), "relayed");
-        assert_eq!(peer_reach(std::slice::from_ref(&c), true), "direct-after-punch");
+        assert_eq!(
+            peer_reach(std::slice::from_ref(&c), true),
+            "direct-after-punch"
+        );
         assert_eq!(peer_reach(std::slice::from_ref(&d), false), "public");
         assert_eq!(peer_reach(&[d, c], false), "public");
         assert_eq!(peer_reach(&[], false), "public");

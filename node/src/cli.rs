@@ -147,6 +147,7 @@ pub fn run_blocking(args: NodeArgs, hooks: Arc<dyn Hooks>) -> anyhow::Result<()>
 
 /// Runs a node with `hooks` until a signal stops it.
 pub async fn run(args: NodeArgs, hooks: Arc<dyn Hooks>) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
     let auto_opts = args.auto.options(args.blocks == BlocksArg::Auto)?;
     let energy: Arc<dyn energy::EnergySource> = Arc::from(args.energy.build()?);
     let src = ModelSource::parse(&args.model)?;
@@ -225,6 +226,13 @@ pub async fn run(args: NodeArgs, hooks: Arc<dyn Hooks>) -> anyhow::Result<()> {
     let running = node::start_with_hooks(cfg, runner, energy, hooks.clone()).await?;
     announce_ready(&running, blocks, n_layers, &model_id);
     tokio::spawn(report_reachability(running.network().clone()));
+    tokio::spawn(report_coverage(
+        running.network().clone(),
+        model_id.0,
+        n_layers,
+        blocks,
+        started,
+    ));
     hooks.started(running.network(), blocks, &model_id.0);
     wait_for_signal().await?;
     tracing::info!("stopping: leaving the swarm");
@@ -248,6 +256,41 @@ fn announce_ready(
         println!("LISTEN={a}");
     }
     println!("READY blocks={blocks} n_layers={n_layers} model={model_id}");
+}
+
+/// Prints `COVERED after_ms=<since start>` once this node's view of the swarm (its own blocks
+/// and the live announcements gossip brought) covers every block of the model: from then on
+/// it could route a whole generation, and an operator knows the swarm is complete.
+async fn report_coverage(
+    net: sunswarm_net::Network,
+    model: sunswarm_protocol::ModelDigest,
+    n_layers: u32,
+    own: BlockRange,
+    started: std::time::Instant,
+) {
+    let mut covered = vec![false; n_layers as usize];
+    covered[own.as_range()].iter_mut().for_each(|c| *c = true);
+    loop {
+        let Ok(view) = net.gossip_view().await else {
+            return;
+        };
+        let now = sunswarm_net::now_ms();
+        for a in view
+            .iter()
+            .filter(|a| a.model_id == model && a.expires_ms > now && a.blocks.end <= n_layers)
+        {
+            covered[a.blocks.as_range()]
+                .iter_mut()
+                .for_each(|c| *c = true);
+        }
+        if covered.iter().all(|&c| c) {
+            let ms = started.elapsed().as_millis();
+            tracing::info!("the swarm covers every block after {ms} ms");
+            println!("COVERED after_ms={ms}");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
 
 /// Prints `REACH=<label> nat=<..> relay=<peer or ->` each time how others reach the node

@@ -318,6 +318,16 @@ impl AnnounceHandle {
     }
 
     async fn publish(&self, dht_too: bool, leaving: bool) -> Result<(), NodeError> {
+        self.publish_parts(dht_too, true, leaving).await
+    }
+
+    /// Publishes to the DHT, to gossip, or both.
+    async fn publish_parts(
+        &self,
+        dht_too: bool,
+        gossip_too: bool,
+        leaving: bool,
+    ) -> Result<(), NodeError> {
         // Other peers store and relay only announcements signed by the peer they describe.
         let signed = self.net.sign_announcement(self.announcement(leaving))?;
         let bytes = codec::encode(&signed)?;
@@ -349,7 +359,9 @@ impl AnnounceHandle {
                 }
             }
         }
-        self.net.publish(dht::energy_topic(model), bytes).await?;
+        if gossip_too {
+            self.net.publish(dht::energy_topic(model), bytes).await?;
+        }
         Ok(())
     }
 }
@@ -368,20 +380,23 @@ impl AnnounceHandle {
 /// announced at once too.
 async fn announcer(h: AnnounceHandle) {
     let refresh = h.cfg.announce_ttl / 4;
-    let period = h.cfg.gossip_interval.min(refresh);
+    // Gossiped entries must be refreshed well within their lifetime.
+    let cap = h.cfg.announce_ttl / 2;
+    let mut period = gossip_period(h.cfg.gossip_interval, 0, cap);
+    let mut tick_every = period.min(refresh);
     let mut last_dht = Instant::now();
     let mut last_publish = Instant::now();
     let mut published_full = h.slots.is_full();
-    let mut tick = tokio::time::interval(period);
-    tick.tick().await;
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + tick_every, tick_every);
     let mut changes = h.energy.state_changes();
     let mut published = changes.as_ref().map(|rx| *rx.borrow());
     let mut reach = h.net.reach_changes();
     let mut published_addrs = reach.borrow_and_update().advertised();
     loop {
         let mut moved = false;
+        let mut ticked = false;
         tokio::select! {
-            _ = tick.tick() => {}
+            _ = tick.tick() => ticked = true,
             // A node that becomes reachable another way (a relay's address) says so at once,
             // in the DHT too: sessions routed to the old address would fail.
             Ok(()) = reach.changed() => {
@@ -408,20 +423,50 @@ async fn announcer(h: AnnounceHandle) {
                 }
             }
         }
-        // Half a period of tolerance, so timer jitter does not skip every other refresh.
-        let dht_too = moved || last_dht.elapsed() + period / 2 >= refresh;
+        // Half a tick of tolerance, so timer jitter does not skip every other refresh.
+        let dht_too = moved || last_dht.elapsed() + tick_every / 2 >= refresh;
+        let gossip_too = !ticked || last_publish.elapsed() + tick_every / 2 >= period;
+        if !dht_too && !gossip_too {
+            continue;
+        }
         if dht_too {
             last_dht = Instant::now();
         }
-        published = changes.as_ref().map(|rx| *rx.borrow());
-        published_full = h.slots.is_full();
-        if let Err(e) = h.publish(dht_too, false).await {
+        if gossip_too {
+            published = changes.as_ref().map(|rx| *rx.borrow());
+            published_full = h.slots.is_full();
+        }
+        if let Err(e) = h.publish_parts(dht_too, gossip_too, false).await {
             warn!("announcing: {e}");
             return;
         }
-        last_publish = Instant::now();
-        tick.reset();
+        if gossip_too {
+            last_publish = Instant::now();
+        }
+        // The bigger the swarm, the less often each node gossips (see `gossip_period`).
+        let peers = h.net.gossip_view().await.map(|v| v.len()).unwrap_or(0);
+        let next = gossip_period(h.cfg.gossip_interval, peers, cap);
+        if next != period {
+            period = next;
+            tick_every = period.min(refresh);
+            tick = tokio::time::interval_at(tokio::time::Instant::now() + tick_every, tick_every);
+        } else if gossip_too {
+            tick.reset();
+        }
     }
+}
+
+/// Peers up to which a node gossips at its base interval. Each announcement reaches every peer,
+/// so a peer receives (peers / period) of them per second; beyond this many peers the period
+/// grows with the swarm and that rate stays what this many peers at the base interval give.
+pub const GOSSIP_PEERS_AT_BASE: usize = 16;
+
+/// How often a node gossips its announcement in a swarm where it sees `peers` others: `base` up
+/// to [`GOSSIP_PEERS_AT_BASE`], then in proportion, at most `cap` (entries must be refreshed
+/// within their lifetime; past `cap` the rate per peer grows again, linearly).
+pub fn gossip_period(base: Duration, peers: usize, cap: Duration) -> Duration {
+    let scale = (peers as f64 / GOSSIP_PEERS_AT_BASE as f64).max(1.0);
+    base.mul_f64(scale).min(cap.max(base))
 }
 
 /// Measures decode throughput through the blocks: a few one-token forwards on a scratch session.
@@ -440,4 +485,27 @@ pub fn estimate_throughput(runner: &dyn BlockRunner) -> f32 {
         }
     }
     n as f32 / t.elapsed().as_secs_f32().max(1e-6)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gossip_slows_down_as_the_swarm_grows_so_each_peer_hears_about_as_much() {
+        let base = Duration::from_secs(2);
+        let cap = Duration::from_secs(15);
+        assert_eq!(gossip_period(base, 0, cap), base);
+        assert_eq!(gossip_period(base, GOSSIP_PEERS_AT_BASE, cap), base);
+        assert_eq!(gossip_period(base, 32, cap), Duration::from_secs(4));
+        assert_eq!(gossip_period(base, 1000, cap), cap);
+        // What one peer receives per second: bounded from 16 peers until the cap.
+        let heard = |n: usize| n as f64 / gossip_period(base, n, cap).as_secs_f64();
+        for n in [16, 20, 50, 100, 120] {
+            assert!((heard(n) - 8.0).abs() < 1e-9, "{n}: {}", heard(n));
+        }
+        assert!(heard(10) < 8.0);
+        // A cap below the base never speeds gossip up.
+        assert_eq!(gossip_period(base, 100, Duration::from_secs(1)), base);
+    }
 }

@@ -39,8 +39,8 @@ t0=st.median([1000/r["decode_tokens_per_s"] for r in base])   # ms per token at 
 ttft0=st.median([r["ttft_ms"] for r in base])
 hops=len(base[0]["route"])
 print(f"hops {hops}; per-token compute+loopback at {lats[0]} ms: {t0:.2f} ms; ttft {ttft0:.0f} ms")
-print("| link latency | decode tok/s (runs) | floor tok/s (hops+1 crossings) | ratio to floor | along-the-route tok/s (2 x hops) | TTFT ms (runs) | TTFT - TTFT(0) in one-way crossings |")
-print("|---|---|---|---|---|---|---|")
+print("| link latency | decode tok/s (runs) | floor tok/s (hops+1 crossings) | ratio to floor | along-the-route tok/s (2 x hops) | TTFT ms (runs) | TTFT - TTFT(0) in one-way crossings | connect + open ms |")
+print("|---|---|---|---|---|---|---|---|")
 for L in lats:
     rs=runs[L]
     tps=[r["decode_tokens_per_s"] for r in rs]
@@ -50,5 +50,6 @@ for L in lats:
     petals=1000/(t0+2*hops*extra)
     ttft=[r["ttft_ms"] for r in rs]
     cross=(st.median(ttft)-ttft0)/extra if extra else float('nan')
-    print(f"| {L} ms | {m:.1f} ({', '.join(f'{x:.1f}' for x in tps)}) | {floor:.1f} | {m/floor:.2f}x | {petals:.1f} | {st.median(ttft):.0f} ({', '.join(f'{x:.0f}' for x in ttft)}) | {cross:.1f} |")
+    setup=st.median([r["swarm"]["connect_ms"]+r["swarm"]["open_ms"] for r in rs])
+    print(f"| {L} ms | {m:.1f} ({', '.join(f'{x:.1f}' for x in tps)}) | {floor:.1f} | {m/floor:.2f}x | {petals:.1f} | {st.median(ttft):.0f} ({', '.join(f'{x:.0f}' for x in ttft)}) | {cross:.1f} | {setup:.0f} |")
 PY

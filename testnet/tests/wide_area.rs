@@ -38,6 +38,12 @@ async fn three_nodes_across_30_ms_links_with_jitter_generate_what_local_does() {
     let local = client_json(&[&common[..], &["--local"]].concat());
     assert_eq!(tokens(&swarm), tokens(&local));
     assert_eq!(route(&swarm).len(), 3);
+    // Every crossing took the link (no side path on loopback: AutoNAT once confirmed the
+    // nodes' own listen addresses and peers dialled around the proxies): a token's trip
+    // crosses hops + 1 links, each at least latency - jitter = 20 ms. A lower bound the
+    // emulation guarantees (its delays are sleeps), not a speed.
+    let transit = swarm["swarm"]["transit_us_median"].as_f64().unwrap();
+    assert!(transit >= 4.0 * 20_000.0, "transit {transit} us");
     // The activations really crossed every node's link (not a side path on loopback): each
     // node receives at least one hidden state per token through its proxy.
     for (i, b) in before.iter().enumerate() {

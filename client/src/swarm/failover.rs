@@ -174,6 +174,8 @@ pub struct ResilientSession<'a> {
     pub spot_report: SpotReport,
     /// The check run, kept open between checks so each sends only what came since the last.
     checker: Option<Checker>,
+    /// Time spent choosing the opening route (discovery and the routing policy), all attempts.
+    pub route_ms: f64,
 }
 
 /// A session through other replicas that re-runs the main session's inputs for spot checks.
@@ -211,11 +213,14 @@ impl<'a> ResilientSession<'a> {
         let mut backoff = Backoff::default();
         let mut attempts = 0;
         let mut stream_retries = 0;
+        let mut route_ms = 0.0;
         let session = loop {
             let avoid = backoff.avoided(Instant::now());
+            let t = Instant::now();
             let route = client
                 .choose_route_with(&model_id, n_layers, routing, &avoid)
                 .await?;
+            route_ms += ms_since(t);
             match SwarmSession::open_with(client.network(), model_id, route.clone(), params).await {
                 Ok(s) => break s,
                 // A live peer drops a new stream that arrives while its acceptor has not taken
@@ -257,6 +262,7 @@ impl<'a> ResilientSession<'a> {
             referee: None,
             spot_report: SpotReport::default(),
             checker: None,
+            route_ms,
         })
     }
 

@@ -510,6 +510,8 @@ pub struct SwarmTimings {
     pub connect_ms: f64,
     /// Discovery, route choice and opening the session on every hop.
     pub open_ms: f64,
+    /// Of `open_ms`, discovery and route choice (the rest opens the session on every hop).
+    pub route_ms: f64,
     /// Median client round trip of one decode step (one token through every hop and back).
     pub decode_rtt_us_median: f64,
     /// Median over decode steps of (round trip - compute of every hop) / hops.

@@ -43,6 +43,15 @@ impl FromStr for Split {
     }
 }
 
+/// `nodes` nearly equal contiguous ranges; with more nodes than blocks, one block per range and
+/// the ranges taken in turn (node i serves block i mod n_layers), so a hundred nodes of a
+/// six-block model make six ranges of about seventeen replicas each.
+pub fn even_ranges(n_layers: u32, nodes: usize) -> Result<Vec<BlockRange>> {
+    let parts = u32::try_from(nodes)?.min(n_layers);
+    let split = BlockRange::split_even(n_layers, parts)?;
+    Ok((0..nodes).map(|i| split[i % split.len()]).collect())
+}
+
 /// Splits a per-node flag's `I:VALUE` into the node index and the value.
 fn node_and_value<'a>(flag: &str, expected: &str, s: &'a str) -> Result<(usize, &'a str)> {
     let (i, value) = s
@@ -252,7 +261,7 @@ impl Testnet {
         let auto = opts.split == Split::Auto;
         // With auto nodes the ranges are theirs to choose: a placeholder until each says.
         let ranges = match &opts.split {
-            Split::Even => BlockRange::split_even(n_layers, u32::try_from(opts.nodes)?)?,
+            Split::Even => even_ranges(n_layers, opts.nodes)?,
             Split::List(r) => r.clone(),
             Split::Auto => vec![BlockRange::new(0, n_layers)?; opts.nodes],
         };
@@ -616,6 +625,17 @@ mod tests {
                 .to_string()
                 .contains("--split")
         );
+    }
+
+    #[test]
+    fn even_ranges_cycle_when_there_are_more_nodes_than_blocks() {
+        let r = even_ranges(30, 3).unwrap();
+        assert_eq!(r[1], BlockRange { start: 10, end: 20 });
+        let r = even_ranges(6, 100).unwrap();
+        assert_eq!(r.len(), 100);
+        assert_eq!(r[0], BlockRange { start: 0, end: 1 });
+        assert_eq!(r[7], BlockRange { start: 1, end: 2 });
+        assert!(r.iter().all(|b| b.end - b.start == 1));
     }
 
     #[test]

@@ -3,10 +3,12 @@
 //! it started when dropped (pass or fail). `swarm-testnet up` and `demo` and the integration
 //! tests all go through [`Testnet`].
 
+pub mod churn;
 pub mod cli;
 pub mod launch;
 pub mod link;
 pub mod process;
+pub mod scale;
 
 pub use launch::{Byzantine, NodeInfo, Slowdown, Split, Testnet, TestnetOptions, apply_slowdowns};
 pub use link::{LinkEmulator, LinkProfile};
