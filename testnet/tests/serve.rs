@@ -430,6 +430,8 @@ async fn errors_are_openai_errors_and_the_dashboard_shows_the_swarm() {
         }
         assert!(dom.contains("data-covered=\"yes\""), "{dom}");
         assert!(dom.contains("all 30 blocks covered"), "{dom}");
+        // Loopback nodes listen directly: each is shown as public.
+        assert_eq!(dom.matches("data-reach=\"public\"").count(), 3, "{dom}");
     }
     net.stop_node(2, false);
     let until = Instant::now() + Duration::from_secs(20);

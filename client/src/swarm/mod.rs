@@ -295,8 +295,9 @@ impl SwarmClient {
 
     /// A route that keeps the surviving hops of `route` and replaces hop `failed` (see
     /// [`route::repair_candidates`]); when the survivors cannot be kept, any route that avoids
-    /// `avoid`. Plans from the last discovery first, and walks the DHT again only when that
-    /// gives no route.
+    /// `avoid`. Plans from the last discovery first, and walks the DHT again when that gives no
+    /// route clear of `avoid` (a replacement may have joined since); only when the fresh view
+    /// has none either may an avoided peer be taken again.
     pub async fn choose_replacement(
         &self,
         model_id: &ModelDigest,
@@ -307,15 +308,26 @@ impl SwarmClient {
         avoid: &[Vec<u8>],
     ) -> Result<Vec<Hop>, SwarmError> {
         let cached = self.recent(model_id, n_layers);
-        let attempt = |anns: &[Announcement]| {
+        let clear = |anns: &[Announcement]| {
             let repair = route::repair_candidates(anns, route, failed, avoid);
             plan_hops(&repair, n_layers, routing)
-                .or_else(|_| plan_avoiding(anns, n_layers, routing, avoid))
+                .or_else(|_| plan_clear_of(anns, n_layers, routing, avoid))
         };
-        if let Ok(hops) = attempt(&cached) {
+        if let Ok(hops) = clear(&cached) {
             return Ok(hops);
         }
-        self.plan_until_covered(model_id, n_layers, attempt).await
+        // Under churn the cached view holds the peers that just failed, and the replacements
+        // that joined since are only in the DHT: planning from the cache with the avoided peers
+        // allowed back in sent a session to a leaving peer eight times over.
+        if let Ok(anns) = self.discover(model_id, n_layers).await
+            && let Ok(hops) = clear(&anns)
+        {
+            return Ok(hops);
+        }
+        self.plan_until_covered(model_id, n_layers, |anns| {
+            clear(anns).or_else(|_| plan_hops(anns, n_layers, routing))
+        })
+        .await
     }
 
     /// Discovers and chooses a route. The DHT is eventually consistent (a lookup on a loaded
@@ -350,7 +362,7 @@ impl SwarmClient {
             .is_some_and(|age| age < FRESH_VIEW);
         if fresh {
             let recent = self.recent(model_id, n_layers);
-            if let Ok(hops) = plan_avoiding(&recent, n_layers, routing, avoid) {
+            if let Ok(hops) = plan_clear_of(&recent, n_layers, routing, avoid) {
                 return Ok(hops);
             }
         }
@@ -479,12 +491,22 @@ fn plan_avoiding(
     routing: &dyn Routing,
     avoid: &[Vec<u8>],
 ) -> Result<Vec<Hop>, RouteError> {
-    let avoiding: Vec<Announcement> = anns
+    plan_clear_of(anns, n_layers, routing, avoid).or_else(|_| plan_hops(anns, n_layers, routing))
+}
+
+/// A route through none of `avoid`, or none.
+fn plan_clear_of(
+    anns: &[Announcement],
+    n_layers: u32,
+    routing: &dyn Routing,
+    avoid: &[Vec<u8>],
+) -> Result<Vec<Hop>, RouteError> {
+    let clear: Vec<Announcement> = anns
         .iter()
         .filter(|a| !avoid.contains(&a.peer_id))
         .cloned()
         .collect();
-    plan_hops(&avoiding, n_layers, routing).or_else(|_| plan_hops(anns, n_layers, routing))
+    plan_hops(&clear, n_layers, routing)
 }
 
 /// [`route::plan_with`] as the hops of a route.

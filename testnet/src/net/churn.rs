@@ -73,12 +73,22 @@ const PROMPTS: [&str; 8] = [
 /// One generation's outcome.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Outcome {
-    /// Finished with these tokens; the repairs it needed took these times (ms).
+    /// Finished with these tokens; the repairs it needed took these times.
     Done {
         identical: bool,
-        recoveries_ms: Vec<f64>,
+        repairs: Vec<Repair>,
     },
     Failed(String),
+}
+
+/// One repair's times (ms): in all, and choosing the new route, opening it, replaying the
+/// prefix into it (the client's `failover_events`).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Repair {
+    pub recovery_ms: f64,
+    pub choose_ms: f64,
+    pub open_ms: f64,
+    pub replay_ms: f64,
 }
 
 /// What a churn run measured.
@@ -96,6 +106,10 @@ pub struct ChurnSummary {
     pub recovery_ms_median: Option<f64>,
     pub recovery_ms_p90: Option<f64>,
     pub recovery_ms_max: Option<f64>,
+    /// Medians of the repairs' parts.
+    pub choose_ms_median: Option<f64>,
+    pub open_ms_median: Option<f64>,
+    pub replay_ms_median: Option<f64>,
     /// The first few failures' messages.
     pub failures: Vec<String>,
 }
@@ -126,22 +140,22 @@ impl ChurnSummary {
             recovery_ms_median: None,
             recovery_ms_p90: None,
             recovery_ms_max: None,
+            choose_ms_median: None,
+            open_ms_median: None,
+            replay_ms_median: None,
             failures: Vec::new(),
         };
         let mut recoveries = Vec::new();
         for o in outcomes {
             match o {
-                Outcome::Done {
-                    identical,
-                    recoveries_ms,
-                } => {
+                Outcome::Done { identical, repairs } => {
                     s.completed += 1;
                     if *identical {
                         s.identical += 1;
                     } else {
                         s.wrong += 1;
                     }
-                    recoveries.extend_from_slice(recoveries_ms);
+                    recoveries.extend_from_slice(repairs);
                 }
                 Outcome::Failed(why) => {
                     s.failed += 1;
@@ -157,9 +171,14 @@ impl ChurnSummary {
             s.completed as f64 / outcomes.len() as f64
         };
         s.repairs = recoveries.len();
-        s.recovery_ms_median = quantile(&recoveries, 0.5);
-        s.recovery_ms_p90 = quantile(&recoveries, 0.9);
-        s.recovery_ms_max = quantile(&recoveries, 1.0);
+        let part = |f: fn(&Repair) -> f64| recoveries.iter().map(f).collect::<Vec<f64>>();
+        let total = part(|r| r.recovery_ms);
+        s.recovery_ms_median = quantile(&total, 0.5);
+        s.recovery_ms_p90 = quantile(&total, 0.9);
+        s.recovery_ms_max = quantile(&total, 1.0);
+        s.choose_ms_median = quantile(&part(|r| r.choose_ms), 0.5);
+        s.open_ms_median = quantile(&part(|r| r.open_ms), 0.5);
+        s.replay_ms_median = quantile(&part(|r| r.replay_ms), 0.5);
         s
     }
 }
@@ -183,6 +202,7 @@ async fn generate(
     prompt: &str,
     tokens: usize,
     want: Option<&Vec<u64>>,
+    failure_log: &std::path::Path,
 ) -> Outcome {
     let mut c = tokio::process::Command::new(client);
     c.args(["generate", "--model", model, "--prompt", prompt])
@@ -193,6 +213,7 @@ async fn generate(
             "--json",
         ])
         .args(["--bootstrap", bootstrap])
+        .env("RUST_LOG", "warn,sunswarm_client=info")
         .stdin(Stdio::null())
         .kill_on_drop(true);
     let out = match c.output().await {
@@ -200,25 +221,42 @@ async fn generate(
         Err(e) => return Outcome::Failed(format!("running swarm-client: {e}")),
     };
     if !out.status.success() {
+        // anyhow's `Error: ...` line, or a panic's message (a backtrace may follow either).
         let err = String::from_utf8_lossy(&out.stderr);
-        let last = err
-            .lines()
-            .rev()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("");
-        return Outcome::Failed(last.to_string());
+        let _ = std::fs::write(failure_log, err.as_bytes());
+        let mut lines = err.lines();
+        let why = match lines.position(|l| l.starts_with("Error:") || l.contains("panicked at")) {
+            Some(i) => err.lines().skip(i).take(6).collect::<Vec<_>>().join(" "),
+            None => err
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("")
+                .to_string(),
+        };
+        return Outcome::Failed(why);
     }
     let Some(v) = last_json(&out.stdout) else {
         return Outcome::Failed("no JSON from swarm-client".into());
     };
     let got = token_list(&v);
-    let recoveries_ms = v["failover_events"]
+    let ms = |e: &serde_json::Value, k: &str| e[k].as_f64().unwrap_or(f64::NAN);
+    let repairs = v["failover_events"]
         .as_array()
-        .map(|a| a.iter().filter_map(|e| e["recovery_ms"].as_f64()).collect())
+        .map(|a| {
+            a.iter()
+                .map(|e| Repair {
+                    recovery_ms: ms(e, "recovery_ms"),
+                    choose_ms: ms(e, "choose_ms"),
+                    open_ms: ms(e, "open_ms"),
+                    replay_ms: ms(e, "replay_ms"),
+                })
+                .collect()
+        })
         .unwrap_or_default();
     Outcome::Done {
         identical: want.is_some_and(|w| *w == got),
-        recoveries_ms,
+        repairs,
     }
 }
 
@@ -308,11 +346,22 @@ pub async fn run(args: &ChurnArgs) -> Result<ChurnSummary> {
     for c in 0..args.clients {
         let (client, model, bootstrap) = (client.clone(), args.model.clone(), bootstrap.clone());
         let (outcomes, refs, n) = (outcomes.clone(), refs.clone(), args.max_new_tokens);
+        let log_dir = net.log_dir.clone();
         clients.push(tokio::spawn(async move {
             let mut k = c;
             while Instant::now() < until {
                 let p = k % PROMPTS.len();
-                let o = generate(&client, &model, &bootstrap, PROMPTS[p], n, refs.get(p)).await;
+                let log = log_dir.join(format!("client-{c}-failed-{k}.log"));
+                let o = generate(
+                    &client,
+                    &model,
+                    &bootstrap,
+                    PROMPTS[p],
+                    n,
+                    refs.get(p),
+                    &log,
+                )
+                .await;
                 if let Outcome::Failed(why) = &o {
                     eprintln!("client {c}: generation failed: {why}");
                 } else if matches!(
@@ -334,10 +383,12 @@ pub async fn run(args: &ChurnArgs) -> Result<ChurnSummary> {
     let leave_every = Duration::from_secs_f64(args.leave_every);
     let seed = args.seed;
     let churn = tokio::task::spawn_blocking(move || churn_nodes(net, until, leave_every, seed));
+    // The swarm stays up until the last client's last generation has ended.
+    let (net, leaves, joins) = churn.await??;
     for c in clients {
         c.await?;
     }
-    let (leaves, joins) = churn.await??;
+    drop(net);
     let all = outcomes.lock().map(|o| o.clone()).unwrap_or_default();
     Ok(ChurnSummary::of(&all, leaves, joins))
 }
@@ -348,13 +399,14 @@ fn args_clients_stride(c: usize) -> usize {
 }
 
 /// Every `leave_every` until `until`: a random node other than node 0 leaves (SIGKILL and
-/// SIGTERM in turn) and a replacement with its range joins. Returns (leaves, joins).
+/// SIGTERM in turn) and a replacement with its range joins. Returns the swarm, still up, and
+/// (leaves, joins).
 fn churn_nodes(
     mut net: Testnet,
     until: Instant,
     leave_every: Duration,
     seed: u64,
-) -> Result<(usize, usize)> {
+) -> Result<(Testnet, usize, usize)> {
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     let mut live: Vec<usize> = (1..net.nodes.len()).collect();
     let (mut leaves, mut joins) = (0, 0);
@@ -389,7 +441,7 @@ fn churn_nodes(
             Err(e) => eprintln!("a replacement for blocks {blocks} did not start: {e:#}"),
         }
     }
-    Ok((leaves, joins))
+    Ok((net, leaves, joins))
 }
 
 /// `swarm-testnet churn`: runs, prints the summary.
@@ -409,13 +461,16 @@ pub fn main(args: ChurnArgs) -> Result<()> {
         s.failed
     );
     println!(
-        "leaves {} | joins {} | repairs {} | recovery median {} p90 {} max {}",
+        "leaves {} | joins {} | repairs {} | recovery median {} p90 {} max {} (medians: choose {}, open {}, replay {})",
         s.leaves,
         s.joins,
         s.repairs,
         ms(s.recovery_ms_median),
         ms(s.recovery_ms_p90),
-        ms(s.recovery_ms_max)
+        ms(s.recovery_ms_max),
+        ms(s.choose_ms_median),
+        ms(s.open_ms_median),
+        ms(s.replay_ms_median)
     );
     for f in &s.failures {
         println!("failure: {f}");
@@ -445,7 +500,14 @@ mod tests {
     fn a_summary_counts_every_outcome_once() {
         let done = |identical, r: &[f64]| Outcome::Done {
             identical,
-            recoveries_ms: r.to_vec(),
+            repairs: r
+                .iter()
+                .map(|&t| Repair {
+                    recovery_ms: t,
+                    replay_ms: t / 2.0,
+                    ..Repair::default()
+                })
+                .collect(),
         };
         let s = ChurnSummary::of(
             &[
@@ -462,6 +524,7 @@ mod tests {
         assert_eq!(s.completed_share, 0.75);
         assert_eq!(s.recovery_ms_median, Some(200.0));
         assert_eq!(s.recovery_ms_max, Some(300.0));
+        assert_eq!(s.replay_ms_median, Some(100.0));
         assert_eq!(s.failures, vec!["no route".to_string()]);
         assert_eq!((s.leaves, s.joins), (3, 2));
         let empty = ChurnSummary::of(&[], 0, 0);
