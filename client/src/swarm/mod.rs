@@ -436,8 +436,12 @@ impl SwarmClient {
         deadline: Duration,
     ) -> Result<Vec<Announcement>, SwarmError> {
         let until = Instant::now() + deadline;
+        // In a big swarm one DHT walk returns some of each block's providers, a different
+        // some each time: a peer counts as found once any walk has found it.
+        let mut found: std::collections::HashSet<Vec<u8>> = std::collections::HashSet::new();
         loop {
             let anns = self.discover(model_id, n_layers).await?;
+            found.extend(anns.iter().map(|a| a.peer_id.clone()));
             let covered = route::plan(
                 &anns,
                 n_layers,
@@ -445,13 +449,13 @@ impl SwarmClient {
                 &mut rand::rng(),
             )
             .is_ok();
-            if covered && anns.len() >= want_peers {
+            if covered && found.len() >= want_peers {
                 return Ok(anns);
             }
             if Instant::now() >= until {
                 return Err(SwarmError::NotCovered {
                     waited: deadline,
-                    peers: anns.len(),
+                    peers: found.len(),
                     coverage: if covered {
                         "covered by fewer peers than expected"
                     } else {
@@ -459,7 +463,10 @@ impl SwarmClient {
                     },
                 });
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            // A walk asks every provider's record: in a big swarm, walking ten times a second
+            // was most of the load on the nodes it waited for.
+            let pause = 100 + 10 * found.len().min(200) as u64;
+            tokio::time::sleep(Duration::from_millis(pause)).await;
         }
     }
 

@@ -363,7 +363,13 @@ impl Testnet {
         )
         .await?;
         let covered = client
-            .wait_for_coverage(&model_id, n_layers, ranges.len(), Duration::from_secs(60))
+            .wait_for_coverage(
+                &model_id,
+                n_layers,
+                ranges.len(),
+                // A hundred processes starting on two cores take a while to all be found.
+                Duration::from_secs(60) + Duration::from_millis(500) * ranges.len() as u32,
+            )
             .await;
         client.stop().await;
         covered.context("waiting until every range is announced")?;
