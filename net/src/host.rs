@@ -866,22 +866,10 @@ impl EventLoop {
                 }
             }
             SwarmEvent::ExpiredListenAddr { address, .. } => {
-                self.update_reach(|r| {
-                    r.listen.retain(|a| *a != address);
-                    r.relayed.retain(|a| *a != address);
-                    if r.relayed.is_empty() {
-                        r.relay = None;
-                    }
-                });
+                self.update_reach(|r| r.forget(&[address]));
             }
             SwarmEvent::ListenerClosed { addresses, .. } => {
-                self.update_reach(|r| {
-                    r.listen.retain(|a| !addresses.contains(a));
-                    r.relayed.retain(|a| !addresses.contains(a));
-                    if r.relayed.is_empty() {
-                        r.relay = None;
-                    }
-                });
+                self.update_reach(|r| r.forget(&addresses));
             }
             SwarmEvent::Behaviour(BehaviourEvent::Autonat(autonat::Event::StatusChanged {
                 new,

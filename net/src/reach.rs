@@ -62,6 +62,15 @@ impl Reachability {
         self.listen.clone()
     }
 
+    /// Drops listen addresses that are gone (and the relay, with its last circuit).
+    pub fn forget(&mut self, gone: &[Multiaddr]) {
+        self.listen.retain(|a| !gone.contains(a));
+        self.relayed.retain(|a| !gone.contains(a));
+        if self.relayed.is_empty() {
+            self.relay = None;
+        }
+    }
+
     /// Whether the host should find a relay: peers cannot dial it, it holds no reservation, and
     /// the operator has not said where it is reachable.
     pub fn needs_relay(&self) -> bool {

@@ -229,7 +229,6 @@ struct AnnounceHandle {
     cfg: NodeConfig,
     energy: Arc<dyn EnergySource>,
     slots: Arc<SessionSlots>,
-    listen: Vec<Multiaddr>,
     hooks: Arc<dyn Hooks>,
 }
 
@@ -240,7 +239,6 @@ impl RunningNode {
             cfg: self.cfg.clone(),
             energy: self.energy.clone(),
             slots: self.slots.clone(),
-            listen: self.listen.clone(),
             hooks: self.hooks.clone(),
         }
     }
@@ -293,7 +291,14 @@ impl AnnounceHandle {
         let ttl = self.cfg.announce_ttl.as_millis() as u64;
         let mut ann = Announcement {
             peer_id: self.net.local_peer_id().to_bytes(),
-            addrs: self.listen.iter().map(|a| a.to_string()).collect(),
+            // The relay's address once peers have found this node unreachable.
+            addrs: self
+                .net
+                .reachability()
+                .advertised()
+                .iter()
+                .map(|a| a.to_string())
+                .collect(),
             model_id: self.cfg.model_id,
             n_layers: self.cfg.n_layers,
             blocks: self.cfg.blocks,
@@ -305,14 +310,6 @@ impl AnnounceHandle {
             timestamp_ms: now,
             expires_ms: if leaving { now } else { now + ttl },
         };
-        // The relay's address once peers have found this node unreachable.
-        ann.addrs = self
-            .net
-            .reachability()
-            .advertised()
-            .iter()
-            .map(|a| a.to_string())
-            .collect();
         self.hooks.announce(&mut ann);
         ann
     }
@@ -444,7 +441,7 @@ async fn announcer(h: AnnounceHandle) {
             last_publish = Instant::now();
         }
         // The bigger the swarm, the less often each node gossips (see `gossip_period`).
-        let peers = h.net.gossip_view().await.map(|v| v.len()).unwrap_or(0);
+        let peers = h.net.stats().await.map(|s| s.gossip_entries).unwrap_or(0);
         let next = gossip_period(h.cfg.gossip_interval, peers, cap);
         if next != period {
             period = next;

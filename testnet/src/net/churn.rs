@@ -376,7 +376,7 @@ pub async fn run(args: &ChurnArgs) -> Result<ChurnSummary> {
                 if let Ok(mut all) = outcomes.lock() {
                     all.push(o);
                 }
-                k += args_clients_stride(c);
+                k += prompt_stride(c);
             }
         }));
     }
@@ -394,7 +394,7 @@ pub async fn run(args: &ChurnArgs) -> Result<ChurnSummary> {
 }
 
 /// Each client walks the prompts with its own stride, so concurrent clients mix prompts.
-fn args_clients_stride(c: usize) -> usize {
+fn prompt_stride(c: usize) -> usize {
     1 + c % 3
 }
 

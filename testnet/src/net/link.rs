@@ -230,8 +230,14 @@ async fn accept_loop(
 ) {
     let mut n = 0u64;
     loop {
-        let Ok((inbound, _)) = listener.accept().await else {
-            continue;
+        let inbound = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                // Out of descriptors, say: back off rather than spin on the error.
+                tracing::debug!("link proxy accept: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
         };
         n += 1;
         let mut up = upstream.clone();
