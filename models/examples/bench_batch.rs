@@ -45,7 +45,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let mut steps: Vec<BatchStep<'_>> = caches
                 .iter_mut()
                 .zip(&inputs)
-                .map(|(cache, input)| BatchStep { cache, input })
+                .map(|(cache, input)| BatchStep {
+                    cache,
+                    input,
+                    stepwise: false,
+                })
                 .collect();
             for r in blocks.forward_batch(&mut steps) {
                 r?;

@@ -320,11 +320,12 @@ impl LoadedBlocks {
     }
 
     /// Runs one pass for the steps of several sessions (continuous batching). The decode steps
-    /// (one token each) go through every linear layer together, each weight read once for all
-    /// of them and each row computed exactly as it would be alone; attention is per session
-    /// against its own cache. Longer steps (prompt chunks) run on their own within the pass.
-    /// On the CPU every step's output and cache are bit-identical to running it alone. A step
-    /// that is invalid (wrong width, full context, non-finite values) fails alone.
+    /// (one token each, or several marked [`BatchStep::stepwise`]) go through every linear layer
+    /// together, each weight read once for all of them and each row computed exactly as it would
+    /// be alone; attention is per session against its own cache, row by row. Other steps (prompt
+    /// chunks) run on their own within the pass. On the CPU every step's output and cache are
+    /// bit-identical to running it alone (a stepwise step: to running its rows one token at a
+    /// time). A step that is invalid (wrong width, full context, non-finite values) fails alone.
     pub fn forward_batch(
         &self,
         steps: &mut [BatchStep<'_>],
@@ -335,14 +336,14 @@ impl LoadedBlocks {
         for (i, step) in steps.iter_mut().enumerate() {
             match self.check_input(step.cache, step.input) {
                 Err(e) => results[i] = Some(Err(e)),
-                Ok(input) if input.n_tokens == 1 => decodes.push(i),
+                Ok(input) if input.n_tokens == 1 || step.stepwise => decodes.push(i),
                 Ok(_) => results[i] = Some(self.forward(step.cache, step.input)),
             }
         }
-        if decodes.len() == 1 {
+        if decodes.len() == 1 && steps[decodes[0]].input.n_tokens == 1 {
             let step = &mut steps[decodes[0]];
             results[decodes[0]] = Some(self.forward(step.cache, step.input));
-        } else if decodes.len() > 1 {
+        } else if !decodes.is_empty() {
             let mut caches = Vec::with_capacity(decodes.len());
             let mut inputs = Vec::with_capacity(decodes.len());
             // Disjoint borrows of the chosen steps, in order.
@@ -356,7 +357,7 @@ impl LoadedBlocks {
                 rest = tail;
                 offset = i + 1;
             }
-            let outs = rayon::scope(|_| self.forward_decodes(&mut caches, &inputs));
+            let outs = rayon::scope(|_| self.forward_stepwise(&mut caches, &inputs));
             match outs {
                 Ok(outs) => {
                     for (&i, out) in decodes.iter().zip(outs) {
@@ -376,54 +377,67 @@ impl LoadedBlocks {
             .collect()
     }
 
-    fn forward_decodes(
+    /// The rows of several sessions' steps, each row computed as a one-token step of its session
+    /// would be: every linear layer over all rows at once ([`linear_each`]), attention row by row
+    /// in each session's order, so a row sees exactly the cache its own decode step would.
+    fn forward_stepwise(
         &self,
         caches: &mut [&mut KvCache],
         inputs: &[&HiddenStates],
     ) -> Result<Vec<HiddenStates>, ModelError> {
-        let m = inputs.len();
         let d = self.cfg.hidden_size;
-        let mut data = Vec::with_capacity(m * d);
+        let rows: usize = inputs.iter().map(|i| i.n_tokens).sum();
+        let mut data = Vec::with_capacity(rows * d);
         for input in inputs {
             data.extend_from_slice(&input.data);
         }
-        let mut x: Tensor<3> = Tensor::from_data(TensorData::new(data, [1, m, d]), &self.device);
-        let tables: Vec<(Tensor<4>, Tensor<4>)> = caches
+        let mut x: Tensor<3> = Tensor::from_data(TensorData::new(data, [1, rows, d]), &self.device);
+        // Each row's rotary tables, as its own step would compute them.
+        let tables: Vec<Vec<(Tensor<4>, Tensor<4>)>> = caches
             .iter()
-            .map(|c| self.rope.tables(c.len, 1, &self.device))
+            .zip(inputs)
+            .map(|(c, input)| {
+                (0..input.n_tokens)
+                    .map(|r| self.rope.tables(c.len + r, 1, &self.device))
+                    .collect()
+            })
             .collect();
         for (li, w) in self.blocks.iter().enumerate() {
             let _span = tracing::trace_span!("block", index = self.range.start + li).entered();
             let h = rms_norm(x.clone(), &w.attn_norm, self.cfg.rms_norm_eps);
             let qkv = linear_each(h, &w.wqkv)?;
-            let attn: Vec<Tensor<3>> = caches
-                .iter_mut()
-                .zip(&tables)
-                .enumerate()
-                .map(|(j, (cache, (cos, sin)))| {
-                    self.attend(
-                        qkv.clone().narrow(1, j, 1),
+            let mut attn = Vec::with_capacity(rows);
+            let mut row = 0;
+            for (cache, session_tables) in caches.iter_mut().zip(&tables) {
+                for (cos, sin) in session_tables {
+                    attn.push(self.attend(
+                        qkv.clone().narrow(1, row, 1),
                         &mut cache.layers[li],
                         cos,
                         sin,
                         None,
-                    )
-                })
-                .collect();
+                    ));
+                    row += 1;
+                }
+            }
             x = x.add(linear_each(Tensor::cat(attn, 1), &w.wo)?);
             x = self.feed_forward(w, x, linear_each)?;
         }
-        for cache in caches.iter_mut() {
-            cache.len += 1;
+        for (cache, input) in caches.iter_mut().zip(inputs) {
+            cache.len += input.n_tokens;
         }
         let out = HiddenStates::from_tensor(x)?;
-        Ok(out
-            .data
-            .chunks_exact(d)
-            .map(|row| HiddenStates {
-                n_tokens: 1,
-                dim: d,
-                data: row.to_vec(),
+        let mut rest = out.data.as_slice();
+        Ok(inputs
+            .iter()
+            .map(|input| {
+                let (mine, tail) = rest.split_at(input.n_tokens * d);
+                rest = tail;
+                HiddenStates {
+                    n_tokens: input.n_tokens,
+                    dim: d,
+                    data: mine.to_vec(),
+                }
             })
             .collect())
     }
@@ -433,6 +447,10 @@ impl LoadedBlocks {
 pub struct BatchStep<'a> {
     pub cache: &'a mut KvCache,
     pub input: &'a HiddenStates,
+    /// The rows are consecutive decode steps (a replay after failover): each is computed
+    /// exactly as its own one-token step would be, not as a prompt chunk, whose products and
+    /// attention run in another order and round differently.
+    pub stepwise: bool,
 }
 
 /// Additive mask for `n` new queries at positions `start..start+n` against `start+n` keys,

@@ -56,13 +56,18 @@ fn batched_equals_alone(model: &Model, blocks: &LoadedBlocks, sessions: usize, r
         let mut steps: Vec<BatchStep<'_>> = together
             .iter_mut()
             .zip(&inputs)
-            .map(|(cache, input)| BatchStep { cache, input })
+            .map(|(cache, input)| BatchStep {
+                cache,
+                input,
+                stepwise: false,
+            })
             .collect();
         steps.insert(
             sessions / 2,
             BatchStep {
                 cache: &mut newcomer,
                 input: &chunk,
+                stepwise: false,
             },
         );
         let got = blocks.forward_batch(&mut steps);
@@ -124,14 +129,17 @@ fn a_bad_step_fails_alone_and_the_others_run() {
         BatchStep {
             cache: &mut c1,
             input: &good,
+            stepwise: false,
         },
         BatchStep {
             cache: &mut c2,
             input: &bad,
+            stepwise: false,
         },
         BatchStep {
             cache: &mut c3,
             input: &also_good,
+            stepwise: false,
         },
     ];
     let out = blocks.forward_batch(&mut steps);
@@ -145,4 +153,87 @@ fn a_bad_step_fails_alone_and_the_others_run() {
     );
     assert!(out[2].is_ok());
     assert_eq!((c1.len(), c2.len(), c3.len()), (1, 0, 1));
+}
+
+/// A replay after failover sends the decode steps a session took as one stepwise step: its rows
+/// must come out, and leave the cache, bit for bit as the one-token steps did, also beside
+/// another session's decode step in the same pass. (The same rows as a prompt chunk do not:
+/// on SmolLM2 its products and attention round differently.)
+fn stepwise_equals_one_at_a_time(model: &Model, blocks: &LoadedBlocks, steps: usize) {
+    let dev = device(BackendKind::Cpu).unwrap();
+    let head = model.load_head(&dev).unwrap();
+    let vocab = model.config().vocab_size;
+    let ids: Vec<u32> = prompt(7, steps, vocab);
+    let x = head.embed(&prompt(3, 9, vocab)).unwrap();
+    let (mut alone, mut replayed) = (blocks.new_cache(), blocks.new_cache());
+    blocks.forward(&mut alone, &x).unwrap();
+    blocks.forward(&mut replayed, &x).unwrap();
+    let mut want = Vec::new();
+    for &id in &ids {
+        want.extend(
+            blocks
+                .forward(&mut alone, &head.embed(&[id]).unwrap())
+                .unwrap()
+                .data,
+        );
+    }
+    let rows = head.embed(&ids).unwrap();
+    let other_input = head.embed(&[11]).unwrap();
+    let mut other = blocks.new_cache();
+    blocks.forward(&mut other, &x).unwrap();
+    let want_other = {
+        let mut c = blocks.new_cache();
+        blocks.forward(&mut c, &x).unwrap();
+        blocks.forward(&mut c, &other_input).unwrap().data
+    };
+    let mut batch = vec![
+        BatchStep {
+            cache: &mut other,
+            input: &other_input,
+            stepwise: false,
+        },
+        BatchStep {
+            cache: &mut replayed,
+            input: &rows,
+            stepwise: true,
+        },
+    ];
+    let mut got = blocks.forward_batch(&mut batch).into_iter();
+    assert_eq!(got.next().unwrap().unwrap().data, want_other);
+    let got = got.next().unwrap().unwrap();
+    assert_eq!(got.n_tokens, steps);
+    assert!(
+        got.data == want,
+        "stepwise rows differ from one-token steps (max diff {})",
+        got.data
+            .iter()
+            .zip(&want)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max)
+    );
+    // The caches agree too: the next step gives the same output on both.
+    assert_eq!(alone.len(), replayed.len());
+    let next = head.embed(&[42]).unwrap();
+    assert_eq!(
+        blocks.forward(&mut alone, &next).unwrap().data,
+        blocks.forward(&mut replayed, &next).unwrap().data
+    );
+}
+
+#[test]
+fn stepwise_rows_equal_one_token_steps_on_a_random_model() {
+    let model = Model::open(&ModelSource::parse("random:tiny:seed=9").unwrap()).unwrap();
+    let dev = device(BackendKind::Cpu).unwrap();
+    let blocks = model.load_blocks(0..4, &dev).unwrap();
+    for steps in [1, 2, 7, 20] {
+        stepwise_equals_one_at_a_time(&model, &blocks, steps);
+    }
+}
+
+#[test]
+fn stepwise_rows_equal_one_token_steps_on_smollm2() {
+    let model = Model::open(&ModelSource::GgufFile(real_model::smollm2_gguf())).unwrap();
+    let dev = device(BackendKind::Cpu).unwrap();
+    let blocks = model.load_blocks(10..20, &dev).unwrap();
+    stepwise_equals_one_at_a_time(&model, &blocks, 12);
 }

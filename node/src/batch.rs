@@ -68,6 +68,8 @@ struct StepJob {
     compute: Duration,
     /// This hop's share of the session's per-token deadline, for a decode step.
     deadline_s: Option<f64>,
+    /// The rows are replayed decode steps ([`BatchItem::stepwise`]).
+    stepwise: bool,
 }
 
 impl StepJob {
@@ -217,13 +219,15 @@ impl Executor {
     }
 
     /// Runs `n_tokens` rows of `data` through the blocks with `cache` in the next pass that
-    /// takes them, and hands the cache back with the output. A decode step with a deadline that
-    /// no pass can meet is answered with [`ComputeError::DeadlineMissed`].
+    /// takes them, and hands the cache back with the output; `stepwise` rows are computed as
+    /// one-token steps ([`BatchItem::stepwise`]). A decode step with a deadline that no pass can
+    /// meet is answered with [`ComputeError::DeadlineMissed`].
     pub async fn step(
         &self,
         cache: Box<dyn SessionCache>,
         n_tokens: usize,
         data: Vec<f32>,
+        stepwise: bool,
         deadline_s: Option<f64>,
     ) -> Result<StepDone, ExecutorStopped> {
         let (reply, done) = oneshot::channel();
@@ -239,6 +243,7 @@ impl Executor {
                 out: Vec::new(),
                 compute: Duration::ZERO,
                 deadline_s: deadline_s.filter(|_| n_tokens == 1),
+                stepwise,
             })
             .await
             .map_err(|_| ExecutorStopped)?;
@@ -297,7 +302,12 @@ pub fn measure_cost(runner: &dyn BlockRunner) -> LinearCost {
             }
             let mut items: Vec<BatchItem<'_>> = caches
                 .iter_mut()
-                .map(|c| (c.as_mut(), tokens, vec![0.0; tokens * dim]))
+                .map(|c| BatchItem {
+                    cache: c.as_mut(),
+                    n_tokens: tokens,
+                    rows: vec![0.0; tokens * dim],
+                    stepwise: false,
+                })
                 .collect();
             let t = Instant::now();
             let _ = crate::session::blocking(|| runner.forward_batch(&mut items));
@@ -430,7 +440,12 @@ fn pass(runner: &dyn BlockRunner, mut jobs: Vec<StepJob>, max_chunk: usize) -> V
                     let dim = j.data.len() / j.n_tokens.max(1);
                     j.data[j.done * dim..(j.done + rows) * dim].to_vec()
                 };
-                (j.cache.as_mut(), rows, input)
+                BatchItem {
+                    cache: j.cache.as_mut(),
+                    n_tokens: rows,
+                    rows: input,
+                    stepwise: j.stepwise,
+                }
             })
             .collect();
         runner.forward_batch(&mut items)

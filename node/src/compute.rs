@@ -42,19 +42,27 @@ pub trait BlockRunner: Send + Sync + 'static {
         0
     }
 
-    /// Runs the steps of several sessions in one pass (continuous batching), each `(cache,
-    /// n_tokens, rows)`; a step's result must not depend on the others. By default, one after
-    /// another.
+    /// Runs the steps of several sessions in one pass (continuous batching); a step's result
+    /// must not depend on the others. By default, one after another, and a stepwise step like
+    /// any other (right for runners whose multi-token steps equal their one-token steps).
     fn forward_batch(&self, steps: &mut [BatchItem<'_>]) -> Vec<Result<Vec<f32>, ComputeError>> {
         steps
             .iter_mut()
-            .map(|(cache, n, data)| cache.forward(*n, std::mem::take(data)))
+            .map(|s| s.cache.forward(s.n_tokens, std::mem::take(&mut s.rows)))
             .collect()
     }
 }
 
-/// One step of a batched pass: a session's cache, the step's token count and its input rows.
-pub type BatchItem<'a> = (&'a mut (dyn SessionCache + 'static), usize, Vec<f32>);
+/// One step of a batched pass.
+pub struct BatchItem<'a> {
+    pub cache: &'a mut (dyn SessionCache + 'static),
+    pub n_tokens: usize,
+    /// The input rows, `[n_tokens, hidden]`.
+    pub rows: Vec<f32>,
+    /// The rows are consecutive decode steps replayed at once, to be computed exactly as one
+    /// token at a time ([`sunswarm_models::BatchStep::stepwise`]).
+    pub stepwise: bool,
+}
 
 /// One session's state on one node (its KV cache).
 pub trait SessionCache: Send {
@@ -147,8 +155,8 @@ impl BlockRunner for ModelRunner {
         let mut results: Vec<Option<Result<Vec<f32>, ComputeError>>> =
             (0..steps.len()).map(|_| None).collect();
         let mut inputs = Vec::with_capacity(steps.len());
-        for (i, (_, n, data)) in steps.iter_mut().enumerate() {
-            match HiddenStates::new(*n, dim, std::mem::take(data)) {
+        for (i, step) in steps.iter_mut().enumerate() {
+            match HiddenStates::new(step.n_tokens, dim, std::mem::take(&mut step.rows)) {
                 Ok(h) => inputs.push(h),
                 Err(e) => results[i] = Some(Err(e.into())),
             }
@@ -156,18 +164,19 @@ impl BlockRunner for ModelRunner {
         let mut batch = Vec::with_capacity(inputs.len());
         let mut ran = Vec::with_capacity(inputs.len());
         let mut next_input = inputs.iter();
-        for (i, (cache, _, _)) in steps.iter_mut().enumerate() {
+        for (i, step) in steps.iter_mut().enumerate() {
             if results[i].is_some() {
                 continue;
             }
             let Some(input) = next_input.next() else {
                 break;
             };
-            match cache.as_any_mut().downcast_mut::<ModelSession>() {
+            match step.cache.as_any_mut().downcast_mut::<ModelSession>() {
                 Some(session) => {
                     batch.push(BatchStep {
                         cache: &mut session.cache,
                         input,
+                        stepwise: step.stepwise,
                     });
                     ran.push(i);
                 }

@@ -1029,7 +1029,7 @@ async fn forward(
     let lent = std::mem::replace(cache, Box::new(Lent));
     let done = ctx
         .executor
-        .step(lent, n, data, deadline_s)
+        .step(lent, n, data, f.stepwise, deadline_s)
         .await
         .map_err(|e| refusal(ErrorKind::Internal, hop, e.to_string()))?;
     *cache = done.cache;
@@ -1085,6 +1085,7 @@ async fn forward(
         step: f.step,
         position: f.position,
         hidden,
+        stepwise: f.stepwise,
         receipts,
         tap: f.tap,
         taps,

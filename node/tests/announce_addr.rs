@@ -140,6 +140,7 @@ async fn peers_dial_the_announced_address() {
         position: 0,
         hidden: TensorFrame::from_f32(&[1, 2], &[1.0, 2.0], DType::F32).unwrap(),
         receipts: Vec::new(),
+        stepwise: false,
         tap: false,
         taps: Vec::new(),
     });

@@ -170,6 +170,7 @@ async fn run_job(s: &mut Session, id: u8, n: usize) {
             position: 0,
             hidden,
             receipts: Vec::new(),
+            stepwise: false,
             tap: false,
             taps: Vec::new(),
         }),

@@ -104,6 +104,7 @@ fn forward(session: SessionId, step: u32) -> Request {
         position: step,
         hidden: TensorFrame::from_f32(&[1, DIM as u32], &[0.5; DIM], DType::F32).unwrap(),
         receipts: Vec::new(),
+        stepwise: false,
         tap: false,
         taps: Vec::new(),
     })

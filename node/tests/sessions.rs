@@ -157,6 +157,7 @@ fn forward(session: SessionId, step: u32, position: u32, rows: &[f32]) -> Reques
         position,
         hidden: TensorFrame::from_f32(&[n, DIM as u32], rows, DType::F32).unwrap(),
         receipts: Vec::new(),
+        stepwise: false,
         tap: false,
         taps: Vec::new(),
     })
@@ -508,6 +509,7 @@ async fn hostile_peer_gets_errors_while_an_honest_session_completes() {
         position: 0,
         hidden: TensorFrame::from_f32(&[1, DIM as u32 + 1], &[0.0; DIM + 1], DType::F32).unwrap(),
         receipts: Vec::new(),
+        stepwise: false,
         tap: false,
         taps: Vec::new(),
     });

@@ -242,7 +242,7 @@ mod tests {
                 signature: vec![2; 64],
             }).collect();
             let taps = if f16 { vec![hidden.clone()] } else { Vec::new() };
-            let r = Request::Forward(crate::Forward { session: crate::SessionId(session), step, position, hidden, receipts, tap: f16, taps });
+            let r = Request::Forward(crate::Forward { session: crate::SessionId(session), step, position, hidden, stepwise: !f16, receipts, tap: f16, taps });
             prop_assert_eq!(decode::<Request>(&encode(&r).unwrap()).unwrap(), r);
         }
     }

@@ -76,6 +76,11 @@ pub struct Forward {
     pub position: u32,
     /// `[tokens, hidden_size]`.
     pub hidden: TensorFrame,
+    /// The tokens are consecutive decode steps sent at once (a replay after failover): every hop
+    /// computes each row exactly as a one-token forward would, so the cache it builds is bit
+    /// for bit the one the original steps built. Without it, several tokens are a prompt chunk,
+    /// whose products run in another order and round differently.
+    pub stepwise: bool,
     /// The receipts of the hops this forward has passed, in route order.
     pub receipts: Vec<Receipt>,
     /// Asks every hop but the last to copy its output into `taps` (a spot check of this step).
@@ -404,6 +409,7 @@ pub(crate) mod tests {
             hidden: TensorFrame::from_f32(&[2, 3], &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0], DType::F32)
                 .unwrap(),
             receipts: vec![receipt(0)],
+            stepwise: false,
             tap: true,
             taps: vec![TensorFrame::from_f32(&[1, 3], &[1.0, 2.0, 3.0], DType::F32).unwrap()],
         }

@@ -275,12 +275,21 @@ impl SwarmSession {
             .collect()
     }
 
-    /// Sends the inputs of an earlier session, in the same chunks, so that every hop's KV cache
-    /// holds exactly what the lost session's did (the same chunking gives bit-identical state;
-    /// one merged prefill would not).
+    /// Sends the inputs of an earlier session so that every hop's KV cache holds exactly what
+    /// the lost session's did: prompt chunks as they were sent (the same chunking gives
+    /// bit-identical state; one merged prefill would not), and each run of one-token steps as
+    /// one stepwise forward of up to [`PREFILL_CHUNK`](crate::generate::PREFILL_CHUNK) rows,
+    /// which every hop computes row by row as those steps were (one message and one pass per
+    /// hop instead of one per token).
     pub async fn replay(&mut self, history: &[HiddenStates]) -> Result<(), SessionError> {
-        for input in history {
-            self.send(input, true).await?;
+        for forward in replay_forwards(history, crate::generate::PREFILL_CHUNK) {
+            let sent = &history[forward];
+            let input = if sent.len() == 1 {
+                sent[0].clone()
+            } else {
+                super::spot::concat(sent)
+            };
+            self.send(&input, Sent::Replay(sent)).await?;
         }
         Ok(())
     }
@@ -290,14 +299,18 @@ impl SwarmSession {
         &mut self,
         input: &HiddenStates,
     ) -> Result<HiddenStates, SessionError> {
-        self.send(input, false).await
+        self.send(input, Sent::New).await
     }
 
     async fn send(
         &mut self,
         input: &HiddenStates,
-        replay: bool,
+        sent_as: Sent<'_>,
     ) -> Result<HiddenStates, SessionError> {
+        let (replay, stepwise) = match sent_as {
+            Sent::New => (false, false),
+            Sent::Replay(steps) => (true, steps.len() > 1),
+        };
         let tap = self.tapping;
         let t0 = Instant::now();
         let dim = input.dim;
@@ -313,6 +326,7 @@ impl SwarmSession {
             step: self.step,
             position: self.position,
             hidden: frame,
+            stepwise,
             receipts: Vec::new(),
             tap,
             taps: Vec::new(),
@@ -391,7 +405,11 @@ impl SwarmSession {
         });
         self.step += 1;
         self.position += n as u32;
-        self.history.push(input.clone());
+        match sent_as {
+            // The steps as they were taken, so a later replay or check sees them so.
+            Sent::Replay(steps) => self.history.extend_from_slice(steps),
+            Sent::New => self.history.push(input.clone()),
+        }
         let out = HiddenStates::new(n, dim, data).map_err(|e| SessionError::Dishonest {
             hop: self.route.len() - 1,
             reason: e.to_string(),
@@ -507,5 +525,64 @@ impl Pipeline for SwarmSession {
                 reason: e.to_string(),
             }
         })
+    }
+}
+/// The forwards of a replay, as ranges of `history`: every entry of several tokens (a prompt
+/// chunk) alone, and each run of one-token steps in forwards of at most `max_rows`.
+fn replay_forwards(history: &[HiddenStates], max_rows: usize) -> Vec<std::ops::Range<usize>> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    while start < history.len() {
+        let steps = history[start..]
+            .iter()
+            .take(max_rows.max(1))
+            .take_while(|h| h.n_tokens == 1)
+            .count()
+            .max(1);
+        out.push(start..start + steps);
+        start += steps;
+    }
+    out
+}
+
+/// What a forward carries: a new input, or history entries replayed into a new route (several
+/// one-token steps merged into one stepwise forward).
+#[derive(Clone, Copy)]
+enum Sent<'a> {
+    New,
+    Replay(&'a [HiddenStates]),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tokens(n: usize) -> HiddenStates {
+        HiddenStates {
+            n_tokens: n,
+            dim: 2,
+            data: vec![0.5; n * 2],
+        }
+    }
+
+    #[test]
+    fn a_replay_sends_prompt_chunks_alone_and_merges_runs_of_steps() {
+        let history: Vec<HiddenStates> = [5, 1, 1, 1, 3, 1, 1, 1, 1, 1, 1, 1]
+            .iter()
+            .map(|&n| tokens(n))
+            .collect();
+        assert_eq!(
+            replay_forwards(&history, 4),
+            vec![0..1, 1..4, 4..5, 5..9, 9..12]
+        );
+        assert_eq!(
+            replay_forwards(&history, 128),
+            vec![0..1, 1..4, 4..5, 5..12]
+        );
+        // A prompt of one token is a step like any other.
+        let short: Vec<HiddenStates> = [1, 1, 1].iter().map(|&n| tokens(n)).collect();
+        assert_eq!(replay_forwards(&short, 128), vec![0..3]);
+        assert_eq!(replay_forwards(&short, 0), vec![0..1, 1..2, 2..3]);
+        assert!(replay_forwards(&[], 128).is_empty());
     }
 }
