@@ -1,9 +1,10 @@
 //! Failover: a session that outlives the peers on its route. When a forward fails (a peer died,
 //! timed out, or refused), the hop to blame is put on a backoff list, a replacement for its
 //! blocks is chosen with the policy (the surviving hops are kept), a new session is opened on the
-//! repaired route, and the client replays every input it sent so far, in the same chunks, before
-//! retrying the failed forward. Replaying the same chunks rebuilds bit-identical KV caches, so
-//! the generated text is the same as an uninterrupted run's.
+//! repaired route, and the client replays every input it sent so far with the failed forward
+//! at its end (`SwarmSession::replay_then`): prompt chunks as they were sent, the decode steps
+//! as one stepwise forward that every hop computes row by row as the steps were. Both rebuild
+//! bit-identical KV caches, so the generated text is the same as an uninterrupted run's.
 //!
 //! Why the client replays rather than the upstream peer resending what it forwarded: with
 //! source routing, a broken link ends the session on every hop (each hop's stream to its
@@ -72,7 +73,8 @@ pub struct FailoverEvent {
     pub replayed_tokens: usize,
     /// From the failed forward's error to the retried forward's answer.
     pub recovery_ms: f64,
-    /// Parts of the recovery: choosing the new route, opening it, replaying the prefix.
+    /// Parts of the recovery: choosing the new route, opening it, replaying the prefix (with
+    /// the failed forward, which rides on the replay's last forward).
     pub choose_ms: f64,
     pub open_ms: f64,
     pub replay_ms: f64,
@@ -296,6 +298,15 @@ impl<'a> ResilientSession<'a> {
     async fn attempt(&mut self, input: &HiddenStates) -> Result<HiddenStates, SessionError> {
         let step = self.session.next_step();
         let out = self.session.forward_hidden(input).await?;
+        self.checked(step, out).await
+    }
+
+    /// A forward's output, once the spot check that may fall on its step has passed.
+    async fn checked(
+        &mut self,
+        step: u32,
+        out: HiddenStates,
+    ) -> Result<HiddenStates, SessionError> {
         if self.spot.selects(step, rand::random::<f64>())
             && let Err(e) = self.spot_check(step).await
         {
@@ -472,8 +483,14 @@ impl<'a> ResilientSession<'a> {
         let mut replayed = 0;
         let mut times = RepairTimes::default();
         let mut retries = 0;
+        // The output of `input` that a repair's replay brought along.
+        let mut repaired: Option<(u32, HiddenStates)> = None;
         loop {
-            let err = match self.attempt(input).await {
+            let result = match repaired.take() {
+                Some((step, out)) => self.checked(step, out).await,
+                None => self.attempt(input).await,
+            };
+            let err = match result {
                 Ok(out) => {
                     self.report_steps(false);
                     if let Some((t0, hop, peer, reason)) = failed_at {
@@ -516,7 +533,9 @@ impl<'a> ResilientSession<'a> {
             if failed_at.is_none() {
                 failed_at = Some((Instant::now(), hop, peer, err.to_string()));
             }
-            replayed = self.repair(hop, &mut times).await?;
+            let (tokens, out) = self.repair(hop, &mut times, input).await?;
+            replayed = tokens;
+            repaired = Some(out);
         }
     }
 
@@ -541,12 +560,14 @@ impl<'a> ResilientSession<'a> {
         }
     }
 
-    /// Replaces hop `failed` and rebuilds the new route's state; returns the tokens replayed.
+    /// Replaces hop `failed`, rebuilds the new route's state and runs `input` (the forward that
+    /// failed) on it; returns the tokens replayed and the step and output of `input`.
     async fn repair(
         &mut self,
         failed: usize,
         times: &mut RepairTimes,
-    ) -> Result<usize, SwarmError> {
+        input: &HiddenStates,
+    ) -> Result<(usize, (u32, HiddenStates)), SwarmError> {
         let mut failed = failed;
         let mut broken = self.session.route().to_vec();
         let mut last_error = None;
@@ -582,19 +603,21 @@ impl<'a> ResilientSession<'a> {
             let outcome = match opened {
                 Ok(mut next) => {
                     next.set_tapping(self.spot.fraction > 0.0);
-                    next.replay(&self.session.history).await.map(|()| next)
+                    next.replay_then(&self.session.history, input)
+                        .await
+                        .map(|out| (next, out))
                 }
                 Err(e) => Err(e),
             };
             times.replay_ms += ms_since(t);
             match outcome {
-                Ok(next) => {
+                Ok((next, out)) => {
                     let tokens = self.session.history.iter().map(|h| h.n_tokens).sum();
                     let old = std::mem::replace(&mut self.session, next);
                     self.past_timings.extend(old.timings);
                     self.reported = false;
                     tracing::warn!("new route: {}", describe_route(self.route()));
-                    return Ok(tokens);
+                    return Ok((tokens, out));
                 }
                 Err(e) => {
                     failed = culprit(self.client, &route, &e).await;

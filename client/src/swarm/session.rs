@@ -276,22 +276,41 @@ impl SwarmSession {
     }
 
     /// Sends the inputs of an earlier session so that every hop's KV cache holds exactly what
-    /// the lost session's did: prompt chunks as they were sent (the same chunking gives
-    /// bit-identical state; one merged prefill would not), and each run of one-token steps as
-    /// one stepwise forward of up to [`PREFILL_CHUNK`](crate::generate::PREFILL_CHUNK) rows,
-    /// which every hop computes row by row as those steps were (one message and one pass per
-    /// hop instead of one per token).
-    pub async fn replay(&mut self, history: &[HiddenStates]) -> Result<(), SessionError> {
-        for forward in replay_forwards(history, crate::generate::PREFILL_CHUNK) {
-            let sent = &history[forward];
+    /// the lost session's did, then `next` (the input whose forward failed), and returns the
+    /// step number and output of `next`. Prompt chunks go as they were sent (the same chunking
+    /// gives bit-identical state; one merged prefill would not), and each run of one-token
+    /// steps, `next` included, as one stepwise forward of up to
+    /// [`PREFILL_CHUNK`](crate::generate::PREFILL_CHUNK) rows, which every hop computes row by
+    /// row as those steps were: one message and one pass per hop instead of one per token, and
+    /// no extra trip through the route for `next`.
+    pub async fn replay_then(
+        &mut self,
+        history: &[HiddenStates],
+        next: &HiddenStates,
+    ) -> Result<(u32, HiddenStates), SessionError> {
+        let mut all = Vec::with_capacity(history.len() + 1);
+        all.extend_from_slice(history);
+        all.push(next.clone());
+        let mut last = None;
+        for forward in replay_forwards(&all, crate::generate::PREFILL_CHUNK) {
+            let sent = &all[forward];
             let input = if sent.len() == 1 {
                 sent[0].clone()
             } else {
                 super::spot::concat(sent)
             };
-            self.send(&input, Sent::Replay(sent)).await?;
+            let step = self.step;
+            last = Some((step, self.send(&input, Sent::Replay(sent)).await?));
         }
-        Ok(())
+        let (step, out) = last.ok_or_else(|| SessionError::Protocol("nothing to send".into()))?;
+        // `next` is the last entry, so its rows are the output's last.
+        let rows = next.n_tokens.min(out.n_tokens);
+        let data = out.data[(out.n_tokens - rows) * out.dim..].to_vec();
+        let out = HiddenStates::new(rows, out.dim, data).map_err(|e| SessionError::Dishonest {
+            hop: self.route.len() - 1,
+            reason: e.to_string(),
+        })?;
+        Ok((step, out))
     }
 
     /// Sends hidden states through the route and returns the last hop's output.
