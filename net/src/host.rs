@@ -70,6 +70,10 @@ pub const MAX_RECORD_BYTES: usize = 8 * 1024;
 /// Most distinct provider keys a host stores, and most that one provider may hold (a node
 /// provides one key per block it serves).
 pub const MAX_PROVIDER_KEYS: usize = 16 * 1024;
+/// Most providers a host stores per key (libp2p's default is 20). Provider keys outlive their
+/// nodes' records (`NetConfig::provider_ttl`), so under churn some are of nodes that left; room
+/// for more keeps new replicas of a popular block from being turned away by them.
+pub const MAX_PROVIDERS_PER_KEY: usize = 64;
 /// Most provider keys one peer may make this host store.
 pub const MAX_KEYS_PER_PROVIDER: usize = 1024;
 
@@ -112,8 +116,13 @@ pub struct NetConfig {
     pub bootstrap: Vec<Multiaddr>,
     /// Nodes serve the DHT (Kademlia server mode); clients only query it.
     pub dht_server: bool,
-    /// Time-to-live of provider keys and records this host publishes.
+    /// Time-to-live of the records this host publishes and stores (announcements: liveness).
     pub record_ttl: Duration,
+    /// Time-to-live of provider keys (who serves which block: changes only when a node comes or
+    /// goes). Longer than the records': a provider whose record expired is dropped by the walk
+    /// anyway, and re-providing every key at the records' pace was most of an idle node's DHT
+    /// traffic.
+    pub provider_ttl: Duration,
     /// How long a DHT query may run.
     pub query_timeout: Duration,
     /// A private swarm's pre-shared key (`--swarm-key`): every connection is encrypted with it
@@ -167,6 +176,7 @@ impl Default for NetConfig {
             bootstrap: Vec::new(),
             dht_server: true,
             record_ttl: Duration::from_secs(30),
+            provider_ttl: Duration::from_secs(300),
             query_timeout: Duration::from_secs(10),
             swarm_key: None,
             limits: Limits::default(),
@@ -301,7 +311,7 @@ fn behaviour(
     let mut kcfg = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
     kcfg.set_query_timeout(cfg.query_timeout);
     kcfg.set_record_ttl(Some(cfg.record_ttl));
-    kcfg.set_provider_record_ttl(Some(cfg.record_ttl));
+    kcfg.set_provider_record_ttl(Some(cfg.provider_ttl));
     // Nodes refresh their own announcements before expiry (see `announcer`), so the DHT's own
     // republication would only resurrect records of nodes that died.
     kcfg.set_publication_interval(None);
@@ -318,7 +328,7 @@ fn behaviour(
             max_records: MAX_RECORDS,
             max_value_bytes: MAX_RECORD_BYTES,
             max_provided_keys: MAX_PROVIDER_KEYS,
-            ..MemoryStoreConfig::default()
+            max_providers_per_key: MAX_PROVIDERS_PER_KEY,
         },
     );
     let mut kad = kad::Behaviour::with_config(peer, store, kcfg);

@@ -351,6 +351,7 @@ fn node_config(
             announce: args.announce_addr.clone(),
             dht_server: true,
             record_ttl: announce_ttl,
+            provider_ttl: announce_ttl * node::PROVIDER_TTL_FACTOR,
             swarm_key: args
                 .swarm_key
                 .as_deref()

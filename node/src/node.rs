@@ -315,22 +315,22 @@ impl AnnounceHandle {
     }
 
     async fn publish(&self, dht_too: bool, leaving: bool) -> Result<(), NodeError> {
-        self.publish_parts(dht_too, true, leaving).await
+        let parts = Parts {
+            record: dht_too,
+            providers: dht_too,
+            gossip: true,
+        };
+        self.publish_parts(parts, leaving).await
     }
 
-    /// Publishes to the DHT, to gossip, or both.
-    async fn publish_parts(
-        &self,
-        dht_too: bool,
-        gossip_too: bool,
-        leaving: bool,
-    ) -> Result<(), NodeError> {
+    /// Publishes the announcement record, the provider keys, gossip, or any of them.
+    async fn publish_parts(&self, parts: Parts, leaving: bool) -> Result<(), NodeError> {
         // Other peers store and relay only announcements signed by the peer they describe.
         let signed = self.net.sign_announcement(self.announcement(leaving))?;
         let bytes = codec::encode(&signed)?;
         let model = &self.cfg.model_id;
         let record_key = dht::peer_record_key(model, &signed.announcement.peer_id);
-        if dht_too {
+        if parts.record || parts.providers {
             if leaving {
                 self.net.remove_record(record_key).await?;
                 for b in self.cfg.blocks.start..self.cfg.blocks.end {
@@ -345,27 +345,39 @@ impl AnnounceHandle {
                     .put_record(record_key, bytes.clone(), Duration::from_secs(1))
                     .await?;
             } else {
-                self.net
-                    .put_record(record_key, bytes.clone(), self.cfg.announce_ttl)
-                    .await?;
-                for b in self.cfg.blocks.start..self.cfg.blocks.end {
-                    self.net.start_providing(dht::block_key(model, b)).await?;
+                if parts.record {
+                    self.net
+                        .put_record(record_key, bytes.clone(), self.cfg.announce_ttl)
+                        .await?;
                 }
-                if self.cfg.net.relay_server.is_some() {
-                    self.net.start_providing(dht::relay_key()).await?;
+                if parts.providers {
+                    for b in self.cfg.blocks.start..self.cfg.blocks.end {
+                        self.net.start_providing(dht::block_key(model, b)).await?;
+                    }
+                    if self.cfg.net.relay_server.is_some() {
+                        self.net.start_providing(dht::relay_key()).await?;
+                    }
                 }
             }
         }
-        if gossip_too {
+        if parts.gossip {
             self.net.publish(dht::energy_topic(model), bytes).await?;
         }
         Ok(())
     }
 }
 
-/// Gossips every `gossip_interval`, refreshes the DHT every quarter of the TTL. A quarter, not a
-/// third: a DHT lookup may return a copy one or two refreshes old (measured on a loaded machine),
-/// and that copy must still be live.
+/// What one publication sends.
+#[derive(Debug, Clone, Copy)]
+struct Parts {
+    record: bool,
+    providers: bool,
+    gossip: bool,
+}
+
+/// Gossips every `gossip_interval`, refreshes the DHT record every quarter of the TTL and the
+/// provider keys every quarter of theirs. A quarter, not a third: a DHT lookup may return a copy
+/// one or two refreshes old (measured on a loaded machine), and that copy must still be live.
 ///
 /// A source whose state changes on its own clock (an emulated battery's slot ends) is announced
 /// as it changes: a flip of whether it takes work (power saving, or its model's one pending
@@ -377,11 +389,13 @@ impl AnnounceHandle {
 /// announced at once too.
 async fn announcer(h: AnnounceHandle) {
     let refresh = h.cfg.announce_ttl / 4;
+    let provider_refresh = (h.cfg.net.provider_ttl / 4).max(refresh);
     // Gossiped entries must be refreshed well within their lifetime.
     let cap = h.cfg.announce_ttl / 2;
     let mut period = gossip_period(h.cfg.gossip_interval, 0, cap);
     let mut tick_every = period.min(refresh);
     let mut last_dht = Instant::now();
+    let mut last_providers = Instant::now();
     let mut last_publish = Instant::now();
     let mut published_full = h.slots.is_full();
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + tick_every, tick_every);
@@ -422,18 +436,27 @@ async fn announcer(h: AnnounceHandle) {
         }
         // Half a tick of tolerance, so timer jitter does not skip every other refresh.
         let dht_too = moved || last_dht.elapsed() + tick_every / 2 >= refresh;
+        let providers_too = moved || last_providers.elapsed() + tick_every / 2 >= provider_refresh;
         let gossip_too = !ticked || last_publish.elapsed() + tick_every / 2 >= period;
-        if !dht_too && !gossip_too {
+        if !dht_too && !gossip_too && !providers_too {
             continue;
         }
         if dht_too {
             last_dht = Instant::now();
         }
+        if providers_too {
+            last_providers = Instant::now();
+        }
         if gossip_too {
             published = changes.as_ref().map(|rx| *rx.borrow());
             published_full = h.slots.is_full();
         }
-        if let Err(e) = h.publish_parts(dht_too, gossip_too, false).await {
+        let parts = Parts {
+            record: dht_too,
+            providers: providers_too,
+            gossip: gossip_too,
+        };
+        if let Err(e) = h.publish_parts(parts, false).await {
             warn!("announcing: {e}");
             return;
         }
@@ -452,6 +475,9 @@ async fn announcer(h: AnnounceHandle) {
         }
     }
 }
+
+/// Provider keys live this many announcement lifetimes (`NetConfig::provider_ttl`).
+pub const PROVIDER_TTL_FACTOR: u32 = 10;
 
 /// Peers up to which a node gossips at its base interval. Each announcement reaches every peer,
 /// so a peer receives (peers / period) of them per second; beyond this many peers the period

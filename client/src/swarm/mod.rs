@@ -280,7 +280,13 @@ impl SwarmClient {
         // Liveness is judged at the start of the lookup: a lookup on a loaded machine can take
         // seconds, and an announcement that was live when asked for is still a fair route.
         let asked_at = now_ms();
-        let all = discovery::discover(&self.net, model_id, n_layers).await?;
+        let all = discovery::discover_sampled(
+            &self.net,
+            model_id,
+            n_layers,
+            discovery::RECORDS_PER_BLOCK,
+        )
+        .await?;
         let mut live = route::usable(&all, model_id, n_layers, asked_at);
         live.retain(|a| !self.is_banned(&a.peer_id));
         if let Ok(mut seen) = self.last_seen.lock() {
