@@ -352,13 +352,17 @@ fn behaviour(
     // Each peer receives every message about once per mesh peer (they all forward it), so the
     // mesh degree multiplies the gossip traffic: 4 (libp2p's default is 6) still reaches a
     // hundred peers in a few hops, and the heartbeat's IHAVE gossip repairs what a thin mesh
-    // misses.
+    // misses. IHAVE goes to exactly `gossip_lazy` peers per heartbeat: libp2p's default sends it
+    // to a quarter of all connected topic peers when that is more, and since DHT lookups leave a
+    // node connected to most of a 100-peer swarm, that was the part of an idle node's traffic
+    // that grew with the swarm.
     let gcfg = gossipsub::ConfigBuilder::default()
         .mesh_n(4)
         .mesh_n_low(3)
         .mesh_n_high(8)
         .mesh_outbound_min(2)
         .gossip_lazy(4)
+        .gossip_factor(0.0)
         .heartbeat_interval(Duration::from_millis(500))
         .validation_mode(gossipsub::ValidationMode::Strict)
         .validate_messages()
