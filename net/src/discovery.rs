@@ -65,9 +65,9 @@ pub async fn discover_sampled(
             .filter(|p| !asked.contains(p))
             .collect();
         let (known, fetch) = split_providers(new, &live_gossip, records_per_block);
-        for a in known {
-            asked.insert(a.0);
-            found.insert(a.1.peer_id.clone(), a.1.clone());
+        for (peer, ann) in known {
+            asked.insert(peer);
+            found.insert(ann.peer_id.clone(), ann.clone());
         }
         asked.extend(fetch.iter().copied());
         fetched += fetch.len();

@@ -469,8 +469,9 @@ impl SwarmClient {
                     },
                 });
             }
-            // A walk asks every provider's record: in a big swarm, walking ten times a second
-            // was most of the load on the nodes it waited for.
+            // Every walk queries the DHT (a lookup per block, records of new providers): in a
+            // big swarm, walking ten times a second was most of the load on the nodes it waited
+            // for.
             let pause = 100 + 10 * found.len().min(200) as u64;
             tokio::time::sleep(Duration::from_millis(pause)).await;
         }
