@@ -98,6 +98,23 @@ impl KvCache {
         self.len = 0;
     }
 
+    /// Keeps the first `len` positions and forgets the rest (a hop recomputing a replayed
+    /// suffix whose inputs changed); a `len` at or past [`Self::len`] changes nothing.
+    pub fn truncate(&mut self, len: usize) {
+        if len >= self.len {
+            return;
+        }
+        if len == 0 {
+            return self.clear();
+        }
+        for layer in &mut self.layers {
+            if let Some((k, v)) = layer.take() {
+                *layer = Some((k.narrow(2, 0, len), v.narrow(2, 0, len)));
+            }
+        }
+        self.len = len;
+    }
+
     /// Bytes held by keys and values (f32).
     pub fn bytes(&self, cfg: &LlamaConfig) -> usize {
         self.len * cfg.kv_dim() * 2 * 4 * self.layers.len()

@@ -1,6 +1,7 @@
 //! Continuous batching must not change any session's result: the steps of 1 to 16 sessions (at
 //! different positions, with prompt chunks among them) run in one pass give each session bit for
-//! bit the hidden states and cache it gets alone, on a random model and on the real SmolLM2.
+//! bit the hidden states and cache it gets alone, on a random model and on the real SmolLM2; and
+//! a truncated cache continues as one that never held the dropped positions.
 
 #[path = "fixtures/real_model.rs"]
 mod real_model;
@@ -236,4 +237,45 @@ fn stepwise_rows_equal_one_token_steps_on_smollm2() {
     let dev = device(BackendKind::Cpu).unwrap();
     let blocks = model.load_blocks(10..20, &dev).unwrap();
     stepwise_equals_one_at_a_time(&model, &blocks, 12);
+}
+
+/// A hop whose replayed suffix changed drops it from its cache and computes the new one: the
+/// truncated cache continues exactly as a cache that never held the dropped positions.
+#[test]
+fn a_truncated_cache_continues_as_one_that_never_held_the_rest() {
+    let model = Model::open(&ModelSource::parse("random:tiny:seed=5").unwrap()).unwrap();
+    let dev = device(BackendKind::Cpu).unwrap();
+    let head = model.load_head(&dev).unwrap();
+    let blocks = model.load_blocks(0..4, &dev).unwrap();
+    let vocab = model.config().vocab_size;
+    let x = head.embed(&prompt(1, 6, vocab)).unwrap();
+    let step = |id: u32| head.embed(&[id]).unwrap();
+    let (mut kept, mut fresh) = (blocks.new_cache(), blocks.new_cache());
+    blocks.forward(&mut kept, &x).unwrap();
+    blocks.forward(&mut fresh, &x).unwrap();
+    for id in [5, 6] {
+        blocks.forward(&mut kept, &step(id)).unwrap();
+        blocks.forward(&mut fresh, &step(id)).unwrap();
+    }
+    // Steps the fresh cache never sees.
+    for id in [70, 71, 72] {
+        blocks.forward(&mut kept, &step(id)).unwrap();
+    }
+    kept.truncate(8);
+    assert_eq!(kept.len(), 8);
+    for id in [9, 10] {
+        assert_eq!(
+            blocks.forward(&mut kept, &step(id)).unwrap().data,
+            blocks.forward(&mut fresh, &step(id)).unwrap().data
+        );
+    }
+    // Past the end: nothing changes; to zero: an empty cache.
+    kept.truncate(99);
+    assert_eq!(kept.len(), 10);
+    kept.truncate(0);
+    let mut empty = blocks.new_cache();
+    assert_eq!(
+        blocks.forward(&mut kept, &x).unwrap().data,
+        blocks.forward(&mut empty, &x).unwrap().data
+    );
 }

@@ -494,6 +494,8 @@ impl SessionCache for Lent {
         Err(ComputeError::Foreign)
     }
 
+    fn truncate(&mut self, _len: usize) {}
+
     fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
         self
     }

@@ -74,6 +74,9 @@ pub trait SessionCache: Send {
     /// Runs `n_tokens` rows of hidden states (row-major `[n_tokens, dim]`) through the blocks,
     /// appending to the cache; returns the output rows.
     fn forward(&mut self, n_tokens: usize, data: Vec<f32>) -> Result<Vec<f32>, ComputeError>;
+    /// Keeps the first `len` positions and forgets the rest (nothing changes at or past
+    /// [`Self::len`]).
+    fn truncate(&mut self, len: usize);
     /// For a runner's batched pass to reach its own cache type.
     fn as_any_mut(&mut self) -> &mut dyn std::any::Any;
 }
@@ -200,6 +203,10 @@ impl SessionCache for ModelSession {
         self.cache.len()
     }
 
+    fn truncate(&mut self, len: usize) {
+        self.cache.truncate(len);
+    }
+
     fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
         self
     }
@@ -248,6 +255,10 @@ impl BlockRunner for ShiftRunner {
 impl SessionCache for ShiftSession {
     fn len(&self) -> usize {
         self.len
+    }
+
+    fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
     }
 
     fn as_any_mut(&mut self) -> &mut dyn std::any::Any {

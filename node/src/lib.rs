@@ -22,4 +22,5 @@ pub mod compute;
 pub mod energy;
 pub mod hooks;
 pub mod node;
+pub mod resume;
 pub mod session;

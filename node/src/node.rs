@@ -157,6 +157,7 @@ pub async fn start_with_hooks(
         attach: Arc::default(),
         executor,
         hooks: hooks.clone(),
+        sessions: Arc::default(),
     });
     let mut tasks = vec![
         tokio::spawn(session::accept_loop(ctx, incoming)),

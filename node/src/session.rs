@@ -4,8 +4,10 @@
 //! output straight to the client, on a second stream the client attaches to it
 //! ([`Request::Attach`]). Refusals travel back up the route: each hop watches its next hop's
 //! stream and relays an error (or the loss of that hop) to its own upstream. One KV cache per
-//! session, dropped when the session ends. Every refusal is a typed [`WireError`] naming its
-//! reason.
+//! session, dropped when the session ends; when it ends because its route broke around this
+//! node, the cache and the outputs computed so far are kept for a while, for the client to
+//! resume the session on a repaired route without this hop computing its prefix again
+//! ([`crate::resume`]). Every refusal is a typed [`WireError`] naming its reason.
 //!
 //! Anyone can open streams to a node, so what a stream can hold is bounded ([`SessionLimits`]):
 //! a stream that has not opened a session yet is counted (per peer and in all) and must send its
@@ -36,6 +38,7 @@ use tracing::{Instrument, debug, info_span, warn};
 use crate::batch::{Executor, Lent, Serving};
 use crate::compute::{BlockRunner, ComputeError, SessionCache};
 use crate::energy::{EnergySource, JobTicket, Refusal};
+use crate::resume::{Kept, ParkBoard, Running, plan_rows, row_digests};
 use sunswarm_net::Network;
 use sunswarm_net::stream::{Stream, send_open};
 
@@ -68,7 +71,29 @@ pub struct SessionCtx {
     pub executor: Executor,
     /// How this node departs from honest behaviour (never, in `swarm-node`).
     pub hooks: Arc<dyn crate::hooks::Hooks>,
+    /// Sessions running here, and those kept for a resume after their route broke.
+    pub sessions: Arc<ParkBoard<KeptSession>>,
 }
+
+/// What a session holds on this node between forwards.
+pub struct SessionState {
+    cache: Box<dyn SessionCache>,
+    /// Every output computed so far, for a replay after a failover.
+    kept: Kept,
+    job: JobTicket,
+}
+
+/// A session kept after its route broke (see [`crate::resume`]): its state and its places.
+pub struct KeptSession {
+    max_tokens: u32,
+    token_deadline_us: u32,
+    state: SessionState,
+    holds: (SessionPlace, OwnedSemaphorePermit, Serving),
+}
+
+/// How long a resume waits for the session it takes up to stop running (it stops between
+/// forwards).
+const RESUME_WAIT: Duration = Duration::from_secs(5);
 
 /// Limits on what peers can hold on a node (see the module docs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,6 +110,9 @@ pub struct SessionLimits {
     pub max_sessions_per_peer: u32,
     /// Idle budget each token a session sends earns back.
     pub idle_per_token: Duration,
+    /// How long a session whose route broke is kept (its cache and places) for the client to
+    /// resume it on a repaired route.
+    pub resume_grace: Duration,
 }
 
 impl Default for SessionLimits {
@@ -96,6 +124,7 @@ impl Default for SessionLimits {
             max_pending_streams_per_peer: 32,
             max_sessions_per_peer: 8,
             idle_per_token: Duration::from_secs(2),
+            resume_grace: Duration::from_secs(20),
         }
     }
 }
@@ -545,7 +574,37 @@ pub async fn serve(ctx: Arc<SessionCtx>, from: PeerId, mut up: Stream, pending: 
     let span = info_span!("session", id = %open.session, hop = open.hop);
     async move {
         let hop = open.hop;
-        if let Err(refused) = check(&ctx, &open, &from) {
+        if let Err(refused) = check_route(&ctx, &open, &from) {
+            debug!(%refused, "refused");
+            let _ = write_message(&mut up, &Response::Error(refused)).await;
+            return;
+        }
+        let registered = if open.resume {
+            ctx.sessions
+                .resume(open.session, &open.client, RESUME_WAIT)
+                .await
+        } else {
+            ctx.sessions
+                .open(open.session, &open.client)
+                .map(|running| (running, None))
+        };
+        let (running, resumed) = match registered {
+            Ok(r) => r,
+            Err(e) => {
+                let refused = refusal(ErrorKind::BadRequest, hop, e.to_string());
+                debug!(%refused, "refused");
+                let _ = write_message(&mut up, &Response::Error(refused)).await;
+                return;
+            }
+        };
+        // What is kept is taken up only by an open like the first (its cache was sized and its
+        // deadline admitted for that one); otherwise it is dropped and the session opens fresh.
+        let resumed = resumed.filter(|k| {
+            k.max_tokens == open.max_tokens && k.token_deadline_us == open.token_deadline_us
+        });
+        if resumed.is_none()
+            && let Err(refused) = check_room(&ctx, &open)
+        {
             debug!(%refused, "refused");
             let _ = write_message(&mut up, &Response::Error(refused)).await;
             return;
@@ -561,20 +620,50 @@ pub async fn serve(ctx: Arc<SessionCtx>, from: PeerId, mut up: Stream, pending: 
         let next = match next {
             Ok(n) => n,
             Err(refused) => {
+                // What was resumed stays kept: the client may repair the route again.
+                if let Some(k) = resumed {
+                    running.keep(k, ctx.limits.resume_grace);
+                }
                 let _ = write_message(&mut up, &Response::Error(refused)).await;
                 return;
             }
         };
-        let (permit, kv, job, serving) = match admit(&ctx, &open) {
-            Ok(p) => p,
-            Err(refused) => {
-                // Dropping `next` closes the session on the hops after this one.
-                debug!(%refused, "refused");
-                let _ = write_message(&mut up, &Response::Error(refused)).await;
-                return;
-            }
+        let was_resumed = resumed.is_some();
+        let (mut state, holds) = match resumed {
+            Some(k) => (k.state, k.holds),
+            None => match admit(&ctx, &open) {
+                Ok((permit, kv, job, serving)) => (
+                    SessionState {
+                        cache: ctx.runner.new_session(),
+                        kept: Kept::default(),
+                        job,
+                    },
+                    (permit, kv, serving),
+                ),
+                Err(refused) => {
+                    // Dropping `next` closes the session on the hops after this one.
+                    debug!(%refused, "refused");
+                    let _ = write_message(&mut up, &Response::Error(refused)).await;
+                    return;
+                }
+            },
         };
         drop(pending);
+        let keep = |running: Running<KeptSession>, state: SessionState, holds| {
+            // Kept only whole: a forward that failed inside the executor left no cache.
+            if state.kept.len() == state.cache.len() && !state.kept.is_empty() {
+                debug!(positions = state.cache.len(), "kept for a resume");
+                running.keep(
+                    KeptSession {
+                        max_tokens: open.max_tokens,
+                        token_deadline_us: open.token_deadline_us,
+                        state,
+                        holds,
+                    },
+                    ctx.limits.resume_grace,
+                );
+            }
+        };
         if write_message(
             &mut up,
             &Response::Opened {
@@ -584,30 +673,34 @@ pub async fn serve(ctx: Arc<SessionCtx>, from: PeerId, mut up: Stream, pending: 
         .await
         .is_err()
         {
+            keep(running, state, holds);
             return;
         }
-        debug!(%from, "opened");
-        let cache = ctx.runner.new_session();
-        run_session(
+        debug!(%from, resumed = was_resumed, positions = state.cache.len(), "opened");
+        let deadline_s = holds.2.deadline_s;
+        let ending = run_session(
             &ctx,
             &open,
             (up, reader),
             next,
-            cache,
-            job,
-            serving.deadline_s,
+            &mut state,
+            &running,
+            deadline_s,
         )
         .await;
-        drop((permit, kv, serving));
-        debug!("closed");
+        match ending {
+            Ending::Broken => keep(running, state, holds),
+            Ending::Closed | Ending::Failed => drop((running, state, holds)),
+        }
+        debug!(?ending, "ended");
     }
     .instrument(span)
     .await
 }
 
 /// Checks an open against this node before anything is taken: model, blocks, identity, the
-/// upstream's identity, limits, energy, and room for the client.
-fn check(ctx: &SessionCtx, open: &OpenSession, from: &PeerId) -> Result<(), WireError> {
+/// upstream's identity and limits.
+fn check_route(ctx: &SessionCtx, open: &OpenSession, from: &PeerId) -> Result<(), WireError> {
     let hop = open.hop;
     let me = &open.route[hop as usize];
     if open.model_id != ctx.model_id {
@@ -661,10 +754,22 @@ fn check(ctx: &SessionCtx, open: &OpenSession, from: &PeerId) -> Result<(), Wire
             format!("the route puts another peer than {from} before hop {hop}"),
         ));
     }
+    Ok(())
+}
+
+/// Bytes of state one position of a session takes here: its keys and values, and the output
+/// kept for a replay.
+fn state_bytes_per_token(ctx: &SessionCtx) -> u64 {
+    ctx.runner.kv_bytes_per_token() as u64 + Kept::bytes_per_row(ctx.runner.hidden_size()) as u64
+}
+
+/// Checks that a new session fits beside the others: energy, memory and room for the client.
+fn check_room(ctx: &SessionCtx, open: &OpenSession) -> Result<(), WireError> {
+    let hop = open.hop;
     if let Err(reason) = ctx.energy.admit() {
         return Err(refusal(ErrorKind::PowerSaving, hop, reason));
     }
-    let kib = (open.max_tokens as u64 * ctx.runner.kv_bytes_per_token() as u64).div_ceil(1024);
+    let kib = (open.max_tokens as u64 * state_bytes_per_token(ctx)).div_ceil(1024);
     if kib > ctx.kv_budget_kib.available_permits() as u64 {
         return Err(refusal(
             ErrorKind::Busy,
@@ -692,7 +797,7 @@ fn admit(
         .slots
         .try_take(&open.client)
         .map_err(|why| refusal(ErrorKind::Busy, hop, why))?;
-    let kib = (open.max_tokens as u64 * ctx.runner.kv_bytes_per_token() as u64).div_ceil(1024);
+    let kib = (open.max_tokens as u64 * state_bytes_per_token(ctx)).div_ceil(1024);
     let kv = u32::try_from(kib)
         .ok()
         .and_then(|k| ctx.kv_budget_kib.clone().try_acquire_many_owned(k).ok())
@@ -831,6 +936,21 @@ enum Event {
     Up(Result<Request, Option<WireError>>),
     Down(Result<Response, FrameError>),
     Attached(Stream),
+    /// A resume of this session on a repaired route wants its state.
+    Leave,
+}
+
+/// How a session ended, which decides whether its state is kept for a resume.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// The client closed it.
+    Closed,
+    /// It ended for good: its client went away or ran out of idle budget, or this node refused
+    /// or failed a forward (the client replaces this hop).
+    Failed,
+    /// Its route broke around this node (a neighbour failed or went away), or a resume took it:
+    /// the state is kept for the client to resume.
+    Broken,
 }
 
 /// A refusal for a next hop that failed, answered, or went away.
@@ -851,6 +971,14 @@ fn next_hop_lost(hop: u16, answer: Result<Response, FrameError>) -> WireError {
     }
 }
 
+/// Closes the session on the hops after this one, which would otherwise keep it for a resume
+/// (best effort, without waiting for their answer).
+async fn close_onward(next: &mut Onward, session: SessionId) {
+    if let Onward::Hop(d) = next {
+        let _ = write_message(d, &Request::Close { session }).await;
+    }
+}
+
 /// The forward loop of an open session: forwards from upstream are computed and passed on; the
 /// next hop's stream is watched at the same time, so that its failure ends the session at once
 /// and is reported upstream.
@@ -859,10 +987,10 @@ async fn run_session(
     open: &OpenSession,
     (mut up, mut up_reader): (Stream, FrameReader),
     mut next: Onward,
-    mut cache: Box<dyn SessionCache>,
-    mut job: JobTicket,
+    state: &mut SessionState,
+    running: &Running<KeptSession>,
     deadline_s: Option<f64>,
-) {
+) -> Ending {
     let hop = open.hop;
     let dim = ctx.runner.hidden_size();
     let mut down_reader = FrameReader::new();
@@ -890,6 +1018,7 @@ async fn run_session(
                     None => None,
                 }
             } => Event::Attached(s),
+            () = running.asked_to_leave() => Event::Leave,
         };
         idle_left = idle_left.saturating_sub(waiting_since.elapsed());
         let req = match event {
@@ -898,19 +1027,29 @@ async fn run_session(
                 client = Some(s);
                 continue;
             }
+            Event::Leave => return Ending::Broken,
             Event::Down(answer) => {
                 let refused = next_hop_lost(hop, answer);
                 debug!(%refused, "next hop ended the session");
                 let _ = write_message(&mut up, &Response::Error(refused)).await;
-                return;
+                return Ending::Broken;
             }
             Event::Up(Ok(r)) => r,
             Event::Up(Err(Some(refused))) => {
                 debug!(%refused, "ending the session");
+                if refused.kind == ErrorKind::Timeout {
+                    close_onward(&mut next, open.session).await;
+                }
                 let _ = write_message(&mut up, &Response::Error(refused)).await;
-                return;
+                return Ending::Failed;
             }
-            Event::Up(Err(None)) => return, // upstream closed or failed: the session ends with it
+            // Upstream closed or failed: the client left (hop 0), or the hop before this one did
+            // and the client will repair the route.
+            Event::Up(Err(None)) if hop == 0 => {
+                close_onward(&mut next, open.session).await;
+                return Ending::Failed;
+            }
+            Event::Up(Err(None)) => return Ending::Broken,
         };
         let refused = match req {
             Request::Forward(f) => {
@@ -922,12 +1061,19 @@ async fn run_session(
                     .and_then(|h| PeerId::from_bytes(&h.peer_id).ok());
                 if let Some(e) = ctx.hooks.fail_step(open, f.step, next_peer) {
                     let _ = write_message(&mut up, &Response::Error(e)).await;
-                    return;
+                    return Ending::Failed;
                 }
-                match forward(ctx, open, f, dim, &mut cache, &mut job, deadline_s).await {
+                match forward(ctx, open, f, dim, state, deadline_s).await {
                     Ok(out) => match pass_on(ctx, open, out, &mut next, &mut client).await {
                         Ok(()) => continue,
-                        Err(refused) => refused,
+                        Err(refused) => {
+                            let _ = write_message(&mut up, &Response::Error(refused.clone())).await;
+                            return if refused.kind == ErrorKind::NextHop {
+                                Ending::Broken
+                            } else {
+                                Ending::Failed
+                            };
+                        }
                     },
                     Err(refused) => refused,
                 }
@@ -942,7 +1088,7 @@ async fn run_session(
                     .await;
                 }
                 let _ = write_message(&mut up, &Response::Closed { session }).await;
-                return;
+                return Ending::Closed;
             }
             Request::Close { .. } => refusal(
                 ErrorKind::UnknownSession,
@@ -956,21 +1102,21 @@ async fn run_session(
             ),
         };
         let _ = write_message(&mut up, &Response::Error(refused)).await;
-        return;
+        return Ending::Failed;
     }
 }
 
-/// One forward: check it, run the blocks, wait for the power mode's pace, and stamp this hop's
-/// timing onto it.
+/// One forward: check it, run the blocks over the rows this hop has not computed yet (see
+/// [`plan_rows`]), wait for the power mode's pace, and stamp this hop's timing onto it.
 async fn forward(
     ctx: &SessionCtx,
     open: &OpenSession,
     f: Forward,
     dim: usize,
-    cache: &mut Box<dyn SessionCache>,
-    job: &mut JobTicket,
+    state: &mut SessionState,
     deadline_s: Option<f64>,
 ) -> Result<Forward, WireError> {
+    let SessionState { cache, kept, job } = state;
     let t0 = Instant::now();
     let hop = open.hop;
     if f.session != open.session {
@@ -980,14 +1126,14 @@ async fn forward(
             format!("session {} is not open on this stream", f.session),
         ));
     }
-    if f.position as usize != cache.len() {
+    if kept.len() != cache.len() {
         return Err(refusal(
-            ErrorKind::BadRequest,
+            ErrorKind::Internal,
             hop,
             format!(
-                "forward starts at position {} but the cache holds {}",
-                f.position,
-                cache.len()
+                "the session's cache holds {} positions but {} outputs were kept",
+                cache.len(),
+                kept.len()
             ),
         ));
     }
@@ -1025,37 +1171,59 @@ async fn forward(
             ),
         ));
     }
-    // The cache goes to the executor with the step and comes back with the output.
-    let lent = std::mem::replace(cache, Box::new(Lent));
-    let done = ctx
-        .executor
-        .step(lent, n, data, f.stepwise, deadline_s)
-        .await
-        .map_err(|e| refusal(ErrorKind::Internal, hop, e.to_string()))?;
-    *cache = done.cache;
-    let mut out = done.output.map_err(|e| {
-        let kind = match e {
-            ComputeError::DeadlineMissed { .. } => ErrorKind::Deadline,
-            _ => ErrorKind::Compute,
-        };
-        refusal(kind, hop, e.to_string())
-    })?;
+    let inputs = row_digests(&data, dim);
+    let plan = plan_rows(f.position as usize, &inputs, kept.inputs(), f.stepwise)
+        .map_err(|m| refusal(ErrorKind::BadRequest, hop, m))?;
+    if let Some(len) = plan.truncate_to {
+        debug!(
+            from = len,
+            held = cache.len(),
+            "replayed inputs differ from what was computed: computing again"
+        );
+        cache.truncate(len);
+        kept.truncate(len, dim);
+    }
+    let mut out = kept.outputs(f.position as usize, plan.kept, dim).to_vec();
+    let mut compute = Duration::ZERO;
+    if plan.kept < n {
+        // The cache goes to the executor with the step and comes back with the output.
+        let lent = std::mem::replace(cache, Box::new(Lent));
+        let rows = data[plan.kept * dim..].to_vec();
+        let done = ctx
+            .executor
+            .step(lent, n - plan.kept, rows, f.stepwise, deadline_s)
+            .await
+            .map_err(|e| refusal(ErrorKind::Internal, hop, e.to_string()))?;
+        *cache = done.cache;
+        let computed = done.output.map_err(|e| {
+            let kind = match e {
+                ComputeError::DeadlineMissed { .. } => ErrorKind::Deadline,
+                _ => ErrorKind::Compute,
+            };
+            refusal(kind, hop, e.to_string())
+        })?;
+        kept.push(&inputs[plan.kept..], &computed);
+        out.extend_from_slice(&computed);
+        // The step waited for the whole pass; its energy is its share of the pass.
+        compute = done.pass_compute;
+        ctx.energy
+            .on_job(compute / u32::try_from(done.pass_steps.max(1)).unwrap_or(u32::MAX));
+    }
     ctx.hooks.output(open, f.step, &mut out);
-    // The step waited for the whole pass; its energy is its share of the pass.
-    let compute = done.pass_compute;
-    ctx.energy
-        .on_job(compute / u32::try_from(done.pass_steps.max(1)).unwrap_or(u32::MAX));
     let hidden = TensorFrame::from_f32(&[n as u32, dim as u32], &out, open.dtype)
         .map_err(|e| refusal(ErrorKind::Internal, hop, e.to_string()))?;
     // An emulated power mode answers no sooner than its share of the time per job (scaled by
     // the clock); the deadline is absolute, so the hops of a route pace side by side rather than
-    // one after another.
-    job.pace(cache.len() as u32).await;
+    // one after another. Rows answered from what was kept cost nothing to pace.
+    if plan.kept < n {
+        job.pace(cache.len() as u32).await;
+    }
     let mut receipt = Receipt {
         timing: HopTiming {
             hop,
             compute_us: micros(compute),
             total_us: micros(t0.elapsed()),
+            kept_rows: plan.kept as u32,
         },
         signer: ctx.local_peer.to_bytes(),
         route: route_digest(&open.route),

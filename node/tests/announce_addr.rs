@@ -120,6 +120,7 @@ async fn peers_dial_the_announced_address() {
         max_tokens: 8,
         client: client.local_peer_id().to_bytes(),
         token_deadline_us: 0,
+        resume: false,
     });
     write_message(&mut s, &open).await.unwrap();
     let answer: Response = read_message(&mut s, &mut Vec::new()).await.unwrap();

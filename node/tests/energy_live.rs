@@ -131,6 +131,7 @@ async fn open(
         max_tokens,
         client: net.local_peer_id().to_bytes(),
         token_deadline_us: 0,
+        resume: false,
     };
     let mut buf = Vec::new();
     let mut first = stream_to(net, node).await;

@@ -94,6 +94,7 @@ fn open(net: &Network, n: &RunningNode, session: SessionId) -> Request {
         max_tokens: 64,
         client: net.local_peer_id().to_bytes(),
         token_deadline_us: 0,
+        resume: false,
     })
 }
 

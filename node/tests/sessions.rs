@@ -174,6 +174,7 @@ fn open_for(net: &Network, session: SessionId, route: Vec<Hop>, model_id: [u8; 3
         max_tokens: 32,
         client: net.local_peer_id().to_bytes(),
         token_deadline_us: 0,
+        resume: false,
     })
 }
 
@@ -249,11 +250,38 @@ async fn three_hops_run_in_order_and_refusals_name_their_reason() {
         }
         pos += n_tokens as u32;
     }
-    // A replayed (lost) position is refused by the first hop instead of corrupting its cache.
-    let (kind, hop_i, msg) = refusal(s.ask(&forward(sid, 3, 1, &[0.0; DIM])).await);
+    // A position sent again with the input it had (a replay) is answered from what every hop
+    // kept, without computing; with another input, every hop drops that position and what
+    // follows and computes it again.
+    let again = |step: u32, pos: u32, input: &[f32]| forward(sid, step, pos, input);
+    let first_step: Vec<f32> = (0..DIM).map(|i| i as f32).collect();
+    for (step, input, kept) in [(3, first_step.clone(), 1), (4, vec![7.0; DIM], 0)] {
+        match s.ask(&again(step, 2, &input)).await {
+            Response::Hidden {
+                hidden, receipts, ..
+            } => {
+                let (n, out) = hidden.to_hidden(DIM).unwrap();
+                assert_eq!(n, 1);
+                let want: Vec<f32> = input.iter().map(|v| v + total + 3.0 * 0.5 * 2.0).collect();
+                assert_eq!(out, want, "step {step}");
+                assert_eq!(
+                    receipts
+                        .iter()
+                        .map(|r| r.timing.kept_rows)
+                        .collect::<Vec<_>>(),
+                    vec![kept; 3],
+                    "step {step}"
+                );
+            }
+            other => panic!("step {step}: {other:?}"),
+        }
+    }
+    // A gap (a lost message) is refused by the first hop instead of corrupting its cache: the
+    // last forward left every hop holding 3 positions.
+    let (kind, hop_i, msg) = refusal(s.ask(&forward(sid, 5, 9, &[0.0; DIM])).await);
     assert_eq!((kind, hop_i), (ErrorKind::BadRequest, 0));
     assert!(
-        msg.contains("position 1") && msg.contains("holds 4"),
+        msg.contains("position 9") && msg.contains("holds 3"),
         "{msg}"
     );
 
@@ -348,6 +376,96 @@ async fn three_hops_run_in_order_and_refusals_name_their_reason() {
     );
 
     for n in [c, b, a] {
+        n.leave().await;
+    }
+}
+
+/// Runs `input` (`n` rows at `pos`) as forward `step` and checks the output (each hop adds its
+/// shift and half the position) and how many rows each hop answered from what it kept.
+async fn expect_step(
+    s: &mut Client,
+    sid: SessionId,
+    (step, pos, stepwise): (u32, u32, bool),
+    input: &[f32],
+    kept: [u32; 3],
+) {
+    let Request::Forward(mut f) = forward(sid, step, pos, input) else {
+        unreachable!()
+    };
+    f.stepwise = stepwise;
+    let total: f32 = SHIFTS.iter().sum();
+    match s.ask(&Request::Forward(f)).await {
+        Response::Hidden {
+            hidden, receipts, ..
+        } => {
+            let (_, out) = hidden.to_hidden(DIM).unwrap();
+            let want: Vec<f32> = input
+                .iter()
+                .enumerate()
+                .map(|(i, v)| v + total + 1.5 * (pos as usize + i / DIM) as f32)
+                .collect();
+            assert_eq!(out, want, "step {step}");
+            let got: Vec<u32> = receipts.iter().map(|r| r.timing.kept_rows).collect();
+            assert_eq!(got, kept, "step {step}: rows each hop kept");
+        }
+        other => panic!("step {step}: {other:?}"),
+    }
+}
+
+/// The middle hop leaves mid-session; the client opens the session again, under its id, on a
+/// route with a replacement in the middle and replays its inputs: the first and last hops
+/// answer the replay from what they kept, only the replacement computes, and the session goes
+/// on exactly. A stranger cannot take the kept session up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_session_is_rebuilt_only_on_the_replacement() {
+    let a = start(0, vec![]).await;
+    let b = start(1, a.listen_addrs()).await;
+    let spare = start(1, a.listen_addrs()).await;
+    let c = start(2, a.listen_addrs()).await;
+    let net = client(&a).await;
+    let sid = SessionId([21; 16]);
+    let prompt: Vec<f32> = (0..3 * DIM).map(|i| i as f32 * 0.25).collect();
+    let (s1, s2) = ([1.0; DIM], [2.0; DIM]);
+    let mut s = Client::open(
+        &net,
+        &a,
+        &c,
+        &open_for(&net, sid, vec![hop(&a, 0), hop(&b, 1), hop(&c, 2)], MODEL),
+    )
+    .await;
+    expect_step(&mut s, sid, (0, 0, false), &prompt, [0; 3]).await;
+    expect_step(&mut s, sid, (1, 3, false), &s1, [0; 3]).await;
+    expect_step(&mut s, sid, (2, 4, false), &s2, [0; 3]).await;
+
+    b.leave().await;
+    // The first hop reports its lost next hop.
+    let (kind, hop_i, msg) = refusal(s.first_reader.next(&mut s.first).await.unwrap());
+    assert_eq!((kind, hop_i), (ErrorKind::NextHop, 0), "{msg}");
+
+    let repaired = vec![hop(&a, 0), hop(&spare, 1), hop(&c, 2)];
+    let resume = |net: &Network| {
+        let Request::Open(mut o) = open_for(net, sid, repaired.clone(), MODEL) else {
+            unreachable!()
+        };
+        o.resume = true;
+        Request::Open(o)
+    };
+    let stranger = client(&a).await;
+    let mut theirs = stream_to(&stranger, &a).await;
+    let (kind, _, msg) = refusal(ask(&mut theirs, &resume(&stranger)).await);
+    assert_eq!(kind, ErrorKind::BadRequest);
+    assert!(msg.contains("another client"), "{msg}");
+
+    let mut s = Client::open(&net, &a, &c, &resume(&net)).await;
+    let steps: Vec<f32> = [s1, s2].concat();
+    expect_step(&mut s, sid, (0, 0, false), &prompt, [3, 0, 3]).await;
+    expect_step(&mut s, sid, (1, 3, true), &steps, [2, 0, 2]).await;
+    expect_step(&mut s, sid, (2, 5, false), &[3.0; DIM], [0; 3]).await;
+    assert_eq!(
+        s.ask(&Request::Close { session: sid }).await,
+        Response::Closed { session: sid }
+    );
+    for n in [c, spare, a] {
         n.leave().await;
     }
 }

@@ -234,7 +234,7 @@ mod tests {
             let dtype = if f16 { crate::DType::F16 } else { crate::DType::F32 };
             let hidden = crate::TensorFrame::from_f32(&[rows, cols], &data, dtype).unwrap();
             let receipts = times.into_iter().map(|(hop, compute_us, total_us)| crate::Receipt {
-                timing: crate::HopTiming { hop, compute_us, total_us },
+                timing: crate::HopTiming { hop, compute_us, total_us, kept_rows: compute_us / 7 },
                 signer: vec![hop as u8; 38],
                 route: [compute_us as u8; 32],
                 input: [1; 32],

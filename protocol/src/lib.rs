@@ -32,10 +32,10 @@ pub use tensor::{DType, TensorError, TensorFrame};
 
 /// Version of every message and record on the wire. A peer that receives another version answers
 /// with [`ErrorKind::VersionMismatch`] instead of guessing at the layout.
-pub const PROTOCOL_VERSION: u16 = 7;
+pub const PROTOCOL_VERSION: u16 = 8;
 
 /// libp2p stream protocol for inference sessions (open, forward hidden states, close).
-pub const ACTIVATIONS_PROTOCOL: &str = "/sunswarm/activations/7";
+pub const ACTIVATIONS_PROTOCOL: &str = "/sunswarm/activations/8";
 
 /// A model id: blake3 of the model's config and weight manifest (computed by `sunswarm-models`).
 pub type ModelDigest = [u8; 32];

@@ -63,6 +63,11 @@ pub struct OpenSession {
     /// beside the sessions it serves refuses the open with [`ErrorKind::Deadline`], and it
     /// schedules the session's steps to meet it (DFTSP).
     pub token_deadline_us: u32,
+    /// The client is rebuilding this session on a repaired route after a hop failed: a hop that
+    /// still keeps the session from the broken route (same id, same client) takes it up, with
+    /// its cache and the outputs it kept, instead of starting empty; the replay that follows
+    /// then costs it nothing. A hop that keeps nothing opens the session fresh.
+    pub resume: bool,
 }
 
 /// Hidden states for the next positions of a session.
@@ -71,8 +76,11 @@ pub struct Forward {
     pub session: SessionId,
     /// Sequence number of this forward within the session, echoed in the answer.
     pub step: u32,
-    /// Position of the first token in `hidden`: must equal the tokens the hop's cache holds, so
-    /// a lost or replayed message is caught instead of corrupting the cache.
+    /// Position of the first token in `hidden`, at most the tokens the hop's cache holds: a gap
+    /// (a lost message) is refused. Rows at positions the hop already holds (a replay after a
+    /// failover) are answered from the outputs it kept, as long as their inputs are the ones it
+    /// computed them from; from the first row whose input differs, the hop drops what it holds
+    /// and computes again.
     pub position: u32,
     /// `[tokens, hidden_size]`.
     pub hidden: TensorFrame,
@@ -117,12 +125,13 @@ impl Receipt {
     /// The bytes a receipt's signature covers: everything in it, bound to the session and step.
     pub fn signing_bytes(&self, session: &SessionId, step: u32) -> Vec<u8> {
         let mut b = Vec::with_capacity(200);
-        b.extend_from_slice(b"sunswarm/receipt/1");
+        b.extend_from_slice(b"sunswarm/receipt/2");
         b.extend_from_slice(&session.0);
         b.extend_from_slice(&step.to_le_bytes());
         b.extend_from_slice(&self.timing.hop.to_le_bytes());
         b.extend_from_slice(&self.timing.compute_us.to_le_bytes());
         b.extend_from_slice(&self.timing.total_us.to_le_bytes());
+        b.extend_from_slice(&self.timing.kept_rows.to_le_bytes());
         b.extend_from_slice(&(self.signer.len() as u32).to_le_bytes());
         b.extend_from_slice(&self.signer);
         b.extend_from_slice(&self.route);
@@ -160,6 +169,9 @@ pub struct HopTiming {
     /// From receiving the forward to passing its output on (to the next hop, or from the last
     /// hop to the client), pacing included.
     pub total_us: u32,
+    /// Rows of the forward the hop answered from outputs it kept (a replay it had already
+    /// computed), instead of running its blocks.
+    pub kept_rows: u32,
 }
 
 /// Messages sent towards the end of the route.
@@ -398,6 +410,7 @@ pub(crate) mod tests {
             max_tokens: 2048,
             client: vec![9; 38],
             token_deadline_us: 0,
+            resume: true,
         }
     }
 
@@ -421,6 +434,7 @@ pub(crate) mod tests {
                 hop,
                 compute_us: 10,
                 total_us: 12,
+                kept_rows: 1,
             },
             signer: vec![1; 38],
             route: route_digest(&route(3)),

@@ -233,7 +233,21 @@ async fn an_inflated_rate_gets_no_more_than_the_route_share_cap() {
             .to_bytes()
     };
     let (inflated, honest) = (id(1), id(2));
-    let anns = watcher.discover(&net.model_id, net.n_layers).await.unwrap();
+    // Discovery is eventually consistent: a lookup right after the start may not see both
+    // replicas yet.
+    let until = Instant::now() + Duration::from_secs(30);
+    let anns = loop {
+        let anns = watcher.discover(&net.model_id, net.n_layers).await.unwrap();
+        let has = |p: &[u8]| anns.iter().any(|a| a.peer_id == p);
+        if has(&inflated) && has(&honest) {
+            break anns;
+        }
+        assert!(
+            Instant::now() < until,
+            "both replicas were never discovered"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     let rate = |p: &[u8]| {
         anns.iter()
             .find(|a| a.peer_id == p)

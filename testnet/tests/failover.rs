@@ -1,5 +1,6 @@
 //! Failover with real processes: a replica on the route is killed (SIGKILL) while the client is
-//! generating, and the client's text must equal an uninterrupted run's, every time.
+//! generating, and the client's text must equal an uninterrupted run's, every time; the hops
+//! that survive take the session up again without computing its prefix.
 
 mod common;
 
@@ -200,6 +201,22 @@ async fn killing_the_replica_on_the_route_mid_generation_leaves_the_text_unchang
         let ev = &out["failover_events"][0];
         let f = |k: &str| ev[k].as_f64().unwrap();
         recovery_ms.push(f("recovery_ms"));
+        // The hops that survived kept the session: they answered the whole replay from what
+        // they kept, and only the replacement computed it.
+        let replayed = ev["replayed_tokens"].as_u64().unwrap();
+        let kept: Vec<u64> = ev["kept_rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .collect();
+        assert!(replayed > 0, "run {rep}: {ev}");
+        assert_eq!(kept.len(), 3, "run {rep}: {ev}");
+        assert_eq!(kept[1], 0, "run {rep}: the replacement kept nothing: {ev}");
+        assert!(
+            kept[0] >= replayed && kept[2] >= replayed,
+            "run {rep}: the surviving hops computed the replay again: {ev}"
+        );
         eprintln!(
             "run {rep}: recovery {:.0} ms = choose {:.1} + open {:.1} + replay {:.0} ({} tokens) + retry",
             f("recovery_ms"),

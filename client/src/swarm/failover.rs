@@ -1,15 +1,18 @@
 //! Failover: a session that outlives the peers on its route. When a forward fails (a peer died,
 //! timed out, or refused), the hop to blame is put on a backoff list, a replacement for its
-//! blocks is chosen with the policy (the surviving hops are kept), a new session is opened on the
-//! repaired route, and the client replays every input it sent so far with the failed forward
-//! at its end (`SwarmSession::replay_then`): prompt chunks as they were sent, the decode steps
-//! as one stepwise forward that every hop computes row by row as the steps were. Both rebuild
-//! bit-identical KV caches, so the generated text is the same as an uninterrupted run's.
+//! blocks is chosen with the policy (the surviving hops are kept), the session is opened again
+//! on the repaired route under the same id (`SwarmSession::resume`), and the client replays
+//! every input it sent so far with the failed forward at its end (`SwarmSession::replay_then`):
+//! prompt chunks as they were sent, the decode steps as one stepwise forward that every hop
+//! computes row by row as the steps were. Both rebuild bit-identical KV caches, so the
+//! generated text is the same as an uninterrupted run's.
 //!
-//! Why the client replays rather than the upstream peer resending what it forwarded: with
-//! source routing, a broken link ends the session on every hop (each hop's stream to its
-//! neighbour is part of the session), so every hop of the new route needs the prefix anyway;
-//! the client already holds it, and the replay costs one pass of the prefix through the route.
+//! The surviving hops kept the session when its route broke (`sunswarm_node::resume`): they
+//! answer the replayed rows from the outputs they kept, so only the replacement computes the
+//! prefix, from inputs that its predecessor sends as it would any forward. The client replays
+//! rather than the predecessor resending what it forwarded because the client holds the
+//! prefix anyway and a replay needs nothing new of the hops; a hop that kept nothing (or whose
+//! inputs changed, after a dishonest hop was replaced) simply computes.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -71,6 +74,9 @@ pub struct FailoverEvent {
     pub reason: String,
     /// Tokens replayed into the new route.
     pub replayed_tokens: usize,
+    /// Per hop of the new route, the replayed rows it answered from what it kept of the broken
+    /// route instead of computing them (the replacement: none).
+    pub kept_rows: Vec<u64>,
     /// From the failed forward's error to the retried forward's answer.
     pub recovery_ms: f64,
     /// Parts of the recovery: choosing the new route, opening it, replaying the prefix (with
@@ -499,15 +505,17 @@ impl<'a> ResilientSession<'a> {
                             peer,
                             reason,
                             replayed_tokens: replayed,
+                            kept_rows: self.replay_kept_rows(),
                             recovery_ms: ms_since(t0),
                             choose_ms: times.choose_ms,
                             open_ms: times.open_ms,
                             replay_ms: times.replay_ms,
                         };
                         tracing::warn!(
-                            "recovered in {:.0} ms (replayed {} tokens)",
+                            "recovered in {:.0} ms (replayed {} tokens; kept by each hop: {:?})",
                             ev.recovery_ms,
-                            ev.replayed_tokens
+                            ev.replayed_tokens,
+                            ev.kept_rows
                         );
                         self.failovers.push(ev);
                     }
@@ -537,6 +545,19 @@ impl<'a> ResilientSession<'a> {
             replayed = tokens;
             repaired = Some(out);
         }
+    }
+
+    /// Per hop of the route, the rows of its replay forwards it answered from what it kept.
+    fn replay_kept_rows(&self) -> Vec<u64> {
+        let mut rows = vec![0u64; self.route().len()];
+        for t in self.session.timings.iter().filter(|t| t.replay) {
+            for h in &t.hops {
+                if let Some(r) = rows.get_mut(h.hop as usize) {
+                    *r += u64::from(h.kept_rows);
+                }
+            }
+        }
+        rows
     }
 
     /// Tells the router what this route's decode steps took, once per route: after
@@ -591,11 +612,13 @@ impl<'a> ResilientSession<'a> {
                 .map_err(|e| SwarmError::NoReplacement(Box::new(e)))?;
             times.choose_ms += ms_since(t);
             let t = Instant::now();
-            let opened = SwarmSession::open_with(
+            // The same session id: the hops that survive keep the session and take it up.
+            let opened = SwarmSession::resume(
                 self.client.network(),
                 self.model_id,
                 route.clone(),
                 self.params,
+                self.session.id(),
             )
             .await;
             times.open_ms += ms_since(t);

@@ -488,6 +488,7 @@ mod tests {
                     hop: i as u16,
                     compute_us: u,
                     total_us: u,
+                    kept_rows: 0,
                 })
                 .collect(),
             replay: false,

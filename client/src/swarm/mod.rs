@@ -630,6 +630,7 @@ mod tests {
                     hop: i as u16,
                     compute_us,
                     total_us,
+                    kept_rows: 0,
                 })
                 .collect(),
             replay: false,

@@ -167,6 +167,7 @@ mod tests {
                             hop: k as u16,
                             compute_us: 5,
                             total_us: 7,
+                            kept_rows: 0,
                         },
                         signer: peers[k].clone(),
                         route: ROUTE,

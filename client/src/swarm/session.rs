@@ -171,6 +171,40 @@ impl SwarmSession {
         route: Vec<Hop>,
         params: OpenParams,
     ) -> Result<Self, SessionError> {
+        Self::open_as(
+            net,
+            model_id,
+            route,
+            params,
+            SessionId(rand::random()),
+            false,
+        )
+        .await
+    }
+
+    /// Opens session `session` again on `route`, a repair of the route it ran on: every hop
+    /// that still keeps the session takes it up with its cache and outputs (see
+    /// [`OpenSession::resume`]), the others open it fresh. The new session starts at position 0
+    /// all the same: [`replay_then`](Self::replay_then) sends the whole history, which the hops
+    /// that kept it answer without computing.
+    pub async fn resume(
+        net: &Network,
+        model_id: ModelDigest,
+        route: Vec<Hop>,
+        params: OpenParams,
+        session: SessionId,
+    ) -> Result<Self, SessionError> {
+        Self::open_as(net, model_id, route, params, session, true).await
+    }
+
+    async fn open_as(
+        net: &Network,
+        model_id: ModelDigest,
+        route: Vec<Hop>,
+        params: OpenParams,
+        session: SessionId,
+        resume: bool,
+    ) -> Result<Self, SessionError> {
         let OpenParams {
             dtype,
             max_tokens,
@@ -191,7 +225,6 @@ impl SwarmSession {
                     reason: e.to_string(),
                 })?;
         }
-        let session = SessionId(rand::random());
         let open = OpenSession {
             session,
             model_id,
@@ -201,6 +234,7 @@ impl SwarmSession {
             max_tokens,
             client: net.local_peer_id().to_bytes(),
             token_deadline_us,
+            resume,
         };
         let (stream, answer) = send_open(net, first, &open)
             .await

@@ -128,6 +128,7 @@ fn main() {
             max_tokens: 2048,
             client: vec![9; 38],
             token_deadline_us: 0,
+            resume: false,
         }),
         Request::Forward(Forward {
             session,
@@ -239,6 +240,7 @@ fn receipt(hop: u16) -> Receipt {
             hop,
             compute_us: 10,
             total_us: 12,
+            kept_rows: 0,
         },
         signer: vec![1; 38],
         route: [2; 32],

@@ -457,6 +457,7 @@ async fn hold(net: Network, known: Arc<Mutex<Vec<Announcement>>>, model: ModelDi
                     max_tokens: 16,
                     client: net.local_peer_id().to_bytes(),
                     token_deadline_us: 0,
+                    resume: false,
                 };
                 match open_held(&net, peer, &open).await {
                     Some(s) => held.push((peer, s)),
