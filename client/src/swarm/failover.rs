@@ -41,6 +41,19 @@ fn open_retry_delay(n: u32) -> Duration {
     let jitter = rand::random::<u64>() % 50;
     Duration::from_millis(50 * u64::from(n) + jitter)
 }
+/// The pause before trying, for the `n`th time (1-based), a route that takes a peer back
+/// although it failed: no other peer serves its blocks now. Under churn that is a range whose
+/// replicas just left while their replacements have not announced yet; trying the failed peer
+/// again at once spent a generation's every repair within a quarter of a second.
+fn reuse_delay(n: usize) -> Duration {
+    Duration::from_millis((250 * n as u64).min(2_000))
+}
+
+/// Whether `route` takes back a peer of `avoid`.
+fn reuses(route: &[Hop], avoid: &[Vec<u8>]) -> bool {
+    route.iter().any(|h| avoid.contains(&h.peer_id))
+}
+
 /// How long a failed peer is avoided.
 pub const BACKOFF: Duration = Duration::from_secs(60);
 
@@ -229,6 +242,9 @@ impl<'a> ResilientSession<'a> {
                 .choose_route_with(&model_id, n_layers, routing, &avoid)
                 .await?;
             route_ms += ms_since(t);
+            if reuses(&route, &avoid) {
+                tokio::time::sleep(reuse_delay(attempts)).await;
+            }
             match SwarmSession::open_with(client.network(), model_id, route.clone(), params).await {
                 Ok(s) => break s,
                 // A live peer drops a new stream that arrives while its acceptor has not taken
@@ -592,7 +608,7 @@ impl<'a> ResilientSession<'a> {
         let mut failed = failed;
         let mut broken = self.session.route().to_vec();
         let mut last_error = None;
-        for _ in 0..MAX_FAILOVERS {
+        for attempt in 1..=MAX_FAILOVERS {
             if let Some(h) = broken.get(failed) {
                 self.backoff.fail(&h.peer_id, Instant::now());
             }
@@ -611,6 +627,9 @@ impl<'a> ResilientSession<'a> {
                 .await
                 .map_err(|e| SwarmError::NoReplacement(Box::new(e)))?;
             times.choose_ms += ms_since(t);
+            if reuses(&route, &avoid) {
+                tokio::time::sleep(reuse_delay(attempt)).await;
+            }
             let t = Instant::now();
             // The same session id: the hops that survive keep the session and take it up.
             let opened = SwarmSession::resume(
@@ -701,6 +720,24 @@ mod tests {
     use sunswarm_protocol::{Announcement, BlockRange, WireError};
 
     use super::*;
+
+    #[test]
+    fn a_route_that_takes_back_a_failed_peer_waits_longer_each_time() {
+        let hop = |id: u8| Hop {
+            peer_id: vec![id; 4],
+            addrs: Vec::new(),
+            blocks: BlockRange { start: 0, end: 1 },
+        };
+        let avoid = vec![vec![2u8; 4]];
+        assert!(reuses(&[hop(1), hop(2)], &avoid));
+        assert!(!reuses(&[hop(1), hop(3)], &avoid));
+        let waits: Vec<Duration> = (1..=MAX_FAILOVERS).map(reuse_delay).collect();
+        assert!(waits.windows(2).all(|w| w[0] <= w[1]), "{waits:?}");
+        assert_eq!(reuse_delay(1), Duration::from_millis(250));
+        assert_eq!(reuse_delay(MAX_FAILOVERS), Duration::from_secs(2));
+        // All attempts together leave a replacement several seconds to announce itself.
+        assert!(waits.iter().sum::<Duration>() >= Duration::from_secs(8));
+    }
 
     #[derive(Default)]
     struct Recorder {

@@ -89,6 +89,10 @@ pub struct Repair {
     pub choose_ms: f64,
     pub open_ms: f64,
     pub replay_ms: f64,
+    /// Rows the replay sent through the new route, summed over its hops (replayed tokens times
+    /// hops), and those of them that surviving hops answered from what they kept.
+    pub replayed_rows: u64,
+    pub kept_rows: u64,
 }
 
 /// What a churn run measured.
@@ -110,6 +114,9 @@ pub struct ChurnSummary {
     pub choose_ms_median: Option<f64>,
     pub open_ms_median: Option<f64>,
     pub replay_ms_median: Option<f64>,
+    /// Of all rows replayed through repaired routes (per hop), the share that surviving hops
+    /// answered from what they kept instead of computing.
+    pub kept_share: Option<f64>,
     /// The first few failures' messages.
     pub failures: Vec<String>,
 }
@@ -143,6 +150,7 @@ impl ChurnSummary {
             choose_ms_median: None,
             open_ms_median: None,
             replay_ms_median: None,
+            kept_share: None,
             failures: Vec::new(),
         };
         let mut recoveries = Vec::new();
@@ -179,6 +187,9 @@ impl ChurnSummary {
         s.choose_ms_median = quantile(&part(|r| r.choose_ms), 0.5);
         s.open_ms_median = quantile(&part(|r| r.open_ms), 0.5);
         s.replay_ms_median = quantile(&part(|r| r.replay_ms), 0.5);
+        let replayed: u64 = recoveries.iter().map(|r| r.replayed_rows).sum();
+        let kept: u64 = recoveries.iter().map(|r| r.kept_rows).sum();
+        s.kept_share = (replayed > 0).then(|| kept as f64 / replayed as f64);
         s
     }
 }
@@ -245,11 +256,20 @@ async fn generate(
         .as_array()
         .map(|a| {
             a.iter()
-                .map(|e| Repair {
-                    recovery_ms: ms(e, "recovery_ms"),
-                    choose_ms: ms(e, "choose_ms"),
-                    open_ms: ms(e, "open_ms"),
-                    replay_ms: ms(e, "replay_ms"),
+                .map(|e| {
+                    let kept: Vec<u64> = e["kept_rows"]
+                        .as_array()
+                        .map(|k| k.iter().filter_map(|v| v.as_u64()).collect())
+                        .unwrap_or_default();
+                    Repair {
+                        recovery_ms: ms(e, "recovery_ms"),
+                        choose_ms: ms(e, "choose_ms"),
+                        open_ms: ms(e, "open_ms"),
+                        replay_ms: ms(e, "replay_ms"),
+                        replayed_rows: e["replayed_tokens"].as_u64().unwrap_or(0)
+                            * kept.len() as u64,
+                        kept_rows: kept.iter().sum(),
+                    }
                 })
                 .collect()
         })
@@ -461,7 +481,7 @@ pub fn main(args: ChurnArgs) -> Result<()> {
         s.failed
     );
     println!(
-        "leaves {} | joins {} | repairs {} | recovery median {} p90 {} max {} (medians: choose {}, open {}, replay {})",
+        "leaves {} | joins {} | repairs {} | recovery median {} p90 {} max {} (medians: choose {}, open {}, replay {}) | replayed rows answered from kept outputs {}",
         s.leaves,
         s.joins,
         s.repairs,
@@ -470,7 +490,10 @@ pub fn main(args: ChurnArgs) -> Result<()> {
         ms(s.recovery_ms_max),
         ms(s.choose_ms_median),
         ms(s.open_ms_median),
-        ms(s.replay_ms_median)
+        ms(s.replay_ms_median),
+        s.kept_share
+            .map(|k| format!("{:.0} %", 100.0 * k))
+            .unwrap_or_else(|| "-".into())
     );
     for f in &s.failures {
         println!("failure: {f}");
@@ -505,6 +528,8 @@ mod tests {
                 .map(|&t| Repair {
                     recovery_ms: t,
                     replay_ms: t / 2.0,
+                    replayed_rows: 30,
+                    kept_rows: 20,
                     ..Repair::default()
                 })
                 .collect(),
@@ -525,11 +550,13 @@ mod tests {
         assert_eq!(s.recovery_ms_median, Some(200.0));
         assert_eq!(s.recovery_ms_max, Some(300.0));
         assert_eq!(s.replay_ms_median, Some(100.0));
+        assert_eq!(s.kept_share, Some(20.0 / 30.0));
         assert_eq!(s.failures, vec!["no route".to_string()]);
         assert_eq!((s.leaves, s.joins), (3, 2));
         let empty = ChurnSummary::of(&[], 0, 0);
         assert_eq!(empty.completed_share, 0.0);
         assert_eq!(empty.recovery_ms_median, None);
+        assert_eq!(empty.kept_share, None);
     }
 
     #[test]
