@@ -470,6 +470,47 @@ async fn a_resumed_session_is_rebuilt_only_on_the_replacement() {
     }
 }
 
+/// A client that gives up on a route that still runs (a hop it found too slow, say) and resumes
+/// the session on the same hops: each hop's running session is asked to stop, is kept, and is
+/// taken up at once, so the replay costs no hop anything; a fresh open of the same id is
+/// refused while it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_takes_over_a_session_that_still_runs() {
+    let a = start(0, vec![]).await;
+    let b = start(1, a.listen_addrs()).await;
+    let c = start(2, a.listen_addrs()).await;
+    let net = client(&a).await;
+    let sid = SessionId([22; 16]);
+    let route = vec![hop(&a, 0), hop(&b, 1), hop(&c, 2)];
+    let prompt: Vec<f32> = (0..2 * DIM).map(|i| i as f32).collect();
+    let step = [5.0; DIM];
+    let mut old = Client::open(&net, &a, &c, &open_for(&net, sid, route.clone(), MODEL)).await;
+    expect_step(&mut old, sid, (0, 0, false), &prompt, [0; 3]).await;
+    expect_step(&mut old, sid, (1, 2, false), &step, [0; 3]).await;
+
+    let mut s = stream_to(&net, &a).await;
+    let (kind, _, msg) = refusal(ask(&mut s, &open_for(&net, sid, route.clone(), MODEL)).await);
+    assert_eq!(kind, ErrorKind::BadRequest);
+    assert!(msg.contains("already open"), "{msg}");
+
+    let Request::Open(mut o) = open_for(&net, sid, route, MODEL) else {
+        unreachable!()
+    };
+    o.resume = true;
+    let mut s = Client::open(&net, &a, &c, &Request::Open(o)).await;
+    expect_step(&mut s, sid, (0, 0, false), &prompt, [2; 3]).await;
+    expect_step(&mut s, sid, (1, 2, true), &step, [1; 3]).await;
+    expect_step(&mut s, sid, (2, 3, false), &[6.0; DIM], [0; 3]).await;
+    drop(old);
+    assert_eq!(
+        s.ask(&Request::Close { session: sid }).await,
+        Response::Closed { session: sid }
+    );
+    for n in [c, b, a] {
+        n.leave().await;
+    }
+}
+
 /// Sends raw bytes on a fresh stream to `n` (optionally closing our side) and returns the
 /// node's answer.
 async fn raw(net: &Network, n: &RunningNode, bytes: &[u8], close: bool) -> Response {
