@@ -7,6 +7,7 @@
 //! changed) runs its blocks over the prefix.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -120,7 +121,7 @@ pub fn plan_rows(
 /// resume takes them up or their grace runs out. `T` is what a kept session holds.
 pub struct ParkBoard<T> {
     sessions: Mutex<HashMap<SessionId, Held<T>>>,
-    next_id: Mutex<u64>,
+    next_id: AtomicU64,
 }
 
 enum Held<T> {
@@ -140,7 +141,7 @@ impl<T> Default for ParkBoard<T> {
     fn default() -> Self {
         ParkBoard {
             sessions: Mutex::new(HashMap::new()),
-            next_id: Mutex::new(0),
+            next_id: AtomicU64::new(0),
         }
     }
 }
@@ -175,11 +176,7 @@ impl<T: Send + 'static> Running<T> {
     /// Keeps `state` for a resume during `grace`, after which it is dropped.
     pub fn keep(mut self, state: T, grace: Duration) {
         self.done = true;
-        let id = {
-            let mut n = self.board.next_id.lock().unwrap_or_else(|p| p.into_inner());
-            *n += 1;
-            *n
-        };
+        let id = self.board.next_id.fetch_add(1, Ordering::Relaxed);
         self.board.lock().insert(
             self.session,
             Held::Kept {
@@ -266,24 +263,26 @@ impl<T: Send + 'static> ParkBoard<T> {
         loop {
             {
                 let mut map = self.lock();
-                match map.get(&session) {
+                if let Some(Held::Kept { client: c, .. } | Held::Running { client: c, .. }) =
+                    map.get(&session)
+                    && c != client
+                {
+                    return Err(ParkError::OtherClient(session));
+                }
+                match map.remove(&session) {
                     None => {
                         drop(map);
                         return Ok((self.insert_running(session, client), None));
                     }
-                    Some(Held::Kept { client: c, .. } | Held::Running { client: c, .. })
-                        if c != client =>
-                    {
-                        return Err(ParkError::OtherClient(session));
-                    }
-                    Some(Held::Kept { .. }) => {
-                        let Some(Held::Kept { state, .. }) = map.remove(&session) else {
-                            unreachable!("matched as kept under the same lock")
-                        };
+                    Some(Held::Kept { state, .. }) => {
                         drop(map);
                         return Ok((self.insert_running(session, client), Some(state)));
                     }
-                    Some(Held::Running { leave, .. }) => leave.notify_one(),
+                    // Still running: asked to stop, and left in place until it is kept.
+                    Some(Held::Running { client, leave }) => {
+                        leave.notify_one();
+                        map.insert(session, Held::Running { client, leave });
+                    }
                 }
             }
             if Instant::now() >= until {
