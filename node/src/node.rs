@@ -116,10 +116,6 @@ pub async fn start_with_hooks(
         .control()
         .accept(sunswarm_net::stream::protocol())
         .map_err(|e| NodeError::Accept(e.to_string()))?;
-    let view_requests = net
-        .control()
-        .accept(sunswarm_net::view::protocol())
-        .map_err(|e| NodeError::Accept(e.to_string()))?;
     let slots = SessionSlots::with_peer_cap(cfg.max_sessions, cfg.limits.max_sessions_per_peer);
     // One pass at a time runs on the compute thread; its scratch memory (attention scores and
     // activations of up to `token_budget` new tokens against `max_tokens` positions) comes out of
@@ -165,7 +161,6 @@ pub async fn start_with_hooks(
     });
     let mut tasks = vec![
         tokio::spawn(session::accept_loop(ctx, incoming)),
-        tokio::spawn(sunswarm_net::view::serve(net.clone(), view_requests)),
         executor_task,
     ];
     // A node with no listener (behind a NAT that forwards nothing) has only its peers to wait for.
@@ -402,10 +397,6 @@ async fn announcer(h: AnnounceHandle) {
     let mut tick_every = period.min(refresh);
     let mut last_dht = Instant::now();
     let mut last_providers = Instant::now();
-    // Peers in the routing table when the provider keys were last published: a key provided
-    // while the node knew few peers (the first node of a swarm knows none) reached only those,
-    // and would wait a whole provider refresh (75 s by default) to reach the rest.
-    let mut provided_with = h.net.routing_peers().await.unwrap_or(0);
     let mut last_publish = Instant::now();
     let mut published_full = h.slots.is_full();
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + tick_every, tick_every);
@@ -446,14 +437,7 @@ async fn announcer(h: AnnounceHandle) {
         }
         // Half a tick of tolerance, so timer jitter does not skip every other refresh.
         let dht_too = moved || last_dht.elapsed() + tick_every / 2 >= refresh;
-        let routing_peers = if ticked {
-            h.net.routing_peers().await.unwrap_or(0)
-        } else {
-            provided_with
-        };
-        let providers_too = moved
-            || last_providers.elapsed() + tick_every / 2 >= provider_refresh
-            || routing_peers >= (2 * provided_with).max(1);
+        let providers_too = moved || last_providers.elapsed() + tick_every / 2 >= provider_refresh;
         let gossip_too = !ticked || last_publish.elapsed() + tick_every / 2 >= period;
         if !dht_too && !gossip_too && !providers_too {
             continue;
@@ -463,7 +447,6 @@ async fn announcer(h: AnnounceHandle) {
         }
         if providers_too {
             last_providers = Instant::now();
-            provided_with = routing_peers;
         }
         if gossip_too {
             published = changes.as_ref().map(|rx| *rx.borrow());
