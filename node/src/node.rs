@@ -397,6 +397,10 @@ async fn announcer(h: AnnounceHandle) {
     let mut tick_every = period.min(refresh);
     let mut last_dht = Instant::now();
     let mut last_providers = Instant::now();
+    // Peers in the routing table when the provider keys were last published: a key provided
+    // while the node knew few peers (the first node of a swarm knows none) reached only those,
+    // and would wait a whole provider refresh (75 s by default) to reach the rest.
+    let mut provided_with = h.net.routing_peers().await.unwrap_or(0);
     let mut last_publish = Instant::now();
     let mut published_full = h.slots.is_full();
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + tick_every, tick_every);
@@ -437,7 +441,14 @@ async fn announcer(h: AnnounceHandle) {
         }
         // Half a tick of tolerance, so timer jitter does not skip every other refresh.
         let dht_too = moved || last_dht.elapsed() + tick_every / 2 >= refresh;
-        let providers_too = moved || last_providers.elapsed() + tick_every / 2 >= provider_refresh;
+        let routing_peers = if ticked {
+            h.net.routing_peers().await.unwrap_or(0)
+        } else {
+            provided_with
+        };
+        let providers_too = moved
+            || last_providers.elapsed() + tick_every / 2 >= provider_refresh
+            || routing_peers >= (2 * provided_with).max(1);
         let gossip_too = !ticked || last_publish.elapsed() + tick_every / 2 >= period;
         if !dht_too && !gossip_too && !providers_too {
             continue;
@@ -447,6 +458,7 @@ async fn announcer(h: AnnounceHandle) {
         }
         if providers_too {
             last_providers = Instant::now();
+            provided_with = routing_peers;
         }
         if gossip_too {
             published = changes.as_ref().map(|rx| *rx.borrow());
