@@ -54,8 +54,22 @@ pub fn check(author: &PeerId, data: &[u8], now_ms: u64) -> Result<Announcement, 
 #[derive(Debug, Clone)]
 struct Entry {
     ann: Announcement,
+    /// The gossip message it came in (the encoded signed announcement), passed on as it is to
+    /// peers that ask for this node's view.
+    signed: Vec<u8>,
     /// The connected peer it was first heard through, which its place is counted against.
     source: PeerId,
+    /// Held at least until then: a withdrawal (an announcement that expired at once) stays as
+    /// long as the announcement it replaced would have lived, so that this table, and the views
+    /// it gives ([`crate::view`]), keep saying the peer left rather than forgetting it while
+    /// older copies of its announcement may still be live elsewhere.
+    keep_until_ms: u64,
+}
+
+impl Entry {
+    fn held_at(&self, now_ms: u64) -> bool {
+        self.ann.is_live(now_ms) || now_ms < self.keep_until_ms
+    }
 }
 
 /// The latest valid announcement of each peer, capped per source and in all.
@@ -83,13 +97,28 @@ impl GossipTable {
         self.entries.values().map(|e| e.ann.clone()).collect()
     }
 
-    /// Takes `ann` (already [`check`]ed, authored by `author`) heard through `source` at
-    /// `now_ms`, or says why not.
+    /// The signed announcements of `model_id` held at `now_ms`, as they came in: the live ones
+    /// and the withdrawals of peers that left while their last announcement would still live.
+    pub fn signed_of(
+        &self,
+        model_id: &sunswarm_protocol::ModelDigest,
+        now_ms: u64,
+    ) -> Vec<Vec<u8>> {
+        self.entries
+            .values()
+            .filter(|e| &e.ann.model_id == model_id && e.held_at(now_ms))
+            .map(|e| e.signed.clone())
+            .collect()
+    }
+
+    /// Takes `ann` (already [`check`]ed from the message `signed`, authored by `author`) heard
+    /// through `source` at `now_ms`, or says why not.
     pub fn insert(
         &mut self,
         author: PeerId,
         source: PeerId,
         ann: Announcement,
+        signed: Vec<u8>,
         now_ms: u64,
     ) -> Result<(), GossipRefusal> {
         if let Some(old) = self.entries.get_mut(&author) {
@@ -99,8 +128,11 @@ impl GossipTable {
                     ann.timestamp_ms, old.ann.timestamp_ms
                 )));
             }
-            // An update keeps its place (and the source it is counted against).
+            // An update keeps its place (and the source it is counted against); a withdrawal
+            // is held while what it withdraws would have been live.
+            old.keep_until_ms = old.keep_until_ms.max(old.ann.expires_ms);
             old.ann = ann;
+            old.signed = signed;
             return Ok(());
         }
         if !ann.is_live(now_ms) {
@@ -124,16 +156,25 @@ impl GossipTable {
             )));
         }
         *self.per_source.entry(source).or_insert(0) += 1;
-        self.entries.insert(author, Entry { ann, source });
+        self.entries.insert(
+            author,
+            Entry {
+                keep_until_ms: ann.expires_ms,
+                ann,
+                signed,
+                source,
+            },
+        );
         Ok(())
     }
 
-    /// Drops the entries that expired by `now_ms`; returns how many.
+    /// Drops the entries that expired by `now_ms` (a withdrawal once what it withdrew would
+    /// have expired too); returns how many.
     pub fn prune(&mut self, now_ms: u64) -> usize {
         let dead: Vec<PeerId> = self
             .entries
             .iter()
-            .filter(|(_, e)| !e.ann.is_live(now_ms))
+            .filter(|(_, e)| !e.held_at(now_ms))
             .map(|(p, _)| *p)
             .collect();
         for p in &dead {
@@ -203,10 +244,10 @@ mod tests {
     fn newest_wins_and_updates_keep_their_place() {
         let mut t = GossipTable::new();
         let (p, relay) = (PeerId::random(), PeerId::random());
-        t.insert(p, relay, ann(&p, 100, 1000), 100).unwrap();
-        t.insert(p, relay, ann(&p, 200, 1000), 200).unwrap();
+        t.insert(p, relay, ann(&p, 100, 1000), vec![], 100).unwrap();
+        t.insert(p, relay, ann(&p, 200, 1000), vec![], 200).unwrap();
         assert!(matches!(
-            t.insert(p, relay, ann(&p, 150, 1000), 200),
+            t.insert(p, relay, ann(&p, 150, 1000), vec![], 200),
             Err(GossipRefusal::Ignored(_))
         ));
         assert_eq!(t.announcements()[0].timestamp_ms, 200);
@@ -220,7 +261,7 @@ mod tests {
         let mut taken = 0;
         for _ in 0..MAX_PER_SOURCE + 500 {
             let p = PeerId::random();
-            if t.insert(p, flooder, ann(&p, 10, 1000), 10).is_ok() {
+            if t.insert(p, flooder, ann(&p, 10, 1000), vec![], 10).is_ok() {
                 taken += 1;
             }
         }
@@ -228,11 +269,17 @@ mod tests {
         assert_eq!(t.len(), MAX_PER_SOURCE);
         // An honest peer heard directly, and one relayed by an honest relay, both get in.
         let honest = PeerId::random();
-        t.insert(honest, honest, ann(&honest, 10, 1000), 10)
+        t.insert(honest, honest, ann(&honest, 10, 1000), vec![], 10)
             .unwrap();
         let relayed = PeerId::random();
-        t.insert(relayed, PeerId::random(), ann(&relayed, 10, 1000), 10)
-            .unwrap();
+        t.insert(
+            relayed,
+            PeerId::random(),
+            ann(&relayed, 10, 1000),
+            vec![],
+            10,
+        )
+        .unwrap();
         assert_eq!(t.len(), MAX_PER_SOURCE + 2);
     }
 
@@ -244,17 +291,17 @@ mod tests {
             let relay = PeerId::random();
             for _ in 0..100 {
                 let p = PeerId::random();
-                let _ = t.insert(p, relay, ann(&p, 10, 1000), 10);
+                let _ = t.insert(p, relay, ann(&p, 10, 1000), vec![], 10);
             }
         }
         assert_eq!(t.len(), MAX_ENTRIES);
         let late = PeerId::random();
         assert!(
-            t.insert(late, PeerId::random(), ann(&late, 10, 1000), 10)
+            t.insert(late, PeerId::random(), ann(&late, 10, 1000), vec![], 10)
                 .is_err()
         );
         let direct = PeerId::random();
-        t.insert(direct, direct, ann(&direct, 10, 1000), 10)
+        t.insert(direct, direct, ann(&direct, 10, 1000), vec![], 10)
             .unwrap();
         assert_eq!(t.len(), MAX_ENTRIES);
         assert!(
@@ -293,17 +340,27 @@ mod tests {
         let mut t = GossipTable::new();
         let relay = PeerId::random();
         let (a, b) = (PeerId::random(), PeerId::random());
-        t.insert(a, relay, ann(&a, 0, 100), 0).unwrap();
-        t.insert(b, relay, ann(&b, 0, 1000), 0).unwrap();
+        t.insert(a, relay, ann(&a, 0, 100), vec![], 0).unwrap();
+        t.insert(b, relay, ann(&b, 0, 1000), vec![], 0).unwrap();
         assert_eq!(t.prune(500), 1);
         assert_eq!(t.len(), 1);
         assert_eq!(t.from_source(&relay), 1);
         let c = PeerId::random();
-        assert!(t.insert(c, relay, ann(&c, 0, 100), 500).is_err());
-        // A leaving peer's withdrawal (expired at once) replaces its entry, then goes.
-        t.insert(b, relay, ann(&b, 600, 0), 600).unwrap();
-        assert_eq!(t.prune(600), 1);
+        assert!(t.insert(c, relay, ann(&c, 0, 100), vec![], 500).is_err());
+        // A leaving peer's withdrawal (expired at once) replaces its entry and is held, and
+        // shown in views, until what it withdrew would have expired; then it goes.
+        t.insert(b, relay, ann(&b, 600, 0), vec![6], 600).unwrap();
+        assert_eq!(t.prune(600), 0);
+        assert_eq!(t.signed_of(&[1; 32], 999), vec![vec![6]]);
+        assert!(t.announcements().iter().all(|a| !a.is_live(600)));
+        // An older copy still going round does not bring the peer back.
+        assert!(
+            t.insert(b, relay, ann(&b, 500, 1000), vec![5], 700)
+                .is_err()
+        );
+        assert_eq!(t.prune(1000), 1);
         assert!(t.is_empty());
+        assert!(t.signed_of(&[1; 32], 1000).is_empty());
         assert_eq!(t.from_source(&relay), 0);
     }
 }

@@ -32,7 +32,7 @@ use libp2p::{
     Multiaddr, PeerId, StreamProtocol, Swarm, autonat, connection_limits, dcutr, gossipsub,
     identify, identity, noise, relay, tcp, yamux,
 };
-use sunswarm_protocol::{Announcement, SignedAnnouncement};
+use sunswarm_protocol::{Announcement, ModelDigest, SignedAnnouncement};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::reach::{Nat, Reachability};
@@ -242,6 +242,10 @@ enum Command {
         data: Vec<u8>,
     },
     GossipView(oneshot::Sender<Vec<Announcement>>),
+    SignedView {
+        model_id: ModelDigest,
+        reply: oneshot::Sender<Vec<Vec<u8>>>,
+    },
     Stats(oneshot::Sender<HostStats>),
     DirectPeers(oneshot::Sender<HashSet<PeerId>>),
     ListenViaRelay {
@@ -666,6 +670,12 @@ impl Network {
         self.ask(Command::GossipView).await
     }
 
+    /// The live signed announcements of `model_id` that gossip brought, as they came in.
+    pub async fn signed_view(&self, model_id: ModelDigest) -> Result<Vec<Vec<u8>>, NetError> {
+        self.ask(|reply| Command::SignedView { model_id, reply })
+            .await
+    }
+
     /// How others can reach this host now.
     pub fn reachability(&self) -> Reachability {
         self.reach.borrow().clone()
@@ -789,6 +799,9 @@ impl EventLoop {
                 if let Err(e) = b.gossipsub.publish(gossipsub::IdentTopic::new(topic), data) {
                     debug!("gossip publish: {e}");
                 }
+            }
+            Command::SignedView { model_id, reply } => {
+                let _ = reply.send(self.gossip.signed_of(&model_id, crate::now_ms()));
             }
             Command::GossipView(reply) => {
                 let _ = reply.send(self.gossip.announcements());
@@ -1048,8 +1061,10 @@ impl EventLoop {
         let now = crate::now_ms();
         let outcome = match message.source {
             None => Err(GossipRefusal::Invalid("unsigned gossip".into())),
-            Some(author) => crate::gossip::check(&author, &message.data, now)
-                .and_then(|ann| self.gossip.insert(author, propagation_source, ann, now)),
+            Some(author) => crate::gossip::check(&author, &message.data, now).and_then(|ann| {
+                self.gossip
+                    .insert(author, propagation_source, ann, message.data.clone(), now)
+            }),
         };
         let acceptance = match &outcome {
             Ok(()) => gossipsub::MessageAcceptance::Accept,

@@ -18,6 +18,7 @@ pub mod host;
 pub mod reach;
 pub mod runtime;
 pub mod stream;
+pub mod view;
 
 pub use host::{EventLoop, HostStats, Limits, NetConfig, NetError, Network, new, read_swarm_key};
 pub use reach::{Nat, Reachability};

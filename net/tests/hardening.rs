@@ -1,6 +1,7 @@
 //! What strangers can make a host keep, on real hosts over loopback: a DHT record stored in
 //! another peer's name is refused, and a gossip message that fails validation stops at the
-//! first honest peer (it is not relayed), while a valid one travels on.
+//! first honest peer (it is not relayed), while a valid one travels on; a node's view passes on
+//! only what its gossip holds, and a peer known from views alone is not routable.
 
 use std::time::{Duration, Instant};
 
@@ -45,6 +46,16 @@ fn announcement(peer: &libp2p::PeerId, now: u64) -> Announcement {
         timestamp_ms: now,
         expires_ms: now + 30_000,
     }
+}
+
+/// Publishes `n`'s own announcement, fresh and validly signed, on `topic`.
+async fn publish_own(n: &Network, topic: &str) {
+    let signed = n
+        .sign_announcement(announcement(&n.local_peer_id(), net::now_ms()))
+        .unwrap();
+    n.publish(topic.to_string(), codec::encode(&signed).unwrap())
+        .await
+        .unwrap();
 }
 
 async fn poll<T>(what: &str, deadline: Duration, mut f: impl AsyncFnMut() -> Option<T>) -> T {
@@ -139,12 +150,7 @@ async fn invalid_gossip_stops_at_the_first_honest_peer() {
                 .await
                 .unwrap();
         }
-        let good = a
-            .sign_announcement(announcement(&me, net::now_ms()))
-            .unwrap();
-        a.publish(topic.clone(), codec::encode(&good).unwrap())
-            .await
-            .unwrap();
+        publish_own(&a, &topic).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         let seen = c.gossip_view().await.unwrap();
         if !seen.is_empty() {
@@ -165,4 +171,55 @@ async fn invalid_gossip_stops_at_the_first_honest_peer() {
         cs.gossip_rejected, 0,
         "an invalid message was relayed to c: {cs:?}"
     );
+}
+
+/// A node passes on the signed announcements its gossip holds to a client that asks for its
+/// view; the client checks each one, and routes only through peers the DHT names as providers:
+/// a peer known from views alone (as a flood of made-up peers would be) is not routable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn views_pass_on_signed_gossip_and_only_providers_become_routable() {
+    let (relay, addrs) = host(vec![], true).await;
+    let views = relay.control().accept(net::view::protocol()).unwrap();
+    tokio::spawn(net::view::serve(relay.clone(), views));
+    let (a, _) = host(addrs.clone(), true).await;
+    let (c, _) = host(addrs, false).await;
+    let topic = dht::energy_topic(&MODEL);
+    for n in [&relay, &a] {
+        n.subscribe(topic.clone()).await.unwrap();
+    }
+    let me = a.local_peer_id();
+    let heard = poll(
+        "a's announcement in the relay's view",
+        Duration::from_secs(30),
+        async || {
+            publish_own(&a, &topic).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let heard = net::view::fetch_from_connected(&c, &MODEL, 2).await;
+            (!heard.is_empty()).then_some(heard)
+        },
+    )
+    .await;
+    assert_eq!(heard.len(), 1);
+    assert_eq!(heard[0].peer_id, me.to_bytes());
+    // Another model's view is empty.
+    let other = net::view::fetch(&c, relay.local_peer_id(), &[1; 32])
+        .await
+        .expect("the relay answers");
+    assert!(other.is_empty());
+    // Heard but no provider entry: not routable.
+    let found = net::discovery::discover_heard(&c, &MODEL, 4, 8, heard.clone())
+        .await
+        .unwrap();
+    assert!(found.is_empty(), "{found:?}");
+    // Once a provides block 0, the walk takes its announcement from what was heard.
+    a.start_providing(dht::block_key(&MODEL, 0)).await.unwrap();
+    let found = poll("a as a provider", Duration::from_secs(30), async || {
+        let found = net::discovery::discover_heard(&c, &MODEL, 4, 8, heard.clone())
+            .await
+            .unwrap();
+        (!found.is_empty()).then_some(found)
+    })
+    .await;
+    assert_eq!(found.len(), 1);
+    assert_eq!(found[0].peer_id, me.to_bytes());
 }

@@ -116,6 +116,10 @@ pub async fn start_with_hooks(
         .control()
         .accept(sunswarm_net::stream::protocol())
         .map_err(|e| NodeError::Accept(e.to_string()))?;
+    let view_requests = net
+        .control()
+        .accept(sunswarm_net::view::protocol())
+        .map_err(|e| NodeError::Accept(e.to_string()))?;
     let slots = SessionSlots::with_peer_cap(cfg.max_sessions, cfg.limits.max_sessions_per_peer);
     // One pass at a time runs on the compute thread; its scratch memory (attention scores and
     // activations of up to `token_budget` new tokens against `max_tokens` positions) comes out of
@@ -161,6 +165,7 @@ pub async fn start_with_hooks(
     });
     let mut tasks = vec![
         tokio::spawn(session::accept_loop(ctx, incoming)),
+        tokio::spawn(sunswarm_net::view::serve(net.clone(), view_requests)),
         executor_task,
     ];
     // A node with no listener (behind a NAT that forwards nothing) has only its peers to wait for.

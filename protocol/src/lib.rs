@@ -9,6 +9,7 @@
 //! - [`message`]: the session messages that travel on activation streams.
 //! - [`codec`]: versioned postcard encoding and length-prefixed framing, limit-checked.
 //! - [`dht`]: DHT keys and gossip topics (blake3 of the model id and block index).
+//! - [`view`]: the announcement exchange a new client plans its first route from.
 //! - `io` (feature `io`): async read/write of frames over any `futures` byte stream.
 
 pub mod announce;
@@ -20,6 +21,7 @@ pub mod io;
 pub mod limits;
 pub mod message;
 pub mod tensor;
+pub mod view;
 
 pub use announce::{Announcement, EnergyState, PowerSetting, SignedAnnouncement};
 pub use blocks::{BlockRange, BlockSpec, BlocksError};
@@ -36,6 +38,9 @@ pub const PROTOCOL_VERSION: u16 = 8;
 
 /// libp2p stream protocol for inference sessions (open, forward hidden states, close).
 pub const ACTIVATIONS_PROTOCOL: &str = "/sunswarm/activations/8";
+
+/// libp2p stream protocol for the announcement exchange ([`view`]).
+pub const VIEW_PROTOCOL: &str = "/sunswarm/view/1";
 
 /// A model id: blake3 of the model's config and weight manifest (computed by `sunswarm-models`).
 pub type ModelDigest = [u8; 32];

@@ -280,11 +280,17 @@ impl SwarmClient {
         // Liveness is judged at the start of the lookup: a lookup on a loaded machine can take
         // seconds, and an announcement that was live when asked for is still a fair route.
         let asked_at = now_ms();
-        let all = discovery::discover_sampled(
+        // What the nodes this client is connected to hold, so that the walk starts knowing the
+        // ranges (and needs no record lookups for the peers they describe).
+        let heard =
+            sunswarm_net::view::fetch_from_connected(&self.net, model_id, discovery::VIEW_PEERS)
+                .await;
+        let all = discovery::discover_heard(
             &self.net,
             model_id,
             n_layers,
             discovery::RECORDS_PER_BLOCK,
+            heard,
         )
         .await?;
         let mut live = route::usable(&all, model_id, n_layers, asked_at);
