@@ -9,11 +9,6 @@
 //! AVX2 + FMA when the CPU has them (checked at run time) and portable loops otherwise; setting
 //! `SUNSWARM_NO_AVX512` keeps a CPU with AVX-512 on the AVX2 kernels. The widths sum in different
 //! orders, so two peers on different kernels agree to rounding, not bit for bit.
-//!
-//! `SUNSWARM_INT8=1` (on a CPU with AVX-512 VNNI) rounds each token's activations to 8 bits per
-//! block of 32 for one-token products and multiplies in integers (`vpdpbusd`), as llama.cpp
-//! does: faster, but it changes results beyond rounding (greedy near-ties can flip), so it is a
-//! switch and the f32-activation path stays the default that the reference tests check.
 
 use rayon::prelude::*;
 
@@ -372,10 +367,6 @@ impl PackedMatrix {
         // the whole product back.
         let threads = rayon::current_num_threads();
         let chunk = self.rows.div_ceil(threads * 4).max(16);
-        if n == 1 && self.int8_applies() {
-            self.matmul_int8(x, 1, out);
-            return Ok(());
-        }
         if n == 1 {
             let xsum = block_sums(x);
             out.par_chunks_mut(chunk).enumerate().for_each(|(c, out)| {
@@ -468,10 +459,6 @@ impl PackedMatrix {
         if n == 1 {
             return self.matmul(x, 1, out);
         }
-        if self.int8_applies() {
-            self.matmul_int8(x, n, out);
-            return Ok(());
-        }
         let k = Kernels::detect();
         let threads = rayon::current_num_threads();
         let chunk = self.rows.div_ceil(threads * 4).max(16);
@@ -495,63 +482,6 @@ impl PackedMatrix {
             }
         }
         Ok(())
-    }
-
-    /// Whether one-token products of this matrix run on 8-bit activations (the switch is on,
-    /// the CPU has the instructions, and the weight is in 4- or 8-bit blocks).
-    fn int8_applies(&self) -> bool {
-        int8_enabled() && matches!(self.store, Store::Q4(_) | Store::Q8(_))
-    }
-
-    /// `out[n, rows] = x[n, cols] · Wᵀ` on 8-bit activations, every token computed as it
-    /// would be alone (the same kernel and order per token, whatever `n`). Only called where
-    /// [`int8_applies`](Self::int8_applies) (shapes checked by the caller).
-    fn matmul_int8(&self, x: &[f32], n: usize, out: &mut [f32]) {
-        let cols = self.cols;
-        let rounded: Vec<Int8Row> = x.chunks_exact(cols).map(Int8Row::of).collect();
-        let threads = rayon::current_num_threads();
-        let chunk = self.rows.div_ceil(threads * 4).max(16);
-        let mut transposed = vec![0f32; n * self.rows];
-        transposed
-            .par_chunks_mut(chunk * n)
-            .enumerate()
-            .for_each(|(c, out_t)| {
-                for (i, col) in out_t.chunks_exact_mut(n).enumerate() {
-                    let mut t = 0;
-                    while t < n {
-                        t += match n - t {
-                            8.. => self.row_dots_int8::<MANY>(c * chunk + i, &rounded[t..], &mut col[t..]),
-                            4.. => self.row_dots_int8::<4>(c * chunk + i, &rounded[t..], &mut col[t..]),
-                            2.. => self.row_dots_int8::<2>(c * chunk + i, &rounded[t..], &mut col[t..]),
-                            _ => self.row_dots_int8::<1>(c * chunk + i, &rounded[t..], &mut col[t..]),
-                        };
-                    }
-                }
-            });
-        for (r, col) in transposed.chunks_exact(n).enumerate() {
-            for (t, &v) in col.iter().enumerate() {
-                out[t * self.rows + r] = v;
-            }
-        }
-    }
-
-    /// Row `r` against the first `N` of `xs`; returns `N`.
-    fn row_dots_int8<const N: usize>(&self, r: usize, xs: &[Int8Row], out: &mut [f32]) -> usize {
-        let (Some(xs), Some(out)) = (xs.first_chunk::<N>(), out.first_chunk_mut::<N>()) else {
-            return N;
-        };
-        let nb = self.cols / BLOCK;
-        #[cfg(target_arch = "x86_64")]
-        match &self.store {
-            // SAFETY: int8_enabled() saw AVX-512F, VL and VNNI on this CPU.
-            Store::Q4(v) => unsafe { vnni::dot_q4_many(&v[r * nb..(r + 1) * nb], xs, out) },
-            // SAFETY: as above.
-            Store::Q8(v) => unsafe { vnni::dot_q8_many(&v[r * nb..(r + 1) * nb], xs, out) },
-            _ => {}
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = (nb, xs, out);
-        N
     }
 
     /// [`row_dot`](Self::row_dot) of row `r` for every token, [`MANY`] at a time (then 4, 2, 1).
@@ -629,51 +559,6 @@ fn with_row<T>(w: &PackedMatrix, r: usize, f: impl FnOnce(&[f32]) -> T) -> T {
 /// Sums of each run of 32 values (the `m` term of a 4-bit block multiplies them).
 fn block_sums(x: &[f32]) -> Vec<f32> {
     x.chunks(BLOCK).map(|c| c.iter().sum()).collect()
-}
-
-/// One token's activations rounded to 8 bits per block of 32 (`x ≈ d * q`, `d = max|x| / 127`),
-/// with each block's exact sum (the `m` term of a 4-bit block multiplies it).
-struct Int8Row {
-    q: Vec<i8>,
-    d: Vec<f32>,
-    sum: Vec<f32>,
-}
-
-impl Int8Row {
-    fn of(x: &[f32]) -> Self {
-        let mut q = Vec::with_capacity(x.len());
-        let mut d = Vec::with_capacity(x.len() / BLOCK);
-        for c in x.chunks(BLOCK) {
-            let amax = c.iter().fold(0f32, |m, v| m.max(v.abs()));
-            let scale = amax / 127.0;
-            let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
-            q.extend(c.iter().map(|v| (v * inv).round() as i8));
-            d.push(scale);
-        }
-        Self {
-            q,
-            d,
-            sum: block_sums(x),
-        }
-    }
-}
-
-/// Whether `SUNSWARM_INT8=1` asks for 8-bit activations and this CPU has what they need.
-fn int8_enabled() -> bool {
-    static ENABLED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ENABLED.get_or_init(|| std::env::var("SUNSWARM_INT8").is_ok_and(|v| v == "1") && int8_supported())
-}
-
-fn int8_supported() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx512f")
-            && std::arch::is_x86_feature_detected!("avx512vl")
-            && std::arch::is_x86_feature_detected!("avx512vnni")
-            && std::arch::is_x86_feature_detected!("avx2")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    false
 }
 
 /// Which implementation of the inner products runs on this CPU.
@@ -1185,87 +1070,6 @@ mod avx512 {
     );
 }
 
-/// Integer kernels on 8-bit activations: `vpdpbusd` multiplies 32 unsigned bytes by 32 signed
-/// ones and adds them in fours into eight 32-bit sums. A token's result is computed the same
-/// way whatever the other tokens of the call, so a batched step equals the step alone.
-#[cfg(target_arch = "x86_64")]
-mod vnni {
-    use std::arch::x86_64::*;
-
-    use super::{BLOCK, Int8Row, Q4Block, Q8Block};
-
-    #[inline]
-    #[target_feature(enable = "avx2")]
-    fn sum8(v: __m256) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
-        _mm_cvtss_f32(s)
-    }
-
-    /// Block `b` of a token's 8-bit activations as a vector.
-    #[inline]
-    #[target_feature(enable = "avx2")]
-    fn block_of(x: &Int8Row, b: usize) -> __m256i {
-        let q = &x.q[b * BLOCK..(b + 1) * BLOCK];
-        // SAFETY: q is 32 bytes (bounds checked above).
-        unsafe { _mm256_loadu_si256(q.as_ptr().cast()) }
-    }
-
-    /// `Σ (d q + m) x` of a 4-bit row for `N` tokens.
-    #[target_feature(enable = "avx512f,avx512vl,avx512vnni,avx2,fma")]
-    pub fn dot_q4_many<const N: usize>(row: &[Q4Block], xs: &[Int8Row; N], out: &mut [f32; N]) {
-        let mask = _mm_set1_epi8(0x0F);
-        let mut acc = [_mm256_setzero_ps(); N];
-        let mut m_acc = [0f32; N];
-        for (b, blk) in row.iter().enumerate() {
-            // SAFETY: qs is 16 bytes.
-            let q = unsafe { _mm_loadu_si128(blk.qs.as_ptr().cast()) };
-            let lo = _mm_and_si128(q, mask);
-            let hi = _mm_and_si128(_mm_srli_epi16(q, 4), mask);
-            let w = _mm256_set_m128i(hi, lo);
-            for t in 0..N {
-                let x = &xs[t];
-                let p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, block_of(x, b));
-                acc[t] = _mm256_fmadd_ps(
-                    _mm256_cvtepi32_ps(p),
-                    _mm256_set1_ps(blk.d * x.d[b]),
-                    acc[t],
-                );
-                m_acc[t] += blk.m * x.sum[b];
-            }
-        }
-        for t in 0..N {
-            out[t] = sum8(acc[t]) + m_acc[t];
-        }
-    }
-
-    /// `Σ d q x` of an 8-bit row for `N` tokens: `vpdpbusd` wants one side unsigned, so it
-    /// multiplies `|q|` by `x` with `q`'s sign.
-    #[target_feature(enable = "avx512f,avx512vl,avx512vnni,avx2,fma")]
-    pub fn dot_q8_many<const N: usize>(row: &[Q8Block], xs: &[Int8Row; N], out: &mut [f32; N]) {
-        let mut acc = [_mm256_setzero_ps(); N];
-        for (b, blk) in row.iter().enumerate() {
-            // SAFETY: qs is 32 bytes.
-            let w = unsafe { _mm256_loadu_si256(blk.qs.as_ptr().cast()) };
-            let aw = _mm256_abs_epi8(w);
-            for t in 0..N {
-                let x = &xs[t];
-                let sx = _mm256_sign_epi8(block_of(x, b), w);
-                let p = _mm256_dpbusd_epi32(_mm256_setzero_si256(), aw, sx);
-                acc[t] = _mm256_fmadd_ps(
-                    _mm256_cvtepi32_ps(p),
-                    _mm256_set1_ps(blk.d * x.d[b]),
-                    acc[t],
-                );
-            }
-        }
-        for t in 0..N {
-            out[t] = sum8(acc[t]);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1416,36 +1220,6 @@ mod tests {
                 w.matmul(&x, n, &mut out).unwrap();
                 assert_close(&out, &reference(&w, &x, n), &format!("{ty} n={n}"));
             }
-        }
-    }
-
-    #[test]
-    fn eight_bit_activations_stay_close_and_a_token_gets_the_same_bits_in_any_company() {
-        if !int8_supported() {
-            eprintln!("this CPU has no AVX-512 VNNI: the 8-bit kernels cannot run here");
-            return;
-        }
-        for ty in [GgmlType::Q4_1, GgmlType::Q4_0, GgmlType::Q8_0] {
-            let w = packed(ty, 45, 160, 3);
-            let n = 11;
-            let x = values(n * 160, 21);
-            let mut together = vec![0f32; n * 45];
-            w.matmul_int8(&x, n, &mut together);
-            let want = reference(&w, &x, n);
-            for t in 0..n {
-                let mut alone = vec![0f32; 45];
-                w.matmul_int8(&x[t * 160..(t + 1) * 160], 1, &mut alone);
-                assert_eq!(alone, together[t * 45..(t + 1) * 45], "{ty} token {t}");
-            }
-            // Rounding activations to 8 bits costs about 1/254 of each block's largest value
-            // per term: well within 2 % of the row's scale here, never anywhere near 1e-4.
-            let scale = want.iter().fold(0f64, |m, v| m.max(v.abs()));
-            let mut worst = 0f64;
-            for (&g, &r) in together.iter().zip(&want) {
-                worst = worst.max((f64::from(g) - r).abs() / scale);
-            }
-            assert!(worst < 0.02, "{ty}: worst error {worst} of the scale {scale}");
-            assert!(worst > 0.0, "{ty}: the 8-bit path gave exact results: not the 8-bit path?");
         }
     }
 
