@@ -20,6 +20,7 @@
 //! every range before it starts, so one wave usually covers the model: at 100 peers the walk
 //! took six waves one after another, one per range.
 
+use std::borrow::Borrow;
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 use futures::future::join_all;
@@ -69,18 +70,12 @@ pub async fn discover_heard(
     let gossip = net.gossip_view().await?;
     // The newest word of each peer, a withdrawal included: a peer whose newest word is that it
     // left is not routable, whatever older copy of its announcement some table still holds.
-    let mut newest_heard: HashMap<Vec<u8>, &Announcement> = HashMap::new();
-    for a in gossip.iter().chain(&heard) {
-        if &a.model_id != model_id {
-            continue;
-        }
-        match newest_heard.get(&a.peer_id) {
-            Some(old) if old.timestamp_ms >= a.timestamp_ms => {}
-            _ => {
-                newest_heard.insert(a.peer_id.clone(), a);
-            }
-        }
-    }
+    let newest_heard = newest_per_peer(
+        gossip
+            .iter()
+            .chain(&heard)
+            .filter(|a| &a.model_id == model_id),
+    );
     let (live_heard, gone): (HashMap<_, _>, HashMap<_, _>) =
         newest_heard.into_iter().partition(|(_, a)| a.is_live(now));
     let mut found: HashMap<Vec<u8>, Announcement> = HashMap::new();
@@ -169,6 +164,20 @@ fn split_providers<'a>(
         unknown.truncate(limit);
     }
     (known, unknown)
+}
+
+/// The newest of each peer's announcements (by timestamp; a withdrawal counts), keyed by peer.
+pub(crate) fn newest_per_peer<A: Borrow<Announcement>>(
+    anns: impl IntoIterator<Item = A>,
+) -> HashMap<Vec<u8>, A> {
+    let mut newest: HashMap<Vec<u8>, A> = HashMap::new();
+    for a in anns {
+        let held = newest.get(&a.borrow().peer_id);
+        if held.is_none_or(|old| old.borrow().timestamp_ms < a.borrow().timestamp_ms) {
+            newest.insert(a.borrow().peer_id.clone(), a);
+        }
+    }
+    newest
 }
 
 /// Replaces a found peer's announcement with a newer gossiped one of the same model (the

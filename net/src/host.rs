@@ -670,7 +670,8 @@ impl Network {
         self.ask(Command::GossipView).await
     }
 
-    /// The live signed announcements of `model_id` that gossip brought, as they came in.
+    /// The signed announcements of `model_id` that gossip brought, as they came in: the live
+    /// ones and the withdrawals still held ([`crate::gossip::GossipTable::signed_of`]).
     pub async fn signed_view(&self, model_id: ModelDigest) -> Result<Vec<Vec<u8>>, NetError> {
         self.ask(|reply| Command::SignedView { model_id, reply })
             .await

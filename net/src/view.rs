@@ -2,7 +2,6 @@
 //! announcements their gossip holds for a model; a new client asks a couple of the nodes it is
 //! connected to and checks every record as gossip does.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -95,14 +94,7 @@ pub async fn fetch_from_connected(
     };
     let chosen: Vec<PeerId> = connected.into_iter().choose_multiple(&mut rand::rng(), ask);
     let views = futures::future::join_all(chosen.iter().map(|p| fetch(net, *p, model_id))).await;
-    let mut newest: HashMap<Vec<u8>, Announcement> = HashMap::new();
-    for a in views.into_iter().flatten().flatten() {
-        match newest.get(&a.peer_id) {
-            Some(old) if old.timestamp_ms >= a.timestamp_ms => {}
-            _ => {
-                newest.insert(a.peer_id.clone(), a);
-            }
-        }
-    }
-    newest.into_values().collect()
+    crate::discovery::newest_per_peer(views.into_iter().flatten().flatten())
+        .into_values()
+        .collect()
 }
