@@ -17,6 +17,8 @@ use crate::config::LlamaConfig;
 use crate::packed::PackedMatrix;
 use crate::rope::RopeTables;
 
+mod host;
+
 /// Hidden states of a run of consecutive tokens, row-major `[n_tokens, dim]`: the currency passed
 /// between block ranges, over the wire as well as in one process.
 #[derive(Debug, Clone, PartialEq)]
@@ -78,8 +80,17 @@ pub(crate) struct BlockWeights {
 
 /// One session's keys and values for the blocks of one range.
 pub struct KvCache {
-    layers: Vec<Option<(Tensor<4>, Tensor<4>)>>,
+    layers: Vec<Option<LayerKv>>,
     len: usize,
+}
+
+/// One block's cached keys and values.
+enum LayerKv {
+    /// `[1, kv heads, positions, head_dim]` tensors on the blocks' device.
+    Tensors(Box<(Tensor<4>, Tensor<4>)>),
+    /// On the CPU: `[positions, kv heads, head_dim]` in growable buffers, so that a decode step
+    /// appends its row instead of copying the whole cache into a new tensor.
+    Host { k: Vec<f32>, v: Vec<f32> },
 }
 
 impl KvCache {
@@ -107,9 +118,19 @@ impl KvCache {
         if len == 0 {
             return self.clear();
         }
-        for layer in &mut self.layers {
-            if let Some((k, v)) = layer.take() {
-                *layer = Some((k.narrow(2, 0, len), v.narrow(2, 0, len)));
+        let old = self.len;
+        for layer in self.layers.iter_mut().flatten() {
+            match layer {
+                LayerKv::Tensors(kv) => {
+                    let (k, v) = &mut **kv;
+                    *k = k.clone().narrow(2, 0, len);
+                    *v = v.clone().narrow(2, 0, len);
+                }
+                LayerKv::Host { k, v } => {
+                    let per_position = k.len() / old;
+                    k.truncate(len * per_position);
+                    v.truncate(len * per_position);
+                }
             }
         }
         self.len = len;
@@ -128,6 +149,9 @@ pub struct LoadedBlocks {
     blocks: Vec<BlockWeights>,
     rope: RopeTables,
     device: Device,
+    /// On the CPU: each block's attention and MLP norm weights as plain values, for decode
+    /// steps without tensors (`host.rs`); their caches live on the host. None elsewhere.
+    host_norms: Option<Vec<(Vec<f32>, Vec<f32>)>>,
 }
 
 impl LoadedBlocks {
@@ -138,12 +162,22 @@ impl LoadedBlocks {
         device: Device,
     ) -> Self {
         let rope = RopeTables::new(&cfg);
+        let host_norms = (device == Device::flex())
+            .then(|| {
+                let values = |t: &Tensor<1>| t.clone().try_into_vec_as::<f32>().ok();
+                blocks
+                    .iter()
+                    .map(|b| Some((values(&b.attn_norm)?, values(&b.ffn_norm)?)))
+                    .collect::<Option<Vec<_>>>()
+            })
+            .flatten();
         Self {
             cfg,
             range,
             blocks,
             rope,
             device,
+            host_norms,
         }
     }
 
@@ -186,6 +220,12 @@ impl LoadedBlocks {
         input: &HiddenStates,
     ) -> Result<HiddenStates, ModelError> {
         let input = self.check_input(cache, input)?;
+        if self.host_norms.is_some() && input.n_tokens == 1 {
+            return rayon::scope(|_| {
+                let mut out = self.forward_rows_host(&mut [cache], &[input])?;
+                Ok(out.remove(0))
+            });
+        }
         // On a pool thread, so that the products' parallel parts start on this thread and the
         // other workers instead of handing every product over to the pool and sleeping until
         // it is done (a futex round trip per product, 16 % of the CPU time in system calls).
@@ -214,6 +254,17 @@ impl LoadedBlocks {
         if cache.layers.len() != self.blocks.len() {
             return Err(ModelError::BadInput(
                 "KV cache belongs to another block range".into(),
+            ));
+        }
+        let on_host = self.host_norms.is_some();
+        if cache
+            .layers
+            .iter()
+            .flatten()
+            .any(|l| matches!(l, LayerKv::Host { .. }) != on_host)
+        {
+            return Err(ModelError::BadInput(
+                "KV cache belongs to blocks on another device".into(),
             ));
         }
         if cache.len + input.n_tokens > self.cfg.max_seq_len {
@@ -255,7 +306,7 @@ impl LoadedBlocks {
     fn block_forward(
         &self,
         w: &BlockWeights,
-        kv: &mut Option<(Tensor<4>, Tensor<4>)>,
+        kv: &mut Option<LayerKv>,
         x: Tensor<3>,
         cos: &Tensor<4>,
         sin: &Tensor<4>,
@@ -264,7 +315,7 @@ impl LoadedBlocks {
         let cfg = &*self.cfg;
         let h = rms_norm(x.clone(), &w.attn_norm, cfg.rms_norm_eps);
         let qkv = linear(h, &w.wqkv)?;
-        let attn = self.attend(qkv, kv, cos, sin, mask);
+        let attn = self.attend(qkv, kv, cos, sin, mask)?;
         let x = x.add(linear(attn, &w.wo)?);
         self.feed_forward(w, x, linear)
     }
@@ -275,11 +326,11 @@ impl LoadedBlocks {
     fn attend(
         &self,
         qkv: Tensor<3>,
-        kv: &mut Option<(Tensor<4>, Tensor<4>)>,
+        kv: &mut Option<LayerKv>,
         cos: &Tensor<4>,
         sin: &Tensor<4>,
         mask: Option<&Tensor<4>>,
-    ) -> Tensor<3> {
+    ) -> Result<Tensor<3>, ModelError> {
         let cfg = &*self.cfg;
         let [_, n, _] = qkv.dims();
         let (hd, nh, nkv) = (cfg.head_dim, cfg.n_heads, cfg.n_kv_heads);
@@ -293,11 +344,19 @@ impl LoadedBlocks {
         let v = v.reshape([1, n, nkv, hd]).swap_dims(1, 2);
         let q = self.rope.apply(q, cos, sin);
         let k = self.rope.apply(k, cos, sin);
-        let (k, v) = match kv.take() {
-            Some((pk, pv)) => (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2)),
-            None => (k, v),
+        let (k, v) = if self.host_norms.is_some() {
+            self.extend_host_cache(kv, k, v)?
+        } else {
+            let (k, v) = match kv.take() {
+                Some(LayerKv::Tensors(prev)) => {
+                    let (pk, pv) = *prev;
+                    (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2))
+                }
+                _ => (k, v),
+            };
+            *kv = Some(LayerKv::Tensors(Box::new((k.clone(), v.clone()))));
+            (k, v)
         };
-        *kv = Some((k.clone(), v.clone()));
         // Grouped-query attention without repeating K/V: the query heads that share a KV head are
         // stacked along the row axis, so one matmul per KV head serves the whole group.
         let q = q.reshape([1, nkv, group * n, hd]);
@@ -310,9 +369,46 @@ impl LoadedBlocks {
         let probs = softmax(scores, 3);
         let attn = probs.matmul(v); // [1, nkv, group*n, hd]
         debug_assert_eq!(attn.dims(), [1, nkv, group * n, hd]);
-        attn.reshape([1, nh, n, hd])
+        Ok(attn
+            .reshape([1, nh, n, hd])
             .swap_dims(1, 2)
-            .reshape([1, n, nh * hd])
+            .reshape([1, n, nh * hd]))
+    }
+
+    /// Appends new keys and values (`[1, kv heads, n, head_dim]`) to a host cache and returns
+    /// the whole cache as tensors, for a prompt chunk's attention on the CPU.
+    fn extend_host_cache(
+        &self,
+        kv: &mut Option<LayerKv>,
+        k: Tensor<4>,
+        v: Tensor<4>,
+    ) -> Result<(Tensor<4>, Tensor<4>), ModelError> {
+        let [_, nkv, _, hd] = k.dims();
+        let rows = |t: Tensor<4>| {
+            // [1, positions, kv heads, hd] in memory order: the host layout.
+            t.swap_dims(1, 2)
+                .try_into_vec_as::<f32>()
+                .map_err(|e| ModelError::Backend(format!("{e:?}")))
+        };
+        let (new_k, new_v) = (rows(k)?, rows(v)?);
+        let (hk, hv) = match kv.get_or_insert_with(|| LayerKv::Host {
+            k: Vec::new(),
+            v: Vec::new(),
+        }) {
+            LayerKv::Host { k, v } => (k, v),
+            LayerKv::Tensors(..) => unreachable!("a CPU block range keeps its caches on the host"),
+        };
+        hk.extend_from_slice(&new_k);
+        hv.extend_from_slice(&new_v);
+        let positions = hk.len() / (nkv * hd);
+        let tensor = |data: &[f32]| {
+            Tensor::<4>::from_data(
+                TensorData::new(data.to_vec(), [1, positions, nkv, hd]),
+                &self.device,
+            )
+            .swap_dims(1, 2)
+        };
+        Ok((tensor(hk), tensor(hv)))
     }
 
     /// The block's second half: norm, gated MLP, residual. `product` is how the linear layers
@@ -374,7 +470,13 @@ impl LoadedBlocks {
                 rest = tail;
                 offset = i + 1;
             }
-            let outs = rayon::scope(|_| self.forward_stepwise(&mut caches, &inputs));
+            let outs = rayon::scope(|_| {
+                if self.host_norms.is_some() {
+                    self.forward_rows_host(&mut caches, &inputs)
+                } else {
+                    self.forward_stepwise(&mut caches, &inputs)
+                }
+            });
             match outs {
                 Ok(outs) => {
                     for (&i, out) in decodes.iter().zip(outs) {
@@ -433,7 +535,7 @@ impl LoadedBlocks {
                         cos,
                         sin,
                         None,
-                    ));
+                    )?);
                     row += 1;
                 }
             }

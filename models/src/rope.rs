@@ -74,6 +74,29 @@ impl RopeTables {
         )
     }
 
+    /// cos and sin of each rotated pair's angle at position `pos` (`rope_dim / 2` each), as
+    /// [`tables`](Self::tables) computes them.
+    pub(crate) fn angles(&self, pos: usize) -> (Vec<f32>, Vec<f32>) {
+        self.inv_freq
+            .iter()
+            .map(|f| {
+                let a = pos as f64 * f;
+                (a.cos() as f32, a.sin() as f32)
+            })
+            .unzip()
+    }
+
+    /// [`apply`](Self::apply) to one head's values in place, with [`angles`](Self::angles).
+    pub(crate) fn rotate(&self, head: &mut [f32], cos: &[f32], sin: &[f32]) {
+        let half = self.rope_dim / 2;
+        let (x1, x2) = head[..self.rope_dim].split_at_mut(half);
+        for (((a, b), &c), &s) in x1.iter_mut().zip(x2).zip(cos).zip(sin) {
+            let (lo, hi) = (*a, *b);
+            *a = lo * c + -hi * s;
+            *b = hi * c + lo * s;
+        }
+    }
+
     /// x * cos + rotate_half(x) * sin, on `[1, heads, n, head_dim]`.
     pub(crate) fn apply(&self, x: Tensor<4>, cos: &Tensor<4>, sin: &Tensor<4>) -> Tensor<4> {
         let [b, h, n, hd] = x.dims();

@@ -1,0 +1,218 @@
+//! Decode steps on the CPU without tensors: every op of a block (norms, rotary embedding,
+//! attention against the session's cache, SwiGLU) on plain slices, the linear layers through the
+//! packed kernels.
+//!
+//! A decode step is one row per session; through burn each small op of a row was a tensor
+//! allocation and a dispatch, and attention grew the cache by concatenating it whole on every
+//! token, so more than half of a batched pass went to everything but the products. Here each row
+//! of a pass (one session's decode token, or one row of a stepwise replay) runs exactly the
+//! operations it would run alone, in the same order, so a batch is bit-identical to its
+//! members' steps one at a time, whichever threads run them.
+
+use rayon::prelude::*;
+
+use super::{HiddenStates, KvCache, LayerKv, Linear, LoadedBlocks};
+use crate::ModelError;
+use crate::packed::{PackedMatrix, dot_f32};
+
+/// Context length from which one session's attention is split over the heads in parallel.
+const PARALLEL_HEADS_FROM: usize = 64;
+
+/// A session's rows in a pass: its cache, its rows' hidden states, the positions they take.
+struct SessionRows<'c> {
+    cache: &'c mut KvCache,
+    first_row: usize,
+    rows: usize,
+}
+
+impl LoadedBlocks {
+    /// The rows of several sessions' decode steps through every block, on the CPU (see the
+    /// module comment). `caches[s]` takes `inputs[s]`'s rows as its next positions.
+    pub(super) fn forward_rows_host(
+        &self,
+        caches: &mut [&mut KvCache],
+        inputs: &[&HiddenStates],
+    ) -> Result<Vec<HiddenStates>, ModelError> {
+        let cfg = &*self.cfg;
+        let d = cfg.hidden_size;
+        let rows: usize = inputs.iter().map(|i| i.n_tokens).sum();
+        let mut x = Vec::with_capacity(rows * d);
+        for input in inputs {
+            x.extend_from_slice(&input.data);
+        }
+        let mut sessions = Vec::with_capacity(caches.len());
+        let mut first_row = 0;
+        for (cache, input) in caches.iter_mut().zip(inputs) {
+            sessions.push(SessionRows {
+                cache,
+                first_row,
+                rows: input.n_tokens,
+            });
+            first_row += input.n_tokens;
+        }
+        // Each row's rotary angles, as its own step computes them.
+        let rope: Vec<(Vec<f32>, Vec<f32>)> = sessions
+            .iter()
+            .flat_map(|s| (0..s.rows).map(move |r| s.cache.len + r))
+            .map(|pos| self.rope.angles(pos))
+            .collect();
+        let eps = cfg.rms_norm_eps as f32;
+        let (nh, nkv, hd) = (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim);
+        let (q_dim, kv_dim) = (nh * hd, nkv * hd);
+        let ffn = cfg.intermediate_size;
+        let norms = self.host_norms.as_ref().ok_or_else(|| {
+            ModelError::Backend("host decode on blocks loaded for another device".into())
+        })?;
+        let mut h = vec![0f32; rows * d];
+        for (li, w) in self.blocks.iter().enumerate() {
+            let _span = tracing::trace_span!("block", index = self.range.start + li).entered();
+            let (attn_norm, ffn_norm) = &norms[li];
+            for (hr, xr) in h.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+                rms_norm_row(xr, attn_norm, eps, hr);
+            }
+            let mut qkv = product(&w.wqkv, &h, rows)?;
+            let mut attn = vec![0f32; rows * q_dim];
+            let width = q_dim + 2 * kv_dim;
+            let attend_session = |s: &mut SessionRows<'_>, qkv: &mut [f32], out: &mut [f32]| {
+                for r in 0..s.rows {
+                    let row = &mut qkv[r * width..(r + 1) * width];
+                    let (cos, sin) = &rope[s.first_row + r];
+                    let (q, kv) = row.split_at_mut(q_dim);
+                    for head in q
+                        .chunks_exact_mut(hd)
+                        .chain(kv[..kv_dim].chunks_exact_mut(hd))
+                    {
+                        self.rope.rotate(head, cos, sin);
+                    }
+                    let layer = s.cache.layers[li].get_or_insert_with(|| LayerKv::Host {
+                        k: Vec::new(),
+                        v: Vec::new(),
+                    });
+                    let LayerKv::Host { k, v } = layer else {
+                        unreachable!("a CPU block range keeps its caches on the host")
+                    };
+                    k.extend_from_slice(&kv[..kv_dim]);
+                    v.extend_from_slice(&kv[kv_dim..]);
+                    attend_row(q, k, v, nh, nkv, hd, &mut out[r * q_dim..(r + 1) * q_dim]);
+                }
+            };
+            if sessions.len() == 1 {
+                attend_session(&mut sessions[0], &mut qkv, &mut attn);
+            } else {
+                // Sessions in parallel: each owns its cache, its qkv rows and its output rows.
+                let mut jobs = Vec::with_capacity(sessions.len());
+                let (mut qkv_rest, mut attn_rest) = (qkv.as_mut_slice(), attn.as_mut_slice());
+                for s in sessions.iter_mut() {
+                    let (mine, tail) = std::mem::take(&mut qkv_rest).split_at_mut(s.rows * width);
+                    let (out, out_tail) =
+                        std::mem::take(&mut attn_rest).split_at_mut(s.rows * q_dim);
+                    qkv_rest = tail;
+                    attn_rest = out_tail;
+                    jobs.push((s, mine, out));
+                }
+                jobs.into_par_iter()
+                    .for_each(|(s, qkv, out)| attend_session(s, qkv, out));
+            }
+            let o = product(&w.wo, &attn, rows)?;
+            add_into(&mut x, &o);
+            for (hr, xr) in h.chunks_exact_mut(d).zip(x.chunks_exact(d)) {
+                rms_norm_row(xr, ffn_norm, eps, hr);
+            }
+            let gu = product(&w.w_gate_up, &h, rows)?;
+            let mut act = vec![0f32; rows * ffn];
+            for (a, g) in act.chunks_exact_mut(ffn).zip(gu.chunks_exact(2 * ffn)) {
+                let (gate, up) = g.split_at(ffn);
+                for ((a, &g), &u) in a.iter_mut().zip(gate).zip(up) {
+                    *a = g / (1.0 + (-g).exp()) * u;
+                }
+            }
+            let down = product(&w.w_down, &act, rows)?;
+            add_into(&mut x, &down);
+        }
+        for s in &mut sessions {
+            s.cache.len += s.rows;
+        }
+        let mut rest = x.as_slice();
+        Ok(inputs
+            .iter()
+            .map(|input| {
+                let (mine, tail) = rest.split_at(input.n_tokens * d);
+                rest = tail;
+                HiddenStates {
+                    n_tokens: input.n_tokens,
+                    dim: d,
+                    data: mine.to_vec(),
+                }
+            })
+            .collect())
+    }
+}
+
+/// `x[rows, in] · Wᵀ`, each row as a one-token product.
+fn product(w: &Linear, x: &[f32], rows: usize) -> Result<Vec<f32>, ModelError> {
+    let weight: &PackedMatrix = match w {
+        Linear::Packed { weight, .. } => weight,
+        Linear::Tensor { .. } => {
+            return Err(ModelError::Backend(
+                "host decode needs packed weights (blocks loaded for the CPU)".into(),
+            ));
+        }
+    };
+    let mut out = vec![0f32; rows * weight.rows()];
+    weight.matmul_each(x, rows, &mut out)?;
+    Ok(out)
+}
+
+fn add_into(x: &mut [f32], y: &[f32]) {
+    for (a, b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}
+
+/// `out = x / sqrt(mean(x²) + eps) * weight`.
+fn rms_norm_row(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    let mean = dot_f32(x, x) / x.len() as f32;
+    let inv = 1.0 / (mean + eps).sqrt();
+    for ((o, &x), &w) in out.iter_mut().zip(x).zip(weight) {
+        *o = x * inv * w;
+    }
+}
+
+/// One row's attention: each query head against every cached position of its KV head
+/// (`k`, `v`: `[positions, kv heads, head_dim]`), softmax, weighted sum of the values.
+fn attend_row(q: &[f32], k: &[f32], v: &[f32], nh: usize, nkv: usize, hd: usize, out: &mut [f32]) {
+    let kv_dim = nkv * hd;
+    let positions = k.len() / kv_dim;
+    let group = nh / nkv;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let head = |h: usize, out: &mut [f32]| {
+        let g = h / group;
+        let qh = &q[h * hd..(h + 1) * hd];
+        let mut scores: Vec<f32> = (0..positions)
+            .map(|p| dot_f32(qh, &k[p * kv_dim + g * hd..p * kv_dim + (g + 1) * hd]) * scale)
+            .collect();
+        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0f32;
+        for s in &mut scores {
+            *s = (*s - max).exp();
+            sum += *s;
+        }
+        out.fill(0.0);
+        for (p, s) in scores.iter().enumerate() {
+            let weight = s / sum;
+            let vp = &v[p * kv_dim + g * hd..p * kv_dim + (g + 1) * hd];
+            for (o, &val) in out.iter_mut().zip(vp) {
+                *o += weight * val;
+            }
+        }
+    };
+    if positions >= PARALLEL_HEADS_FROM {
+        out.par_chunks_mut(hd)
+            .enumerate()
+            .for_each(|(h, o)| head(h, o));
+    } else {
+        for (h, o) in out.chunks_mut(hd).enumerate() {
+            head(h, o);
+        }
+    }
+}
