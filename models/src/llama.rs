@@ -398,6 +398,8 @@ impl LoadedBlocks {
             LayerKv::Host { k, v } => (k, v),
             LayerKv::Tensors(..) => unreachable!("a CPU block range keeps its caches on the host"),
         };
+        host::grow(hk, new_k.len(), nkv * hd);
+        host::grow(hv, new_v.len(), nkv * hd);
         hk.extend_from_slice(&new_k);
         hv.extend_from_slice(&new_v);
         let positions = hk.len() / (nkv * hd);

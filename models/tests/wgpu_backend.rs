@@ -48,3 +48,30 @@ fn wgpu_matches_cpu_on_a_random_model() {
     assert!(worst <= 1e-4 * scale.max(1.0), "max |cpu - wgpu| = {worst}");
     assert_eq!(cpu_ids, gpu_ids);
 }
+
+#[test]
+fn a_cache_from_blocks_on_another_device_is_refused_by_name() {
+    let model = Model::open(&ModelSource::parse("random:tiny:seed=3").unwrap()).unwrap();
+    let gpu = match device(BackendKind::Wgpu) {
+        Ok(d) => d,
+        Err(e) => return eprintln!("SKIP: wgpu backend unavailable: {e}"),
+    };
+    let cpu = device(BackendKind::Cpu).unwrap();
+    let n = model.config().n_layers;
+    let (on_cpu, on_gpu) = (
+        model.load_blocks(0..n, &cpu).unwrap(),
+        model.load_blocks(0..n, &gpu).unwrap(),
+    );
+    let x = model.load_head(&cpu).unwrap().embed(&[5, 6, 7]).unwrap();
+    // Each kind of cache, once it holds positions, is refused by the other device's blocks
+    // (CPU caches live in host buffers, others in tensors), and still works where it belongs.
+    for (holder, other) in [(&on_cpu, &on_gpu), (&on_gpu, &on_cpu)] {
+        let mut cache = holder.new_cache();
+        holder.forward(&mut cache, &x).unwrap();
+        let err = other.forward(&mut cache, &x).unwrap_err().to_string();
+        assert!(err.contains("another device"), "{err}");
+        assert_eq!(cache.len(), 3);
+        holder.forward(&mut cache, &x).unwrap();
+        assert_eq!(cache.len(), 6);
+    }
+}

@@ -2,7 +2,10 @@
 # Many users at once, side by side in one run: llama.cpp (`llama-cpp.sh bench` and `batched`) on
 # the same GGUF file, and Sunswarm with N concurrent `swarm-client generate` processes (64 greedy
 # tokens each after the prompt "1, 2, 3, 4, 5,") through one node holding every block, then
-# through three nodes (0-9 10-19 20-29). Reports the sum of the clients' decode speeds.
+# through three nodes (0-9 10-19 20-29). Reports the sum of the clients' decode speeds. Spot
+# checks are off (`--spot-check 0`): with every peer on one machine a check's re-run competes
+# for the same cores as the sessions, which measures the checks, not the node's batching (they
+# are measured on their own by verified.sh).
 # Env: R=<release dir> NS="1 2 4 8 16" MODEL=smollm2-135m GGUF=<file> (GGUF defaults to the
 # cached SmolLM2 file; for another model give both, and SPLITS).
 set -e
@@ -24,7 +27,7 @@ run_clients() { # $1 = label; uses BOOT
     local pids=""
     for i in $(seq $n); do
       $R/swarm-client generate --model "$MODEL" --prompt "$PROMPT" --max-new-tokens 64 --ignore-eos \
-        --bootstrap "$BOOT" --json 2>/dev/null | tail -1 > $d/$i.json &
+        --spot-check 0 --bootstrap "$BOOT" --json 2>/dev/null | tail -1 > $d/$i.json &
       pids="$pids $!"
     done
     wait $pids

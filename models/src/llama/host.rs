@@ -91,6 +91,8 @@ impl LoadedBlocks {
                     let LayerKv::Host { k, v } = layer else {
                         unreachable!("a CPU block range keeps its caches on the host")
                     };
+                    grow(k, kv_dim, kv_dim);
+                    grow(v, kv_dim, kv_dim);
                     k.extend_from_slice(&kv[..kv_dim]);
                     v.extend_from_slice(&kv[kv_dim..]);
                     attend_row(q, k, v, nh, nkv, hd, &mut out[r * q_dim..(r + 1) * q_dim]);
@@ -161,6 +163,15 @@ fn product(w: &Linear, x: &[f32], rows: usize) -> Result<Vec<f32>, ModelError> {
     let mut out = vec![0f32; rows * weight.rows()];
     weight.matmul_each(x, rows, &mut out)?;
     Ok(out)
+}
+
+/// Room for `more` values in a cache buffer of `per_position` values a position, growing it by
+/// a quarter (at least 16 positions) when full: doubling would leave up to half of a long
+/// session's cache unused, and the node budgets KV memory by what caches hold.
+pub(super) fn grow(buf: &mut Vec<f32>, more: usize, per_position: usize) {
+    if buf.capacity() - buf.len() < more {
+        buf.reserve_exact(more.max(buf.len() / 4).max(16 * per_position));
+    }
 }
 
 fn add_into(x: &mut [f32], y: &[f32]) {
