@@ -171,19 +171,7 @@ async fn replicas_share_routes_and_stopped_nodes_disappear_within_one_expiry() {
         .map(|x| x.peer.parse::<libp2p::PeerId>().unwrap().to_bytes())
         .collect();
     let peer_bytes = |i: usize| peers[i].clone();
-
-    // Discovery is eventually consistent: right after the start a node that provided its keys
-    // while it knew few peers is missed by some lookups until it provides them again. Wait
-    // (bounded) until this client's walks see all five three times in a row.
-    let until = Instant::now() + Duration::from_secs(30);
-    let mut complete = 0;
-    while complete < 3 {
-        let anns = client.discover(&model, n).await.unwrap();
-        let all = peers.iter().all(|p| anns.iter().any(|a| &a.peer_id == p));
-        complete = if all { complete + 1 } else { 0 };
-        assert!(Instant::now() < until, "discovery never settled: {anns:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    common::wait_until_discovered(&client, &net).await;
 
     // Live check: 60 routes over 3 replicas, uniform: each is chosen 20 times on average; fewer
     // than 6 has probability about 1e-4 per replica for a fair sampler (binomial tail).

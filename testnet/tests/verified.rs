@@ -69,6 +69,7 @@ async fn a_peer_returning_wrong_outputs_is_banned_at_its_first_check_and_the_tex
     ))
     .await
     .unwrap();
+    common::wait_until_settled(&net).await;
     let prompt = "The capital of France is";
     let local = generate(model, prompt, 12, None, &[]);
     let liar = net.nodes[2].peer.clone();
@@ -107,6 +108,7 @@ async fn checks_are_drawn_at_the_configured_fraction_and_catch_a_lie_at_the_next
     ))
     .await
     .unwrap();
+    common::wait_until_settled(&net).await;
     let liar = net.nodes[2].peer.clone();
     let fraction: f64 = 0.25;
     let (mut drawn, mut eligible) = (0usize, 0usize);
@@ -191,6 +193,7 @@ async fn a_peer_rewriting_the_route_is_caught_by_the_first_receipt() {
     ))
     .await
     .unwrap();
+    common::wait_until_settled(&net).await;
     // Once gossip has shown it every other node, it has a replica to rewrite to.
     let ready = net
         .wait_node_line(0, "READY", Duration::from_secs(120))
@@ -248,6 +251,7 @@ async fn a_middle_hop_blaming_its_next_hop_is_the_one_replaced() {
     ))
     .await
     .unwrap();
+    common::wait_until_settled(&net).await;
     let local = generate(model, "an open swarm", 8, None, &[]);
     let hostile_peer = net.nodes[1].peer.clone();
     let mut through_it = 0;

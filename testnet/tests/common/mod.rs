@@ -4,8 +4,10 @@
 
 use std::process::Command;
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
-use sunswarm_testnet::net::{Byzantine, Split, TestnetOptions, find_binary};
+use sunswarm_client::swarm::SwarmClient;
+use sunswarm_testnet::net::{Byzantine, Split, Testnet, TestnetOptions, find_binary};
 
 pub fn build_binaries() {
     static BUILT: OnceLock<()> = OnceLock::new();
@@ -126,4 +128,37 @@ pub fn route(v: &serde_json::Value) -> Vec<(String, u64, u64)> {
             )
         })
         .collect()
+}
+
+/// Waits (bounded, 30 s) until `client`'s discovery walks see every node of `net` three times in
+/// a row. Discovery is eventually consistent: right after the start a node that provided its
+/// keys while it knew few peers is missed by some lookups until it provides them again, and a
+/// test that needs a replica to be found (a check route through the other replica, routes
+/// spread over replicas) cannot start before.
+pub async fn wait_until_discovered(client: &SwarmClient, net: &Testnet) {
+    let peers: Vec<Vec<u8>> = net
+        .nodes
+        .iter()
+        .map(|x| x.peer.parse::<libp2p::PeerId>().unwrap().to_bytes())
+        .collect();
+    let until = Instant::now() + Duration::from_secs(30);
+    let mut complete = 0;
+    while complete < 3 {
+        let anns = client.discover(&net.model_id, net.n_layers).await.unwrap();
+        let all = peers.iter().all(|p| anns.iter().any(|a| &a.peer_id == p));
+        complete = if all { complete + 1 } else { 0 };
+        assert!(Instant::now() < until, "discovery never settled: {anns:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// [`wait_until_discovered`] from a client of its own.
+pub async fn wait_until_settled(net: &Testnet) {
+    let client = SwarmClient::connect(
+        vec![net.bootstrap.parse().unwrap()],
+        Duration::from_secs(20),
+    )
+    .await
+    .unwrap();
+    wait_until_discovered(&client, net).await;
 }
