@@ -351,9 +351,26 @@ impl<'a> ResilientSession<'a> {
                 if let Some(c) = stale {
                     c.session.close().await;
                 }
-                let check_route = self
-                    .client
-                    .check_route(&self.model_id, self.n_layers, &route);
+                let mut check_route =
+                    self.client
+                        .check_route(&self.model_id, self.n_layers, &route);
+                if same_peers(&check_route, &route) > 0 {
+                    // A walk can miss a live replica (a provider lookup ends after a couple of
+                    // answers); look again before checking a peer against itself.
+                    if let Err(e) = self.client.discover(&self.model_id, self.n_layers).await {
+                        tracing::debug!("looking again for replicas to check against: {e}");
+                    }
+                    check_route = self
+                        .client
+                        .check_route(&self.model_id, self.n_layers, &route);
+                }
+                let alone = same_peers(&check_route, &route);
+                if alone > 0 {
+                    tracing::warn!(
+                        "spot check of step {step}: {alone} hop(s) have no other replica known;                          they are checked against themselves"
+                    );
+                }
+                self.spot_report.self_checked_hops += alone;
                 match SwarmSession::open_with(
                     self.client.check_network(),
                     self.model_id,
@@ -710,6 +727,16 @@ impl Pipeline for ResilientSession<'_> {
             .await
             .map_err(|e| PipelineError::Network(format!("{e:#}")))
     }
+}
+
+/// Hops of a check route run by the same peer as the route's (no other replica was known): a
+/// check there only catches a peer that is not deterministic.
+fn same_peers(check: &[Hop], route: &[Hop]) -> usize {
+    check
+        .iter()
+        .zip(route)
+        .filter(|(c, r)| c.peer_id == r.peer_id)
+        .count()
 }
 
 #[cfg(test)]

@@ -112,6 +112,9 @@ pub struct SpotReport {
     pub banned: Vec<String>,
     /// The steps that were checked, in order.
     pub steps: Vec<u32>,
+    /// Hops that checks ran through the very peer they checked, because no other replica of
+    /// its blocks was known (summed over the checks opened): those hops were not verified.
+    pub self_checked_hops: usize,
 }
 
 /// Runs a block range in the client, for a third opinion.
