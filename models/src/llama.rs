@@ -548,20 +548,26 @@ impl LoadedBlocks {
             cache.len += input.n_tokens;
         }
         let out = HiddenStates::from_tensor(x)?;
-        let mut rest = out.data.as_slice();
-        Ok(inputs
-            .iter()
-            .map(|input| {
-                let (mine, tail) = rest.split_at(input.n_tokens * d);
-                rest = tail;
-                HiddenStates {
-                    n_tokens: input.n_tokens,
-                    dim: d,
-                    data: mine.to_vec(),
-                }
-            })
-            .collect())
+        Ok(split_rows(&out.data, inputs, d))
     }
+}
+
+/// The rows of a pass (`[rows, d]`, the inputs' rows in order) cut back into one result per
+/// input.
+fn split_rows(data: &[f32], inputs: &[&HiddenStates], d: usize) -> Vec<HiddenStates> {
+    let mut rest = data;
+    inputs
+        .iter()
+        .map(|input| {
+            let (mine, tail) = rest.split_at(input.n_tokens * d);
+            rest = tail;
+            HiddenStates {
+                n_tokens: input.n_tokens,
+                dim: d,
+                data: mine.to_vec(),
+            }
+        })
+        .collect()
 }
 
 /// One session's step in a batched pass ([`LoadedBlocks::forward_batch`]).

@@ -11,7 +11,7 @@
 
 use rayon::prelude::*;
 
-use super::{HiddenStates, KvCache, LayerKv, Linear, LoadedBlocks};
+use super::{HiddenStates, KvCache, LayerKv, Linear, LoadedBlocks, split_rows};
 use crate::ModelError;
 use crate::packed::{PackedMatrix, dot_f32};
 
@@ -134,19 +134,7 @@ impl LoadedBlocks {
         for s in &mut sessions {
             s.cache.len += s.rows;
         }
-        let mut rest = x.as_slice();
-        Ok(inputs
-            .iter()
-            .map(|input| {
-                let (mine, tail) = rest.split_at(input.n_tokens * d);
-                rest = tail;
-                HiddenStates {
-                    n_tokens: input.n_tokens,
-                    dim: d,
-                    data: mine.to_vec(),
-                }
-            })
-            .collect())
+        Ok(split_rows(&x, inputs, d))
     }
 }
 
