@@ -4,8 +4,10 @@
 //! for prompts that dequantize one row at a time into a buffer that stays in cache.
 //!
 //! Q4_0 and Q4_1 become one 4-bit form (`value = d * q + m`, with `m = -8 d` for Q4_0), Q8_0
-//! keeps its form; both store their scales as f32 so that no f16 conversion sits in the inner
-//! loop. Every other type is dequantized to f32 at load. The x86-64 kernels use AVX-512F or
+//! keeps its form, Q6_K becomes a byte per value with an f32 scale per 16 (the LM head of many
+//! llama-quantize files: widened to f32 it read 400 MB a token on a 1.7B model); all store their
+//! scales as f32 so that no f16 conversion sits in the inner loop. Other types stay in their file
+//! bytes and are widened a row at a time. The x86-64 kernels use AVX-512F or
 //! AVX2 + FMA when the CPU has them (checked at run time) and portable loops otherwise; setting
 //! `SUNSWARM_NO_AVX512` keeps a CPU with AVX-512 on the AVX2 kernels. The widths sum in different
 //! orders, so two peers on different kernels agree to rounding, not bit for bit.
@@ -39,11 +41,50 @@ pub(crate) struct Q8Block {
     pub qs: [i8; 32],
 }
 
+/// 32 six-bit values of a Q6_K weight (two of its 16-value sub-blocks): `value = d[i / 16] *
+/// q`, where `d` is the super-block's scale times the sub-block's, exactly as ggml's dequantizer
+/// multiplies them.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Q6Block {
+    pub d: [f32; 2],
+    pub qs: [i8; 32],
+}
+
+/// Values per Q6_K super-block, and its bytes.
+const Q6_K_VALUES: usize = 256;
+const Q6_K_BYTES: usize = 210;
+
+/// A Q6_K super-block as eight [`Q6Block`]s (the layout `quant::q6_k_block` reads).
+fn q6_k_blocks(b: &[u8]) -> [Q6Block; 8] {
+    let d = half_at(b, 208);
+    let mut q = [0i8; Q6_K_VALUES];
+    for half in 0..2 {
+        let ql = &b[64 * half..64 * (half + 1)];
+        let qh = &b[128 + 32 * half..128 + 32 * (half + 1)];
+        let y = &mut q[128 * half..128 * (half + 1)];
+        for l in 0..32 {
+            // Six bits each (0..63) less 32: always an i8.
+            y[l] = ((ql[l] & 0xF) | ((qh[l] & 3) << 4)) as i8 - 32;
+            y[l + 32] = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) as i8 - 32;
+            y[l + 64] = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i8 - 32;
+            y[l + 96] = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i8 - 32;
+        }
+    }
+    // Sub-block j (values 16j..16j + 16) has scale byte j.
+    let scale = |j: usize| d * f32::from(b[192 + j] as i8);
+    std::array::from_fn(|i| Q6Block {
+        d: [scale(2 * i), scale(2 * i + 1)],
+        qs: q[32 * i..32 * (i + 1)].try_into().expect("32 values"),
+    })
+}
+
 #[derive(Clone, Debug, PartialEq)]
 enum Store {
     F32(Vec<f32>),
     Q4(Vec<Q4Block>),
     Q8(Vec<Q8Block>),
+    Q6(Vec<Q6Block>),
     /// Any other ggml type (K-quants, Q5, F16...) kept as the file has it, `row_bytes` a row:
     /// rows are widened one at a time as products need them, so the weight takes its file size
     /// in memory rather than four bytes a value.
@@ -88,6 +129,22 @@ impl PackedMatrix {
         cols: usize,
     ) -> Result<Self, ModelError> {
         let n = rows * cols;
+        if ty == GgmlType::Q6_K && cols.is_multiple_of(Q6_K_VALUES) {
+            let expected = n / Q6_K_VALUES * Q6_K_BYTES;
+            if bytes.len() != expected {
+                return Err(ModelError::BadWeights(format!(
+                    "a [{rows}, {cols}] {ty} weight takes {expected} bytes, got {}",
+                    bytes.len()
+                )));
+            }
+            let store = Store::Q6(
+                bytes
+                    .chunks_exact(Q6_K_BYTES)
+                    .flat_map(q6_k_blocks)
+                    .collect(),
+            );
+            return Ok(Self { rows, cols, store });
+        }
         let type_size = match ty {
             GgmlType::Q4_0 => 18,
             GgmlType::Q4_1 => 20,
@@ -193,6 +250,7 @@ impl PackedMatrix {
             Store::F32(v) => v.len() * 4,
             Store::Q4(v) => v.len() * size_of::<Q4Block>(),
             Store::Q8(v) => v.len() * size_of::<Q8Block>(),
+            Store::Q6(v) => v.len() * size_of::<Q6Block>(),
             Store::Raw { bytes, .. } => bytes.len(),
         }
     }
@@ -273,6 +331,7 @@ impl PackedMatrix {
             Store::F32(v) => Store::F32(gather(v, self.cols, order)),
             Store::Q4(v) => Store::Q4(gather(v, self.cols / BLOCK, order)),
             Store::Q8(v) => Store::Q8(gather(v, self.cols / BLOCK, order)),
+            Store::Q6(v) => Store::Q6(gather(v, self.cols / BLOCK, order)),
             Store::Raw {
                 ty,
                 row_bytes,
@@ -303,6 +362,13 @@ impl PackedMatrix {
                 for (blk, o) in v[r * nb..(r + 1) * nb].iter().zip(out.chunks_exact_mut(32)) {
                     for (o, &q) in o.iter_mut().zip(&blk.qs) {
                         *o = f32::from(q) * blk.d;
+                    }
+                }
+            }
+            Store::Q6(v) => {
+                for (blk, o) in v[r * nb..(r + 1) * nb].iter().zip(out.chunks_exact_mut(32)) {
+                    for (i, (o, &q)) in o.iter_mut().zip(&blk.qs).enumerate() {
+                        *o = blk.d[i / 16] * f32::from(q);
                     }
                 }
             }
@@ -515,6 +581,7 @@ impl PackedMatrix {
             }
             Store::Q4(v) => k.dot_q4_many(&v[r * nb..(r + 1) * nb], xs, out),
             Store::Q8(v) => k.dot_q8_many(&v[r * nb..(r + 1) * nb], xs, out),
+            Store::Q6(v) => k.dot_q6_many(&v[r * nb..(r + 1) * nb], xs, out),
             Store::Raw { .. } => with_row(self, r, |w| {
                 for (o, x) in out.iter_mut().zip(xs) {
                     *o = k.dot_f32(w, x);
@@ -530,6 +597,7 @@ impl PackedMatrix {
             Store::F32(v) => k.dot_f32(&v[r * self.cols..(r + 1) * self.cols], x),
             Store::Q4(v) => k.dot_q4(&v[r * nb..(r + 1) * nb], x),
             Store::Q8(v) => k.dot_q8(&v[r * nb..(r + 1) * nb], x),
+            Store::Q6(v) => k.dot_q6(&v[r * nb..(r + 1) * nb], x),
             Store::Raw { .. } => with_row(self, r, |w| k.dot_f32(w, x)),
         }
     }
@@ -640,6 +708,35 @@ impl Kernels {
         }
     }
 
+    fn dot_q6(self, row: &[Q6Block], x: &[f32]) -> f32 {
+        match self {
+            // SAFETY: as in dot_f32.
+            #[cfg(target_arch = "x86_64")]
+            Kernels::Avx2Fma => unsafe { avx2::dot_q6(row, x) },
+            // SAFETY: as in dot_q4.
+            #[cfg(target_arch = "x86_64")]
+            Kernels::Avx512 => unsafe { avx512::dot_q6(row, x) },
+            Kernels::Portable => portable::dot_q6(row, x),
+        }
+    }
+
+    /// [`dot_q6`](Self::dot_q6) for `N` tokens, sharing each block's widening.
+    fn dot_q6_many<const N: usize>(self, row: &[Q6Block], xs: &[&[f32]; N], out: &mut [f32; N]) {
+        match self {
+            // SAFETY: as in dot_f32.
+            #[cfg(target_arch = "x86_64")]
+            Kernels::Avx2Fma => unsafe { avx2::dot_q6_many(row, xs, out) },
+            // SAFETY: as in dot_q4.
+            #[cfg(target_arch = "x86_64")]
+            Kernels::Avx512 => unsafe { avx512::dot_q6_many(row, xs, out) },
+            Kernels::Portable => {
+                for t in 0..N {
+                    out[t] = portable::dot_q6(row, xs[t]);
+                }
+            }
+        }
+    }
+
     fn dot_q8(self, row: &[Q8Block], x: &[f32]) -> f32 {
         match self {
             // SAFETY: as in dot_f32.
@@ -654,7 +751,24 @@ impl Kernels {
 }
 
 mod portable {
-    use super::{Q4Block, Q8Block};
+    use super::{Q4Block, Q6Block, Q8Block};
+
+    pub fn dot_q6(row: &[Q6Block], x: &[f32]) -> f32 {
+        row.iter()
+            .zip(x.chunks_exact(32))
+            .map(|(blk, x)| {
+                let half = |h: usize| {
+                    blk.d[h]
+                        * blk.qs[16 * h..16 * (h + 1)]
+                            .iter()
+                            .zip(&x[16 * h..16 * (h + 1)])
+                            .map(|(&q, &x)| f32::from(q) * x)
+                            .sum::<f32>()
+                };
+                half(0) + half(1)
+            })
+            .sum()
+    }
 
     pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
         // Eight partial sums, like one vector register, so that the compiler can vectorize.
@@ -786,7 +900,7 @@ const MANY: usize = 8;
 mod avx2 {
     use std::arch::x86_64::*;
 
-    use super::{BLOCK, Q4Block, Q8Block};
+    use super::{BLOCK, Q4Block, Q6Block, Q8Block};
 
     #[inline]
     #[target_feature(enable = "avx2,fma")]
@@ -875,6 +989,22 @@ mod avx2 {
         ]
     }
 
+    /// A six-bit block's 32 values (each half times its own scale) as four vectors of 8 floats.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    fn q6_unpack(blk: &Q6Block) -> [__m256; 4] {
+        let q = blk.qs.as_ptr();
+        let (d0, d1) = (_mm256_set1_ps(blk.d[0]), _mm256_set1_ps(blk.d[1]));
+        // SAFETY: qs is 32 bytes, read 8 at a time.
+        let f = |k: usize, d: __m256| unsafe {
+            _mm256_mul_ps(
+                _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(q.add(8 * k).cast()))),
+                d,
+            )
+        };
+        [f(0, d0), f(1, d0), f(2, d1), f(3, d1)]
+    }
+
     /// An 8-bit block's 32 weights, times its scale, as four vectors of 8 floats.
     #[inline]
     #[target_feature(enable = "avx2,fma")]
@@ -922,6 +1052,15 @@ mod avx2 {
         apply,
         Ops256
     );
+    block_row_dot!(
+        "avx2,fma",
+        dot_q6,
+        dot_q6_many,
+        Q6Block,
+        q6_unpack,
+        apply,
+        Ops256
+    );
 }
 
 /// The same kernels on 16 lanes: a 4-bit block is two widenings of 16 nibbles instead of four of
@@ -930,7 +1069,7 @@ mod avx2 {
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{BLOCK, Q4Block, Q8Block};
+    use super::{BLOCK, Q4Block, Q6Block, Q8Block};
 
     /// The 16-lane operations `block_row_dot!` needs.
     struct Ops512;
@@ -966,6 +1105,21 @@ mod avx512 {
             f(_mm_and_si128(q, mask)),
             f(_mm_and_si128(_mm_srli_epi16(q, 4), mask)),
         ]
+    }
+
+    /// A six-bit block's 32 values (each half times its own scale) as two vectors of 16 floats.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    fn q6_unpack(blk: &Q6Block) -> [__m512; 2] {
+        let q = blk.qs.as_ptr();
+        // SAFETY: qs is 32 bytes, read 16 at a time.
+        let f = |k: usize| unsafe {
+            _mm512_mul_ps(
+                _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(q.add(16 * k).cast()))),
+                _mm512_set1_ps(blk.d[k]),
+            )
+        };
+        [f(0), f(1)]
     }
 
     /// An 8-bit block's 32 weights, times its scale, as two vectors of 16 floats.
@@ -1018,6 +1172,15 @@ mod avx512 {
         dot_q8_many,
         Q8Block,
         q8_unpack,
+        apply,
+        Ops512
+    );
+    block_row_dot!(
+        "avx512f",
+        dot_q6,
+        dot_q6_many,
+        Q6Block,
+        q6_unpack,
         apply,
         Ops512
     );
@@ -1097,14 +1260,9 @@ mod tests {
     /// A weight of a type without its own kernel (here F16, and a K-quant written by hand) is
     /// kept as the file has it and multiplied row by row, one token or several, with the
     /// one-token and many-token products equal.
-    #[test]
-    fn other_types_stay_packed_and_multiply() {
-        let (rows, cols) = (5, 256);
-        let w = values(rows * cols, 9);
-        let bytes = quant::quantize(GgmlType::F16, &w).unwrap();
-        let p = PackedMatrix::from_ggml(GgmlType::F16, &bytes, rows, cols).unwrap();
-        assert_eq!(p.bytes(), bytes.len());
-        // A Q6_K weight: 210 bytes per 256 values; d (f16) at the end, scales in the middle.
+    /// A Q6_K weight of `rows` rows of 256: 210 bytes per row; d (f16) at the end, scales in the
+    /// middle.
+    fn q6_k_bytes(rows: usize) -> Vec<u8> {
         let mut q6 = vec![0u8; rows * 210];
         for (r, blk) in q6.chunks_exact_mut(210).enumerate() {
             for (i, b) in blk[..192].iter_mut().enumerate() {
@@ -1115,8 +1273,60 @@ mod tests {
             }
             blk[208..].copy_from_slice(&half::f16::from_f32(0.01 * (r + 1) as f32).to_le_bytes());
         }
+        q6
+    }
+
+    #[test]
+    fn every_q6_kernel_matches_the_reference_and_its_many_token_form() {
+        let w = PackedMatrix::from_ggml(GgmlType::Q6_K, &q6_k_bytes(3), 3, 256).unwrap();
+        let Store::Q6(blocks) = &w.store else {
+            panic!("Q6_K is packed as six-bit blocks")
+        };
+        let xs: Vec<Vec<f32>> = (0..3).map(|t| values(256, 20 + t)).collect();
+        let mut kernels = vec![Kernels::Portable];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+            {
+                kernels.push(Kernels::Avx2Fma);
+            }
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                kernels.push(Kernels::Avx512);
+            }
+        }
+        for k in kernels {
+            for r in 0..3 {
+                let row = &blocks[r * 8..(r + 1) * 8];
+                let one: Vec<f32> = xs.iter().map(|x| k.dot_q6(row, x)).collect();
+                let mut many = [0f32; 3];
+                k.dot_q6_many(row, &[&xs[0], &xs[1], &xs[2]], &mut many);
+                assert_eq!(one, many, "{k:?} row {r}: many tokens are each one token");
+                for (t, x) in xs.iter().enumerate() {
+                    let want = reference(&w, x, 1)[r];
+                    assert_close(&[one[t]], &[want], &format!("{k:?} row {r} token {t}"));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn other_types_stay_packed_and_multiply() {
+        let (rows, cols) = (5, 256);
+        let w = values(rows * cols, 9);
+        let bytes = quant::quantize(GgmlType::F16, &w).unwrap();
+        let p = PackedMatrix::from_ggml(GgmlType::F16, &bytes, rows, cols).unwrap();
+        assert_eq!(p.bytes(), bytes.len());
+        let q6 = q6_k_bytes(rows);
         let k = PackedMatrix::from_ggml(GgmlType::Q6_K, &q6, rows, cols).unwrap();
-        assert_eq!(k.bytes(), q6.len(), "Q6_K is kept at its file size");
+        // Q6_K gets a kernel of its own: a byte per value and an f32 scale per 16.
+        assert!(matches!(k.store, Store::Q6(_)));
+        assert_eq!(k.bytes(), rows * cols / 32 * 40);
+        // Its values are exactly the ones ggml's layout gives.
+        assert_eq!(
+            k.to_f32(),
+            quant::dequantize(GgmlType::Q6_K, &q6, rows * cols).unwrap()
+        );
         for m in [&p, &k] {
             for n in [1, 3, 9] {
                 let x = values(n * cols, 4);
