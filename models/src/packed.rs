@@ -621,6 +621,40 @@ pub(crate) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     Kernels::detect().dot_f32(a, b)
 }
 
+/// The [`Kernels`] entry points of one block type: a row against one token (`$one`) and against
+/// `N` tokens sharing each block's widening (`$many`), on the detected kernels.
+macro_rules! block_kernels {
+    ($one:ident, $many:ident, $ty:ty) => {
+        fn $one(self, row: &[$ty], x: &[f32]) -> f32 {
+            match self {
+                // SAFETY: detect() saw AVX2 and FMA on this CPU.
+                #[cfg(target_arch = "x86_64")]
+                Kernels::Avx2Fma => unsafe { avx2::$one(row, x) },
+                // SAFETY: detect() saw AVX-512F on this CPU.
+                #[cfg(target_arch = "x86_64")]
+                Kernels::Avx512 => unsafe { avx512::$one(row, x) },
+                Kernels::Portable => portable::$one(row, x),
+            }
+        }
+
+        fn $many<const N: usize>(self, row: &[$ty], xs: &[&[f32]; N], out: &mut [f32; N]) {
+            match self {
+                // SAFETY: as in the one-token entry.
+                #[cfg(target_arch = "x86_64")]
+                Kernels::Avx2Fma => unsafe { avx2::$many(row, xs, out) },
+                // SAFETY: as in the one-token entry.
+                #[cfg(target_arch = "x86_64")]
+                Kernels::Avx512 => unsafe { avx512::$many(row, xs, out) },
+                Kernels::Portable => {
+                    for t in 0..N {
+                        out[t] = portable::$one(row, xs[t]);
+                    }
+                }
+            }
+        }
+    };
+}
+
 /// Which implementation of the inner products runs on this CPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kernels {
@@ -662,92 +696,9 @@ impl Kernels {
         }
     }
 
-    fn dot_q4(self, row: &[Q4Block], x: &[f32]) -> f32 {
-        match self {
-            // SAFETY: as in dot_f32.
-            #[cfg(target_arch = "x86_64")]
-            Kernels::Avx2Fma => unsafe { avx2::dot_q4(row, x) },
-            // SAFETY: detect() saw AVX-512F on this CPU.
-            #[cfg(target_arch = "x86_64")]
-            Kernels::Avx512 => unsafe { avx512::dot_q4(row, x) },
-            Kernels::Portable => portable::dot_q4(row, x),
-        }
-    }
-
-    /// [`dot_q4`](Self::dot_q4) for `N` tokens, sharing each block's widening.
-    fn dot_q4_many<const N: usize>(self, row: &[Q4Block], xs: &[&[f32]; N], out: &mut [f32; N]) {
-        match self {
-            // SAFETY: as in dot_f32.
-            #[cfg(target_arch = "x86_64")]
-            Kernels::Avx2Fma => unsafe { avx2::dot_q4_many(row, xs, out) },
-            // SAFETY: as in dot_q4.
-            #[cfg(target_arch = "x86_64")]
-            Kernels::Avx512 => unsafe { avx512::dot_q4_many(row, xs, out) },
-            Kernels::Portable => {
-                for t in 0..N {
-                    out[t] = portable::dot_q4(row, xs[t]);
-                }
-            }
-        }
-    }
-
-    /// [`dot_q8`](Self::dot_q8) for `N` tokens, sharing each block's widening.
-    fn dot_q8_many<const N: usize>(self, row: &[Q8Block], xs: &[&[f32]; N], out: &mut [f32; N]) {
-        match self {
-            // SAFETY: as in dot_f32.
-            #[cfg(target_arch = "x86_64")]
-            Kernels::Avx2Fma => unsafe { avx2::dot_q8_many(row, xs, out) },
-            // SAFETY: as in dot_q4.
-            #[cfg(target_arch = "x86_64")]
-            Kernels::Avx512 => unsafe { avx512::dot_q8_many(row, xs, out) },
-            Kernels::Portable => {
-                for t in 0..N {
-                    out[t] = portable::dot_q8(row, xs[t]);
-                }
-            }
-        }
-    }
-
-    fn dot_q6(self, row: &[Q6Block], x: &[f32]) -> f32 {
-        match self {
-            // SAFETY: as in dot_f32.
-            #[cfg(target_arch = "x86_64")]
-            Kernels::Avx2Fma => unsafe { avx2::dot_q6(row, x) },
-            // SAFETY: as in dot_q4.
-            #[cfg(target_arch = "x86_64")]
-            Kernels::Avx512 => unsafe { avx512::dot_q6(row, x) },
-            Kernels::Portable => portable::dot_q6(row, x),
-        }
-    }
-
-    /// [`dot_q6`](Self::dot_q6) for `N` tokens, sharing each block's widening.
-    fn dot_q6_many<const N: usize>(self, row: &[Q6Block], xs: &[&[f32]; N], out: &mut [f32; N]) {
-        match self {
-            // SAFETY: as in dot_f32.
-            #[cfg(target_arch = "x86_64")]
-            Kernels::Avx2Fma => unsafe { avx2::dot_q6_many(row, xs, out) },
-            // SAFETY: as in dot_q4.
-            #[cfg(target_arch = "x86_64")]
-            Kernels::Avx512 => unsafe { avx512::dot_q6_many(row, xs, out) },
-            Kernels::Portable => {
-                for t in 0..N {
-                    out[t] = portable::dot_q6(row, xs[t]);
-                }
-            }
-        }
-    }
-
-    fn dot_q8(self, row: &[Q8Block], x: &[f32]) -> f32 {
-        match self {
-            // SAFETY: as in dot_f32.
-            #[cfg(target_arch = "x86_64")]
-            Kernels::Avx2Fma => unsafe { avx2::dot_q8(row, x) },
-            // SAFETY: as in dot_q4.
-            #[cfg(target_arch = "x86_64")]
-            Kernels::Avx512 => unsafe { avx512::dot_q8(row, x) },
-            Kernels::Portable => portable::dot_q8(row, x),
-        }
-    }
+    block_kernels!(dot_q4, dot_q4_many, Q4Block);
+    block_kernels!(dot_q8, dot_q8_many, Q8Block);
+    block_kernels!(dot_q6, dot_q6_many, Q6Block);
 }
 
 mod portable {

@@ -54,13 +54,11 @@ impl RopeTables {
         let mut cos = Vec::with_capacity(n * self.head_dim);
         let mut sin = Vec::with_capacity(n * self.head_dim);
         for p in start..start + n {
-            for rep in 0..2 {
-                let _ = rep;
-                for f in &self.inv_freq {
-                    let a = p as f64 * f;
-                    cos.push(a.cos() as f32);
-                    sin.push(a.sin() as f32);
-                }
+            // Dimension i and i + rope_dim/2 share an angle.
+            let (c, s) = self.angles(p);
+            for _ in 0..2 {
+                cos.extend_from_slice(&c);
+                sin.extend_from_slice(&s);
             }
             for _ in 2 * half..self.head_dim {
                 cos.push(1.0);
@@ -74,8 +72,8 @@ impl RopeTables {
         )
     }
 
-    /// cos and sin of each rotated pair's angle at position `pos` (`rope_dim / 2` each), as
-    /// [`tables`](Self::tables) computes them.
+    /// cos and sin of each rotated pair's angle at position `pos` (`rope_dim / 2` each), computed
+    /// in f64: the one source of the angles for [`tables`](Self::tables) and [`rotate`](Self::rotate).
     pub(crate) fn angles(&self, pos: usize) -> (Vec<f32>, Vec<f32>) {
         self.inv_freq
             .iter()
