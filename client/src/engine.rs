@@ -17,7 +17,7 @@ use libp2p::Multiaddr;
 use serde::Serialize;
 use sunswarm_energy::policy::PolicyKind;
 use sunswarm_models::{
-    BackendKind, ChatMessage, Head, HiddenStates, LoadedBlocks, Model, ModelError, ModelSource,
+    BackendKind, ChatMessage, HiddenStates, LoadedBlocks, Model, ModelError, ModelSource,
     TextTokenizer, device,
 };
 use sunswarm_protocol::{BlockRange, DType, Hop, ModelDigest};
@@ -25,6 +25,7 @@ use sunswarm_protocol::{BlockRange, DType, Hop, ModelDigest};
 use crate::generate::{
     GenerateError, GenerateOptions, GenerationResult, LocalPipeline, TextSink, generate,
 };
+use crate::head::SharedHead;
 use crate::swarm::spot::{Referee, SharedReferee, SpotChecks, SpotReport};
 use crate::swarm::{
     CsUcbRouter, FailoverEvent, ForwardTiming, OpenParams, OwnedRouting, ResilientSession,
@@ -174,7 +175,8 @@ pub struct ServedModel {
     /// Positions the model holds: prompt plus generated tokens.
     pub context_len: usize,
     pub tokenizer: TextTokenizer,
-    head: Head,
+    /// Shared by every generation of this model, so that their LM heads run together.
+    head: SharedHead,
     local: Vec<Arc<LoadedBlocks>>,
     /// Runs a block range in this process when a spot check needs a third opinion.
     referee: SharedReferee,
@@ -551,7 +553,7 @@ fn load_model(
         n_layers: u32::try_from(n_layers).unwrap_or(u32::MAX),
         context_len,
         tokenizer,
-        head,
+        head: SharedHead::new(head),
         local,
         referee: Arc::new(BlockReferee {
             model,

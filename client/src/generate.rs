@@ -8,8 +8,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
-use sunswarm_models::{Head, HiddenStates, KvCache, LoadedBlocks, ModelError, TextTokenizer};
+use sunswarm_models::{HiddenStates, KvCache, LoadedBlocks, ModelError, TextTokenizer};
 
+use crate::head::SharedHead;
 use crate::sampling::Sampler;
 
 /// Why a pipeline step failed.
@@ -205,7 +206,7 @@ impl GenerateOptions {
 /// Generates from `prompt_ids`, handing each piece of text to `sink` as soon as it forms whole
 /// characters.
 pub async fn generate<P: Pipeline>(
-    head: &Head,
+    shared_head: &SharedHead,
     tokenizer: &TextTokenizer,
     pipeline: &mut P,
     prompt_ids: &[u32],
@@ -216,6 +217,7 @@ pub async fn generate<P: Pipeline>(
     if prompt_ids.is_empty() {
         return Err(GenerateError::EmptyPrompt);
     }
+    let head = shared_head.head();
     let start = Instant::now();
     let mut sampler = Sampler::new(opts.temperature, opts.top_p, opts.seed);
     let mut decoder = tokenizer.stream_decoder();
@@ -248,7 +250,7 @@ pub async fn generate<P: Pipeline>(
         if first_token_at.is_some() {
             decode_forward_us.push(forward_start.elapsed().as_secs_f64() * 1e6);
         }
-        let logits = head.logits_last(&hidden)?;
+        let logits = shared_head.logits_last(hidden).await?;
         let id = sampler.sample(&logits);
         if first_token_at.is_none() {
             prefill_ms = start.elapsed().as_secs_f64() * 1e3;
@@ -307,23 +309,4 @@ pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     }
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
-}
-
-/// [`generate`] with the text streamed to stdout as it forms, ending with a newline.
-pub async fn generate_to_stdout<P: Pipeline>(
-    head: &Head,
-    tokenizer: &TextTokenizer,
-    pipeline: &mut P,
-    prompt_ids: &[u32],
-    opts: &GenerateOptions,
-) -> Result<GenerationResult, GenerateError> {
-    use std::io::Write;
-    let mut stdout = std::io::stdout();
-    let mut sink = EachPiece(|piece: &str| {
-        let _ = stdout.write_all(piece.as_bytes());
-        let _ = stdout.flush();
-    });
-    let result = generate(head, tokenizer, pipeline, prompt_ids, opts, &mut sink).await?;
-    println!();
-    Ok(result)
 }

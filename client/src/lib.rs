@@ -7,6 +7,7 @@ pub mod cli;
 pub mod commands;
 pub mod engine;
 pub mod generate;
+pub mod head;
 pub mod local;
 pub mod sampling;
 pub mod serve;

@@ -748,6 +748,9 @@ pub struct Head {
     norm: Tensor<1>,
     lm_head: Linear,
     device: Device,
+    /// On the CPU: the final norm's weight as plain values, so that the logits of one session
+    /// and of many at once run the same row operations (see [`Head::logits_last_many`]).
+    host_norm: Option<Vec<f32>>,
 }
 
 impl Head {
@@ -758,12 +761,16 @@ impl Head {
         lm_head: Linear,
         device: Device,
     ) -> Self {
+        let host_norm = matches!(lm_head, Linear::Packed { .. })
+            .then(|| norm.clone().try_into_vec_as::<f32>().ok())
+            .flatten();
         Self {
             cfg,
             embedding,
             norm,
             lm_head,
             device,
+            host_norm,
         }
     }
 
@@ -809,19 +816,44 @@ impl Head {
 
     /// Logits of the last token of `hidden` (the output of the last block).
     pub fn logits_last(&self, hidden: &HiddenStates) -> Result<Vec<f32>, ModelError> {
-        if hidden.dim != self.cfg.hidden_size
-            || hidden.n_tokens == 0
-            || hidden.data.len() != hidden.n_tokens * hidden.dim
-        {
-            return Err(ModelError::BadInput(format!(
-                "final hidden states have shape [{}, {}], expected [n >= 1, {}]",
-                hidden.n_tokens, hidden.dim, self.cfg.hidden_size
-            )));
+        let mut logits = self.logits_last_many(&[hidden])?;
+        Ok(logits.pop().expect("one logits row per input"))
+    }
+
+    /// [`logits_last`](Self::logits_last) of several sessions at once. On the CPU the LM head
+    /// (the largest matrix a client holds: 28 M values for SmolLM2-135M) is read once for all of
+    /// them, and each row is computed exactly as it is alone, so a session's logits do not
+    /// depend on which others share the call.
+    pub fn logits_last_many(&self, hidden: &[&HiddenStates]) -> Result<Vec<Vec<f32>>, ModelError> {
+        let d = self.cfg.hidden_size;
+        for h in hidden {
+            if h.dim != d || h.n_tokens == 0 || h.data.len() != h.n_tokens * h.dim {
+                return Err(ModelError::BadInput(format!(
+                    "final hidden states have shape [{}, {}], expected [n >= 1, {d}]",
+                    h.n_tokens, h.dim
+                )));
+            }
         }
-        rayon::scope(|_| {
-            let t = self.logits_last_tensor(hidden.to_tensor(&self.device))?;
-            t.try_into_vec_as::<f32>()
-                .map_err(|e| ModelError::Backend(format!("{e:?}")))
-        })
+        if let (Some(norm), Linear::Packed { weight, .. }) = (&self.host_norm, &self.lm_head) {
+            let eps = self.cfg.rms_norm_eps as f32;
+            let mut x = vec![0f32; hidden.len() * d];
+            for (h, row) in hidden.iter().zip(x.chunks_exact_mut(d)) {
+                host::rms_norm_row(&h.data[(h.n_tokens - 1) * d..], norm, eps, row);
+            }
+            let vocab = weight.rows();
+            let mut out = vec![0f32; hidden.len() * vocab];
+            weight.matmul_each(&x, hidden.len(), &mut out)?;
+            return Ok(out.chunks_exact(vocab).map(<[f32]>::to_vec).collect());
+        }
+        hidden
+            .iter()
+            .map(|h| {
+                rayon::scope(|_| {
+                    let t = self.logits_last_tensor(h.to_tensor(&self.device))?;
+                    t.try_into_vec_as::<f32>()
+                        .map_err(|e| ModelError::Backend(format!("{e:?}")))
+                })
+            })
+            .collect()
     }
 }

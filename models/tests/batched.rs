@@ -1,7 +1,8 @@
 //! Continuous batching must not change any session's result: the steps of 1 to 16 sessions (at
 //! different positions, with prompt chunks among them) run in one pass give each session bit for
 //! bit the hidden states and cache it gets alone, on a random model and on the real SmolLM2; and
-//! a truncated cache continues as one that never held the dropped positions.
+//! a truncated cache continues as one that never held the dropped positions. The same holds for
+//! the client's LM head over many sessions' final states at once.
 
 #[path = "fixtures/real_model.rs"]
 mod real_model;
@@ -88,6 +89,24 @@ fn batched_equals_alone(model: &Model, blocks: &LoadedBlocks, sessions: usize, r
         }
         for (a, b) in alone.iter().zip(&together) {
             assert_eq!(a.len(), b.len());
+        }
+        // The LM head of every session at once gives each the logits it gets alone.
+        let dim = model.config().hidden_size;
+        let finals: Vec<HiddenStates> = want
+            .iter()
+            .map(|data| HiddenStates {
+                n_tokens: 1,
+                dim,
+                data: data.clone(),
+            })
+            .collect();
+        let refs: Vec<&HiddenStates> = finals.iter().collect();
+        let many = head.logits_last_many(&refs).unwrap();
+        for (s, (f, m)) in finals.iter().zip(&many).enumerate() {
+            assert!(
+                head.logits_last(f).unwrap() == *m,
+                "session {s} of {sessions}, round {round}: batched logits differ from alone"
+            );
         }
     }
 }

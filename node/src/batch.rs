@@ -5,6 +5,12 @@
 //! pending then. Which pending steps go into a pass is the pure scheduler's choice
 //! (`sunswarm_batching`: first come, first served up to a token budget); the pass itself is the
 //! runner's [`BlockRunner::forward_batch`], in which decode steps share every weight read.
+//!
+//! A pass may wait briefly for the sessions it serves that are not pending yet ([`Gather`]):
+//! without that, sessions whose answers left in one pass came back a few milliseconds apart,
+//! the first of them started a pass of its own, and 8 sessions settled into alternating passes
+//! of 3 and 5 steps, each reading every weight; waiting for those expected back within a pass's
+//! time keeps them in one pass.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,6 +37,9 @@ pub struct BatchConfig {
     /// in chunks over several passes, so the decode steps of other sessions go on beside it.
     /// Clients chunk their prompts at the same size, so their steps are never cut.
     pub max_chunk: u32,
+    /// The longest a pass waits for served sessions expected back soon (never longer than the
+    /// last pass took); zero never waits.
+    pub max_gather: Duration,
 }
 
 impl Default for BatchConfig {
@@ -39,6 +48,7 @@ impl Default for BatchConfig {
             token_budget: 256,
             queue: 256,
             max_chunk: 128,
+            max_gather: Duration::from_millis(20),
         }
     }
 }
@@ -54,8 +64,20 @@ pub struct StepDone {
     pub pass_steps: usize,
 }
 
+/// What a step says of itself beyond its rows.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StepTerms {
+    /// The session it belongs to ([`Serving::terms`]); a step without one is never waited for.
+    pub session: Option<u64>,
+    /// This hop's share of the session's per-token deadline.
+    pub deadline_s: Option<f64>,
+}
+
 struct StepJob {
     cache: Box<dyn SessionCache>,
+    session: Option<u64>,
+    /// When the session handed it over.
+    sent: Instant,
     n_tokens: usize,
     data: Vec<f32>,
     seq: u64,
@@ -113,6 +135,16 @@ pub struct Serving {
     key: u64,
     /// This hop's share of the session's per-token deadline.
     pub deadline_s: Option<f64>,
+}
+
+impl Serving {
+    /// What this session's steps carry.
+    pub fn terms(&self) -> StepTerms {
+        StepTerms {
+            session: Some(self.key),
+            deadline_s: self.deadline_s,
+        }
+    }
 }
 
 impl Drop for Serving {
@@ -228,13 +260,15 @@ impl Executor {
         n_tokens: usize,
         data: Vec<f32>,
         stepwise: bool,
-        deadline_s: Option<f64>,
+        terms: StepTerms,
     ) -> Result<StepDone, ExecutorStopped> {
         let (reply, done) = oneshot::channel();
         let seq = self.shared.seq.fetch_add(1, Ordering::Relaxed);
         self.tx
             .send(StepJob {
                 cache,
+                session: terms.session,
+                sent: Instant::now(),
                 n_tokens,
                 data,
                 seq,
@@ -242,7 +276,7 @@ impl Executor {
                 done: 0,
                 out: Vec::new(),
                 compute: Duration::ZERO,
-                deadline_s: deadline_s.filter(|_| n_tokens == 1),
+                deadline_s: terms.deadline_s.filter(|_| n_tokens == 1),
                 stepwise,
             })
             .await
@@ -345,17 +379,49 @@ async fn run(
 ) {
     let scheduler = &shared.scheduler;
     let mut pending: VecDeque<StepJob> = VecDeque::new();
+    let mut gather = Gather::default();
+    let mut last_pass = Duration::ZERO;
     loop {
         if pending.is_empty() {
             match rx.recv().await {
-                Some(job) => pending.push_back(job),
+                Some(job) => {
+                    gather.arrived(job.session, job.sent);
+                    pending.push_back(job);
+                }
                 None => return,
             }
         }
         // Sessions answered by the last pass read their next frames before this one is chosen.
         tokio::task::yield_now().await;
         while let Ok(job) = rx.try_recv() {
+            gather.arrived(job.session, job.sent);
             pending.push_back(job);
+        }
+        // Steps with deadlines never wait for company.
+        if pending.iter().all(|j| j.deadline_s.is_none()) {
+            let limit = cfg.max_gather.min(last_pass / 2);
+            let served: Vec<u64> = shared
+                .serving
+                .lock()
+                .map(|s| s.keys().copied().collect())
+                .unwrap_or_default();
+            gather.forget_all_but(&served);
+            let latest = Instant::now() + limit;
+            loop {
+                let here: Vec<u64> = pending.iter().filter_map(|j| j.session).collect();
+                let missing = served.iter().filter(|k| !here.contains(k));
+                let Some(until) = gather.hold_until(missing, last_pass * 4, latest) else {
+                    break;
+                };
+                match tokio::time::timeout_at(until.into(), rx.recv()).await {
+                    Ok(Some(job)) => {
+                        gather.arrived(job.session, job.sent);
+                        pending.push_back(job);
+                    }
+                    Ok(None) => return,
+                    Err(_) => break,
+                }
+            }
         }
         // Answers to steps whose session stopped waiting (it ended) are simply dropped.
         pending.retain(|j| !j.reply.is_closed());
@@ -418,9 +484,77 @@ async fn run(
             continue;
         }
         // Steps with chunks left go back to the front, in their order: they stay the oldest.
-        for job in pass(runner.as_ref(), taken, max_chunk).into_iter().rev() {
+        let started = Instant::now();
+        let sessions: Vec<Option<u64>> = taken.iter().map(|j| j.session).collect();
+        let unfinished = pass(runner.as_ref(), taken, max_chunk);
+        last_pass = started.elapsed();
+        let answered = Instant::now();
+        for session in sessions.into_iter().flatten() {
+            if !unfinished.iter().any(|j| j.session == Some(session)) {
+                gather.answered(session, answered);
+            }
+        }
+        for job in unfinished.into_iter().rev() {
             pending.push_front(job);
         }
+    }
+}
+
+/// When each served session's next step is expected: the time its last answer left, and how long
+/// its steps typically take to come back after an answer (the client's and the route's part of
+/// a token).
+#[derive(Debug, Default)]
+struct Gather {
+    sessions: HashMap<u64, Returns>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+struct Returns {
+    /// When its last step was answered, while it has not sent the next one.
+    answered: Option<Instant>,
+    /// Smoothed time from an answer to the next step.
+    typical: Option<Duration>,
+}
+
+impl Gather {
+    fn answered(&mut self, session: u64, at: Instant) {
+        self.sessions.entry(session).or_default().answered = Some(at);
+    }
+
+    /// A step of `session` handed over at `sent`.
+    fn arrived(&mut self, session: Option<u64>, sent: Instant) {
+        let Some(session) = session else { return };
+        let r = self.sessions.entry(session).or_default();
+        if let Some(at) = r.answered.take() {
+            let took = sent.saturating_duration_since(at);
+            r.typical = Some(match r.typical {
+                // A quarter of each new sample: one slow token does not stop the waiting.
+                Some(t) => (t * 3 + took) / 4,
+                None => took,
+            });
+        }
+    }
+
+    fn forget_all_but(&mut self, served: &[u64]) {
+        self.sessions.retain(|k, _| served.contains(k));
+    }
+
+    /// Until when a pass should wait for `missing` sessions: `latest`, if one of them has been
+    /// answered and usually comes back within `usual`; None otherwise (a session that is
+    /// usually slower is not waited for, so one far-away client does not slow the others).
+    fn hold_until<'a>(
+        &self,
+        mut missing: impl Iterator<Item = &'a u64>,
+        usual: Duration,
+        latest: Instant,
+    ) -> Option<Instant> {
+        missing
+            .any(|k| {
+                self.sessions
+                    .get(k)
+                    .is_some_and(|r| r.answered.is_some() && r.typical.is_some_and(|t| t <= usual))
+            })
+            .then_some(latest)
     }
 }
 
@@ -498,5 +632,73 @@ impl SessionCache for Lent {
 
     fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    /// A gather in which session 1 came back 3 ms after its answer and session 2 30 ms after,
+    /// both answered again at `t0`.
+    fn two_sessions(t0: Instant) -> Gather {
+        let mut g = Gather::default();
+        g.answered(1, t0 - 10 * MS);
+        g.arrived(Some(1), t0 - 7 * MS);
+        g.answered(2, t0 - 40 * MS);
+        g.arrived(Some(2), t0 - 10 * MS);
+        g.answered(1, t0);
+        g.answered(2, t0);
+        g
+    }
+
+    #[test]
+    fn a_pass_waits_only_for_answered_sessions_that_usually_come_back_in_time() {
+        let t0 = Instant::now();
+        let g = two_sessions(t0);
+        let latest = t0 + 5 * MS;
+        assert_eq!(g.sessions[&1].typical, Some(3 * MS));
+        assert_eq!(g.sessions[&2].typical, Some(30 * MS));
+        assert_eq!(g.hold_until([1].iter(), 10 * MS, latest), Some(latest));
+        assert_eq!(
+            g.hold_until([2].iter(), 10 * MS, latest),
+            None,
+            "usually slower"
+        );
+        assert_eq!(g.hold_until([1, 2].iter(), 10 * MS, latest), Some(latest));
+        assert_eq!(g.hold_until([2].iter(), 40 * MS, latest), Some(latest));
+        assert_eq!(
+            g.hold_until([3].iter(), 40 * MS, latest),
+            None,
+            "never seen"
+        );
+        assert_eq!(
+            g.hold_until([].iter(), 40 * MS, latest),
+            None,
+            "nobody missing"
+        );
+    }
+
+    #[test]
+    fn a_session_whose_step_is_in_is_not_waited_for_and_its_return_is_smoothed() {
+        let t0 = Instant::now();
+        let mut g = two_sessions(t0);
+        // Session 1's next step took 11 ms: a quarter of the change.
+        g.arrived(Some(1), t0 + 11 * MS);
+        assert_eq!(g.sessions[&1].typical, Some(5 * MS));
+        assert_eq!(g.hold_until([1].iter(), 10 * MS, t0 + 20 * MS), None);
+        // A step without a session changes nothing.
+        g.arrived(None, t0 + 12 * MS);
+        assert_eq!(g.sessions.len(), 2);
+    }
+
+    #[test]
+    fn ended_sessions_are_forgotten() {
+        let t0 = Instant::now();
+        let mut g = two_sessions(t0);
+        g.forget_all_but(&[2, 7]);
+        assert_eq!(g.sessions.keys().copied().collect::<Vec<_>>(), vec![2]);
     }
 }

@@ -103,6 +103,11 @@ pub struct NodeArgs {
     /// prompt chunks, run together; the oldest waiting step always runs.
     #[arg(long, default_value_t = 256)]
     pass_tokens: u32,
+    /// The longest, in milliseconds, a pass waits for sessions this node serves whose next step
+    /// is expected back soon, so that they share the pass (never longer than the last pass
+    /// took; 0 never waits).
+    #[arg(long, default_value_t = 20.0)]
+    max_gather_ms: f64,
     /// Compute this many times slower than this machine can (at least 1): emulates a weaker
     /// device in heterogeneous testnets.
     #[arg(long, default_value_t = 1.0)]
@@ -385,6 +390,10 @@ fn node_config(
         max_kv_mib: args.max_kv_mib,
         batch: BatchConfig {
             token_budget: args.pass_tokens,
+            max_gather: Duration::try_from_secs_f64(args.max_gather_ms / 1e3)
+                .ok()
+                .filter(|d| *d <= Duration::from_secs(10))
+                .context("--max-gather-ms must be a number of milliseconds from 0 to 10000")?,
             ..BatchConfig::default()
         },
         throughput,

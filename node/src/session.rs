@@ -35,7 +35,7 @@ use sunswarm_protocol::{
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 use tracing::{Instrument, debug, info_span, warn};
 
-use crate::batch::{Executor, Lent, Serving};
+use crate::batch::{Executor, Lent, Serving, StepTerms};
 use crate::compute::{BlockRunner, ComputeError, SessionCache};
 use crate::energy::{EnergySource, JobTicket, Refusal};
 use crate::resume::{Kept, ParkBoard, Running, plan_rows, row_digests};
@@ -677,17 +677,9 @@ pub async fn serve(ctx: Arc<SessionCtx>, from: PeerId, mut up: Stream, pending: 
             return;
         }
         debug!(%from, resumed = was_resumed, positions = state.cache.len(), "opened");
-        let deadline_s = holds.2.deadline_s;
-        let ending = run_session(
-            &ctx,
-            &open,
-            (up, reader),
-            next,
-            &mut state,
-            &running,
-            deadline_s,
-        )
-        .await;
+        let terms = holds.2.terms();
+        let ending =
+            run_session(&ctx, &open, (up, reader), next, &mut state, &running, terms).await;
         match ending {
             Ending::Broken => keep(running, state, holds),
             Ending::Closed | Ending::Failed => drop((running, state, holds)),
@@ -989,7 +981,7 @@ async fn run_session(
     mut next: Onward,
     state: &mut SessionState,
     running: &Running<KeptSession>,
-    deadline_s: Option<f64>,
+    terms: StepTerms,
 ) -> Ending {
     let hop = open.hop;
     let dim = ctx.runner.hidden_size();
@@ -1063,7 +1055,7 @@ async fn run_session(
                     let _ = write_message(&mut up, &Response::Error(e)).await;
                     return Ending::Failed;
                 }
-                match forward(ctx, open, f, dim, state, deadline_s).await {
+                match forward(ctx, open, f, dim, state, terms).await {
                     Ok(out) => match pass_on(ctx, open, out, &mut next, &mut client).await {
                         Ok(()) => continue,
                         Err(refused) => {
@@ -1114,7 +1106,7 @@ async fn forward(
     f: Forward,
     dim: usize,
     state: &mut SessionState,
-    deadline_s: Option<f64>,
+    terms: StepTerms,
 ) -> Result<Forward, WireError> {
     let SessionState { cache, kept, job } = state;
     let t0 = Instant::now();
@@ -1191,7 +1183,7 @@ async fn forward(
         let rows = data[plan.kept * dim..].to_vec();
         let done = ctx
             .executor
-            .step(lent, n - plan.kept, rows, f.stepwise, deadline_s)
+            .step(lent, n - plan.kept, rows, f.stepwise, terms)
             .await
             .map_err(|e| refusal(ErrorKind::Internal, hop, e.to_string()))?;
         *cache = done.cache;

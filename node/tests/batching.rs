@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use sunswarm_models::{BackendKind, Head, Model, ModelSource, device};
-use sunswarm_node::batch::{BatchConfig, Executor};
+use sunswarm_node::batch::{BatchConfig, Executor, StepTerms};
 use sunswarm_node::compute::{BlockRunner, ModelRunner};
 
 fn smollm2() -> (Arc<dyn BlockRunner>, Head) {
@@ -60,7 +60,11 @@ async fn concurrent_sessions_get_what_they_get_alone() {
             } else {
                 (1, embed(&head, &[500 + round - 1]))
             };
-            async move { exec.step(cache, n, data, false, None).await.unwrap() }
+            async move {
+                exec.step(cache, n, data, false, StepTerms::default())
+                    .await
+                    .unwrap()
+            }
         });
         for (s, done) in futures::future::join_all(steps)
             .await
@@ -102,7 +106,11 @@ async fn a_long_prompt_takes_turns_with_other_sessions_decode_steps() {
         let exec = exec.clone();
         let data = embed(&head, &long);
         let cache = runner.new_session();
-        tokio::spawn(async move { exec.step(cache, 768, data, false, None).await.unwrap() })
+        tokio::spawn(async move {
+            exec.step(cache, 768, data, false, StepTerms::default())
+                .await
+                .unwrap()
+        })
     };
     // Decode steps of the other session while the prompt runs.
     let mut waits = Vec::new();
@@ -112,7 +120,13 @@ async fn a_long_prompt_takes_turns_with_other_sessions_decode_steps() {
     while prompt_done.is_none() {
         let start = Instant::now();
         let done = exec
-            .step(other, 1, embed(&head, &[600 + t]), false, None)
+            .step(
+                other,
+                1,
+                embed(&head, &[600 + t]),
+                false,
+                StepTerms::default(),
+            )
             .await
             .unwrap();
         waits.push(start.elapsed());
@@ -194,7 +208,16 @@ async fn sessions_with_deadlines_are_taken_only_when_they_can_be_served() {
 
     // A decode step whose deadline even a pass of its own cannot meet is answered at once.
     let done = exec
-        .step(runner.new_session(), 1, vec![0.0; 4], false, Some(0.005))
+        .step(
+            runner.new_session(),
+            1,
+            vec![0.0; 4],
+            false,
+            StepTerms {
+                deadline_s: Some(0.005),
+                ..StepTerms::default()
+            },
+        )
         .await
         .unwrap();
     assert!(
@@ -204,7 +227,16 @@ async fn sessions_with_deadlines_are_taken_only_when_they_can_be_served() {
     );
     // One it can meet runs.
     let done = exec
-        .step(runner.new_session(), 1, vec![0.0; 4], false, Some(0.050))
+        .step(
+            runner.new_session(),
+            1,
+            vec![0.0; 4],
+            false,
+            StepTerms {
+                deadline_s: Some(0.050),
+                ..StepTerms::default()
+            },
+        )
         .await
         .unwrap();
     assert_eq!(done.output.unwrap(), vec![1.0; 4]);

@@ -2,10 +2,15 @@
 # Many users at once, side by side in one run: llama.cpp (`llama-cpp.sh bench` and `batched`) on
 # the same GGUF file, and Sunswarm with N concurrent `swarm-client generate` processes (64 greedy
 # tokens each after the prompt "1, 2, 3, 4, 5,") through one node holding every block, then
-# through three nodes (0-9 10-19 20-29). Reports the sum of the clients' decode speeds. Spot
+# through three nodes (0-9 10-19 20-29); then the same N sessions as N concurrent streams through
+# one `swarm-client serve` process (the OpenAI API), where the sessions share one LM head. Reports
+# the sum of the sessions' decode speeds. Spot
 # checks are off (`--spot-check 0`): with every peer on one machine a check's re-run competes
 # for the same cores as the sessions, which measures the checks, not the node's batching (they
 # are measured on their own by verified.sh).
+# The serve rows also give the tokens of all streams over the span in which any decoded (a sum
+# of rates overstates streams that ran in turns: a node takes 8 sessions from one client unless
+# NODE_ARGS="--max-sessions-per-peer 16").
 # Env: R=<release dir> NS="1 2 4 8 16" MODEL=smollm2-135m GGUF=<file> (GGUF defaults to the
 # cached SmolLM2 file; for another model give both, and SPLITS).
 set -e
@@ -52,5 +57,19 @@ for SPLIT in "${SWARMS[@]}"; do
   (
     . "$(dirname "$0")/nodes.sh"
     run_clients "nodes $SPLIT"
+    $R/swarm-client serve --model "$MODEL" --bootstrap "$BOOT" --listen 127.0.0.1:0 --spot-check 0 \
+      > $D/serve.out 2> $D/serve.log & echo $! >> $D/pids
+    until grep -qs SERVING $D/serve.out; do sleep 0.2; done
+    URL=$(grep SERVING $D/serve.out | cut -d' ' -f2)
+    for n in $NS; do
+      python3 "$ROOT/testnet/bench/serve_client.py" "$URL" "$MODEL" $n 64 "$PROMPT" | python3 -c '
+import json, sys
+r = json.load(sys.stdin)
+print(json.dumps({"sunswarm": sys.argv[1], "sessions": r["concurrency"],
+                  "decode_tok_s_total": round(r["decode_tok_s_sum"], 1),
+                  "decode_tok_s_span": round(r["decode_tok_s_span"], 1),
+                  "decode_tok_s_each": [round(x, 1) for x in r["decode_tok_s_each"]],
+                  "same_tokens": r["texts_identical"], "chunks": sorted(set(r["chunks"]))}))' "serve, nodes $SPLIT"
+    done
   )
 done

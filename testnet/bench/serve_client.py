@@ -41,6 +41,7 @@ def one(url, model, max_tokens, prompt, out, i):
                 chunks += 1
                 text += piece
     out[i] = {"ttft_ms": (first - t0) * 1e3 if first else None,
+              "first_at": first, "last_at": last,
               "decode_s": (last - first) if first else None,
               "chunks": chunks, "text": text}
 
@@ -63,6 +64,11 @@ def main():
         "ttft_ms": sorted(r["ttft_ms"] for r in out if r and r["ttft_ms"]),
         "decode_tok_s_each": sorted(per),
         "decode_tok_s_sum": sum(per),
+        # All streams' tokens after their first over the span in which any stream decoded: the
+        # sum above overstates a server that runs the streams in turns rather than together.
+        "decode_tok_s_span": sum(r["chunks"] - 1 for r in out if r and r["first_at"])
+        / (max(r["last_at"] for r in out if r and r["last_at"])
+           - min(r["first_at"] for r in out if r and r["first_at"])),
         "chunks": [r["chunks"] for r in out],
         "wall_s": wall,
         "texts_identical": len({r["text"] for r in out}) == 1,

@@ -169,7 +169,7 @@ fn add_into(x: &mut [f32], y: &[f32]) {
 }
 
 /// `out = x / sqrt(mean(x²) + eps) * weight`.
-fn rms_norm_row(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+pub(super) fn rms_norm_row(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
     let mean = dot_f32(x, x) / x.len() as f32;
     let inv = 1.0 / (mean + eps).sqrt();
     for ((o, &x), &w) in out.iter_mut().zip(x).zip(weight) {

@@ -91,7 +91,7 @@ async fn start_swarm(
 struct Shared {
     client: SwarmClient,
     model: Model,
-    head: sunswarm_models::Head,
+    head: sunswarm_client::head::SharedHead,
     tokenizer: sunswarm_models::TextTokenizer,
     policy: Box<dyn sunswarm_energy::policy::Policy>,
     tokens: usize,
@@ -251,7 +251,7 @@ pub async fn run(
     let shared = Rc::new(Shared {
         client,
         model: m,
-        head,
+        head: sunswarm_client::head::SharedHead::new(head),
         tokenizer,
         policy: policy.policy(),
         tokens: d.tokens_per_job,
