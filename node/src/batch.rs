@@ -9,8 +9,8 @@
 //! A pass may wait briefly for the sessions it serves that are not pending yet ([`Gather`]):
 //! without that, sessions whose answers left in one pass came back a few milliseconds apart,
 //! the first of them started a pass of its own, and 8 sessions settled into alternating passes
-//! of 3 and 5 steps, each reading every weight; waiting for those expected back within a pass's
-//! time keeps them in one pass.
+//! of 3 and 5 steps, each reading every weight. Waiting up to half a pass for the sessions
+//! answered lately that usually come back within four passes keeps them in one pass.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -410,7 +410,8 @@ async fn run(
             loop {
                 let here: Vec<u64> = pending.iter().filter_map(|j| j.session).collect();
                 let missing = served.iter().filter(|k| !here.contains(k));
-                let Some(until) = gather.hold_until(missing, last_pass * 4, latest) else {
+                let Some(until) = gather.hold_until(missing, Instant::now(), last_pass * 4, latest)
+                else {
                     break;
                 };
                 match tokio::time::timeout_at(until.into(), rx.recv()).await {
@@ -539,20 +540,24 @@ impl Gather {
         self.sessions.retain(|k, _| served.contains(k));
     }
 
-    /// Until when a pass should wait for `missing` sessions: `latest`, if one of them has been
-    /// answered and usually comes back within `usual`; None otherwise (a session that is
-    /// usually slower is not waited for, so one far-away client does not slow the others).
+    /// Until when a pass should wait for `missing` sessions: `latest`, if one of them was
+    /// answered within `usual` before `now` and usually comes back within `usual`; None
+    /// otherwise. A session that is usually slower is not waited for, so one far-away client
+    /// does not slow the others, nor is one that is long overdue (its client may be gone).
     fn hold_until<'a>(
         &self,
         mut missing: impl Iterator<Item = &'a u64>,
+        now: Instant,
         usual: Duration,
         latest: Instant,
     ) -> Option<Instant> {
         missing
             .any(|k| {
-                self.sessions
-                    .get(k)
-                    .is_some_and(|r| r.answered.is_some() && r.typical.is_some_and(|t| t <= usual))
+                self.sessions.get(k).is_some_and(|r| {
+                    r.answered
+                        .is_some_and(|at| now.saturating_duration_since(at) <= usual)
+                        && r.typical.is_some_and(|t| t <= usual)
+                })
             })
             .then_some(latest)
     }
@@ -658,27 +663,19 @@ mod tests {
     fn a_pass_waits_only_for_answered_sessions_that_usually_come_back_in_time() {
         let t0 = Instant::now();
         let g = two_sessions(t0);
-        let latest = t0 + 5 * MS;
+        let (now, latest) = (t0 + MS, t0 + 5 * MS);
         assert_eq!(g.sessions[&1].typical, Some(3 * MS));
         assert_eq!(g.sessions[&2].typical, Some(30 * MS));
-        assert_eq!(g.hold_until([1].iter(), 10 * MS, latest), Some(latest));
-        assert_eq!(
-            g.hold_until([2].iter(), 10 * MS, latest),
-            None,
-            "usually slower"
-        );
-        assert_eq!(g.hold_until([1, 2].iter(), 10 * MS, latest), Some(latest));
-        assert_eq!(g.hold_until([2].iter(), 40 * MS, latest), Some(latest));
-        assert_eq!(
-            g.hold_until([3].iter(), 40 * MS, latest),
-            None,
-            "never seen"
-        );
-        assert_eq!(
-            g.hold_until([].iter(), 40 * MS, latest),
-            None,
-            "nobody missing"
-        );
+        let hold = |missing: &[u64], usual| g.hold_until(missing.iter(), now, usual, latest);
+        assert_eq!(hold(&[1], 10 * MS), Some(latest));
+        assert_eq!(hold(&[2], 10 * MS), None, "usually slower");
+        assert_eq!(hold(&[1, 2], 10 * MS), Some(latest));
+        assert_eq!(hold(&[2], 40 * MS), Some(latest));
+        assert_eq!(hold(&[3], 40 * MS), None, "never seen");
+        assert_eq!(hold(&[], 40 * MS), None, "nobody missing");
+        // Long overdue: answered 50 ms ago, usually back in 3 ms.
+        let late = t0 + 50 * MS;
+        assert_eq!(g.hold_until([1].iter(), late, 10 * MS, late + MS), None);
     }
 
     #[test]
@@ -688,7 +685,10 @@ mod tests {
         // Session 1's next step took 11 ms: a quarter of the change.
         g.arrived(Some(1), t0 + 11 * MS);
         assert_eq!(g.sessions[&1].typical, Some(5 * MS));
-        assert_eq!(g.hold_until([1].iter(), 10 * MS, t0 + 20 * MS), None);
+        assert_eq!(
+            g.hold_until([1].iter(), t0 + 11 * MS, 10 * MS, t0 + 20 * MS),
+            None
+        );
         // A step without a session changes nothing.
         g.arrived(None, t0 + 12 * MS);
         assert_eq!(g.sessions.len(), 2);
