@@ -37,8 +37,8 @@ pub struct BatchConfig {
     /// in chunks over several passes, so the decode steps of other sessions go on beside it.
     /// Clients chunk their prompts at the same size, so their steps are never cut.
     pub max_chunk: u32,
-    /// The longest a pass waits for served sessions expected back soon (never longer than the
-    /// last pass took); zero never waits.
+    /// The longest a pass waits for served sessions expected back soon (never longer than half
+    /// the last pass took); zero never waits.
     pub max_gather: Duration,
 }
 
@@ -400,28 +400,17 @@ async fn run(
         // Steps with deadlines never wait for company.
         if pending.iter().all(|j| j.deadline_s.is_none()) {
             let limit = cfg.max_gather.min(last_pass / 2);
-            let served: Vec<u64> = shared
-                .serving
-                .lock()
-                .map(|s| s.keys().copied().collect())
-                .unwrap_or_default();
-            gather.forget_all_but(&served);
-            let latest = Instant::now() + limit;
-            loop {
-                let here: Vec<u64> = pending.iter().filter_map(|j| j.session).collect();
-                let missing = served.iter().filter(|k| !here.contains(k));
-                let Some(until) = gather.hold_until(missing, Instant::now(), last_pass * 4, latest)
-                else {
-                    break;
-                };
-                match tokio::time::timeout_at(until.into(), rx.recv()).await {
-                    Ok(Some(job)) => {
-                        gather.arrived(job.session, job.sent);
-                        pending.push_back(job);
-                    }
-                    Ok(None) => return,
-                    Err(_) => break,
-                }
+            let open = wait_for_missing(
+                &mut rx,
+                &mut pending,
+                &mut gather,
+                &shared,
+                limit,
+                last_pass * 4,
+            )
+            .await;
+            if !open {
+                return;
             }
         }
         // Answers to steps whose session stopped waiting (it ended) are simply dropped.
@@ -497,6 +486,40 @@ async fn run(
         }
         for job in unfinished.into_iter().rev() {
             pending.push_front(job);
+        }
+    }
+}
+
+/// Takes into `pending` the steps of served sessions that [`Gather::hold_until`] says to wait
+/// for, for at most `limit`; false when the channel has closed.
+async fn wait_for_missing(
+    rx: &mut mpsc::Receiver<StepJob>,
+    pending: &mut VecDeque<StepJob>,
+    gather: &mut Gather,
+    shared: &Shared,
+    limit: Duration,
+    usual: Duration,
+) -> bool {
+    let served: Vec<u64> = shared
+        .serving
+        .lock()
+        .map(|s| s.keys().copied().collect())
+        .unwrap_or_default();
+    gather.forget_all_but(&served);
+    let latest = Instant::now() + limit;
+    loop {
+        let here: Vec<u64> = pending.iter().filter_map(|j| j.session).collect();
+        let missing = served.iter().filter(|k| !here.contains(k));
+        let Some(until) = gather.hold_until(missing, Instant::now(), usual, latest) else {
+            return true;
+        };
+        match tokio::time::timeout_at(until.into(), rx.recv()).await {
+            Ok(Some(job)) => {
+                gather.arrived(job.session, job.sent);
+                pending.push_back(job);
+            }
+            Ok(None) => return false,
+            Err(_) => return true,
         }
     }
 }

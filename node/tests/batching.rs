@@ -206,6 +206,10 @@ async fn sessions_with_deadlines_are_taken_only_when_they_can_be_served() {
         "room again after one left"
     );
 
+    let with_deadline = |s: f64| StepTerms {
+        deadline_s: Some(s),
+        ..StepTerms::default()
+    };
     // A decode step whose deadline even a pass of its own cannot meet is answered at once.
     let done = exec
         .step(
@@ -213,10 +217,7 @@ async fn sessions_with_deadlines_are_taken_only_when_they_can_be_served() {
             1,
             vec![0.0; 4],
             false,
-            StepTerms {
-                deadline_s: Some(0.005),
-                ..StepTerms::default()
-            },
+            with_deadline(0.005),
         )
         .await
         .unwrap();
@@ -232,10 +233,7 @@ async fn sessions_with_deadlines_are_taken_only_when_they_can_be_served() {
             1,
             vec![0.0; 4],
             false,
-            StepTerms {
-                deadline_s: Some(0.050),
-                ..StepTerms::default()
-            },
+            with_deadline(0.050),
         )
         .await
         .unwrap();
