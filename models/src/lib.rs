@@ -36,6 +36,7 @@ pub use burn::tensor::Device;
 pub use config::LlamaConfig;
 pub use llama::{BatchStep, Head, HiddenStates, KvCache, LoadedBlocks};
 pub use model::{Model, ModelId};
+pub use packed::{int8_activations, int8_supported, set_int8_activations};
 pub use source::ModelSource;
 pub use tokenizer::{ChatMessage, TextTokenizer};
 

@@ -11,6 +11,15 @@
 //! AVX2 + FMA when the CPU has them (checked at run time) and portable loops otherwise; setting
 //! `SUNSWARM_NO_AVX512` keeps a CPU with AVX-512 on the AVX2 kernels. The widths sum in different
 //! orders, so two peers on different kernels agree to rounding, not bit for bit.
+//!
+//! Opt-in, 4-bit rows can multiply 8-bit activations instead ([`set_int8_activations`], or
+//! `SUNSWARM_INT8=1`): each token's values are rounded to a byte per value with a scale per 32
+//! (once per product), and a block's 32 products become one AVX-512 VNNI integer dot product
+//! instead of widening every weight to f32. A decode step is bound by that widening on this
+//! kind of CPU (one thread gave 7.4 tok/s against two threads' 13.8 on a 1.7B model, so not
+//! by memory). Rounding the activations moves logits by about what llama.cpp's Q8 path does
+//! and can flip greedy near-ties, so it is off by default and the f32 path is what the
+//! reference tests check; on, a row gets the same bits alone and in a batch, as the f32 path.
 
 use rayon::prelude::*;
 
@@ -434,6 +443,16 @@ impl PackedMatrix {
         let threads = rayon::current_num_threads();
         let chunk = self.rows.div_ceil(threads * 4).max(16);
         if n == 1 {
+            if let (Store::Q4(v), Some(q)) = (&self.store, self.int8_inputs(x, 1)) {
+                let nb = self.cols / BLOCK;
+                out.par_chunks_mut(chunk).enumerate().for_each(|(c, out)| {
+                    for (i, o) in out.iter_mut().enumerate() {
+                        let r = c * chunk + i;
+                        *o = int8::dot_q4_one(&v[r * nb..(r + 1) * nb], &q[0]);
+                    }
+                });
+                return Ok(());
+            }
             out.par_chunks_mut(chunk).enumerate().for_each(|(c, out)| {
                 for (i, o) in out.iter_mut().enumerate() {
                     *o = self.row_dot(k, c * chunk + i, x);
@@ -529,6 +548,10 @@ impl PackedMatrix {
         let chunk = self.rows.div_ceil(threads * 4).max(16);
         let cols = self.cols;
         let xs: Vec<&[f32]> = x.chunks_exact(cols).collect();
+        let quantized = match &self.store {
+            Store::Q4(v) => self.int8_inputs(x, n).map(|q| (v, q)),
+            _ => None,
+        };
         let mut transposed = vec![0f32; n * self.rows];
         transposed
             .par_chunks_mut(chunk * n)
@@ -536,7 +559,14 @@ impl PackedMatrix {
             .for_each(|(c, out_t)| {
                 for (i, col) in out_t.chunks_exact_mut(n).enumerate() {
                     let r = c * chunk + i;
-                    self.row_dots(k, r, &xs, col);
+                    match &quantized {
+                        Some((v, q)) => {
+                            let nb = cols / BLOCK;
+                            let qs: Vec<&int8::QuantizedRow> = q.iter().collect();
+                            int8::row_dots_q4(&v[r * nb..(r + 1) * nb], &qs, col);
+                        }
+                        None => self.row_dots(k, r, &xs, col),
+                    }
                 }
             });
         for (r, col) in transposed.chunks_exact(n).enumerate() {
@@ -545,6 +575,17 @@ impl PackedMatrix {
             }
         }
         Ok(())
+    }
+
+    /// The `n` tokens of `x` rounded for the integer kernels, when they are on and this
+    /// matrix's rows are 4-bit.
+    fn int8_inputs(&self, x: &[f32], n: usize) -> Option<Vec<int8::QuantizedRow>> {
+        (matches!(self.store, Store::Q4(_)) && int8_activations()).then(|| {
+            x.chunks_exact(self.cols)
+                .take(n)
+                .map(int8::QuantizedRow::new)
+                .collect()
+        })
     }
 
     /// [`row_dot`](Self::row_dot) of row `r` for every token, [`MANY`] at a time (then 4, 2, 1).
@@ -846,6 +887,285 @@ macro_rules! block_row_dot {
 
 /// The most tokens one many-token kernel call takes (the accumulators stay in registers).
 const MANY: usize = 8;
+
+/// Whether 4-bit rows multiply 8-bit activations: unset (the environment decides), off, on.
+static INT8: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Whether this CPU runs the integer kernels (AVX-512 with VNNI, not turned off by
+/// `SUNSWARM_NO_AVX512`).
+pub fn int8_supported() -> bool {
+    Kernels::detect() == Kernels::Avx512 && int8::vnni_detected()
+}
+
+/// Turns the 8-bit activation path of 4-bit rows on or off for this process (see the module
+/// comment). Returns false, and leaves it off, when asked on a CPU without the kernels.
+pub fn set_int8_activations(on: bool) -> bool {
+    let on = on && int8_supported();
+    INT8.store(if on { 2 } else { 1 }, std::sync::atomic::Ordering::Relaxed);
+    on
+}
+
+/// Whether 4-bit rows multiply 8-bit activations now: as set, or else `SUNSWARM_INT8=1`.
+pub fn int8_activations() -> bool {
+    match INT8.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => set_int8_activations(std::env::var_os("SUNSWARM_INT8").is_some_and(|v| v == "1")),
+        v => v == 2,
+    }
+}
+
+/// 4-bit rows against 8-bit activations (see the module comment).
+mod int8 {
+    use super::{BLOCK, MANY, Q4Block};
+
+    /// One token's values for the integer kernels: per block of 32, `x ≈ d * q` with `q` in
+    /// -127..=127, and the exact sum of the block's values (for the 4-bit blocks' offset `m`,
+    /// which then costs no rounding).
+    pub struct QuantizedRow {
+        pub q: Vec<i8>,
+        pub d: Vec<f32>,
+        pub sum: Vec<f32>,
+    }
+
+    impl QuantizedRow {
+        pub fn new(x: &[f32]) -> Self {
+            let nb = x.len() / BLOCK;
+            let mut row = QuantizedRow {
+                q: Vec::with_capacity(nb * BLOCK),
+                d: Vec::with_capacity(nb),
+                sum: Vec::with_capacity(nb),
+            };
+            for block in x.chunks_exact(BLOCK) {
+                let amax = block.iter().fold(0f32, |a, v| a.max(v.abs()));
+                let d = amax / 127.0;
+                let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+                row.q.extend(
+                    block
+                        .iter()
+                        .map(|v| (v * inv).round().clamp(-127.0, 127.0) as i8),
+                );
+                row.d.push(d);
+                row.sum.push(block.iter().sum());
+            }
+            row
+        }
+    }
+
+    pub fn vnni_detected() -> bool {
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::arch::is_x86_feature_detected!("avx512bw")
+                && std::arch::is_x86_feature_detected!("avx512vnni")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        false
+    }
+
+    /// `Σ_b m_b · sum_b`: the 4-bit blocks' offsets against the token's block sums, in four
+    /// partial sums (a fixed order, so alone and in a batch alike).
+    fn offsets(row: &[Q4Block], sum: &[f32]) -> f32 {
+        let mut p = [0f32; 4];
+        for (i, (blk, s)) in row.iter().zip(sum).enumerate() {
+            p[i % 4] += blk.m * s;
+        }
+        (p[0] + p[1]) + (p[2] + p[3])
+    }
+
+    /// One row against one token.
+    pub fn dot_q4_one(row: &[Q4Block], x: &QuantizedRow) -> f32 {
+        let mut out = [0f32];
+        dot_q4_many::<1>(row, &[x], &mut out);
+        out[0]
+    }
+
+    /// One row against every token, [`MANY`] at a time (then 4, 2, 1).
+    pub fn row_dots_q4(row: &[Q4Block], xs: &[&QuantizedRow], out: &mut [f32]) {
+        let mut t = 0;
+        while t < out.len() {
+            t += match out.len() - t {
+                8.. => many::<MANY>(row, &xs[t..], &mut out[t..]),
+                4.. => many::<4>(row, &xs[t..], &mut out[t..]),
+                2.. => many::<2>(row, &xs[t..], &mut out[t..]),
+                _ => many::<1>(row, &xs[t..], &mut out[t..]),
+            };
+        }
+    }
+
+    fn many<const N: usize>(row: &[Q4Block], xs: &[&QuantizedRow], out: &mut [f32]) -> usize {
+        if let (Some(xs), Some(out)) = (xs.first_chunk::<N>(), out.first_chunk_mut::<N>()) {
+            dot_q4_many::<N>(row, xs, out);
+        }
+        N
+    }
+
+    fn dot_q4_many<const N: usize>(row: &[Q4Block], xs: &[&QuantizedRow; N], out: &mut [f32; N]) {
+        #[cfg(target_arch = "x86_64")]
+        if vnni_detected() {
+            // SAFETY: the CPU has AVX-512F, BW and VNNI.
+            unsafe { vnni::dot_q4_many(row, xs, out) };
+            return;
+        }
+        for t in 0..N {
+            out[t] = portable_q4(row, xs[t]);
+        }
+    }
+
+    /// The same integer products summed plainly: for CPUs without the kernels (where
+    /// `int8_activations()` stays false, so only tests call it).
+    pub fn portable_q4(row: &[Q4Block], x: &QuantizedRow) -> f32 {
+        {
+            row.iter()
+                .enumerate()
+                .map(|(b, blk)| {
+                    let q = &x.q[b * BLOCK..(b + 1) * BLOCK];
+                    let dot: i32 = (0..16)
+                        .map(|j| {
+                            i32::from(blk.qs[j] & 0xF) * i32::from(q[j])
+                                + i32::from(blk.qs[j] >> 4) * i32::from(q[j + 16])
+                        })
+                        .sum();
+                    blk.d * x.d[b] * dot as f32
+                })
+                .sum::<f32>()
+                + offsets(row, &x.sum)
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    mod vnni {
+        use std::arch::x86_64::*;
+
+        use super::super::{BLOCK, Q4Block};
+        use super::QuantizedRow;
+
+        /// Two 4-bit blocks' 64 values, in order, as unsigned bytes: each block's 16 bytes twice,
+        /// the second copy shifted down by a nibble (byte j holds value j low, j + 16 high).
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512bw")]
+        fn pair(p: &Q4Block, q: &Q4Block) -> __m512i {
+            // SAFETY: qs is 16 bytes.
+            let (a, b) = unsafe {
+                (
+                    _mm_loadu_si128(p.qs.as_ptr().cast()),
+                    _mm_loadu_si128(q.qs.as_ptr().cast()),
+                )
+            };
+            let v = _mm512_inserti64x4(
+                _mm512_castsi256_si512(_mm256_set_m128i(a, a)),
+                _mm256_set_m128i(b, b),
+                1,
+            );
+            let shifts = _mm512_set_epi64(4, 4, 0, 0, 4, 4, 0, 0);
+            _mm512_and_si512(_mm512_srlv_epi64(v, shifts), _mm512_set1_epi8(0x0F))
+        }
+
+        /// `acc + cvt(w · x) * (d_w * d_x)` for one token and two blocks (the second block's
+        /// scale is zero, and its bytes are not read, when `last`).
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+        unsafe fn apply(
+            w: __m512i,
+            (d0, d1): (f32, f32),
+            x: &QuantizedRow,
+            b: usize,
+            last: bool,
+            acc: __m512,
+        ) -> __m512 {
+            // SAFETY: x holds the values of block b (and b + 1 unless last).
+            unsafe {
+                let ptr = x.q.as_ptr().add(b * BLOCK);
+                let (xv, s1) = if last {
+                    (_mm512_maskz_loadu_epi8(0xFFFF_FFFF, ptr.cast()), 0.0)
+                } else {
+                    (
+                        _mm512_loadu_si512(ptr.cast()),
+                        d1 * *x.d.get_unchecked(b + 1),
+                    )
+                };
+                let dots = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, xv);
+                let scale = _mm512_mask_blend_ps(
+                    0xFF00,
+                    _mm512_set1_ps(d0 * *x.d.get_unchecked(b)),
+                    _mm512_set1_ps(s1),
+                );
+                _mm512_fmadd_ps(_mm512_cvtepi32_ps(dots), scale, acc)
+            }
+        }
+
+        /// `out[t] = Σ_b d_b d_x,b (q_b · q_x,b)` for `N` tokens; each token's operations are
+        /// the same whatever `N`, so a row gets the same bits alone and in a batch.
+        ///
+        /// # Safety
+        /// The CPU has AVX-512F, BW and VNNI.
+        #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+        pub unsafe fn dot_q4_many<const N: usize>(
+            row: &[Q4Block],
+            xs: &[&QuantizedRow; N],
+            out: &mut [f32; N],
+        ) {
+            let mut nb = row.len();
+            for x in xs {
+                nb = nb.min(x.d.len());
+            }
+            let mut acc0 = [_mm512_setzero_ps(); N];
+            let mut acc1 = [_mm512_setzero_ps(); N];
+            let mut b = 0;
+            // SAFETY: b + 1 < nb for every pair; the last odd block reads only its own bytes.
+            unsafe {
+                while b + 4 <= nb {
+                    let (p, q) = (row.get_unchecked(b), row.get_unchecked(b + 1));
+                    let (r, s) = (row.get_unchecked(b + 2), row.get_unchecked(b + 3));
+                    let (w0, w1) = (pair(p, q), pair(r, s));
+                    for t in 0..N {
+                        acc0[t] = apply(w0, (p.d, q.d), xs[t], b, false, acc0[t]);
+                        acc1[t] = apply(w1, (r.d, s.d), xs[t], b + 2, false, acc1[t]);
+                    }
+                    b += 4;
+                }
+                while b < nb {
+                    let last = b + 1 == nb;
+                    let p = row.get_unchecked(b);
+                    let q = if last { p } else { row.get_unchecked(b + 1) };
+                    let w = pair(p, q);
+                    for t in 0..N {
+                        acc0[t] = apply(w, (p.d, q.d), xs[t], b, last, acc0[t]);
+                    }
+                    b += 2;
+                }
+            }
+            // The offsets, Σ_b m_b · sum_b, sixteen blocks at a time: a block's m is the second
+            // f32 of its 24 bytes (`Q4Block` is repr(C)). A scalar loop over them cost as much
+            // as the integer products.
+            let mut offs = [_mm512_setzero_ps(); N];
+            let stride =
+                _mm512_set_epi32(90, 84, 78, 72, 66, 60, 54, 48, 42, 36, 30, 24, 18, 12, 6, 0);
+            let mut b = 0;
+            // SAFETY: the mask keeps every gathered m and loaded sum below nb.
+            unsafe {
+                let ms = row.as_ptr().cast::<f32>().add(1);
+                while b < nb {
+                    let k = (nb - b).min(16);
+                    let mask: __mmask16 = if k == 16 { 0xFFFF } else { (1u16 << k) - 1 };
+                    let m = _mm512_mask_i32gather_ps::<4>(
+                        _mm512_setzero_ps(),
+                        mask,
+                        stride,
+                        ms.add(b * 6),
+                    );
+                    for t in 0..N {
+                        let sums = _mm512_maskz_loadu_ps(mask, xs[t].sum.as_ptr().add(b));
+                        offs[t] = _mm512_fmadd_ps(m, sums, offs[t]);
+                    }
+                    b += 16;
+                }
+            }
+            for t in 0..N {
+                // One reduction per row: on a 576-wide row a second one cost a tenth of the row.
+                out[t] =
+                    _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc0[t], acc1[t]), offs[t]));
+            }
+        }
+    }
+}
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
@@ -1333,6 +1653,103 @@ mod tests {
                 let mut out = vec![0f32; n * 37];
                 w.matmul(&x, n, &mut out).unwrap();
                 assert_close(&out, &reference(&w, &x, n), &format!("{ty} n={n}"));
+            }
+        }
+    }
+
+    /// `Σ_b d_b d_x,b (q_b · q_x,b) + m_b Σ x_b` in f64, from the blocks and the rounded
+    /// token: what the 8-bit activation kernels compute, and the sum of the terms' sizes.
+    fn int8_reference(row: &[Q4Block], x: &[f32], q: &int8::QuantizedRow) -> (f64, f64) {
+        let (mut total, mut size) = (0f64, 0f64);
+        for (b, blk) in row.iter().enumerate() {
+            let dot: i64 = (0..32)
+                .map(|j| {
+                    let w = if j < 16 {
+                        blk.qs[j] & 0xF
+                    } else {
+                        blk.qs[j - 16] >> 4
+                    };
+                    i64::from(w) * i64::from(q.q[b * 32 + j])
+                })
+                .sum();
+            let scaled = f64::from(blk.d) * f64::from(q.d[b]) * dot as f64;
+            let sum: f64 = x[b * 32..(b + 1) * 32].iter().map(|&v| f64::from(v)).sum();
+            total += scaled + f64::from(blk.m) * sum;
+            size += scaled.abs() + (f64::from(blk.m) * sum).abs();
+        }
+        (total, size)
+    }
+
+    #[test]
+    fn rounded_activations_keep_each_value_within_half_a_step() {
+        let x = values(96, 4);
+        let q = int8::QuantizedRow::new(&x);
+        for (b, block) in x.chunks_exact(32).enumerate() {
+            let amax = block.iter().fold(0f32, |a, v| a.max(v.abs()));
+            assert!((q.d[b] * 127.0 - amax).abs() <= 1e-6);
+            for (j, &v) in block.iter().enumerate() {
+                let back = q.d[b] * f32::from(q.q[b * 32 + j]);
+                assert!(
+                    (back - v).abs() <= q.d[b] * 0.5 + 1e-7,
+                    "block {b} value {j}"
+                );
+            }
+            assert_eq!(q.sum[b], block.iter().sum::<f32>());
+        }
+        // An all-zero block rounds to zeros, not to NaN.
+        let z = int8::QuantizedRow::new(&[0.0; 32]);
+        assert_eq!((z.d[0], z.q.iter().all(|&v| v == 0)), (0.0, true));
+    }
+
+    #[test]
+    fn int8_kernels_compute_the_rounded_product() {
+        // 1 to 19 blocks: the pair loops' tails and the sixteen-block offset gathers' masks.
+        for nb in [1, 2, 3, 4, 5, 16, 17, 18, 19] {
+            for ty in [GgmlType::Q4_1, GgmlType::Q4_0] {
+                let w = packed(ty, 3, nb * 32, nb as u64);
+                let Store::Q4(blocks) = &w.store else {
+                    panic!("{ty} is not stored as 4-bit blocks")
+                };
+                let x = values(nb * 32, 100 + nb as u64);
+                let q = int8::QuantizedRow::new(&x);
+                for r in 0..3 {
+                    let row = &blocks[r * nb..(r + 1) * nb];
+                    let (want, size) = int8_reference(row, &x, &q);
+                    let close = |got: f32, what: &str| {
+                        assert!(
+                            (f64::from(got) - want).abs() <= 1e-5 * (1.0 + size),
+                            "{ty} {nb} blocks row {r} {what}: {got} vs {want}"
+                        )
+                    };
+                    close(int8::portable_q4(row, &q), "portable");
+                    close(int8::dot_q4_one(row, &q), "detected");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn int8_rows_get_the_same_bits_alone_and_in_a_batch() {
+        let w = packed(GgmlType::Q4_1, 5, 19 * 32, 21);
+        let Store::Q4(blocks) = &w.store else {
+            panic!("Q4_1 is not stored as 4-bit blocks")
+        };
+        let xs: Vec<int8::QuantizedRow> = (0..16)
+            .map(|t| int8::QuantizedRow::new(&values(19 * 32, 300 + t)))
+            .collect();
+        for n in 1..=16 {
+            let refs: Vec<&int8::QuantizedRow> = xs[..n].iter().collect();
+            for r in 0..5 {
+                let row = &blocks[r * 19..(r + 1) * 19];
+                let mut out = vec![0f32; n];
+                int8::row_dots_q4(row, &refs, &mut out);
+                for (t, &got) in out.iter().enumerate() {
+                    assert_eq!(
+                        got.to_bits(),
+                        int8::dot_q4_one(row, &xs[t]).to_bits(),
+                        "{n} tokens, row {r}, token {t}"
+                    );
+                }
             }
         }
     }

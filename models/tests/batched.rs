@@ -258,6 +258,25 @@ fn stepwise_rows_equal_one_token_steps_on_smollm2() {
     stepwise_equals_one_at_a_time(&model, &blocks, 12);
 }
 
+/// With 4-bit rows multiplying 8-bit activations (opt-in), a session's bits still do not depend
+/// on its company, in a pass or in a stepwise replay. On a CPU without the kernels the switch
+/// must refuse, and the f32 tests above cover the rest.
+#[test]
+fn batched_and_stepwise_rows_equal_alone_with_int8_activations() {
+    if !sunswarm_models::set_int8_activations(true) {
+        assert!(!sunswarm_models::int8_supported());
+        assert!(!sunswarm_models::int8_activations());
+        return;
+    }
+    assert!(sunswarm_models::int8_activations());
+    let model = Model::open(&ModelSource::GgufFile(real_model::smollm2_gguf())).unwrap();
+    let dev = device(BackendKind::Cpu).unwrap();
+    let blocks = model.load_blocks(0..30, &dev).unwrap();
+    batched_equals_alone(&model, &blocks, 16, 2);
+    let some = model.load_blocks(10..20, &dev).unwrap();
+    stepwise_equals_one_at_a_time(&model, &some, 12);
+}
+
 /// A hop whose replayed suffix changed drops it from its cache and computes the new one: the
 /// truncated cache continues exactly as a cache that never held the dropped positions.
 #[test]
