@@ -113,6 +113,15 @@ pub struct SafeguardArgs {
 
 impl SafeguardArgs {
     pub fn safeguards(&self) -> anyhow::Result<crate::engine::Safeguards> {
+        if self.spot_check > 0.0 && sunswarm_models::int8_activations() {
+            // A check recomputes a prefix by another path; with rounded activations honest
+            // outputs then differed by 3e-2 (f32: about 1e-6), and honest peers were banned.
+            tracing::warn!(
+                "SUNSWARM_INT8 is on: spot checks may flag honest peers running it (outputs \
+                 recomputed another way differ by up to about 5e-2); use --spot-check 0 or a \
+                 larger --spot-check-tolerance"
+            );
+        }
         Ok(crate::engine::Safeguards {
             max_route_share: self.max_route_share,
             spot_checks: crate::swarm::spot::SpotChecks::new(
