@@ -114,12 +114,12 @@ pub struct SafeguardArgs {
 impl SafeguardArgs {
     pub fn safeguards(&self) -> anyhow::Result<crate::engine::Safeguards> {
         if self.spot_check > 0.0 && sunswarm_models::int8_activations() {
-            // A check recomputes a prefix by another path; with rounded activations honest
-            // outputs then differed by 3e-2 (f32: about 1e-6), and honest peers were banned.
+            // The referee recomputes a range in plain chunks; with rounded activations an
+            // honest range's outputs then differ by 3e-2 to 5.5e-2 (f32: about 1e-6).
             tracing::warn!(
-                "SUNSWARM_INT8 is on: spot checks may flag honest peers running it (outputs \
-                 recomputed another way differ by up to about 5e-2); use --spot-check 0 or a \
-                 larger --spot-check-tolerance"
+                "SUNSWARM_INT8 is on: when a spot check finds a mismatch, this client's own run \
+                 of the range (the referee) computes it another way and may blame an honest \
+                 peer as well; a wider --spot-check-tolerance avoids that"
             );
         }
         Ok(crate::engine::Safeguards {

@@ -18,9 +18,18 @@ pub fn compute_runtime() -> io::Result<tokio::runtime::Runtime> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
-    rayon::ThreadPoolBuilder::new()
-        .use_current_thread()
-        .build_global()
-        .map_err(io::Error::other)?;
+    let threads = std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let mut pool = rayon::ThreadPoolBuilder::new();
+    // With one thread this one cannot be the pool's only worker: work another thread hands to
+    // the pool (the client's LM-head thread) waited for it while it awaited that work, and
+    // `swarm-client generate` hung on a one-core machine (`RAYON_NUM_THREADS=1`).
+    if threads > 1 {
+        pool = pool.use_current_thread();
+    }
+    pool.build_global().map_err(io::Error::other)?;
     Ok(rt)
 }

@@ -387,12 +387,10 @@ impl<'a> ResilientSession<'a> {
                 }
             }
         };
-        let chunks = spot::check_chunks(
-            &self.session.history[checker.sent..],
-            crate::generate::PREFILL_CHUNK,
-        );
-        for c in &chunks {
-            if let Err(e) = checker.session.forward_hidden(c).await {
+        // The steps as the main run took them, so each hop computes every row as it did there.
+        let pending = self.session.history[checker.sent..].to_vec();
+        for group in super::session::replay_forwards(&pending, crate::generate::PREFILL_CHUNK) {
+            if let Err(e) = checker.session.forward_steps(&pending[group]).await {
                 tracing::warn!("spot check of step {step} could not run: {e}");
                 self.ban_if_dishonest(&checker.route, &e);
                 checker.session.close().await;

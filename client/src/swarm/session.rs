@@ -347,6 +347,21 @@ impl SwarmSession {
         Ok((step, out))
     }
 
+    /// Sends earlier steps again as they were taken (one group of
+    /// [`replay_forwards`]): a prompt chunk as it was, several one-token steps as one stepwise
+    /// forward that every hop computes row by row as those steps were, so the outputs are the
+    /// first run's bit for bit (a spot check's run compares them with it).
+    pub async fn forward_steps(
+        &mut self,
+        steps: &[HiddenStates],
+    ) -> Result<HiddenStates, SessionError> {
+        let input = match steps {
+            [one] => one.clone(),
+            _ => super::spot::concat(steps),
+        };
+        self.send(&input, Sent::Steps(steps)).await
+    }
+
     /// Sends hidden states through the route and returns the last hop's output.
     pub async fn forward_hidden(
         &mut self,
@@ -363,6 +378,7 @@ impl SwarmSession {
         let (replay, stepwise) = match sent_as {
             Sent::New => (false, false),
             Sent::Replay(steps) => (true, steps.len() > 1),
+            Sent::Steps(steps) => (false, steps.len() > 1),
         };
         let tap = self.tapping;
         let t0 = Instant::now();
@@ -460,7 +476,7 @@ impl SwarmSession {
         self.position += n as u32;
         match sent_as {
             // The steps as they were taken, so a later replay or check sees them so.
-            Sent::Replay(steps) => self.history.extend_from_slice(steps),
+            Sent::Replay(steps) | Sent::Steps(steps) => self.history.extend_from_slice(steps),
             Sent::New => self.history.push(input.clone()),
         }
         let out = HiddenStates::new(n, dim, data).map_err(|e| SessionError::Dishonest {
@@ -582,7 +598,10 @@ impl Pipeline for SwarmSession {
 }
 /// The forwards of a replay, as ranges of `history`: every entry of several tokens (a prompt
 /// chunk) alone, and each run of one-token steps in forwards of at most `max_rows`.
-fn replay_forwards(history: &[HiddenStates], max_rows: usize) -> Vec<std::ops::Range<usize>> {
+pub(crate) fn replay_forwards(
+    history: &[HiddenStates],
+    max_rows: usize,
+) -> Vec<std::ops::Range<usize>> {
     let mut out = Vec::new();
     let mut start = 0;
     while start < history.len() {
@@ -598,12 +617,13 @@ fn replay_forwards(history: &[HiddenStates], max_rows: usize) -> Vec<std::ops::R
     out
 }
 
-/// What a forward carries: a new input, or history entries replayed into a new route (several
-/// one-token steps merged into one stepwise forward).
+/// What a forward carries: a new input, history entries replayed into a new route (several
+/// one-token steps merged into one stepwise forward), or the same for a spot check's run.
 #[derive(Clone, Copy)]
 enum Sent<'a> {
     New,
     Replay(&'a [HiddenStates]),
+    Steps(&'a [HiddenStates]),
 }
 
 #[cfg(test)]
