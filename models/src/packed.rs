@@ -443,7 +443,9 @@ impl PackedMatrix {
         let threads = rayon::current_num_threads();
         let chunk = self.rows.div_ceil(threads * 4).max(16);
         if n == 1 {
-            if let (Store::Q4(v), Some(q)) = (&self.store, self.int8_inputs(x, 1)) {
+            if let Store::Q4(v) = &self.store
+                && let Some(q) = self.int8_inputs(x, 1)
+            {
                 let nb = self.cols / BLOCK;
                 out.par_chunks_mut(chunk).enumerate().for_each(|(c, out)| {
                     for (i, o) in out.iter_mut().enumerate() {
@@ -552,6 +554,8 @@ impl PackedMatrix {
             Store::Q4(v) => self.int8_inputs(x, n).map(|q| (v, q)),
             _ => None,
         };
+        let quantized_refs: Vec<&int8::QuantizedRow> =
+            quantized.iter().flat_map(|(_, q)| q.iter()).collect();
         let mut transposed = vec![0f32; n * self.rows];
         transposed
             .par_chunks_mut(chunk * n)
@@ -560,10 +564,9 @@ impl PackedMatrix {
                 for (i, col) in out_t.chunks_exact_mut(n).enumerate() {
                     let r = c * chunk + i;
                     match &quantized {
-                        Some((v, q)) => {
+                        Some((v, _)) => {
                             let nb = cols / BLOCK;
-                            let qs: Vec<&int8::QuantizedRow> = q.iter().collect();
-                            int8::row_dots_q4(&v[r * nb..(r + 1) * nb], &qs, col);
+                            int8::row_dots_q4(&v[r * nb..(r + 1) * nb], &quantized_refs, col);
                         }
                         None => self.row_dots(k, r, &xs, col),
                     }
@@ -577,10 +580,10 @@ impl PackedMatrix {
         Ok(())
     }
 
-    /// The `n` tokens of `x` rounded for the integer kernels, when they are on and this
-    /// matrix's rows are 4-bit.
+    /// The `n` tokens of `x` rounded for the integer kernels, when they are on (callers apply
+    /// them to 4-bit rows only).
     fn int8_inputs(&self, x: &[f32], n: usize) -> Option<Vec<int8::QuantizedRow>> {
-        (matches!(self.store, Store::Q4(_)) && int8_activations()).then(|| {
+        int8_activations().then(|| {
             x.chunks_exact(self.cols)
                 .take(n)
                 .map(int8::QuantizedRow::new)

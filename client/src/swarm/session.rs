@@ -328,13 +328,8 @@ impl SwarmSession {
         let mut last = None;
         for forward in replay_forwards(&all, crate::generate::PREFILL_CHUNK) {
             let sent = &all[forward];
-            let input = if sent.len() == 1 {
-                sent[0].clone()
-            } else {
-                super::spot::concat(sent)
-            };
             let step = self.step;
-            last = Some((step, self.send(&input, Sent::Replay(sent)).await?));
+            last = Some((step, self.send(&joined(sent), Sent::Replay(sent)).await?));
         }
         let (step, out) = last.ok_or_else(|| SessionError::Protocol("nothing to send".into()))?;
         // `next` is the last entry, so its rows are the output's last.
@@ -355,11 +350,7 @@ impl SwarmSession {
         &mut self,
         steps: &[HiddenStates],
     ) -> Result<HiddenStates, SessionError> {
-        let input = match steps {
-            [one] => one.clone(),
-            _ => super::spot::concat(steps),
-        };
-        self.send(&input, Sent::Steps(steps)).await
+        self.send(&joined(steps), Sent::Steps(steps)).await
     }
 
     /// Sends hidden states through the route and returns the last hop's output.
@@ -615,6 +606,14 @@ pub(crate) fn replay_forwards(
         start += steps;
     }
     out
+}
+
+/// Steps sent as one forward: their rows, in order.
+fn joined(steps: &[HiddenStates]) -> HiddenStates {
+    match steps {
+        [one] => one.clone(),
+        _ => super::spot::concat(steps),
+    }
 }
 
 /// What a forward carries: a new input, history entries replayed into a new route (several
