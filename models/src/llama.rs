@@ -624,7 +624,7 @@ impl Linear {
     pub(crate) fn new(weight: PackedMatrix, device: &Device) -> Self {
         if *device == Device::flex() {
             Linear::Packed {
-                weight,
+                weight: weight.for_products(),
                 device: device.clone(),
             }
         } else {

@@ -13,13 +13,15 @@
 //! orders, so two peers on different kernels agree to rounding, not bit for bit.
 //!
 //! Opt-in, 4-bit rows can multiply 8-bit activations instead ([`set_int8_activations`], or
-//! `SUNSWARM_INT8=1`): each token's values are rounded to a byte per value with a scale per 32
-//! (once per product), and a block's 32 products become one AVX-512 VNNI integer dot product
-//! instead of widening every weight to f32. A decode step is bound by that widening on this
-//! kind of CPU (one thread gave 7.4 tok/s against two threads' 13.8 on a 1.7B model, so not
-//! by memory). Rounding the activations moves logits by about what llama.cpp's Q8 path does
-//! and can flip greedy near-ties, so it is off by default and the f32 path is what the
-//! reference tests check; on, a row gets the same bits alone and in a batch, as the f32 path.
+//! `SUNSWARM_INT8=1`, before the weights are loaded): the weight is stored in tiles of sixteen
+//! rows, each token's values are rounded to a byte per value with a scale per 32 (once per
+//! product), and AVX-512 VNNI integer dot products replace widening every weight to f32 (see
+//! `int8`). A decode step is bound by that widening on this kind of CPU (one thread gave 7.4
+//! tok/s against two threads' 13.8 on a 1.7B model, so not by memory). Rounding the activations
+//! moves logits by about what llama.cpp's Q8 path does and can flip greedy near-ties, so it is
+//! off by default and the f32 path is what the reference tests check; on, a row gets the same
+//! bits alone and in a batch, as the f32 path. Prompts (products of many tokens of one session)
+//! stay in f32 either way.
 
 use rayon::prelude::*;
 
@@ -94,6 +96,11 @@ enum Store {
     Q4(Vec<Q4Block>),
     Q8(Vec<Q8Block>),
     Q6(Vec<Q6Block>),
+    /// 4-bit blocks of a weight loaded for 8-bit activations, sixteen rows a tile
+    /// ([`int8::Q4Tile`]); `rows` rounded up to sixteen.
+    Q4Tiles(Vec<int8::Q4Tile>),
+    /// Q8_0 blocks of a weight loaded for 8-bit activations ([`int8::Q8Tile`]).
+    Q8Tiles(Vec<int8::Q8Tile>),
     /// Any other ggml type (K-quants, Q5, F16...) kept as the file has it, `row_bytes` a row:
     /// rows are widened one at a time as products need them, so the weight takes its file size
     /// in memory rather than four bytes a value.
@@ -260,6 +267,8 @@ impl PackedMatrix {
             Store::Q4(v) => v.len() * size_of::<Q4Block>(),
             Store::Q8(v) => v.len() * size_of::<Q8Block>(),
             Store::Q6(v) => v.len() * size_of::<Q6Block>(),
+            Store::Q4Tiles(v) => v.len() * size_of::<int8::Q4Tile>(),
+            Store::Q8Tiles(v) => v.len() * size_of::<int8::Q8Tile>(),
             Store::Raw { bytes, .. } => bytes.len(),
         }
     }
@@ -330,17 +339,19 @@ impl PackedMatrix {
     /// The weight with its rows reordered: row `i` of the result is row `order[i]` of `self`.
     pub(crate) fn reorder_rows(self, order: &[usize]) -> Self {
         debug_assert_eq!(order.len(), self.rows);
+        let this = self.untiled();
         fn gather<T: Copy>(v: &[T], per_row: usize, order: &[usize]) -> Vec<T> {
             order
                 .iter()
                 .flat_map(|&r| v[r * per_row..(r + 1) * per_row].iter().copied())
                 .collect()
         }
-        let store = match &self.store {
-            Store::F32(v) => Store::F32(gather(v, self.cols, order)),
-            Store::Q4(v) => Store::Q4(gather(v, self.cols / BLOCK, order)),
-            Store::Q8(v) => Store::Q8(gather(v, self.cols / BLOCK, order)),
-            Store::Q6(v) => Store::Q6(gather(v, self.cols / BLOCK, order)),
+        let store = match &this.store {
+            Store::F32(v) => Store::F32(gather(v, this.cols, order)),
+            Store::Q4(v) => Store::Q4(gather(v, this.cols / BLOCK, order)),
+            Store::Q8(v) => Store::Q8(gather(v, this.cols / BLOCK, order)),
+            Store::Q6(v) => Store::Q6(gather(v, this.cols / BLOCK, order)),
+            Store::Q4Tiles(_) | Store::Q8Tiles(_) => unreachable!("untiled above"),
             Store::Raw {
                 ty,
                 row_bytes,
@@ -350,6 +361,36 @@ impl PackedMatrix {
                 row_bytes: *row_bytes,
                 bytes: gather(bytes, *row_bytes, order),
             },
+        };
+        Self { store, ..this }
+    }
+
+    /// The weight as the products will use it: with 8-bit activations on
+    /// ([`int8_activations`]), 4-bit and Q8_0 rows become tiles of sixteen rows for the integer
+    /// kernels, and every later product of this weight multiplies 8-bit activations (so the
+    /// switch applies to weights loaded after it is set). Other weights are returned unchanged.
+    pub(crate) fn for_products(self) -> Self {
+        let (rows, nb) = (self.rows, self.cols / BLOCK);
+        let store = match self.store {
+            Store::Q4(blocks) if int8_activations() => {
+                Store::Q4Tiles(int8::tile(&blocks, rows, nb))
+            }
+            Store::Q8(blocks) if int8_activations() => {
+                Store::Q8Tiles(int8::tile(&blocks, rows, nb))
+            }
+            store => store,
+        };
+        Self { store, ..self }
+    }
+
+    /// The weight with tiles turned back into rows of blocks.
+    fn untiled(self) -> Self {
+        let nb = self.cols / BLOCK;
+        let rows = 0..self.rows;
+        let store = match &self.store {
+            Store::Q4Tiles(t) => Store::Q4(rows.flat_map(|r| int8::untile_row(t, nb, r)).collect()),
+            Store::Q8Tiles(t) => Store::Q8(rows.flat_map(|r| int8::untile_row(t, nb, r)).collect()),
+            _ => return self,
         };
         Self { store, ..self }
     }
@@ -381,6 +422,8 @@ impl PackedMatrix {
                     }
                 }
             }
+            Store::Q4Tiles(tiles) => int8::dequantize_row(tiles, nb, r, out),
+            Store::Q8Tiles(tiles) => int8::dequantize_row(tiles, nb, r, out),
             Store::Raw {
                 ty,
                 row_bytes,
@@ -443,16 +486,7 @@ impl PackedMatrix {
         let threads = rayon::current_num_threads();
         let chunk = self.rows.div_ceil(threads * 4).max(16);
         if n == 1 {
-            if let Store::Q4(v) = &self.store
-                && let Some(q) = self.int8_inputs(x, 1)
-            {
-                let nb = self.cols / BLOCK;
-                out.par_chunks_mut(chunk).enumerate().for_each(|(c, out)| {
-                    for (i, o) in out.iter_mut().enumerate() {
-                        let r = c * chunk + i;
-                        *o = int8::dot_q4_one(&v[r * nb..(r + 1) * nb], &q[0]);
-                    }
-                });
+            if self.tiled_products(x, 1, out) {
                 return Ok(());
             }
             out.par_chunks_mut(chunk).enumerate().for_each(|(c, out)| {
@@ -549,27 +583,17 @@ impl PackedMatrix {
         let threads = rayon::current_num_threads();
         let chunk = self.rows.div_ceil(threads * 4).max(16);
         let cols = self.cols;
+        if self.tiled_products(x, n, out) {
+            return Ok(());
+        }
         let xs: Vec<&[f32]> = x.chunks_exact(cols).collect();
-        let quantized = match &self.store {
-            Store::Q4(v) => self.int8_inputs(x, n).map(|q| (v, q)),
-            _ => None,
-        };
-        let quantized_refs: Vec<&int8::QuantizedRow> =
-            quantized.iter().flat_map(|(_, q)| q.iter()).collect();
         let mut transposed = vec![0f32; n * self.rows];
         transposed
             .par_chunks_mut(chunk * n)
             .enumerate()
             .for_each(|(c, out_t)| {
                 for (i, col) in out_t.chunks_exact_mut(n).enumerate() {
-                    let r = c * chunk + i;
-                    match &quantized {
-                        Some((v, _)) => {
-                            let nb = cols / BLOCK;
-                            int8::row_dots_q4(&v[r * nb..(r + 1) * nb], &quantized_refs, col);
-                        }
-                        None => self.row_dots(k, r, &xs, col),
-                    }
+                    self.row_dots(k, c * chunk + i, &xs, col);
                 }
             });
         for (r, col) in transposed.chunks_exact(n).enumerate() {
@@ -580,15 +604,48 @@ impl PackedMatrix {
         Ok(())
     }
 
-    /// The `n` tokens of `x` rounded for the integer kernels, when they are on (callers apply
-    /// them to 4-bit rows only).
-    fn int8_inputs(&self, x: &[f32], n: usize) -> Option<Vec<int8::QuantizedRow>> {
-        int8_activations().then(|| {
-            x.chunks_exact(self.cols)
-                .take(n)
-                .map(int8::QuantizedRow::new)
-                .collect()
-        })
+    /// [`tile_products`](Self::tile_products) when the weight is tiled; false when it is not.
+    fn tiled_products(&self, x: &[f32], n: usize, out: &mut [f32]) -> bool {
+        match &self.store {
+            Store::Q4Tiles(tiles) => self.tile_products(tiles, x, n, out),
+            Store::Q8Tiles(tiles) => self.tile_products(tiles, x, n, out),
+            _ => return false,
+        }
+        true
+    }
+
+    /// `out[n, rows] = x[n, cols] · Wᵀ` for a tiled weight: each token rounded once to 8 bits,
+    /// then row groups split over the rayon pool, every group computed for all tokens while its
+    /// tiles are in cache (each token's operations the same whatever `n`).
+    fn tile_products<T: int8::Tile>(&self, tiles: &[T], x: &[f32], n: usize, out: &mut [f32]) {
+        const LANES: usize = int8::TILE_ROWS;
+        let nb = self.cols / BLOCK;
+        let quantized: Vec<int8::QuantizedRow> = x
+            .chunks_exact(self.cols)
+            .map(int8::QuantizedRow::new)
+            .collect();
+        let xs: Vec<&int8::QuantizedRow> = quantized.iter().collect();
+        let groups = tiles.len() / nb;
+        // A few tasks per thread, as in `matmul`.
+        let per_task = groups.div_ceil(rayon::current_num_threads() * 4).max(1);
+        // [group][token][lane]: each task writes its groups' part, then it is turned round.
+        let mut by_group = vec![[0f32; LANES]; groups * n];
+        by_group
+            .par_chunks_mut(per_task * n)
+            .enumerate()
+            .for_each(|(c, part)| {
+                for (i, group_out) in part.chunks_exact_mut(n).enumerate() {
+                    let g = c * per_task + i;
+                    int8::group_dots(&tiles[g * nb..(g + 1) * nb], &xs, group_out);
+                }
+            });
+        for (g, group_out) in by_group.chunks_exact(n).enumerate() {
+            let lanes = LANES.min(self.rows - g * LANES);
+            for (t, v) in group_out.iter().enumerate() {
+                let at = t * self.rows + g * LANES;
+                out[at..at + lanes].copy_from_slice(&v[..lanes]);
+            }
+        }
     }
 
     /// [`row_dot`](Self::row_dot) of row `r` for every token, [`MANY`] at a time (then 4, 2, 1).
@@ -626,7 +683,7 @@ impl PackedMatrix {
             Store::Q4(v) => k.dot_q4_many(&v[r * nb..(r + 1) * nb], xs, out),
             Store::Q8(v) => k.dot_q8_many(&v[r * nb..(r + 1) * nb], xs, out),
             Store::Q6(v) => k.dot_q6_many(&v[r * nb..(r + 1) * nb], xs, out),
-            Store::Raw { .. } => with_row(self, r, |w| {
+            Store::Q4Tiles(_) | Store::Q8Tiles(_) | Store::Raw { .. } => with_row(self, r, |w| {
                 for (o, x) in out.iter_mut().zip(xs) {
                     *o = k.dot_f32(w, x);
                 }
@@ -642,7 +699,9 @@ impl PackedMatrix {
             Store::Q4(v) => k.dot_q4(&v[r * nb..(r + 1) * nb], x),
             Store::Q8(v) => k.dot_q8(&v[r * nb..(r + 1) * nb], x),
             Store::Q6(v) => k.dot_q6(&v[r * nb..(r + 1) * nb], x),
-            Store::Raw { .. } => with_row(self, r, |w| k.dot_f32(w, x)),
+            Store::Q4Tiles(_) | Store::Q8Tiles(_) | Store::Raw { .. } => {
+                with_row(self, r, |w| k.dot_f32(w, x))
+            }
         }
     }
 }
@@ -900,8 +959,9 @@ pub fn int8_supported() -> bool {
     Kernels::detect() == Kernels::Avx512 && int8::vnni_detected()
 }
 
-/// Turns the 8-bit activation path of 4-bit rows on or off for this process (see the module
-/// comment). Returns false, and leaves it off, when asked on a CPU without the kernels.
+/// Turns the 8-bit activation path of 4-bit rows on or off for the weights this process loads
+/// from now on (see the module comment). Returns false, and leaves it off, when asked on a CPU
+/// without the kernels.
 pub fn set_int8_activations(on: bool) -> bool {
     let on = on && int8_supported();
     INT8.store(if on { 2 } else { 1 }, std::sync::atomic::Ordering::Relaxed);
@@ -916,259 +976,7 @@ pub fn int8_activations() -> bool {
     }
 }
 
-/// 4-bit rows against 8-bit activations (see the module comment).
-mod int8 {
-    use super::{BLOCK, MANY, Q4Block};
-
-    /// One token's values for the integer kernels: per block of 32, `x ≈ d * q` with `q` in
-    /// -127..=127, and the exact sum of the block's values (for the 4-bit blocks' offset `m`,
-    /// which then costs no rounding).
-    pub struct QuantizedRow {
-        pub q: Vec<i8>,
-        pub d: Vec<f32>,
-        pub sum: Vec<f32>,
-    }
-
-    impl QuantizedRow {
-        pub fn new(x: &[f32]) -> Self {
-            let nb = x.len() / BLOCK;
-            let mut row = QuantizedRow {
-                q: Vec::with_capacity(nb * BLOCK),
-                d: Vec::with_capacity(nb),
-                sum: Vec::with_capacity(nb),
-            };
-            for block in x.chunks_exact(BLOCK) {
-                let amax = block.iter().fold(0f32, |a, v| a.max(v.abs()));
-                let d = amax / 127.0;
-                let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
-                row.q.extend(
-                    block
-                        .iter()
-                        .map(|v| (v * inv).round().clamp(-127.0, 127.0) as i8),
-                );
-                row.d.push(d);
-                row.sum.push(block.iter().sum());
-            }
-            row
-        }
-    }
-
-    pub fn vnni_detected() -> bool {
-        #[cfg(target_arch = "x86_64")]
-        {
-            std::arch::is_x86_feature_detected!("avx512bw")
-                && std::arch::is_x86_feature_detected!("avx512vnni")
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        false
-    }
-
-    /// `Σ_b m_b · sum_b`: the 4-bit blocks' offsets against the token's block sums, in four
-    /// partial sums (a fixed order, so alone and in a batch alike).
-    fn offsets(row: &[Q4Block], sum: &[f32]) -> f32 {
-        let mut p = [0f32; 4];
-        for (i, (blk, s)) in row.iter().zip(sum).enumerate() {
-            p[i % 4] += blk.m * s;
-        }
-        (p[0] + p[1]) + (p[2] + p[3])
-    }
-
-    /// One row against one token.
-    pub fn dot_q4_one(row: &[Q4Block], x: &QuantizedRow) -> f32 {
-        let mut out = [0f32];
-        dot_q4_many::<1>(row, &[x], &mut out);
-        out[0]
-    }
-
-    /// One row against every token, [`MANY`] at a time (then 4, 2, 1).
-    pub fn row_dots_q4(row: &[Q4Block], xs: &[&QuantizedRow], out: &mut [f32]) {
-        let mut t = 0;
-        while t < out.len() {
-            t += match out.len() - t {
-                8.. => many::<MANY>(row, &xs[t..], &mut out[t..]),
-                4.. => many::<4>(row, &xs[t..], &mut out[t..]),
-                2.. => many::<2>(row, &xs[t..], &mut out[t..]),
-                _ => many::<1>(row, &xs[t..], &mut out[t..]),
-            };
-        }
-    }
-
-    fn many<const N: usize>(row: &[Q4Block], xs: &[&QuantizedRow], out: &mut [f32]) -> usize {
-        if let (Some(xs), Some(out)) = (xs.first_chunk::<N>(), out.first_chunk_mut::<N>()) {
-            dot_q4_many::<N>(row, xs, out);
-        }
-        N
-    }
-
-    fn dot_q4_many<const N: usize>(row: &[Q4Block], xs: &[&QuantizedRow; N], out: &mut [f32; N]) {
-        #[cfg(target_arch = "x86_64")]
-        if vnni_detected() {
-            // SAFETY: the CPU has AVX-512F, BW and VNNI.
-            unsafe { vnni::dot_q4_many(row, xs, out) };
-            return;
-        }
-        for t in 0..N {
-            out[t] = portable_q4(row, xs[t]);
-        }
-    }
-
-    /// The same integer products summed plainly: for CPUs without the kernels (where
-    /// `int8_activations()` stays false, so only tests call it).
-    pub fn portable_q4(row: &[Q4Block], x: &QuantizedRow) -> f32 {
-        {
-            row.iter()
-                .enumerate()
-                .map(|(b, blk)| {
-                    let q = &x.q[b * BLOCK..(b + 1) * BLOCK];
-                    let dot: i32 = (0..16)
-                        .map(|j| {
-                            i32::from(blk.qs[j] & 0xF) * i32::from(q[j])
-                                + i32::from(blk.qs[j] >> 4) * i32::from(q[j + 16])
-                        })
-                        .sum();
-                    blk.d * x.d[b] * dot as f32
-                })
-                .sum::<f32>()
-                + offsets(row, &x.sum)
-        }
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    mod vnni {
-        use std::arch::x86_64::*;
-
-        use super::super::{BLOCK, Q4Block};
-        use super::QuantizedRow;
-
-        /// Two 4-bit blocks' 64 values, in order, as unsigned bytes: each block's 16 bytes twice,
-        /// the second copy shifted down by a nibble (byte j holds value j low, j + 16 high).
-        #[inline]
-        #[target_feature(enable = "avx512f,avx512bw")]
-        fn pair(p: &Q4Block, q: &Q4Block) -> __m512i {
-            // SAFETY: qs is 16 bytes.
-            let (a, b) = unsafe {
-                (
-                    _mm_loadu_si128(p.qs.as_ptr().cast()),
-                    _mm_loadu_si128(q.qs.as_ptr().cast()),
-                )
-            };
-            let v = _mm512_inserti64x4(
-                _mm512_castsi256_si512(_mm256_set_m128i(a, a)),
-                _mm256_set_m128i(b, b),
-                1,
-            );
-            let shifts = _mm512_set_epi64(4, 4, 0, 0, 4, 4, 0, 0);
-            _mm512_and_si512(_mm512_srlv_epi64(v, shifts), _mm512_set1_epi8(0x0F))
-        }
-
-        /// `acc + cvt(w · x) * (d_w * d_x)` for one token and two blocks (the second block's
-        /// scale is zero, and its bytes are not read, when `last`).
-        #[inline]
-        #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-        unsafe fn apply(
-            w: __m512i,
-            (d0, d1): (f32, f32),
-            x: &QuantizedRow,
-            b: usize,
-            last: bool,
-            acc: __m512,
-        ) -> __m512 {
-            // SAFETY: x holds the values of block b (and b + 1 unless last).
-            unsafe {
-                let ptr = x.q.as_ptr().add(b * BLOCK);
-                let (xv, s1) = if last {
-                    (_mm512_maskz_loadu_epi8(0xFFFF_FFFF, ptr.cast()), 0.0)
-                } else {
-                    (
-                        _mm512_loadu_si512(ptr.cast()),
-                        d1 * *x.d.get_unchecked(b + 1),
-                    )
-                };
-                let dots = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, xv);
-                let scale = _mm512_mask_blend_ps(
-                    0xFF00,
-                    _mm512_set1_ps(d0 * *x.d.get_unchecked(b)),
-                    _mm512_set1_ps(s1),
-                );
-                _mm512_fmadd_ps(_mm512_cvtepi32_ps(dots), scale, acc)
-            }
-        }
-
-        /// `out[t] = Σ_b d_b d_x,b (q_b · q_x,b)` for `N` tokens; each token's operations are
-        /// the same whatever `N`, so a row gets the same bits alone and in a batch.
-        ///
-        /// # Safety
-        /// The CPU has AVX-512F, BW and VNNI.
-        #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-        pub unsafe fn dot_q4_many<const N: usize>(
-            row: &[Q4Block],
-            xs: &[&QuantizedRow; N],
-            out: &mut [f32; N],
-        ) {
-            let mut nb = row.len();
-            for x in xs {
-                nb = nb.min(x.d.len());
-            }
-            let mut acc0 = [_mm512_setzero_ps(); N];
-            let mut acc1 = [_mm512_setzero_ps(); N];
-            let mut b = 0;
-            // SAFETY: b + 1 < nb for every pair; the last odd block reads only its own bytes.
-            unsafe {
-                while b + 4 <= nb {
-                    let (p, q) = (row.get_unchecked(b), row.get_unchecked(b + 1));
-                    let (r, s) = (row.get_unchecked(b + 2), row.get_unchecked(b + 3));
-                    let (w0, w1) = (pair(p, q), pair(r, s));
-                    for t in 0..N {
-                        acc0[t] = apply(w0, (p.d, q.d), xs[t], b, false, acc0[t]);
-                        acc1[t] = apply(w1, (r.d, s.d), xs[t], b + 2, false, acc1[t]);
-                    }
-                    b += 4;
-                }
-                while b < nb {
-                    let last = b + 1 == nb;
-                    let p = row.get_unchecked(b);
-                    let q = if last { p } else { row.get_unchecked(b + 1) };
-                    let w = pair(p, q);
-                    for t in 0..N {
-                        acc0[t] = apply(w, (p.d, q.d), xs[t], b, last, acc0[t]);
-                    }
-                    b += 2;
-                }
-            }
-            // The offsets, Σ_b m_b · sum_b, sixteen blocks at a time: a block's m is the second
-            // f32 of its 24 bytes (`Q4Block` is repr(C)). A scalar loop over them cost as much
-            // as the integer products.
-            let mut offs = [_mm512_setzero_ps(); N];
-            let stride =
-                _mm512_set_epi32(90, 84, 78, 72, 66, 60, 54, 48, 42, 36, 30, 24, 18, 12, 6, 0);
-            let mut b = 0;
-            // SAFETY: the mask keeps every gathered m and loaded sum below nb.
-            unsafe {
-                let ms = row.as_ptr().cast::<f32>().add(1);
-                while b < nb {
-                    let k = (nb - b).min(16);
-                    let mask: __mmask16 = if k == 16 { 0xFFFF } else { (1u16 << k) - 1 };
-                    let m = _mm512_mask_i32gather_ps::<4>(
-                        _mm512_setzero_ps(),
-                        mask,
-                        stride,
-                        ms.add(b * 6),
-                    );
-                    for t in 0..N {
-                        let sums = _mm512_maskz_loadu_ps(mask, xs[t].sum.as_ptr().add(b));
-                        offs[t] = _mm512_fmadd_ps(m, sums, offs[t]);
-                    }
-                    b += 16;
-                }
-            }
-            for t in 0..N {
-                // One reduction per row: on a 576-wide row a second one cost a tenth of the row.
-                out[t] =
-                    _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc0[t], acc1[t]), offs[t]));
-            }
-        }
-    }
-}
+mod int8;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
@@ -1660,25 +1468,40 @@ mod tests {
         }
     }
 
-    /// `Σ_b d_b d_x,b (q_b · q_x,b) + m_b Σ x_b` in f64, from the blocks and the rounded
-    /// token: what the 8-bit activation kernels compute, and the sum of the terms' sizes.
-    fn int8_reference(row: &[Q4Block], x: &[f32], q: &int8::QuantizedRow) -> (f64, f64) {
-        let (mut total, mut size) = (0f64, 0f64);
-        for (b, blk) in row.iter().enumerate() {
-            let dot: i64 = (0..32)
-                .map(|j| {
-                    let w = if j < 16 {
-                        blk.qs[j] & 0xF
-                    } else {
-                        blk.qs[j - 16] >> 4
+    /// `Σ_b d_b d_x,b (q_b · q_x,b) + m_b Σ x_b` in f64 for row `r` of an untiled 4-bit or
+    /// Q8_0 weight and a rounded token: what the 8-bit activation kernels compute, and the sum
+    /// of the terms' sizes.
+    fn int8_reference(w: &PackedMatrix, r: usize, x: &[f32], q: &int8::QuantizedRow) -> (f64, f64) {
+        let nb = w.cols / BLOCK;
+        let blocks: Vec<(f32, f32, [i64; 32])> = match &w.store {
+            Store::Q4(v) => v[r * nb..(r + 1) * nb]
+                .iter()
+                .map(|blk| {
+                    let value = |j: usize| {
+                        i64::from(if j < 16 {
+                            blk.qs[j] & 0xF
+                        } else {
+                            blk.qs[j - 16] >> 4
+                        })
                     };
-                    i64::from(w) * i64::from(q.q[b * 32 + j])
+                    (blk.d, blk.m, std::array::from_fn(value))
                 })
+                .collect(),
+            Store::Q8(v) => v[r * nb..(r + 1) * nb]
+                .iter()
+                .map(|blk| (blk.d, 0.0, std::array::from_fn(|j| i64::from(blk.qs[j]))))
+                .collect(),
+            _ => panic!("not a 4-bit or Q8_0 weight"),
+        };
+        let (mut total, mut size) = (0f64, 0f64);
+        for (b, (d, m, values)) in blocks.iter().enumerate() {
+            let dot: i64 = (0..32)
+                .map(|j| values[j] * i64::from(q.q[b * 32 + j]))
                 .sum();
-            let scaled = f64::from(blk.d) * f64::from(q.d[b]) * dot as f64;
+            let scaled = f64::from(*d) * f64::from(q.d[b]) * dot as f64;
             let sum: f64 = x[b * 32..(b + 1) * 32].iter().map(|&v| f64::from(v)).sum();
-            total += scaled + f64::from(blk.m) * sum;
-            size += scaled.abs() + (f64::from(blk.m) * sum).abs();
+            total += scaled + f64::from(*m) * sum;
+            size += scaled.abs() + (f64::from(*m) * sum).abs();
         }
         (total, size)
     }
@@ -1704,28 +1527,62 @@ mod tests {
         assert_eq!((z.d[0], z.q.iter().all(|&v| v == 0)), (0.0, true));
     }
 
+    /// `w` stored as it is with 8-bit activations on (whatever the switch says).
+    fn tiled(w: &PackedMatrix) -> PackedMatrix {
+        let nb = w.cols / BLOCK;
+        let store = match &w.store {
+            Store::Q4(blocks) => Store::Q4Tiles(int8::tile(blocks, w.rows, nb)),
+            Store::Q8(blocks) => Store::Q8Tiles(int8::tile(blocks, w.rows, nb)),
+            _ => panic!("not a 4-bit or Q8_0 weight"),
+        };
+        PackedMatrix { store, ..w.clone() }
+    }
+
+    const TILED_TYPES: [GgmlType; 3] = [GgmlType::Q4_1, GgmlType::Q4_0, GgmlType::Q8_0];
+
+    #[test]
+    fn tiles_keep_every_row_and_value() {
+        // 1 to 40 rows: one group, a full one, and padded last groups.
+        for ty in TILED_TYPES {
+            for rows in [1, 5, 16, 17, 33, 40] {
+                let w = packed(ty, rows, 96, rows as u64);
+                let t = tiled(&w);
+                assert_eq!(t.to_f32(), w.to_f32(), "{ty} {rows} rows");
+                assert_eq!(t.clone().untiled(), w, "{ty} {rows} rows");
+                let order: Vec<usize> = (0..rows).rev().collect();
+                assert_eq!(t.reorder_rows(&order), w.clone().reorder_rows(&order));
+            }
+        }
+    }
+
     #[test]
     fn int8_kernels_compute_the_rounded_product() {
-        // 1 to 19 blocks: the pair loops' tails and the sixteen-block offset gathers' masks.
+        // 1 to 19 blocks, 37 rows (three row groups, the last one padded).
         for nb in [1, 2, 3, 4, 5, 16, 17, 18, 19] {
-            for ty in [GgmlType::Q4_1, GgmlType::Q4_0] {
-                let w = packed(ty, 3, nb * 32, nb as u64);
-                let Store::Q4(blocks) = &w.store else {
-                    panic!("{ty} is not stored as 4-bit blocks")
-                };
+            for ty in TILED_TYPES {
+                let w = packed(ty, 37, nb * 32, nb as u64);
+                let t = tiled(&w);
                 let x = values(nb * 32, 100 + nb as u64);
                 let q = int8::QuantizedRow::new(&x);
-                for r in 0..3 {
-                    let row = &blocks[r * nb..(r + 1) * nb];
-                    let (want, size) = int8_reference(row, &x, &q);
-                    let close = |got: f32, what: &str| {
-                        assert!(
-                            (f64::from(got) - want).abs() <= 1e-5 * (1.0 + size),
-                            "{ty} {nb} blocks row {r} {what}: {got} vs {want}"
-                        )
+                let mut got = vec![0f32; 37];
+                t.matmul(&x, 1, &mut got).unwrap();
+                // The portable form does the kernels' operations: the same bits.
+                let portable = |r: usize| {
+                    let (g, lane) = (r / 16, r % 16);
+                    let group = match &t.store {
+                        Store::Q4Tiles(v) => int8::portable_group_dot(&v[g * nb..][..nb], &q),
+                        Store::Q8Tiles(v) => int8::portable_group_dot(&v[g * nb..][..nb], &q),
+                        _ => unreachable!(),
                     };
-                    close(int8::portable_q4(row, &q), "portable");
-                    close(int8::dot_q4_one(row, &q), "detected");
+                    group[lane]
+                };
+                for (r, &got) in got.iter().enumerate() {
+                    let (want, size) = int8_reference(&w, r, &x, &q);
+                    assert!(
+                        (f64::from(got) - want).abs() <= 1e-5 * (1.0 + size),
+                        "{ty} {nb} blocks row {r}: {got} vs {want}"
+                    );
+                    assert_eq!(got.to_bits(), portable(r).to_bits(), "{ty} {nb} row {r}");
                 }
             }
         }
@@ -1733,26 +1590,18 @@ mod tests {
 
     #[test]
     fn int8_rows_get_the_same_bits_alone_and_in_a_batch() {
-        let w = packed(GgmlType::Q4_1, 5, 19 * 32, 21);
-        let Store::Q4(blocks) = &w.store else {
-            panic!("Q4_1 is not stored as 4-bit blocks")
-        };
-        let xs: Vec<int8::QuantizedRow> = (0..16)
-            .map(|t| int8::QuantizedRow::new(&values(19 * 32, 300 + t)))
-            .collect();
-        for n in 1..=16 {
-            let refs: Vec<&int8::QuantizedRow> = xs[..n].iter().collect();
-            for r in 0..5 {
-                let row = &blocks[r * 19..(r + 1) * 19];
-                let mut out = vec![0f32; n];
-                int8::row_dots_q4(row, &refs, &mut out);
-                for (t, &got) in out.iter().enumerate() {
-                    assert_eq!(
-                        got.to_bits(),
-                        int8::dot_q4_one(row, &xs[t]).to_bits(),
-                        "{n} tokens, row {r}, token {t}"
-                    );
-                }
+        for ty in TILED_TYPES {
+            let w = tiled(&packed(ty, 21, 19 * 32, 21));
+            let x = values(16 * 19 * 32, 300);
+            let mut alone = vec![0f32; 16 * 21];
+            for (x, out) in x.chunks_exact(19 * 32).zip(alone.chunks_exact_mut(21)) {
+                w.matmul(x, 1, out).unwrap();
+            }
+            for n in 1..=16 {
+                let mut out = vec![0f32; n * 21];
+                w.matmul_each(&x[..n * 19 * 32], n, &mut out).unwrap();
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&out), bits(&alone[..n * 21]), "{ty} {n} tokens");
             }
         }
     }

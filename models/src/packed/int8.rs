@@ -1,0 +1,459 @@
+//! 4-bit weights against 8-bit activations, sixteen rows at a time.
+//!
+//! A weight loaded while the switch is on is stored as [`Q4Tile`]s: the same block at the same
+//! position of sixteen consecutive rows, its four-bit values arranged so that one vector lane
+//! holds one row. One VNNI `vpdpbusd` then multiplies four values of each of the sixteen rows by
+//! the same four (broadcast) values of the token and adds them into that row's lane, so a block
+//! of sixteen rows takes eight of them, a conversion and two FMAs per token, where the f32
+//! kernels take thirty-two FMAs (and a first version with one row per vector took a conversion,
+//! a scale blend and an FMA for every two blocks of every row). The unpacking of a tile is
+//! shared by every token of a batch.
+//!
+//! Per token and row the floating-point operations are the same whatever the number of tokens,
+//! `acc = fma(dot_b, d_w,b * d_x,b, acc)` then `acc = fma(m_b, Σx_b, acc)` for b in order (the
+//! integer dot products are exact, so how they are summed does not matter), so a session gets
+//! the same bits alone and in a batch; the portable version does the same operations and gives
+//! the same bits too.
+//!
+//! Q8_0 weights ([`Q8Tile`]) take the same path: their values are signed, and `vpdpbusd`
+//! multiplies unsigned bytes by signed ones, so the token's bytes are offset by 128 to be
+//! unsigned and each tile keeps `128 Σq` of every row's block to take off again (exactly, in
+//! integers). The LM head of SmolLM2 is Q8_0: a client's share of each token.
+
+use super::{BLOCK, Q4Block, Q8Block};
+
+/// Rows per tile: one per lane of a 512-bit vector of f32.
+pub const TILE_ROWS: usize = 16;
+
+/// The most tokens one kernel call takes (their accumulators stay in registers).
+const MANY: usize = 8;
+
+/// One token's values for the integer kernels: per block of 32, `x ≈ d * q` with `q` in
+/// -127..=127, and the exact sum of the block's values (for the 4-bit blocks' offset `m`,
+/// which then costs no rounding).
+pub struct QuantizedRow {
+    pub q: Vec<i8>,
+    pub d: Vec<f32>,
+    pub sum: Vec<f32>,
+}
+
+impl QuantizedRow {
+    pub fn new(x: &[f32]) -> Self {
+        let nb = x.len() / BLOCK;
+        let mut row = QuantizedRow {
+            q: Vec::with_capacity(nb * BLOCK),
+            d: Vec::with_capacity(nb),
+            sum: Vec::with_capacity(nb),
+        };
+        for block in x.chunks_exact(BLOCK) {
+            let amax = block.iter().fold(0f32, |a, v| a.max(v.abs()));
+            let d = amax / 127.0;
+            let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+            row.q.extend(
+                block
+                    .iter()
+                    .map(|v| (v * inv).round().clamp(-127.0, 127.0) as i8),
+            );
+            row.d.push(d);
+            row.sum.push(block.iter().sum());
+        }
+        row
+    }
+
+    fn blocks(&self) -> usize {
+        self.d.len()
+    }
+}
+
+/// Block `b` of sixteen rows. `qs` is four 64-byte groups; in group `g`, bytes `4r..4r + 4`
+/// belong to row `r`: their low nibbles are the row's values `8g..8g + 4`, their high nibbles
+/// values `8g + 4..8g + 8`, so masking a group gives one vector of the kernel and shifting it
+/// gives the next. Value `j` of row `r` is `d[r] * q + m[r]`, as in [`Q4Block`].
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Q4Tile {
+    pub qs: [u8; 256],
+    pub d: [f32; TILE_ROWS],
+    pub m: [f32; TILE_ROWS],
+}
+
+impl Q4Tile {
+    /// The four-bit value `j` (0..32) of lane `r`.
+    fn q(&self, r: usize, j: usize) -> u8 {
+        let (group, k) = (j / 8, j % 8);
+        let byte = self.qs[64 * group + 4 * r + k % 4];
+        if k < 4 { byte & 0xF } else { byte >> 4 }
+    }
+}
+
+/// Block `b` of sixteen Q8_0 rows: `qs` is eight 64-byte groups, bytes `4r..4r + 4` of group
+/// `g` row `r`'s values `4g..4g + 4`; value `j` of row `r` is `d[r] * q`. `offset[r]` is
+/// `128 Σ_j q` of row `r` (see the module comment).
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Q8Tile {
+    pub qs: [i8; 512],
+    pub d: [f32; TILE_ROWS],
+    pub offset: [i32; TILE_ROWS],
+}
+
+/// A block form that can be tiled sixteen rows at a time.
+pub(crate) trait Tile: Copy + Send + Sync + Sized {
+    /// The untiled block.
+    type Block: Copy;
+    /// A tile of zero rows.
+    const ZERO: Self;
+    /// Puts `blk` in lane `r`.
+    fn set(&mut self, r: usize, blk: &Self::Block);
+    /// The block in lane `r`.
+    fn get(&self, r: usize) -> Self::Block;
+    /// Lane `r`'s 32 values as f32, exactly as the untiled block's dequantizer gives them.
+    fn dequantize(&self, r: usize, out: &mut [f32]);
+    /// Lane `r`'s integer dot product with a token's 32 rounded values.
+    fn dot(&self, r: usize, q: &[i8]) -> i32;
+    /// Whether values have an offset `m` (`d * q + m`).
+    const HAS_OFFSET: bool;
+    /// Lane `r`'s offset `m`.
+    fn offset(&self, r: usize) -> f32;
+    /// Lane `r`'s scale.
+    fn scale(&self, r: usize) -> f32;
+    /// [`portable_group_dot`] for `N` tokens with the integer kernel.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F, BW and VNNI, and every token has at least `tiles.len()` blocks.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn vnni<const N: usize>(
+        tiles: &[Self],
+        xs: &[&QuantizedRow; N],
+        out: &mut [[f32; TILE_ROWS]; N],
+    );
+}
+
+impl Tile for Q4Tile {
+    type Block = Q4Block;
+    const HAS_OFFSET: bool = true;
+    const ZERO: Self = Q4Tile {
+        qs: [0; 256],
+        d: [0.0; TILE_ROWS],
+        m: [0.0; TILE_ROWS],
+    };
+
+    fn set(&mut self, r: usize, blk: &Q4Block) {
+        let value = |j: usize| {
+            if j < 16 {
+                blk.qs[j] & 0xF
+            } else {
+                blk.qs[j - 16] >> 4
+            }
+        };
+        for group in 0..4 {
+            for k in 0..4 {
+                self.qs[64 * group + 4 * r + k] =
+                    value(8 * group + k) | (value(8 * group + 4 + k) << 4);
+            }
+        }
+        self.d[r] = blk.d;
+        self.m[r] = blk.m;
+    }
+
+    fn get(&self, r: usize) -> Q4Block {
+        let mut qs = [0u8; 16];
+        for (j, q) in qs.iter_mut().enumerate() {
+            *q = self.q(r, j) | (self.q(r, j + 16) << 4);
+        }
+        Q4Block {
+            d: self.d[r],
+            m: self.m[r],
+            qs,
+        }
+    }
+
+    fn dequantize(&self, r: usize, out: &mut [f32]) {
+        let (d, m) = (self.d[r], self.m[r]);
+        for (group, o) in out.chunks_exact_mut(8).enumerate() {
+            let bytes = &self.qs[64 * group + 4 * r..][..4];
+            for (k, &byte) in bytes.iter().enumerate() {
+                o[k] = f32::from(byte & 0xF) * d + m;
+                o[k + 4] = f32::from(byte >> 4) * d + m;
+            }
+        }
+    }
+
+    fn dot(&self, r: usize, q: &[i8]) -> i32 {
+        (0..BLOCK)
+            .map(|j| i32::from(self.q(r, j)) * i32::from(q[j]))
+            .sum()
+    }
+
+    fn offset(&self, r: usize) -> f32 {
+        self.m[r]
+    }
+
+    fn scale(&self, r: usize) -> f32 {
+        self.d[r]
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn vnni<const N: usize>(
+        tiles: &[Self],
+        xs: &[&QuantizedRow; N],
+        out: &mut [[f32; TILE_ROWS]; N],
+    ) {
+        // SAFETY: passed on from the caller.
+        unsafe { vnni::q4_group_dots::<N>(tiles, xs, out) }
+    }
+}
+
+impl Tile for Q8Tile {
+    type Block = Q8Block;
+    const HAS_OFFSET: bool = false;
+    const ZERO: Self = Q8Tile {
+        qs: [0; 512],
+        d: [0.0; TILE_ROWS],
+        offset: [0; TILE_ROWS],
+    };
+
+    fn set(&mut self, r: usize, blk: &Q8Block) {
+        for (j, &q) in blk.qs.iter().enumerate() {
+            self.qs[64 * (j / 4) + 4 * r + j % 4] = q;
+        }
+        self.d[r] = blk.d;
+        self.offset[r] = 128 * blk.qs.iter().map(|&q| i32::from(q)).sum::<i32>();
+    }
+
+    fn get(&self, r: usize) -> Q8Block {
+        Q8Block {
+            d: self.d[r],
+            qs: std::array::from_fn(|j| self.qs[64 * (j / 4) + 4 * r + j % 4]),
+        }
+    }
+
+    fn dequantize(&self, r: usize, out: &mut [f32]) {
+        for (group, o) in out.chunks_exact_mut(4).enumerate() {
+            for (o, &q) in o.iter_mut().zip(&self.qs[64 * group + 4 * r..][..4]) {
+                *o = f32::from(q) * self.d[r];
+            }
+        }
+    }
+
+    fn dot(&self, r: usize, q: &[i8]) -> i32 {
+        (0..BLOCK)
+            .map(|j| i32::from(self.qs[64 * (j / 4) + 4 * r + j % 4]) * i32::from(q[j]))
+            .sum()
+    }
+
+    fn offset(&self, _: usize) -> f32 {
+        0.0
+    }
+
+    fn scale(&self, r: usize) -> f32 {
+        self.d[r]
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn vnni<const N: usize>(
+        tiles: &[Self],
+        xs: &[&QuantizedRow; N],
+        out: &mut [[f32; TILE_ROWS]; N],
+    ) {
+        // SAFETY: passed on from the caller.
+        unsafe { vnni::q8_group_dots::<N>(tiles, xs, out) }
+    }
+}
+
+/// `rows` rows of `nb` blocks as tiles, row group by row group (each group's `nb` tiles in
+/// block order); a last group of fewer than sixteen rows is padded with zero rows.
+pub fn tile<T: Tile>(blocks: &[T::Block], rows: usize, nb: usize) -> Vec<T> {
+    let groups = rows.div_ceil(TILE_ROWS);
+    let mut tiles = Vec::with_capacity(groups * nb);
+    for g in 0..groups {
+        for b in 0..nb {
+            let mut t = T::ZERO;
+            for r in 0..TILE_ROWS.min(rows - g * TILE_ROWS) {
+                t.set(r, &blocks[(g * TILE_ROWS + r) * nb + b]);
+            }
+            tiles.push(t);
+        }
+    }
+    tiles
+}
+
+/// Row `r` of a tiled weight of `nb` blocks a row, as f32 values (exactly as the untiled
+/// blocks give them).
+pub fn dequantize_row<T: Tile>(tiles: &[T], nb: usize, r: usize, out: &mut [f32]) {
+    let (g, lane) = (r / TILE_ROWS, r % TILE_ROWS);
+    for (t, o) in tiles[g * nb..(g + 1) * nb]
+        .iter()
+        .zip(out.chunks_exact_mut(BLOCK))
+    {
+        t.dequantize(lane, o);
+    }
+}
+
+/// Row `r` as untiled blocks (for reordering and stacking).
+pub fn untile_row<T: Tile>(tiles: &[T], nb: usize, r: usize) -> impl Iterator<Item = T::Block> {
+    let (g, lane) = (r / TILE_ROWS, r % TILE_ROWS);
+    tiles[g * nb..(g + 1) * nb].iter().map(move |t| t.get(lane))
+}
+
+/// One row group (its `nb` tiles) against every token: `out[t]` gets the group's sixteen
+/// results for token `t`, [`MANY`] tokens per pass over the tiles (then 4, 2, 1).
+pub fn group_dots<T: Tile>(tiles: &[T], xs: &[&QuantizedRow], out: &mut [[f32; TILE_ROWS]]) {
+    let mut t = 0;
+    while t < out.len() {
+        t += match out.len() - t {
+            8.. => many::<T, MANY>(tiles, &xs[t..], &mut out[t..]),
+            4.. => many::<T, 4>(tiles, &xs[t..], &mut out[t..]),
+            2.. => many::<T, 2>(tiles, &xs[t..], &mut out[t..]),
+            _ => many::<T, 1>(tiles, &xs[t..], &mut out[t..]),
+        };
+    }
+}
+
+fn many<T: Tile, const N: usize>(
+    tiles: &[T],
+    xs: &[&QuantizedRow],
+    out: &mut [[f32; TILE_ROWS]],
+) -> usize {
+    if let (Some(xs), Some(out)) = (xs.first_chunk::<N>(), out.first_chunk_mut::<N>()) {
+        let nb = xs.iter().fold(tiles.len(), |nb, x| nb.min(x.blocks()));
+        let tiles = &tiles[..nb];
+        #[cfg(target_arch = "x86_64")]
+        if vnni_detected() {
+            // SAFETY: the CPU has AVX-512F, BW and VNNI; every token has nb blocks.
+            unsafe { T::vnni::<N>(tiles, xs, out) };
+            return N;
+        }
+        for t in 0..N {
+            out[t] = portable_group_dot(tiles, xs[t]);
+        }
+    }
+    N
+}
+
+/// The kernels' operations in plain Rust, bit for bit (`mul_add` is the FMA).
+pub fn portable_group_dot<T: Tile>(tiles: &[T], x: &QuantizedRow) -> [f32; TILE_ROWS] {
+    let mut acc = [0f32; TILE_ROWS];
+    for (b, t) in tiles.iter().enumerate().take(x.blocks()) {
+        let q = &x.q[b * BLOCK..(b + 1) * BLOCK];
+        for (r, acc) in acc.iter_mut().enumerate() {
+            *acc = (t.dot(r, q) as f32).mul_add(t.scale(r) * x.d[b], *acc);
+            if T::HAS_OFFSET {
+                *acc = t.offset(r).mul_add(x.sum[b], *acc);
+            }
+        }
+    }
+    acc
+}
+
+pub fn vnni_detected() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512bw")
+            && std::arch::is_x86_feature_detected!("avx512vnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+#[cfg(target_arch = "x86_64")]
+mod vnni {
+    use std::arch::x86_64::*;
+
+    use super::{BLOCK, Q4Tile, Q8Tile, QuantizedRow, TILE_ROWS};
+
+    /// [`super::portable_group_dot`] of 4-bit tiles for `N` tokens, each tile unpacked once
+    /// for all.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F, BW and VNNI, and every token has at least `tiles.len()` blocks.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub unsafe fn q4_group_dots<const N: usize>(
+        tiles: &[Q4Tile],
+        xs: &[&QuantizedRow; N],
+        out: &mut [[f32; TILE_ROWS]; N],
+    ) {
+        let low = _mm512_set1_epi8(0x0F);
+        let mut acc = [_mm512_setzero_ps(); N];
+        for (b, tile) in tiles.iter().enumerate() {
+            // SAFETY: a tile is 64-byte aligned and its qs are four 64-byte groups, d and m
+            // sixteen f32 each; block b of every token exists (the caller's promise).
+            unsafe {
+                let p = tile.qs.as_ptr();
+                let mut w = [_mm512_setzero_si512(); 8];
+                for g in 0..4 {
+                    let v = _mm512_load_si512(p.add(64 * g).cast());
+                    w[2 * g] = _mm512_and_si512(v, low);
+                    w[2 * g + 1] = _mm512_and_si512(_mm512_srli_epi16::<4>(v), low);
+                }
+                let d = _mm512_load_ps(tile.d.as_ptr());
+                let m = _mm512_load_ps(tile.m.as_ptr());
+                for t in 0..N {
+                    let x = xs[t];
+                    let q = x.q.as_ptr().add(b * BLOCK).cast::<i32>();
+                    let word = |k: usize| _mm512_set1_epi32(q.add(k).read_unaligned());
+                    // Two chains so that consecutive products do not wait on each other.
+                    let mut even = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[0], word(0));
+                    let mut odd = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[1], word(1));
+                    for k in (2..8).step_by(2) {
+                        even = _mm512_dpbusd_epi32(even, w[k], word(k));
+                        odd = _mm512_dpbusd_epi32(odd, w[k + 1], word(k + 1));
+                    }
+                    let dots = _mm512_cvtepi32_ps(_mm512_add_epi32(even, odd));
+                    let scale = _mm512_mul_ps(d, _mm512_set1_ps(*x.d.get_unchecked(b)));
+                    acc[t] = _mm512_fmadd_ps(dots, scale, acc[t]);
+                    acc[t] = _mm512_fmadd_ps(m, _mm512_set1_ps(*x.sum.get_unchecked(b)), acc[t]);
+                }
+            }
+        }
+        for t in 0..N {
+            // SAFETY: out[t] is sixteen f32.
+            unsafe { _mm512_storeu_ps(out[t].as_mut_ptr(), acc[t]) };
+        }
+    }
+
+    /// [`super::portable_group_dot`] of Q8_0 tiles for `N` tokens: the token's bytes offset by
+    /// 128 (unsigned, as `vpdpbusd` wants them), the tile's `128 Σq` taken off again.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F, BW and VNNI, and every token has at least `tiles.len()` blocks.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub unsafe fn q8_group_dots<const N: usize>(
+        tiles: &[Q8Tile],
+        xs: &[&QuantizedRow; N],
+        out: &mut [[f32; TILE_ROWS]; N],
+    ) {
+        let mut acc = [_mm512_setzero_ps(); N];
+        for (b, tile) in tiles.iter().enumerate() {
+            // SAFETY: a tile is 64-byte aligned: qs eight 64-byte groups, d and offset sixteen
+            // values each; block b of every token exists (the caller's promise).
+            unsafe {
+                let p = tile.qs.as_ptr();
+                let d = _mm512_load_ps(tile.d.as_ptr());
+                let offset = _mm512_load_si512(tile.offset.as_ptr().cast());
+                for t in 0..N {
+                    let x = xs[t];
+                    let q = x.q.as_ptr().add(b * BLOCK).cast::<u32>();
+                    let word = |k: usize| {
+                        _mm512_set1_epi32((q.add(k).read_unaligned() ^ 0x8080_8080) as i32)
+                    };
+                    let w = |k: usize| _mm512_load_si512(p.add(64 * k).cast());
+                    let mut even = _mm512_dpbusd_epi32(_mm512_setzero_si512(), word(0), w(0));
+                    let mut odd = _mm512_dpbusd_epi32(_mm512_setzero_si512(), word(1), w(1));
+                    for k in (2..8).step_by(2) {
+                        even = _mm512_dpbusd_epi32(even, word(k), w(k));
+                        odd = _mm512_dpbusd_epi32(odd, word(k + 1), w(k + 1));
+                    }
+                    let exact = _mm512_sub_epi32(_mm512_add_epi32(even, odd), offset);
+                    let dots = _mm512_cvtepi32_ps(exact);
+                    let scale = _mm512_mul_ps(d, _mm512_set1_ps(*x.d.get_unchecked(b)));
+                    acc[t] = _mm512_fmadd_ps(dots, scale, acc[t]);
+                }
+            }
+        }
+        for t in 0..N {
+            // SAFETY: out[t] is sixteen f32.
+            unsafe { _mm512_storeu_ps(out[t].as_mut_ptr(), acc[t]) };
+        }
+    }
+}
