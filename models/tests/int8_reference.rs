@@ -2,7 +2,7 @@
 //! reference (../shared/reference/smollm2-greedy.json), by the rules its README gives for a path
 //! with quantized activations: greedy tokens agree up to the first step whose reference margin is
 //! under 0.5 (rounding may flip a near-tie, after which the texts part), and the first position's
-//! log-probabilities of the reference's top five are within llama.cpp's own distance (1.2).
+//! log-probabilities of the reference's top five are within 0.5 (llama.cpp: 0.2 to 1.2).
 
 use std::path::PathBuf;
 
@@ -79,8 +79,11 @@ fn int8_activations_follow_the_reference_up_to_its_near_ties() {
         }
     }
     eprintln!("{agreed} tokens agreed; first-position log-probs within {worst_logprob:.4}");
+    // The reference's README allows llama.cpp's 1.2; its server on this file measured 0.2 beside
+    // us (2026-12-04), and this path 0.27. A bound near that catches a kernel that rounds worse
+    // (taking the offset term from the exact sums gave 1.9 and still passed 1.2's tokens).
     assert!(
-        worst_logprob <= 1.2,
+        worst_logprob <= 0.5,
         "first-position log-probs differ by {worst_logprob}"
     );
 }
