@@ -182,3 +182,35 @@ fn bad_input_gets_a_named_error() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// On a one-core machine (one rayon thread) generation finishes: the runtime thread once was
+/// the pool's only worker and waited for work it had to run itself, and this hung for ever.
+#[test]
+fn generation_finishes_on_one_thread() {
+    let mut args = BASE.to_vec();
+    args.extend(["--prompt", "one thread"]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_swarm-client"))
+        .args(&args)
+        .env("RAYON_NUM_THREADS", "1")
+        .env("RUST_BACKTRACE", "0")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run swarm-client");
+    // Generous: the run takes well under a second; a hang never ends.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    while child.try_wait().expect("wait for swarm-client").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("swarm-client generate with RAYON_NUM_THREADS=1 did not finish in 120 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = child.wait_with_output().expect("swarm-client output");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(json_line(&out)["tokens"].as_array().unwrap().len(), 12);
+}
