@@ -367,7 +367,7 @@ fn node_config(
         model_id,
         n_layers,
         blocks,
-        backend: args.backend.to_string(),
+        backend: announced_backend(args.backend),
         max_sessions: args.max_sessions.max(1),
         max_tokens: args
             .max_tokens
@@ -407,4 +407,15 @@ async fn wait_for_signal() -> anyhow::Result<()> {
         _ = term.recv() => {}
     }
     Ok(())
+}
+
+/// The backend as announced: the CPU backend says whether its weights multiply 8-bit activations
+/// (only its packed weights do), so that clients keep a session on peers of one kind.
+fn announced_backend(backend: BackendKind) -> String {
+    let name = backend.to_string();
+    if backend == BackendKind::Cpu && sunswarm_models::int8_activations() {
+        format!("{name}{}", sunswarm_protocol::announce::INT8_SUFFIX)
+    } else {
+        name
+    }
 }

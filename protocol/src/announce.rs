@@ -101,6 +101,13 @@ impl EnergyState {
     }
 }
 
+/// Ends [`Announcement::backend`] for a node whose 4-bit and Q8_0 weights multiply activations
+/// rounded to 8 bits (`SUNSWARM_INT8=1`): its rows differ from an f32 node's by more than rounding
+/// of the last bit, so a client routes a session through peers of one kind only, and a failover
+/// replaces a hop by a peer that computes the same numbers. Carried in the backend text so that
+/// peers of the previous build still decode the announcement.
+pub const INT8_SUFFIX: &str = "+int8";
+
 /// One node's announcement. Times are milliseconds since the Unix epoch.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Announcement {
@@ -113,7 +120,8 @@ pub struct Announcement {
     /// Number of blocks of the whole model, so a client can tell whether routes cover it.
     pub n_layers: u32,
     pub blocks: BlockRange,
-    /// Compute backend (`cpu`, `wgpu`, `cuda`).
+    /// Compute backend (`cpu`, `wgpu`, `cuda`), with [`INT8_SUFFIX`] when its weights multiply
+    /// 8-bit activations.
     pub backend: String,
     /// Estimated decode throughput through this node's blocks, tokens per second.
     pub throughput: f32,
@@ -152,6 +160,11 @@ impl Announcement {
     /// Whether a client may still route to this node at `now_ms`.
     pub fn is_live(&self, now_ms: u64) -> bool {
         now_ms < self.expires_ms
+    }
+
+    /// Whether the node multiplies 8-bit activations (see [`INT8_SUFFIX`]).
+    pub fn int8_activations(&self) -> bool {
+        self.backend.ends_with(INT8_SUFFIX)
     }
 
     /// What the peer signs: a domain tag, then the encoded announcement.

@@ -293,7 +293,9 @@ impl SwarmClient {
             heard,
         )
         .await?;
-        let mut live = route::usable(&all, model_id, n_layers, asked_at);
+        let int8 = sunswarm_models::int8_activations();
+        let mut live = route::usable(&all, model_id, n_layers, int8, asked_at);
+        warn_of_other_activations(&all, int8);
         live.retain(|a| !self.is_banned(&a.peer_id));
         if let Ok(mut seen) = self.last_seen.lock() {
             seen.retain(|a| &a.model_id != model_id);
@@ -412,7 +414,10 @@ impl SwarmClient {
     fn recent(&self, model_id: &ModelDigest, n_layers: u32) -> Vec<Announcement> {
         self.last_seen
             .lock()
-            .map(|s| route::usable(&s, model_id, n_layers, now_ms()))
+            .map(|s| {
+                let int8 = sunswarm_models::int8_activations();
+                route::usable(&s, model_id, n_layers, int8, now_ms())
+            })
             .unwrap_or_default()
             .into_iter()
             .filter(|a| !self.is_banned(&a.peer_id))
@@ -618,6 +623,24 @@ pub fn transit_breakdown(timings: &[ForwardTiming], hops: usize) -> (f64, Vec<f6
         })
         .collect();
     (transit, handling)
+}
+
+/// Says once per process that peers computing with the other kind of activations were left out
+/// (a client that finds no route otherwise sees only that a range has no peer).
+fn warn_of_other_activations(anns: &[Announcement], int8: bool) {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let others = anns.iter().filter(|a| a.int8_activations() != int8).count();
+    if others > 0 && !WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        let (theirs, ours) = if int8 {
+            ("f32", "8-bit")
+        } else {
+            ("8-bit", "f32")
+        };
+        tracing::warn!(
+            "{others} peers multiply {theirs} activations and this client {ours} ones \
+             (SUNSWARM_INT8): a session keeps to peers of its own kind, so they are not used"
+        );
+    }
 }
 
 #[cfg(test)]

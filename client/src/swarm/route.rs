@@ -75,17 +75,21 @@ pub fn sanitize(a: &Announcement) -> Announcement {
     a
 }
 
-/// Keeps the announcements a client may route to: this model id and block count, not expired,
-/// not from the future (beyond the allowed clock skew), with their values [`sanitize`]d.
+/// Keeps the announcements a client may route to: this model id and block count, activations of
+/// the client's kind (8-bit when `int8`, else f32; see `INT8_SUFFIX` in the protocol), not
+/// expired, not from the future (beyond the allowed clock skew), with their values
+/// [`sanitize`]d.
 pub fn usable(
     anns: &[Announcement],
     model_id: &ModelDigest,
     n_layers: u32,
+    int8: bool,
     now_ms: u64,
 ) -> Vec<Announcement> {
     let horizon = now_ms.saturating_add(sunswarm_protocol::limits::MAX_CLOCK_SKEW_MS);
     anns.iter()
         .filter(|a| &a.model_id == model_id && a.n_layers == n_layers && a.is_live(now_ms))
+        .filter(|a| a.int8_activations() == int8)
         .filter(|a| a.timestamp_ms <= horizon)
         .map(sanitize)
         .collect()
@@ -388,7 +392,7 @@ mod tests {
         let mut short = ann(3, 0, 20, 1.0);
         short.n_layers = 20;
         let good = ann(4, 0, 30, 1.0);
-        let u = usable(&[other, old, short, good.clone()], &[1; 32], 30, 600);
+        let u = usable(&[other, old, short, good.clone()], &[1; 32], 30, false, 600);
         assert_eq!(u, vec![good]);
     }
 
@@ -418,13 +422,31 @@ mod tests {
     }
 
     #[test]
+    fn a_session_keeps_to_peers_of_the_clients_activations() {
+        let f32_peer = ann(1, 0, 30, 1.0);
+        let mut int8_peer = ann(2, 0, 30, 1.0);
+        int8_peer.backend = format!("cpu{}", sunswarm_protocol::announce::INT8_SUFFIX);
+        assert!(int8_peer.int8_activations() && !f32_peer.int8_activations());
+        let both = [f32_peer.clone(), int8_peer.clone()];
+        let ids = |u: Vec<Announcement>| u.into_iter().map(|a| a.peer_id).collect::<Vec<_>>();
+        assert_eq!(
+            ids(usable(&both, &[1; 32], 30, false, 600)),
+            vec![f32_peer.peer_id]
+        );
+        assert_eq!(
+            ids(usable(&both, &[1; 32], 30, true, 600)),
+            vec![int8_peer.peer_id]
+        );
+    }
+
+    #[test]
     fn announcements_from_the_future_are_not_usable() {
         let mut a = ann(1, 0, 30, 1.0);
         a.timestamp_ms = 600 + sunswarm_protocol::limits::MAX_CLOCK_SKEW_MS + 1;
         a.expires_ms = a.timestamp_ms + 1000;
-        assert!(usable(&[a.clone()], &[1; 32], 30, 600).is_empty());
+        assert!(usable(&[a.clone()], &[1; 32], 30, false, 600).is_empty());
         a.timestamp_ms -= 1;
-        assert_eq!(usable(&[a], &[1; 32], 30, 600).len(), 1);
+        assert_eq!(usable(&[a], &[1; 32], 30, false, 600).len(), 1);
     }
 
     #[test]

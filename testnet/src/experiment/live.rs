@@ -119,7 +119,8 @@ async fn job_attempts(s: Rc<Shared>, seed: u64, refusals: &mut Refusals) -> JobE
         // Routes come from the gossiped state alone (what the policies are about), not from a
         // DHT walk per job, which on a loaded machine takes seconds.
         let gossip = s.client.network().gossip_view().await.unwrap_or_default();
-        let mut anns = route::usable(&gossip, &model_id, n_layers, sunswarm_net::now_ms());
+        let int8 = sunswarm_models::int8_activations();
+        let mut anns = route::usable(&gossip, &model_id, n_layers, int8, sunswarm_net::now_ms());
         anns.retain(|a| !avoid.contains(&a.peer_id));
         let idx = match route::plan(&anns, n_layers, s.policy.as_ref(), &mut route_rng) {
             Ok(r) => r,
