@@ -374,12 +374,8 @@ impl PackedMatrix {
     pub(crate) fn for_products(self) -> Self {
         let (rows, nb) = (self.rows, self.cols / BLOCK);
         let store = match self.store {
-            Store::Q4(blocks) if int8_activations() => {
-                Store::Q4Tiles(int8::tile(&blocks, rows, nb))
-            }
-            Store::Q8(blocks) if int8_activations() => {
-                Store::Q8Tiles(int8::tile(&blocks, rows, nb))
-            }
+            Store::Q4(blocks) if int8_activations() => Store::Q4Tiles(int8::tile(blocks, rows, nb)),
+            Store::Q8(blocks) if int8_activations() => Store::Q8Tiles(int8::tile(blocks, rows, nb)),
             store => store,
         };
         Self { store, ..self }
@@ -1513,8 +1509,8 @@ mod tests {
     fn tiled(w: &PackedMatrix) -> PackedMatrix {
         let nb = w.cols / BLOCK;
         let store = match &w.store {
-            Store::Q4(blocks) => Store::Q4Tiles(int8::tile(blocks, w.rows, nb)),
-            Store::Q8(blocks) => Store::Q8Tiles(int8::tile(blocks, w.rows, nb)),
+            Store::Q4(blocks) => Store::Q4Tiles(int8::tile(blocks.clone(), w.rows, nb)),
+            Store::Q8(blocks) => Store::Q8Tiles(int8::tile(blocks.clone(), w.rows, nb)),
             _ => panic!("not a 4-bit or Q8_0 weight"),
         };
         PackedMatrix { store, ..w.clone() }
@@ -1524,9 +1520,9 @@ mod tests {
 
     #[test]
     fn tiles_keep_every_row_and_value() {
-        // 1 to 40 rows: one group, a full one, and padded last groups.
+        // 1 to 48 rows: one group, whole groups (tiled in place), and padded last groups.
         for ty in TILED_TYPES {
-            for rows in [1, 5, 16, 17, 33, 40] {
+            for rows in [1, 5, 16, 17, 32, 33, 40, 48] {
                 let w = packed(ty, rows, 96, rows as u64);
                 let t = tiled(&w);
                 assert_eq!(t.to_f32(), w.to_f32(), "{ty} {rows} rows");
