@@ -113,15 +113,6 @@ pub struct SafeguardArgs {
 
 impl SafeguardArgs {
     pub fn safeguards(&self) -> anyhow::Result<crate::engine::Safeguards> {
-        if self.spot_check > 0.0 && sunswarm_models::int8_activations() {
-            // The referee recomputes a range in plain chunks; with rounded activations an
-            // honest range's outputs then differ by 3e-2 to 5.5e-2 (f32: about 1e-6).
-            tracing::warn!(
-                "SUNSWARM_INT8 is on: when a spot check finds a mismatch, this client's own run \
-                 of the range (the referee) computes it another way and may blame an honest \
-                 peer as well; a wider --spot-check-tolerance avoids that"
-            );
-        }
         Ok(crate::engine::Safeguards {
             max_route_share: self.max_route_share,
             spot_checks: crate::swarm::spot::SpotChecks::new(

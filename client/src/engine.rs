@@ -17,8 +17,8 @@ use libp2p::Multiaddr;
 use serde::Serialize;
 use sunswarm_energy::policy::PolicyKind;
 use sunswarm_models::{
-    BackendKind, ChatMessage, HiddenStates, LoadedBlocks, Model, ModelError, ModelSource,
-    TextTokenizer, device,
+    BackendKind, BatchStep, ChatMessage, HiddenStates, LoadedBlocks, Model, ModelError,
+    ModelSource, TextTokenizer, device,
 };
 use sunswarm_protocol::{BlockRange, DType, Hop, ModelDigest};
 
@@ -26,7 +26,7 @@ use crate::generate::{
     GenerateError, GenerateOptions, GenerationResult, LocalPipeline, TextSink, generate,
 };
 use crate::head::SharedHead;
-use crate::swarm::spot::{Referee, SharedReferee, SpotChecks, SpotReport};
+use crate::swarm::spot::{Forward, Referee, SharedReferee, SpotChecks, SpotReport};
 use crate::swarm::{
     CsUcbRouter, FailoverEvent, ForwardTiming, OpenParams, OwnedRouting, ResilientSession,
     RoutingKind, SwarmClient, SwarmError, route,
@@ -115,7 +115,7 @@ impl Referee for BlockReferee {
         &self,
         blocks: BlockRange,
         input: &HiddenStates,
-        chunk: usize,
+        forwards: &[Forward],
     ) -> Result<HiddenStates, String> {
         let held = self
             .loaded
@@ -138,17 +138,31 @@ impl Referee for BlockReferee {
                 l
             }
         };
+        if forwards.iter().map(|f| f.rows).sum::<usize>() != input.n_tokens {
+            return Err(format!(
+                "the replay's forwards do not add up to the {} rows to check",
+                input.n_tokens
+            ));
+        }
         let mut cache = range.new_cache();
         let mut out = Vec::with_capacity(input.data.len());
-        for rows in input.data.chunks(chunk.max(1) * input.dim) {
-            let part = HiddenStates::new(rows.len() / input.dim, input.dim, rows.to_vec())
-                .map_err(|e| e.to_string())?;
-            out.extend(
-                range
-                    .forward(&mut cache, &part)
-                    .map_err(|e| e.to_string())?
-                    .data,
-            );
+        let mut rest = &input.data[..];
+        for f in forwards {
+            let (rows, after) = rest.split_at(f.rows * input.dim);
+            rest = after;
+            let part =
+                HiddenStates::new(f.rows, input.dim, rows.to_vec()).map_err(|e| e.to_string())?;
+            let result = if f.stepwise {
+                let mut step = [BatchStep {
+                    cache: &mut cache,
+                    input: &part,
+                    stepwise: true,
+                }];
+                range.forward_batch(&mut step).remove(0)
+            } else {
+                range.forward(&mut cache, &part)
+            };
+            out.extend(result.map_err(|e| e.to_string())?.data);
         }
         HiddenStates::new(input.n_tokens, input.dim, out).map_err(|e| e.to_string())
     }
@@ -561,4 +575,64 @@ fn load_model(
             loaded: Default::default(),
         }),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The referee replays a range as a node took it (a prompt chunk, then decode steps as one
+    /// stepwise forward), so it gets an honest node's bits, not a near copy.
+    #[test]
+    fn the_referee_computes_a_range_as_the_node_did() {
+        let model = Model::open(&ModelSource::parse("random:tiny:seed=9").unwrap()).unwrap();
+        let dev = device(BackendKind::Cpu).unwrap();
+        let head = model.load_head(&dev).unwrap();
+        let blocks = model.load_blocks(1..3, &dev).unwrap();
+        let prompt = head.embed(&[3, 1, 4, 1, 5]).unwrap();
+        let steps: Vec<HiddenStates> = [9u32, 2, 6]
+            .iter()
+            .map(|&id| head.embed(&[id]).unwrap())
+            .collect();
+        // The node: the prompt chunk, then each decode step on its own.
+        let mut cache = blocks.new_cache();
+        let mut node = blocks.forward(&mut cache, &prompt).unwrap().data;
+        for s in &steps {
+            node.extend(blocks.forward(&mut cache, s).unwrap().data);
+        }
+        let mut rows = prompt.data.clone();
+        for s in &steps {
+            rows.extend(&s.data);
+        }
+        let input = HiddenStates::new(8, prompt.dim, rows).unwrap();
+        let referee = BlockReferee {
+            model,
+            device: dev,
+            loaded: Default::default(),
+        };
+        let forwards = [
+            Forward {
+                rows: 5,
+                stepwise: false,
+            },
+            Forward {
+                rows: 3,
+                stepwise: true,
+            },
+        ];
+        let got = referee
+            .run(BlockRange::new(1, 3).unwrap(), &input, &forwards)
+            .unwrap();
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&got.data), bits(&node));
+        // Forwards that do not cover the input are refused, not run.
+        let short = [Forward {
+            rows: 5,
+            stepwise: false,
+        }];
+        let err = referee
+            .run(BlockRange::new(1, 3).unwrap(), &input, &short)
+            .unwrap_err();
+        assert!(err.contains("do not add up"), "{err}");
+    }
 }

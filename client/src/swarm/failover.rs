@@ -444,12 +444,19 @@ impl<'a> ResilientSession<'a> {
             check[k - 1].clone()
         };
         let blocks = route[k].blocks;
-        let reference = tokio::task::spawn_blocking(move || {
-            referee.run(blocks, &input, crate::generate::PREFILL_CHUNK)
-        })
-        .await
-        .map_err(|e| e.to_string())
-        .and_then(|r| r);
+        let history = &self.session.history;
+        let forwards: Vec<spot::Forward> =
+            super::session::replay_forwards(history, crate::generate::PREFILL_CHUNK)
+                .into_iter()
+                .map(|g| spot::Forward {
+                    rows: history[g.clone()].iter().map(|h| h.n_tokens).sum(),
+                    stepwise: g.len() > 1,
+                })
+                .collect();
+        let reference = tokio::task::spawn_blocking(move || referee.run(blocks, &input, &forwards))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r);
         let reference = match reference {
             Ok(r) => r,
             Err(e) => {

@@ -21,7 +21,8 @@
 //! 5.5e-2 with 8-bit activations, where honest peers were then banned.) Outputs are compared
 //! within [`SpotChecks::tolerance`] (relative L2 per row, 1e-3 by default), for replicas on
 //! other kernels. The first range that disagrees gets a third opinion: the client runs
-//! that range itself on the check's inputs ([`Referee`]). Whoever disagrees with the referee is
+//! that range itself on the check's inputs, in the same forwards ([`Referee`]; it once ran plain
+//! chunks, which with 8-bit activations could blame an honest peer). Whoever disagrees with it is
 //! banned for this client; if it was on the main route, the route is repaired and the step
 //! replayed, so from the detection on the text is what an honest swarm gives. Tokens emitted
 //! between an unchecked lie and the check that catches it stay emitted (a stream cannot take
@@ -119,15 +120,24 @@ pub struct SpotReport {
     pub self_checked_hops: usize,
 }
 
+/// One forward of a replay: its rows, and whether they are one-token steps taken as one stepwise
+/// forward (each row computed as its step was) rather than a prompt chunk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Forward {
+    pub rows: usize,
+    pub stepwise: bool,
+}
+
 /// Runs a block range in the client, for a third opinion.
 pub trait Referee: Send + Sync {
-    /// Runs `blocks` over `input` (positions from 0) with a fresh cache, in chunks of at most
-    /// `chunk` tokens.
+    /// Runs `blocks` over `input` (positions from 0) with a fresh cache, in `forwards` (their
+    /// rows add up to the input's), as the main route took them, so that an honest peer on the
+    /// same build gives the same bits.
     fn run(
         &self,
         blocks: BlockRange,
         input: &HiddenStates,
-        chunk: usize,
+        forwards: &[Forward],
     ) -> Result<HiddenStates, String>;
 }
 
