@@ -372,10 +372,13 @@ impl PackedMatrix {
     /// kernels, and every later product of this weight multiplies 8-bit activations (so the
     /// switch applies to weights loaded after it is set). Other weights are returned unchanged.
     pub(crate) fn for_products(self) -> Self {
+        if !int8_activations() {
+            return self;
+        }
         let (rows, nb) = (self.rows, self.cols / BLOCK);
         let store = match self.store {
-            Store::Q4(blocks) if int8_activations() => Store::Q4Tiles(int8::tile(blocks, rows, nb)),
-            Store::Q8(blocks) if int8_activations() => Store::Q8Tiles(int8::tile(blocks, rows, nb)),
+            Store::Q4(blocks) => Store::Q4Tiles(int8::tile(blocks, rows, nb)),
+            Store::Q8(blocks) => Store::Q8Tiles(int8::tile(blocks, rows, nb)),
             store => store,
         };
         Self { store, ..self }
@@ -478,14 +481,14 @@ impl PackedMatrix {
                 out.len()
             )));
         }
+        if self.tiled_products(x, n, out) {
+            return Ok(());
+        }
         let k = Kernels::detect();
         // A few chunks per thread so that a core shared with another process does not hold
         // the whole product back.
         let threads = rayon::current_num_threads();
         let chunk = self.rows.div_ceil(threads * 4).max(16);
-        if self.tiled_products(x, n, out) {
-            return Ok(());
-        }
         if n == 1 {
             out.par_chunks_mut(chunk).enumerate().for_each(|(c, out)| {
                 for (i, o) in out.iter_mut().enumerate() {
@@ -577,13 +580,13 @@ impl PackedMatrix {
         if n == 1 {
             return self.matmul(x, 1, out);
         }
+        if self.tiled_products(x, n, out) {
+            return Ok(());
+        }
         let k = Kernels::detect();
         let threads = rayon::current_num_threads();
         let chunk = self.rows.div_ceil(threads * 4).max(16);
         let cols = self.cols;
-        if self.tiled_products(x, n, out) {
-            return Ok(());
-        }
         let xs: Vec<&[f32]> = x.chunks_exact(cols).collect();
         let mut transposed = vec![0f32; n * self.rows];
         transposed
