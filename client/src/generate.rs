@@ -237,6 +237,7 @@ pub async fn generate<P: Pipeline>(
     let mut sink_stopped = false;
     while tokens.len() < opts.max_new_tokens {
         let forward_start = Instant::now();
+        let departure = shared_head.departing();
         let hidden = pipeline
             .forward(std::mem::replace(
                 &mut input,
@@ -250,7 +251,7 @@ pub async fn generate<P: Pipeline>(
         if first_token_at.is_some() {
             decode_forward_us.push(forward_start.elapsed().as_secs_f64() * 1e6);
         }
-        let logits = shared_head.logits_last(hidden).await?;
+        let logits = shared_head.logits_after(departure, hidden).await?;
         let id = sampler.sample(&logits);
         if first_token_at.is_none() {
             prefill_ms = start.elapsed().as_secs_f64() * 1e3;

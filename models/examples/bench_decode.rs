@@ -1,7 +1,7 @@
 //! Prefill and decode speed of one process on one backend (benchmark, not a test):
 //! `cargo run --release -p sunswarm-models --example bench_decode -- smollm2-135m [cpu] [reps]`
 //! Prefill: 128 prompt tokens in one pass. Decode: 128 greedy tokens, one at a time, each through
-//! every block and the LM head. Prints the median over `reps` runs as one JSON line.
+//! every block and the LM head (whose share is reported on its own). Prints the median over `reps` runs as one JSON line.
 
 use std::time::Instant;
 
@@ -26,6 +26,7 @@ fn main() -> anyhow::Result<()> {
         .collect();
     let mut prefill = Vec::new();
     let mut decode = Vec::new();
+    let mut head_us = Vec::new();
     for _ in 0..reps {
         let mut cache = blocks.new_cache();
         let t0 = Instant::now();
@@ -33,6 +34,7 @@ fn main() -> anyhow::Result<()> {
         let mut logits = head.logits_last(&h)?;
         prefill.push(PROMPT_TOKENS as f64 / t0.elapsed().as_secs_f64());
         let t1 = Instant::now();
+        let mut in_head = std::time::Duration::ZERO;
         for _ in 0..DECODE_TOKENS {
             let id = logits
                 .iter()
@@ -40,9 +42,12 @@ fn main() -> anyhow::Result<()> {
                 .fold(0, |b, (i, &v)| if v > logits[b] { i } else { b })
                 as u32;
             let h = blocks.forward(&mut cache, &head.embed(&[id])?)?;
+            let t = Instant::now();
             logits = head.logits_last(&h)?;
+            in_head += t.elapsed();
         }
         decode.push(DECODE_TOKENS as f64 / t1.elapsed().as_secs_f64());
+        head_us.push(in_head.as_secs_f64() * 1e6 / DECODE_TOKENS as f64);
     }
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
@@ -55,6 +60,7 @@ fn main() -> anyhow::Result<()> {
             "threads": rayon::current_num_threads(), "reps": reps,
             "prefill_tok_s": (median(&mut prefill) * 10.0).round() / 10.0,
             "decode_tok_s": (median(&mut decode) * 10.0).round() / 10.0,
+            "decode_head_us_per_token": median(&mut head_us).round(),
         })
     );
     Ok(())
