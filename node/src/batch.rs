@@ -9,8 +9,16 @@
 //! A pass may wait briefly for the sessions it serves that are not pending yet ([`Gather`]):
 //! without that, sessions whose answers left in one pass came back a few milliseconds apart,
 //! the first of them started a pass of its own, and 8 sessions settled into alternating passes
-//! of 3 and 5 steps, each reading every weight. Waiting up to half a pass for the sessions
-//! answered lately that usually come back within four passes keeps them in one pass.
+//! of 3 and 5 steps, each reading every weight. A pass waits until the sessions answered lately
+//! are due back (each one's usual return time after its answer), up to half a pass.
+//!
+//! Half a pass keeps one group together, but cannot merge groups that are passes apart, as the
+//! stages of a pipeline on shared cores leave them: in a 3-node swarm on one 2-core machine,
+//! 8 sessions ran mostly in passes of one or two steps per node. Waiting longer costs latency
+//! when a node has its cores to itself, and nothing when they are contended, since another
+//! process runs meanwhile, and every pass saved is a read of every weight saved for everyone.
+//! So while the machine's CPUs are contended ([`CpuPressure`]: Linux's pressure stall
+//! information) a pass waits up to four passes for sessions due within that time.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,7 +46,7 @@ pub struct BatchConfig {
     /// Clients chunk their prompts at the same size, so their steps are never cut.
     pub max_chunk: u32,
     /// The longest a pass waits for served sessions expected back soon (never longer than half
-    /// the last pass took); zero never waits.
+    /// the last pass took, or four passes while the CPUs are contended); zero never waits.
     pub max_gather: Duration,
 }
 
@@ -380,6 +388,7 @@ async fn run(
     let scheduler = &shared.scheduler;
     let mut pending: VecDeque<StepJob> = VecDeque::new();
     let mut gather = Gather::default();
+    let mut pressure = CpuPressure::system();
     let mut last_pass = Duration::ZERO;
     loop {
         if pending.is_empty() {
@@ -399,14 +408,18 @@ async fn run(
         }
         // Steps with deadlines never wait for company.
         if pending.iter().all(|j| j.deadline_s.is_none()) {
-            let limit = cfg.max_gather.min(last_pass / 2);
+            let (limit, usual) = if pressure.contended(Instant::now()) {
+                (last_pass * 4, last_pass * 8)
+            } else {
+                (last_pass / 2, last_pass * 4)
+            };
             let open = wait_for_missing(
                 &mut rx,
                 &mut pending,
                 &mut gather,
                 &shared,
-                limit,
-                last_pass * 4,
+                cfg.max_gather.min(limit),
+                usual,
             )
             .await;
             if !open {
@@ -563,26 +576,107 @@ impl Gather {
         self.sessions.retain(|k, _| served.contains(k));
     }
 
-    /// Until when a pass should wait for `missing` sessions: `latest`, if one of them was
-    /// answered within `usual` before `now` and usually comes back within `usual`; None
-    /// otherwise. A session that is usually slower is not waited for, so one far-away client
-    /// does not slow the others, nor is one that is long overdue (its client may be gone).
+    /// Until when a pass should wait for `missing` sessions: until the last of those due back by
+    /// `latest` is due (its answer plus its usual return time, plus a quarter of that and half
+    /// a millisecond of slack), never past `latest`; None if none is due by then. A session
+    /// that usually takes longer than `usual` is not waited for, so one far-away client does
+    /// not slow the others, nor is one past its slack (its client may be gone).
     fn hold_until<'a>(
         &self,
-        mut missing: impl Iterator<Item = &'a u64>,
+        missing: impl Iterator<Item = &'a u64>,
         now: Instant,
         usual: Duration,
         latest: Instant,
     ) -> Option<Instant> {
         missing
-            .any(|k| {
-                self.sessions.get(k).is_some_and(|r| {
-                    r.answered
-                        .is_some_and(|at| now.saturating_duration_since(at) <= usual)
-                        && r.typical.is_some_and(|t| t <= usual)
-                })
+            .filter_map(|k| {
+                let r = self.sessions.get(k)?;
+                let (at, typical) = (r.answered?, r.typical?);
+                let due = at + typical;
+                let slack = typical / 4 + Duration::from_micros(500);
+                (typical <= usual && due <= latest && now <= due + slack)
+                    .then(|| (due + slack).min(latest))
             })
-            .then_some(latest)
+            .max()
+    }
+}
+
+/// Whether this machine's CPUs are contended, from Linux's pressure stall information: the share
+/// of time in which some runnable thread waited for a CPU (`/proc/pressure/cpu`, "some"), over
+/// the time since the last reading (at most every [`CpuPressure::EVERY`]). Contended from a
+/// quarter of the time, and until it falls under a twentieth: batching harder lowers the
+/// pressure it answers, and without the gap the node would switch back and forth. Never
+/// contended where the file cannot be read (other systems, kernels without it).
+#[derive(Debug)]
+struct CpuPressure {
+    path: Option<std::path::PathBuf>,
+    /// The last reading: when, and the total stall time then (microseconds).
+    last: Option<(Instant, u64)>,
+    contended: bool,
+}
+
+impl CpuPressure {
+    const EVERY: Duration = Duration::from_millis(200);
+    const ENTER: f64 = 0.25;
+    const LEAVE: f64 = 0.05;
+
+    fn system() -> Self {
+        CpuPressure {
+            path: Some("/proc/pressure/cpu".into()),
+            last: None,
+            contended: false,
+        }
+    }
+
+    fn contended(&mut self, now: Instant) -> bool {
+        if self
+            .last
+            .is_some_and(|(at, _)| now.saturating_duration_since(at) < Self::EVERY)
+        {
+            return self.contended;
+        }
+        let Some(path) = &self.path else {
+            return false;
+        };
+        let Some(total) = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|text| stalled_us(&text))
+        else {
+            // Not available here: never look again.
+            self.path = None;
+            self.contended = false;
+            return false;
+        };
+        if let Some((at, before)) = self.last {
+            let share = total.saturating_sub(before) as f64
+                / now.saturating_duration_since(at).as_micros().max(1) as f64;
+            let was = self.contended;
+            self.contended = still_contended(was, share);
+            if self.contended != was {
+                debug!(share, contended = self.contended, "CPU pressure");
+            }
+        }
+        self.last = Some((now, total));
+        self.contended
+    }
+}
+
+/// The "some" line's total stall time, in microseconds, of a pressure file.
+fn stalled_us(text: &str) -> Option<u64> {
+    text.lines()
+        .find(|l| l.starts_with("some "))?
+        .split_whitespace()
+        .find_map(|field| field.strip_prefix("total="))?
+        .parse()
+        .ok()
+}
+
+/// The contention state after a reading of `share` (stalled time over elapsed time).
+fn still_contended(was: bool, share: f64) -> bool {
+    if was {
+        share >= CpuPressure::LEAVE
+    } else {
+        share >= CpuPressure::ENTER
     }
 }
 
@@ -683,22 +777,103 @@ mod tests {
     }
 
     #[test]
-    fn a_pass_waits_only_for_answered_sessions_that_usually_come_back_in_time() {
+    fn a_pass_waits_until_answered_sessions_are_due_back() {
         let t0 = Instant::now();
         let g = two_sessions(t0);
         let (now, latest) = (t0 + MS, t0 + 5 * MS);
         assert_eq!(g.sessions[&1].typical, Some(3 * MS));
         assert_eq!(g.sessions[&2].typical, Some(30 * MS));
-        let hold = |missing: &[u64], usual| g.hold_until(missing.iter(), now, usual, latest);
-        assert_eq!(hold(&[1], 10 * MS), Some(latest));
-        assert_eq!(hold(&[2], 10 * MS), None, "usually slower");
-        assert_eq!(hold(&[1, 2], 10 * MS), Some(latest));
-        assert_eq!(hold(&[2], 40 * MS), Some(latest));
-        assert_eq!(hold(&[3], 40 * MS), None, "never seen");
-        assert_eq!(hold(&[], 40 * MS), None, "nobody missing");
-        // Long overdue: answered 50 ms ago, usually back in 3 ms.
-        let late = t0 + 50 * MS;
+        let hold =
+            |missing: &[u64], usual, latest| g.hold_until(missing.iter(), now, usual, latest);
+        // Session 1 is due at t0 + 3 ms; slack: a quarter of 3 ms and half a millisecond.
+        let one_due = t0 + 3 * MS + 1250 * MS / 1000;
+        assert_eq!(hold(&[1], 10 * MS, latest), Some(one_due));
+        assert_eq!(
+            hold(&[1], 10 * MS, t0 + 4 * MS),
+            Some(t0 + 4 * MS),
+            "never past latest"
+        );
+        assert_eq!(hold(&[2], 10 * MS, latest), None, "usually slower");
+        assert_eq!(hold(&[1, 2], 10 * MS, latest), Some(one_due));
+        assert_eq!(hold(&[2], 40 * MS, latest), None, "due after the latest");
+        let two_due = t0 + 30 * MS + 8 * MS;
+        assert_eq!(
+            hold(&[1, 2], 40 * MS, t0 + 40 * MS),
+            Some(two_due),
+            "the last one due"
+        );
+        assert_eq!(hold(&[3], 40 * MS, latest), None, "never seen");
+        assert_eq!(hold(&[], 40 * MS, latest), None, "nobody missing");
+        // Overdue: answered 5 ms ago, usually back in 3 ms (slack 1.25 ms).
+        let late = t0 + 5 * MS;
         assert_eq!(g.hold_until([1].iter(), late, 10 * MS, late + MS), None);
+    }
+
+    #[test]
+    fn the_pressure_file_gives_the_stalled_time() {
+        let text = "some avg10=0.92 avg60=5.97 avg300=6.94 total=676263636\n\
+                    full avg10=0.00 avg60=0.00 avg300=0.00 total=0\n";
+        assert_eq!(stalled_us(text), Some(676_263_636));
+        assert_eq!(
+            stalled_us("full avg10=0.00 total=5\n"),
+            None,
+            "no some line"
+        );
+        assert_eq!(stalled_us("some avg10=0.00 total=x\n"), None);
+        assert_eq!(stalled_us(""), None);
+    }
+
+    #[test]
+    fn contention_starts_at_a_quarter_and_ends_under_a_twentieth() {
+        assert!(!still_contended(false, 0.2));
+        assert!(still_contended(false, 0.25));
+        assert!(still_contended(true, 0.1), "stays while the pressure stays");
+        assert!(!still_contended(true, 0.04));
+        assert!(!still_contended(false, 0.0));
+    }
+
+    #[test]
+    fn a_missing_pressure_file_means_never_contended() {
+        let mut p = CpuPressure {
+            path: Some("/nonexistent/pressure/cpu".into()),
+            last: None,
+            contended: false,
+        };
+        assert!(!p.contended(Instant::now()));
+        assert!(p.path.is_none(), "not read again");
+    }
+
+    #[test]
+    fn pressure_is_the_stalled_share_of_the_time_between_readings() {
+        let dir = std::env::temp_dir().join(format!("sunswarm-psi-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("cpu");
+        let write = |total: u64| {
+            std::fs::write(
+                &file,
+                format!("some avg10=0 avg60=0 avg300=0 total={total}\n"),
+            )
+            .unwrap()
+        };
+        let mut p = CpuPressure {
+            path: Some(file.clone()),
+            last: None,
+            contended: false,
+        };
+        let t0 = Instant::now();
+        write(1_000_000);
+        assert!(!p.contended(t0), "one reading says nothing");
+        // 300 ms later, 90 ms more stalled: 30 %.
+        write(1_090_000);
+        assert!(p.contended(t0 + 300 * MS));
+        // Read again only after 200 ms: a quiet file meanwhile changes nothing.
+        write(1_090_000);
+        assert!(p.contended(t0 + 400 * MS));
+        // 300 ms after the last reading, 20 ms stalled (6.7 %): still contended; then none.
+        write(1_110_000);
+        assert!(p.contended(t0 + 600 * MS));
+        assert!(!p.contended(t0 + 900 * MS));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -105,7 +105,7 @@ pub struct NodeArgs {
     pass_tokens: u32,
     /// The longest, in milliseconds, a pass waits for sessions this node serves whose next step
     /// is expected back soon, so that they share the pass (never longer than half the last
-    /// pass took; 0 never waits).
+    /// pass took, or four passes while the machine's CPUs are contended; 0 never waits).
     #[arg(long, default_value_t = 20.0)]
     max_gather_ms: f64,
     /// Compute this many times slower than this machine can (at least 1): emulates a weaker
