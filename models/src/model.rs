@@ -113,7 +113,7 @@ impl Model {
             cfg.rope_freq_factors = Some(factors);
         }
         cfg.validate()?;
-        let id = hash_files(&cfg, &[path.to_path_buf()])?;
+        let id = model_id_of(&cfg, &[path.to_path_buf()])?;
         let weights = Arc::new(GgufWeights {
             file,
             n_heads: cfg.n_heads,
@@ -140,7 +140,7 @@ impl Model {
             .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
             .collect();
         files.sort();
-        let id = hash_files(&cfg, &files)?;
+        let id = model_id_of(&cfg, &files)?;
         Ok(Model {
             source: src,
             files: Files::HfDir(dir.to_path_buf()),
@@ -296,6 +296,72 @@ impl Model {
     }
 }
 
+/// The model id of `files` under `cfg`: from the record beside the first file
+/// (`<file>.model-id`) while the config and every file's size and mtime are those recorded,
+/// else hashed and recorded. Every node and client start hashed the whole model: 0.1 s of a
+/// SmolLM2-135M client's 0.2 s start, about a second for a 1 GB file. A file changed in place
+/// changes its mtime, and is hashed again; a record that cannot be written (a read-only folder)
+/// only costs the hash next time. As with git's index, a record written within
+/// [`SETTLED`] of a file's mtime is not trusted: a file rewritten at the same size within the
+/// filesystem clock's tick would keep its mtime.
+fn model_id_of(cfg: &LlamaConfig, files: &[PathBuf]) -> Result<ModelId, ModelError> {
+    let (stamp, newest) = files_stamp(cfg, files).unzip();
+    let record = files.first().map(|f| {
+        let mut name = f.file_name().unwrap_or_default().to_os_string();
+        name.push(".model-id");
+        f.with_file_name(name)
+    });
+    let settled = |record: &Path| {
+        let written = std::fs::metadata(record).and_then(|m| m.modified());
+        matches!((written, newest), (Ok(w), Some(n)) if w.duration_since(n).is_ok_and(|d| d >= SETTLED))
+    };
+    if let (Some(stamp), Some(record)) = (&stamp, &record)
+        && settled(record)
+        && let Ok(text) = std::fs::read_to_string(record)
+        && let Some((recorded, id)) = text.trim_end().rsplit_once(' ')
+        && recorded == stamp
+        && let Ok(id) = id.parse::<ModelId>()
+    {
+        return Ok(id);
+    }
+    let id = hash_files(cfg, files)?;
+    if let (Some(stamp), Some(record)) = (stamp, record) {
+        // Written aside and renamed, so that processes starting together never read half a record.
+        let mut part = record.clone().into_os_string();
+        part.push(format!(".{}.part", std::process::id()));
+        let part = PathBuf::from(part);
+        if std::fs::write(&part, format!("{stamp} {id}\n")).is_ok()
+            && std::fs::rename(&part, &record).is_err()
+        {
+            let _ = std::fs::remove_file(&part);
+        }
+    }
+    Ok(id)
+}
+
+/// How long after the files' last change a model-id record must have been written to be read.
+const SETTLED: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// What the model id depends on besides the files' bytes, and each file's size and mtime, with
+/// the newest mtime; None when a file's metadata cannot be read (the id is then hashed every
+/// time).
+fn files_stamp(cfg: &LlamaConfig, files: &[PathBuf]) -> Option<(String, std::time::SystemTime)> {
+    let cfg_json = serde_json::to_vec(cfg).ok()?;
+    let mut stamp = format!("v1 {}", blake3::hash(&cfg_json).to_hex());
+    let mut newest = std::time::UNIX_EPOCH;
+    for path in files {
+        let meta = std::fs::metadata(path).ok()?;
+        let modified = meta.modified().ok()?;
+        let mtime = modified
+            .duration_since(std::time::UNIX_EPOCH)
+            .ok()?
+            .as_nanos();
+        stamp.push_str(&format!(" {}:{mtime}", meta.len()));
+        newest = newest.max(modified);
+    }
+    Some((stamp, newest))
+}
+
 fn hash_files(cfg: &LlamaConfig, files: &[PathBuf]) -> Result<ModelId, ModelError> {
     // Read through the page cache rather than the mmap so that hashing does not count towards
     // the resident memory of a node that holds only some blocks.
@@ -441,6 +507,59 @@ mod tests {
         let id = ModelId([0xab; 32]);
         assert_eq!(id.to_string().parse::<ModelId>().unwrap(), id);
         assert!("xyz".parse::<ModelId>().is_err());
+    }
+
+    #[test]
+    fn a_model_id_is_recorded_and_read_back_until_a_file_changes() {
+        let dir = std::env::temp_dir().join(format!("sunswarm-model-id-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("weights.bin");
+        let write_long_ago = |bytes: &[u8]| {
+            std::fs::write(&file, bytes).unwrap();
+            let ago = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+            let f = std::fs::File::options().write(true).open(&file).unwrap();
+            f.set_modified(ago).unwrap();
+        };
+        write_long_ago(b"some weights");
+        let files = [file.clone()];
+        let cfg = LlamaConfig::random_shape("tiny").unwrap();
+        let record = dir.join("weights.bin.model-id");
+        let hashed = hash_files(&cfg, &files).unwrap();
+        assert_eq!(model_id_of(&cfg, &files).unwrap(), hashed);
+        assert!(record.is_file(), "recorded");
+        // The record is what a second start reads: make it say another id, same stamp.
+        let text = std::fs::read_to_string(&record).unwrap();
+        let other = ModelId([7; 32]);
+        let forged = format!("{} {other}\n", text.trim_end().rsplit_once(' ').unwrap().0);
+        std::fs::write(&record, forged).unwrap();
+        assert_eq!(
+            model_id_of(&cfg, &files).unwrap(),
+            other,
+            "read from the record"
+        );
+        // Another config, or a file of another size, is hashed again.
+        let mut cfg2 = cfg.clone();
+        cfg2.rms_norm_eps *= 2.0;
+        assert_eq!(
+            model_id_of(&cfg2, &files).unwrap(),
+            hash_files(&cfg2, &files).unwrap()
+        );
+        write_long_ago(b"other weights!");
+        let rehashed = model_id_of(&cfg, &files).unwrap();
+        assert_eq!(rehashed, hash_files(&cfg, &files).unwrap());
+        assert_ne!(rehashed, hashed);
+        // A record written right after its file changed is not trusted (a same-size rewrite
+        // within the clock's tick would keep the mtime), even with the right stamp.
+        std::fs::write(&file, b"other weights!").unwrap();
+        let _ = model_id_of(&cfg, &files).unwrap();
+        let text = std::fs::read_to_string(&record).unwrap();
+        let forged = format!("{} {other}\n", text.trim_end().rsplit_once(' ').unwrap().0);
+        std::fs::write(&record, forged).unwrap();
+        assert_eq!(model_id_of(&cfg, &files).unwrap(), rehashed, "not settled");
+        // An unreadable record is ignored.
+        std::fs::write(&record, "garbage").unwrap();
+        assert_eq!(model_id_of(&cfg, &files).unwrap(), rehashed);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
