@@ -14,7 +14,7 @@ fn main() -> Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
-    let runtime = sunswarm_net::runtime::compute_runtime()?;
+    let runtime = sunswarm_net::runtime::client_runtime()?;
     runtime.block_on(async {
         match cli.command {
             Command::Generate(args) => commands::generate(&args).await,
