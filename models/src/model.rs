@@ -113,7 +113,7 @@ impl Model {
             cfg.rope_freq_factors = Some(factors);
         }
         cfg.validate()?;
-        let id = model_id_of(&cfg, &[path.to_path_buf()])?;
+        let id = model_id_of(&cfg, &[path.to_path_buf()], &id_records())?;
         let weights = Arc::new(GgufWeights {
             file,
             n_heads: cfg.n_heads,
@@ -140,7 +140,7 @@ impl Model {
             .filter(|p| p.extension().is_some_and(|x| x == "safetensors"))
             .collect();
         files.sort();
-        let id = model_id_of(&cfg, &files)?;
+        let id = model_id_of(&cfg, &files, &id_records())?;
         Ok(Model {
             source: src,
             files: Files::HfDir(dir.to_path_buf()),
@@ -296,20 +296,30 @@ impl Model {
     }
 }
 
-/// The model id of `files` under `cfg`: from the record beside the first file
-/// (`<file>.model-id`) while the config and every file's size and mtime are those recorded,
+/// Where model-id records are kept: `model-ids` in the cache folder, so that nothing is
+/// written beside a user's own model files.
+fn id_records() -> PathBuf {
+    crate::fetch::cache_dir().join("model-ids")
+}
+
+/// The model id of `files` under `cfg`: from its record in `records` (named after the first
+/// file's full path) while the config and every file's size and mtime are those recorded,
 /// else hashed and recorded. Every node and client start hashed the whole model: 0.1 s of a
 /// SmolLM2-135M client's 0.2 s start, about a second for a 1 GB file. A file changed in place
-/// changes its mtime, and is hashed again; a record that cannot be written (a read-only folder)
+/// changes its mtime, and is hashed again; a record that cannot be written (a read-only cache)
 /// only costs the hash next time. As with git's index, a record written within
 /// [`SETTLED`] of a file's mtime is not trusted: a file rewritten at the same size within the
 /// filesystem clock's tick would keep its mtime.
-fn model_id_of(cfg: &LlamaConfig, files: &[PathBuf]) -> Result<ModelId, ModelError> {
+fn model_id_of(
+    cfg: &LlamaConfig,
+    files: &[PathBuf],
+    records: &Path,
+) -> Result<ModelId, ModelError> {
     let (stamp, newest) = files_stamp(cfg, files).unzip();
     let record = files.first().map(|f| {
-        let mut name = f.file_name().unwrap_or_default().to_os_string();
-        name.push(".model-id");
-        f.with_file_name(name)
+        let full = std::fs::canonicalize(f).unwrap_or_else(|_| f.clone());
+        let key = blake3::hash(full.as_os_str().as_encoded_bytes()).to_hex();
+        records.join(&key.as_str()[..32])
     });
     let settled = |record: &Path| {
         let written = std::fs::metadata(record).and_then(|m| m.modified());
@@ -330,6 +340,7 @@ fn model_id_of(cfg: &LlamaConfig, files: &[PathBuf]) -> Result<ModelId, ModelErr
         let mut part = record.clone().into_os_string();
         part.push(format!(".{}.part", std::process::id()));
         let part = PathBuf::from(part);
+        let _ = std::fs::create_dir_all(records);
         if std::fs::write(&part, format!("{stamp} {id}\n")).is_ok()
             && std::fs::rename(&part, &record).is_err()
         {
@@ -523,10 +534,18 @@ mod tests {
         write_long_ago(b"some weights");
         let files = [file.clone()];
         let cfg = LlamaConfig::random_shape("tiny").unwrap();
-        let record = dir.join("weights.bin.model-id");
+        let records = dir.join("records");
+        let model_id_of = |cfg: &LlamaConfig, files: &[PathBuf]| model_id_of(cfg, files, &records);
         let hashed = hash_files(&cfg, &files).unwrap();
         assert_eq!(model_id_of(&cfg, &files).unwrap(), hashed);
-        assert!(record.is_file(), "recorded");
+        let written: Vec<_> = std::fs::read_dir(&records).unwrap().collect();
+        assert_eq!(written.len(), 1, "one record, in the records folder");
+        let record = written[0].as_ref().unwrap().path();
+        assert_eq!(
+            std::fs::read_dir(&dir).unwrap().count(),
+            2,
+            "nothing beside the file"
+        );
         // The record is what a second start reads: make it say another id, same stamp.
         let text = std::fs::read_to_string(&record).unwrap();
         let other = ModelId([7; 32]);
