@@ -535,7 +535,7 @@ fn extract_member(
 }
 
 /// A temporary name beside `dest`, unique to this process.
-fn part_path(dest: &Path) -> PathBuf {
+pub(crate) fn part_path(dest: &Path) -> PathBuf {
     let name = dest
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

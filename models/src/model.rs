@@ -337,9 +337,7 @@ fn model_id_of(
     let id = hash_files(cfg, files)?;
     if let (Some(stamp), Some(record)) = (stamp, record) {
         // Written aside and renamed, so that processes starting together never read half a record.
-        let mut part = record.clone().into_os_string();
-        part.push(format!(".{}.part", std::process::id()));
-        let part = PathBuf::from(part);
+        let part = crate::fetch::part_path(&record);
         let _ = std::fs::create_dir_all(records);
         if std::fs::write(&part, format!("{stamp} {id}\n")).is_ok()
             && std::fs::rename(&part, &record).is_err()
