@@ -12,6 +12,7 @@
 //! devices, get f32. Activations are always f32.
 
 pub mod alias;
+mod awake;
 pub mod backend;
 pub mod chat;
 pub mod config;

@@ -13,6 +13,7 @@ use rayon::prelude::*;
 
 use super::{HiddenStates, KvCache, LayerKv, Linear, LoadedBlocks, split_rows};
 use crate::ModelError;
+use crate::awake::KeepAwake;
 use crate::packed::{PackedMatrix, dot_f32};
 
 /// Context length from which one session's attention is split over the heads in parallel.
@@ -64,6 +65,8 @@ impl LoadedBlocks {
             ModelError::Backend("host decode on blocks loaded for another device".into())
         })?;
         let mut h = vec![0f32; rows * d];
+        // One row's products are too short for the other workers to fall asleep between them.
+        let _awake = (rows > 1).then(KeepAwake::start);
         for (li, w) in self.blocks.iter().enumerate() {
             let _span = tracing::trace_span!("block", index = self.range.start + li).entered();
             let (attn_norm, ffn_norm) = &norms[li];
