@@ -273,17 +273,13 @@ impl Model {
         // The LM head runs every token and has no kernel of its own for K-quants and the like:
         // widened once here, it costs memory on the client instead of time per token.
         let (embedding, lm_head) = if self.weights.has("output.weight") {
-            let head = self
-                .packed("output.weight", c.vocab_size, c.hidden_size)?
-                .widen_raw()?;
+            let head = self.head_weight("output.weight", device)?;
             (
                 Some(self.tensor2("token_embd.weight", c.vocab_size, c.hidden_size, device)?),
                 Linear::new(head, device),
             )
         } else {
-            let table = self
-                .packed("token_embd.weight", c.vocab_size, c.hidden_size)?
-                .widen_raw()?;
+            let table = self.head_weight("token_embd.weight", device)?;
             (None, Linear::new(table, device))
         };
         Ok(Head::new(
@@ -293,6 +289,30 @@ impl Model {
             lm_head,
             device.clone(),
         ))
+    }
+}
+
+impl Model {
+    /// The LM head's weight `name`, as the products will use it. With 8-bit activations on the
+    /// CPU its tiles come from a file in the cache folder (`tiles/`, named after the model id)
+    /// that every process of this machine maps: each client reads the whole head every token,
+    /// and eight clients with copies of their own read eight times the bytes
+    /// ([`crate::packed::mapped`]).
+    fn head_weight(&self, name: &str, device: &Device) -> Result<PackedMatrix, ModelError> {
+        let c = &*self.cfg;
+        let load = || self.packed(name, c.vocab_size, c.hidden_size)?.widen_raw();
+        if *device != Device::flex()
+            || !crate::packed::int8_activations()
+            || matches!(self.files, Files::Random)
+        {
+            return load();
+        }
+        let path = crate::fetch::cache_dir()
+            .join("tiles")
+            .join(format!("{}-{name}", self.id));
+        crate::packed::mapped::shared(&path, c.vocab_size, c.hidden_size, || {
+            Ok(load()?.for_products())
+        })
     }
 }
 

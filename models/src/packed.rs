@@ -100,9 +100,9 @@ enum Store {
     Q6(Vec<Q6Block>),
     /// 4-bit blocks of a weight loaded for 8-bit activations, sixteen rows a tile
     /// ([`int8::Q4Tile`]); `rows` rounded up to sixteen.
-    Q4Tiles(Vec<int8::Q4Tile>),
+    Q4Tiles(mapped::Tiles<int8::Q4Tile>),
     /// Q8_0 blocks of a weight loaded for 8-bit activations ([`int8::Q8Tile`]).
-    Q8Tiles(Vec<int8::Q8Tile>),
+    Q8Tiles(mapped::Tiles<int8::Q8Tile>),
     /// Any other ggml type (K-quants, Q5, F16...) kept as the file has it, `row_bytes` a row:
     /// rows are widened one at a time as products need them, so the weight takes its file size
     /// in memory rather than four bytes a value.
@@ -377,8 +377,8 @@ impl PackedMatrix {
         }
         let (rows, nb) = (self.rows, self.cols / BLOCK);
         let store = match self.store {
-            Store::Q4(blocks) => Store::Q4Tiles(int8::tile(blocks, rows, nb)),
-            Store::Q8(blocks) => Store::Q8Tiles(int8::tile(blocks, rows, nb)),
+            Store::Q4(blocks) => Store::Q4Tiles(mapped::Tiles::Owned(int8::tile(blocks, rows, nb))),
+            Store::Q8(blocks) => Store::Q8Tiles(mapped::Tiles::Owned(int8::tile(blocks, rows, nb))),
             store => store,
         };
         Self { store, ..self }
@@ -978,6 +978,7 @@ pub fn int8_activations() -> bool {
 }
 
 mod int8;
+pub(crate) mod mapped;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
@@ -1280,7 +1281,7 @@ mod tests {
         (0..n).map(|_| rng.uniform_pm1()).collect()
     }
 
-    fn packed(ty: GgmlType, rows: usize, cols: usize, seed: u64) -> PackedMatrix {
+    pub(super) fn packed(ty: GgmlType, rows: usize, cols: usize, seed: u64) -> PackedMatrix {
         let w = values(rows * cols, seed);
         let bytes = quant::quantize(ty, &w).unwrap();
         PackedMatrix::from_ggml(ty, &bytes, rows, cols).unwrap()
@@ -1509,11 +1510,15 @@ mod tests {
     }
 
     /// `w` stored as it is with 8-bit activations on (whatever the switch says).
-    fn tiled(w: &PackedMatrix) -> PackedMatrix {
+    pub(super) fn tiled(w: &PackedMatrix) -> PackedMatrix {
         let nb = w.cols / BLOCK;
         let store = match &w.store {
-            Store::Q4(blocks) => Store::Q4Tiles(int8::tile(blocks.clone(), w.rows, nb)),
-            Store::Q8(blocks) => Store::Q8Tiles(int8::tile(blocks.clone(), w.rows, nb)),
+            Store::Q4(blocks) => {
+                Store::Q4Tiles(mapped::Tiles::Owned(int8::tile(blocks.clone(), w.rows, nb)))
+            }
+            Store::Q8(blocks) => {
+                Store::Q8Tiles(mapped::Tiles::Owned(int8::tile(blocks.clone(), w.rows, nb)))
+            }
             _ => panic!("not a 4-bit or Q8_0 weight"),
         };
         PackedMatrix { store, ..w.clone() }

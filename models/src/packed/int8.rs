@@ -87,6 +87,11 @@ pub struct Q4Tile {
     pub m: [f32; TILE_ROWS],
 }
 
+// SAFETY: bytes and f32s only, no padding (256 + 2 * 64 bytes, alignment 4): every bit pattern
+// is a valid tile, as reading one from a mapped file needs.
+unsafe impl bytemuck::Zeroable for Q4Tile {}
+unsafe impl bytemuck::Pod for Q4Tile {}
+
 impl Q4Tile {
     /// The four-bit value `j` (0..32) of lane `r`.
     fn q(&self, r: usize, j: usize) -> u8 {
@@ -105,6 +110,10 @@ pub struct Q8Tile {
     pub qs: [u8; 512],
     pub d: [f32; TILE_ROWS],
 }
+
+// SAFETY: as for Q4Tile (512 + 64 bytes, no padding).
+unsafe impl bytemuck::Zeroable for Q8Tile {}
+unsafe impl bytemuck::Pod for Q8Tile {}
 
 impl Q8Tile {
     /// The signed value `j` of lane `r`.
