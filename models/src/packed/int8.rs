@@ -45,9 +45,6 @@ pub struct QuantizedRow {
 
 impl QuantizedRow {
     pub fn new(x: &[f32]) -> Self {
-        // Adding and taking off 1.5 * 2^23 rounds an f32 below 2^22 to the nearest integer (ties
-        // to even) in two additions that vectorize; `f32::round` was a libm call per value.
-        const ROUND: f32 = 12_582_912.0;
         let nb = x.len() / BLOCK;
         let mut row = QuantizedRow {
             q: vec![0; nb * BLOCK],
@@ -56,13 +53,17 @@ impl QuantizedRow {
             qsum: Vec::with_capacity(nb),
         };
         for (block, q) in x.chunks_exact(BLOCK).zip(row.q.chunks_exact_mut(BLOCK)) {
-            let amax = block.iter().fold(0f32, |a, v| a.max(v.abs()));
-            let d = amax / 127.0;
-            let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
-            for (q, &v) in q.iter_mut().zip(block) {
-                *q = (((v * inv).clamp(-127.0, 127.0) + ROUND) - ROUND) as i8;
-            }
-            let qsum: i32 = q.iter().map(|&v| i32::from(v)).sum();
+            let block: &[f32; BLOCK] = block.try_into().expect("chunks of BLOCK");
+            let q: &mut [i8; BLOCK] = q.try_into().expect("chunks of BLOCK");
+            #[cfg(target_arch = "x86_64")]
+            let (d, qsum) = if vnni_detected() {
+                // SAFETY: the CPU has AVX-512F and BW.
+                unsafe { vnni::round_block(block, q) }
+            } else {
+                round_block(block, q)
+            };
+            #[cfg(not(target_arch = "x86_64"))]
+            let (d, qsum) = round_block(block, q);
             row.d.push(d);
             row.sum.push(d * qsum as f32);
             row.qsum.push(qsum);
@@ -73,6 +74,22 @@ impl QuantizedRow {
     fn blocks(&self) -> usize {
         self.d.len()
     }
+}
+
+/// Adding and taking off 1.5 * 2^23 rounds an f32 below 2^22 to the nearest integer (ties to
+/// even) in two additions that vectorize; `f32::round` was a libm call per value.
+const ROUND: f32 = 12_582_912.0;
+
+/// One block of 32 values rounded to `q`, with its scale and the sum of its rounded values; the
+/// vector kernel does the same operations, bit for bit.
+fn round_block(block: &[f32; BLOCK], q: &mut [i8; BLOCK]) -> (f32, i32) {
+    let amax = block.iter().fold(0f32, |a, v| a.max(v.abs()));
+    let d = amax / 127.0;
+    let inv = if d > 0.0 { 1.0 / d } else { 0.0 };
+    for (q, &v) in q.iter_mut().zip(block) {
+        *q = (((v * inv).clamp(-127.0, 127.0) + ROUND) - ROUND) as i8;
+    }
+    (d, q.iter().map(|&v| i32::from(v)).sum())
 }
 
 /// Block `b` of sixteen rows. `qs` is four 64-byte groups; in group `g`, bytes `4r..4r + 4`
@@ -424,6 +441,34 @@ mod vnni {
 
     use super::{BLOCK, Q4Tile, Q8Tile, QuantizedRow, TILE_ROWS};
 
+    /// [`super::round_block`] sixteen values a vector: a row's rounding was a scalar loop with
+    /// a saturating conversion per value, 7 % of a pass of 8 sessions.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F and BW.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub unsafe fn round_block(block: &[f32; BLOCK], q: &mut [i8; BLOCK]) -> (f32, i32) {
+        // SAFETY: block is 32 f32 and q 32 bytes: two vectors each.
+        unsafe {
+            let lo = _mm512_loadu_ps(block.as_ptr());
+            let hi = _mm512_loadu_ps(block.as_ptr().add(16));
+            let amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(lo), _mm512_abs_ps(hi)));
+            let d = amax / 127.0;
+            let inv = _mm512_set1_ps(if d > 0.0 { 1.0 / d } else { 0.0 });
+            let round = _mm512_set1_ps(super::ROUND);
+            let (min, max) = (_mm512_set1_ps(-127.0), _mm512_set1_ps(127.0));
+            let to_int = |v: __m512| {
+                let clamped = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(v, inv), min), max);
+                // Whole numbers after the rounding additions: the conversion is exact.
+                _mm512_cvtps_epi32(_mm512_sub_ps(_mm512_add_ps(clamped, round), round))
+            };
+            let (qlo, qhi) = (to_int(lo), to_int(hi));
+            _mm_storeu_si128(q.as_mut_ptr().cast(), _mm512_cvtepi32_epi8(qlo));
+            _mm_storeu_si128(q.as_mut_ptr().add(16).cast(), _mm512_cvtepi32_epi8(qhi));
+            (d, _mm512_reduce_add_epi32(_mm512_add_epi32(qlo, qhi)))
+        }
+    }
+
     /// [`super::portable_group_dot`] of 4-bit tiles for `N` tokens, each tile unpacked once
     /// for all.
     ///
@@ -514,6 +559,37 @@ mod vnni {
         for t in 0..N {
             // SAFETY: out[t] is sixteen f32.
             unsafe { _mm512_storeu_ps(out[t].as_mut_ptr(), acc[t]) };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::SplitMix64;
+
+    #[test]
+    fn vector_rounding_matches_the_scalar_rounding_bit_for_bit() {
+        #[cfg(target_arch = "x86_64")]
+        if vnni_detected() {
+            let mut rng = SplitMix64(11);
+            let mut blocks: Vec<[f32; BLOCK]> = vec![[0.0; BLOCK], [-0.0; BLOCK], [1e-30; BLOCK]];
+            for scale in [1e-6f32, 0.01, 1.0, 3.7, 1e4, 3e30] {
+                for _ in 0..200 {
+                    blocks.push(std::array::from_fn(|_| rng.uniform_pm1() * scale));
+                }
+            }
+            // Ties at half steps, one value far above the rest, and a single non-zero value.
+            blocks.push(std::array::from_fn(|i| (i as f32 - 15.5) * 127.0 / 31.0));
+            blocks.push(std::array::from_fn(|i| if i == 3 { 1e3 } else { 0.5 }));
+            blocks.push(std::array::from_fn(|i| if i == 31 { -2.0 } else { 0.0 }));
+            for block in &blocks {
+                let (mut scalar, mut vector) = ([0i8; BLOCK], [0i8; BLOCK]);
+                let a = round_block(block, &mut scalar);
+                // SAFETY: vnni_detected() saw AVX-512F and BW.
+                let b = unsafe { vnni::round_block(block, &mut vector) };
+                assert_eq!((a.0.to_bits(), a.1, scalar), (b.0.to_bits(), b.1, vector));
+            }
         }
     }
 }
