@@ -123,7 +123,7 @@ mod tests {
             }
             tx.send(()).unwrap();
         });
-        rx.recv_timeout(std::time::Duration::from_secs(120))
+        rx.recv_timeout(Duration::from_secs(120))
             .expect("3000 passes finish within two minutes (they take well under a second)");
     }
 
