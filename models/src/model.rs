@@ -53,7 +53,9 @@ impl FromStr for ModelId {
 }
 
 enum Files {
-    Gguf(PathBuf),
+    /// The file, parsed once: its metadata also holds the tokenizer (parsing it again was a
+    /// quarter of a client's start).
+    Gguf(Arc<GgufFile>),
     HfDir(PathBuf),
     Random,
 }
@@ -114,14 +116,15 @@ impl Model {
         }
         cfg.validate()?;
         let id = model_id_of(&cfg, &[path.to_path_buf()], &id_records())?;
+        let file = Arc::new(file);
         let weights = Arc::new(GgufWeights {
-            file,
+            file: file.clone(),
             n_heads: cfg.n_heads,
             n_kv_heads: cfg.n_kv_heads,
         });
         Ok(Model {
             source: src,
-            files: Files::Gguf(path.to_path_buf()),
+            files: Files::Gguf(file),
             cfg: Arc::new(cfg),
             weights,
             id,
@@ -164,7 +167,7 @@ impl Model {
 
     pub fn tokenizer(&self) -> Result<TextTokenizer, ModelError> {
         Ok(match &self.files {
-            Files::Gguf(path) => TextTokenizer::from_gguf(&GgufFile::open(path)?)?,
+            Files::Gguf(file) => TextTokenizer::from_gguf(file)?,
             Files::HfDir(dir) => TextTokenizer::from_hf_dir(dir)?,
             Files::Random => {
                 let bytes = crate::gguf::gguf_bytes(

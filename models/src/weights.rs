@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use memmap2::Mmap;
 use safetensors::SafeTensors;
@@ -57,7 +58,7 @@ fn check_shape(name: &str, shape: &[usize], rows: usize, cols: usize) -> Result<
 /// Tensors of a GGUF file. Q and K projection rows are un-permuted from llama.cpp's interleaved
 /// rotary pairing to the Hugging Face one.
 pub(crate) struct GgufWeights {
-    pub file: GgufFile,
+    pub file: Arc<GgufFile>,
     pub n_heads: usize,
     pub n_kv_heads: usize,
 }
