@@ -725,6 +725,22 @@ pub(crate) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     Kernels::detect().dot_f32(a, b)
 }
 
+/// `out[p] = q · keys[p * stride..][..q.len()]` for every `p` of `out`: one query against a
+/// cache's keys, each as [`dot_f32`] computes it (bit for bit), in one call instead of a call and
+/// a kernel lookup per key (attention spent more time in those than in the products).
+pub(crate) fn dots_f32(q: &[f32], keys: &[f32], stride: usize, out: &mut [f32]) {
+    assert!(out.is_empty() || (out.len() - 1) * stride + q.len() <= keys.len());
+    Kernels::detect().dots_f32(q, keys, stride, out)
+}
+
+/// `out[i] = Σ_p weights[p] · values[p * stride + i]`, summed from zero in the order of `p`, each
+/// term a product then a sum (no fused multiply-add) as the plain loop `out[i] += w * v` does:
+/// the same bits whichever kernel runs. The kernel keeps `out` in registers over all positions.
+pub(crate) fn weighted_sum(out: &mut [f32], weights: &[f32], values: &[f32], stride: usize) {
+    assert!(weights.is_empty() || (weights.len() - 1) * stride + out.len() <= values.len());
+    Kernels::detect().weighted_sum(out, weights, values, stride)
+}
+
 /// The [`Kernels`] entry points of one block type: a row against one token (`$one`) and against
 /// `N` tokens sharing each block's widening (`$many`), on the detected kernels.
 macro_rules! block_kernels {
@@ -800,6 +816,30 @@ impl Kernels {
         }
     }
 
+    fn dots_f32(self, q: &[f32], keys: &[f32], stride: usize, out: &mut [f32]) {
+        match self {
+            // SAFETY: detect() saw AVX2 and FMA; dots_f32 checked the keys' length.
+            #[cfg(target_arch = "x86_64")]
+            Kernels::Avx2Fma | Kernels::Avx512 => unsafe { avx2::dots_f32(q, keys, stride, out) },
+            Kernels::Portable => {
+                for (p, o) in out.iter_mut().enumerate() {
+                    *o = portable::dot_f32(q, &keys[p * stride..p * stride + q.len()]);
+                }
+            }
+        }
+    }
+
+    fn weighted_sum(self, out: &mut [f32], weights: &[f32], values: &[f32], stride: usize) {
+        match self {
+            // SAFETY: detect() saw AVX2 and FMA; weighted_sum checked the values' length.
+            #[cfg(target_arch = "x86_64")]
+            Kernels::Avx2Fma | Kernels::Avx512 => unsafe {
+                avx2::weighted_sum(out, weights, values, stride)
+            },
+            Kernels::Portable => portable::weighted_sum(out, weights, values, stride),
+        }
+    }
+
     block_kernels!(dot_q4, dot_q4_many, Q4Block);
     block_kernels!(dot_q8, dot_q8_many, Q8Block);
     block_kernels!(dot_q6, dot_q6_many, Q6Block);
@@ -823,6 +863,15 @@ mod portable {
                 half(0) + half(1)
             })
             .sum()
+    }
+
+    pub fn weighted_sum(out: &mut [f32], weights: &[f32], values: &[f32], stride: usize) {
+        out.fill(0.0);
+        for (p, &w) in weights.iter().enumerate() {
+            for (o, &v) in out.iter_mut().zip(&values[p * stride..]) {
+                *o += w * v;
+            }
+        }
     }
 
     pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
@@ -1015,8 +1064,60 @@ mod avx2 {
         }
     }
 
+    /// [`dot_f32`] of `q` against each key, `stride` apart.
+    ///
     /// # Safety
     /// The CPU has AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn dots_f32(q: &[f32], keys: &[f32], stride: usize, out: &mut [f32]) {
+        for (p, o) in out.iter_mut().enumerate() {
+            // SAFETY: passed on from the caller.
+            *o = unsafe { dot_f32(q, &keys[p * stride..p * stride + q.len()]) };
+        }
+    }
+
+    /// [`super::weighted_sum`]: 64 outputs at a time in eight registers, then 8, then the rest.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA, and the values hold every position's `out.len()` values.
+    #[target_feature(enable = "avx2,fma")]
+    pub unsafe fn weighted_sum(out: &mut [f32], weights: &[f32], values: &[f32], stride: usize) {
+        let n = out.len();
+        let pv = values.as_ptr();
+        let mut i = 0;
+        // SAFETY: every load reads values[p * stride + i + j] with i + j < n, inside the values
+        // (the caller's promise); every store writes out[i..i + 8k] with i + 8k <= n.
+        unsafe {
+            while i + 64 <= n {
+                let mut acc = [_mm256_setzero_ps(); 8];
+                for (p, &w) in weights.iter().enumerate() {
+                    let (w, row) = (_mm256_set1_ps(w), pv.add(p * stride + i));
+                    for (k, acc) in acc.iter_mut().enumerate() {
+                        *acc =
+                            _mm256_add_ps(*acc, _mm256_mul_ps(w, _mm256_loadu_ps(row.add(8 * k))));
+                    }
+                }
+                for (k, acc) in acc.iter().enumerate() {
+                    _mm256_storeu_ps(out.as_mut_ptr().add(i + 8 * k), *acc);
+                }
+                i += 64;
+            }
+            while i + 8 <= n {
+                let mut acc = _mm256_setzero_ps();
+                for (p, &w) in weights.iter().enumerate() {
+                    let v = _mm256_loadu_ps(pv.add(p * stride + i));
+                    acc = _mm256_add_ps(acc, _mm256_mul_ps(_mm256_set1_ps(w), v));
+                }
+                _mm256_storeu_ps(out.as_mut_ptr().add(i), acc);
+                i += 8;
+            }
+        }
+        super::portable::weighted_sum(&mut out[i..], weights, &values[i..], stride);
+    }
+
+    /// # Safety
+    /// The CPU has AVX2 and FMA.
+    #[inline]
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
         let n = a.len().min(b.len());
@@ -1482,6 +1583,36 @@ mod tests {
             size += term.abs();
         }
         (total, size)
+    }
+
+    #[test]
+    fn attention_kernels_give_the_bits_of_the_plain_loops() {
+        for (len, stride, count) in [
+            (64, 192, 37),
+            (64, 64, 1),
+            (13, 20, 5),
+            (40, 40, 0),
+            (136, 200, 9),
+        ] {
+            let q = values(len, 1);
+            let keys = values(stride * count.max(1), 2);
+            let mut got = vec![0f32; count];
+            dots_f32(&q, &keys, stride, &mut got);
+            for (p, &g) in got.iter().enumerate() {
+                let want = dot_f32(&q, &keys[p * stride..p * stride + len]);
+                assert_eq!(g.to_bits(), want.to_bits(), "len {len} key {p}");
+            }
+            let weights = values(count, 3);
+            let mut out = values(len, 4);
+            weighted_sum(&mut out, &weights, &keys, stride);
+            let mut want = vec![0f32; len];
+            for (p, &w) in weights.iter().enumerate() {
+                for (o, &v) in want.iter_mut().zip(&keys[p * stride..]) {
+                    *o += w * v;
+                }
+            }
+            assert_eq!(out, want);
+        }
     }
 
     #[test]

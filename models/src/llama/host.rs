@@ -14,7 +14,7 @@ use rayon::prelude::*;
 use super::{HiddenStates, KvCache, LayerKv, Linear, LoadedBlocks, split_rows};
 use crate::ModelError;
 use crate::awake::KeepAwake;
-use crate::packed::{PackedMatrix, dot_f32};
+use crate::packed::{PackedMatrix, dot_f32, dots_f32, weighted_sum};
 
 /// Context length from which one session's attention is split over the heads in parallel.
 const PARALLEL_HEADS_FROM: usize = 64;
@@ -190,23 +190,22 @@ fn attend_row(q: &[f32], k: &[f32], v: &[f32], nh: usize, nkv: usize, hd: usize,
     let head = |h: usize, out: &mut [f32]| {
         let g = h / group;
         let qh = &q[h * hd..(h + 1) * hd];
-        let mut scores: Vec<f32> = (0..positions)
-            .map(|p| dot_f32(qh, &k[p * kv_dim + g * hd..p * kv_dim + (g + 1) * hd]) * scale)
-            .collect();
-        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut scores = vec![0f32; positions];
+        dots_f32(qh, &k[g * hd..], kv_dim, &mut scores);
+        let mut max = f32::NEG_INFINITY;
+        for s in &mut scores {
+            *s *= scale;
+            max = max.max(*s);
+        }
         let mut sum = 0f32;
         for s in &mut scores {
             *s = (*s - max).exp();
             sum += *s;
         }
-        out.fill(0.0);
-        for (p, s) in scores.iter().enumerate() {
-            let weight = s / sum;
-            let vp = &v[p * kv_dim + g * hd..p * kv_dim + (g + 1) * hd];
-            for (o, &val) in out.iter_mut().zip(vp) {
-                *o += weight * val;
-            }
+        for s in &mut scores {
+            *s /= sum;
         }
+        weighted_sum(out, &scores, &v[g * hd..], kv_dim);
     };
     if positions >= PARALLEL_HEADS_FROM {
         out.par_chunks_mut(hd)
