@@ -11,6 +11,9 @@
 # The serve rows also give the tokens of all streams over the span in which any decoded (a sum
 # of rates overstates streams that ran in turns: a node takes 8 sessions from one client unless
 # NODE_ARGS="--max-sessions-per-peer 16").
+# One session alone is run ONE_REPEATS times (default 3) one after another and reported as the
+# median (every run listed): on a shared VM one 64-token run swings 75-130 tok/s, and every
+# N-session ratio divides by it; N sessions already average N runs.
 # Env: R=<release dir> NS="1 2 4 8 16" MODEL=smollm2-135m GGUF=<file> (GGUF defaults to the
 # cached SmolLM2 file; for another model give both, and SPLITS).
 set -e
@@ -21,6 +24,7 @@ MODEL=${MODEL:-smollm2-135m}
 GGUF=${GGUF:-${SUNSWARM_CACHE:-$HOME/.cache/sunswarm}/smollm2-135m/SmolLM2-135M-Instruct.Q4_1.gguf}
 ANCHOR="$ROOT/../shared/anchors/llama-cpp.sh"
 PROMPT="1, 2, 3, 4, 5,"
+ONE_REPEATS=${ONE_REPEATS:-3}
 
 echo "== llama.cpp on $(basename "$GGUF")"
 bash "$ANCHOR" bench "$GGUF" 2 | head -1
@@ -29,21 +33,29 @@ bash "$ANCHOR" batched "$GGUF" 2 "$(echo $NS | tr ' ' ,)"
 run_clients() { # $1 = label; uses BOOT
   for n in $NS; do
     local d=$(mktemp -d)
-    local pids=""
-    for i in $(seq $n); do
-      $R/swarm-client generate --model "$MODEL" --prompt "$PROMPT" --max-new-tokens 64 --ignore-eos \
-        --spot-check 0 --bootstrap "$BOOT" --json 2>/dev/null | tail -1 > $d/$i.json &
-      pids="$pids $!"
+    local repeats=1
+    [ "$n" = 1 ] && repeats=$ONE_REPEATS
+    for r in $(seq $repeats); do
+      local pids=""
+      for i in $(seq $n); do
+        $R/swarm-client generate --model "$MODEL" --prompt "$PROMPT" --max-new-tokens 64 --ignore-eos \
+          --spot-check 0 --bootstrap "$BOOT" --json 2>/dev/null | tail -1 > $d/$r.$i.json &
+        pids="$pids $!"
+      done
+      wait $pids
     done
-    wait $pids
-    python3 - "$d" "$n" "$1" <<'PY'
-import json, sys
-d, n, label = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-rs = [json.load(open(f"{d}/{i}.json")) for i in range(1, n + 1)]
-each = [r["decode_tokens_per_s"] for r in rs]
-print(json.dumps({"sunswarm": label, "sessions": n, "decode_tok_s_total": round(sum(each), 1),
-                  "decode_tok_s_each": [round(x, 1) for x in each],
-                  "same_tokens": len({tuple(r["tokens"]) for r in rs}) == 1}))
+    python3 - "$d" "$n" "$1" "$repeats" <<'PY'
+import json, statistics, sys
+d, n, label, repeats = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+runs = [[json.load(open(f"{d}/{r}.{i}.json")) for i in range(1, n + 1)] for r in range(1, repeats + 1)]
+totals = [sum(x["decode_tokens_per_s"] for x in rs) for rs in runs]
+each = [x["decode_tokens_per_s"] for rs in runs for x in rs]
+out = {"sunswarm": label, "sessions": n, "decode_tok_s_total": round(statistics.median(totals), 1),
+       "decode_tok_s_each": [round(x, 1) for x in each],
+       "same_tokens": len({tuple(x["tokens"]) for rs in runs for x in rs}) == 1}
+if repeats > 1:
+    out["runs"] = repeats
+print(json.dumps(out))
 PY
   done
 }
@@ -62,14 +74,22 @@ for SPLIT in "${SWARMS[@]}"; do
     until grep -qs SERVING $D/serve.out; do sleep 0.2; done
     URL=$(grep SERVING $D/serve.out | cut -d' ' -f2)
     for n in $NS; do
-      python3 "$ROOT/testnet/bench/serve_client.py" "$URL" "$MODEL" $n 64 "$PROMPT" | python3 -c '
-import json, sys
-r = json.load(sys.stdin)
-print(json.dumps({"sunswarm": sys.argv[1], "sessions": r["concurrency"],
-                  "decode_tok_s_total": round(r["decode_tok_s_sum"], 1),
-                  "decode_tok_s_span": round(r["decode_tok_s_span"], 1),
-                  "decode_tok_s_each": [round(x, 1) for x in r["decode_tok_s_each"]],
-                  "same_tokens": r["texts_identical"], "chunks": sorted(set(r["chunks"]))}))' "serve, nodes $SPLIT"
+      repeats=1
+      [ "$n" = 1 ] && repeats=$ONE_REPEATS
+      for r in $(seq $repeats); do
+        python3 "$ROOT/testnet/bench/serve_client.py" "$URL" "$MODEL" $n 64 "$PROMPT"
+      done | python3 -c '
+import json, statistics, sys
+rs = [json.loads(line) for line in sys.stdin]
+med = lambda k: round(statistics.median(r[k] for r in rs), 1)
+out = {"sunswarm": sys.argv[1], "sessions": rs[0]["concurrency"],
+       "decode_tok_s_total": med("decode_tok_s_sum"), "decode_tok_s_span": med("decode_tok_s_span"),
+       "decode_tok_s_each": [round(x, 1) for r in rs for x in r["decode_tok_s_each"]],
+       "same_tokens": all(r["texts_identical"] for r in rs),
+       "chunks": sorted({c for r in rs for c in r["chunks"]})}
+if len(rs) > 1:
+    out["runs"] = len(rs)
+print(json.dumps(out))' "serve, nodes $SPLIT"
     done
   )
 done
