@@ -55,15 +55,25 @@ impl Sampler {
     }
 }
 
-/// Index of the largest logit; the lowest index wins ties, as in the reference implementations.
+/// Index of the largest logit; the lowest index wins ties, as in the reference implementations,
+/// and NaNs are passed over (0 when nothing else is there). Two passes that vectorize (the
+/// largest value, then its first place) instead of a compare-and-branch per value: a greedy
+/// token was 5 % of a serving client's CPU time over SmolLM2's 49152 logits.
 pub fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &v) in logits.iter().enumerate() {
-        if v > logits[best] {
-            best = i;
+    // Eight running maxima, like one vector register, so that the compiler can vectorize.
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    let chunks = logits.chunks_exact(8);
+    let tail = chunks.remainder();
+    for c in chunks {
+        for (m, &v) in lanes.iter_mut().zip(c) {
+            *m = m.max(v);
         }
     }
-    best as u32
+    let max = lanes
+        .into_iter()
+        .chain(tail.iter().copied())
+        .fold(f32::NEG_INFINITY, f32::max);
+    logits.iter().position(|&v| v == max).unwrap_or(0) as u32
 }
 
 #[cfg(test)]
@@ -74,6 +84,46 @@ mod tests {
     fn greedy_takes_the_first_maximum() {
         let mut s = Sampler::new(0.0, 1.0, 0);
         assert_eq!(s.sample(&[0.1, 3.0, 3.0, -1.0]), 1);
+    }
+
+    /// The plain loop the vectorized argmax replaced.
+    fn first_max(logits: &[f32]) -> u32 {
+        let mut best = 0;
+        for (i, &v) in logits.iter().enumerate() {
+            if v > logits[best] {
+                best = i;
+            }
+        }
+        best as u32
+    }
+
+    #[test]
+    fn argmax_agrees_with_the_plain_loop_on_ties_nans_and_tails() {
+        let mut rng = SplitMix64(5);
+        for len in [1, 7, 8, 9, 31, 49152] {
+            let mut v: Vec<f32> = (0..len).map(|_| rng.uniform_pm1()).collect();
+            assert_eq!(argmax(&v), first_max(&v), "len {len}");
+            // A tie for the top place, the later one in the tail.
+            let (a, b) = (len / 3, len - 1);
+            v[a] = 2.0;
+            v[b] = 2.0;
+            assert_eq!(argmax(&v), first_max(&v), "tie, len {len}");
+            // NaNs are passed over, before and after the maximum. (The plain loop stopped at
+            // a NaN in the first place and answered 0.)
+            v[b] = f32::NAN;
+            if len > 2 {
+                v[1] = f32::NAN;
+            }
+            assert_eq!(argmax(&v), first_max(&v), "NaN, len {len}");
+            v[0] = f32::NAN;
+            if len > 1 {
+                assert_eq!(argmax(&v), a as u32, "NaN first, len {len}");
+            }
+        }
+        assert_eq!(argmax(&[f32::NAN, f32::NAN]), 0);
+        assert_eq!(argmax(&[f32::NEG_INFINITY, -1.0]), 1);
+        assert_eq!(argmax(&[f32::NEG_INFINITY; 3]), 0);
+        assert_eq!(argmax(&[-0.0, 0.0]), first_max(&[-0.0, 0.0]));
     }
 
     #[test]
