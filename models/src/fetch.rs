@@ -543,6 +543,28 @@ pub(crate) fn part_path(dest: &Path) -> PathBuf {
     dest.with_file_name(format!(".{name}.part{}", std::process::id()))
 }
 
+/// Writes `chunks` to `dest` as one file: beside it under [`part_path`], then renamed into place
+/// (its folder created first), so that a process reading `dest` never sees half of it. The
+/// temporary file is removed when anything fails.
+pub(crate) fn write_aside(dest: &Path, chunks: &[&[u8]]) -> std::io::Result<()> {
+    if let Some(dir) = dest.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let part = part_path(dest);
+    let result = (|| {
+        let mut f = File::create(&part)?;
+        for chunk in chunks {
+            f.write_all(chunk)?;
+        }
+        drop(f);
+        std::fs::rename(&part, dest)
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&part);
+    }
+    result
+}
+
 /// Moves a verified temporary file into place and records its size and mtime as verified.
 fn commit(part: &Path, dest: &Path, sha256: &str) -> std::io::Result<()> {
     if let Err(e) = std::fs::rename(part, dest) {

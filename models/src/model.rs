@@ -359,14 +359,9 @@ fn model_id_of(
     }
     let id = hash_files(cfg, files)?;
     if let (Some(stamp), Some(record)) = (stamp, record) {
-        // Written aside and renamed, so that processes starting together never read half a record.
-        let part = crate::fetch::part_path(&record);
-        let _ = std::fs::create_dir_all(records);
-        if std::fs::write(&part, format!("{stamp} {id}\n")).is_ok()
-            && std::fs::rename(&part, &record).is_err()
-        {
-            let _ = std::fs::remove_file(&part);
-        }
+        // Written aside and renamed, so that processes starting together never read half a
+        // record; one not written only costs the hash next time.
+        let _ = crate::fetch::write_aside(&record, &[format!("{stamp} {id}\n").as_bytes()]);
     }
     Ok(id)
 }

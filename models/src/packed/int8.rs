@@ -52,11 +52,13 @@ impl QuantizedRow {
             sum: Vec::with_capacity(nb),
             qsum: Vec::with_capacity(nb),
         };
+        #[cfg(target_arch = "x86_64")]
+        let vector = vnni_detected();
         for (block, q) in x.chunks_exact(BLOCK).zip(row.q.chunks_exact_mut(BLOCK)) {
             let block: &[f32; BLOCK] = block.try_into().expect("chunks of BLOCK");
             let q: &mut [i8; BLOCK] = q.try_into().expect("chunks of BLOCK");
             #[cfg(target_arch = "x86_64")]
-            let (d, qsum) = if vnni_detected() {
+            let (d, qsum) = if vector {
                 // SAFETY: the CPU has AVX-512F and BW.
                 unsafe { vnni::round_block(block, q) }
             } else {

@@ -14,7 +14,6 @@
 //! rebuilt. It is written aside and renamed into place, never changed in place, so a process
 //! that maps it never sees it change (a replaced file stays mapped as it was).
 
-use std::io::Write;
 use std::marker::PhantomData;
 use std::path::Path;
 use std::sync::Arc;
@@ -122,21 +121,7 @@ fn write(path: &Path, w: &PackedMatrix) -> std::io::Result<()> {
         Store::Q8Tiles(t) => (Kind::Q8, t.len(), bytemuck::cast_slice(t)),
         _ => return Ok(()),
     };
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let part = crate::fetch::part_path(path);
-    let result = (|| {
-        let mut f = std::fs::File::create(&part)?;
-        f.write_all(&header(kind, w.rows, w.cols, count))?;
-        f.write_all(bytes)?;
-        drop(f);
-        std::fs::rename(&part, path)
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&part);
-    }
-    result
+    crate::fetch::write_aside(path, &[&header(kind, w.rows, w.cols, count), bytes])
 }
 
 /// The weight's tiles from the file at `path`, shared with every other process that maps it;
