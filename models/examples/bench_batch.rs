@@ -32,7 +32,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let inputs: Vec<HiddenStates> = (0..m)
             .map(|s| head.embed(&[(100 + s) as u32]))
             .collect::<Result<_, _>>()?;
-        let (mut one, mut batched) = (0f64, 0f64);
+        let (mut one, mut batched, mut heads) = (0f64, 0f64, 0f64);
         for _ in 0..rounds {
             if only.is_none() {
                 let t = Instant::now();
@@ -55,15 +55,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 r?;
             }
             batched += t.elapsed().as_secs_f64();
+            // The LM head of every session at once, as a serving client runs it.
+            let finals: Vec<&HiddenStates> = inputs.iter().collect();
+            let t = Instant::now();
+            head.logits_last_many(&finals)?;
+            heads += t.elapsed().as_secs_f64();
         }
         let per = |total: f64| total / (rounds * m) as f64 * 1e6;
         println!(
-            "M={m:2}: one after another {:8.0} us/token ({:6.1} tok/s), batched {:8.0} us/token ({:6.1} tok/s), {:.2}x",
+            "M={m:2}: one after another {:8.0} us/token ({:6.1} tok/s), batched {:8.0} us/token ({:6.1} tok/s), {:.2}x; LM head {:6.0} us/token",
             per(one),
             1e6 / per(one),
             per(batched),
             1e6 / per(batched),
-            one / batched
+            one / batched,
+            per(heads)
         );
     }
     Ok(())
