@@ -376,9 +376,14 @@ impl PackedMatrix {
             return self;
         }
         let (rows, nb) = (self.rows, self.cols / BLOCK);
+        // Tiles keep scales as f16: a weight with any other scale keeps its blocks.
         let store = match self.store {
-            Store::Q4(blocks) => Store::Q4Tiles(mapped::Tiles::Owned(int8::tile(blocks, rows, nb))),
-            Store::Q8(blocks) => Store::Q8Tiles(mapped::Tiles::Owned(int8::tile(blocks, rows, nb))),
+            Store::Q4(blocks) if int8::scales_fit::<int8::Q4Tile>(&blocks) => {
+                Store::Q4Tiles(mapped::Tiles::Owned(int8::tile(blocks, rows, nb)))
+            }
+            Store::Q8(blocks) if int8::scales_fit::<int8::Q8Tile>(&blocks) => {
+                Store::Q8Tiles(mapped::Tiles::Owned(int8::tile(blocks, rows, nb)))
+            }
             store => store,
         };
         Self { store, ..self }
@@ -1656,6 +1661,39 @@ mod tests {
     }
 
     const TILED_TYPES: [GgmlType; 3] = [GgmlType::Q4_1, GgmlType::Q4_0, GgmlType::Q8_0];
+
+    #[test]
+    fn only_weights_whose_scales_are_f16_values_are_tiled() {
+        // Every weight read from a file fits: its scales are f16 in the file.
+        for ty in TILED_TYPES {
+            let w = packed(ty, 20, 64, 3);
+            let fits = match &w.store {
+                Store::Q4(b) => int8::scales_fit::<int8::Q4Tile>(b),
+                Store::Q8(b) => int8::scales_fit::<int8::Q8Tile>(b),
+                _ => unreachable!(),
+            };
+            assert!(fits, "{ty}");
+        }
+        let q4 = |d: f32, m: f32| Q4Block {
+            d,
+            m,
+            qs: [0x5A; 16],
+        };
+        // 1e-9 is below f16's smallest step; Q4_0's offset -8 d overflows f16 past d = 8188.
+        for (blk, fits) in [
+            (q4(0.5, -4.0), true),
+            (q4(1e-9, 0.0), false),
+            (q4(10_000.0, -80_000.0), false),
+            (q4(f32::INFINITY, 0.0), true),
+        ] {
+            assert_eq!(int8::scales_fit::<int8::Q4Tile>(&[blk]), fits, "{blk:?}");
+        }
+        let q8 = Q8Block {
+            d: 0.1,
+            qs: [3; 32],
+        };
+        assert!(!int8::scales_fit::<int8::Q8Tile>(&[q8]));
+    }
 
     #[test]
     fn tiles_keep_every_row_and_value() {

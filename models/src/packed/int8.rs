@@ -97,17 +97,18 @@ fn round_block(block: &[f32; BLOCK], q: &mut [i8; BLOCK]) -> (f32, i32) {
 /// Block `b` of sixteen rows. `qs` is four 64-byte groups; in group `g`, bytes `4r..4r + 4`
 /// belong to row `r`: their low nibbles are the row's values `8g..8g + 4`, their high nibbles
 /// values `8g + 4..8g + 8`, so masking a group gives one vector of the kernel and shifting it
-/// gives the next. Value `j` of row `r` is `d[r] * q + m[r]`, as in [`Q4Block`].
-#[repr(C)]
+/// gives the next. Value `j` of row `r` is `d[r] * q + m[r]`, as in [`Q4Block`]; `d` and `m`
+/// are kept as the f16 bits the file has (see [`scales_fit`]).
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Q4Tile {
     pub qs: [u8; 256],
-    pub d: [f32; TILE_ROWS],
-    pub m: [f32; TILE_ROWS],
+    pub d: [u16; TILE_ROWS],
+    pub m: [u16; TILE_ROWS],
 }
 
-// SAFETY: bytes and f32s only, no padding (256 + 2 * 64 bytes, alignment 4): every bit pattern
-// is a valid tile, as reading one from a mapped file needs.
+// SAFETY: bytes and u16s only, no padding (256 + 2 * 32 bytes, a multiple of the alignment 4):
+// every bit pattern is a valid tile, as reading one from a mapped file needs.
 unsafe impl bytemuck::Zeroable for Q4Tile {}
 unsafe impl bytemuck::Pod for Q4Tile {}
 
@@ -122,15 +123,15 @@ impl Q4Tile {
 
 /// Block `b` of sixteen Q8_0 rows: `qs` is eight 64-byte groups, bytes `4r..4r + 4` of group
 /// `g` row `r`'s values `4g..4g + 4`, each plus 128 (see the module comment); value `j` of row
-/// `r` is `d[r] * q`.
-#[repr(C)]
+/// `r` is `d[r] * q` (`d` as f16 bits).
+#[repr(C, align(4))]
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Q8Tile {
     pub qs: [u8; 512],
-    pub d: [f32; TILE_ROWS],
+    pub d: [u16; TILE_ROWS],
 }
 
-// SAFETY: as for Q4Tile (512 + 64 bytes, no padding).
+// SAFETY: as for Q4Tile (512 + 32 bytes, no padding).
 unsafe impl bytemuck::Zeroable for Q8Tile {}
 unsafe impl bytemuck::Pod for Q8Tile {}
 
@@ -145,12 +146,15 @@ impl Q8Tile {
 pub(crate) trait Tile: Copy + Send + Sync + Sized {
     /// The untiled block.
     type Block: Copy;
-    /// A tile takes the bytes of sixteen blocks, with their alignment, so that a weight can be
-    /// tiled in its own memory (checked when [`tile`] is compiled for a type).
+    /// A tile takes at most the bytes of sixteen blocks, with their alignment, so that a weight
+    /// can be tiled in its own memory (checked when [`tile`] is compiled for a type).
     const FITS: () = assert!(
-        size_of::<Self>() == TILE_ROWS * size_of::<Self::Block>()
+        size_of::<Self>() <= TILE_ROWS * size_of::<Self::Block>()
             && align_of::<Self>() == align_of::<Self::Block>()
+            && size_of::<Self>().is_multiple_of(align_of::<Self>())
     );
+    /// Whether every scale (and offset) of `blk` is an f16 value, as a tile keeps them.
+    fn scales_fit(blk: &Self::Block) -> bool;
     /// A tile of zero rows.
     const ZERO: Self;
     /// Puts `blk` in lane `r`.
@@ -184,9 +188,13 @@ impl Tile for Q4Tile {
     const HAS_OFFSET: bool = true;
     const ZERO: Self = Q4Tile {
         qs: [0; 256],
-        d: [0.0; TILE_ROWS],
-        m: [0.0; TILE_ROWS],
+        d: [0; TILE_ROWS],
+        m: [0; TILE_ROWS],
     };
+
+    fn scales_fit(blk: &Q4Block) -> bool {
+        is_f16(blk.d) && is_f16(blk.m)
+    }
 
     fn set(&mut self, r: usize, blk: &Q4Block) {
         let value = |j: usize| {
@@ -202,8 +210,8 @@ impl Tile for Q4Tile {
                     value(8 * group + k) | (value(8 * group + 4 + k) << 4);
             }
         }
-        self.d[r] = blk.d;
-        self.m[r] = blk.m;
+        self.d[r] = f16_bits(blk.d);
+        self.m[r] = f16_bits(blk.m);
     }
 
     fn get(&self, r: usize) -> Q4Block {
@@ -212,14 +220,14 @@ impl Tile for Q4Tile {
             *q = self.q(r, j) | (self.q(r, j + 16) << 4);
         }
         Q4Block {
-            d: self.d[r],
-            m: self.m[r],
+            d: self.scale(r),
+            m: self.offset(r),
             qs,
         }
     }
 
     fn dequantize(&self, r: usize, out: &mut [f32]) {
-        let (d, m) = (self.d[r], self.m[r]);
+        let (d, m) = (self.scale(r), self.offset(r));
         for (group, o) in out.chunks_exact_mut(8).enumerate() {
             let bytes = &self.qs[64 * group + 4 * r..][..4];
             for (k, &byte) in bytes.iter().enumerate() {
@@ -236,11 +244,11 @@ impl Tile for Q4Tile {
     }
 
     fn offset(&self, r: usize) -> f32 {
-        self.m[r]
+        f16_value(self.m[r])
     }
 
     fn scale(&self, r: usize) -> f32 {
-        self.d[r]
+        f16_value(self.d[r])
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -259,26 +267,30 @@ impl Tile for Q8Tile {
     const HAS_OFFSET: bool = false;
     const ZERO: Self = Q8Tile {
         qs: [0x80; 512],
-        d: [0.0; TILE_ROWS],
+        d: [0; TILE_ROWS],
     };
+
+    fn scales_fit(blk: &Q8Block) -> bool {
+        is_f16(blk.d)
+    }
 
     fn set(&mut self, r: usize, blk: &Q8Block) {
         for (j, &q) in blk.qs.iter().enumerate() {
             self.qs[64 * (j / 4) + 4 * r + j % 4] = q as u8 ^ 0x80;
         }
-        self.d[r] = blk.d;
+        self.d[r] = f16_bits(blk.d);
     }
 
     fn get(&self, r: usize) -> Q8Block {
         Q8Block {
-            d: self.d[r],
+            d: self.scale(r),
             qs: std::array::from_fn(|j| self.q(r, j)),
         }
     }
 
     fn dequantize(&self, r: usize, out: &mut [f32]) {
         for (j, o) in out.iter_mut().enumerate() {
-            *o = f32::from(self.q(r, j)) * self.d[r];
+            *o = f32::from(self.q(r, j)) * self.scale(r);
         }
     }
 
@@ -293,7 +305,7 @@ impl Tile for Q8Tile {
     }
 
     fn scale(&self, r: usize) -> f32 {
-        self.d[r]
+        f16_value(self.d[r])
     }
 
     #[cfg(target_arch = "x86_64")]
@@ -307,25 +319,48 @@ impl Tile for Q8Tile {
     }
 }
 
+/// Whether every block's scales are f16 values, which a tile keeps as f16: true for every
+/// weight read from a GGUF file (Q4_0's offset `-8 d` too, short of an overflow past 65504).
+pub fn scales_fit<T: Tile>(blocks: &[T::Block]) -> bool {
+    blocks.iter().all(T::scales_fit)
+}
+
+fn is_f16(v: f32) -> bool {
+    f16_value(f16_bits(v)).to_bits() == v.to_bits()
+}
+
+fn f16_bits(v: f32) -> u16 {
+    half::f16::from_f32(v).to_bits()
+}
+
+fn f16_value(bits: u16) -> f32 {
+    half::f16::from_bits(bits).to_f32()
+}
+
 /// `rows` rows of `nb` blocks as tiles, row group by row group (each group's `nb` tiles in
 /// block order); a last group of fewer than sixteen rows is padded with zero rows. When `rows`
-/// is a multiple of sixteen the tiles are written over the blocks' own memory, a group at a time:
-/// tiling into a second buffer and freeing the first left the heap fragmented (a process holding
-/// 8 of the 24 blocks of a 1.7B-shaped model kept 51 MiB more than with untiled weights).
+/// is a multiple of sixteen the tiles are written over the blocks' own memory, a group at a time,
+/// and the buffer is then shrunk to the tiles' size: tiling into a second buffer and freeing the
+/// first left the heap fragmented (a process holding 8 of the 24 blocks of a 1.7B-shaped model
+/// kept 51 MiB more than with untiled weights). Every scale must fit ([`scales_fit`]).
 pub fn tile<T: Tile>(mut blocks: Vec<T::Block>, rows: usize, nb: usize) -> Vec<T> {
     let () = T::FITS;
     blocks.shrink_to_fit();
     let len = blocks.len();
-    if !rows.is_multiple_of(TILE_ROWS) || len != rows * nb || blocks.capacity() != len {
+    if len == 0 || !rows.is_multiple_of(TILE_ROWS) || len != rows * nb || blocks.capacity() != len {
         return tile_copy(&blocks, rows, nb);
     }
     let mut blocks = std::mem::ManuallyDrop::new(blocks);
     let base = blocks.as_mut_ptr();
+    let tiles = base.cast::<T>();
     let mut group: Vec<T::Block> = Vec::with_capacity(TILE_ROWS * nb);
     for g in 0..rows / TILE_ROWS {
         group.clear();
-        // SAFETY: group g's blocks lie inside the buffer (len = rows * nb); they are copied out
-        // before its tiles, which take exactly their bytes (T::FITS), are written over them.
+        // SAFETY: group g's blocks lie inside the buffer (len = rows * nb) and are copied out
+        // before any tile is written. Tile g * nb + b ends at or before the end of group g's
+        // blocks (a tile is at most sixteen blocks' bytes, T::FITS), so it only covers blocks
+        // already copied out (of this group or earlier ones); it is aligned, as the buffer is
+        // for blocks and a tile's size is a multiple of the common alignment (T::FITS).
         unsafe {
             let first = base.add(g * TILE_ROWS * nb);
             group.extend_from_slice(std::slice::from_raw_parts(first, TILE_ROWS * nb));
@@ -334,13 +369,31 @@ pub fn tile<T: Tile>(mut blocks: Vec<T::Block>, rows: usize, nb: usize) -> Vec<T
                 for r in 0..TILE_ROWS {
                     t.set(r, &group[r * nb + b]);
                 }
-                first.cast::<T>().add(b).write(t);
+                tiles.add(g * nb + b).write(t);
             }
         }
     }
-    // SAFETY: the buffer was allocated for len blocks (capacity == len), which are len / 16
-    // tiles of the same size and alignment (T::FITS), every one of them written above.
-    unsafe { Vec::from_raw_parts(base.cast::<T>(), len / TILE_ROWS, len / TILE_ROWS) }
+    let count = len / TILE_ROWS;
+    let (old, size) = (
+        std::alloc::Layout::array::<T::Block>(len).expect("the blocks were allocated"),
+        count * size_of::<T>(),
+    );
+    let tiles = if size == old.size() {
+        tiles
+    } else {
+        // SAFETY: the buffer was allocated by the global allocator with layout `old` (a Vec of
+        // len blocks, capacity == len), and size is not zero (len > 0).
+        let shrunk = unsafe { std::alloc::realloc(base.cast(), old, size) };
+        if shrunk.is_null() {
+            std::alloc::handle_alloc_error(
+                std::alloc::Layout::from_size_align(size, old.align()).expect("a smaller size"),
+            );
+        }
+        shrunk.cast::<T>()
+    };
+    // SAFETY: the buffer now holds `size` bytes with the blocks' alignment, which is the tiles'
+    // (T::FITS): exactly `count` tiles, every one of them written above (realloc keeps them).
+    unsafe { Vec::from_raw_parts(tiles, count, count) }
 }
 
 /// [`tile`] into a new buffer, padding the last group.
@@ -504,7 +557,7 @@ mod vnni {
         let low = _mm512_set1_epi8(0x0F);
         let mut acc = [_mm512_setzero_ps(); N];
         for (b, tile) in tiles.iter().enumerate() {
-            // SAFETY: a tile's qs are four 64-byte groups, d and m sixteen f32 each; block b of
+            // SAFETY: a tile's qs are four 64-byte groups, d and m sixteen f16 each; block b of
             // every token exists (the caller's promise).
             unsafe {
                 prefetch_ahead(tile);
@@ -515,8 +568,8 @@ mod vnni {
                     w[2 * g] = _mm512_and_si512(v, low);
                     w[2 * g + 1] = _mm512_and_si512(_mm512_srli_epi16::<4>(v), low);
                 }
-                let d = _mm512_loadu_ps(tile.d.as_ptr());
-                let m = _mm512_loadu_ps(tile.m.as_ptr());
+                let d = _mm512_cvtph_ps(_mm256_loadu_si256(tile.d.as_ptr().cast()));
+                let m = _mm512_cvtph_ps(_mm256_loadu_si256(tile.m.as_ptr().cast()));
                 for t in 0..N {
                     let x = xs[t];
                     let q = x.q.as_ptr().add(b * BLOCK).cast::<i32>();
@@ -554,12 +607,12 @@ mod vnni {
     ) {
         let mut acc = [_mm512_setzero_ps(); N];
         for (b, tile) in tiles.iter().enumerate() {
-            // SAFETY: a tile's qs are eight 64-byte groups, d sixteen f32; block b of every token
+            // SAFETY: a tile's qs are eight 64-byte groups, d sixteen f16; block b of every token
             // exists (the caller's promise).
             unsafe {
                 prefetch_ahead(tile);
                 let p = tile.qs.as_ptr();
-                let d = _mm512_loadu_ps(tile.d.as_ptr());
+                let d = _mm512_cvtph_ps(_mm256_loadu_si256(tile.d.as_ptr().cast()));
                 for t in 0..N {
                     let x = xs[t];
                     let q = x.q.as_ptr().add(b * BLOCK).cast::<i32>();
