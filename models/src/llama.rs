@@ -843,6 +843,10 @@ impl Head {
             let vocab = weight.rows();
             let mut out = vec![0f32; hidden.len() * vocab];
             weight.matmul_each(&x, hidden.len(), &mut out)?;
+            if hidden.len() == 1 {
+                // One session (every CLI client): its row is the whole buffer, no copy.
+                return Ok(vec![out]);
+            }
             return Ok(out.chunks_exact(vocab).map(<[f32]>::to_vec).collect());
         }
         hidden
