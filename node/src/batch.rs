@@ -10,7 +10,9 @@
 //! without that, sessions whose answers left in one pass came back a few milliseconds apart,
 //! the first of them started a pass of its own, and 8 sessions settled into alternating passes
 //! of 3 and 5 steps, each reading every weight. A pass waits until the sessions answered lately
-//! are due back (each one's usual return time after its answer), up to half a pass.
+//! are due back (each one's usual return time after its answer), up to half a pass, or up to
+//! the fixed part of a pass in the measured cost model if that is longer: what running them
+//! later in a pass of their own would cost everyone.
 //!
 //! Half a pass keeps one group together, but cannot merge groups that are passes apart, as the
 //! stages of a pipeline on shared cores leave them: in a 3-node swarm on one 2-core machine,
@@ -328,19 +330,47 @@ fn describe(r: &Refusal) -> String {
     }
 }
 
-/// Times passes of this runner (decode steps of 1, 2 and 4 sessions, prompt chunks of 16 and
-/// 32 tokens, the fastest of two each) and fits the pass time `c0 + c1 * tokens + c2 * tokens x
-/// context` to them. A runner too fast to measure gets a model of its single decode step.
+/// The passes [`measure_cost`] times: (sessions, new tokens each, cached positions each).
+/// Decode steps of 1, 2 and 4 sessions and prompt chunks of 16 and 32 tokens separate the fixed
+/// cost from the per-token one; a decode step over 128 cached positions separates the
+/// per-position cost (attention) from both. Without it every pass had 4 cached positions, the
+/// token and token-position columns were proportional, and the fit always failed: every node
+/// ran with a model in which any pass cost one decode step.
+const COST_SAMPLES: [(usize, usize, usize); 6] = [
+    (1, 1, 4),
+    (2, 1, 4),
+    (4, 1, 4),
+    (1, 16, 4),
+    (1, 32, 4),
+    (1, 1, 128),
+];
+
+/// The scheduler's view of a timed pass of `sessions` steps of `tokens` new tokens over
+/// `context` cached positions each.
+fn cost_sample(sessions: usize, tokens: usize, context: usize) -> Vec<Step> {
+    let tokens = u32::try_from(tokens).unwrap_or(u32::MAX);
+    let context = u32::try_from(context).unwrap_or(u32::MAX);
+    (0..sessions as u64)
+        .map(|s| Step::prefill_chunk(s, s, tokens, context))
+        .collect()
+}
+
+/// Times passes of this runner ([`COST_SAMPLES`], the fastest of two each) and fits the pass
+/// time `c0 + c1 * tokens + c2 * tokens x context` to them. A runner too fast to measure gets
+/// a model of its single decode step.
 pub fn measure_cost(runner: &dyn BlockRunner) -> LinearCost {
     let dim = runner.hidden_size();
     let mut samples: Vec<(Vec<Step>, f64)> = Vec::new();
-    for (sessions, tokens) in [(1usize, 1usize), (2, 1), (4, 1), (1, 16), (1, 32)] {
+    for (sessions, tokens, context) in COST_SAMPLES {
+        let mut caches: Vec<Box<dyn SessionCache>> =
+            (0..sessions).map(|_| runner.new_session()).collect();
+        for c in &mut caches {
+            let _ = c.forward(context, vec![0.0; context * dim]);
+        }
         let mut best = f64::INFINITY;
         for _ in 0..2 {
-            let mut caches: Vec<Box<dyn SessionCache>> =
-                (0..sessions).map(|_| runner.new_session()).collect();
             for c in &mut caches {
-                let _ = c.forward(4, vec![0.0; 4 * dim]);
+                c.truncate(context);
             }
             let mut items: Vec<BatchItem<'_>> = caches
                 .iter_mut()
@@ -355,13 +385,14 @@ pub fn measure_cost(runner: &dyn BlockRunner) -> LinearCost {
             let _ = crate::session::blocking(|| runner.forward_batch(&mut items));
             best = best.min(t.elapsed().as_secs_f64());
         }
-        let steps = (0..sessions)
-            .map(|s| {
-                let (s, t) = (s as u64, u32::try_from(tokens).unwrap_or(u32::MAX));
-                Step::prefill_chunk(s, s, t, 4)
-            })
-            .collect();
-        samples.push((steps, best));
+        debug!(
+            sessions,
+            tokens,
+            context,
+            ms = best * 1e3,
+            "pass timed for the cost model"
+        );
+        samples.push((cost_sample(sessions, tokens, context), best));
     }
     LinearCost::fit(samples.iter().map(|(steps, t)| (steps.as_slice(), *t)))
         .or_else(|_| LinearCost::new(samples[0].1.max(0.0), 0.0, 0.0))
@@ -390,6 +421,8 @@ async fn run(
     let mut gather = Gather::default();
     let mut pressure = CpuPressure::system();
     let mut last_pass = Duration::ZERO;
+    // What the cost model gave for the last pass: with `last_pass`, how fast passes run now.
+    let mut last_predicted = 0.0;
     loop {
         if pending.is_empty() {
             match rx.recv().await {
@@ -408,11 +441,12 @@ async fn run(
         }
         // Steps with deadlines never wait for company.
         if pending.iter().all(|j| j.deadline_s.is_none()) {
-            let (limit, usual) = if pressure.contended(Instant::now()) {
-                (last_pass * 4, last_pass * 8)
-            } else {
-                (last_pass / 2, last_pass * 4)
-            };
+            let (limit, usual) = gather_limits(
+                last_pass,
+                last_predicted,
+                shared.cost.coefficients()[0],
+                pressure.contended(Instant::now()),
+            );
             let open = wait_for_missing(
                 &mut rx,
                 &mut pending,
@@ -489,6 +523,8 @@ async fn run(
         // Steps with chunks left go back to the front, in their order: they stay the oldest.
         let started = Instant::now();
         let sessions: Vec<Option<u64>> = taken.iter().map(|j| j.session).collect();
+        let run_steps: Vec<&Step> = chosen.iter().filter_map(|&i| steps.get(i)).collect();
+        last_predicted = shared.cost.pass_seconds(&run_steps);
         let unfinished = pass(runner.as_ref(), taken, max_chunk);
         last_pass = started.elapsed();
         let answered = Instant::now();
@@ -501,6 +537,35 @@ async fn run(
             pending.push_front(job);
         }
     }
+}
+
+/// How long a pass may wait for served sessions due back (`limit`), and how long a session may
+/// usually take to come back and still be waited for (`usual`), after a pass that took
+/// `last_pass` where the cost model, whose fixed part is `c0` seconds, predicted
+/// `predicted_s`.
+///
+/// Uncontended, a pass waits up to half the last one, or up to the fixed part of a pass at the
+/// speed passes run now, whichever is longer: running a due group with the pending one instead
+/// of after it saves that much (a read of every weight), more than the wait costs the pending
+/// steps. Half a pass alone left 8 sessions through one node in groups of 6 and 2 for tens of
+/// passes, the 2-step pass costing 85 % of the 6-step one. Contended, up to four passes.
+fn gather_limits(
+    last_pass: Duration,
+    predicted_s: f64,
+    c0: f64,
+    contended: bool,
+) -> (Duration, Duration) {
+    if contended {
+        return (last_pass * 4, last_pass * 8);
+    }
+    // The model was fitted on an idle node; the passes now may run slower or faster.
+    let speed = if predicted_s.is_finite() && predicted_s > 0.0 {
+        (last_pass.as_secs_f64() / predicted_s).clamp(0.25, 4.0)
+    } else {
+        1.0
+    };
+    let fixed = Duration::try_from_secs_f64(c0 * speed).unwrap_or(Duration::ZERO);
+    ((last_pass / 2).max(fixed.min(last_pass)), last_pass * 4)
 }
 
 /// Takes into `pending` the steps of served sessions that [`Gather::hold_until`] says to wait
@@ -774,6 +839,58 @@ mod tests {
         g.answered(1, t0);
         g.answered(2, t0);
         g
+    }
+
+    /// The timed passes separate all three costs: passes that take exactly a model's time give
+    /// back that model.
+    #[test]
+    fn the_timed_passes_give_back_every_coefficient() {
+        for truth in [[0.004, 0.0008, 2e-6], [0.010, 0.0, 0.0], [0.0, 0.001, 1e-5]] {
+            let model = LinearCost::new(truth[0], truth[1], truth[2]).unwrap();
+            let samples: Vec<(Vec<Step>, f64)> = COST_SAMPLES
+                .iter()
+                .map(|&(n, t, c)| {
+                    let steps = cost_sample(n, t, c);
+                    let refs: Vec<&Step> = steps.iter().collect();
+                    let seconds = model.pass_seconds(&refs);
+                    (steps, seconds)
+                })
+                .collect();
+            let fitted = LinearCost::fit(samples.iter().map(|(s, t)| (s.as_slice(), *t)))
+                .expect("the timed passes separate the coefficients");
+            for (got, want) in fitted.coefficients().iter().zip(truth) {
+                assert!(
+                    (got - want).abs() <= 1e-9 + want * 1e-6,
+                    "{truth:?}: {got} vs {want}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_pass_waits_up_to_the_fixed_part_of_a_pass_it_saves() {
+        // Passes run at the model's speed: 10 ms, of which 8 are fixed.
+        let (limit, usual) = gather_limits(10 * MS, 0.010, 0.008, false);
+        assert_eq!((limit, usual), (8 * MS, 40 * MS));
+        // Twice slower than the model: the fixed part is 16 ms, but never more than a pass.
+        assert_eq!(gather_limits(20 * MS, 0.010, 0.008, false).0, 16 * MS);
+        assert_eq!(gather_limits(10 * MS, 0.010, 0.020, false).0, 10 * MS);
+        // A small fixed part: half the last pass.
+        assert_eq!(gather_limits(10 * MS, 0.010, 0.001, false).0, 5 * MS);
+        // No prediction (the first pass) and a broken one: the model's own fixed part.
+        assert_eq!(gather_limits(10 * MS, 0.0, 0.008, false).0, 8 * MS);
+        assert_eq!(gather_limits(10 * MS, f64::NAN, 0.008, false).0, 8 * MS);
+        // The speed estimate is bounded: a pass 100 times slower counts as 4 times.
+        assert_eq!(gather_limits(1000 * MS, 0.010, 0.008, false).0, 500 * MS);
+        assert_eq!(
+            gather_limits(Duration::ZERO, 0.010, 0.008, false).0,
+            Duration::ZERO
+        );
+        // Contended: four passes, whatever the model.
+        assert_eq!(
+            gather_limits(10 * MS, 0.010, 0.008, true),
+            (40 * MS, 80 * MS)
+        );
     }
 
     #[test]
