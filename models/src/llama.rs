@@ -213,14 +213,16 @@ impl LoadedBlocks {
         }
     }
 
-    /// Runs the blocks over new tokens whose positions continue from `cache.len()`.
+    /// Runs the blocks over new tokens whose positions continue from `cache.len()`. On the CPU
+    /// each token is computed exactly as a one-token step would compute it (`host.rs`), so a
+    /// prompt gives the same cache and outputs whole, in chunks, or token by token.
     pub fn forward(
         &self,
         cache: &mut KvCache,
         input: &HiddenStates,
     ) -> Result<HiddenStates, ModelError> {
         let input = self.check_input(cache, input)?;
-        if self.host_norms.is_some() && input.n_tokens == 1 {
+        if self.host_norms.is_some() {
             return rayon::scope(|_| {
                 let mut out = self.forward_rows_host(&mut [cache], &[input])?;
                 Ok(out.remove(0))
@@ -344,19 +346,15 @@ impl LoadedBlocks {
         let v = v.reshape([1, n, nkv, hd]).swap_dims(1, 2);
         let q = self.rope.apply(q, cos, sin);
         let k = self.rope.apply(k, cos, sin);
-        let (k, v) = if self.host_norms.is_some() {
-            self.extend_host_cache(kv, k, v)?
-        } else {
-            let (k, v) = match kv.take() {
-                Some(LayerKv::Tensors(prev)) => {
-                    let (pk, pv) = *prev;
-                    (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2))
-                }
-                _ => (k, v),
-            };
-            *kv = Some(LayerKv::Tensors(Box::new((k.clone(), v.clone()))));
-            (k, v)
+        // Only blocks off the CPU come here; their caches are tensors (`check_input`).
+        let (k, v) = match kv.take() {
+            Some(LayerKv::Tensors(prev)) => {
+                let (pk, pv) = *prev;
+                (Tensor::cat(vec![pk, k], 2), Tensor::cat(vec![pv, v], 2))
+            }
+            _ => (k, v),
         };
+        *kv = Some(LayerKv::Tensors(Box::new((k.clone(), v.clone()))));
         // Grouped-query attention without repeating K/V: the query heads that share a KV head are
         // stacked along the row axis, so one matmul per KV head serves the whole group.
         let q = q.reshape([1, nkv, group * n, hd]);
@@ -373,44 +371,6 @@ impl LoadedBlocks {
             .reshape([1, nh, n, hd])
             .swap_dims(1, 2)
             .reshape([1, n, nh * hd]))
-    }
-
-    /// Appends new keys and values (`[1, kv heads, n, head_dim]`) to a host cache and returns
-    /// the whole cache as tensors, for a prompt chunk's attention on the CPU.
-    fn extend_host_cache(
-        &self,
-        kv: &mut Option<LayerKv>,
-        k: Tensor<4>,
-        v: Tensor<4>,
-    ) -> Result<(Tensor<4>, Tensor<4>), ModelError> {
-        let [_, nkv, _, hd] = k.dims();
-        let rows = |t: Tensor<4>| {
-            // [1, positions, kv heads, hd] in memory order: the host layout.
-            t.swap_dims(1, 2)
-                .try_into_vec_as::<f32>()
-                .map_err(|e| ModelError::Backend(format!("{e:?}")))
-        };
-        let (new_k, new_v) = (rows(k)?, rows(v)?);
-        let (hk, hv) = match kv.get_or_insert_with(|| LayerKv::Host {
-            k: Vec::new(),
-            v: Vec::new(),
-        }) {
-            LayerKv::Host { k, v } => (k, v),
-            LayerKv::Tensors(..) => unreachable!("a CPU block range keeps its caches on the host"),
-        };
-        host::grow(hk, new_k.len(), nkv * hd);
-        host::grow(hv, new_v.len(), nkv * hd);
-        hk.extend_from_slice(&new_k);
-        hv.extend_from_slice(&new_v);
-        let positions = hk.len() / (nkv * hd);
-        let tensor = |data: &[f32]| {
-            Tensor::<4>::from_data(
-                TensorData::new(data.to_vec(), [1, positions, nkv, hd]),
-                &self.device,
-            )
-            .swap_dims(1, 2)
-        };
-        Ok((tensor(hk), tensor(hv)))
     }
 
     /// The block's second half: norm, gated MLP, residual. `product` is how the linear layers
@@ -437,10 +397,11 @@ impl LoadedBlocks {
     /// Runs one pass for the steps of several sessions (continuous batching). The decode steps
     /// (one token each, or several marked [`BatchStep::stepwise`]) go through every linear layer
     /// together, each weight read once for all of them and each row computed exactly as it would
-    /// be alone; attention is per session against its own cache, row by row. Other steps (prompt
-    /// chunks) run on their own within the pass. On the CPU every step's output and cache are
-    /// bit-identical to running it alone (a stepwise step: to running its rows one token at a
-    /// time). A step that is invalid (wrong width, full context, non-finite values) fails alone.
+    /// be alone; attention is per session against its own cache, row by row. On the CPU prompt
+    /// chunks join them, their rows computed as their decode steps would be; elsewhere they run
+    /// on their own within the pass. On the CPU every step's output and cache are bit-identical
+    /// to running it alone, and to running its rows one token at a time. A step that is invalid
+    /// (wrong width, full context, non-finite values) fails alone.
     pub fn forward_batch(
         &self,
         steps: &mut [BatchStep<'_>],
@@ -451,7 +412,11 @@ impl LoadedBlocks {
         for (i, step) in steps.iter_mut().enumerate() {
             match self.check_input(step.cache, step.input) {
                 Err(e) => results[i] = Some(Err(e)),
-                Ok(input) if input.n_tokens == 1 || step.stepwise => decodes.push(i),
+                // On the CPU a prompt chunk's rows are computed as its decode steps would be,
+                // so it shares the pass's products with the other sessions' steps.
+                Ok(input) if input.n_tokens == 1 || step.stepwise || self.host_norms.is_some() => {
+                    decodes.push(i)
+                }
                 Ok(_) => results[i] = Some(self.forward(step.cache, step.input)),
             }
         }

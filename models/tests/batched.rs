@@ -1,8 +1,9 @@
 //! Continuous batching must not change any session's result: the steps of 1 to 16 sessions (at
 //! different positions, with prompt chunks among them) run in one pass give each session bit for
 //! bit the hidden states and cache it gets alone, on a random model and on the real SmolLM2; and
-//! a truncated cache continues as one that never held the dropped positions. The same holds for
-//! the client's LM head over many sessions' final states at once.
+//! a truncated cache continues as one that never held the dropped positions; a prompt gives the
+//! same bits whole, in chunks or token by token. The same holds for the client's LM head over
+//! many sessions' final states at once.
 
 #[path = "fixtures/real_model.rs"]
 mod real_model;
@@ -177,8 +178,7 @@ fn a_bad_step_fails_alone_and_the_others_run() {
 
 /// A replay after failover sends the decode steps a session took as one stepwise step: its rows
 /// must come out, and leave the cache, bit for bit as the one-token steps did, also beside
-/// another session's decode step in the same pass. (The same rows as a prompt chunk do not:
-/// on SmolLM2 its products and attention round differently.)
+/// another session's decode step in the same pass.
 fn stepwise_equals_one_at_a_time(model: &Model, blocks: &LoadedBlocks, steps: usize) {
     let dev = device(BackendKind::Cpu).unwrap();
     let head = model.load_head(&dev).unwrap();
@@ -256,6 +256,50 @@ fn stepwise_rows_equal_one_token_steps_on_smollm2() {
     let dev = device(BackendKind::Cpu).unwrap();
     let blocks = model.load_blocks(10..20, &dev).unwrap();
     stepwise_equals_one_at_a_time(&model, &blocks, 12);
+}
+
+/// On the CPU a prompt gives the same bits whole, in chunks of any size, and token by token: its
+/// outputs and its cache (the next step's output).
+fn a_prompt_gives_the_same_bits_however_it_is_cut(model: &Model, blocks: &LoadedBlocks) {
+    let dev = device(BackendKind::Cpu).unwrap();
+    let head = model.load_head(&dev).unwrap();
+    let ids = prompt(5, 23, model.config().vocab_size);
+    let next = head.embed(&[42]).unwrap();
+    let run = |chunk: usize| {
+        let mut cache = blocks.new_cache();
+        let mut out = Vec::new();
+        for part in ids.chunks(chunk) {
+            out.extend(
+                blocks
+                    .forward(&mut cache, &head.embed(part).unwrap())
+                    .unwrap()
+                    .data,
+            );
+        }
+        (out, blocks.forward(&mut cache, &next).unwrap().data)
+    };
+    let whole = run(ids.len());
+    for chunk in [1, 2, 5, 16] {
+        let (out, after) = run(chunk);
+        assert!(out == whole.0, "chunks of {chunk}: outputs differ");
+        assert!(after == whole.1, "chunks of {chunk}: the caches differ");
+    }
+}
+
+#[test]
+fn a_prompt_gives_the_same_bits_however_it_is_cut_on_a_random_model() {
+    let model = Model::open(&ModelSource::parse("random:tiny:seed=4").unwrap()).unwrap();
+    let dev = device(BackendKind::Cpu).unwrap();
+    let blocks = model.load_blocks(0..4, &dev).unwrap();
+    a_prompt_gives_the_same_bits_however_it_is_cut(&model, &blocks);
+}
+
+#[test]
+fn a_prompt_gives_the_same_bits_however_it_is_cut_on_smollm2() {
+    let model = Model::open(&ModelSource::GgufFile(real_model::smollm2_gguf())).unwrap();
+    let dev = device(BackendKind::Cpu).unwrap();
+    let blocks = model.load_blocks(0..10, &dev).unwrap();
+    a_prompt_gives_the_same_bits_however_it_is_cut(&model, &blocks);
 }
 
 /// With 4-bit rows multiplying 8-bit activations (opt-in), a session's bits still do not depend

@@ -1,13 +1,20 @@
-//! Decode steps on the CPU without tensors: every op of a block (norms, rotary embedding,
+//! Every step on the CPU without tensors: every op of a block (norms, rotary embedding,
 //! attention against the session's cache, SwiGLU) on plain slices, the linear layers through the
 //! packed kernels.
 //!
 //! A decode step is one row per session; through burn each small op of a row was a tensor
 //! allocation and a dispatch, and attention grew the cache by concatenating it whole on every
 //! token, so more than half of a batched pass went to everything but the products. Here each row
-//! of a pass (one session's decode token, or one row of a stepwise replay) runs exactly the
-//! operations it would run alone, in the same order, so a batch is bit-identical to its
-//! members' steps one at a time, whichever threads run them.
+//! of a pass (one session's decode token, or one row of a prompt chunk or a stepwise replay) runs
+//! exactly the operations it would run alone as a decode step, in the same order, so a batch is
+//! bit-identical to its members' steps one at a time, whichever threads run them, and a prompt
+//! gives the same cache however it is chunked.
+//!
+//! Prompts went through burn's tensors until 2026-12-04: a pass then ran each prompt chunk on its
+//! own beside the decode steps, reading every weight once more. Here a chunk's rows join the
+//! pass's products; its rows' attention runs in parallel, each row against the positions up to
+//! its own. SmolLM2-135M, a 16-token prompt alone: 1.04-1.27 ms a token with 8-bit activations
+//! against 1.69-1.85 through burn.
 
 use rayon::prelude::*;
 
@@ -77,8 +84,17 @@ impl LoadedBlocks {
             let mut attn = vec![0f32; rows * q_dim];
             let width = q_dim + 2 * kv_dim;
             let attend_session = |s: &mut SessionRows<'_>, qkv: &mut [f32], out: &mut [f32]| {
-                for r in 0..s.rows {
-                    let row = &mut qkv[r * width..(r + 1) * width];
+                let layer = s.cache.layers[li].get_or_insert_with(|| LayerKv::Host {
+                    k: Vec::new(),
+                    v: Vec::new(),
+                });
+                let LayerKv::Host { k, v } = layer else {
+                    unreachable!("a CPU block range keeps its caches on the host")
+                };
+                let before = k.len() / kv_dim;
+                grow(k, s.rows * kv_dim, kv_dim);
+                grow(v, s.rows * kv_dim, kv_dim);
+                for (r, row) in qkv.chunks_exact_mut(width).enumerate() {
                     let (cos, sin) = &rope[s.first_row + r];
                     let (q, kv) = row.split_at_mut(q_dim);
                     for head in q
@@ -87,18 +103,26 @@ impl LoadedBlocks {
                     {
                         self.rope.rotate(head, cos, sin);
                     }
-                    let layer = s.cache.layers[li].get_or_insert_with(|| LayerKv::Host {
-                        k: Vec::new(),
-                        v: Vec::new(),
-                    });
-                    let LayerKv::Host { k, v } = layer else {
-                        unreachable!("a CPU block range keeps its caches on the host")
-                    };
-                    grow(k, kv_dim, kv_dim);
-                    grow(v, kv_dim, kv_dim);
                     k.extend_from_slice(&kv[..kv_dim]);
                     v.extend_from_slice(&kv[kv_dim..]);
-                    attend_row(q, k, v, nh, nkv, hd, &mut out[r * q_dim..(r + 1) * q_dim]);
+                }
+                // Row r sees the positions up to its own, exactly the cache its decode step
+                // would see; so a prompt chunk's rows need not wait for each other.
+                let (k, v) = (&k[..], &v[..]);
+                let attend = |(r, (row, o)): (usize, (&[f32], &mut [f32]))| {
+                    let end = (before + r + 1) * kv_dim;
+                    attend_row(&row[..q_dim], &k[..end], &v[..end], nh, nkv, hd, o);
+                };
+                if s.rows > 1 {
+                    qkv.par_chunks_exact(width)
+                        .zip(out.par_chunks_exact_mut(q_dim))
+                        .enumerate()
+                        .for_each(attend);
+                } else {
+                    qkv.chunks_exact(width)
+                        .zip(out.chunks_exact_mut(q_dim))
+                        .enumerate()
+                        .for_each(attend);
                 }
             };
             if sessions.len() == 1 {
