@@ -18,7 +18,9 @@
 //! each run of decode steps as one stepwise forward that every hop computes row by row as those
 //! steps were, so on the same build and kernels the two runs agree bit for bit. (Decode steps
 //! merged into one plain chunk moved hidden states by about 3e-7 relative in f32, and by 3e-2 to
-//! 5.5e-2 with 8-bit activations, where honest peers were then banned.) Outputs are compared
+//! 5.5e-2 with 8-bit activations, where honest peers were then banned. Since 2026-12-04 a CPU
+//! computes a plain chunk row by row as well, so there the two agree; on GPUs they still do
+//! not.) Outputs are compared
 //! within [`SpotChecks::tolerance`] (relative L2 per row, 1e-3 by default), for replicas on
 //! other kernels. The first range that disagrees gets a third opinion: the client runs
 //! that range itself on the check's inputs, in the same forwards ([`Referee`]; it once ran plain
