@@ -603,6 +603,10 @@ impl PackedMatrix {
             << (TOKEN_BLOCK_BYTES / (cols * 4).max(1))
                 .clamp(1, 2 * MANY)
                 .ilog2();
+        // Rows too long for eight tokens' activations to stay in L1 go a stretch at a time.
+        let stretched = cols * size_of::<f32>() * MANY > TOKEN_BLOCK_BYTES
+            && k != Kernels::Portable
+            && matches!(self.store, Store::Q4(_) | Store::Q8(_) | Store::Q6(_));
         let mut transposed = vec![0f32; n * self.rows];
         transposed
             .par_chunks_mut(chunk * n)
@@ -610,6 +614,18 @@ impl PackedMatrix {
             .for_each(|(c, out_t)| {
                 for (b, block) in out_t.chunks_mut(rows_at_once * n).enumerate() {
                     let first = c * chunk + b * rows_at_once;
+                    if stretched {
+                        let mut t = 0;
+                        while t < n {
+                            t += match n - t {
+                                8.. => self.stretched_dots::<MANY>(k, first, &xs, t, block),
+                                4.. => self.stretched_dots::<4>(k, first, &xs, t, block),
+                                2.. => self.stretched_dots::<2>(k, first, &xs, t, block),
+                                _ => self.stretched_dots::<1>(k, first, &xs, t, block),
+                            };
+                        }
+                        continue;
+                    }
                     for t in (0..n).step_by(tokens_at_once) {
                         let end = (t + tokens_at_once).min(n);
                         for (i, col) in block.chunks_exact_mut(n).enumerate() {
@@ -668,6 +684,55 @@ impl PackedMatrix {
                 out[at..at + lanes].copy_from_slice(&v[..lanes]);
             }
         }
+    }
+
+    /// Tokens `t..t + N` of `xs` against the weight rows from `first` whose results `block`
+    /// holds (`[row][token]`, every token of the product): each row a stretch of
+    /// [`STRETCH_BLOCKS`] blocks at a time for all of them, the partial sums kept between
+    /// stretches, so that the tokens' stretches stay in L1 while the rows go by. The same bits
+    /// as [`row_dots`](Self::row_dots). Returns `N`.
+    fn stretched_dots<const N: usize>(
+        &self,
+        k: Kernels,
+        first: usize,
+        xs: &[&[f32]],
+        t: usize,
+        block: &mut [f32],
+    ) -> usize {
+        let n = xs.len();
+        let Some(these) = xs[t..].first_chunk::<N>() else {
+            return N;
+        };
+        let nb = self.cols / BLOCK;
+        let rows = block.len() / n;
+        let mut acc = vec![[Partial::ZERO; N]; rows];
+        let mut from = 0;
+        while from < nb {
+            let to = (from + STRETCH_BLOCKS).min(nb);
+            let last = to == nb;
+            for (i, (acc, col)) in acc.iter_mut().zip(block.chunks_exact_mut(n)).enumerate() {
+                let r = first + i;
+                let Some(out) = col[t..].first_chunk_mut::<N>() else {
+                    continue;
+                };
+                let row = r * nb..(r + 1) * nb;
+                let done = match &self.store {
+                    Store::Q4(v) => k.dot_q4_part(&v[row], these, (from, to), acc, last, out),
+                    Store::Q8(v) => k.dot_q8_part(&v[row], these, (from, to), acc, last, out),
+                    Store::Q6(v) => k.dot_q6_part(&v[row], these, (from, to), acc, last, out),
+                    _ => false,
+                };
+                if !done {
+                    // Only the block kernels with stretches come here; the others take each
+                    // row whole.
+                    if last {
+                        self.row_dots_n::<N>(k, r, &xs[t..], out);
+                    }
+                }
+            }
+            from = to;
+        }
+        N
     }
 
     /// [`row_dot`](Self::row_dot) of row `r` for every token, [`MANY`] at a time (then 4, 2, 1).
@@ -765,7 +830,7 @@ pub(crate) fn weighted_sum(out: &mut [f32], weights: &[f32], values: &[f32], str
 /// The [`Kernels`] entry points of one block type: a row against one token (`$one`) and against
 /// `N` tokens sharing each block's widening (`$many`), on the detected kernels.
 macro_rules! block_kernels {
-    ($one:ident, $many:ident, $ty:ty) => {
+    ($one:ident, $many:ident, $part:ident, $ty:ty) => {
         fn $one(self, row: &[$ty], x: &[f32]) -> f32 {
             match self {
                 // SAFETY: detect() saw AVX2 and FMA on this CPU.
@@ -791,6 +856,37 @@ macro_rules! block_kernels {
                         out[t] = portable::$one(row, xs[t]);
                     }
                 }
+            }
+        }
+
+        /// `$many` a stretch of blocks at a time (see the kernels' `$part`); false (nothing
+        /// done) on kernels without it.
+        fn $part<const N: usize>(
+            self,
+            row: &[$ty],
+            xs: &[&[f32]; N],
+            blocks: (usize, usize),
+            acc: &mut [Partial; N],
+            last: bool,
+            out: &mut [f32; N],
+        ) -> bool {
+            assert!(blocks.0 % 2 == 0 && blocks.1 <= row.len());
+            assert!(xs.iter().all(|x| x.len() >= blocks.1 * BLOCK));
+            match self {
+                // SAFETY: as in the one-token entry; the blocks are inside the row and every
+                // token (asserted).
+                #[cfg(target_arch = "x86_64")]
+                Kernels::Avx2Fma => {
+                    unsafe { avx2::$part(row, xs, blocks, acc, last, out) };
+                    true
+                }
+                // SAFETY: as above.
+                #[cfg(target_arch = "x86_64")]
+                Kernels::Avx512 => {
+                    unsafe { avx512::$part(row, xs, blocks, acc, last, out) };
+                    true
+                }
+                Kernels::Portable => false,
             }
         }
     };
@@ -861,9 +957,9 @@ impl Kernels {
         }
     }
 
-    block_kernels!(dot_q4, dot_q4_many, Q4Block);
-    block_kernels!(dot_q8, dot_q8_many, Q8Block);
-    block_kernels!(dot_q6, dot_q6_many, Q6Block);
+    block_kernels!(dot_q4, dot_q4_many, dot_q4_part, Q4Block);
+    block_kernels!(dot_q8, dot_q8_many, dot_q8_part, Q8Block);
+    block_kernels!(dot_q6, dot_q6_many, dot_q6_part, Q6Block);
 }
 
 mod portable {
@@ -949,7 +1045,7 @@ mod portable {
 /// both vector widths (`$ops` names the width's `zero`, `add` and `sum`).
 #[cfg(target_arch = "x86_64")]
 macro_rules! block_row_dot {
-    ($features:literal, $one:ident, $many:ident, $ty:ty, $unpack:ident, $apply:ident, $ops:ident) => {
+    ($features:literal, $one:ident, $many:ident, $part:ident, $ty:ty, $unpack:ident, $apply:ident, $ops:ident) => {
         /// # Safety
         /// The CPU has the features this function is compiled for.
         #[target_feature(enable = $features)]
@@ -1015,8 +1111,78 @@ macro_rules! block_row_dot {
                 out[t] = $ops::sum($ops::add(acc0[t], acc1[t]));
             }
         }
+
+        /// `$many` over the blocks `from..to` only (`from` even), continuing from the partial
+        /// sums in `acc` and leaving them there; with `last`, `to` is the row's end and `out`
+        /// gets the results. A row taken a stretch at a time this way runs exactly `$many`'s
+        /// operations in the same order, so the results are the same bits.
+        ///
+        /// # Safety
+        /// The CPU has the features this function is compiled for; every token has `to` blocks.
+        #[target_feature(enable = $features)]
+        pub unsafe fn $part<const N: usize>(
+            row: &[$ty],
+            xs: &[&[f32]; N],
+            (from, to): (usize, usize),
+            acc: &mut [super::Partial; N],
+            last: bool,
+            out: &mut [f32; N],
+        ) {
+            let mut acc0 = [$ops::zero(); N];
+            let mut acc1 = [$ops::zero(); N];
+            // SAFETY: a Partial holds 32 floats, two vectors of either width; block b reads
+            // x[32b..32b + 32] with b < to (the caller's promise).
+            unsafe {
+                for t in 0..N {
+                    acc0[t] = $ops::load(acc[t].0.as_ptr());
+                    acc1[t] = $ops::load(acc[t].0.as_ptr().add(16));
+                }
+                let mut b = from;
+                while b + 2 <= to {
+                    let (wp, wq) = (
+                        $unpack(row.get_unchecked(b)),
+                        $unpack(row.get_unchecked(b + 1)),
+                    );
+                    for t in 0..N {
+                        let x = xs[t].as_ptr();
+                        let (xp, xq) = (x.add(b * BLOCK), x.add((b + 1) * BLOCK));
+                        acc0[t] = $apply(&wp, xp, acc0[t]);
+                        acc1[t] = $apply(&wq, xq, acc1[t]);
+                    }
+                    b += 2;
+                }
+                if b < to {
+                    let wp = $unpack(row.get_unchecked(b));
+                    for t in 0..N {
+                        let xp = xs[t].as_ptr().add(b * BLOCK);
+                        acc0[t] = $apply(&wp, xp, acc0[t]);
+                    }
+                }
+                for t in 0..N {
+                    if last {
+                        out[t] = $ops::sum($ops::add(acc0[t], acc1[t]));
+                    } else {
+                        $ops::store(acc[t].0.as_mut_ptr(), acc0[t]);
+                        $ops::store(acc[t].0.as_mut_ptr().add(16), acc1[t]);
+                    }
+                }
+            }
+        }
     };
 }
+
+/// A many-token kernel's two partial sums for one token, between stretches of a row: two
+/// vectors of up to 16 lanes.
+#[derive(Clone, Copy)]
+struct Partial([f32; 32]);
+
+impl Partial {
+    const ZERO: Partial = Partial([0.0; 32]);
+}
+
+/// Blocks of a row a many-token product takes for all its tokens before the next row, where the
+/// tokens' whole rows would not stay in the L1 cache (16 blocks: 2 KiB of each token).
+const STRETCH_BLOCKS: usize = 16;
 
 /// The most tokens one many-token kernel call takes (the accumulators stay in registers).
 const MANY: usize = 8;
@@ -1024,8 +1190,9 @@ const MANY: usize = 8;
 /// Bytes of activations a many-row product takes against each weight row before the next row
 /// ([`PackedMatrix::matmul_each`]): they stay in the L1 cache meanwhile (8 rows of 576 values,
 /// 4 of 2048). With all 128 rows of a 1.7B-shaped prompt chunk against each weight row (1 MiB,
-/// read from L2) its prefill ran at 17.6 tok/s; blocks of 4 rows, 26-27; burn's gemm on
-/// dequantized tiles, whose bits differ from the decode kernels', 30-32.
+/// read from L2) its prefill ran at 17.6 tok/s; blocks of 4 rows, 26-27; eight rows taken a
+/// stretch of [`STRETCH_BLOCKS`] at a time, 29.4-29.8; burn's gemm on dequantized tiles, whose
+/// bits differ from the decode kernels', 30.3-32.8 beside it.
 const TOKEN_BLOCK_BYTES: usize = 32 * 1024;
 
 /// Bytes of weight rows a many-row product runs through one block of tokens before the next
@@ -1093,6 +1260,22 @@ mod avx2 {
         #[target_feature(enable = "avx2,fma")]
         fn sum(v: __m256) -> f32 {
             hsum(v)
+        }
+        /// # Safety
+        /// `p` points to 8 readable floats.
+        #[inline]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn load(p: *const f32) -> __m256 {
+            // SAFETY: the caller's promise.
+            unsafe { _mm256_loadu_ps(p) }
+        }
+        /// # Safety
+        /// `p` points to 8 writable floats.
+        #[inline]
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn store(p: *mut f32, v: __m256) {
+            // SAFETY: the caller's promise.
+            unsafe { _mm256_storeu_ps(p, v) }
         }
     }
 
@@ -1255,6 +1438,7 @@ mod avx2 {
         "avx2,fma",
         dot_q4,
         dot_q4_many,
+        dot_q4_part,
         Q4Block,
         q4_unpack,
         apply,
@@ -1264,6 +1448,7 @@ mod avx2 {
         "avx2,fma",
         dot_q8,
         dot_q8_many,
+        dot_q8_part,
         Q8Block,
         q8_unpack,
         apply,
@@ -1273,6 +1458,7 @@ mod avx2 {
         "avx2,fma",
         dot_q6,
         dot_q6_many,
+        dot_q6_part,
         Q6Block,
         q6_unpack,
         apply,
@@ -1306,6 +1492,22 @@ mod avx512 {
         #[target_feature(enable = "avx512f")]
         fn sum(v: __m512) -> f32 {
             _mm512_reduce_add_ps(v)
+        }
+        /// # Safety
+        /// `p` points to 16 readable floats.
+        #[inline]
+        #[target_feature(enable = "avx512f")]
+        unsafe fn load(p: *const f32) -> __m512 {
+            // SAFETY: the caller's promise.
+            unsafe { _mm512_loadu_ps(p) }
+        }
+        /// # Safety
+        /// `p` points to 16 writable floats.
+        #[inline]
+        #[target_feature(enable = "avx512f")]
+        unsafe fn store(p: *mut f32, v: __m512) {
+            // SAFETY: the caller's promise.
+            unsafe { _mm512_storeu_ps(p, v) }
         }
     }
 
@@ -1378,6 +1580,7 @@ mod avx512 {
         "avx512f",
         dot_q4,
         dot_q4_many,
+        dot_q4_part,
         Q4Block,
         q4_unpack,
         apply,
@@ -1387,6 +1590,7 @@ mod avx512 {
         "avx512f",
         dot_q8,
         dot_q8_many,
+        dot_q8_part,
         Q8Block,
         q8_unpack,
         apply,
@@ -1396,6 +1600,7 @@ mod avx512 {
         "avx512f",
         dot_q6,
         dot_q6_many,
+        dot_q6_part,
         Q6Block,
         q6_unpack,
         apply,
@@ -1567,6 +1772,46 @@ mod tests {
         }
         // Bytes of the wrong length are refused.
         assert!(PackedMatrix::from_ggml(GgmlType::Q6_K, &q6[..209], rows, cols).is_err());
+    }
+
+    /// Rows too long for eight tokens' activations to stay in L1 go a stretch of blocks at a
+    /// time, with the same bits as one token at a time: every block type with stretches, odd
+    /// and even block counts past a stretch, token counts that leave 4, 2 and 1 at the end.
+    #[test]
+    fn long_rows_a_stretch_at_a_time_give_each_token_its_one_token_bits() {
+        let rows = 3;
+        let mut matrices = Vec::new();
+        // 33 and 81 blocks: a last stretch of one block; 72: of eight.
+        for cols in [1056, 2592] {
+            let w = values(rows * cols, 5);
+            for ty in [GgmlType::Q4_1, GgmlType::Q8_0] {
+                let bytes = quant::quantize(ty, &w).unwrap();
+                let m = PackedMatrix::from_ggml(ty, &bytes, rows, cols).unwrap();
+                matrices.push((format!("{ty:?} x {cols}"), m));
+            }
+        }
+        let q6 = q6_k_bytes(rows * 2304 / 256);
+        let m = PackedMatrix::from_ggml(GgmlType::Q6_K, &q6, rows, 2304).unwrap();
+        matrices.push(("Q6_K x 2304".into(), m));
+        for (name, m) in &matrices {
+            let cols = m.cols;
+            assert!(cols * size_of::<f32>() * MANY > TOKEN_BLOCK_BYTES, "{name}");
+            for n in [2, 8, 15] {
+                let x = values(n * cols, 7);
+                let mut one = vec![0f32; n * rows];
+                for t in 0..n {
+                    m.matmul(
+                        &x[t * cols..(t + 1) * cols],
+                        1,
+                        &mut one[t * rows..(t + 1) * rows],
+                    )
+                    .unwrap();
+                }
+                let mut each = vec![0f32; n * rows];
+                m.matmul_each(&x, n, &mut each).unwrap();
+                assert_eq!(one, each, "{name}, n = {n}");
+            }
+        }
     }
 
     #[test]
