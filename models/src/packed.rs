@@ -31,9 +31,6 @@ use crate::ModelError;
 use crate::gguf::GgmlType;
 use crate::quant::{self, half_at};
 
-/// Rows per task of a prompt's product: a tile of dequantized rows stays in L2.
-const PROMPT_TILE_ROWS: usize = 128;
-
 /// Values per quantized block (Q4_0, Q4_1, Q8_0).
 pub(crate) const BLOCK: usize = 32;
 
@@ -472,7 +469,8 @@ impl PackedMatrix {
         out
     }
 
-    /// `out[n, rows] = x[n, cols] · Wᵀ`, rows split over the rayon pool.
+    /// `out[n, rows] = x[n, cols] · Wᵀ`, rows split over the rayon pool; several rows as
+    /// [`matmul_each`](Self::matmul_each).
     pub(crate) fn matmul(&self, x: &[f32], n: usize, out: &mut [f32]) -> Result<(), ModelError> {
         if n == 0 || x.len() != n * self.cols || out.len() != n * self.rows {
             return Err(ModelError::BadInput(format!(
@@ -486,6 +484,12 @@ impl PackedMatrix {
                 out.len()
             )));
         }
+        // Many rows: each computed as a one-token product. (A gemm on dequantized tiles was
+        // faster here once, but gave other bits than the decode kernels; since prompts on the
+        // CPU go through the host path, which multiplies row by row, nothing needs it.)
+        if n > 1 {
+            return self.matmul_each(x, n, out);
+        }
         if self.tiled_products(x, n, out) {
             return Ok(());
         }
@@ -494,69 +498,11 @@ impl PackedMatrix {
         // the whole product back.
         let threads = rayon::current_num_threads();
         let chunk = self.rows.div_ceil(threads * 4).max(16);
-        if n == 1 {
-            out.par_chunks_mut(chunk).enumerate().for_each(|(c, out)| {
-                for (i, o) in out.iter_mut().enumerate() {
-                    *o = self.row_dot(k, c * chunk + i, x);
-                }
-            });
-            return Ok(());
-        }
-        // Prompt: each task dequantizes a tile of rows (f32 weights are used in place) and hands
-        // it to gemm with every token, writing the transposed product, which is then turned
-        // round. Row by row dot products ran at a third of gemm's speed here.
-        let tile = PROMPT_TILE_ROWS.min(chunk);
-        let mut transposed = vec![0f32; n * self.rows];
-        let cols = self.cols;
-        transposed
-            .par_chunks_mut(tile * n)
-            .enumerate()
-            .for_each(|(c, out_t)| {
-                let (r0, tr) = (c * tile, out_t.len() / n);
-                let dequantized;
-                let w: &[f32] = match &self.store {
-                    Store::F32(v) => &v[r0 * cols..(r0 + tr) * cols],
-                    _ => {
-                        let mut buf = vec![0f32; tr * cols];
-                        for (i, row) in buf.chunks_exact_mut(cols).enumerate() {
-                            self.dequantize_row(r0 + i, row);
-                        }
-                        dequantized = buf;
-                        &dequantized
-                    }
-                };
-                // SAFETY: out_t is [tr, n] (row stride n), w is [tr, cols] (row stride cols) and
-                // x is [n, cols], read as its transpose [cols, n] (column stride cols); every
-                // index gemm forms from these sizes and strides lies inside the slices.
-                unsafe {
-                    gemm::gemm(
-                        tr,
-                        n,
-                        cols,
-                        out_t.as_mut_ptr(),
-                        1,
-                        n as isize,
-                        false,
-                        w.as_ptr(),
-                        1,
-                        cols as isize,
-                        x.as_ptr(),
-                        cols as isize,
-                        1,
-                        0.0,
-                        1.0,
-                        false,
-                        false,
-                        false,
-                        gemm::Parallelism::None,
-                    );
-                }
-            });
-        for (r, col) in transposed.chunks_exact(n).enumerate() {
-            for (t, &v) in col.iter().enumerate() {
-                out[t * self.rows + r] = v;
+        out.par_chunks_mut(chunk).enumerate().for_each(|(c, out)| {
+            for (i, o) in out.iter_mut().enumerate() {
+                *o = self.row_dot(k, c * chunk + i, x);
             }
-        }
+        });
         Ok(())
     }
 
@@ -1191,8 +1137,8 @@ const MANY: usize = 8;
 /// ([`PackedMatrix::matmul_each`]): they stay in the L1 cache meanwhile (8 rows of 576 values,
 /// 4 of 2048). With all 128 rows of a 1.7B-shaped prompt chunk against each weight row (1 MiB,
 /// read from L2) its prefill ran at 17.6 tok/s; blocks of 4 rows, 26-27; eight rows taken a
-/// stretch of [`STRETCH_BLOCKS`] at a time, 29.4-29.8; burn's gemm on dequantized tiles, whose
-/// bits differ from the decode kernels', 30.3-32.8 beside it.
+/// stretch of [`STRETCH_BLOCKS`] at a time, 29.4-29.8; a gemm on dequantized tiles (removed),
+/// whose bits differed from the decode kernels', 30.3-32.8 beside it.
 const TOKEN_BLOCK_BYTES: usize = 32 * 1024;
 
 /// Bytes of weight rows a many-row product runs through one block of tokens before the next
