@@ -1,7 +1,8 @@
 //! Linear-layer weights kept on the CPU in their quantized block format, with the products the
 //! blocks need: one-token matrix-vector products that dequantize as they read (decoding is bound
-//! by reading the weights, and a Q4_1 row is a sixth of its f32 bytes), and small matrix products
-//! for prompts that dequantize one row at a time into a buffer that stays in cache.
+//! by reading the weights, and a Q4_1 row is a sixth of its f32 bytes), and products of many
+//! rows (several sessions' steps, prompt chunks) that compute each row exactly as its one-token
+//! product, each weight row read once for a block of rows while it is in cache.
 //!
 //! Q4_0 and Q4_1 become one 4-bit form (`value = d * q + m`, with `m = -8 d` for Q4_0), Q8_0
 //! keeps its form, Q6_K becomes a byte per value with an f32 scale per 16 (the LM head of many
