@@ -1028,44 +1028,21 @@ macro_rules! block_row_dot {
             for t in 0..N {
                 nb = nb.min(xs[t].len() / BLOCK);
             }
-            let mut acc0 = [$ops::zero(); N];
-            let mut acc1 = [$ops::zero(); N];
-            let mut b = 0;
-            // SAFETY: as in the one-token version, for every token's x.
-            unsafe {
-                while b + 2 <= nb {
-                    let (wp, wq) = (
-                        $unpack(row.get_unchecked(b)),
-                        $unpack(row.get_unchecked(b + 1)),
-                    );
-                    for t in 0..N {
-                        let x = xs[t].as_ptr();
-                        let (xp, xq) = (x.add(b * BLOCK), x.add((b + 1) * BLOCK));
-                        acc0[t] = $apply(&wp, xp, acc0[t]);
-                        acc1[t] = $apply(&wq, xq, acc1[t]);
-                    }
-                    b += 2;
-                }
-                if b < nb {
-                    let wp = $unpack(row.get_unchecked(b));
-                    for t in 0..N {
-                        let xp = xs[t].as_ptr().add(b * BLOCK);
-                        acc0[t] = $apply(&wp, xp, acc0[t]);
-                    }
-                }
-            }
-            for t in 0..N {
-                out[t] = $ops::sum($ops::add(acc0[t], acc1[t]));
-            }
+            // The whole row as one stretch, from zero partial sums.
+            let mut acc = [super::Partial::ZERO; N];
+            // SAFETY: every token has nb blocks.
+            unsafe { $part(row, xs, (0, nb), &mut acc, true, out) }
         }
 
-        /// `$many` over the blocks `from..to` only (`from` even), continuing from the partial
-        /// sums in `acc` and leaving them there; with `last`, `to` is the row's end and `out`
-        /// gets the results. A row taken a stretch at a time this way runs exactly `$many`'s
-        /// operations in the same order, so the results are the same bits.
+        /// The blocks `from..to` of a row for `N` tokens (`from` even), continuing from the
+        /// partial sums in `acc` and leaving them there; with `last`, `to` is the row's end and
+        /// `out` gets the results. `$many` is the whole row as one stretch; a row taken several
+        /// stretches at a time runs the same operations in the same order, so the results are
+        /// the same bits.
         ///
         /// # Safety
         /// The CPU has the features this function is compiled for; every token has `to` blocks.
+        #[inline]
         #[target_feature(enable = $features)]
         pub unsafe fn $part<const N: usize>(
             row: &[$ty],
