@@ -1608,6 +1608,21 @@ mod tests {
     /// one-token and many-token products equal.
     /// A Q6_K weight of `rows` rows of 256: 210 bytes per row; d (f16) at the end, scales in the
     /// middle.
+    /// `x`'s `n` rows through `m` one token at a time, `[n, rows]`.
+    fn one_token_products(m: &PackedMatrix, x: &[f32], n: usize) -> Vec<f32> {
+        let (rows, cols) = (m.rows, m.cols);
+        let mut one = vec![0f32; n * rows];
+        for t in 0..n {
+            m.matmul(
+                &x[t * cols..(t + 1) * cols],
+                1,
+                &mut one[t * rows..(t + 1) * rows],
+            )
+            .unwrap();
+        }
+        one
+    }
+
     fn q6_k_bytes(rows: usize) -> Vec<u8> {
         let mut q6 = vec![0u8; rows * 210];
         for (r, blk) in q6.chunks_exact_mut(210).enumerate() {
@@ -1676,15 +1691,7 @@ mod tests {
         for m in [&p, &k] {
             for n in [1, 3, 9] {
                 let x = values(n * cols, 4);
-                let mut one = vec![0f32; n * rows];
-                for t in 0..n {
-                    m.matmul(
-                        &x[t * cols..(t + 1) * cols],
-                        1,
-                        &mut one[t * rows..(t + 1) * rows],
-                    )
-                    .unwrap();
-                }
+                let one = one_token_products(m, &x, n);
                 let mut each = vec![0f32; n * rows];
                 m.matmul_each(&x, n, &mut each).unwrap();
                 assert_eq!(one, each, "n = {n}");
@@ -1722,15 +1729,7 @@ mod tests {
             assert!(cols * size_of::<f32>() * MANY > TOKEN_BLOCK_BYTES, "{name}");
             for n in [2, 8, 15] {
                 let x = values(n * cols, 7);
-                let mut one = vec![0f32; n * rows];
-                for t in 0..n {
-                    m.matmul(
-                        &x[t * cols..(t + 1) * cols],
-                        1,
-                        &mut one[t * rows..(t + 1) * rows],
-                    )
-                    .unwrap();
-                }
+                let one = one_token_products(m, &x, n);
                 let mut each = vec![0f32; n * rows];
                 m.matmul_each(&x, n, &mut each).unwrap();
                 assert_eq!(one, each, "{name}, n = {n}");
