@@ -552,7 +552,6 @@ impl PackedMatrix {
                 .ilog2();
         // Rows too long for eight tokens' activations to stay in L1 go a stretch at a time.
         let stretched = cols * size_of::<f32>() * MANY > TOKEN_BLOCK_BYTES
-            && k != Kernels::Portable
             && matches!(self.store, Store::Q4(_) | Store::Q8(_) | Store::Q6(_));
         let mut transposed = vec![0f32; n * self.rows];
         transposed
@@ -663,18 +662,15 @@ impl PackedMatrix {
                     continue;
                 };
                 let row = r * nb..(r + 1) * nb;
-                let done = match &self.store {
+                match &self.store {
                     Store::Q4(v) => k.dot_q4_part(&v[row], these, (from, to), acc, last, out),
                     Store::Q8(v) => k.dot_q8_part(&v[row], these, (from, to), acc, last, out),
                     Store::Q6(v) => k.dot_q6_part(&v[row], these, (from, to), acc, last, out),
-                    _ => false,
-                };
-                if !done {
-                    // Only the block kernels with stretches come here; the others take each
-                    // row whole.
-                    if last {
+                    // Other stores take each row whole.
+                    _ if last => {
                         self.row_dots_n::<N>(k, r, &xs[t..], out);
                     }
+                    _ => {}
                 }
             }
             from = to;
@@ -806,8 +802,8 @@ macro_rules! block_kernels {
             }
         }
 
-        /// `$many` a stretch of blocks at a time (see the kernels' `$part`); false (nothing
-        /// done) on kernels without it.
+        /// `$many` a stretch of blocks at a time (see the kernels' `$part`). The portable
+        /// loops have no stretches: they take the whole row at the last one.
         fn $part<const N: usize>(
             self,
             row: &[$ty],
@@ -816,24 +812,19 @@ macro_rules! block_kernels {
             acc: &mut [Partial; N],
             last: bool,
             out: &mut [f32; N],
-        ) -> bool {
+        ) {
             assert!(blocks.0 % 2 == 0 && blocks.1 <= row.len());
             assert!(xs.iter().all(|x| x.len() >= blocks.1 * BLOCK));
             match self {
                 // SAFETY: as in the one-token entry; the blocks are inside the row and every
                 // token (asserted).
                 #[cfg(target_arch = "x86_64")]
-                Kernels::Avx2Fma => {
-                    unsafe { avx2::$part(row, xs, blocks, acc, last, out) };
-                    true
-                }
+                Kernels::Avx2Fma => unsafe { avx2::$part(row, xs, blocks, acc, last, out) },
                 // SAFETY: as above.
                 #[cfg(target_arch = "x86_64")]
-                Kernels::Avx512 => {
-                    unsafe { avx512::$part(row, xs, blocks, acc, last, out) };
-                    true
-                }
-                Kernels::Portable => false,
+                Kernels::Avx512 => unsafe { avx512::$part(row, xs, blocks, acc, last, out) },
+                Kernels::Portable if last => self.$many(row, xs, out),
+                Kernels::Portable => {}
             }
         }
     };

@@ -178,7 +178,6 @@ impl Executor {
         cfg: BatchConfig,
     ) -> (Executor, tokio::task::JoinHandle<()>) {
         let cost = measure_cost(runner.as_ref());
-        debug!(?cost, "pass cost measured");
         Self::start_with_cost(runner, cfg, cost)
     }
 
@@ -394,9 +393,17 @@ pub fn measure_cost(runner: &dyn BlockRunner) -> LinearCost {
         );
         samples.push((cost_sample(sessions, tokens, context), best));
     }
-    LinearCost::fit(samples.iter().map(|(steps, t)| (steps.as_slice(), *t)))
+    let cost = LinearCost::fit(samples.iter().map(|(steps, t)| (steps.as_slice(), *t)))
         .or_else(|_| LinearCost::new(samples[0].1.max(0.0), 0.0, 0.0))
-        .unwrap_or_else(|_| zero_cost())
+        .unwrap_or_else(|_| zero_cost());
+    let [c0, c1, c2] = cost.coefficients();
+    tracing::info!(
+        fixed_ms = format!("{:.2}", c0 * 1e3),
+        token_ms = format!("{:.3}", c1 * 1e3),
+        token_position_us = format!("{:.4}", c2 * 1e6),
+        "pass cost measured"
+    );
+    cost
 }
 
 fn zero_cost() -> LinearCost {

@@ -110,13 +110,6 @@ pub async fn start_with_hooks(
     // Timed before the host starts: on this one-thread runtime the measurement holds the thread,
     // and a host started first would not answer its peers meanwhile.
     let cost = crate::batch::measure_cost(runner.as_ref());
-    let [c0, c1, c2] = cost.coefficients();
-    info!(
-        fixed_ms = format!("{:.2}", c0 * 1e3),
-        token_ms = format!("{:.3}", c1 * 1e3),
-        token_position_us = format!("{:.4}", c2 * 1e6),
-        "pass cost measured"
-    );
     let (net, event_loop) = net::new(cfg.net.clone())?;
     let event_loop = tokio::spawn(event_loop.run());
     let incoming = net
