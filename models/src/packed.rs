@@ -1140,8 +1140,11 @@ pub fn int8_activations() -> bool {
     }
 }
 
+mod attention;
 mod int8;
 pub(crate) mod mapped;
+
+pub(crate) use attention::attend_head;
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {

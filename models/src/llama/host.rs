@@ -21,7 +21,7 @@ use rayon::prelude::*;
 use super::{HiddenStates, KvCache, LayerKv, Linear, LoadedBlocks, split_rows};
 use crate::ModelError;
 use crate::awake::KeepAwake;
-use crate::packed::{PackedMatrix, dot_f32, dots_f32, weighted_sum};
+use crate::packed::{PackedMatrix, attend_head, dot_f32};
 
 /// Context length from which one session's attention is split over the heads in parallel.
 const PARALLEL_HEADS_FROM: usize = 64;
@@ -226,22 +226,15 @@ fn attend_row(q: &[f32], k: &[f32], v: &[f32], nh: usize, nkv: usize, hd: usize,
     let head = |h: usize, out: &mut [f32]| {
         let g = h / group;
         let qh = &q[h * hd..(h + 1) * hd];
-        let mut scores = vec![0f32; positions];
-        dots_f32(qh, &k[g * hd..], kv_dim, &mut scores);
-        let mut max = f32::NEG_INFINITY;
-        for s in &mut scores {
-            *s *= scale;
-            max = max.max(*s);
-        }
-        let mut sum = 0f32;
-        for s in &mut scores {
-            *s = (*s - max).exp();
-            sum += *s;
-        }
-        for s in &mut scores {
-            *s /= sum;
-        }
-        weighted_sum(out, &scores, &v[g * hd..], kv_dim);
+        attend_head(
+            qh,
+            &k[g * hd..],
+            &v[g * hd..],
+            kv_dim,
+            positions,
+            scale,
+            out,
+        );
     };
     if positions >= PARALLEL_HEADS_FROM {
         out.par_chunks_mut(hd)
