@@ -21,7 +21,7 @@ use rayon::prelude::*;
 use super::{HiddenStates, KvCache, LayerKv, Linear, LoadedBlocks, split_rows};
 use crate::ModelError;
 use crate::awake::KeepAwake;
-use crate::packed::{PackedMatrix, attend_head, dot_f32};
+use crate::packed::{PackedMatrix, attend_heads, dot_f32};
 
 /// Context length from which one session's attention is split over the heads in parallel.
 const PARALLEL_HEADS_FROM: usize = 64;
@@ -223,11 +223,20 @@ fn attend_row(q: &[f32], k: &[f32], v: &[f32], nh: usize, nkv: usize, hd: usize,
     let positions = k.len() / kv_dim;
     let group = nh / nkv;
     let scale = 1.0 / (hd as f32).sqrt();
-    let head = |h: usize, out: &mut [f32]| {
-        let g = h / group;
-        let qh = &q[h * hd..(h + 1) * hd];
-        attend_head(
-            qh,
+    // Each KV head's query heads together (their keys and values read once for all), in
+    // two parts where there are fewer KV heads than twice the threads, so that the threads
+    // share the work evenly (SmolLM2-135M: 3 KV heads of 3 query heads each).
+    let part = if nkv >= 2 * rayon::current_num_threads() {
+        group
+    } else {
+        group.div_ceil(2)
+    };
+    let heads = |first: usize, out: &mut [f32]| {
+        let g = first / group;
+        let q = &q[first * hd..first * hd + out.len()];
+        attend_heads(
+            q,
+            hd,
             &k[g * hd..],
             &v[g * hd..],
             kv_dim,
@@ -236,13 +245,24 @@ fn attend_row(q: &[f32], k: &[f32], v: &[f32], nh: usize, nkv: usize, hd: usize,
             out,
         );
     };
+    // Parts never straddle two KV heads.
+    let parts = (0..nkv).flat_map(|g| {
+        (g * group..(g + 1) * group)
+            .step_by(part)
+            .map(move |first| (first, part.min((g + 1) * group - first)))
+    });
     if positions >= PARALLEL_HEADS_FROM {
-        out.par_chunks_mut(hd)
-            .enumerate()
-            .for_each(|(h, o)| head(h, o));
+        let mut outs: Vec<(usize, &mut [f32])> = Vec::with_capacity(nh);
+        let mut rest = out;
+        for (first, n) in parts {
+            let (mine, more) = rest.split_at_mut(n * hd);
+            outs.push((first, mine));
+            rest = more;
+        }
+        outs.into_par_iter().for_each(|(first, o)| heads(first, o));
     } else {
-        for (h, o) in out.chunks_mut(hd).enumerate() {
-            head(h, o);
+        for (first, n) in parts {
+            heads(first, &mut out[first * hd..(first + n) * hd]);
         }
     }
 }

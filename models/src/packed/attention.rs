@@ -23,10 +23,13 @@ use super::{Kernels, weighted_sum};
 /// Head sizes the sixteen-key kernel takes: whole registers of 16 values.
 const LANES: usize = 16;
 
-/// `out = softmax(scale · q·kᵀ) · v` for one query head: `k` and `v` hold the head's key and
-/// value of each of `positions` positions, `stride` apart, `q.len()` values each.
-pub(crate) fn attend_head(
+/// `out = softmax(scale · q·kᵀ) · v` for each of the query heads in `q` (`out.len() ==
+/// q.len()`, `hd` values a head) that share one KV head: `k` and `v` hold that head's key and
+/// value of each of `positions` positions, `stride` apart.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn attend_heads(
     q: &[f32],
+    hd: usize,
     k: &[f32],
     v: &[f32],
     stride: usize,
@@ -34,39 +37,52 @@ pub(crate) fn attend_head(
     scale: f32,
     out: &mut [f32],
 ) {
-    let hd = q.len();
     let end = positions.saturating_sub(1) * stride + hd;
-    assert!(out.len() == hd && (positions == 0 || (k.len() >= end && v.len() >= end)));
-    let mut scores = vec![0f32; positions];
+    assert!(
+        hd > 0
+            && q.len().is_multiple_of(hd)
+            && out.len() == q.len()
+            && (positions == 0 || (k.len() >= end && v.len() >= end))
+    );
+    let heads = q.len() / hd;
+    let mut scores = vec![0f32; heads * positions];
     #[cfg(target_arch = "x86_64")]
     if Kernels::detect() == Kernels::Avx512 && hd.is_multiple_of(LANES) {
         // SAFETY: detect() saw AVX-512F; every key and value of `positions` lies in k and v (the
-        // assertion), and hd is a whole number of registers.
+        // assertion), hd is a whole number of registers, and scores and out hold every head's.
         unsafe {
-            avx512::scores(q, k, stride, scale, &mut scores);
-            avx512::softmax(&mut scores);
-            avx512::weighted_sum(out, &scores, v, stride);
+            avx512::scores(q, hd, k, stride, scale, &mut scores);
+            for s in scores.chunks_exact_mut(positions.max(1)) {
+                avx512::softmax(s);
+            }
+            avx512::weighted_sums(out, hd, &scores, v, stride);
         }
         return;
     }
-    if Kernels::detect() == Kernels::Portable && hd.is_multiple_of(LANES) {
-        scores_portable(q, k, stride, scale, &mut scores);
-    } else {
-        super::dots_f32(q, k, stride, &mut scores);
-        for s in &mut scores {
-            *s *= scale;
+    for ((q, out), scores) in q
+        .chunks_exact(hd)
+        .zip(out.chunks_exact_mut(hd))
+        .zip(scores.chunks_exact_mut(positions.max(1)))
+    {
+        if Kernels::detect() == Kernels::Portable && hd.is_multiple_of(LANES) {
+            scores_portable(q, k, stride, scale, scores);
+        } else {
+            super::dots_f32(q, k, stride, scores);
+            for s in scores.iter_mut() {
+                *s *= scale;
+            }
         }
+        let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
+        let mut sum = 0f32;
+        for s in scores.iter_mut() {
+            *s = (*s - max).exp();
+            sum += *s;
+        }
+        for s in scores.iter_mut() {
+            *s /= sum;
+        }
+        weighted_sum(out, scores, v, stride);
     }
-    let max = scores.iter().fold(f32::NEG_INFINITY, |m, &s| m.max(s));
-    let mut sum = 0f32;
-    for s in &mut scores {
-        *s = (*s - max).exp();
-        sum += *s;
-    }
-    for s in &mut scores {
-        *s /= sum;
-    }
-    weighted_sum(out, &scores, v, stride);
 }
 
 /// The sixteen-key kernel's scores in plain Rust, operation for operation: per key, the
@@ -95,11 +111,33 @@ pub(crate) fn scores_portable(q: &[f32], k: &[f32], stride: usize, scale: f32, o
     }
 }
 
+/// The AVX-512 weighted sums in plain Rust, operation for operation: per head and value, from
+/// zero, a fused multiply-add per position in order.
+#[cfg(test)]
+fn weighted_sums_portable(
+    out: &mut [f32],
+    hd: usize,
+    weights: &[f32],
+    values: &[f32],
+    stride: usize,
+) {
+    let heads = out.len() / hd;
+    let positions = weights.len() / heads.max(1);
+    for (h, out) in out.chunks_exact_mut(hd).enumerate() {
+        for (i, o) in out.iter_mut().enumerate() {
+            *o = 0.0;
+            for p in 0..positions {
+                *o = weights[h * positions + p].mul_add(values[p * stride + i], *o);
+            }
+        }
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{LANES, weighted_sum as weighted_sum_any};
+    use super::LANES;
 
     /// One key's lanes: value `i` of each 16 of `q · key` summed into lane `i`.
     ///
@@ -163,38 +201,57 @@ mod avx512 {
         )
     }
 
-    /// `out[p] = scale · q·k_p`, sixteen keys at a time (see the module comment); the same bits
-    /// as [`super::scores_portable`].
+    /// `out[h * positions + p] = scale · q_h·k_p` for each head `h` of `qs` (`hd` values a
+    /// head), sixteen keys at a time, every head of a block of keys before the next block (so
+    /// that the keys are read from L1 after the first head); the same bits as
+    /// [`super::scores_portable`].
     ///
     /// # Safety
-    /// AVX-512F; `q.len()` is a multiple of 16 and `k` holds `out.len()` keys `stride` apart.
+    /// AVX-512F; `hd` is a multiple of 16, `out.len()` is the heads times `positions`, and `k`
+    /// holds `positions` keys `stride` apart.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn scores(q: &[f32], k: &[f32], stride: usize, scale: f32, out: &mut [f32]) {
-        let hd = q.len();
+    pub unsafe fn scores(
+        qs: &[f32],
+        hd: usize,
+        k: &[f32],
+        stride: usize,
+        scale: f32,
+        out: &mut [f32],
+    ) {
+        let heads = qs.len() / hd;
+        if heads == 0 {
+            return;
+        }
+        let positions = out.len() / heads;
         let scale = _mm512_set1_ps(scale);
         let mut p = 0;
-        while p < out.len() {
-            let here = (out.len() - p).min(LANES);
-            // The folds leave key `4 (x % 4) + x / 4` of the sixteen where key `x` went in,
-            // so key `x` goes in at slot `4 (x % 4) + x / 4` (the same transposition) and
-            // comes out in order. A missing key (past the end) is zeros.
-            let mut slots = [_mm512_setzero_ps(); LANES];
-            for x in 0..here {
-                // SAFETY: key p + x < out.len() lies in k (the caller's promise).
-                slots[4 * (x % 4) + x / 4] =
-                    unsafe { key_lanes(q.as_ptr(), k.as_ptr().add((p + x) * stride), hd) };
-            }
-            let f8: [__m512; 8] = std::array::from_fn(|i| fold8(slots[2 * i], slots[2 * i + 1]));
-            let f4: [__m512; 4] = std::array::from_fn(|i| fold4(f8[2 * i], f8[2 * i + 1]));
-            let f2 = [fold2(f4[0], f4[1]), fold2(f4[2], f4[3])];
-            let scores = _mm512_mul_ps(fold1(f2[0], f2[1]), scale);
+        while p < positions {
+            let here = (positions - p).min(LANES);
             let mask: __mmask16 = if here == LANES {
                 !0
             } else {
                 (1u16 << here) - 1
             };
-            // SAFETY: the mask writes out[p..p + here] only.
-            unsafe { _mm512_mask_storeu_ps(out.as_mut_ptr().add(p), mask, scores) };
+            for (h, q) in qs.chunks_exact(hd).enumerate() {
+                // The folds leave key `4 (x % 4) + x / 4` of the sixteen where key `x` went in,
+                // so key `x` goes in at slot `4 (x % 4) + x / 4` (the same transposition) and
+                // comes out in order. A missing key (past the end) is zeros.
+                let mut slots = [_mm512_setzero_ps(); LANES];
+                for x in 0..here {
+                    // SAFETY: key p + x < positions lies in k (the caller's promise).
+                    slots[4 * (x % 4) + x / 4] =
+                        unsafe { key_lanes(q.as_ptr(), k.as_ptr().add((p + x) * stride), hd) };
+                }
+                let f8: [__m512; 8] =
+                    std::array::from_fn(|i| fold8(slots[2 * i], slots[2 * i + 1]));
+                let f4: [__m512; 4] = std::array::from_fn(|i| fold4(f8[2 * i], f8[2 * i + 1]));
+                let f2 = [fold2(f4[0], f4[1]), fold2(f4[2], f4[3])];
+                let scores = _mm512_mul_ps(fold1(f2[0], f2[1]), scale);
+                // SAFETY: the mask writes out[h * positions + p..][..here] only.
+                unsafe {
+                    _mm512_mask_storeu_ps(out.as_mut_ptr().add(h * positions + p), mask, scores)
+                };
+            }
             p += here;
         }
     }
@@ -230,46 +287,104 @@ mod avx512 {
         _mm512_scalef_ps(p, n)
     }
 
-    /// [`weighted_sum_any`] 64 outputs at a time in four registers, then 16, then
-    /// the rest: the same operations in the same order, so the same bits.
+    /// `out[h * hd + i] = Σ_p weights[h * positions + p] · values[p * stride + i]` for each
+    /// head `h`, summed from zero in the order of `p` with fused multiply-adds (as
+    /// [`super::weighted_sums_portable`]), up to four heads at a time so that each value is
+    /// loaded once for all of them.
     ///
     /// # Safety
-    /// AVX-512F; `values` holds every position's `out.len()` values, `stride` apart.
+    /// AVX-512F; `hd` is a multiple of 16, `weights` holds `positions` weights for each of the
+    /// `out.len() / hd` heads, and `values` holds `positions` positions' `hd` values, `stride`
+    /// apart.
     #[target_feature(enable = "avx512f")]
-    pub unsafe fn weighted_sum(out: &mut [f32], weights: &[f32], values: &[f32], stride: usize) {
-        let n = out.len();
+    pub unsafe fn weighted_sums(
+        out: &mut [f32],
+        hd: usize,
+        weights: &[f32],
+        values: &[f32],
+        stride: usize,
+    ) {
+        let heads = out.len() / hd;
+        if heads == 0 {
+            return;
+        }
+        let positions = weights.len() / heads;
+        let mut h = 0;
+        while h < heads {
+            let outs = &mut out[h * hd..];
+            let w = &weights[h * positions..];
+            // SAFETY: passed on, for heads h.. of out and weights.
+            h += unsafe {
+                match heads - h {
+                    4.. => heads_sum::<4>(outs, hd, w, positions, values, stride),
+                    3 => heads_sum::<3>(outs, hd, w, positions, values, stride),
+                    2 => heads_sum::<2>(outs, hd, w, positions, values, stride),
+                    _ => heads_sum::<1>(outs, hd, w, positions, values, stride),
+                }
+            };
+        }
+    }
+
+    /// [`weighted_sums`] of the first `G` heads of `out` and `weights`, 16 outputs of each at a
+    /// time (64 where it can); returns `G`.
+    ///
+    /// # Safety
+    /// As [`weighted_sums`], for `G` heads.
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn heads_sum<const G: usize>(
+        out: &mut [f32],
+        hd: usize,
+        weights: &[f32],
+        positions: usize,
+        values: &[f32],
+        stride: usize,
+    ) -> usize {
         let pv = values.as_ptr();
+        let pw = weights.as_ptr();
         let mut i = 0;
-        // SAFETY: every load reads values[p * stride + i + j] with i + j < n, inside the values
-        // (the caller's promise); every store writes out[i..i + 16k] with i + 16k <= n.
+        // SAFETY: every load reads values[p * stride + i..][..16] with i + 16 <= hd or
+        // weights[g * positions + p], inside them (the caller's promise); every store writes
+        // out[g * hd + i..][..16].
         unsafe {
-            while i + 4 * LANES <= n {
-                let mut acc = [_mm512_setzero_ps(); 4];
-                for (p, &w) in weights.iter().enumerate() {
-                    let (w, row) = (_mm512_set1_ps(w), pv.add(p * stride + i));
-                    for (j, acc) in acc.iter_mut().enumerate() {
-                        let v = _mm512_loadu_ps(row.add(LANES * j));
-                        *acc = _mm512_add_ps(*acc, _mm512_mul_ps(w, v));
+            // Four registers of each head: four chains of additions to wait on, not two (with
+            // one head, two chains left the loop waiting on each sum).
+            while i + 4 * LANES <= hd {
+                let mut acc = [[_mm512_setzero_ps(); 4]; G];
+                for p in 0..positions {
+                    let row = pv.add(p * stride + i);
+                    let v: [__m512; 4] =
+                        std::array::from_fn(|j| _mm512_loadu_ps(row.add(LANES * j)));
+                    for (g, acc) in acc.iter_mut().enumerate() {
+                        let w = _mm512_set1_ps(*pw.add(g * positions + p));
+                        for (acc, v) in acc.iter_mut().zip(v) {
+                            *acc = _mm512_fmadd_ps(w, v, *acc);
+                        }
                     }
                 }
-                for (j, acc) in acc.iter().enumerate() {
-                    _mm512_storeu_ps(out.as_mut_ptr().add(i + LANES * j), *acc);
+                for (g, acc) in acc.iter().enumerate() {
+                    let o = out.as_mut_ptr().add(g * hd + i);
+                    for (j, acc) in acc.iter().enumerate() {
+                        _mm512_storeu_ps(o.add(LANES * j), *acc);
+                    }
                 }
                 i += 4 * LANES;
             }
-            while i + LANES <= n {
-                let mut acc = _mm512_setzero_ps();
-                for (p, &w) in weights.iter().enumerate() {
+            while i < hd {
+                let mut acc = [_mm512_setzero_ps(); G];
+                for p in 0..positions {
                     let v = _mm512_loadu_ps(pv.add(p * stride + i));
-                    acc = _mm512_add_ps(acc, _mm512_mul_ps(_mm512_set1_ps(w), v));
+                    for (g, acc) in acc.iter_mut().enumerate() {
+                        *acc = _mm512_fmadd_ps(_mm512_set1_ps(*pw.add(g * positions + p)), v, *acc);
+                    }
                 }
-                _mm512_storeu_ps(out.as_mut_ptr().add(i), acc);
+                for (g, acc) in acc.iter().enumerate() {
+                    _mm512_storeu_ps(out.as_mut_ptr().add(g * hd + i), *acc);
+                }
                 i += LANES;
             }
         }
-        if i < n {
-            weighted_sum_any(&mut out[i..], weights, &values[i..], stride);
-        }
+        G
     }
 
     /// `e^x` of sixteen values at a time, for the tests.
@@ -374,19 +489,29 @@ mod tests {
             (128, 128, 17),
             (64, 192, 0),
         ] {
-            let q = values(hd, 1);
+            // Three heads sharing the keys.
+            let qs = values(3 * hd, 1);
+            let q = &qs[..hd];
             let k = values(stride * count.max(1), 2);
             let mut want = vec![0f32; count];
-            scores_portable(&q, &k, stride, 0.125, &mut want);
+            scores_portable(q, &k, stride, 0.125, &mut want);
             #[cfg(target_arch = "x86_64")]
             if Kernels::detect() == Kernels::Avx512 {
                 // Every count of keys, so that each key takes every slot of the sixteen.
                 for n in 0..=count {
-                    let mut got = vec![0f32; n];
+                    let mut got = vec![0f32; 3 * n];
                     // SAFETY: detect() saw AVX-512F; k holds `count` keys.
-                    unsafe { avx512::scores(&q, &k, stride, 0.125, &mut got) };
-                    for (p, (g, w)) in got.iter().zip(&want).enumerate() {
-                        assert_eq!(g.to_bits(), w.to_bits(), "hd {hd}, {n} keys, key {p}");
+                    unsafe { avx512::scores(&qs, hd, &k, stride, 0.125, &mut got) };
+                    for (h, got) in got.chunks_exact(n.max(1)).enumerate() {
+                        let mut want = vec![0f32; n];
+                        scores_portable(&qs[h * hd..(h + 1) * hd], &k, stride, 0.125, &mut want);
+                        for (p, (g, w)) in got.iter().zip(&want).enumerate() {
+                            assert_eq!(
+                                g.to_bits(),
+                                w.to_bits(),
+                                "hd {hd}, {n} keys, head {h} key {p}"
+                            );
+                        }
                     }
                 }
             }
@@ -415,7 +540,8 @@ mod tests {
             (128, 1, 33),
         ] {
             let stride = nkv * hd;
-            let q = values(hd, 5);
+            // Two query heads on each KV head.
+            let q = values(2 * hd, 5);
             // Large scores too, so that the softmax is not flat.
             let k: Vec<f32> = values(stride * positions, 6)
                 .iter()
@@ -423,11 +549,12 @@ mod tests {
                 .collect();
             let v = values(stride * positions, 7);
             let scale = 1.0 / (hd as f32).sqrt();
-            let mut out = vec![0f32; hd];
+            let mut out = vec![0f32; 2 * hd];
             // The last KV head: its keys end hd values before the end of k.
             let g = nkv - 1;
-            attend_head(
+            attend_heads(
                 &q,
+                hd,
                 &k[g * hd..],
                 &v[g * hd..],
                 stride,
@@ -435,12 +562,36 @@ mod tests {
                 scale,
                 &mut out,
             );
-            let want = reference(&q, &k[g * hd..], &v[g * hd..], stride, scale);
-            for (i, (o, w)) in out.iter().zip(&want).enumerate() {
-                assert!(
-                    (*o as f64 - w).abs() < 2e-6,
-                    "hd {hd} positions {positions} value {i}: {o} vs {w}"
-                );
+            for h in 0..2 {
+                let qh = &q[h * hd..(h + 1) * hd];
+                let want = reference(qh, &k[g * hd..], &v[g * hd..], stride, scale);
+                for (i, (o, w)) in out[h * hd..].iter().zip(&want).enumerate() {
+                    assert!(
+                        (*o as f64 - w).abs() < 2e-6,
+                        "hd {hd} positions {positions} head {h} value {i}: {o} vs {w}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn weighted_sums_of_one_to_six_heads_give_each_head_its_portable_bits() {
+        #[cfg(target_arch = "x86_64")]
+        if Kernels::detect() == Kernels::Avx512 {
+            for (hd, stride, positions) in [(64, 192, 37), (16, 16, 1), (48, 96, 20), (128, 128, 5)]
+            {
+                let v = values(stride * positions, 8);
+                for heads in 1..=6 {
+                    let w = values(heads * positions, 9);
+                    let mut got = vec![f32::NAN; heads * hd];
+                    // SAFETY: detect() saw AVX-512F; v holds every position's values.
+                    unsafe { avx512::weighted_sums(&mut got, hd, &w, &v, stride) };
+                    let mut want = vec![0f32; heads * hd];
+                    weighted_sums_portable(&mut want, hd, &w, &v, stride);
+                    let bits = |x: &[f32]| x.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&got), bits(&want), "hd {hd}, {heads} heads");
+                }
             }
         }
     }
