@@ -1144,7 +1144,7 @@ mod attention;
 mod int8;
 pub(crate) mod mapped;
 
-pub(crate) use attention::attend_heads;
+pub(crate) use attention::{attend_heads, swiglu};
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
