@@ -612,24 +612,25 @@ impl PackedMatrix {
         let groups = tiles.len() / nb;
         // A few tasks per thread, as in `matmul`.
         let per_task = groups.div_ceil(rayon::current_num_threads() * 4).max(1);
-        // [group][token][lane]: each task writes its groups' part, then it is turned round.
-        let mut by_group = vec![[0f32; LANES]; groups * n];
-        by_group
-            .par_chunks_mut(per_task * n)
-            .enumerate()
-            .for_each(|(c, part)| {
-                for (i, group_out) in part.chunks_exact_mut(n).enumerate() {
-                    let g = c * per_task + i;
-                    int8::group_dots(&tiles[g * nb..(g + 1) * nb], &xs, group_out);
+        // Each task writes its groups' results straight into `out` (token-major): turning a
+        // group-major buffer round afterwards ran on one thread while the other waited.
+        let dst = SharedOut(out.as_mut_ptr());
+        let rows = self.rows;
+        assert!(out.len() >= n * rows && groups * LANES >= rows);
+        (0..groups.div_ceil(per_task))
+            .into_par_iter()
+            .for_each(|c| {
+                let mut group_out = vec![[0f32; LANES]; n];
+                for g in c * per_task..((c + 1) * per_task).min(groups) {
+                    int8::group_dots(&tiles[g * nb..(g + 1) * nb], &xs, &mut group_out);
+                    let lanes = LANES.min(rows - g * LANES);
+                    for (t, v) in group_out.iter().enumerate() {
+                        // SAFETY: rows g·16.. of token t lie in out (the assertion) and belong to
+                        // group g, which this task alone computes.
+                        unsafe { dst.write(t * rows + g * LANES, &v[..lanes]) };
+                    }
                 }
             });
-        for (g, group_out) in by_group.chunks_exact(n).enumerate() {
-            let lanes = LANES.min(self.rows - g * LANES);
-            for (t, v) in group_out.iter().enumerate() {
-                let at = t * self.rows + g * LANES;
-                out[at..at + lanes].copy_from_slice(&v[..lanes]);
-            }
-        }
     }
 
     /// Tokens `t..t + N` of `xs` against the weight rows from `first` whose results `block`
@@ -747,6 +748,23 @@ fn with_row<T>(w: &PackedMatrix, r: usize, f: impl FnOnce(&[f32]) -> T) -> T {
         w.dequantize_row(r, &mut row);
         f(&row)
     })
+}
+
+/// An output buffer that the tasks of one product write disjoint parts of.
+struct SharedOut(*mut f32);
+
+// SAFETY: the tasks write disjoint ranges (each caller's promise), and the buffer outlives them.
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// Copies `values` to `at..at + values.len()`.
+    ///
+    /// # Safety
+    /// The range lies in the buffer, and no other thread reads or writes it meanwhile.
+    unsafe fn write(&self, at: usize, values: &[f32]) {
+        // SAFETY: the caller's promise.
+        unsafe { std::ptr::copy_nonoverlapping(values.as_ptr(), self.0.add(at), values.len()) };
+    }
 }
 
 /// `Σ a·b` with the best f32 kernel this CPU runs (the one the products use for f32 rows).
