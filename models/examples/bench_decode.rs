@@ -1,7 +1,10 @@
 //! Prefill and decode speed of one process on one backend (benchmark, not a test):
-//! `cargo run --release -p sunswarm-models --example bench_decode -- smollm2-135m [cpu] [reps]`
+//! `cargo run --release -p sunswarm-models --example bench_decode -- smollm2-135m [cpu] [reps]
+//! [depth]`
 //! Prefill: 128 prompt tokens in one pass. Decode: 128 greedy tokens, one at a time, each through
 //! every block and the LM head (whose share is reported on its own). Prints the median over `reps` runs as one JSON line.
+//! With `depth`, both run after that many tokens already in the cache (untimed), as
+//! `llama-bench -d` does.
 
 use std::time::Instant;
 
@@ -15,6 +18,7 @@ fn main() -> anyhow::Result<()> {
     let model_name = args.first().map(String::as_str).unwrap_or("smollm2-135m");
     let backend: BackendKind = args.get(1).map(String::as_str).unwrap_or("cpu").parse()?;
     let reps: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(3);
+    let depth: usize = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(0);
     let model = Model::open(&ModelSource::parse(model_name)?)?;
     let dev = device(backend)?;
     let head = model.load_head(&dev)?;
@@ -29,6 +33,12 @@ fn main() -> anyhow::Result<()> {
     let mut head_us = Vec::new();
     for _ in 0..reps {
         let mut cache = blocks.new_cache();
+        let context: Vec<u32> = (0..depth as u32)
+            .map(|i| (i * 104_729 + 7) % vocab)
+            .collect();
+        for chunk in context.chunks(256) {
+            blocks.forward(&mut cache, &head.embed(chunk)?)?;
+        }
         let t0 = Instant::now();
         let h = blocks.forward(&mut cache, &head.embed(&prompt)?)?;
         let mut logits = head.logits_last(&h)?;
@@ -57,7 +67,7 @@ fn main() -> anyhow::Result<()> {
         "{}",
         serde_json::json!({
             "engine": "sunswarm", "model": model_name, "backend": backend.to_string(),
-            "threads": rayon::current_num_threads(), "reps": reps,
+            "threads": rayon::current_num_threads(), "reps": reps, "depth": depth,
             "prefill_tok_s": (median(&mut prefill) * 10.0).round() / 10.0,
             "decode_tok_s": (median(&mut decode) * 10.0).round() / 10.0,
             "decode_head_us_per_token": median(&mut head_us).round(),
