@@ -1550,7 +1550,7 @@ mod tests {
     use crate::rng::SplitMix64;
     use proptest::prelude::*;
 
-    fn values(n: usize, seed: u64) -> Vec<f32> {
+    pub(super) fn values(n: usize, seed: u64) -> Vec<f32> {
         let mut rng = SplitMix64(seed);
         (0..n).map(|_| rng.uniform_pm1()).collect()
     }

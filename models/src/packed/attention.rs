@@ -492,13 +492,9 @@ mod avx512 {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::values;
     use super::*;
     use crate::rng::SplitMix64;
-
-    fn values(n: usize, seed: u64) -> Vec<f32> {
-        let mut rng = SplitMix64(seed);
-        (0..n).map(|_| rng.uniform_pm1()).collect()
-    }
 
     /// softmax(scale q·k) · v in f64, the plain definition.
     fn reference(q: &[f32], k: &[f32], v: &[f32], stride: usize, scale: f32) -> Vec<f64> {
