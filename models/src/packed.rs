@@ -11,7 +11,8 @@
 //! bytes and are widened a row at a time. The x86-64 kernels use AVX-512F or
 //! AVX2 + FMA when the CPU has them (checked at run time) and portable loops otherwise; setting
 //! `SUNSWARM_NO_AVX512` keeps a CPU with AVX-512 on the AVX2 kernels. The widths sum in different
-//! orders, so two peers on different kernels agree to rounding, not bit for bit.
+//! orders, so two peers on different kernels agree to rounding, not bit for bit. The host path's
+//! attention and SwiGLU (`attention`) choose their kernels the same way.
 //!
 //! Opt-in, 4-bit rows can multiply 8-bit activations instead ([`set_int8_activations`], or
 //! `SUNSWARM_INT8=1`, before the weights are loaded): the weight is stored in tiles of sixteen
