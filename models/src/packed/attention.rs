@@ -174,47 +174,23 @@ mod avx512 {
         }
     }
 
-    /// Two keys' 16 lanes to 8 each: lane `i` plus lane `i + 8`; `a`'s in the low half.
+    /// One fold of the scores: the sum of two 128-bit-quarter shuffles of `a` and `b`
+    /// (`_mm512_shuffle_f32x4` with `LO` and `HI`).
     #[inline]
     #[target_feature(enable = "avx512f")]
-    fn fold8(a: __m512, b: __m512) -> __m512 {
+    fn fold_quarters<const LO: i32, const HI: i32>(a: __m512, b: __m512) -> __m512 {
         _mm512_add_ps(
-            _mm512_shuffle_f32x4::<0x44>(a, b),
-            _mm512_shuffle_f32x4::<0xEE>(a, b),
+            _mm512_shuffle_f32x4::<LO>(a, b),
+            _mm512_shuffle_f32x4::<HI>(a, b),
         )
     }
 
-    /// Two registers of two keys' 8 lanes to four keys' 4: lane `i` plus lane `i + 4`, key by
-    /// key in the four 128-bit quarters.
+    /// One fold of the scores within each 128-bit quarter: the sum of two `_mm512_shuffle_ps`
+    /// of `a` and `b` (with `LO` and `HI`).
     #[inline]
     #[target_feature(enable = "avx512f")]
-    fn fold4(a: __m512, b: __m512) -> __m512 {
-        _mm512_add_ps(
-            _mm512_shuffle_f32x4::<0x88>(a, b),
-            _mm512_shuffle_f32x4::<0xDD>(a, b),
-        )
-    }
-
-    /// Two registers of four keys' 4 lanes to 2 lanes of eight keys: lane `i` plus lane
-    /// `i + 2`; quarter `k` holds `a`'s key `k` then `b`'s.
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    fn fold2(a: __m512, b: __m512) -> __m512 {
-        _mm512_add_ps(
-            _mm512_shuffle_ps::<0x44>(a, b),
-            _mm512_shuffle_ps::<0xEE>(a, b),
-        )
-    }
-
-    /// The last fold, lane 0 plus lane 1: quarter `k` gets the scores of `a`'s two keys then
-    /// `b`'s two keys of that quarter.
-    #[inline]
-    #[target_feature(enable = "avx512f")]
-    fn fold1(a: __m512, b: __m512) -> __m512 {
-        _mm512_add_ps(
-            _mm512_shuffle_ps::<0x88>(a, b),
-            _mm512_shuffle_ps::<0xDD>(a, b),
-        )
+    fn fold_lanes<const LO: i32, const HI: i32>(a: __m512, b: __m512) -> __m512 {
+        _mm512_add_ps(_mm512_shuffle_ps::<LO>(a, b), _mm512_shuffle_ps::<HI>(a, b))
     }
 
     /// `out[h * positions + p] = scale · q_h·k_p` for each head `h` of `qs` (`hd` values a
@@ -258,11 +234,22 @@ mod avx512 {
                     slots[4 * (x % 4) + x / 4] =
                         unsafe { key_lanes(q.as_ptr(), k.as_ptr().add((p + x) * stride), hd) };
                 }
-                let f8: [__m512; 8] =
-                    std::array::from_fn(|i| fold8(slots[2 * i], slots[2 * i + 1]));
-                let f4: [__m512; 4] = std::array::from_fn(|i| fold4(f8[2 * i], f8[2 * i + 1]));
-                let f2 = [fold2(f4[0], f4[1]), fold2(f4[2], f4[3])];
-                let scores = _mm512_mul_ps(fold1(f2[0], f2[1]), scale);
+                // Two keys' 16 lanes to 8 each: lane i plus lane i + 8, the first key's in the
+                // low half.
+                let f8: [__m512; 8] = std::array::from_fn(|i| {
+                    fold_quarters::<0x44, 0xEE>(slots[2 * i], slots[2 * i + 1])
+                });
+                // Four keys' 4 lanes: lane i plus lane i + 4, key by key in the quarters.
+                let f4: [__m512; 4] =
+                    std::array::from_fn(|i| fold_quarters::<0x88, 0xDD>(f8[2 * i], f8[2 * i + 1]));
+                // Lane i plus lane i + 2: quarter k holds the first register's key k, then the
+                // second's.
+                let f2 = [
+                    fold_lanes::<0x44, 0xEE>(f4[0], f4[1]),
+                    fold_lanes::<0x44, 0xEE>(f4[2], f4[3]),
+                ];
+                // Lane 0 plus lane 1: quarter k gets four keys' scores.
+                let scores = _mm512_mul_ps(fold_lanes::<0x88, 0xDD>(f2[0], f2[1]), scale);
                 // SAFETY: the mask writes out[h * positions + p..][..here] only.
                 unsafe {
                     _mm512_mask_storeu_ps(out.as_mut_ptr().add(h * positions + p), mask, scores)
