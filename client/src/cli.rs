@@ -109,6 +109,10 @@ pub struct SafeguardArgs {
     /// Largest relative distance per row at which a hop's output and its check still agree.
     #[arg(long, default_value_t = crate::swarm::spot::DEFAULT_TOLERANCE)]
     pub spot_check_tolerance: f32,
+    /// Apply the LM head here instead of letting the last hop pick each token (it then reads
+    /// the head once for all its sessions; the spot-checked steps' tokens are checked here).
+    #[arg(long)]
+    pub client_head: bool,
 }
 
 impl SafeguardArgs {
@@ -121,6 +125,7 @@ impl SafeguardArgs {
                 self.spot_check_tolerance,
             )
             .map_err(anyhow::Error::msg)?,
+            client_head: self.client_head,
         })
     }
 }

@@ -91,6 +91,9 @@ pub struct Safeguards {
     pub max_route_share: f64,
     /// Which steps are re-run through other replicas and compared (`--spot-check`).
     pub spot_checks: SpotChecks,
+    /// Apply the LM head in this client instead of letting the last hop pick the tokens
+    /// (`--client-head`).
+    pub client_head: bool,
 }
 
 impl Default for Safeguards {
@@ -98,6 +101,7 @@ impl Default for Safeguards {
         Safeguards {
             max_route_share: crate::swarm::share::DEFAULT_MAX_ROUTE_SHARE,
             spot_checks: SpotChecks::default(),
+            client_head: false,
         }
     }
 }
@@ -266,6 +270,7 @@ struct Inner {
     routing: Box<dyn OwnedRouting>,
     connect_ms: f64,
     spot_checks: SpotChecks,
+    client_head: bool,
 }
 
 impl Engine {
@@ -324,6 +329,7 @@ impl Engine {
                 routing,
                 connect_ms,
                 spot_checks: guards.spot_checks,
+                client_head: guards.client_head,
             }),
         })
     }
@@ -442,6 +448,9 @@ impl Engine {
         )
         .await?
         .with_spot_checks(self.inner.spot_checks, Some(model.referee.clone()));
+        if !self.inner.client_head {
+            session = session.with_tokens_from_last_hop(model.head.clone());
+        }
         let open_ms = t.elapsed().as_secs_f64() * 1e3;
         let route_ms = session.route_ms;
         tracing::info!(route = %crate::swarm::failover::describe_route(session.route()), "session open");

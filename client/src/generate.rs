@@ -11,7 +11,7 @@ use serde::Serialize;
 use sunswarm_models::{HiddenStates, KvCache, LoadedBlocks, ModelError, TextTokenizer};
 
 use crate::head::SharedHead;
-use crate::sampling::Sampler;
+use sunswarm_models::sampling::{Draw, Sampler};
 
 /// Why a pipeline step failed.
 #[derive(Debug, thiserror::Error)]
@@ -27,13 +27,40 @@ pub enum PipelineError {
     Network(String),
 }
 
+/// What one pass through the blocks gave back.
+#[derive(Debug, Clone)]
+pub struct Stepped {
+    /// The last block's output.
+    pub hidden: HiddenStates,
+    /// The next token, when the pipeline's last stage applied the LM head and picked it with
+    /// the draw it was given ([`Pipeline::forward_drawing`]).
+    pub token: Option<u32>,
+}
+
 /// Carries hidden states through every block of the model, keeping per-session state (KV caches)
 /// wherever the blocks live. Each call passes the tokens that follow the previous call's.
-pub trait Pipeline {
+pub trait Pipeline: Send {
     fn forward(
         &mut self,
         input: HiddenStates,
     ) -> impl Future<Output = Result<HiddenStates, PipelineError>> + Send;
+
+    /// [`forward`](Self::forward), letting the stage that runs the last block also pick the
+    /// next token from the last row with `draw`, where it holds the LM head: in a swarm the last
+    /// hop picks the tokens of all its sessions with one read of the head. By default no token
+    /// comes back, and the caller applies the head itself.
+    fn forward_drawing(
+        &mut self,
+        input: HiddenStates,
+        _draw: Draw,
+    ) -> impl Future<Output = Result<Stepped, PipelineError>> + Send {
+        async move {
+            Ok(Stepped {
+                hidden: self.forward(input).await?,
+                token: None,
+            })
+        }
+    }
 }
 
 /// All blocks in this process: a chain of block ranges, each with this session's own KV cache.
@@ -168,6 +195,8 @@ pub struct GenerationResult {
     /// the blocks' compute with `--local`, the round trip through the route in a swarm. The
     /// rest of a step (LM head, sampling, embedding) is the same code either way.
     pub decode_forward_us_median: f64,
+    /// Tokens the last hop picked (with this client's draws); the others were picked here.
+    pub tokens_from_last_hop: usize,
 }
 
 impl GenerateOptions {
@@ -235,24 +264,36 @@ pub async fn generate<P: Pipeline>(
     let mut decode_forward_us = Vec::with_capacity(opts.max_new_tokens);
     let mut finish_reason = FinishReason::Length;
     let mut sink_stopped = false;
+    let mut tokens_from_last_hop = 0;
     while tokens.len() < opts.max_new_tokens {
         let forward_start = Instant::now();
         let departure = shared_head.departing();
-        let hidden = pipeline
-            .forward(std::mem::replace(
-                &mut input,
-                HiddenStates {
-                    n_tokens: 0,
-                    dim: 0,
-                    data: Vec::new(),
-                },
-            ))
+        let draw = sampler.next_draw();
+        let stepped = pipeline
+            .forward_drawing(
+                std::mem::replace(
+                    &mut input,
+                    HiddenStates {
+                        n_tokens: 0,
+                        dim: 0,
+                        data: Vec::new(),
+                    },
+                ),
+                draw,
+            )
             .await?;
         if first_token_at.is_some() {
             decode_forward_us.push(forward_start.elapsed().as_secs_f64() * 1e6);
         }
-        let logits = shared_head.logits_after(departure, hidden).await?;
-        let id = sampler.sample(&logits);
+        let id = match stepped.token {
+            Some(id) => {
+                // No head product here: the shared head must not wait for this step.
+                drop(departure);
+                tokens_from_last_hop += 1;
+                id
+            }
+            None => draw.pick(&shared_head.logits_after(departure, stepped.hidden).await?),
+        };
         if first_token_at.is_none() {
             prefill_ms = start.elapsed().as_secs_f64() * 1e3;
             first_token_at = Some(Instant::now());
@@ -300,6 +341,7 @@ pub async fn generate<P: Pipeline>(
         prefill_ms,
         decode_ms: decode_s * 1e3,
         decode_forward_us_median: median(decode_forward_us),
+        tokens_from_last_hop,
     })
 }
 

@@ -9,6 +9,5 @@ pub mod engine;
 pub mod generate;
 pub mod head;
 pub mod local;
-pub mod sampling;
 pub mod serve;
 pub mod swarm;

@@ -26,6 +26,7 @@ pub mod quant;
 pub mod rng;
 pub mod rope;
 pub(crate) mod safetensors_f32;
+pub mod sampling;
 pub mod source;
 pub mod tokenizer;
 pub(crate) mod weights;

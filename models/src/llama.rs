@@ -705,11 +705,21 @@ fn rms_norm(x: Tensor<3>, weight: &Tensor<1>, eps: f64) -> Tensor<3> {
     x.mul(inv).mul(weight.clone().unsqueeze())
 }
 
-/// The client's part of the model: token embedding, final norm and LM head.
+/// Where a [`Head`] reads token embeddings from.
+pub(crate) enum Embedding {
+    /// A table of its own.
+    Table(Box<Tensor<2>>),
+    /// The rows of the LM head (tied embeddings).
+    Tied,
+    /// Not loaded: the head of a node, which only applies the LM head.
+    NotLoaded,
+}
+
+/// The client's part of the model: token embedding, final norm and LM head. The last hop of a
+/// route holds one too, without the embeddings, to pick tokens for its sessions.
 pub struct Head {
     cfg: Arc<LlamaConfig>,
-    /// None when the embeddings are tied to the LM head (rows are then read from it).
-    embedding: Option<Tensor<2>>,
+    embedding: Embedding,
     norm: Tensor<1>,
     lm_head: Linear,
     device: Device,
@@ -721,7 +731,7 @@ pub struct Head {
 impl Head {
     pub(crate) fn new(
         cfg: Arc<LlamaConfig>,
-        embedding: Option<Tensor<2>>,
+        embedding: Embedding,
         norm: Tensor<1>,
         lm_head: Linear,
         device: Device,
@@ -754,13 +764,18 @@ impl Head {
             )));
         }
         Ok(match &self.embedding {
-            Some(table) => {
+            Embedding::Table(table) => {
                 let idx: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
                 let idx =
                     Tensor::<1, Int>::from_data(TensorData::new(idx, [ids.len()]), &self.device);
-                table.clone().select(0, idx).unsqueeze()
+                (**table).clone().select(0, idx).unsqueeze()
             }
-            None => self.lm_head.rows(ids).unsqueeze(),
+            Embedding::Tied => self.lm_head.rows(ids).unsqueeze(),
+            Embedding::NotLoaded => {
+                return Err(ModelError::BadInput(
+                    "this head was loaded without the token embeddings".into(),
+                ));
+            }
         })
     }
 

@@ -12,7 +12,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use crate::ModelError;
 use crate::config::LlamaConfig;
 use crate::gguf::{GgufFile, GgufValue};
-use crate::llama::{BlockWeights, Head, Linear, LoadedBlocks};
+use crate::llama::{BlockWeights, Embedding, Head, Linear, LoadedBlocks};
 use crate::packed::PackedMatrix;
 use crate::source::{self, ModelSource};
 use crate::tokenizer::TextTokenizer;
@@ -271,19 +271,36 @@ impl Model {
 
     /// Loads the client's part: token embedding, final norm and LM head (tied or not).
     pub fn load_head(&self, device: &Device) -> Result<Head, ModelError> {
+        self.head_with(true, device)
+    }
+
+    /// Loads the final norm and the LM head alone, for the last hop of a route to pick its
+    /// sessions' tokens: the embeddings of an untied model stay unloaded.
+    pub fn load_output_head(&self, device: &Device) -> Result<Head, ModelError> {
+        self.head_with(false, device)
+    }
+
+    fn head_with(&self, embeddings: bool, device: &Device) -> Result<Head, ModelError> {
         let c = &*self.cfg;
         let norm = self.tensor1("output_norm.weight", c.hidden_size, device)?;
         // The LM head runs every token and has no kernel of its own for K-quants and the like:
         // widened once here, it costs memory on the client instead of time per token.
         let (embedding, lm_head) = if self.weights.has("output.weight") {
             let head = self.head_weight("output.weight", device)?;
-            (
-                Some(self.tensor2("token_embd.weight", c.vocab_size, c.hidden_size, device)?),
-                Linear::new(head, device),
-            )
+            let embedding = if embeddings {
+                Embedding::Table(Box::new(self.tensor2(
+                    "token_embd.weight",
+                    c.vocab_size,
+                    c.hidden_size,
+                    device,
+                )?))
+            } else {
+                Embedding::NotLoaded
+            };
+            (embedding, Linear::new(head, device))
         } else {
             let table = self.head_weight("token_embd.weight", device)?;
-            (None, Linear::new(table, device))
+            (Embedding::Tied, Linear::new(table, device))
         };
         Ok(Head::new(
             self.cfg.clone(),

@@ -511,22 +511,20 @@ impl AutoNode {
         let device = self.device.clone();
         let r = range.as_range();
         let (model, loaded) = tokio::task::spawn_blocking(move || {
-            let b = model.load_blocks(r, &device);
+            let b = ModelRunner::load(&model, r, &device);
             (model, b)
         })
         .await
         .map_err(|e| AutoError::Join(e.to_string()))?;
         self.model = Some(model);
-        let loaded = loaded.map_err(|source| AutoError::Load { range, source })?;
-        if loaded.range() != range.as_range() {
+        let runner = loaded.map_err(|source| AutoError::Load { range, source })?;
+        if runner.blocks().range() != range.as_range() {
             return Err(AutoError::LoadedOther {
-                got: loaded.range(),
+                got: runner.blocks().range(),
                 want: range,
             });
         }
-        Ok(Arc::new(
-            ModelRunner::new(loaded).with_slowdown(self.slowdown),
-        ))
+        Ok(Arc::new(runner.with_slowdown(self.slowdown)))
     }
 
     /// Times one-token forwards through (up to) two blocks: ms per block, the best of three

@@ -34,6 +34,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
 use crate::compute::{BatchItem, BlockRunner, ComputeError, SessionCache};
+use sunswarm_models::sampling::Draw;
 
 /// How the executor forms passes.
 #[derive(Debug, Clone, Copy)]
@@ -72,6 +73,9 @@ pub struct StepDone {
     pub pass_compute: Duration,
     /// Steps in that pass.
     pub pass_steps: usize,
+    /// The token picked from the output's last row, when the step asked for a draw
+    /// ([`StepTerms::draw`]) and the runner holds the LM head.
+    pub token: Option<u32>,
 }
 
 /// What a step says of itself beyond its rows.
@@ -81,6 +85,9 @@ pub struct StepTerms {
     pub session: Option<u64>,
     /// This hop's share of the session's per-token deadline.
     pub deadline_s: Option<f64>,
+    /// Pick the next token from the output's last row in the same pass
+    /// ([`BlockRunner::draw_tokens`]), with the LM head read once for every step that asks.
+    pub draw: Option<Draw>,
 }
 
 struct StepJob {
@@ -102,6 +109,7 @@ struct StepJob {
     deadline_s: Option<f64>,
     /// The rows are replayed decode steps ([`BatchItem::stepwise`]).
     stepwise: bool,
+    draw: Option<Draw>,
 }
 
 impl StepJob {
@@ -153,6 +161,7 @@ impl Serving {
         StepTerms {
             session: Some(self.key),
             deadline_s: self.deadline_s,
+            draw: None,
         }
     }
 }
@@ -287,6 +296,7 @@ impl Executor {
                 compute: Duration::ZERO,
                 deadline_s: terms.deadline_s.filter(|_| n_tokens == 1),
                 stepwise,
+                draw: terms.draw,
             })
             .await
             .map_err(|_| ExecutorStopped)?;
@@ -522,6 +532,7 @@ async fn run(
                 }),
                 pass_compute: Duration::ZERO,
                 pass_steps: 0,
+                token: None,
             });
         }
         if taken.is_empty() {
@@ -776,12 +787,16 @@ fn pass(runner: &dyn BlockRunner, mut jobs: Vec<StepJob>, max_chunk: usize) -> V
                 }
             })
             .collect();
-        runner.forward_batch(&mut items)
+        let outputs = runner.forward_batch(&mut items);
+        drop(items);
+        let tokens = draw_tokens(runner, &jobs, &outputs, max_chunk);
+        (outputs, tokens)
     });
+    let (outputs, mut tokens) = outputs;
     let pass_compute = t.elapsed();
     debug!(steps = n, us = pass_compute.as_micros() as u64, "pass");
     let mut unfinished = Vec::new();
-    for (mut job, output) in jobs.into_iter().zip(outputs) {
+    for ((mut job, output), token) in jobs.into_iter().zip(outputs).zip(tokens.drain(..)) {
         job.compute += pass_compute;
         let output = match output {
             Ok(rows) => {
@@ -805,9 +820,50 @@ fn pass(runner: &dyn BlockRunner, mut jobs: Vec<StepJob>, max_chunk: usize) -> V
             output,
             pass_compute: job.compute,
             pass_steps: n,
+            token,
         });
     }
     unfinished
+}
+
+/// The tokens of the steps that end in this pass and asked for a draw, picked from their last
+/// rows in one head product; one entry per job, None for the others (and for every job when the
+/// runner holds no head or its product failed: the client then picks the token itself).
+fn draw_tokens(
+    runner: &dyn BlockRunner,
+    jobs: &[StepJob],
+    outputs: &[Result<Vec<f32>, ComputeError>],
+    max_chunk: usize,
+) -> Vec<Option<u32>> {
+    let mut tokens = vec![None; jobs.len()];
+    let dim = runner.hidden_size();
+    let mut asking = Vec::new();
+    let mut rows = Vec::new();
+    let mut draws = Vec::new();
+    for (i, (job, out)) in jobs.iter().zip(outputs).enumerate() {
+        let (Some(draw), Ok(out)) = (job.draw, out) else {
+            continue;
+        };
+        let ends_here = job.done + job.chunk(max_chunk) == job.n_tokens;
+        if ends_here && dim > 0 && out.len() >= dim {
+            asking.push(i);
+            rows.push(&out[out.len() - dim..]);
+            draws.push(draw);
+        }
+    }
+    if asking.is_empty() {
+        return tokens;
+    }
+    match runner.draw_tokens(&rows, &draws) {
+        Some(Ok(picked)) => {
+            for (i, t) in asking.into_iter().zip(picked) {
+                tokens[i] = Some(t);
+            }
+        }
+        Some(Err(e)) => debug!(error = %e, "the LM head failed; the clients pick their tokens"),
+        None => {}
+    }
+    tokens
 }
 
 /// What a session holds while its cache is with the executor: a step can never run on it.

@@ -201,11 +201,11 @@ pub async fn run(args: NodeArgs, hooks: Arc<dyn Hooks>) -> anyhow::Result<()> {
     tracing::info!(blocks = %blocks, model = %model.model_id(), "loading blocks");
     let range = blocks.as_range();
     let (model, loaded) = tokio::task::spawn_blocking(move || {
-        let b = model.load_blocks(range, &device);
+        let b = ModelRunner::load(&model, range, &device);
         (model, b)
     })
     .await?;
-    let loaded = loaded?;
+    let runner = loaded?.with_slowdown(args.slowdown);
     // The node keeps only its blocks: dropping the model unmaps the file, whose pages the load
     // touched and which would otherwise stay resident beside the packed copy (about twice the
     // blocks' bytes in all).
@@ -213,16 +213,17 @@ pub async fn run(args: NodeArgs, hooks: Arc<dyn Hooks>) -> anyhow::Result<()> {
     drop(model);
     tracing::info!(
         blocks = %blocks,
-        weight_mib = format!("{:.1}", loaded.weight_bytes() as f64 / (1 << 20) as f64),
+        weight_mib = format!("{:.1}", runner.blocks().weight_bytes() as f64 / (1 << 20) as f64),
+        lm_head = runner.has_head(),
         "blocks loaded"
     );
     // The node must never hold blocks outside its announced range.
     anyhow::ensure!(
-        loaded.range() == blocks.as_range(),
+        runner.blocks().range() == blocks.as_range(),
         "loaded blocks {:?}, asked for {blocks}",
-        loaded.range()
+        runner.blocks().range()
     );
-    let runner = Arc::new(ModelRunner::new(loaded).with_slowdown(args.slowdown));
+    let runner = Arc::new(runner);
     // On this thread, which is a compute worker (`compute_runtime`), so the estimate sees the
     // same threads a session's forwards get.
     let throughput = node::estimate_throughput(runner.as_ref());

@@ -5,7 +5,8 @@
 
 use std::sync::Arc;
 
-use sunswarm_models::{BatchStep, HiddenStates, KvCache, LoadedBlocks};
+use sunswarm_models::sampling::Draw;
+use sunswarm_models::{BatchStep, Head, HiddenStates, KvCache, LoadedBlocks};
 
 /// Why a forward failed.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +41,17 @@ pub trait BlockRunner: Send + Sync + 'static {
     /// the caches. None by default (a runner with no real compute).
     fn scratch_bytes(&self, _tokens: usize, _context: usize) -> usize {
         0
+    }
+
+    /// Applies the final norm and the LM head to each of `rows` (last rows of sessions' outputs)
+    /// in one product, and picks each one's token with its draw. None when this runner holds no
+    /// LM head (its blocks are not the model's last).
+    fn draw_tokens(
+        &self,
+        _rows: &[&[f32]],
+        _draws: &[Draw],
+    ) -> Option<Result<Vec<u32>, ComputeError>> {
+        None
     }
 
     /// Runs the steps of several sessions in one pass (continuous batching); a step's result
@@ -81,9 +93,11 @@ pub trait SessionCache: Send {
     fn as_any_mut(&mut self) -> &mut dyn std::any::Any;
 }
 
-/// The real runner: a model's block range loaded on a device.
+/// The real runner: a model's block range loaded on a device, and the LM head when the range
+/// ends with the model's last block.
 pub struct ModelRunner {
     blocks: Arc<LoadedBlocks>,
+    head: Option<Head>,
     slowdown: f64,
 }
 
@@ -91,8 +105,40 @@ impl ModelRunner {
     pub fn new(blocks: LoadedBlocks) -> Self {
         ModelRunner {
             blocks: Arc::new(blocks),
+            head: None,
             slowdown: 1.0,
         }
+    }
+
+    /// Loads `range` of `model`, with the final norm and LM head when the range ends with the
+    /// model's last block, so that this node can pick its sessions' tokens.
+    pub fn load(
+        model: &sunswarm_models::Model,
+        range: std::ops::Range<usize>,
+        device: &sunswarm_models::Device,
+    ) -> Result<Self, sunswarm_models::ModelError> {
+        let last = range.end == model.config().n_layers;
+        let blocks = model.load_blocks(range, device)?;
+        let head = if last {
+            Some(model.load_output_head(device)?)
+        } else {
+            None
+        };
+        Ok(ModelRunner {
+            blocks: Arc::new(blocks),
+            head,
+            slowdown: 1.0,
+        })
+    }
+
+    /// The blocks it runs.
+    pub fn blocks(&self) -> &LoadedBlocks {
+        &self.blocks
+    }
+
+    /// Whether it holds the LM head.
+    pub fn has_head(&self) -> bool {
+        self.head.is_some()
     }
 
     /// Makes every forward take `factor` times its compute time, holding the compute thread
@@ -148,6 +194,25 @@ impl BlockRunner for ModelRunner {
             blocks: self.blocks.clone(),
             slowdown: self.slowdown,
         })
+    }
+
+    fn draw_tokens(
+        &self,
+        rows: &[&[f32]],
+        draws: &[Draw],
+    ) -> Option<Result<Vec<u32>, ComputeError>> {
+        let head = self.head.as_ref()?;
+        let dim = self.blocks.config().hidden_size;
+        let picked = (|| {
+            let hidden = rows
+                .iter()
+                .map(|r| HiddenStates::new(1, dim, r.to_vec()))
+                .collect::<Result<Vec<_>, _>>()?;
+            let refs: Vec<&HiddenStates> = hidden.iter().collect();
+            let logits = head.logits_last_many(&refs)?;
+            Ok(logits.iter().zip(draws).map(|(l, d)| d.pick(l)).collect())
+        })();
+        Some(picked)
     }
 
     fn forward_batch(&self, steps: &mut [BatchItem<'_>]) -> Vec<Result<Vec<f32>, ComputeError>> {
@@ -241,6 +306,15 @@ impl BlockRunner for ShiftRunner {
 
     fn kv_bytes_per_token(&self) -> usize {
         self.dim * size_of::<f32>()
+    }
+
+    /// The row itself is the logits (a test's "head" whose answer is known).
+    fn draw_tokens(
+        &self,
+        rows: &[&[f32]],
+        draws: &[Draw],
+    ) -> Option<Result<Vec<u32>, ComputeError>> {
+        Some(Ok(rows.iter().zip(draws).map(|(r, d)| d.pick(r)).collect()))
     }
 
     fn new_session(&self) -> Box<dyn SessionCache> {

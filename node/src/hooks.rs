@@ -17,6 +17,8 @@ pub trait Hooks: Send + Sync + 'static {
     fn open_next(&self, _open: &mut OpenSession) {}
     /// A step's output rows, before they are framed, receipted and passed on.
     fn output(&self, _open: &OpenSession, _step: u32, _rows: &mut [f32]) {}
+    /// The token the last hop picked for step `step`, before it goes to the client.
+    fn token(&self, _open: &OpenSession, _step: u32, _token: &mut Option<u32>) {}
     /// Instead of passing step `step` on: this error goes up the route and the session ends.
     fn fail_step(
         &self,

@@ -39,6 +39,7 @@ use crate::batch::{Executor, Lent, Serving, StepTerms};
 use crate::compute::{BlockRunner, ComputeError, SessionCache};
 use crate::energy::{EnergySource, JobTicket, Refusal};
 use crate::resume::{Kept, ParkBoard, Running, plan_rows, row_digests};
+use sunswarm_models::sampling::Draw;
 use sunswarm_net::Network;
 use sunswarm_net::stream::{Stream, send_open};
 
@@ -1098,8 +1099,16 @@ async fn run_session(
     }
 }
 
+/// A forward's result on this hop: the forward to pass on, and on the last hop the token it
+/// picked when asked to.
+struct Stepped {
+    forward: Forward,
+    token: Option<u32>,
+}
+
 /// One forward: check it, run the blocks over the rows this hop has not computed yet (see
-/// [`plan_rows`]), wait for the power mode's pace, and stamp this hop's timing onto it.
+/// [`plan_rows`]), on the last hop pick the next token when asked, wait for the power mode's
+/// pace, and stamp this hop's timing onto it.
 async fn forward(
     ctx: &SessionCtx,
     open: &OpenSession,
@@ -1107,7 +1116,7 @@ async fn forward(
     dim: usize,
     state: &mut SessionState,
     terms: StepTerms,
-) -> Result<Forward, WireError> {
+) -> Result<Stepped, WireError> {
     let SessionState { cache, kept, job } = state;
     let t0 = Instant::now();
     let hop = open.hop;
@@ -1177,16 +1186,33 @@ async fn forward(
     }
     let mut out = kept.outputs(f.position as usize, plan.kept, dim).to_vec();
     let mut compute = Duration::ZERO;
+    // Only the last hop's output is the model's last hidden state.
+    let draw = f
+        .draw
+        .filter(|_| hop as usize + 1 == open.route.len())
+        .map(|d| Draw {
+            temperature: d.temperature,
+            top_p: d.top_p,
+            state: d.state,
+        });
+    let mut token = None;
     if plan.kept < n {
         // The cache goes to the executor with the step and comes back with the output.
         let lent = std::mem::replace(cache, Box::new(Lent));
         let rows = data[plan.kept * dim..].to_vec();
         let done = ctx
             .executor
-            .step(lent, n - plan.kept, rows, f.stepwise, terms)
+            .step(
+                lent,
+                n - plan.kept,
+                rows,
+                f.stepwise,
+                StepTerms { draw, ..terms },
+            )
             .await
             .map_err(|e| refusal(ErrorKind::Internal, hop, e.to_string()))?;
         *cache = done.cache;
+        token = done.token;
         let computed = done.output.map_err(|e| {
             let kind = match e {
                 ComputeError::DeadlineMissed { .. } => ErrorKind::Deadline,
@@ -1201,7 +1227,15 @@ async fn forward(
         ctx.energy
             .on_job(compute / u32::try_from(done.pass_steps.max(1)).unwrap_or(u32::MAX));
     }
+    if let (Some(draw), true) = (draw, plan.kept == n && n > 0) {
+        // A replay answered from what was kept: its token still has to be picked.
+        let last = &out[(n - 1) * dim..];
+        token = blocking(|| ctx.runner.draw_tokens(&[last], &[draw]))
+            .and_then(Result::ok)
+            .and_then(|t| t.first().copied());
+    }
     ctx.hooks.output(open, f.step, &mut out);
+    ctx.hooks.token(open, f.step, &mut token);
     let hidden = TensorFrame::from_f32(&[n as u32, dim as u32], &out, open.dtype)
         .map_err(|e| refusal(ErrorKind::Internal, hop, e.to_string()))?;
     // An emulated power mode answers no sooner than its share of the time per job (scaled by
@@ -1240,15 +1274,19 @@ async fn forward(
     if f.tap && (hop as usize) + 1 < open.route.len() {
         taps.push(hidden.clone());
     }
-    Ok(Forward {
-        session: f.session,
-        step: f.step,
-        position: f.position,
-        hidden,
-        stepwise: f.stepwise,
-        receipts,
-        tap: f.tap,
-        taps,
+    Ok(Stepped {
+        forward: Forward {
+            session: f.session,
+            step: f.step,
+            position: f.position,
+            hidden,
+            stepwise: f.stepwise,
+            receipts,
+            tap: f.tap,
+            taps,
+            draw: f.draw,
+        },
+        token,
     })
 }
 
@@ -1257,7 +1295,10 @@ async fn forward(
 async fn pass_on(
     ctx: &SessionCtx,
     open: &OpenSession,
-    out: Forward,
+    Stepped {
+        forward: out,
+        token,
+    }: Stepped,
     next: &mut Onward,
     client: &mut Option<Stream>,
 ) -> Result<(), WireError> {
@@ -1294,6 +1335,7 @@ async fn pass_on(
                 hidden: out.hidden,
                 receipts: out.receipts,
                 taps: out.taps,
+                token,
             };
             write_message(s, &answer).await.map_err(|e| {
                 refusal(

@@ -144,6 +144,7 @@ async fn peers_dial_the_announced_address() {
         stepwise: false,
         tap: false,
         taps: Vec::new(),
+        draw: None,
     });
     write_message(&mut s, &f).await.unwrap();
     let Response::Hidden { hidden, .. } = read_message(&mut out, &mut Vec::new()).await.unwrap()

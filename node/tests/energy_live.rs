@@ -174,6 +174,7 @@ async fn run_job(s: &mut Session, id: u8, n: usize) {
             stepwise: false,
             tap: false,
             taps: Vec::new(),
+            draw: None,
         }),
     )
     .await

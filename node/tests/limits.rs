@@ -108,6 +108,7 @@ fn forward(session: SessionId, step: u32) -> Request {
         stepwise: false,
         tap: false,
         taps: Vec::new(),
+        draw: None,
     })
 }
 

@@ -17,7 +17,7 @@ use sunswarm_node::node::{self, NodeConfig, RunningNode};
 use sunswarm_protocol::io::{FrameReader, read_message, write_message};
 use sunswarm_protocol::{
     ACTIVATIONS_PROTOCOL, BlockRange, DType, ErrorKind, Forward, Hop, OpenSession,
-    PROTOCOL_VERSION, Request, Response, SessionId, TensorFrame, codec,
+    PROTOCOL_VERSION, Request, Response, SessionId, TensorFrame, TokenDraw, codec,
 };
 
 const MODEL: [u8; 32] = [3; 32];
@@ -160,6 +160,7 @@ fn forward(session: SessionId, step: u32, position: u32, rows: &[f32]) -> Reques
         stepwise: false,
         tap: false,
         taps: Vec::new(),
+        draw: None,
     })
 }
 
@@ -182,6 +183,69 @@ fn refusal(r: Response) -> (ErrorKind, u16, String) {
     match r {
         Response::Error(e) => (e.kind, e.hop, e.message),
         other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+/// A forward carrying a draw: the last hop picks the token of the last row of its output (the
+/// test runner's "LM head" takes a row as its logits), whether it computed the rows or answered a
+/// replay from what it kept; without a draw no token comes back, and a middle hop never picks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_hop_picks_the_token_of_the_last_row_when_asked() {
+    let a = start(0, vec![]).await;
+    let b = start(1, a.listen_addrs()).await;
+    let route = vec![hop(&a, 0), hop(&b, 1)];
+    let net = client(&a).await;
+    let sid = SessionId([21; 16]);
+    let mut s = Client::open(&net, &a, &b, &open_for(&net, sid, route, MODEL)).await;
+    let greedy = TokenDraw {
+        temperature: 0.0,
+        top_p: 1.0,
+        state: 0,
+    };
+    let drawn = |step, pos, rows: &[f32], draw| {
+        let Request::Forward(mut f) = forward(sid, step, pos, rows) else {
+            unreachable!()
+        };
+        f.draw = draw;
+        Request::Forward(f)
+    };
+    let answer = |r: Response| match r {
+        Response::Hidden { hidden, token, .. } => (hidden.to_hidden(DIM).unwrap().1, token),
+        other => panic!("{other:?}"),
+    };
+    // Two rows: the first peaks at 0, the last at 2.
+    let prompt = [9.0, 0.0, 0.0, 0.0, 0.0, 0.0, 9.0, 0.0];
+    let (_, token) = answer(s.ask(&drawn(0, 0, &prompt, Some(greedy))).await);
+    assert_eq!(token, Some(2));
+    let (_, token) = answer(s.ask(&drawn(1, 2, &[0.0, 0.0, 0.0, 9.0], None)).await);
+    assert_eq!(token, None, "no draw, no token");
+    // The prompt again (a replay after a failover): every row is answered from what was kept,
+    // and the token is still picked.
+    let (_, token) = answer(s.ask(&drawn(2, 0, &prompt, Some(greedy))).await);
+    assert_eq!(token, Some(2));
+    // A sampled draw picks what the same draw picks from the output the client received.
+    let warm = TokenDraw {
+        temperature: 40.0,
+        top_p: 1.0,
+        state: 77,
+    };
+    for (step, state) in (3u32..).zip([77u64, 78, 79, 80]) {
+        let (out, token) = answer(
+            s.ask(&drawn(
+                step,
+                2,
+                &[1.0, 2.0, 3.0, 4.0],
+                Some(TokenDraw { state, ..warm }),
+            ))
+            .await,
+        );
+        let want = sunswarm_models::sampling::Draw {
+            temperature: warm.temperature,
+            top_p: warm.top_p,
+            state,
+        }
+        .pick(&out);
+        assert_eq!(token, Some(want), "state {state}");
     }
 }
 
@@ -319,7 +383,9 @@ async fn three_hops_run_in_order_and_refusals_name_their_reason() {
     // Another protocol version: answered, not guessed at.
     let mut s = stream_to(&net, &a).await;
     let mut frame = 3u32.to_le_bytes().to_vec();
-    frame.extend_from_slice(&[9, 0, 0]);
+    let other = u8::try_from(PROTOCOL_VERSION + 1).unwrap();
+    assert!(other < 0x80, "one byte of varint");
+    frame.extend_from_slice(&[other, 0, 0]);
     s.write_all(&frame).await.unwrap();
     s.flush().await.unwrap();
     let (kind, _, _) = refusal(read_message(&mut s, &mut Vec::new()).await.unwrap());
@@ -671,6 +737,7 @@ async fn hostile_peer_gets_errors_while_an_honest_session_completes() {
         stepwise: false,
         tap: false,
         taps: Vec::new(),
+        draw: None,
     });
     let (kind, _, msg) = refusal(after_open(&net, &a, SessionId([10; 16]), &wide).await);
     assert_eq!(kind, ErrorKind::BadRequest);

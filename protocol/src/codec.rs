@@ -228,7 +228,8 @@ mod tests {
         #[test]
         fn forwards_round_trip(session in any::<[u8; 16]>(), step in any::<u32>(), position in any::<u32>(),
                                rows in 1u32..4, vals in proptest::collection::vec(-1e3f32..1e3, 1..16), f16 in any::<bool>(),
-                               times in proptest::collection::vec(any::<(u16, u32, u32)>(), 0..4)) {
+                               times in proptest::collection::vec(any::<(u16, u32, u32)>(), 0..4),
+                               draw in proptest::option::of((0f32..4.0, 0.01f32..=1.0, any::<u64>()))) {
             let cols = vals.len() as u32;
             let data: Vec<f32> = (0..rows).flat_map(|_| vals.iter().copied()).collect();
             let dtype = if f16 { crate::DType::F16 } else { crate::DType::F32 };
@@ -242,7 +243,8 @@ mod tests {
                 signature: vec![2; 64],
             }).collect();
             let taps = if f16 { vec![hidden.clone()] } else { Vec::new() };
-            let r = Request::Forward(crate::Forward { session: crate::SessionId(session), step, position, hidden, stepwise: !f16, receipts, tap: f16, taps });
+            let r = Request::Forward(crate::Forward { session: crate::SessionId(session), step, position, hidden, stepwise: !f16, receipts, tap: f16, taps,
+                draw: draw.map(|(temperature, top_p, state)| crate::TokenDraw { temperature, top_p, state }) });
             prop_assert_eq!(decode::<Request>(&encode(&r).unwrap()).unwrap(), r);
         }
     }

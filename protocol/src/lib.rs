@@ -28,16 +28,16 @@ pub use blocks::{BlockRange, BlockSpec, BlocksError};
 pub use codec::{CodecError, decode, encode};
 pub use message::{
     ErrorKind, Forward, Hop, HopTiming, OpenSession, Receipt, Request, Response, SessionId,
-    WireError, route_digest,
+    TokenDraw, WireError, route_digest,
 };
 pub use tensor::{DType, TensorError, TensorFrame};
 
 /// Version of every message and record on the wire. A peer that receives another version answers
 /// with [`ErrorKind::VersionMismatch`] instead of guessing at the layout.
-pub const PROTOCOL_VERSION: u16 = 8;
+pub const PROTOCOL_VERSION: u16 = 9;
 
 /// libp2p stream protocol for inference sessions (open, forward hidden states, close).
-pub const ACTIVATIONS_PROTOCOL: &str = "/sunswarm/activations/8";
+pub const ACTIVATIONS_PROTOCOL: &str = "/sunswarm/activations/9";
 
 /// libp2p stream protocol for the announcement exchange ([`view`]).
 pub const VIEW_PROTOCOL: &str = "/sunswarm/view/1";

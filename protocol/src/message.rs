@@ -71,7 +71,7 @@ pub struct OpenSession {
 }
 
 /// Hidden states for the next positions of a session.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Forward {
     pub session: SessionId,
     /// Sequence number of this forward within the session, echoed in the answer.
@@ -96,6 +96,23 @@ pub struct Forward {
     /// The outputs of the hops passed so far, when `tap` is set; each one's checksum is the
     /// `output` of that hop's receipt.
     pub taps: Vec<TensorFrame>,
+    /// Asks the last hop to apply the final norm and the LM head to the last row of its output
+    /// and to pick the next token with this draw, answering it beside the hidden states
+    /// ([`Response::Hidden::token`]). A last hop that holds no head answers none, and the client
+    /// picks the token itself.
+    pub draw: Option<TokenDraw>,
+}
+
+/// How the last hop picks a token (see [`Forward::draw`]): the same draw picks the same token
+/// from the same logits on any peer, so a route repaired mid-generation continues the same text.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TokenDraw {
+    /// 0 means greedy.
+    pub temperature: f32,
+    /// Nucleus truncation, in (0, 1].
+    pub top_p: f32,
+    /// The client's generator state for this token.
+    pub state: u64,
 }
 
 /// What one hop vouches for on one forward: which route it was opened with, the checksum of the
@@ -175,7 +192,7 @@ pub struct HopTiming {
 }
 
 /// Messages sent towards the end of the route.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum Request {
     Open(OpenSession),
     /// Sent by the client on its own stream to the last hop of an opened session: the last hop
@@ -248,6 +265,9 @@ pub enum Response {
         receipts: Vec<Receipt>,
         /// The outputs of every hop but the last, when the forward asked for them.
         taps: Vec<TensorFrame>,
+        /// The token the last hop picked from the last row, when the forward asked for a draw
+        /// and the hop holds the LM head.
+        token: Option<u32>,
     },
     Error(WireError),
     Closed {
@@ -323,6 +343,24 @@ impl Validate for OpenSession {
     }
 }
 
+impl Validate for TokenDraw {
+    fn validate(&self) -> Result<(), CodecError> {
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            return Err(CodecError::Field {
+                field: "draw.temperature",
+                reason: format!("{} is not >= 0", self.temperature),
+            });
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(CodecError::Field {
+                field: "draw.top_p",
+                reason: format!("{} is not in (0, 1]", self.top_p),
+            });
+        }
+        Ok(())
+    }
+}
+
 fn validate_receipts(receipts: &[Receipt]) -> Result<(), CodecError> {
     check_len("receipts", receipts.len(), MAX_ROUTE_HOPS)?;
     for r in receipts {
@@ -356,7 +394,11 @@ impl Validate for Request {
                     });
                 }
                 validate_receipts(&f.receipts)?;
-                validate_taps(&f.taps)
+                validate_taps(&f.taps)?;
+                match &f.draw {
+                    Some(d) => d.validate(),
+                    None => Ok(()),
+                }
             }
             Request::Attach { .. } | Request::Close { .. } => Ok(()),
         }
@@ -425,6 +467,11 @@ pub(crate) mod tests {
             stepwise: false,
             tap: true,
             taps: vec![TensorFrame::from_f32(&[1, 3], &[1.0, 2.0, 3.0], DType::F32).unwrap()],
+            draw: Some(TokenDraw {
+                temperature: 0.7,
+                top_p: 0.9,
+                state: u64::MAX - 3,
+            }),
         }
     }
 
@@ -469,6 +516,7 @@ pub(crate) mod tests {
                 hidden: forward().hidden,
                 receipts: vec![receipt(0), receipt(1)],
                 taps: Vec::new(),
+                token: Some(49151),
             },
             Response::Error(WireError {
                 kind: ErrorKind::PowerSaving,
@@ -579,6 +627,23 @@ pub(crate) mod tests {
                 .to_string()
                 .contains("checksum")
         );
+        for (temperature, top_p, field) in [
+            (-0.5, 1.0, "draw.temperature"),
+            (f32::NAN, 1.0, "draw.temperature"),
+            (f32::INFINITY, 1.0, "draw.temperature"),
+            (1.0, 0.0, "draw.top_p"),
+            (1.0, 1.01, "draw.top_p"),
+            (1.0, f32::NAN, "draw.top_p"),
+        ] {
+            let mut f = forward();
+            f.draw = Some(TokenDraw {
+                temperature,
+                top_p,
+                state: 1,
+            });
+            let e = decode::<Request>(&encode(&Request::Forward(f)).unwrap()).unwrap_err();
+            assert!(e.to_string().contains(field), "{temperature} {top_p}: {e}");
+        }
     }
 
     #[test]

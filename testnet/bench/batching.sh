@@ -15,7 +15,8 @@
 # median (every run listed): on a shared VM one 64-token run swings 75-130 tok/s, and every
 # N-session ratio divides by it; N sessions already average N runs.
 # Env: R=<release dir> NS="1 2 4 8 16" MODEL=smollm2-135m GGUF=<file> (GGUF defaults to the
-# cached SmolLM2 file; for another model give both, and SPLITS).
+# cached SmolLM2 file; for another model give both, and SPLITS); CLIENT_ARGS for every client
+# (e.g. --client-head, to apply the LM head in the clients instead of on the last hop).
 set -e
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 R=${R:-${CARGO_TARGET_DIR:-$ROOT/target}/release}
@@ -39,7 +40,7 @@ run_clients() { # $1 = label; uses BOOT
       local pids=""
       for i in $(seq $n); do
         $R/swarm-client generate --model "$MODEL" --prompt "$PROMPT" --max-new-tokens 64 --ignore-eos \
-          --spot-check 0 --bootstrap "$BOOT" --json 2>/dev/null | tail -1 > $d/$r.$i.json &
+          --spot-check 0 $CLIENT_ARGS --bootstrap "$BOOT" --json 2>/dev/null | tail -1 > $d/$r.$i.json &
         pids="$pids $!"
       done
       wait $pids
@@ -70,7 +71,7 @@ for SPLIT in "${SWARMS[@]}"; do
     . "$(dirname "$0")/nodes.sh"
     run_clients "nodes $SPLIT"
     $R/swarm-client serve --model "$MODEL" --bootstrap "$BOOT" --listen 127.0.0.1:0 --spot-check 0 \
-      > $D/serve.out 2> $D/serve.log & echo $! >> $D/pids
+      $CLIENT_ARGS > $D/serve.out 2> $D/serve.log & echo $! >> $D/pids
     until grep -qs SERVING $D/serve.out; do sleep 0.2; done
     URL=$(grep SERVING $D/serve.out | cut -d' ' -f2)
     for n in $NS; do

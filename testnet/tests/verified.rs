@@ -98,6 +98,57 @@ async fn a_peer_returning_wrong_outputs_is_banned_at_its_first_check_and_the_tex
     }
 }
 
+/// A last hop that answers other tokens than its LM head picks (node 2, one of the two replicas
+/// of the last blocks), beside honest hidden states. The first forwards are always checked: the
+/// client's own head picks another token from the hidden states that came with the liar's, so
+/// the liar is banned at its first token and the step redone on the other replica. Every token
+/// still comes from a last hop, and the text is what `--local` gives. Routes draw either replica,
+/// so runs go on until the liar has been caught twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_last_hop_picking_wrong_tokens_is_banned_at_its_first_token_and_the_text_stays() {
+    build_binaries();
+    let model = "random:tiny";
+    let net = Testnet::start(&hostile_opts(model, "0-2,3-5,3-5", 2, "wrong-token"))
+        .await
+        .unwrap();
+    common::wait_until_settled(&net).await;
+    let prompt = "an open swarm";
+    let local = generate(model, prompt, 8, None, &[]);
+    assert_eq!(local["tokens_from_last_hop"], 0, "{local}");
+    let liar = net.nodes[2].peer.clone();
+    let mut caught = 0;
+    for run in 0..16 {
+        let out = generate(model, prompt, 8, Some(&net.bootstrap), &[]);
+        assert_eq!(tokens(&out), tokens(&local), "run {run}: {out}");
+        assert_eq!(out["tokens_from_last_hop"], 8, "run {run}: {out}");
+        let spot = &out["spot_checks"];
+        assert!(
+            spot["tokens_checked"].as_u64().unwrap() >= 2,
+            "run {run}: {spot}"
+        );
+        let banned = strings(&spot["banned"]);
+        if banned.is_empty() {
+            assert_eq!(spot["mismatches"], 0, "run {run}: {spot}");
+            continue;
+        }
+        assert_eq!(banned, vec![liar.clone()], "run {run}: {spot}");
+        assert_eq!(spot["mismatches"], 1, "run {run}: {spot}");
+        assert_eq!(numbers(&spot["steps"])[0], 0, "run {run}: {spot}");
+        assert!(
+            route(&out).iter().all(|(peer, _, _)| *peer != liar),
+            "run {run}: still routed to the liar"
+        );
+        caught += 1;
+        if caught == 2 {
+            break;
+        }
+    }
+    assert_eq!(
+        caught, 2,
+        "the liar was drawn for fewer than 2 of 16 routes"
+    );
+}
+
 /// A liar that perturbs one step only (step 4, past the always-checked first two). Every check
 /// compares everything the route has output so far, so the lie is caught at the first check
 /// drawn at or after step 4 while the liar is on the route, and never without one; later steps

@@ -27,7 +27,10 @@ use super::route::Routing;
 use super::session::{ForwardTiming, OpenParams, SessionError, SwarmSession, failed_hop};
 use super::spot::{self, SharedReferee, SpotChecks, SpotReport, Verdict};
 use super::{SwarmClient, SwarmError};
-use crate::generate::{Pipeline, PipelineError};
+use crate::generate::{Pipeline, PipelineError, Stepped};
+use crate::head::SharedHead;
+use sunswarm_models::sampling::Draw;
+use sunswarm_protocol::TokenDraw;
 
 /// Most route repairs within one generation before it gives up.
 pub const MAX_FAILOVERS: usize = 8;
@@ -197,6 +200,9 @@ pub struct ResilientSession<'a> {
     checker: Option<Checker>,
     /// Time spent choosing the opening route (discovery and the routing policy), all attempts.
     pub route_ms: f64,
+    /// When set, the last hop picks each token ([`Forward::draw`](sunswarm_protocol::Forward));
+    /// this head checks the tokens on the spot-checked steps.
+    picker_check: Option<SharedHead>,
 }
 
 /// A session through other replicas that re-runs the main session's inputs for spot checks.
@@ -285,6 +291,7 @@ impl<'a> ResilientSession<'a> {
             spot: SpotChecks::off(),
             referee: None,
             spot_report: SpotReport::default(),
+            picker_check: None,
             checker: None,
             route_ms,
         })
@@ -295,6 +302,14 @@ impl<'a> ResilientSession<'a> {
         self.spot = spot;
         self.referee = referee;
         self.session.set_tapping(spot.fraction > 0.0);
+        self
+    }
+
+    /// Lets the last hop pick the tokens (one LM head product for all the sessions of its pass
+    /// instead of one per client and token); `head` checks them on the spot-checked steps: the
+    /// hidden states come back with every token, so the last hop cannot tell which are checked.
+    pub fn with_tokens_from_last_hop(mut self, head: SharedHead) -> Self {
+        self.picker_check = Some(head);
         self
     }
 
@@ -317,25 +332,84 @@ impl<'a> ResilientSession<'a> {
     }
 
     /// Runs `input` through the route, and spot-checks the session when this step is drawn.
-    async fn attempt(&mut self, input: &HiddenStates) -> Result<HiddenStates, SessionError> {
+    async fn attempt(
+        &mut self,
+        input: &HiddenStates,
+        draw: Option<Draw>,
+    ) -> Result<Stepped, SessionError> {
         let step = self.session.next_step();
-        let out = self.session.forward_hidden(input).await?;
-        self.checked(step, out).await
+        let out = self
+            .session
+            .forward_with_draw(input, draw.map(wire_draw))
+            .await?;
+        self.checked(step, out, draw).await
     }
 
-    /// A forward's output, once the spot check that may fall on its step has passed.
+    /// A forward's output, once the spot check that may fall on its step has passed (and the
+    /// token the last hop picked, when it is checked).
     async fn checked(
         &mut self,
         step: u32,
-        out: HiddenStates,
-    ) -> Result<HiddenStates, SessionError> {
-        if self.spot.selects(step, rand::random::<f64>())
-            && let Err(e) = self.spot_check(step).await
+        out: Stepped,
+        draw: Option<Draw>,
+    ) -> Result<Stepped, SessionError> {
+        let selected = self.spot.selects(step, rand::random::<f64>());
+        let mut verdict = if selected {
+            self.spot_check(step).await
+        } else {
+            Ok(())
+        };
+        if verdict.is_ok()
+            && let (Some(token), Some(draw)) = (out.token, draw)
         {
+            verdict = self.check_token(token, draw, &out.hidden, selected).await;
+        }
+        if let Err(e) = verdict {
             self.session.forget_last();
             return Err(e);
         }
         Ok(out)
+    }
+
+    /// A token the last hop picked: always inside the vocabulary; on a spot-checked step, the
+    /// one this client's own head picks from the hidden states that came with it (or a near tie).
+    async fn check_token(
+        &mut self,
+        token: u32,
+        draw: Draw,
+        hidden: &HiddenStates,
+        recompute: bool,
+    ) -> Result<(), SessionError> {
+        let Some(head) = self.picker_check.clone() else {
+            return Ok(());
+        };
+        let last = self.route().len().saturating_sub(1);
+        let vocab = head.head().config().vocab_size;
+        if token as usize >= vocab {
+            return Err(SessionError::Dishonest {
+                hop: last,
+                reason: format!("picked token {token}, outside the vocabulary of {vocab}"),
+            });
+        }
+        if !recompute {
+            return Ok(());
+        }
+        self.spot_report.tokens_checked += 1;
+        let logits = head
+            .logits_last(hidden.clone())
+            .await
+            .map_err(|e| SessionError::Protocol(format!("checking a token: {e}")))?;
+        if draw.agrees(&logits, token, self.spot.tolerance) {
+            return Ok(());
+        }
+        self.spot_report.mismatches += 1;
+        Err(SessionError::Dishonest {
+            hop: last,
+            reason: format!(
+                "picked token {token} where the LM head on its own output picks {}",
+                draw.pick(&logits)
+            ),
+        })
     }
 
     /// Checks everything the session's hops have output so far (up to step `step`) against a
@@ -516,16 +590,31 @@ impl<'a> ResilientSession<'a> {
         &mut self,
         input: &HiddenStates,
     ) -> Result<HiddenStates, SwarmError> {
+        Ok(self.forward_with_draw(input, None).await?.hidden)
+    }
+
+    /// [`forward_hidden`](Self::forward_hidden), with the last hop picking the next token with
+    /// `draw` when this session lets it ([`Self::with_tokens_from_last_hop`]).
+    pub async fn forward_with_draw(
+        &mut self,
+        input: &HiddenStates,
+        draw: Option<Draw>,
+    ) -> Result<Stepped, SwarmError> {
+        let draw = if self.picker_check.is_some() {
+            draw
+        } else {
+            None
+        };
         let mut failed_at: Option<(Instant, usize, String, String)> = None;
         let mut replayed = 0;
         let mut times = RepairTimes::default();
         let mut retries = 0;
         // The output of `input` that a repair's replay brought along.
-        let mut repaired: Option<(u32, HiddenStates)> = None;
+        let mut repaired: Option<(u32, Stepped)> = None;
         loop {
             let result = match repaired.take() {
-                Some((step, out)) => self.checked(step, out).await,
-                None => self.attempt(input).await,
+                Some((step, out)) => self.checked(step, out, draw).await,
+                None => self.attempt(input, draw).await,
             };
             let err = match result {
                 Ok(out) => {
@@ -572,7 +661,7 @@ impl<'a> ResilientSession<'a> {
             if failed_at.is_none() {
                 failed_at = Some((Instant::now(), hop, peer, err.to_string()));
             }
-            let (tokens, out) = self.repair(hop, &mut times, input).await?;
+            let (tokens, out) = self.repair(hop, &mut times, input, draw).await?;
             replayed = tokens;
             repaired = Some(out);
         }
@@ -619,7 +708,8 @@ impl<'a> ResilientSession<'a> {
         failed: usize,
         times: &mut RepairTimes,
         input: &HiddenStates,
-    ) -> Result<(usize, (u32, HiddenStates)), SwarmError> {
+        draw: Option<Draw>,
+    ) -> Result<(usize, (u32, Stepped)), SwarmError> {
         let mut failed = failed;
         let mut broken = self.session.route().to_vec();
         let mut last_error = None;
@@ -660,7 +750,7 @@ impl<'a> ResilientSession<'a> {
             let outcome = match opened {
                 Ok(mut next) => {
                     next.set_tapping(self.spot.fraction > 0.0);
-                    next.replay_then(&self.session.history, input)
+                    next.replay_then(&self.session.history, input, draw.map(wire_draw))
                         .await
                         .map(|out| (next, out))
                 }
@@ -724,6 +814,25 @@ impl Pipeline for ResilientSession<'_> {
         self.forward_hidden(&input)
             .await
             .map_err(|e| PipelineError::Network(format!("{e:#}")))
+    }
+
+    async fn forward_drawing(
+        &mut self,
+        input: HiddenStates,
+        draw: Draw,
+    ) -> Result<Stepped, PipelineError> {
+        self.forward_with_draw(&input, Some(draw))
+            .await
+            .map_err(|e| PipelineError::Network(format!("{e:#}")))
+    }
+}
+
+/// A draw as the wire carries it.
+fn wire_draw(d: Draw) -> TokenDraw {
+    TokenDraw {
+        temperature: d.temperature,
+        top_p: d.top_p,
+        state: d.state,
     }
 }
 

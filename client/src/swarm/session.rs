@@ -14,12 +14,12 @@ use sunswarm_net::stream::{OpenError, send_first, send_open};
 use sunswarm_protocol::io::{FrameReader, write_message};
 use sunswarm_protocol::{
     DType, ErrorKind, Forward, Hop, HopTiming, ModelDigest, OpenSession, Request, Response,
-    SessionId, TensorFrame, WireError, route_digest,
+    SessionId, TensorFrame, TokenDraw, WireError, route_digest,
 };
 
 use super::receipts::{self, Expected};
 
-use crate::generate::{Pipeline, PipelineError};
+use crate::generate::{Pipeline, PipelineError, Stepped};
 
 /// Why a session failed.
 #[derive(Debug, thiserror::Error)]
@@ -317,29 +317,45 @@ impl SwarmSession {
     /// [`PREFILL_CHUNK`](crate::generate::PREFILL_CHUNK) rows, which every hop computes row by
     /// row as those steps were: one message and one pass per hop instead of one per token, and
     /// no extra trip through the route for `next`.
+    /// `draw`, if any, goes with the last forward (the one that carries `next`).
     pub async fn replay_then(
         &mut self,
         history: &[HiddenStates],
         next: &HiddenStates,
-    ) -> Result<(u32, HiddenStates), SessionError> {
+        draw: Option<TokenDraw>,
+    ) -> Result<(u32, Stepped), SessionError> {
         let mut all = Vec::with_capacity(history.len() + 1);
         all.extend_from_slice(history);
         all.push(next.clone());
+        let forwards = replay_forwards(&all, crate::generate::PREFILL_CHUNK);
+        let count = forwards.len();
         let mut last = None;
-        for forward in replay_forwards(&all, crate::generate::PREFILL_CHUNK) {
+        for (i, forward) in forwards.into_iter().enumerate() {
             let sent = &all[forward];
             let step = self.step;
-            last = Some((step, self.send(&joined(sent), Sent::Replay(sent)).await?));
+            let draw = draw.filter(|_| i + 1 == count);
+            last = Some((
+                step,
+                self.send(&joined(sent), Sent::Replay(sent), draw).await?,
+            ));
         }
         let (step, out) = last.ok_or_else(|| SessionError::Protocol("nothing to send".into()))?;
         // `next` is the last entry, so its rows are the output's last.
-        let rows = next.n_tokens.min(out.n_tokens);
-        let data = out.data[(out.n_tokens - rows) * out.dim..].to_vec();
-        let out = HiddenStates::new(rows, out.dim, data).map_err(|e| SessionError::Dishonest {
-            hop: self.route.len() - 1,
-            reason: e.to_string(),
-        })?;
-        Ok((step, out))
+        let hidden = out.hidden;
+        let rows = next.n_tokens.min(hidden.n_tokens);
+        let data = hidden.data[(hidden.n_tokens - rows) * hidden.dim..].to_vec();
+        let hidden =
+            HiddenStates::new(rows, hidden.dim, data).map_err(|e| SessionError::Dishonest {
+                hop: self.route.len() - 1,
+                reason: e.to_string(),
+            })?;
+        Ok((
+            step,
+            Stepped {
+                hidden,
+                token: out.token,
+            },
+        ))
     }
 
     /// Sends earlier steps again as they were taken (one group of
@@ -350,7 +366,10 @@ impl SwarmSession {
         &mut self,
         steps: &[HiddenStates],
     ) -> Result<HiddenStates, SessionError> {
-        self.send(&joined(steps), Sent::Steps(steps)).await
+        Ok(self
+            .send(&joined(steps), Sent::Steps(steps), None)
+            .await?
+            .hidden)
     }
 
     /// Sends hidden states through the route and returns the last hop's output.
@@ -358,14 +377,25 @@ impl SwarmSession {
         &mut self,
         input: &HiddenStates,
     ) -> Result<HiddenStates, SessionError> {
-        self.send(input, Sent::New).await
+        Ok(self.send(input, Sent::New, None).await?.hidden)
+    }
+
+    /// [`forward_hidden`](Self::forward_hidden), asking the last hop to pick the next token with
+    /// `draw` (see [`Forward::draw`]).
+    pub async fn forward_with_draw(
+        &mut self,
+        input: &HiddenStates,
+        draw: Option<TokenDraw>,
+    ) -> Result<Stepped, SessionError> {
+        self.send(input, Sent::New, draw).await
     }
 
     async fn send(
         &mut self,
         input: &HiddenStates,
         sent_as: Sent<'_>,
-    ) -> Result<HiddenStates, SessionError> {
+        draw: Option<TokenDraw>,
+    ) -> Result<Stepped, SessionError> {
         let (replay, stepwise) = match sent_as {
             Sent::New => (false, false),
             Sent::Replay(steps) => (true, steps.len() > 1),
@@ -390,6 +420,7 @@ impl SwarmSession {
             receipts: Vec::new(),
             tap,
             taps: Vec::new(),
+            draw,
         };
         write_message(&mut self.stream, &Request::Forward(f))
             .await
@@ -397,14 +428,15 @@ impl SwarmSession {
                 peer: self.first,
                 reason: e.to_string(),
             })?;
-        let (hidden, receipts, taps) = match self.next_output().await? {
+        let (hidden, receipts, taps, token) = match self.next_output().await? {
             Response::Hidden {
                 session,
                 step,
                 hidden,
                 receipts,
                 taps,
-            } if session == self.session && step == self.step => (hidden, receipts, taps),
+                token,
+            } if session == self.session && step == self.step => (hidden, receipts, taps, token),
             Response::Error(e) => return Err(SessionError::Refused(e)),
             other => {
                 return Err(SessionError::Protocol(format!(
@@ -478,7 +510,13 @@ impl SwarmSession {
             tapped.push(out.clone());
             self.tapped.push(tapped);
         }
-        Ok(out)
+        if token.is_some() && draw.is_none() {
+            return Err(SessionError::Dishonest {
+                hop: self.route.len() - 1,
+                reason: "answered a token nobody asked for".into(),
+            });
+        }
+        Ok(Stepped { hidden: out, token })
     }
 
     /// The last hop's next message, or the error the route sends up the first hop's stream,

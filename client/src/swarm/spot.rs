@@ -111,8 +111,10 @@ impl SpotChecks {
 pub struct SpotReport {
     /// Steps checked.
     pub checked: usize,
-    /// Checks where some range disagreed.
+    /// Checks where some range disagreed, or the last hop's token was not the head's.
     pub mismatches: usize,
+    /// Tokens picked by the last hop that were checked against this client's LM head.
+    pub tokens_checked: usize,
     /// Peers banned on a check (peer ids).
     pub banned: Vec<String>,
     /// The steps that were checked, in order.

@@ -139,6 +139,7 @@ fn main() {
             stepwise: false,
             tap: true,
             taps: vec![frame(1, 3, DType::F32)],
+            draw: None,
         }),
         Request::Forward(Forward {
             session,
@@ -149,6 +150,7 @@ fn main() {
         stepwise: false,
         tap: false,
         taps: Vec::new(),
+        draw: None,
         }),
         Request::Attach { session },
         Request::Close { session },
@@ -170,6 +172,7 @@ fn main() {
             hidden: frame(2, 3, DType::F32),
             receipts: vec![receipt(0), receipt(1)],
             taps: Vec::new(),
+            token: None,
         },
         Response::Error(WireError {
             kind: ErrorKind::PowerSaving,

@@ -3,13 +3,15 @@
 //! an open swarm could, through [`sunswarm_node::hooks::Hooks`]. The hostile behaviours live
 //! only in this binary, never in `swarm-node`. `swarm-testnet up --byzantine I:MODE` starts
 //! node I this way. Each mode prints one machine-readable line on stdout once its attack has
-//! been made (`FLOODED`, `FORGED`, `HOLDING`, `REWROTE`, `PERTURBED`, `BLAMED`, `IDLE`; and
+//! been made (`FLOODED`, `FORGED`, `HOLDING`, `REWROTE`, `PERTURBED`, `MISPICKED`, `BLAMED`, `IDLE`; and
 //! `READY` when `rewrite-route` knows the other replicas), so that tests can wait for it.
 //!
 //! Modes (`MODE[:key=value,...]`):
 //! - `wrong-output[:from=S,steps=N]`: every output from step S on (default 0), for N steps
 //!   (default all), is perturbed (negated, scaled and shifted: enough to steer the text), with
 //!   a receipt that vouches for it.
+//! - `wrong-token[:from=S]`: as the last hop, every token it picks for the client from step S on
+//!   (default 0) is another one than its LM head gives, beside honest hidden states.
 //! - `rewrite-route`: the route it passes on names another replica at the next hop.
 //! - `flood-gossip[:keys=N]`: N valid announcements of made-up peers (default 100,000), each
 //!   signed by its own key, written onto a gossip stream to every other node.
@@ -45,6 +47,7 @@ use sunswarm_protocol::{
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Mode {
     WrongOutput { from_step: u32, steps: u32 },
+    WrongToken { from_step: u32 },
     RewriteRoute,
     FloodGossip { keys: usize },
     ForgeAnnouncements,
@@ -76,6 +79,9 @@ impl FromStr for Mode {
                 from_step: u32::try_from(num("from", 0)?)?,
                 steps: u32::try_from(num("steps", u64::from(u32::MAX))?)?,
             },
+            "wrong-token" => Mode::WrongToken {
+                from_step: u32::try_from(num("from", 0)?)?,
+            },
             "rewrite-route" => Mode::RewriteRoute,
             "flood-gossip" => Mode::FloodGossip {
                 keys: usize::try_from(num("keys", 100_000)?)?,
@@ -90,13 +96,14 @@ impl FromStr for Mode {
                 count: usize::try_from(num("count", 1000)?)?,
             },
             other => anyhow::bail!(
-                "unknown hostile mode {other:?}: expected wrong-output, rewrite-route, \
+                "unknown hostile mode {other:?}: expected wrong-output, wrong-token, rewrite-route, \
                  flood-gossip, forge-announcements, inflate-rate, hold-sessions, blame-next or \
                  idle-connections"
             ),
         };
         let known: &[&str] = match mode {
             Mode::WrongOutput { .. } => &["from", "steps"],
+            Mode::WrongToken { .. } => &["from"],
             Mode::FloodGossip { .. } => &["keys"],
             Mode::BlameNext { .. } => &["after"],
             Mode::IdleConnections { .. } => &["count"],
@@ -244,6 +251,16 @@ impl Hooks for Hostile {
                 *v = 0.25 - *v * 1.5;
             }
             self.report_once("PERTURBED");
+        }
+    }
+
+    fn token(&self, _open: &OpenSession, step: u32, token: &mut Option<u32>) {
+        if let (Mode::WrongToken { from_step }, Some(t)) = (&self.mode, token.as_mut())
+            && step >= *from_step
+        {
+            // A neighbour in the vocabulary: inside it, and another token.
+            *t ^= 1;
+            self.report_once("MISPICKED");
         }
     }
 
@@ -515,6 +532,11 @@ mod tests {
                 steps: 1
             }
         );
+        assert_eq!(
+            "wrong-token:from=3".parse::<Mode>().unwrap(),
+            Mode::WrongToken { from_step: 3 }
+        );
+        assert!("wrong-token:steps=1".parse::<Mode>().is_err());
         assert_eq!(
             "flood-gossip:keys=10".parse::<Mode>().unwrap(),
             Mode::FloodGossip { keys: 10 }

@@ -1,24 +1,38 @@
 //! Token sampling: greedy argmax, or temperature with nucleus (top-p) truncation drawn from a
 //! seeded generator, so that a seed reproduces a generation exactly.
+//!
+//! A generation's [`Sampler`] hands out one [`Draw`] per token: the temperature, top-p and the
+//! generator's state for that token. A draw picks the same token from the same logits wherever
+//! it runs, so the client can let the last hop of a route apply the LM head and pick the token
+//! (one head product for all the sessions of a pass) and still get what it would pick itself.
 
-use sunswarm_models::rng::SplitMix64;
+use crate::rng::SplitMix64;
 
-pub struct Sampler {
-    temperature: f32,
-    top_p: f32,
-    rng: SplitMix64,
+/// What picks one token from its logits: everything but the logits.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Draw {
+    /// 0 means greedy.
+    pub temperature: f32,
+    pub top_p: f32,
+    /// The generator's state before this token's draw.
+    pub state: u64,
 }
 
-impl Sampler {
-    pub fn new(temperature: f32, top_p: f32, seed: u64) -> Self {
-        Self {
-            temperature,
-            top_p,
-            rng: SplitMix64(seed),
+impl Draw {
+    /// Why the draw cannot be used, if it cannot (a temperature below 0 or not a number, a
+    /// top-p outside (0, 1]).
+    pub fn check(&self) -> Result<(), String> {
+        if !(self.temperature.is_finite() && self.temperature >= 0.0) {
+            return Err(format!("temperature {} is not >= 0", self.temperature));
         }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return Err(format!("top-p {} is not in (0, 1]", self.top_p));
+        }
+        Ok(())
     }
 
-    pub fn sample(&mut self, logits: &[f32]) -> u32 {
+    /// The token this draw picks from `logits`.
+    pub fn pick(&self, logits: &[f32]) -> u32 {
         if self.temperature <= 0.0 {
             return argmax(logits);
         }
@@ -44,7 +58,7 @@ impl Sampler {
             probs.truncate(keep);
         }
         let mass: f64 = probs.iter().map(|p| p.1).sum();
-        let mut r = self.rng.next_f64() * mass;
+        let mut r = SplitMix64(self.state).next_f64() * mass;
         for &(id, p) in &probs {
             if r < p {
                 return id;
@@ -52,6 +66,54 @@ impl Sampler {
             r -= p;
         }
         probs.last().map(|p| p.0).unwrap_or(0)
+    }
+
+    /// Whether `token` is what this draw picks from `logits` up to a difference of `tolerance`
+    /// relative in the logits: the token it picks, or one whose logit is that close to it's
+    /// (a near tie that other kernels, rounding a little differently, may break the other way).
+    pub fn agrees(&self, logits: &[f32], token: u32, tolerance: f32) -> bool {
+        let own = self.pick(logits);
+        if own == token {
+            return true;
+        }
+        let (Some(&mine), Some(&theirs)) = (logits.get(own as usize), logits.get(token as usize))
+        else {
+            return false;
+        };
+        (mine - theirs).abs() <= tolerance * mine.abs().max(1.0)
+    }
+}
+
+/// A generation's sequence of draws.
+pub struct Sampler {
+    temperature: f32,
+    top_p: f32,
+    rng: SplitMix64,
+}
+
+impl Sampler {
+    pub fn new(temperature: f32, top_p: f32, seed: u64) -> Self {
+        Self {
+            temperature,
+            top_p,
+            rng: SplitMix64(seed),
+        }
+    }
+
+    /// The next token's draw (the generator moves on whether or not it is used).
+    pub fn next_draw(&mut self) -> Draw {
+        let draw = Draw {
+            temperature: self.temperature,
+            top_p: self.top_p,
+            state: self.rng.0,
+        };
+        self.rng.next_u64();
+        draw
+    }
+
+    /// The next token from `logits`.
+    pub fn sample(&mut self, logits: &[f32]) -> u32 {
+        self.next_draw().pick(logits)
     }
 }
 
@@ -152,5 +214,62 @@ mod tests {
             (0..50).map(|_| s.sample(&logits)).collect()
         };
         assert_eq!(a, b);
+    }
+
+    #[test]
+    fn a_draw_picks_anywhere_what_the_sampler_picks() {
+        let mut rng = SplitMix64(3);
+        let logits: Vec<f32> = (0..1000).map(|_| 4.0 * rng.uniform_pm1()).collect();
+        for (t, p) in [(0.0, 1.0), (0.7, 1.0), (1.0, 0.9), (1.3, 0.5)] {
+            let mut sampler = Sampler::new(t, p, 11);
+            let mut drawer = Sampler::new(t, p, 11);
+            let draws: Vec<Draw> = (0..64).map(|_| drawer.next_draw()).collect();
+            let picked: Vec<u32> = draws.iter().map(|d| d.pick(&logits)).collect();
+            let sampled: Vec<u32> = (0..64).map(|_| sampler.sample(&logits)).collect();
+            assert_eq!(picked, sampled, "temperature {t}, top-p {p}");
+            if t > 0.0 {
+                // Each draw is its own: not all the same token.
+                assert!(picked.iter().any(|&x| x != picked[0]), "{picked:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_draw_agrees_with_near_ties_only() {
+        let greedy = Draw {
+            temperature: 0.0,
+            top_p: 1.0,
+            state: 0,
+        };
+        let logits = [1.0f32, 20.0, 20.0 - 1e-5, 19.0];
+        assert!(greedy.agrees(&logits, 1, 1e-3));
+        assert!(greedy.agrees(&logits, 2, 1e-3));
+        assert!(!greedy.agrees(&logits, 3, 1e-3));
+        assert!(!greedy.agrees(&logits, 0, 1e-3));
+        assert!(
+            !greedy.agrees(&logits, 4, 1e-3),
+            "a token outside the vocabulary"
+        );
+        assert!(greedy.check().is_ok());
+        for bad in [
+            Draw {
+                temperature: -1.0,
+                ..greedy
+            },
+            Draw {
+                temperature: f32::NAN,
+                ..greedy
+            },
+            Draw {
+                top_p: 0.0,
+                ..greedy
+            },
+            Draw {
+                top_p: 1.5,
+                ..greedy
+            },
+        ] {
+            assert!(bad.check().is_err(), "{bad:?}");
+        }
     }
 }
