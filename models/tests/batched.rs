@@ -361,3 +361,32 @@ fn a_truncated_cache_continues_as_one_that_never_held_the_rest() {
         blocks.forward(&mut empty, &x).unwrap().data
     );
 }
+
+/// The head a last hop loads (without an untied model's embedding table) gives the client's
+/// head's logits bit for bit, alone and for many rows at once; with tied embeddings (as here) it
+/// still embeds as the client does.
+#[test]
+fn the_output_head_gives_the_clients_logits_and_does_not_embed() {
+    let model = Model::open(&ModelSource::parse("random:tiny:seed=6").unwrap()).unwrap();
+    let dev = device(BackendKind::Cpu).unwrap();
+    let client = model.load_head(&dev).unwrap();
+    let node = model.load_output_head(&dev).unwrap();
+    let d = model.config().hidden_size;
+    let rows: Vec<HiddenStates> = (0..5)
+        .map(|s| {
+            let data = (0..2 * d)
+                .map(|i| ((s * 31 + i * 7) % 13) as f32 - 6.0)
+                .collect();
+            HiddenStates::new(2, d, data).unwrap()
+        })
+        .collect();
+    let refs: Vec<&HiddenStates> = rows.iter().collect();
+    let many = node.logits_last_many(&refs).unwrap();
+    for (r, got) in rows.iter().zip(&many) {
+        assert_eq!(got, &client.logits_last(r).unwrap());
+    }
+    assert_eq!(
+        node.embed(&[1, 2]).unwrap().data,
+        client.embed(&[1, 2]).unwrap().data
+    );
+}

@@ -17,8 +17,8 @@ mod quant;
 
 use sunswarm_protocol::{
     Announcement, BlockRange, DType, EnergyState, ErrorKind, Forward, Hop, HopTiming, OpenSession,
-    PowerSetting, Receipt, Request, Response, SessionId, SignedAnnouncement, TensorFrame, WireError,
-    encode,
+    PowerSetting, Receipt, Request, Response, SessionId, SignedAnnouncement, TensorFrame,
+    TokenDraw, WireError, encode,
 };
 
 fn write(target: &str, name: &str, bytes: &[u8]) {
@@ -71,13 +71,21 @@ fn gguf_seeds() {
         tensors.push(GgufTensorData::encode(name, vec![32, 2], ty, &values).unwrap());
     }
     write("gguf", "model", &gguf_bytes(&metadata, &tensors).unwrap());
-    write("gguf", "metadata-only", &gguf_bytes(&metadata, &[]).unwrap());
+    write(
+        "gguf",
+        "metadata-only",
+        &gguf_bytes(&metadata, &[]).unwrap(),
+    );
 }
 
 /// Small safetensors files: one tensor of each dtype the loader takes, and one it refuses.
 fn safetensors_seeds() {
     let mut tensors: Vec<(&str, &str, Vec<u8>)> = vec![
-        ("a", "F32", (0..8u32).flat_map(|i| (i as f32).to_le_bytes()).collect()),
+        (
+            "a",
+            "F32",
+            (0..8u32).flat_map(|i| (i as f32).to_le_bytes()).collect(),
+        ),
         ("b", "F16", vec![0, 60, 0, 64, 0, 66, 0, 68]),
         ("c", "BF16", vec![128, 63, 0, 64, 64, 64, 128, 64]),
         ("d", "I64", vec![1, 0, 0, 0, 0, 0, 0, 0]),
@@ -147,10 +155,14 @@ fn main() {
             position: 14,
             hidden: frame(1, 4, DType::F16),
             receipts: Vec::new(),
-        stepwise: false,
-        tap: false,
-        taps: Vec::new(),
-        draw: None,
+            stepwise: false,
+            tap: false,
+            taps: Vec::new(),
+            draw: Some(TokenDraw {
+                temperature: 0.7,
+                top_p: 0.9,
+                state: 42,
+            }),
         }),
         Request::Attach { session },
         Request::Close { session },
@@ -172,7 +184,7 @@ fn main() {
             hidden: frame(2, 3, DType::F32),
             receipts: vec![receipt(0), receipt(1)],
             taps: Vec::new(),
-            token: None,
+            token: Some(1234),
         },
         Response::Error(WireError {
             kind: ErrorKind::PowerSaving,
