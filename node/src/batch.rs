@@ -458,11 +458,12 @@ async fn run(
         }
         // Steps with deadlines never wait for company.
         if pending.iter().all(|j| j.deadline_s.is_none()) {
+            let contended = pressure.contended(Instant::now());
             let (limit, usual) = gather_limits(
                 last_pass,
                 last_predicted,
                 shared.cost.coefficients()[0],
-                pressure.contended(Instant::now()),
+                contended,
             );
             let open = wait_for_missing(
                 &mut rx,
@@ -471,6 +472,7 @@ async fn run(
                 &shared,
                 cfg.max_gather.min(limit),
                 usual,
+                !contended,
             )
             .await;
             if !open {
@@ -543,6 +545,7 @@ async fn run(
         let sessions: Vec<Option<u64>> = taken.iter().map(|j| j.session).collect();
         let run_steps: Vec<&Step> = chosen.iter().filter_map(|&i| steps.get(i)).collect();
         last_predicted = shared.cost.pass_seconds(&run_steps);
+        gather.pass_started(started);
         let unfinished = pass(runner.as_ref(), taken, max_chunk);
         last_pass = started.elapsed();
         let answered = Instant::now();
@@ -595,6 +598,7 @@ async fn wait_for_missing(
     shared: &Shared,
     limit: Duration,
     usual: Duration,
+    hidden_waits: bool,
 ) -> bool {
     let served: Vec<u64> = shared
         .serving
@@ -603,10 +607,29 @@ async fn wait_for_missing(
         .unwrap_or_default();
     gather.forget_all_but(&served);
     let latest = Instant::now() + limit;
+    if tracing::enabled!(tracing::Level::TRACE) {
+        let now = Instant::now();
+        let here: Vec<u64> = pending.iter().filter_map(|j| j.session).collect();
+        let info: Vec<String> = served
+            .iter()
+            .filter(|k| !here.contains(k))
+            .map(|k| match gather.sessions.get(k) {
+                Some(r) => format!(
+                    "{k}:ans{:?}/typ{:?}",
+                    r.answered
+                        .map(|a| now.saturating_duration_since(a).as_micros()),
+                    r.typical.map(|t| t.as_micros())
+                ),
+                None => format!("{k}:?"),
+            })
+            .collect();
+        tracing::trace!(here = here.len(), limit_us = limit.as_micros() as u64, usual_us = usual.as_micros() as u64, missing = ?info, "gather");
+    }
     loop {
         let here: Vec<u64> = pending.iter().filter_map(|j| j.session).collect();
         let missing = served.iter().filter(|k| !here.contains(k));
-        let Some(until) = gather.hold_until(missing, Instant::now(), usual, latest) else {
+        let Some(until) = gather.hold_until(missing, Instant::now(), usual, latest, hidden_waits)
+        else {
             return true;
         };
         match tokio::time::timeout_at(until.into(), rx.recv()).await {
@@ -626,6 +649,8 @@ async fn wait_for_missing(
 #[derive(Debug, Default)]
 struct Gather {
     sessions: HashMap<u64, Returns>,
+    /// When the last pass started.
+    pass_started: Option<Instant>,
 }
 
 #[derive(Debug, Default, Clone, Copy)]
@@ -634,6 +659,12 @@ struct Returns {
     answered: Option<Instant>,
     /// Smoothed time from an answer to the next step.
     typical: Option<Duration>,
+    /// The last step came back while a pass ran, taking this long: no more than that, but it
+    /// may have come sooner (its session's task waited for the CPU the pass held). Sessions that
+    /// the node runs in two alternating groups only ever come back during the other group's pass,
+    /// so their typical return looks like a whole pass, too long to wait for, and the groups
+    /// never merged: 8 streams through one node ran in passes of 4 for a whole generation.
+    hidden: Option<Duration>,
 }
 
 impl Gather {
@@ -641,12 +672,20 @@ impl Gather {
         self.sessions.entry(session).or_default().answered = Some(at);
     }
 
+    fn pass_started(&mut self, at: Instant) {
+        self.pass_started = Some(at);
+    }
+
     /// A step of `session` handed over at `sent`.
     fn arrived(&mut self, session: Option<u64>, sent: Instant) {
         let Some(session) = session else { return };
+        let pass_started = self.pass_started;
         let r = self.sessions.entry(session).or_default();
         if let Some(at) = r.answered.take() {
             let took = sent.saturating_duration_since(at);
+            r.hidden = pass_started
+                .is_some_and(|p| p > at && p < sent)
+                .then_some(took);
             r.typical = Some(match r.typical {
                 // A quarter of each new sample: one slow token does not stop the waiting.
                 Some(t) => (t * 3 + took) / 4,
@@ -663,18 +702,30 @@ impl Gather {
     /// `latest` is due (its answer plus its usual return time, plus a quarter of that and half
     /// a millisecond of slack), never past `latest`; None if none is due by then. A session
     /// that usually takes longer than `usual` is not waited for, so one far-away client does
-    /// not slow the others, nor is one past its slack (its client may be gone).
+    /// not slow the others, nor is one past its slack (its client may be gone). With
+    /// `hidden_waits`, a session whose last return was hidden behind a pass
+    /// ([`Returns::hidden`]) may be due at any time up to what that return took: it is waited
+    /// for until then or `latest`, whichever comes first, and its next return, seen while the
+    /// node waits, says how long it really takes. (Not while the CPUs are contended: in a
+    /// pipeline of nodes on shared cores every return crosses other nodes' passes, and waiting
+    /// for each one that crossed this node's measured 0.88x the tokens of not waiting.)
     fn hold_until<'a>(
         &self,
         missing: impl Iterator<Item = &'a u64>,
         now: Instant,
         usual: Duration,
         latest: Instant,
+        hidden_waits: bool,
     ) -> Option<Instant> {
         missing
             .filter_map(|k| {
                 let r = self.sessions.get(k)?;
-                let (at, typical) = (r.answered?, r.typical?);
+                let at = r.answered?;
+                if let Some(took) = r.hidden.filter(|_| hidden_waits) {
+                    let until = (at + took).min(latest);
+                    return (took <= usual && now < until).then_some(until);
+                }
+                let typical = r.typical?;
                 let due = at + typical;
                 let slack = typical / 4 + Duration::from_micros(500);
                 (typical <= usual && due <= latest && now <= due + slack)
@@ -964,7 +1015,7 @@ mod tests {
         assert_eq!(g.sessions[&1].typical, Some(3 * MS));
         assert_eq!(g.sessions[&2].typical, Some(30 * MS));
         let hold =
-            |missing: &[u64], usual, latest| g.hold_until(missing.iter(), now, usual, latest);
+            |missing: &[u64], usual, latest| g.hold_until(missing.iter(), now, usual, latest, true);
         // Session 1 is due at t0 + 3 ms; slack: a quarter of 3 ms and half a millisecond.
         let one_due = t0 + 3 * MS + 1250 * MS / 1000;
         assert_eq!(hold(&[1], 10 * MS, latest), Some(one_due));
@@ -986,7 +1037,53 @@ mod tests {
         assert_eq!(hold(&[], 40 * MS, latest), None, "nobody missing");
         // Overdue: answered 5 ms ago, usually back in 3 ms (slack 1.25 ms).
         let late = t0 + 5 * MS;
-        assert_eq!(g.hold_until([1].iter(), late, 10 * MS, late + MS), None);
+        assert_eq!(
+            g.hold_until([1].iter(), late, 10 * MS, late + MS, true),
+            None
+        );
+    }
+
+    /// Two groups that alternate passes: each group's steps come back while the other's pass
+    /// runs, so their returns look a whole pass long. Such a return is taken as an upper bound:
+    /// the group is waited for until then (or the limit), and a return seen while the node
+    /// waits becomes the typical one again.
+    #[test]
+    fn a_return_hidden_behind_a_pass_is_waited_for_up_to_what_it_took() {
+        let t0 = Instant::now();
+        let mut g = Gather::default();
+        // Session 1 was answered at t0 - 12 ms; the other group's pass started at t0 - 11 ms and
+        // ended at t0 - 2 ms, and session 1's step was handed over then.
+        g.answered(1, t0 - 12 * MS);
+        g.pass_started(t0 - 11 * MS);
+        g.arrived(Some(1), t0 - 2 * MS);
+        assert_eq!(g.sessions[&1].hidden, Some(10 * MS));
+        assert_eq!(g.sessions[&1].typical, Some(10 * MS));
+        // Answered again now: waited for up to 10 ms, never past the latest.
+        g.answered(1, t0);
+        let hold =
+            |g: &Gather, now, usual, latest| g.hold_until([1].iter(), now, usual, latest, true);
+        assert_eq!(hold(&g, t0, 40 * MS, t0 + 30 * MS), Some(t0 + 10 * MS));
+        assert_eq!(hold(&g, t0, 40 * MS, t0 + 4 * MS), Some(t0 + 4 * MS));
+        assert_eq!(
+            hold(&g, t0, 5 * MS, t0 + 30 * MS),
+            None,
+            "longer than usual"
+        );
+        assert_eq!(
+            hold(&g, t0 + 11 * MS, 40 * MS, t0 + 30 * MS),
+            None,
+            "past it"
+        );
+        // Without hidden waits (contended CPUs), the return counts as a typical one: due at
+        // t0 + 10 ms, after a latest of t0 + 4 ms.
+        assert_eq!(
+            g.hold_until([1].iter(), t0, 40 * MS, t0 + 4 * MS, false),
+            None
+        );
+        // It comes back 1 ms after its answer, with no pass in between: seen as it is.
+        g.arrived(Some(1), t0 + MS);
+        assert_eq!(g.sessions[&1].hidden, None);
+        assert_eq!(g.sessions[&1].typical, Some((30 * MS + MS) / 4));
     }
 
     #[test]
@@ -1064,7 +1161,7 @@ mod tests {
         g.arrived(Some(1), t0 + 11 * MS);
         assert_eq!(g.sessions[&1].typical, Some(5 * MS));
         assert_eq!(
-            g.hold_until([1].iter(), t0 + 11 * MS, 10 * MS, t0 + 20 * MS),
+            g.hold_until([1].iter(), t0 + 11 * MS, 10 * MS, t0 + 20 * MS, true),
             None
         );
         // A step without a session changes nothing.
