@@ -364,7 +364,8 @@ fn cost_sample(sessions: usize, tokens: usize, context: usize) -> Vec<Step> {
         .collect()
 }
 
-/// Times passes of this runner ([`COST_SAMPLES`], the fastest of two each) and fits the pass
+/// Times passes of this runner ([`COST_SAMPLES`], the fastest of two each, with each step's
+/// token picked where the runner holds the LM head, as in a served pass) and fits the pass
 /// time `c0 + c1 * tokens + c2 * tokens x context` to them. A runner too fast to measure gets
 /// a model of its single decode step.
 pub fn measure_cost(runner: &dyn BlockRunner) -> LinearCost {
@@ -391,7 +392,22 @@ pub fn measure_cost(runner: &dyn BlockRunner) -> LinearCost {
                 })
                 .collect();
             let t = Instant::now();
-            let _ = crate::session::blocking(|| runner.forward_batch(&mut items));
+            crate::session::blocking(|| {
+                let outputs = runner.forward_batch(&mut items);
+                // A last hop also picks each step's token in the pass (a no-op elsewhere).
+                let rows: Vec<&[f32]> = outputs
+                    .iter()
+                    .filter_map(|o| o.as_ref().ok())
+                    .filter(|o| o.len() >= dim)
+                    .map(|o| &o[o.len() - dim..])
+                    .collect();
+                let greedy = Draw {
+                    temperature: 0.0,
+                    top_p: 1.0,
+                    state: 0,
+                };
+                let _ = runner.draw_tokens(&rows, &vec![greedy; rows.len()]);
+            });
             best = best.min(t.elapsed().as_secs_f64());
         }
         debug!(
