@@ -1255,6 +1255,7 @@ async fn forward(
         route: route_digest(&open.route),
         input: f.hidden.checksum,
         output: hidden.checksum,
+        token,
         signature: Vec::new(),
     };
     receipt.signature = ctx

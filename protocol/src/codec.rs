@@ -240,6 +240,7 @@ mod tests {
                 route: [compute_us as u8; 32],
                 input: [1; 32],
                 output: [total_us as u8; 32],
+                token: (hop % 2 == 0).then_some(compute_us),
                 signature: vec![2; 64],
             }).collect();
             let taps = if f16 { vec![hidden.clone()] } else { Vec::new() };

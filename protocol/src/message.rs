@@ -134,6 +134,8 @@ pub struct Receipt {
     pub input: [u8; 32],
     /// Checksum of the hidden states this hop passed on.
     pub output: [u8; 32],
+    /// The token this hop picked ([`Forward::draw`]): the last hop's, when it was asked to pick.
+    pub token: Option<u32>,
     #[serde(with = "serde_bytes")]
     pub signature: Vec<u8>,
 }
@@ -142,7 +144,7 @@ impl Receipt {
     /// The bytes a receipt's signature covers: everything in it, bound to the session and step.
     pub fn signing_bytes(&self, session: &SessionId, step: u32) -> Vec<u8> {
         let mut b = Vec::with_capacity(200);
-        b.extend_from_slice(b"sunswarm/receipt/2");
+        b.extend_from_slice(b"sunswarm/receipt/3");
         b.extend_from_slice(&session.0);
         b.extend_from_slice(&step.to_le_bytes());
         b.extend_from_slice(&self.timing.hop.to_le_bytes());
@@ -154,6 +156,13 @@ impl Receipt {
         b.extend_from_slice(&self.route);
         b.extend_from_slice(&self.input);
         b.extend_from_slice(&self.output);
+        match self.token {
+            Some(t) => {
+                b.push(1);
+                b.extend_from_slice(&t.to_le_bytes());
+            }
+            None => b.push(0),
+        }
         b
     }
 }
@@ -487,6 +496,7 @@ pub(crate) mod tests {
             route: route_digest(&route(3)),
             input: [4; 32],
             output: [5; 32],
+            token: None,
             signature: vec![6; 64],
         }
     }

@@ -14,7 +14,9 @@
 //! - a last output that is not what the client received, a missing or extra receipt: the last
 //!   hop, which delivered them;
 //! - a tap (a hop's output copied for a spot check) that is not what its hop's receipt vouches
-//!   for: that hop.
+//!   for: that hop;
+//! - a token that is not the one the last hop signed, or a token signed by another hop: the last
+//!   hop, which delivered it, or the hop that signed one.
 
 use libp2p::PeerId;
 use sunswarm_protocol::{HopTiming, Receipt, SessionId, TensorFrame};
@@ -40,6 +42,8 @@ pub struct Expected<'a> {
     pub received: [u8; 32],
     /// Whether the forward asked for taps.
     pub tapped: bool,
+    /// The token that came back with the hidden states, if any.
+    pub token: Option<u32>,
 }
 
 /// Checks the receipts (and taps) of one answer; returns the hops' timings when all hold.
@@ -110,6 +114,21 @@ pub fn check(
             "the output is not what the last hop vouched for".into(),
         );
     }
+    if let Some(k) = receipts[..last].iter().position(|r| r.token.is_some()) {
+        return breach(
+            k,
+            format!("hop {k} signed a token, which only the last hop picks"),
+        );
+    }
+    if receipts[last].token != want.token {
+        return breach(
+            last,
+            format!(
+                "the token {:?} is not the {:?} the last hop vouched for",
+                want.token, receipts[last].token
+            ),
+        );
+    }
     let want_taps = if want.tapped { last } else { 0 };
     if taps.len() != want_taps {
         return breach(last, format!("{} taps, {want_taps} asked for", taps.len()));
@@ -136,6 +155,7 @@ mod tests {
         taps: Vec<TensorFrame>,
         sent: [u8; 32],
         received: [u8; 32],
+        token: Option<u32>,
     }
 
     const SESSION: SessionId = SessionId([7; 16]);
@@ -173,6 +193,7 @@ mod tests {
                         route: ROUTE,
                         input: frame(k as f32).checksum,
                         output: frame(k as f32 + 1.0).checksum,
+                        token: (k == 2).then_some(77),
                         signature: Vec::new(),
                     },
                 )
@@ -185,6 +206,7 @@ mod tests {
             taps: vec![frame(1.0), frame(2.0)],
             sent: frame(0.0).checksum,
             received: frame(3.0).checksum,
+            token: Some(77),
         }
     }
 
@@ -197,6 +219,7 @@ mod tests {
             sent: f.sent,
             received: f.received,
             tapped,
+            token: f.token,
         }
     }
 
@@ -288,6 +311,28 @@ mod tests {
         let mut f = honest();
         f.received = frame(5.0).checksum;
         assert_eq!(blamed(&f), 2);
+    }
+
+    #[test]
+    fn the_token_must_be_the_one_the_last_hop_signed() {
+        // Another token than the signed one: the last hop delivered it.
+        let mut f = honest();
+        f.token = Some(78);
+        assert_eq!(blamed(&f), 2);
+        let mut f = honest();
+        f.token = None;
+        assert_eq!(blamed(&f), 2);
+        // A token changed in the receipt after signing.
+        let mut f = honest();
+        f.receipts[2].token = Some(78);
+        f.token = Some(78);
+        assert_eq!(blamed(&f), 2);
+        // A middle hop that signs a token.
+        let mut f = honest();
+        let mut r = f.receipts[1].clone();
+        r.token = Some(5);
+        f.receipts[1] = sign(&f.keys[1], r);
+        assert_eq!(blamed(&f), 1);
     }
 
     #[test]

@@ -453,6 +453,7 @@ impl SwarmSession {
             sent,
             received: hidden.checksum,
             tapped: tap,
+            token,
         };
         let hops = receipts::check(&want, &receipts, &taps, |p, m, s| {
             sunswarm_net::announce::verify_by(p, m, s)

@@ -261,6 +261,7 @@ fn receipt(hop: u16) -> Receipt {
         route: [2; 32],
         input: [3; 32],
         output: [4; 32],
+        token: (hop == 1).then_some(1234),
         signature: vec![5; 64],
     }
 }
