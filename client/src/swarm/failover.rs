@@ -203,6 +203,8 @@ pub struct ResilientSession<'a> {
     /// When set, the last hop picks each token ([`Forward::draw`](sunswarm_protocol::Forward));
     /// this head checks the tokens on the spot-checked steps.
     picker_check: Option<SharedHead>,
+    /// Whether a spot check walked the DHT again for replicas the view lacked.
+    rewalked: bool,
 }
 
 /// A session through other replicas that re-runs the main session's inputs for spot checks.
@@ -292,6 +294,7 @@ impl<'a> ResilientSession<'a> {
             referee: None,
             spot_report: SpotReport::default(),
             picker_check: None,
+            rewalked: false,
             checker: None,
             route_ms,
         })
@@ -425,9 +428,25 @@ impl<'a> ResilientSession<'a> {
                 if let Some(c) = stale {
                     c.session.close().await;
                 }
-                let check_route = self
-                    .client
-                    .check_route(&self.model_id, self.n_layers, &route);
+                let mut check_route =
+                    self.client
+                        .check_route(&self.model_id, self.n_layers, &route);
+                if same_peers(&check_route, &route) > 0 && !self.rewalked {
+                    // Discovery is eventually consistent: a view taken just after a start can
+                    // lack a replica that the next walk finds. Once per session, look again
+                    // before a hop is checked against itself.
+                    self.rewalked = true;
+                    if self
+                        .client
+                        .discover(&self.model_id, self.n_layers)
+                        .await
+                        .is_ok()
+                    {
+                        check_route =
+                            self.client
+                                .check_route(&self.model_id, self.n_layers, &route);
+                    }
+                }
                 let alone = same_peers(&check_route, &route);
                 if alone > 0 {
                     // Routine where a range has one replica (a small swarm): the report counts it.
