@@ -125,9 +125,8 @@ impl ModelRunner {
             None
         };
         Ok(ModelRunner {
-            blocks: Arc::new(blocks),
             head,
-            slowdown: 1.0,
+            ..ModelRunner::new(blocks)
         })
     }
 
