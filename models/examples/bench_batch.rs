@@ -1,11 +1,14 @@
 //! Decode steps of M sessions: one after another (`forward`) against one batched pass
-//! (`forward_batch`), through every block of a model, side by side in one process.
+//! (`forward_batch`), through every block of a model, side by side in one process; then the LM
+//! head of all M at once, as a serving client runs it (`logits_last_many`, every row's logits
+//! returned) and as the last hop runs it (`logits_last_each`, a token picked from each row).
 //!
-//! `cargo run --release -p sunswarm-models --example bench_batch -- [MODEL] [ROUNDS]`
-//! (MODEL defaults to smollm2-135m).
+//! `cargo run --release -p sunswarm-models --example bench_batch -- [MODEL] [ROUNDS] [ONLY_M]`
+//! (MODEL defaults to smollm2-135m; ONLY_M runs that many sessions, batched only).
 
 use std::time::Instant;
 
+use sunswarm_models::sampling::argmax;
 use sunswarm_models::{BackendKind, BatchStep, HiddenStates, Model, ModelSource, device};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -32,8 +35,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let inputs: Vec<HiddenStates> = (0..m)
             .map(|s| head.embed(&[(100 + s) as u32]))
             .collect::<Result<_, _>>()?;
-        let (mut one, mut batched, mut heads) = (0f64, 0f64, 0f64);
-        for _ in 0..rounds {
+        let (mut one, mut batched, mut heads, mut picks) = (0f64, 0f64, 0f64, 0f64);
+        for round in 0..rounds {
             if only.is_none() {
                 let t = Instant::now();
                 for (c, x) in caches.iter_mut().zip(&inputs) {
@@ -55,21 +58,33 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 r?;
             }
             batched += t.elapsed().as_secs_f64();
-            // The LM head of every session at once, as a serving client runs it.
+            // The LM head of every session at once, as a serving client runs it (every row's
+            // logits returned) and as the last hop runs it (a token picked from each row).
+            // Each goes first in every other round (the first finds less of the matrix cached).
             let finals: Vec<&HiddenStates> = inputs.iter().collect();
-            let t = Instant::now();
-            head.logits_last_many(&finals)?;
-            heads += t.elapsed().as_secs_f64();
+            for which in [round % 2, 1 - round % 2] {
+                let t = Instant::now();
+                if which == 0 {
+                    head.logits_last_many(&finals)?;
+                    heads += t.elapsed().as_secs_f64();
+                } else {
+                    let mut picked = 0u64;
+                    head.logits_last_each(&finals, |_, l| picked += u64::from(argmax(l)))?;
+                    std::hint::black_box(picked);
+                    picks += t.elapsed().as_secs_f64();
+                }
+            }
         }
         let per = |total: f64| total / (rounds * m) as f64 * 1e6;
         println!(
-            "M={m:2}: one after another {:8.0} us/token ({:6.1} tok/s), batched {:8.0} us/token ({:6.1} tok/s), {:.2}x; LM head {:6.0} us/token",
+            "M={m:2}: one after another {:8.0} us/token ({:6.1} tok/s), batched {:8.0} us/token ({:6.1} tok/s), {:.2}x; LM head {:6.0} us/token, picking {:6.0}",
             per(one),
             1e6 / per(one),
             per(batched),
             1e6 / per(batched),
             one / batched,
-            per(heads)
+            per(heads),
+            per(picks)
         );
     }
     Ok(())

@@ -7,7 +7,7 @@
 //! pre-transposing them was measured slower on flex (see STACK.md).
 
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use burn::tensor::activation::{silu, softmax};
 use burn::tensor::{Device, Int, Tensor, TensorData};
@@ -726,6 +726,10 @@ pub struct Head {
     /// On the CPU: the final norm's weight as plain values, so that the logits of one session
     /// and of many at once run the same row operations (see [`Head::logits_last_many`]).
     host_norm: Option<Vec<f32>>,
+    /// The logits of the last call to [`Head::logits_last_each`], kept for the next: a fresh
+    /// buffer of 8 sessions' logits (1.5 MiB for SmolLM2) was mapped and zeroed anew on every
+    /// pass, a page fault every 4 KiB.
+    scratch: Mutex<Vec<f32>>,
 }
 
 impl Head {
@@ -746,6 +750,7 @@ impl Head {
             lm_head,
             device,
             host_norm,
+            scratch: Mutex::new(Vec::new()),
         }
     }
 
@@ -805,21 +810,7 @@ impl Head {
     /// them, and each row is computed exactly as it is alone, so a session's logits do not
     /// depend on which others share the call.
     pub fn logits_last_many(&self, hidden: &[&HiddenStates]) -> Result<Vec<Vec<f32>>, ModelError> {
-        let d = self.cfg.hidden_size;
-        for h in hidden {
-            if h.dim != d || h.n_tokens == 0 || h.data.len() != h.n_tokens * h.dim {
-                return Err(ModelError::BadInput(format!(
-                    "final hidden states have shape [{}, {}], expected [n >= 1, {d}]",
-                    h.n_tokens, h.dim
-                )));
-            }
-        }
-        if let (Some(norm), Linear::Packed { weight, .. }) = (&self.host_norm, &self.lm_head) {
-            let eps = self.cfg.rms_norm_eps as f32;
-            let mut x = vec![0f32; hidden.len() * d];
-            for (h, row) in hidden.iter().zip(x.chunks_exact_mut(d)) {
-                host::rms_norm_row(&h.data[(h.n_tokens - 1) * d..], norm, eps, row);
-            }
+        if let Some((weight, x)) = self.host_rows(hidden)? {
             let vocab = weight.rows();
             let mut out = vec![0f32; hidden.len() * vocab];
             weight.matmul_each(&x, hidden.len(), &mut out)?;
@@ -829,6 +820,68 @@ impl Head {
             }
             return Ok(out.chunks_exact(vocab).map(<[f32]>::to_vec).collect());
         }
+        self.logits_last_tensors(hidden)
+    }
+
+    /// [`logits_last_many`](Self::logits_last_many), each session's logits handed to `each`
+    /// (with the session's index) instead of returned: for callers that only pick a token from
+    /// them. On the CPU the rows are computed into a buffer the head keeps between calls.
+    pub fn logits_last_each(
+        &self,
+        hidden: &[&HiddenStates],
+        mut each: impl FnMut(usize, &[f32]),
+    ) -> Result<(), ModelError> {
+        if let Some((weight, x)) = self.host_rows(hidden)? {
+            let vocab = weight.rows();
+            let mut kept = self.scratch.try_lock();
+            let mut fresh = Vec::new();
+            // A second caller at the same time gets a buffer of its own.
+            let out: &mut Vec<f32> = match kept.as_deref_mut() {
+                Ok(buf) => buf,
+                Err(_) => &mut fresh,
+            };
+            out.resize(hidden.len() * vocab, 0.0);
+            let out = &mut out[..hidden.len() * vocab];
+            weight.matmul_each(&x, hidden.len(), out)?;
+            for (i, row) in out.chunks_exact(vocab).enumerate() {
+                each(i, row);
+            }
+            return Ok(());
+        }
+        for (i, row) in self.logits_last_tensors(hidden)?.iter().enumerate() {
+            each(i, row);
+        }
+        Ok(())
+    }
+
+    /// On the CPU with a packed LM head: the head's weight and the final-normed last row of
+    /// every hidden state (`[n, hidden]`); `None` elsewhere. Refuses wrong shapes.
+    fn host_rows<'h>(
+        &'h self,
+        hidden: &[&HiddenStates],
+    ) -> Result<Option<(&'h PackedMatrix, Vec<f32>)>, ModelError> {
+        let d = self.cfg.hidden_size;
+        for h in hidden {
+            if h.dim != d || h.n_tokens == 0 || h.data.len() != h.n_tokens * h.dim {
+                return Err(ModelError::BadInput(format!(
+                    "final hidden states have shape [{}, {}], expected [n >= 1, {d}]",
+                    h.n_tokens, h.dim
+                )));
+            }
+        }
+        let (Some(norm), Linear::Packed { weight, .. }) = (&self.host_norm, &self.lm_head) else {
+            return Ok(None);
+        };
+        let eps = self.cfg.rms_norm_eps as f32;
+        let mut x = vec![0f32; hidden.len() * d];
+        for (h, row) in hidden.iter().zip(x.chunks_exact_mut(d)) {
+            host::rms_norm_row(&h.data[(h.n_tokens - 1) * d..], norm, eps, row);
+        }
+        Ok(Some((weight, x)))
+    }
+
+    /// Each row's logits through burn's tensors (devices other than the CPU).
+    fn logits_last_tensors(&self, hidden: &[&HiddenStates]) -> Result<Vec<Vec<f32>>, ModelError> {
         hidden
             .iter()
             .map(|h| {

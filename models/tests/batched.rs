@@ -363,8 +363,8 @@ fn a_truncated_cache_continues_as_one_that_never_held_the_rest() {
 }
 
 /// The head a last hop loads (without an untied model's embedding table) gives the client's
-/// head's logits bit for bit, alone and for many rows at once; with tied embeddings (as here) it
-/// still embeds as the client does.
+/// head's logits bit for bit, alone, for many rows at once, and row by row; with tied
+/// embeddings (as here) it still embeds as the client does.
 #[test]
 fn the_output_head_gives_the_clients_logits_and_does_not_embed() {
     let model = Model::open(&ModelSource::parse("random:tiny:seed=6").unwrap()).unwrap();
@@ -384,6 +384,17 @@ fn the_output_head_gives_the_clients_logits_and_does_not_embed() {
     let many = node.logits_last_many(&refs).unwrap();
     for (r, got) in rows.iter().zip(&many) {
         assert_eq!(got, &client.logits_last(r).unwrap());
+    }
+    // Handed row by row from the buffer the head keeps: the same bits, whatever the number of
+    // rows of the call before (the buffer shrinks and grows between these calls).
+    for n in [5, 2, 1, 5] {
+        let mut seen = vec![false; n];
+        node.logits_last_each(&refs[..n], |i, logits| {
+            assert_eq!(logits, &many[i][..], "row {i} of {n}");
+            seen[i] = true;
+        })
+        .unwrap();
+        assert!(seen.iter().all(|&s| s), "every row of {n} handed over");
     }
     assert_eq!(
         node.embed(&[1, 2]).unwrap().data,

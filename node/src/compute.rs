@@ -203,13 +203,23 @@ impl BlockRunner for ModelRunner {
         let head = self.head.as_ref()?;
         let dim = self.blocks.config().hidden_size;
         let picked = (|| {
+            if draws.len() != rows.len() {
+                return Err(ComputeError::Model(sunswarm_models::ModelError::BadInput(
+                    format!(
+                        "{} rows to pick tokens for, with {} draws",
+                        rows.len(),
+                        draws.len()
+                    ),
+                )));
+            }
             let hidden = rows
                 .iter()
                 .map(|r| HiddenStates::new(1, dim, r.to_vec()))
                 .collect::<Result<Vec<_>, _>>()?;
             let refs: Vec<&HiddenStates> = hidden.iter().collect();
-            let logits = head.logits_last_many(&refs)?;
-            Ok(logits.iter().zip(draws).map(|(l, d)| d.pick(l)).collect())
+            let mut picked = vec![0; refs.len()];
+            head.logits_last_each(&refs, |i, logits| picked[i] = draws[i].pick(logits))?;
+            Ok(picked)
         })();
         Some(picked)
     }
