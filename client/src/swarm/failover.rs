@@ -738,9 +738,8 @@ impl<'a> ResilientSession<'a> {
             }
             let avoid = self.backoff.avoided(Instant::now());
             let t = Instant::now();
-            let route = self
-                .client
-                .choose_replacement(
+            let choose = || {
+                self.client.choose_replacement(
                     &self.model_id,
                     self.n_layers,
                     self.routing,
@@ -748,11 +747,24 @@ impl<'a> ResilientSession<'a> {
                     failed,
                     &avoid,
                 )
+            };
+            let mut route = choose()
                 .await
                 .map_err(|e| SwarmError::NoReplacement(Box::new(e)))?;
             times.choose_ms += ms_since(t);
             if reuses(&route, &avoid) {
                 tokio::time::sleep(reuse_delay(attempt)).await;
+                // Discovery is eventually consistent: a fresh client's walk (in CI, under load)
+                // missed the second replica of a range, and the hop just blamed was taken back
+                // and blamed again. After the pause, a walk that finds a route clear of the
+                // avoided peers wins.
+                let t = Instant::now();
+                if let Ok(again) = choose().await
+                    && !reuses(&again, &avoid)
+                {
+                    route = again;
+                }
+                times.choose_ms += ms_since(t);
             }
             let t = Instant::now();
             // The same session id: the hops that survive keep the session and take it up.
