@@ -59,14 +59,17 @@ impl Kept {
 }
 
 /// blake3 of each row of `data` (`[rows, dim]`), over its values' little-endian bytes.
+///
+/// Each row's bytes go to the hasher in one piece: fed four bytes at a time, a SmolLM2 row
+/// (576 values) took 576 calls and 36 one-block compressions, several microseconds of every
+/// hop's serial path per token; whole, blake3 hashes its 1 KiB chunks together.
 pub fn row_digests(data: &[f32], dim: usize) -> Vec<[u8; 32]> {
+    let mut bytes = Vec::with_capacity(dim * size_of::<f32>());
     data.chunks(dim.max(1))
         .map(|row| {
-            let mut h = blake3::Hasher::new();
-            for v in row {
-                h.update(&v.to_le_bytes());
-            }
-            *h.finalize().as_bytes()
+            bytes.clear();
+            bytes.extend(row.iter().flat_map(|v| v.to_le_bytes()));
+            *blake3::hash(&bytes).as_bytes()
         })
         .collect()
 }
@@ -398,6 +401,10 @@ mod tests {
         assert_eq!(d.len(), 3);
         assert_eq!(d[0], d[1]);
         assert_ne!(d[1], d[2]);
+        // Over the row's values' little-endian bytes, as one message.
+        let bytes: Vec<u8> = [1.0f32, 2.5].iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert_eq!(d[2], *blake3::hash(&bytes).as_bytes());
+        assert_eq!(row_digests(&[], 2), Vec::<[u8; 32]>::new());
     }
 
     #[tokio::test]
