@@ -28,7 +28,8 @@ PROMPT="1, 2, 3, 4, 5,"
 ONE_REPEATS=${ONE_REPEATS:-3}
 
 echo "== llama.cpp on $(basename "$GGUF")"
-bash "$ANCHOR" bench "$GGUF" 2 | head -1
+# sed, not head: head exits after a line and the anchor, still writing, dies of a broken pipe.
+bash "$ANCHOR" bench "$GGUF" 2 | sed -n 1p
 bash "$ANCHOR" batched "$GGUF" 2 "$(echo $NS | tr ' ' ,)"
 
 run_clients() { # $1 = label; uses BOOT
