@@ -51,7 +51,7 @@ pub fn check(
     want: &Expected<'_>,
     receipts: &[Receipt],
     taps: &[TensorFrame],
-    verify: impl Fn(usize, &PeerId, &[u8], &[u8]) -> bool,
+    verify: impl Fn(&PeerId, &[u8], &[u8]) -> bool,
 ) -> Result<Vec<HopTiming>, Breach> {
     let hops = want.peers.len();
     let last = hops.saturating_sub(1);
@@ -74,7 +74,6 @@ pub fn check(
             return breach(k, format!("hop {k}'s signer is not a peer id"));
         };
         if !verify(
-            k,
             &signer,
             &r.signing_bytes(&want.session, want.step),
             &r.signature,
@@ -229,7 +228,7 @@ mod tests {
             &expected(f, !f.taps.is_empty()),
             &f.receipts,
             &f.taps,
-            |_, p, m, s| sunswarm_net::announce::verify_by(p, m, s),
+            sunswarm_net::announce::verify_by,
         )
     }
 
@@ -246,9 +245,12 @@ mod tests {
         f.taps.clear();
         // Without taps asked for, none must come; asked for, they must.
         assert!(run(&f).is_ok());
-        let breach = check(&expected(&f, true), &f.receipts, &f.taps, |_, p, m, s| {
-            sunswarm_net::announce::verify_by(p, m, s)
-        });
+        let breach = check(
+            &expected(&f, true),
+            &f.receipts,
+            &f.taps,
+            sunswarm_net::announce::verify_by,
+        );
         assert_eq!(breach.unwrap_err().hop, 2);
     }
 

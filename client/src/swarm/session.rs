@@ -6,12 +6,10 @@
 
 use std::time::{Duration, Instant};
 
-use libp2p::identity::PublicKey;
 use libp2p::{Multiaddr, PeerId};
 use serde::Serialize;
 use sunswarm_models::HiddenStates;
 use sunswarm_net::Network;
-use sunswarm_net::announce::{public_key_of, verify_by};
 use sunswarm_net::stream::{OpenError, send_first, send_open};
 use sunswarm_protocol::io::{FrameReader, write_message};
 use sunswarm_protocol::{
@@ -146,9 +144,6 @@ pub struct SwarmSession {
     pub tapped: Vec<Vec<HiddenStates>>,
     /// The route's peers and digest, against which every receipt is checked.
     peers: Vec<Vec<u8>>,
-    /// Each hop's public key, decoded once: decoding one (a point decompression) was a fifth of
-    /// checking a receipt, which a client does for every hop on every token.
-    keys: Vec<Option<PublicKey>>,
     route_digest: [u8; 32],
 }
 
@@ -254,14 +249,6 @@ impl SwarmSession {
             tapping: false,
             tapped: Vec::new(),
             peers: route.iter().map(|h| h.peer_id.clone()).collect(),
-            keys: route
-                .iter()
-                .map(|h| {
-                    PeerId::from_bytes(&h.peer_id)
-                        .ok()
-                        .and_then(|p| public_key_of(&p))
-                })
-                .collect(),
             route_digest: route_digest(&route),
             route,
             first,
@@ -468,12 +455,8 @@ impl SwarmSession {
             tapped: tap,
             token,
         };
-        // `check` has matched hop k's signer to the route's peer k, whose key is keys[k].
-        let hops = receipts::check(&want, &receipts, &taps, |k, p, m, s| {
-            match self.keys.get(k) {
-                Some(Some(key)) => key.verify(m, s),
-                _ => verify_by(p, m, s),
-            }
+        let hops = receipts::check(&want, &receipts, &taps, |p, m, s| {
+            sunswarm_net::announce::verify_by(p, m, s)
         })
         .map_err(|b| SessionError::Dishonest {
             hop: b.hop,
