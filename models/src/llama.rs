@@ -661,16 +661,22 @@ impl Linear {
                     .collect();
                 Tensor::cat(rows, 0)
             }
-            Linear::Packed { weight, device } => {
-                let cols = weight.cols();
-                let mut data = vec![0f32; ids.len() * cols];
-                for (&id, row) in ids.iter().zip(data.chunks_exact_mut(cols)) {
-                    weight.dequantize_row(id as usize, row);
-                }
-                Tensor::from_data(TensorData::new(data, [ids.len(), cols]), device)
-            }
+            Linear::Packed { weight, device } => Tensor::from_data(
+                TensorData::new(packed_rows(weight, ids), [ids.len(), weight.cols()]),
+                device,
+            ),
         }
     }
+}
+
+/// Rows `ids` of a packed weight, widened to f32 (`[ids.len(), cols]`).
+fn packed_rows(weight: &PackedMatrix, ids: &[u32]) -> Vec<f32> {
+    let cols = weight.cols();
+    let mut data = vec![0f32; ids.len() * cols];
+    for (&id, row) in ids.iter().zip(data.chunks_exact_mut(cols)) {
+        weight.dequantize_row(id as usize, row);
+    }
+    data
 }
 
 fn linear(x: Tensor<3>, w: &Linear) -> Result<Tensor<3>, ModelError> {
@@ -758,7 +764,8 @@ impl Head {
         &self.cfg
     }
 
-    pub(crate) fn embed_tensor(&self, ids: &[u32]) -> Result<Tensor<3>, ModelError> {
+    /// Refuses an empty list and ids outside the vocabulary.
+    fn check_ids(&self, ids: &[u32]) -> Result<(), ModelError> {
         if ids.is_empty() {
             return Err(ModelError::BadInput("no tokens to embed".into()));
         }
@@ -768,6 +775,11 @@ impl Head {
                 self.cfg.vocab_size
             )));
         }
+        Ok(())
+    }
+
+    pub(crate) fn embed_tensor(&self, ids: &[u32]) -> Result<Tensor<3>, ModelError> {
+        self.check_ids(ids)?;
         Ok(match &self.embedding {
             Embedding::Table(table) => {
                 let idx: Vec<i64> = ids.iter().map(|&i| i as i64).collect();
@@ -786,6 +798,13 @@ impl Head {
 
     /// Embeds token ids into the hidden states that enter block 0.
     pub fn embed(&self, ids: &[u32]) -> Result<HiddenStates, ModelError> {
+        // Tied to a packed LM head (SmolLM2 on the CPU): the rows straight into the states.
+        // Through a tensor and back (made, reshaped and read back by burn), a client's one
+        // token a step was an eighth of its decode loop's samples in a profile.
+        if let (Embedding::Tied, Linear::Packed { weight, .. }) = (&self.embedding, &self.lm_head) {
+            self.check_ids(ids)?;
+            return HiddenStates::new(ids.len(), weight.cols(), packed_rows(weight, ids));
+        }
         HiddenStates::from_tensor(self.embed_tensor(ids)?)
     }
 
