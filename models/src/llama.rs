@@ -860,7 +860,6 @@ impl Head {
                 Err(_) => &mut fresh,
             };
             out.resize(hidden.len() * vocab, 0.0);
-            let out = &mut out[..hidden.len() * vocab];
             weight.matmul_each(&x, hidden.len(), out)?;
             for (i, row) in out.chunks_exact(vocab).enumerate() {
                 each(i, row);
